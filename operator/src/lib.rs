@@ -1,0 +1,1 @@
+//! The SensorFlow operator (being built: see issue 3).

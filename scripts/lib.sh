@@ -1,0 +1,21 @@
+# Shared helpers for SensorFlow scripts. Source it: `. scripts/lib.sh`.
+# Everything heavy is cached under $SENSORFLOW_CACHE (default ~/.cache/sensorflow),
+# keyed by version, so warm runs skip the builds.
+set -euo pipefail
+SENSORFLOW_CACHE="${SENSORFLOW_CACHE:-$HOME/.cache/sensorflow}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "$SENSORFLOW_CACHE"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# apt_install PKG...: installs the Debian packages that are missing (runs `apt-get update` once).
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  if [ ! -f "$SENSORFLOW_CACHE/.apt-updated" ] || [ -n "$(find "$SENSORFLOW_CACHE/.apt-updated" -mmin +720)" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && touch "$SENSORFLOW_CACHE/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
