@@ -1,1 +1,22 @@
-//! The SensorFlow operator (being built: see issue 3).
+//! SensorFlow operator: reconciles `SensorPipeline` resources into Kafka topics and processor
+//! Deployments, and scales the processors from consumer lag.
+//!
+//! ```text
+//!   crd ─▶ validate ─▶ build ─┐          pure: validate, build, planner, conditions
+//!            │                ├─▶ controller (kube-runtime) ─▶ API server (server-side apply)
+//!   kafka (topics, lag) ─▶ planner ─┘            │
+//!                                    metrics (/metrics /health /ready), leader (Lease)
+//! ```
+
+pub mod build;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod kafka;
+pub mod leader;
+pub mod metrics;
+pub mod planner;
+pub mod telemetry;
+pub mod validate;
+
+pub use crd::{SensorPipeline, SensorPipelineSpec, SensorPipelineStatus};

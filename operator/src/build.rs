@@ -1,0 +1,771 @@
+//! Pure construction of every Kubernetes object a pipeline owns.
+//!
+//! ```text
+//!   Validated + owner ref + replicas ──build──▶ Desired {
+//!       ServiceAccount  <p>-processor
+//!       ConfigMap       <p>-common, <p>-window, <p>-join, [<p>-sink]   (env, loaded with envFrom)
+//!       Deployment      <p>-window, <p>-join, [<p>-sink]              (config-hash annotation)
+//!       Service         <p>-metrics                                   (headless, port 9100)
+//!   }
+//! ```
+//!
+//! A Deployment's pod template carries `sensorflow.io/config-hash`, a SHA-256 over the
+//! ConfigMaps it loads and its Secret references, so a configuration change rolls its pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{LogFormat, ModelKind, PullPolicy, SecurityProtocol, WatermarkScope};
+use crate::validate::Validated;
+
+/// Label with the pipeline name on every owned object.
+pub const PIPELINE_LABEL: &str = "sensorflow.io/pipeline";
+/// Label naming the component (`window`, `join`, `sink`, `common`, `metrics`, `processor`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// `app.kubernetes.io/managed-by` value of owned objects.
+pub const MANAGED_BY: &str = "sensorflow-operator";
+/// Pod-template annotation that rolls pods on configuration changes.
+pub const CONFIG_HASH_ANNOTATION: &str = "sensorflow.io/config-hash";
+/// Port of every processor's `/metrics`, `/health` and `/ready`.
+pub const METRICS_PORT: i32 = 9100;
+/// Where the Kafka CA bundle is mounted.
+pub const KAFKA_CA_DIR: &str = "/etc/sensorflow/kafka-ca";
+/// Where the GCS credentials are mounted.
+pub const GCS_CREDENTIALS_DIR: &str = "/etc/sensorflow/gcs";
+
+/// A processor stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// window-processor.
+    Window,
+    /// join-predict.
+    Join,
+    /// gcs-sink.
+    Sink,
+}
+
+impl Stage {
+    /// Short name used in object names and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Window => "window",
+            Stage::Join => "join",
+            Stage::Sink => "sink",
+        }
+    }
+    /// Binary in `/usr/local/bin` of the image.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Stage::Window => "window-processor",
+            Stage::Join => "join-predict",
+            Stage::Sink => "gcs-sink",
+        }
+    }
+}
+
+/// Name of a stage's Deployment: `<pipeline>-<stage>`.
+pub fn deployment_name(pipeline: &str, stage: Stage) -> String {
+    format!("{pipeline}-{}", stage.as_str())
+}
+
+/// Replica counts to write; `None` leaves `spec.replicas` to someone else (an HPA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaPlan {
+    /// window-processor.
+    pub window: Option<i32>,
+    /// join-predict.
+    pub join: Option<i32>,
+}
+
+/// Every object a pipeline owns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The processors' ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// Configuration, one ConfigMap per stage plus the common one.
+    pub config_maps: Vec<ConfigMap>,
+    /// One Deployment per stage.
+    pub deployments: Vec<Deployment>,
+    /// Headless Service selecting every processor pod on the metrics port.
+    pub service: Service,
+}
+
+fn labels(pipeline: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "sensorflow".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), pipeline.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGED_BY.to_owned(),
+        ),
+        (COMPONENT_LABEL.to_owned(), component.to_owned()),
+        (PIPELINE_LABEL.to_owned(), pipeline.to_owned()),
+    ])
+}
+
+fn meta(
+    name: String,
+    ns: &str,
+    pipeline: &str,
+    component: &str,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(ns.to_owned()),
+        labels: Some(labels(pipeline, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
+fn range(r: &crate::crd::BinRange) -> String {
+    format!("{},{}", r.lo, r.hi)
+}
+
+/// Environment shared by every processor.
+pub fn common_env(v: &Validated) -> BTreeMap<String, String> {
+    let s = &v.spec;
+    let mut env = BTreeMap::new();
+    env.insert(
+        "KAFKA_BOOTSTRAP_SERVERS".into(),
+        s.kafka.bootstrap_servers.clone(),
+    );
+    if let Some(sec) = &s.kafka.security {
+        let protocol = match sec.protocol {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        };
+        env.insert("KAFKA_SECURITY_PROTOCOL".into(), protocol.into());
+        if let Some(m) = sec.sasl_mechanism {
+            let m = match m {
+                crate::crd::SaslMechanism::Plain => "PLAIN",
+                crate::crd::SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+                crate::crd::SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            };
+            env.insert("KAFKA_SASL_MECHANISM".into(), m.into());
+        }
+        if let Some(ca) = &sec.ca_secret {
+            env.insert(
+                "KAFKA_SSL_CA_LOCATION".into(),
+                format!("{KAFKA_CA_DIR}/{}", ca.key),
+            );
+        }
+    }
+    for (suffix, topic) in v.topics.all() {
+        env.insert(format!("SF_TOPIC_{suffix}"), topic.to_owned());
+    }
+    env.insert("SF_METRICS_ADDR".into(), format!("0.0.0.0:{METRICS_PORT}"));
+    let format = match s.processors.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    env.insert("SF_LOG_FORMAT".into(), format.into());
+    env.insert("RUST_LOG".into(), s.processors.log_level.clone());
+    env
+}
+
+/// Environment of one stage (on top of [`common_env`]).
+pub fn stage_env(v: &Validated, stage: Stage) -> BTreeMap<String, String> {
+    let s = &v.spec;
+    let mut env = BTreeMap::new();
+    match stage {
+        Stage::Window => {
+            let w = &s.window;
+            env.insert("SF_GROUP_ID".into(), v.window_group());
+            env.insert("SF_WINDOW_SIZE_MS".into(), w.size_ms.to_string());
+            env.insert("SF_GRACE_MS".into(), w.grace_ms.to_string());
+            let scope = match w.watermark_scope {
+                WatermarkScope::Partition => "partition",
+                WatermarkScope::Client => "client",
+            };
+            env.insert("SF_WATERMARK_SCOPE".into(), scope.into());
+            env.insert("SF_FA_RANGE".into(), range(&w.fa_range));
+            env.insert("SF_FI_RANGE".into(), range(&w.fi_range));
+            env.insert("SF_FD_RANGE".into(), range(&w.fd_range));
+        }
+        Stage::Join => {
+            let m = &s.model;
+            env.insert("SF_GROUP_ID".into(), v.join_group());
+            let kind = match m.kind {
+                ModelKind::Logistic => "logistic",
+                ModelKind::Random => "random",
+            };
+            env.insert("SF_MODEL".into(), kind.into());
+            if let Some(w) = &m.weights {
+                let w: Vec<String> = w.iter().map(f64::to_string).collect();
+                env.insert("SF_MODEL_WEIGHTS".into(), w.join(","));
+            }
+            if let Some(b) = m.bias {
+                env.insert("SF_MODEL_BIAS".into(), b.to_string());
+            }
+            env.insert("SF_THRESHOLD".into(), m.threshold.to_string());
+            if let Some(seed) = m.seed {
+                env.insert("SF_MODEL_SEED".into(), seed.to_string());
+            }
+        }
+        Stage::Sink => {
+            if let Some(sink) = &s.sink {
+                env.insert("SF_GROUP_ID".into(), v.sink_group());
+                env.insert("SF_SINK_BUCKET".into(), sink.bucket.clone());
+                let prefix = sink
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/", v.name));
+                env.insert("SF_SINK_PREFIX".into(), prefix);
+                let topics: Vec<&str> = sink.topics.iter().map(|r| v.topics.by_role(*r)).collect();
+                env.insert("SF_SINK_TOPICS".into(), topics.join(","));
+                env.insert(
+                    "SF_SINK_MAX_RECORDS".into(),
+                    sink.rotation.max_records.to_string(),
+                );
+                env.insert(
+                    "SF_SINK_MAX_BYTES".into(),
+                    sink.rotation.max_bytes.to_string(),
+                );
+                env.insert(
+                    "SF_SINK_MAX_AGE_SECONDS".into(),
+                    sink.rotation.max_age_seconds.to_string(),
+                );
+                if let Some(e) = &sink.endpoint {
+                    env.insert("SF_SINK_ENDPOINT".into(), e.clone());
+                }
+                if let Some(c) = &sink.credentials_secret {
+                    let path = format!("{GCS_CREDENTIALS_DIR}/{}", c.key);
+                    env.insert("SF_SINK_CREDENTIALS".into(), path.clone());
+                    env.insert("GOOGLE_APPLICATION_CREDENTIALS".into(), path);
+                }
+            }
+        }
+    }
+    env
+}
+
+/// Hex SHA-256 (first 16 bytes) over the given maps and extra strings, in order.
+pub fn config_hash(maps: &[&BTreeMap<String, String>], extra: &[String]) -> String {
+    let mut h = Sha256::new();
+    for m in maps {
+        for (k, v) in *m {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+        h.update([1]);
+    }
+    for e in extra {
+        h.update(e.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn deployment(
+    v: &Validated,
+    ns: &str,
+    owner: &OwnerReference,
+    stage: Stage,
+    replicas: Option<i32>,
+    config_maps: [&ConfigMap; 2],
+) -> Deployment {
+    let s = &v.spec;
+    let p = &s.processors;
+    let name = deployment_name(&v.name, stage);
+    let resources: Option<ResourceRequirements> = match stage {
+        Stage::Window => p.window.resources.clone(),
+        Stage::Join => p.join.resources.clone(),
+        Stage::Sink => s.sink.as_ref().and_then(|k| k.resources.clone()),
+    }
+    .or_else(|| p.resources.clone());
+
+    let mut env = Vec::new();
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let mut extra = Vec::new();
+    if let Some(sec) = &s.kafka.security {
+        if let Some(c) = &sec.credentials_secret {
+            env.push(secret_env("KAFKA_SASL_USERNAME", &c.name, &c.username_key));
+            env.push(secret_env("KAFKA_SASL_PASSWORD", &c.name, &c.password_key));
+            extra.push(format!(
+                "sasl:{}:{}:{}",
+                c.name, c.username_key, c.password_key
+            ));
+        }
+        if let Some(ca) = &sec.ca_secret {
+            volumes.push(secret_volume("kafka-ca", &ca.name));
+            mounts.push(read_only_mount("kafka-ca", KAFKA_CA_DIR));
+            extra.push(format!("ca:{}:{}", ca.name, ca.key));
+        }
+    }
+    if stage == Stage::Sink
+        && let Some(c) = s.sink.as_ref().and_then(|k| k.credentials_secret.as_ref())
+    {
+        volumes.push(secret_volume("gcs-credentials", &c.name));
+        mounts.push(read_only_mount("gcs-credentials", GCS_CREDENTIALS_DIR));
+        extra.push(format!("gcs:{}:{}", c.name, c.key));
+    }
+
+    let data: Vec<&BTreeMap<String, String>> = config_maps
+        .iter()
+        .filter_map(|cm| cm.data.as_ref())
+        .collect();
+    let hash = config_hash(&data, &extra);
+    let component = stage.as_str();
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/instance".to_owned(), v.name.clone()),
+        (COMPONENT_LABEL.to_owned(), component.to_owned()),
+    ]);
+    let pull = match p.image_pull_policy {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
+    };
+
+    let container = Container {
+        name: stage.binary().to_owned(),
+        image: Some(p.image.clone()),
+        image_pull_policy: Some(pull.to_owned()),
+        command: Some(vec![format!("/usr/local/bin/{}", stage.binary())]),
+        env_from: Some(
+            config_maps
+                .iter()
+                .map(|cm| EnvFromSource {
+                    config_map_ref: Some(ConfigMapEnvSource {
+                        name: cm.metadata.name.clone().unwrap_or_default(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        env: if env.is_empty() { None } else { Some(env) },
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(probe("/health", 10)),
+        readiness_probe: Some(probe("/ready", 5)),
+        resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: meta(name, ns, &v.name, component, owner),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&v.name, component)),
+                    annotations: Some(BTreeMap::from([
+                        (CONFIG_HASH_ANNOTATION.to_owned(), hash),
+                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+                    ])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(format!("{}-processor", v.name)),
+                    automount_service_account_token: Some(false),
+                    // Processors commit offsets on SIGTERM after flushing; give them time.
+                    termination_grace_period_seconds: Some(60),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Builds every object of the pipeline `v` in namespace `ns`, owned by `owner`, with the given
+/// replica counts. Pure: the same input always gives the same output.
+pub fn build(v: &Validated, ns: &str, owner: &OwnerReference, replicas: ReplicaPlan) -> Desired {
+    let cm = |component: &str, data: BTreeMap<String, String>| ConfigMap {
+        metadata: meta(
+            format!("{}-{component}", v.name),
+            ns,
+            &v.name,
+            component,
+            owner,
+        ),
+        data: Some(data),
+        ..Default::default()
+    };
+    let common = cm("common", common_env(v));
+    let window_cm = cm("window", stage_env(v, Stage::Window));
+    let join_cm = cm("join", stage_env(v, Stage::Join));
+    let mut deployments = vec![
+        deployment(
+            v,
+            ns,
+            owner,
+            Stage::Window,
+            replicas.window,
+            [&common, &window_cm],
+        ),
+        deployment(
+            v,
+            ns,
+            owner,
+            Stage::Join,
+            replicas.join,
+            [&common, &join_cm],
+        ),
+    ];
+    let mut config_maps = vec![common.clone(), window_cm, join_cm];
+    if let Some(sink) = &v.spec.sink {
+        let sink_cm = cm("sink", stage_env(v, Stage::Sink));
+        deployments.push(deployment(
+            v,
+            ns,
+            owner,
+            Stage::Sink,
+            Some(sink.replicas),
+            [&common, &sink_cm],
+        ));
+        config_maps.push(sink_cm);
+    }
+
+    let service_account = ServiceAccount {
+        metadata: meta(
+            format!("{}-processor", v.name),
+            ns,
+            &v.name,
+            "processor",
+            owner,
+        ),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta(format!("{}-metrics", v.name), ns, &v.name, "metrics", owner),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(BTreeMap::from([
+                ("app.kubernetes.io/instance".to_owned(), v.name.clone()),
+                (PIPELINE_LABEL.to_owned(), v.name.clone()),
+            ])),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    Desired {
+        service_account,
+        config_maps,
+        deployments,
+        service,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{KafkaSecurity, KafkaSpec, SensorPipelineSpec, SinkSpec, SinkTopic};
+    use crate::validate::validate;
+
+    fn spec() -> SensorPipelineSpec {
+        SensorPipelineSpec {
+            kafka: KafkaSpec {
+                bootstrap_servers: "kafka:9092".into(),
+                security: None,
+            },
+            topics: Default::default(),
+            window: Default::default(),
+            model: Default::default(),
+            processors: Default::default(),
+            sink: None,
+        }
+    }
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "sensorflow.io/v1alpha1".into(),
+            kind: "SensorPipeline".into(),
+            name: "p".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn built(s: &SensorPipelineSpec) -> Desired {
+        let v = validate("p", s).expect("valid");
+        build(
+            &v,
+            "ns",
+            &owner(),
+            ReplicaPlan {
+                window: Some(2),
+                join: Some(4),
+            },
+        )
+    }
+
+    fn env_of(d: &Desired, cm: &str) -> BTreeMap<String, String> {
+        d.config_maps
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(cm))
+            .and_then(|c| c.data.clone())
+            .expect("config map")
+    }
+
+    fn hash(d: &Deployment) -> String {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+            .expect("hash")
+    }
+
+    #[test]
+    fn builds_the_processor_contract() {
+        let d = built(&spec());
+        assert_eq!(d.deployments.len(), 2);
+        assert_eq!(d.config_maps.len(), 3);
+        let common = env_of(&d, "p-common");
+        assert_eq!(common["KAFKA_BOOTSTRAP_SERVERS"], "kafka:9092");
+        assert_eq!(common["SF_TOPIC_SZ"], "p.sz");
+        assert_eq!(common["SF_TOPIC_DLQ"], "p.dead-letter");
+        assert_eq!(common["SF_METRICS_ADDR"], "0.0.0.0:9100");
+        let w = env_of(&d, "p-window");
+        assert_eq!(w["SF_GROUP_ID"], "p-window");
+        assert_eq!(w["SF_WINDOW_SIZE_MS"], "600000");
+        assert_eq!(w["SF_FD_RANGE"], "-0.01,0.01");
+        assert_eq!(w["SF_FA_RANGE"], "0,5");
+        let j = env_of(&d, "p-join");
+        assert_eq!(j["SF_GROUP_ID"], "p-join");
+        assert_eq!(j["SF_THRESHOLD"], "0.5");
+        assert_eq!(j["SF_MODEL"], "logistic");
+    }
+
+    #[test]
+    fn every_object_is_owned_and_labelled() {
+        let d = built(&spec());
+        let metas = d
+            .config_maps
+            .iter()
+            .map(|c| &c.metadata)
+            .chain(d.deployments.iter().map(|x| &x.metadata))
+            .chain([&d.service.metadata, &d.service_account.metadata]);
+        for m in metas {
+            assert_eq!(m.owner_references.as_deref(), Some(&[owner()][..]));
+            assert_eq!(m.labels.as_ref().expect("labels")[PIPELINE_LABEL], "p");
+            assert_eq!(m.namespace.as_deref(), Some("ns"));
+        }
+    }
+
+    #[test]
+    fn deployments_are_hardened_and_sized() {
+        let d = built(&spec());
+        let w = &d.deployments[0];
+        let spec = w.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.as_ref().expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["/usr/local/bin/window-processor".to_owned()][..])
+        );
+        let sc = c.security_context.as_ref().expect("sc");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(c.image.as_deref(), Some(crate::crd::DEFAULT_IMAGE));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            d.deployments[1].spec.as_ref().and_then(|s| s.replicas),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn config_change_changes_only_the_affected_hash() {
+        let a = built(&spec());
+        let mut s = spec();
+        s.model.threshold = 0.7;
+        let b = built(&s);
+        assert_eq!(hash(&a.deployments[0]), hash(&b.deployments[0]));
+        assert_ne!(hash(&a.deployments[1]), hash(&b.deployments[1]));
+        // Same input, same output.
+        assert_eq!(built(&spec()), a);
+    }
+
+    #[test]
+    fn secrets_come_from_secret_refs_never_inline() {
+        let mut s = spec();
+        s.kafka.security = Some(KafkaSecurity {
+            protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(crate::crd::SaslMechanism::ScramSha512),
+            credentials_secret: Some(crate::crd::CredentialsSecretRef {
+                name: "kafka-creds".into(),
+                username_key: "user".into(),
+                password_key: "pass".into(),
+            }),
+            ca_secret: Some(crate::crd::SecretKeyRef {
+                name: "ca".into(),
+                key: "ca.pem".into(),
+            }),
+        });
+        let d = built(&s);
+        let common = env_of(&d, "p-common");
+        assert_eq!(common["KAFKA_SECURITY_PROTOCOL"], "SASL_SSL");
+        assert_eq!(
+            common["KAFKA_SSL_CA_LOCATION"],
+            "/etc/sensorflow/kafka-ca/ca.pem"
+        );
+        assert!(!common.contains_key("KAFKA_SASL_PASSWORD"));
+        let c = &d.deployments[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod")
+            .containers[0];
+        let env = c.env.as_ref().expect("env");
+        let pw = env
+            .iter()
+            .find(|e| e.name == "KAFKA_SASL_PASSWORD")
+            .expect("password env");
+        let r = pw
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret ref");
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("kafka-creds", "pass"));
+    }
+
+    #[test]
+    fn sink_adds_a_deployment_and_external_scaling_leaves_replicas_unset() {
+        let mut s = spec();
+        s.sink = Some(SinkSpec {
+            bucket: "archive".into(),
+            prefix: None,
+            topics: vec![SinkTopic::Predictions, SinkTopic::Late],
+            rotation: Default::default(),
+            credentials_secret: None,
+            endpoint: Some("http://127.0.0.1:4443".into()),
+            replicas: 1,
+            resources: None,
+        });
+        let v = validate("p", &s).expect("valid");
+        let d = build(&v, "ns", &owner(), ReplicaPlan::default());
+        assert_eq!(d.deployments.len(), 3);
+        assert_eq!(
+            d.deployments[0].spec.as_ref().and_then(|s| s.replicas),
+            None
+        );
+        let sink = env_of(&d, "p-sink");
+        assert_eq!(sink["SF_SINK_TOPICS"], "p.predictions,p.late");
+        assert_eq!(sink["SF_SINK_PREFIX"], "p/");
+        assert_eq!(sink["SF_SINK_ENDPOINT"], "http://127.0.0.1:4443");
+    }
+}

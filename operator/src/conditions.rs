@@ -1,0 +1,336 @@
+//! Pure status computation: observations in, conditions and phase out.
+//!
+//! `lastTransitionTime` is kept from the previous condition of the same type whenever its
+//! `status` did not change, so a status write with nothing new is a no-op on the server.
+
+use crate::crd::Condition;
+
+/// Outcome of the topic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicsOutcome {
+    /// Not attempted (for example, the spec is invalid).
+    Unknown,
+    /// Every topic exists with the desired partition count and join inputs are co-partitioned.
+    Ready,
+    /// The broker could not be reached or refused a request.
+    BrokerUnavailable(String),
+    /// The spec lowers partitions of an existing topic: refused.
+    DecreaseRefused(String),
+    /// The spec raises partitions; waiting for `topics.allowPartitionIncrease`.
+    IncreasePending(String),
+    /// Join inputs have different partition counts.
+    NotCoPartitioned(String),
+}
+
+/// Replicas of one Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// Desired (spec) replicas.
+    pub desired: i32,
+    /// Ready replicas.
+    pub ready: i32,
+}
+
+/// Everything [`compute_conditions`] looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observations {
+    /// `metadata.generation` of the object.
+    pub generation: Option<i64>,
+    /// Validation failure, if any.
+    pub invalid: Option<String>,
+    /// Topic step outcome.
+    pub topics: TopicsOutcome,
+    /// window-processor and join-predict Deployments (`None`: not created yet).
+    pub window: Option<Replicas>,
+    /// See `window`.
+    pub join: Option<Replicas>,
+    /// `None` when no sink is configured; `Some(None)` when configured but not created yet.
+    pub sink: Option<Option<Replicas>>,
+    /// Human-readable scaling activity this round, empty when steady.
+    pub scaling: Vec<String>,
+}
+
+/// Condition types, in the order they are written.
+pub const CONDITION_TYPES: [&str; 6] = [
+    "Ready",
+    "TopicsReady",
+    "ProcessorsReady",
+    "SinkReady",
+    "Scaling",
+    "Degraded",
+];
+
+fn cond(type_: &str, ok: bool, reason: &str, message: String) -> (String, bool, String, String) {
+    (type_.to_owned(), ok, reason.to_owned(), message)
+}
+
+fn replicas_ready(name: &str, r: Option<Replicas>) -> (bool, String) {
+    match r {
+        None => (false, format!("{name}: not created yet")),
+        Some(r) if r.ready >= r.desired => {
+            (true, format!("{name}: {}/{} ready", r.ready, r.desired))
+        }
+        Some(r) => (false, format!("{name}: {}/{} ready", r.ready, r.desired)),
+    }
+}
+
+/// Computes the conditions and the phase (`Invalid`, `Degraded`, `Running` or `Pending`) from
+/// `obs`, keeping `lastTransitionTime` of `previous` conditions whose status is unchanged.
+/// `now` is an RFC 3339 timestamp.
+pub fn compute_conditions(
+    obs: &Observations,
+    previous: &[Condition],
+    now: &str,
+) -> (Vec<Condition>, String) {
+    let mut raw = Vec::new();
+
+    let (topics_ok, topics_reason, topics_msg) = match &obs.topics {
+        TopicsOutcome::Unknown => (false, "NotChecked", "topics not checked yet".to_owned()),
+        TopicsOutcome::Ready => (
+            true,
+            "TopicsReady",
+            "all topics exist with the desired partitions".to_owned(),
+        ),
+        TopicsOutcome::BrokerUnavailable(m) => (false, "BrokerUnavailable", m.clone()),
+        TopicsOutcome::DecreaseRefused(m) => (false, "PartitionDecreaseRefused", m.clone()),
+        TopicsOutcome::IncreasePending(m) => (false, "PartitionIncreasePending", m.clone()),
+        TopicsOutcome::NotCoPartitioned(m) => (false, "NotCoPartitioned", m.clone()),
+    };
+
+    let (w_ok, w_msg) = replicas_ready("window-processor", obs.window);
+    let (j_ok, j_msg) = replicas_ready("join-predict", obs.join);
+    let procs_ok = w_ok && j_ok;
+    let procs_reason = if obs.window.is_none() || obs.join.is_none() {
+        "NotCreated"
+    } else if procs_ok {
+        "ReplicasReady"
+    } else {
+        "ReplicasNotReady"
+    };
+    let (sink_ok, sink_reason, sink_msg) = match obs.sink {
+        None => (true, "NotConfigured", "no sink configured".to_owned()),
+        Some(r) => {
+            let (ok, msg) = replicas_ready("gcs-sink", r);
+            (
+                ok,
+                if ok {
+                    "ReplicasReady"
+                } else {
+                    "ReplicasNotReady"
+                },
+                msg,
+            )
+        }
+    };
+
+    let degraded_reason = if obs.invalid.is_some() {
+        Some(("InvalidSpec", obs.invalid.clone().unwrap_or_default()))
+    } else if !matches!(obs.topics, TopicsOutcome::Ready | TopicsOutcome::Unknown) {
+        Some((topics_reason, topics_msg.clone()))
+    } else {
+        None
+    };
+
+    let (ready, ready_reason, ready_msg) = if let Some(m) = &obs.invalid {
+        (false, "InvalidSpec", m.clone())
+    } else if !topics_ok {
+        (false, topics_reason, topics_msg.clone())
+    } else if !procs_ok {
+        (false, procs_reason, format!("{w_msg}; {j_msg}"))
+    } else if !sink_ok {
+        (false, sink_reason, sink_msg.clone())
+    } else {
+        (
+            true,
+            "PipelineReady",
+            "topics, processors and sink are ready".to_owned(),
+        )
+    };
+
+    raw.push(cond("Ready", ready, ready_reason, ready_msg));
+    if obs.invalid.is_some() {
+        raw.push(cond(
+            "TopicsReady",
+            false,
+            "InvalidSpec",
+            "spec is invalid".into(),
+        ));
+    } else {
+        raw.push(cond("TopicsReady", topics_ok, topics_reason, topics_msg));
+    }
+    raw.push(cond(
+        "ProcessorsReady",
+        procs_ok,
+        procs_reason,
+        format!("{w_msg}; {j_msg}"),
+    ));
+    raw.push(cond("SinkReady", sink_ok, sink_reason, sink_msg));
+    raw.push(if obs.scaling.is_empty() {
+        cond(
+            "Scaling",
+            false,
+            "Steady",
+            "replica counts match the plan".into(),
+        )
+    } else {
+        cond("Scaling", true, "Rescaling", obs.scaling.join("; "))
+    });
+    raw.push(match degraded_reason {
+        Some((reason, msg)) => cond("Degraded", true, reason, msg),
+        None => cond(
+            "Degraded",
+            false,
+            "AsExpected",
+            "no problem detected".into(),
+        ),
+    });
+
+    let conditions = raw
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            let status = if ok { "True" } else { "False" }.to_owned();
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+            Condition {
+                type_,
+                status,
+                reason,
+                message,
+                last_transition_time,
+                observed_generation: obs.generation,
+            }
+        })
+        .collect();
+
+    let phase = if obs.invalid.is_some() {
+        "Invalid"
+    } else if degraded_reason_is_set(obs) {
+        "Degraded"
+    } else if ready {
+        "Running"
+    } else {
+        "Pending"
+    };
+    (conditions, phase.to_owned())
+}
+
+fn degraded_reason_is_set(obs: &Observations) -> bool {
+    !matches!(obs.topics, TopicsOutcome::Ready | TopicsOutcome::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ready_obs() -> Observations {
+        Observations {
+            generation: Some(3),
+            invalid: None,
+            topics: TopicsOutcome::Ready,
+            window: Some(Replicas {
+                desired: 2,
+                ready: 2,
+            }),
+            join: Some(Replicas {
+                desired: 1,
+                ready: 1,
+            }),
+            sink: None,
+            scaling: vec![],
+        }
+    }
+
+    fn get<'a>(c: &'a [Condition], t: &str) -> &'a Condition {
+        c.iter().find(|c| c.type_ == t).expect("condition present")
+    }
+
+    #[test]
+    fn all_ready() {
+        let (c, phase) = compute_conditions(&ready_obs(), &[], "T1");
+        assert_eq!(phase, "Running");
+        assert_eq!(c.len(), 6);
+        assert_eq!(get(&c, "Ready").status, "True");
+        assert_eq!(get(&c, "Degraded").status, "False");
+        assert_eq!(get(&c, "SinkReady").reason, "NotConfigured");
+        assert!(c.iter().all(|c| c.observed_generation == Some(3)));
+    }
+
+    #[test]
+    fn invalid_spec() {
+        let obs = Observations {
+            invalid: Some("model.threshold: 2 is outside [0, 1]".into()),
+            topics: TopicsOutcome::Unknown,
+            ..ready_obs()
+        };
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(phase, "Invalid");
+        assert_eq!(get(&c, "Ready").reason, "InvalidSpec");
+        assert!(get(&c, "Ready").message.contains("threshold"));
+        assert_eq!(get(&c, "Degraded").status, "True");
+    }
+
+    #[test]
+    fn keeps_transition_time_while_status_unchanged() {
+        let (first, _) = compute_conditions(&ready_obs(), &[], "T1");
+        let mut obs = ready_obs();
+        obs.window = Some(Replicas {
+            desired: 4,
+            ready: 4,
+        });
+        let (second, _) = compute_conditions(&obs, &first, "T2");
+        assert!(second.iter().all(|c| c.last_transition_time == "T1"));
+        obs.window = Some(Replicas {
+            desired: 4,
+            ready: 3,
+        });
+        let (third, phase) = compute_conditions(&obs, &second, "T3");
+        assert_eq!(phase, "Pending");
+        assert_eq!(get(&third, "Ready").last_transition_time, "T3");
+        assert_eq!(get(&third, "TopicsReady").last_transition_time, "T1");
+    }
+
+    #[test]
+    fn partition_decrease_is_degraded() {
+        let obs = Observations {
+            topics: TopicsOutcome::DecreaseRefused("p.sx has 100 partitions, spec asks 50".into()),
+            ..ready_obs()
+        };
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(phase, "Degraded");
+        assert_eq!(get(&c, "TopicsReady").reason, "PartitionDecreaseRefused");
+        assert_eq!(get(&c, "Degraded").reason, "PartitionDecreaseRefused");
+    }
+
+    #[test]
+    fn sink_not_created() {
+        let obs = Observations {
+            sink: Some(None),
+            ..ready_obs()
+        };
+        let (c, _) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(get(&c, "SinkReady").status, "False");
+        assert_eq!(get(&c, "Ready").status, "False");
+    }
+
+    proptest! {
+        /// Ready is True exactly when everything else is healthy, and recomputing with the
+        /// output as `previous` never changes a transition time.
+        #[test]
+        fn ready_iff_components_ready(wd in 0i32..5, wr in 0i32..5, jd in 0i32..5, jr in 0i32..5, topics_ok: bool) {
+            let obs = Observations {
+                topics: if topics_ok { TopicsOutcome::Ready } else { TopicsOutcome::BrokerUnavailable("x".into()) },
+                window: Some(Replicas { desired: wd, ready: wr }),
+                join: Some(Replicas { desired: jd, ready: jr }),
+                ..ready_obs()
+            };
+            let (c, _) = compute_conditions(&obs, &[], "T1");
+            let expect = topics_ok && wr >= wd && jr >= jd;
+            prop_assert_eq!(get(&c, "Ready").status == "True", expect);
+            let (again, _) = compute_conditions(&obs, &c, "T2");
+            prop_assert_eq!(again, c);
+        }
+    }
+}

@@ -1,0 +1,929 @@
+//! The reconciler: one pass per SensorPipeline, wrapped in a finalizer.
+//!
+//! ```text
+//!   SensorPipeline ─▶ finalizer ─Apply──▶ validate (pure) ──invalid──▶ status Invalid + Warning, wait for change
+//!                        │                   │ ok
+//!                        │                   ▼
+//!                        │     dereference (Secrets, Deployments) ─▶ topics (AdminClient) ─▶ lag
+//!                        │                   ▼
+//!                        │     planner (pure) ─▶ build (pure) ─▶ server-side apply + delete orphans
+//!                        │                   ▼
+//!                        │     compute_conditions (pure) ─▶ status (server-side apply on /status)
+//!                        └─Cleanup─▶ topics deleted only with deletionPolicy Delete; owned objects
+//!                                    go with the garbage collector (owner references)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, predicates};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use crate::build::{self, MANAGED_BY, PIPELINE_LABEL, ReplicaPlan, Stage};
+use crate::conditions::{self, Observations, Replicas, TopicsOutcome};
+use crate::crd::{
+    DeletionPolicy, SecurityProtocol, SensorPipeline, SensorPipelineSpec, SensorPipelineStatus,
+    StageStatus, TopicStatus,
+};
+use crate::kafka::{self, Connection, KafkaError, TopicPlan};
+use crate::metrics::{ErrorLabels, Metrics, StageLabels};
+use crate::planner::{self, Bounds, Change};
+use crate::validate::{self, TopicNames};
+
+/// The one field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "sensorflow-operator";
+/// Finalizer that guards topic deletion.
+pub const FINALIZER: &str = "sensorflow.io/topics";
+
+/// Errors of one reconcile, one variant per failing step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace (the CRD is namespaced, so this is not expected).
+    #[error("SensorPipeline {0} has no namespace")]
+    NoNamespace(String),
+    /// A Kubernetes API call failed.
+    #[error("{action} {object}: {source}")]
+    Kube {
+        /// What was attempted.
+        action: &'static str,
+        /// `kind/namespace/name`.
+        object: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// A Secret named by the spec is missing or lacks the key.
+    #[error("secret {namespace}/{name} key {key}: {reason}")]
+    Secret {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The broker could not be reached or refused a request.
+    #[error("kafka for pipeline {pipeline}: {source}")]
+    Kafka {
+        /// `namespace/name` of the pipeline.
+        pipeline: String,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// The finalizer helper failed (adding/removing the finalizer, or a wrapped step).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Short label for the failure metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::NoNamespace(_) => "no_namespace",
+            Error::Kube { .. } => "kube",
+            Error::Secret { .. } => "secret",
+            Error::Kafka { .. } => "kafka",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+/// Operator-wide settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often a healthy pipeline is re-read (lag polling interval).
+    pub resync: Duration,
+    /// First retry delay after a failure; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Overrides every pipeline's `processors.scaleDownCooldownSeconds` (tests).
+    pub cooldown_override: Option<Duration>,
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Creates the context; `reporter` names this operator instance in Events.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn event(
+        &self,
+        sp: &SensorPipeline,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+fn key(sp: &SensorPipeline) -> String {
+    format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any())
+}
+
+/// Topic names of `spec` even when it is invalid (for cleanup).
+fn topic_names(name: &str, spec: &SensorPipelineSpec) -> TopicNames {
+    match validate::validate(name, spec) {
+        Ok(v) => v.topics,
+        Err(_) => {
+            let d =
+                |o: &Option<String>, s: &str| o.clone().unwrap_or_else(|| format!("{name}.{s}"));
+            let t = &spec.topics;
+            TopicNames {
+                sx: d(&t.sx, "sx"),
+                sy: d(&t.sy, "sy"),
+                sz: d(&t.sz, "sz"),
+                fa: d(&t.fa, "fa"),
+                fi: d(&t.fi, "fi"),
+                fd: d(&t.fd, "fd"),
+                predictions: d(&t.predictions, "predictions"),
+                dead_letter: d(&t.dead_letter, "dead-letter"),
+                late: d(&t.late, "late"),
+            }
+        }
+    }
+}
+
+async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let err = |reason: String| Error::Secret {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("not found".into()))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| err("key missing".into()))?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| err("not UTF-8".into()))
+}
+
+/// Dereference step: the operator's own Kafka connection, with credentials read from Secrets.
+async fn connection(
+    client: &Client,
+    ns: &str,
+    spec: &SensorPipelineSpec,
+) -> Result<Connection, Error> {
+    let mut conn = Connection {
+        bootstrap: spec.kafka.bootstrap_servers.clone(),
+        ..Default::default()
+    };
+    if let Some(sec) = &spec.kafka.security {
+        conn.protocol = Some(
+            match sec.protocol {
+                SecurityProtocol::Plaintext => "PLAINTEXT",
+                SecurityProtocol::Ssl => "SSL",
+                SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+                SecurityProtocol::SaslSsl => "SASL_SSL",
+            }
+            .to_owned(),
+        );
+        conn.sasl_mechanism = sec.sasl_mechanism.map(|m| {
+            serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        });
+        if let Some(c) = &sec.credentials_secret {
+            let user = secret_value(client, ns, &c.name, &c.username_key).await?;
+            let pass = secret_value(client, ns, &c.name, &c.password_key).await?;
+            conn.sasl_credentials = Some((user, pass));
+        }
+        if let Some(ca) = &sec.ca_secret {
+            conn.ca_pem = Some(secret_value(client, ns, &ca.name, &ca.key).await?);
+        }
+    }
+    Ok(conn)
+}
+
+async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Kube {
+        action: "apply",
+        object: format!("{}/{name}", K::kind(&K::DynamicType::default())),
+        source,
+    })
+}
+
+/// Deletes objects of the pipeline (by label) that are not in `keep`.
+async fn delete_orphans<K>(
+    api: &Api<K>,
+    pipeline: &str,
+    keep: &[String],
+) -> Result<Vec<String>, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let lp = ListParams::default().labels(&format!(
+        "{PIPELINE_LABEL}={pipeline},app.kubernetes.io/managed-by={MANAGED_BY}"
+    ));
+    let list = api.list(&lp).await.map_err(|source| Error::Kube {
+        action: "list",
+        object: kind.clone(),
+        source,
+    })?;
+    let mut deleted = Vec::new();
+    for o in list {
+        let name = o.name_any();
+        if !keep.contains(&name) {
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(format!("{kind}/{name}")),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::Kube {
+                        action: "delete",
+                        object: format!("{kind}/{name}"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+async fn write_status(
+    api: &Api<SensorPipeline>,
+    name: &str,
+    status: &SensorPipelineStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "sensorflow.io/v1alpha1",
+        "kind": "SensorPipeline",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Kube {
+        action: "apply status",
+        object: format!("SensorPipeline/{name}"),
+        source,
+    })
+}
+
+fn replicas_of(d: Option<&Deployment>) -> Option<Replicas> {
+    let d = d?;
+    Some(Replicas {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ready: d
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    })
+}
+
+fn now_rfc3339(now: Timestamp) -> String {
+    // Seconds precision, like metav1.Time.
+    Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
+}
+
+/// The Apply branch.
+#[instrument(skip_all, fields(pipeline = %key(&sp)))]
+async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> {
+    let name = sp.name_any();
+    let ns = sp
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let api: Api<SensorPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let previous = sp.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let now_s = now_rfc3339(now);
+    let generation = sp.metadata.generation;
+
+    // 1. validate (pure)
+    let v = match validate::validate(&name, &sp.spec) {
+        Ok(v) => v,
+        Err(errs) => {
+            let msg = errs.to_string();
+            let obs = Observations {
+                generation,
+                invalid: Some(msg.clone()),
+                topics: TopicsOutcome::Unknown,
+                window: None,
+                join: None,
+                sink: sp.spec.sink.as_ref().map(|_| None),
+                scaling: vec![],
+            };
+            let (conds, phase) = conditions::compute_conditions(&obs, &previous.conditions, &now_s);
+            let status = SensorPipelineStatus {
+                observed_generation: generation,
+                phase: Some(phase),
+                conditions: conds,
+                ..previous.clone()
+            };
+            let already_reported = previous.observed_generation == generation
+                && previous.phase.as_deref() == Some("Invalid");
+            if Some(&status) != sp.status.as_ref() {
+                write_status(&api, &name, &status).await?;
+            }
+            if !already_reported {
+                warn!(%msg, "invalid spec");
+                ctx.event(&sp, EventType::Warning, "InvalidSpec", "Validate", msg)
+                    .await;
+            }
+            // No hot loop: wait for the user to change the spec.
+            return Ok(Action::await_change());
+        }
+    };
+
+    // 2. dereference: Kafka credentials, current Deployments
+    let conn = connection(&ctx.client, &ns, &sp.spec).await?;
+    let deploy_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut current: BTreeMap<Stage, Deployment> = BTreeMap::new();
+    for stage in [Stage::Window, Stage::Join, Stage::Sink] {
+        let dn = build::deployment_name(&name, stage);
+        if let Some(d) = deploy_api
+            .get_opt(&dn)
+            .await
+            .map_err(|source| Error::Kube {
+                action: "get",
+                object: format!("Deployment/{ns}/{dn}"),
+                source,
+            })?
+        {
+            current.insert(stage, d);
+        }
+    }
+
+    // 3. topics
+    let t = &v.spec.topics;
+    let plan = TopicPlan {
+        topics: v
+            .topics
+            .all()
+            .iter()
+            .map(|(_, n)| (*n).to_owned())
+            .collect(),
+        partitions: t.partitions,
+        replication_factor: t.replication_factor,
+        config: {
+            let mut c = t.config.clone();
+            if let Some(r) = t.retention_ms {
+                c.insert("retention.ms".into(), r.to_string());
+            }
+            c
+        },
+        allow_increase: t.allow_partition_increase,
+        co_partitioned: v.topics.join_inputs(),
+    };
+    let report = match kafka::ensure_topics(&conn, &plan).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            let obs = Observations {
+                generation,
+                invalid: None,
+                topics: TopicsOutcome::BrokerUnavailable(msg.clone()),
+                window: replicas_of(current.get(&Stage::Window)),
+                join: replicas_of(current.get(&Stage::Join)),
+                sink: v
+                    .spec
+                    .sink
+                    .as_ref()
+                    .map(|_| replicas_of(current.get(&Stage::Sink))),
+                scaling: vec![],
+            };
+            let (conds, phase) = conditions::compute_conditions(&obs, &previous.conditions, &now_s);
+            let status = SensorPipelineStatus {
+                observed_generation: generation,
+                phase: Some(phase),
+                conditions: conds,
+                ..previous.clone()
+            };
+            write_status(&api, &name, &status).await?;
+            ctx.event(
+                &sp,
+                EventType::Warning,
+                "BrokerUnavailable",
+                "EnsureTopics",
+                msg,
+            )
+            .await;
+            return Err(Error::Kafka {
+                pipeline: key(&sp),
+                source: e,
+            });
+        }
+    };
+    if !report.created.is_empty() {
+        let note = format!(
+            "created {} topics with {} partitions: {}",
+            report.created.len(),
+            t.partitions,
+            report.created.join(", ")
+        );
+        info!(%note);
+        ctx.event(
+            &sp,
+            EventType::Normal,
+            "TopicsCreated",
+            "CreateTopics",
+            note,
+        )
+        .await;
+    }
+    for (topic, from, to) in &report.increased {
+        let note = format!(
+            "raised {topic} from {from} to {to} partitions (key → partition mapping changed)"
+        );
+        ctx.event(
+            &sp,
+            EventType::Warning,
+            "PartitionsIncreased",
+            "CreatePartitions",
+            note,
+        )
+        .await;
+    }
+    let prev_topics_reason = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "TopicsReady")
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    let (topic_reason, topic_msg) = match &report.outcome {
+        TopicsOutcome::DecreaseRefused(m) => ("PartitionDecreaseRefused", m.clone()),
+        TopicsOutcome::IncreasePending(m) => ("PartitionIncreasePending", m.clone()),
+        TopicsOutcome::NotCoPartitioned(m) => ("NotCoPartitioned", m.clone()),
+        TopicsOutcome::BrokerUnavailable(m) => ("BrokerUnavailable", m.clone()),
+        _ => ("", String::new()),
+    };
+    if !topic_reason.is_empty()
+        && prev_topics_reason != Some((topic_reason.to_owned(), topic_msg.clone()))
+    {
+        ctx.event(
+            &sp,
+            EventType::Warning,
+            topic_reason,
+            "EnsureTopics",
+            topic_msg,
+        )
+        .await;
+    }
+
+    // 4. lag per stage (None when it cannot be read)
+    let stage_inputs = [
+        (Stage::Window, v.window_group(), v.topics.window_inputs()),
+        (Stage::Join, v.join_group(), v.topics.join_inputs()),
+    ];
+    let mut lags: BTreeMap<Stage, Option<u64>> = BTreeMap::new();
+    for (stage, group, inputs) in &stage_inputs {
+        let lag = match kafka::stage_lag(&conn, group, inputs, &report.partitions).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, stage = stage.as_str(), "could not read lag");
+                None
+            }
+        };
+        lags.insert(*stage, lag);
+    }
+
+    // 5. plan replicas (pure)
+    let cooldown = ctx.settings.cooldown_override.map_or_else(
+        || SignedDuration::from_secs(v.spec.processors.scale_down_cooldown_seconds),
+        |d| SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO),
+    );
+    let mut replica_plan = ReplicaPlan::default();
+    let mut scaling = Vec::new();
+    let mut stage_status: BTreeMap<Stage, StageStatus> = BTreeMap::new();
+    for (stage, _, inputs) in &stage_inputs {
+        let spec_stage = match stage {
+            Stage::Window => &v.spec.processors.window,
+            _ => &v.spec.processors.join,
+        };
+        let prev_stage = match stage {
+            Stage::Window => previous.window.as_ref(),
+            _ => previous.join.as_ref(),
+        };
+        let partitions = inputs
+            .iter()
+            .filter_map(|t| report.partitions.get(t).copied())
+            .min()
+            .unwrap_or(t.partitions);
+        let input = planner::Input {
+            current: current
+                .get(stage)
+                .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas)),
+            lag: lags.get(stage).copied().flatten(),
+            bounds: Bounds {
+                min: spec_stage.min_replicas,
+                max: spec_stage.max_replicas,
+                partitions,
+                lag_target: spec_stage.lag_target_per_replica,
+            },
+            cooldown,
+            now,
+            pending_since: prev_stage
+                .and_then(|s| s.scale_down_pending_since.as_deref())
+                .and_then(|s| s.parse::<Timestamp>().ok()),
+        };
+        let p = planner::plan(&input);
+        let lag = lags.get(stage).copied().flatten();
+        let labels = StageLabels {
+            namespace: ns.clone(),
+            pipeline: name.clone(),
+            stage: stage.as_str().to_owned(),
+        };
+        if let Some(l) = lag {
+            ctx.metrics
+                .lag
+                .get_or_create(&labels)
+                .set(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+        let replicas = if v.planner_enabled() {
+            ctx.metrics
+                .replicas
+                .get_or_create(&labels)
+                .set(i64::from(p.replicas));
+            match p.change {
+                Change::Up(from, to) | Change::Down(from, to) => {
+                    let verb = if to > from { "up" } else { "down" };
+                    let note = format!(
+                        "scaled {} {verb} from {from} to {to} (lag {}, target {}/replica)",
+                        stage.binary(),
+                        lag.map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+                        spec_stage.lag_target_per_replica
+                    );
+                    info!(%note);
+                    scaling.push(note.clone());
+                    let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
+                    ctx.event(&sp, EventType::Normal, reason, "Scale", note)
+                        .await;
+                }
+                Change::CoolingDown(want) => scaling.push(format!(
+                    "{} wants {want} replicas; holding {} until the {}s cooldown ends",
+                    stage.binary(),
+                    p.replicas,
+                    cooldown.as_secs()
+                )),
+                Change::Steady | Change::LagUnknown => {}
+            }
+            Some(p.replicas)
+        } else {
+            None
+        };
+        match stage {
+            Stage::Window => replica_plan.window = replicas,
+            _ => replica_plan.join = replicas,
+        }
+        stage_status.insert(
+            *stage,
+            StageStatus {
+                replicas: replicas
+                    .or_else(|| {
+                        current
+                            .get(stage)
+                            .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+                    })
+                    .unwrap_or(1),
+                ready_replicas: replicas_of(current.get(stage)).map_or(0, |r| r.ready),
+                lag: lag.map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+                scale_down_pending_since: if v.planner_enabled() {
+                    p.pending_since.map(now_rfc3339)
+                } else {
+                    None
+                },
+            },
+        );
+    }
+
+    // 6. build (pure) and apply
+    let owner = sp
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let desired = build::build(&v, &ns, &owner, replica_plan);
+    apply_desired(ctx, &ns, &name, &desired).await?;
+
+    // 7. status (pure compute, then apply)
+    let window = replicas_of(current.get(&Stage::Window)).map(|r| Replicas {
+        desired: replica_plan.window.unwrap_or(r.desired),
+        ..r
+    });
+    let join = replicas_of(current.get(&Stage::Join)).map(|r| Replicas {
+        desired: replica_plan.join.unwrap_or(r.desired),
+        ..r
+    });
+    let obs = Observations {
+        generation,
+        invalid: None,
+        topics: report.outcome.clone(),
+        window: window.or(Some(Replicas {
+            desired: replica_plan.window.unwrap_or(1),
+            ready: 0,
+        })),
+        join: join.or(Some(Replicas {
+            desired: replica_plan.join.unwrap_or(1),
+            ready: 0,
+        })),
+        sink: v.spec.sink.as_ref().map(|s| {
+            Some(replicas_of(current.get(&Stage::Sink)).unwrap_or(Replicas {
+                desired: s.replicas,
+                ready: 0,
+            }))
+        }),
+        scaling,
+    };
+    let (conds, phase) = conditions::compute_conditions(&obs, &previous.conditions, &now_s);
+    let total_lag = match (
+        lags.get(&Stage::Window).copied().flatten(),
+        lags.get(&Stage::Join).copied().flatten(),
+    ) {
+        (Some(a), Some(b)) => Some(i64::try_from(a.saturating_add(b)).unwrap_or(i64::MAX)),
+        _ => None,
+    };
+    let status = SensorPipelineStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions: conds,
+        window: stage_status.remove(&Stage::Window),
+        join: stage_status.remove(&Stage::Join),
+        total_lag,
+        topics: report
+            .partitions
+            .iter()
+            .map(|(name, partitions)| TopicStatus {
+                name: name.clone(),
+                partitions: *partitions,
+            })
+            .collect(),
+    };
+    if Some(&status) != sp.status.as_ref() {
+        write_status(&api, &name, &status).await?;
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+async fn apply_desired(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    desired: &build::Desired,
+) -> Result<(), Error> {
+    let c = &ctx.client;
+    ssa(
+        &Api::<ServiceAccount>::namespaced(c.clone(), ns),
+        &desired.service_account,
+    )
+    .await?;
+    let cm_api = Api::<ConfigMap>::namespaced(c.clone(), ns);
+    for cm in &desired.config_maps {
+        ssa(&cm_api, cm).await?;
+    }
+    ssa(&Api::<Service>::namespaced(c.clone(), ns), &desired.service).await?;
+    let d_api = Api::<Deployment>::namespaced(c.clone(), ns);
+    for d in &desired.deployments {
+        ssa(&d_api, d).await?;
+    }
+    let names = |metas: Vec<Option<String>>| metas.into_iter().flatten().collect::<Vec<_>>();
+    let keep_d = names(
+        desired
+            .deployments
+            .iter()
+            .map(|d| d.metadata.name.clone())
+            .collect(),
+    );
+    let keep_cm = names(
+        desired
+            .config_maps
+            .iter()
+            .map(|d| d.metadata.name.clone())
+            .collect(),
+    );
+    let mut gone = delete_orphans(&d_api, name, &keep_d).await?;
+    gone.extend(delete_orphans(&cm_api, name, &keep_cm).await?);
+    if !gone.is_empty() {
+        info!(deleted = ?gone, "deleted objects no longer in the spec");
+    }
+    Ok(())
+}
+
+/// The Cleanup branch: topics go only with `deletionPolicy: Delete`.
+#[instrument(skip_all, fields(pipeline = %key(&sp)))]
+async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> {
+    let name = sp.name_any();
+    let ns = sp
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    if sp.spec.topics.deletion_policy == DeletionPolicy::Delete {
+        let topics: Vec<String> = topic_names(&name, &sp.spec)
+            .all()
+            .iter()
+            .map(|(_, t)| (*t).to_owned())
+            .collect();
+        let conn = connection(&ctx.client, &ns, &sp.spec).await?;
+        match kafka::delete_topics(&conn, &topics).await {
+            Ok(deleted) => {
+                let note = format!("deleted {} topics (deletionPolicy Delete)", deleted.len());
+                info!(%note);
+                ctx.event(
+                    &sp,
+                    EventType::Normal,
+                    "TopicsDeleted",
+                    "DeleteTopics",
+                    note,
+                )
+                .await;
+            }
+            Err(e) => {
+                ctx.event(
+                    &sp,
+                    EventType::Warning,
+                    "TopicDeletionFailed",
+                    "DeleteTopics",
+                    e.to_string(),
+                )
+                .await;
+                return Err(Error::Kafka {
+                    pipeline: key(&sp),
+                    source: e,
+                });
+            }
+        }
+    } else {
+        ctx.event(
+            &sp,
+            EventType::Normal,
+            "TopicsRetained",
+            "DeleteTopics",
+            "topics kept (deletionPolicy Retain)".into(),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Reconciles one SensorPipeline.
+///
+/// # Errors
+/// [`Error`] from the failing step; the controller retries with backoff ([`error_policy`]).
+pub async fn reconcile(sp: Arc<SensorPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let ns = sp
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(sp.name_any()))?;
+    let api: Api<SensorPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let k = key(&sp);
+    let result = finalizer(&api, FINALIZER, sp, |event| async {
+        match event {
+            Finalizer::Apply(sp) => apply(sp, &ctx).await,
+            Finalizer::Cleanup(sp) => cleanup(sp, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe(started.elapsed());
+    if result.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&k);
+    }
+    result
+}
+
+/// Counts the failure and retries after an exponential backoff per object
+/// (`backoff_base · 2^(failures−1)`, at most `backoff_max`).
+pub fn error_policy(sp: Arc<SensorPipeline>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&ErrorLabels {
+            error: err.metric_label().to_owned(),
+        })
+        .inc();
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(key(&sp)).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = ctx
+        .settings
+        .backoff_base
+        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(16)))
+        .min(ctx.settings.backoff_max);
+    warn!(pipeline = %key(&sp), error = %err, failures = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Hash of what should trigger a reconcile: the spec generation, deletion and finalizers (not
+/// status writes, which would otherwise re-trigger the reconcile that wrote them).
+fn trigger_hash(sp: &SensorPipeline) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    predicates::generation(sp).hash(&mut h);
+    sp.metadata.deletion_timestamp.is_some().hash(&mut h);
+    sp.finalizers().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let pipelines: Api<SensorPipeline> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(pipelines, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    Controller::for_stream(stream, reader)
+        .owns(Api::<Deployment>::all(client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

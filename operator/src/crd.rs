@@ -1,0 +1,700 @@
+//! The `SensorPipeline` custom resource (`sensorflow.io/v1alpha1`, short name `sp`).
+//!
+//! Simple checks (types, enums, minimum/maximum, patterns) live in the OpenAPI schema generated
+//! from these types, so the API server refuses bad values with 422. Cross-field checks
+//! (min ≤ max ≤ partitions, lo < hi, …) cannot be expressed there on Kubernetes 1.20 (no CEL) and
+//! live in [`crate::validate`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of one sensor pipeline: its Kafka topics, the window and join processors, the
+/// model, scaling bounds and an optional GCS sink.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sensorflow.io",
+    version = "v1alpha1",
+    kind = "SensorPipeline",
+    plural = "sensorpipelines",
+    shortname = "sp",
+    category = "sensorflow",
+    namespaced,
+    status = "SensorPipelineStatus",
+    doc = "A streaming sensor pipeline on Kafka: topics, window-processor, join-predict and an optional GCS sink.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.totalLag","description":"consumer lag summed over both stages"}"#,
+    printcolumn = r#"{"name":"Window","type":"integer","jsonPath":".status.window.replicas","description":"window-processor replicas"}"#,
+    printcolumn = r#"{"name":"Join","type":"integer","jsonPath":".status.join.replicas","description":"join-predict replicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SensorPipelineSpec {
+    /// How to reach the Kafka cluster.
+    pub kafka: KafkaSpec,
+    /// Topic names and settings. Every name defaults to `<pipeline>.<suffix>`.
+    #[serde(default)]
+    pub topics: TopicsSpec,
+    /// Tumbling-window settings for window-processor.
+    #[serde(default)]
+    pub window: WindowSpec,
+    /// The model join-predict applies to each joined window.
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// Image, resources and scaling bounds of the processors.
+    #[serde(default)]
+    pub processors: ProcessorsSpec,
+    /// Optional GCS sink; a `gcs-sink` Deployment is created only when this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+}
+
+/// Kafka connection settings shared by the operator and every processor.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Comma-separated `host:port` list.
+    #[schemars(length(min = 1), regex(pattern = r"^[^,\s]+(,[^,\s]+)*$"))]
+    pub bootstrap_servers: String,
+    /// Optional TLS / SASL settings. Credentials always come from Secrets, never inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<KafkaSecurity>,
+}
+
+/// Kafka `security.protocol`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum SecurityProtocol {
+    /// Plain TCP.
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// TLS without SASL.
+    #[serde(rename = "SSL")]
+    Ssl,
+    /// SASL over plain TCP.
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    /// SASL over TLS.
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+/// SASL mechanism.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    /// `PLAIN`.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// TLS and SASL settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSecurity {
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    #[serde(default)]
+    pub protocol: SecurityProtocol,
+    /// Required when `protocol` is `SASL_*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// Secret holding the SASL username and password. Required when `protocol` is `SASL_*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+    /// Secret holding a PEM CA bundle, mounted into the processors at
+    /// `/etc/sensorflow/kafka-ca/<key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+}
+
+/// A Secret in the pipeline's namespace holding a username and a password.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the username (default `username`).
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key of the password (default `password`).
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+/// One key of a Secret in the pipeline's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// What happens to the topics when the SensorPipeline is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum DeletionPolicy {
+    /// Keep the topics and their data (default).
+    #[default]
+    Retain,
+    /// Delete every topic of the pipeline.
+    Delete,
+}
+
+/// Topic names and settings. Unset names default to `<pipeline>.<suffix>` with the suffixes
+/// `sx sy sz fa fi fd predictions dead-letter late`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicsSpec {
+    /// Raw SX readings (join input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub sx: Option<String>,
+    /// Raw SY readings (join input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub sy: Option<String>,
+    /// Raw SZ readings (window input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub sz: Option<String>,
+    /// FA window features (window output, join input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub fa: Option<String>,
+    /// FI window features (window output, join input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub fi: Option<String>,
+    /// FD window features (window output, join input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub fd: Option<String>,
+    /// Predictions (join output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub predictions: Option<String>,
+    /// Dead-letter topic for records that cannot be parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub dead_letter: Option<String>,
+    /// Records that arrived after their window closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub late: Option<String>,
+    /// Partitions of every topic (default 100). Lowering it on existing topics is refused.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+    /// Set to true to confirm an increase of `partitions` on existing topics. Increasing breaks
+    /// the key → partition mapping of windowed state, so it is held back (condition
+    /// `TopicsReady=False`, reason `PartitionIncreasePending`) until confirmed.
+    #[serde(default)]
+    pub allow_partition_increase: bool,
+    /// Replication factor of created topics (default 1).
+    #[serde(default = "default_replication")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i32,
+    /// `retention.ms` of created topics; unset keeps the broker default. -1 keeps forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub retention_ms: Option<i64>,
+    /// Extra topic configuration passed to CreateTopics (for example `cleanup.policy`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// `Retain` (default) keeps topics when the pipeline is deleted; `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+impl Default for TopicsSpec {
+    fn default() -> Self {
+        Self {
+            sx: None,
+            sy: None,
+            sz: None,
+            fa: None,
+            fi: None,
+            fd: None,
+            predictions: None,
+            dead_letter: None,
+            late: None,
+            partitions: default_partitions(),
+            allow_partition_increase: false,
+            replication_factor: default_replication(),
+            retention_ms: None,
+            config: BTreeMap::new(),
+            deletion_policy: DeletionPolicy::Retain,
+        }
+    }
+}
+
+/// A half-open bin range `[lo, hi)`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+pub struct BinRange {
+    /// Inclusive lower bound.
+    pub lo: f64,
+    /// Exclusive upper bound; must be greater than `lo`.
+    pub hi: f64,
+}
+
+/// Watermark tracking scope of window-processor.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WatermarkScope {
+    /// One watermark per input partition (default).
+    #[default]
+    Partition,
+    /// One watermark per consumer.
+    Client,
+}
+
+/// Window settings (all durations in milliseconds).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSpec {
+    /// Tumbling window size in ms (default 600000 = 10 min).
+    #[serde(default = "default_window_ms")]
+    #[schemars(range(min = 1000, max = 86400000))]
+    pub size_ms: i64,
+    /// How long a window stays open for late records after it ends, in ms (default 30000).
+    #[serde(default = "default_grace_ms")]
+    #[schemars(range(min = 0, max = 86400000))]
+    pub grace_ms: i64,
+    /// `partition` (default) or `client`.
+    #[serde(default)]
+    pub watermark_scope: WatermarkScope,
+    /// FA bin range (default [0, 5)).
+    #[serde(default = "default_fa")]
+    pub fa_range: BinRange,
+    /// FI bin range (default [0, 3000)).
+    #[serde(default = "default_fi")]
+    pub fi_range: BinRange,
+    /// FD bin range (default [-0.01, 0.01)).
+    #[serde(default = "default_fd")]
+    pub fd_range: BinRange,
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        Self {
+            size_ms: default_window_ms(),
+            grace_ms: default_grace_ms(),
+            watermark_scope: WatermarkScope::Partition,
+            fa_range: default_fa(),
+            fi_range: default_fi(),
+            fd_range: default_fd(),
+        }
+    }
+}
+
+/// Model kind used by join-predict.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Logistic regression over five features (default).
+    #[default]
+    Logistic,
+    /// Random predictions (seeded), for load tests.
+    Random,
+}
+
+/// Model settings of join-predict.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// `logistic` (default) or `random`.
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Five logistic weights; unset keeps the processor's built-in weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 5, max = 5))]
+    pub weights: Option<Vec<f64>>,
+    /// Logistic bias; unset keeps the processor's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<f64>,
+    /// Decision threshold in [0, 1] (default 0.5).
+    #[serde(default = "default_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: f64,
+    /// Seed of the `random` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub seed: Option<i64>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            kind: ModelKind::Logistic,
+            weights: None,
+            bias: None,
+            threshold: default_threshold(),
+            seed: None,
+        }
+    }
+}
+
+/// Image pull policy of the processor containers.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the image is not on the node (default).
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// Log format of the processors.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Who sets the processors' replica counts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ScalingMode {
+    /// The operator's lag-based planner (default).
+    #[default]
+    Planner,
+    /// Something else (for example an HPA): the operator never sets `replicas`.
+    External,
+}
+
+/// Image, resources and scaling of the processors.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessorsSpec {
+    /// Container image holding every processor binary (default `sensorflow/sensorflow:0.1.0`).
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// `Always`, `IfNotPresent` (default) or `Never`.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// `RUST_LOG` filter of the processors (default `info`).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Default container resources; a stage's own `resources` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// `Planner` (default): the operator scales from consumer lag. `External`: the operator
+    /// leaves `replicas` alone (use an HPA).
+    #[serde(default)]
+    pub scaling_mode: ScalingMode,
+    /// Seconds the planner must keep wanting fewer replicas before it scales a stage down
+    /// (default 300).
+    #[serde(default = "default_cooldown")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_cooldown_seconds: i64,
+    /// window-processor scaling.
+    #[serde(default)]
+    pub window: StageSpec,
+    /// join-predict scaling.
+    #[serde(default)]
+    pub join: StageSpec,
+}
+
+impl Default for ProcessorsSpec {
+    fn default() -> Self {
+        Self {
+            image: default_image(),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            log_format: LogFormat::Text,
+            log_level: default_log_level(),
+            resources: None,
+            scaling_mode: ScalingMode::Planner,
+            scale_down_cooldown_seconds: default_cooldown(),
+            window: StageSpec::default(),
+            join: StageSpec::default(),
+        }
+    }
+}
+
+/// Scaling bounds of one processor stage.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSpec {
+    /// Lower bound (default 1).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub min_replicas: i32,
+    /// Upper bound (default 10); never more than the partition count.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: i32,
+    /// Consumer lag (messages, summed over the stage's input topics) one replica should carry
+    /// (default 10000).
+    #[serde(default = "default_lag_target")]
+    #[schemars(range(min = 1))]
+    pub lag_target_per_replica: i64,
+    /// Container resources of this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for StageSpec {
+    fn default() -> Self {
+        Self {
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            lag_target_per_replica: default_lag_target(),
+            resources: None,
+        }
+    }
+}
+
+/// GCS sink settings (implemented by the `gcs-sink` binary).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// Bucket name.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"))]
+    pub bucket: String,
+    /// Object name prefix (default `<pipeline>/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Topic keys to archive, from `sx sy sz fa fi fd predictions dead-letter late`
+    /// (default `[predictions]`).
+    #[serde(default = "default_sink_topics")]
+    #[schemars(length(min = 1))]
+    pub topics: Vec<SinkTopic>,
+    /// When to close a file and start the next.
+    #[serde(default)]
+    pub rotation: RotationSpec,
+    /// Secret with a service-account JSON key; unset means anonymous access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretKeyRef>,
+    /// GCS endpoint override (for example a fake-gcs-server URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Sink replicas (default 1).
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Container resources of the sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// A pipeline topic, by role.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkTopic {
+    /// SX.
+    Sx,
+    /// SY.
+    Sy,
+    /// SZ.
+    Sz,
+    /// FA.
+    Fa,
+    /// FI.
+    Fi,
+    /// FD.
+    Fd,
+    /// Predictions.
+    Predictions,
+    /// Dead letters.
+    DeadLetter,
+    /// Late records.
+    Late,
+}
+
+/// File rotation of the GCS sink; a file closes at whichever limit comes first.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// Records per file (default 1000000).
+    #[serde(default = "default_rotation_records")]
+    #[schemars(range(min = 1))]
+    pub max_records: i64,
+    /// Bytes per file before compression (default 134217728 = 128 MiB).
+    #[serde(default = "default_rotation_bytes")]
+    #[schemars(range(min = 1024))]
+    pub max_bytes: i64,
+    /// Seconds a file stays open (default 300).
+    #[serde(default = "default_rotation_seconds")]
+    #[schemars(range(min = 1))]
+    pub max_age_seconds: i64,
+}
+
+impl Default for RotationSpec {
+    fn default() -> Self {
+        Self {
+            max_records: default_rotation_records(),
+            max_bytes: default_rotation_bytes(),
+            max_age_seconds: default_rotation_seconds(),
+        }
+    }
+}
+
+/// Observed state, written by the operator through the status subresource.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SensorPipelineStatus {
+    /// `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Pending`, `Running`, `Degraded`, `Invalid` or `Deleting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `Ready`, `TopicsReady`, `ProcessorsReady`, `SinkReady`, `Scaling`, `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// window-processor stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<StageStatus>,
+    /// join-predict stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<StageStatus>,
+    /// Sum of both stages' consumer lag (messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_lag: Option<i64>,
+    /// Partition count of every topic as seen on the broker.
+    #[serde(default)]
+    pub topics: Vec<TopicStatus>,
+}
+
+/// A status condition (the `metav1.Condition` shape).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, for example `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// RFC 3339 time of the last status change (kept while the status stays the same).
+    pub last_transition_time: String,
+    /// Generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Observed state of one processor stage.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Replicas the operator asked for.
+    pub replicas: i32,
+    /// Ready replicas of the Deployment.
+    pub ready_replicas: i32,
+    /// Consumer lag summed over the stage's input topics (messages); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// RFC 3339 time since which the planner has wanted fewer replicas (cooldown start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_pending_since: Option<String>,
+}
+
+/// Partition count of one topic.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// Partitions on the broker.
+    pub partitions: i32,
+}
+
+fn default_partitions() -> i32 {
+    100
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_window_ms() -> i64 {
+    600_000
+}
+fn default_grace_ms() -> i64 {
+    30_000
+}
+fn default_fa() -> BinRange {
+    BinRange { lo: 0.0, hi: 5.0 }
+}
+fn default_fi() -> BinRange {
+    BinRange {
+        lo: 0.0,
+        hi: 3000.0,
+    }
+}
+fn default_fd() -> BinRange {
+    BinRange {
+        lo: -0.01,
+        hi: 0.01,
+    }
+}
+fn default_threshold() -> f64 {
+    0.5
+}
+/// Default processor image.
+pub const DEFAULT_IMAGE: &str = "sensorflow/sensorflow:0.1.0";
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_owned()
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_cooldown() -> i64 {
+    300
+}
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_lag_target() -> i64 {
+    10_000
+}
+fn default_one() -> i32 {
+    1
+}
+fn default_sink_topics() -> Vec<SinkTopic> {
+    vec![SinkTopic::Predictions]
+}
+fn default_rotation_records() -> i64 {
+    1_000_000
+}
+fn default_rotation_bytes() -> i64 {
+    128 * 1024 * 1024
+}
+fn default_rotation_seconds() -> i64 {
+    300
+}
+fn default_username_key() -> String {
+    "username".to_owned()
+}
+fn default_password_key() -> String {
+    "password".to_owned()
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics and the `/metrics`, `/health`, `/ready` HTTP endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-stage series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Namespace of the pipeline.
+    pub namespace: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// `window` or `join`.
+    pub stage: String,
+}
+
+/// Labels of failure counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Error kind (see `controller::Error::metric_label`).
+    pub error: String,
+}
+
+/// The operator's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciliations started.
+    pub reconciles: Counter,
+    /// Reconciliations that failed, by error kind.
+    pub failures: Family<ErrorLabels, Counter>,
+    /// Reconcile duration in seconds.
+    pub duration: Histogram,
+    /// Consumer lag per stage (messages).
+    pub lag: Family<StageLabels, Gauge>,
+    /// Replicas the planner set per stage.
+    pub replicas: Family<StageLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sensorflow_operator");
+        let reconciles = Counter::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        let lag = Family::<StageLabels, Gauge>::default();
+        let replicas = Family::<StageLabels, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciliations started", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciliations by error kind",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            duration.clone(),
+        );
+        registry.register(
+            "stage_lag_messages",
+            "Consumer lag summed over a stage's input topics",
+            lag.clone(),
+        );
+        registry.register(
+            "stage_replicas",
+            "Replicas set for a stage",
+            replicas.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            lag,
+            replicas,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a finished reconcile of `elapsed`.
+    pub fn observe(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Marks the operator ready (`/ready` answers 200 from then on).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Text exposition of every metric.
+    ///
+    /// # Errors
+    /// Formatting errors from the encoder (not expected with a `String` sink).
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> (StatusCode, String) {
+    match m.render() {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+/// Serves `/metrics`, `/health` and `/ready` on `addr` until the process ends.
+///
+/// # Errors
+/// When `addr` cannot be bound or the server fails.
+pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(m);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}

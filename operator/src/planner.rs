@@ -1,0 +1,304 @@
+//! Pure replica planner: how many consumers a stage should run.
+//!
+//! ```text
+//!  lag (sum over ALL input topics) ─┐
+//!  lagTargetPerReplica ─────────────┼─▶ recommend ─▶ want ─┐
+//!  min / max / partitions ──────────┘                      ├─▶ plan ─▶ replicas, cooldown start
+//!  current replicas, now, cooldown start, cooldown ────────┘
+//! ```
+//!
+//! `recommend` = ceil(lag / target), clamped to [min, min(max, partitions)], then rounded up to
+//! the smallest divisor of the partition count within the bounds (100 partitions: 1 2 4 5 10 20
+//! 25 50 100), so every consumer gets the same number of partitions. Scale-ups happen at once;
+//! a scale-down happens only after the recommendation stayed below the current count for the
+//! whole cooldown (a stabilisation window, as the HPA does), which avoids rebalance storms.
+//! Time is passed in; nothing here reads a clock.
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// Bounds and target of one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Lower bound on replicas.
+    pub min: i32,
+    /// Upper bound on replicas.
+    pub max: i32,
+    /// Partitions of the stage's input topics (an upper bound: more consumers would idle).
+    pub partitions: i32,
+    /// Messages of lag one replica should carry (≥ 1).
+    pub lag_target: i64,
+}
+
+impl Bounds {
+    /// The effective upper bound, `min(max, partitions)`, never below 0.
+    pub fn cap(&self) -> i32 {
+        self.max.min(self.partitions).max(0)
+    }
+    /// The effective lower bound, `min(min, cap)`, never below 0.
+    pub fn floor(&self) -> i32 {
+        self.min.min(self.cap()).max(0)
+    }
+}
+
+/// Replica count for `lag` messages of backlog, ignoring the current count and the cooldown.
+pub fn recommend(lag: u64, b: &Bounds) -> i32 {
+    let target = u64::try_from(b.lag_target.max(1)).unwrap_or(1);
+    let raw = lag.div_ceil(target);
+    let cap = b.cap();
+    let floor = b.floor();
+    let raw = i32::try_from(raw).unwrap_or(i32::MAX).clamp(floor, cap);
+    if raw == 0 || b.partitions <= 0 {
+        return raw;
+    }
+    // Smallest divisor of the partition count in [raw, cap]; keep raw when there is none.
+    (raw..=cap).find(|d| b.partitions % d == 0).unwrap_or(raw)
+}
+
+/// What the planner decided for a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// No change.
+    Steady,
+    /// Scaled up from the first to the second count.
+    Up(i32, i32),
+    /// Scaled down from the first to the second count.
+    Down(i32, i32),
+    /// Wants fewer replicas (the count held), waiting for the cooldown.
+    CoolingDown(i32),
+    /// Lag unknown (broker unreachable): the count is only kept within bounds.
+    LagUnknown,
+}
+
+/// Planner input for one stage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Input {
+    /// Replicas the Deployment has now; `None` when it does not exist yet.
+    pub current: Option<i32>,
+    /// Consumer lag summed over the stage's input topics; `None` when unknown.
+    pub lag: Option<u64>,
+    /// Bounds and target.
+    pub bounds: Bounds,
+    /// Scale-down stabilisation window.
+    pub cooldown: SignedDuration,
+    /// Now.
+    pub now: Timestamp,
+    /// Since when the recommendation has been below `current` (from the previous plan).
+    pub pending_since: Option<Timestamp>,
+}
+
+/// Planner output for one stage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Replicas to set.
+    pub replicas: i32,
+    /// Cooldown start to remember for the next plan.
+    pub pending_since: Option<Timestamp>,
+    /// What changed.
+    pub change: Change,
+}
+
+/// Decides the replicas of one stage. See the module docs for the rules.
+pub fn plan(i: &Input) -> Plan {
+    let b = &i.bounds;
+    let (floor, cap) = (b.floor(), b.cap());
+    let Some(lag) = i.lag else {
+        let replicas = i.current.unwrap_or(floor).clamp(floor, cap);
+        return Plan {
+            replicas,
+            pending_since: i.pending_since,
+            change: match i.current {
+                Some(c) if c < replicas => Change::Up(c, replicas),
+                Some(c) if c > replicas => Change::Down(c, replicas),
+                _ => Change::LagUnknown,
+            },
+        };
+    };
+    let want = recommend(lag, b);
+    let Some(current) = i.current else {
+        return Plan {
+            replicas: want,
+            pending_since: None,
+            change: Change::Steady,
+        };
+    };
+    // Bounds changed by the user apply at once, without cooldown.
+    if current > cap {
+        return Plan {
+            replicas: want,
+            pending_since: None,
+            change: Change::Down(current, want),
+        };
+    }
+    if current < floor || want > current {
+        let to = want.max(floor);
+        return Plan {
+            replicas: to,
+            pending_since: None,
+            change: Change::Up(current, to),
+        };
+    }
+    if want == current {
+        return Plan {
+            replicas: current,
+            pending_since: None,
+            change: Change::Steady,
+        };
+    }
+    // want < current: wait until it has wanted fewer for the whole cooldown.
+    let since = i.pending_since.unwrap_or(i.now);
+    if i.now.duration_since(since) >= i.cooldown {
+        Plan {
+            replicas: want,
+            pending_since: None,
+            change: Change::Down(current, want),
+        }
+    } else {
+        Plan {
+            replicas: current,
+            pending_since: Some(since),
+            change: Change::CoolingDown(want),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bounds(min: i32, max: i32, partitions: i32, lag_target: i64) -> Bounds {
+        Bounds {
+            min,
+            max,
+            partitions,
+            lag_target,
+        }
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).expect("valid timestamp")
+    }
+
+    fn input(current: Option<i32>, lag: Option<u64>, now: i64, pending: Option<i64>) -> Input {
+        Input {
+            current,
+            lag,
+            bounds: bounds(1, 10, 100, 1000),
+            cooldown: SignedDuration::from_secs(60),
+            now: t(now),
+            pending_since: pending.map(t),
+        }
+    }
+
+    #[test]
+    fn recommends_divisors_of_the_partition_count() {
+        let b = bounds(1, 100, 100, 1000);
+        assert_eq!(recommend(0, &b), 1);
+        assert_eq!(recommend(1, &b), 1);
+        assert_eq!(recommend(2500, &b), 4); // 3 → 4 (divides 100)
+        assert_eq!(recommend(6000, &b), 10); // 6 → 10
+        assert_eq!(recommend(30_000, &b), 50); // 30 → 50
+        assert_eq!(recommend(u64::MAX, &b), 100);
+    }
+
+    #[test]
+    fn keeps_a_non_divisor_when_no_divisor_fits_under_max() {
+        assert_eq!(recommend(3000, &bounds(1, 3, 100, 1000)), 3);
+    }
+
+    #[test]
+    fn never_exceeds_partitions() {
+        assert_eq!(recommend(1_000_000, &bounds(1, 50, 7, 1)), 7);
+    }
+
+    #[test]
+    fn scales_up_at_once() {
+        let p = plan(&input(Some(1), Some(4500), 0, None));
+        assert_eq!(p.replicas, 5);
+        assert_eq!(p.change, Change::Up(1, 5));
+    }
+
+    #[test]
+    fn scales_down_only_after_the_cooldown() {
+        let p = plan(&input(Some(5), Some(0), 0, None));
+        assert_eq!((p.replicas, p.change), (5, Change::CoolingDown(1)));
+        assert_eq!(p.pending_since, Some(t(0)));
+        let p = plan(&input(Some(5), Some(0), 59, Some(0)));
+        assert_eq!(p.replicas, 5);
+        let p = plan(&input(Some(5), Some(0), 60, Some(0)));
+        assert_eq!((p.replicas, p.change), (1, Change::Down(5, 1)));
+        assert_eq!(p.pending_since, None);
+    }
+
+    #[test]
+    fn a_lag_spike_during_cooldown_resets_it() {
+        let p = plan(&input(Some(5), Some(5000), 30, Some(0)));
+        assert_eq!((p.replicas, p.pending_since), (5, None));
+    }
+
+    #[test]
+    fn unknown_lag_keeps_the_count_within_bounds() {
+        let p = plan(&input(Some(4), None, 0, None));
+        assert_eq!((p.replicas, p.change), (4, Change::LagUnknown));
+        let p = plan(&input(Some(40), None, 0, None));
+        assert_eq!(p.replicas, 10);
+        let p = plan(&input(None, None, 0, None));
+        assert_eq!(p.replicas, 1);
+    }
+
+    #[test]
+    fn lowered_max_applies_without_cooldown() {
+        let p = plan(&input(Some(20), Some(1_000_000), 0, None));
+        assert_eq!(p.replicas, 10);
+    }
+
+    /// Naive reference: scan every count from floor to cap.
+    fn reference(lag: u64, b: &Bounds) -> i32 {
+        let (floor, cap) = (b.floor(), b.cap());
+        let mut raw = floor;
+        while raw < cap && (raw as u64) * (b.lag_target as u64) < lag {
+            raw += 1;
+        }
+        if raw == 0 {
+            return 0;
+        }
+        for d in raw..=cap {
+            if b.partitions % d == 0 {
+                return d;
+            }
+        }
+        raw
+    }
+
+    proptest! {
+        #[test]
+        fn recommend_matches_reference_and_bounds(
+            lag in 0u64..2_000_000,
+            min in 0i32..20,
+            extra in 0i32..60,
+            partitions in 1i32..120,
+            target in 1i64..50_000,
+        ) {
+            let b = bounds(min, min + extra, partitions, target);
+            let r = recommend(lag, &b);
+            prop_assert_eq!(r, reference(lag, &b));
+            prop_assert!(r <= partitions);
+            prop_assert!(r <= b.max);
+            prop_assert!(r >= b.floor());
+        }
+
+        #[test]
+        fn plan_stays_within_bounds_and_never_drops_before_cooldown(
+            current in 0i32..150,
+            lag in proptest::option::of(0u64..2_000_000),
+            elapsed in 0i64..120,
+        ) {
+            let i = Input { pending_since: Some(t(0)), ..input(Some(current), lag, elapsed, None) };
+            let p = plan(&i);
+            prop_assert!(p.replicas >= i.bounds.floor() && p.replicas <= i.bounds.cap());
+            if elapsed < 60 && current <= i.bounds.cap() {
+                prop_assert!(p.replicas >= current.min(i.bounds.cap()));
+            }
+        }
+    }
+}

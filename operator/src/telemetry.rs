@@ -1,0 +1,17 @@
+//! Logging setup.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: `RUST_LOG`-style `filter` (default `info`), JSON lines when
+/// `json` is set.
+pub fn init(filter: &str, json: bool) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

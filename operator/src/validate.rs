@@ -1,0 +1,454 @@
+//! Pure cross-field validation of a [`SensorPipelineSpec`].
+//!
+//! The OpenAPI schema already refuses wrong types, enum values and out-of-range numbers (422).
+//! This step checks what the schema cannot express on Kubernetes 1.20 (no CEL rules) and
+//! resolves defaults that depend on the pipeline's name (topic names, consumer groups).
+//!
+//! ```text
+//!   SensorPipelineSpec ──validate(name)──▶ Ok(Validated)  ──▶ build / topics / planner
+//!                                     └──▶ Err(ValidationErrors) ──▶ Ready=False + Warning Event
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::crd::{
+    BinRange, ModelKind, ScalingMode, SecurityProtocol, SensorPipelineSpec, SinkTopic, StageSpec,
+};
+
+/// Longest pipeline name: `<name>-metrics` must stay a valid 63-character Service name.
+pub const MAX_NAME_LEN: usize = 55;
+
+/// Every reason the spec was refused, in spec order. Displayed joined with `; `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<String>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Resolved topic names of one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    /// SX readings.
+    pub sx: String,
+    /// SY readings.
+    pub sy: String,
+    /// SZ readings.
+    pub sz: String,
+    /// FA features.
+    pub fa: String,
+    /// FI features.
+    pub fi: String,
+    /// FD features.
+    pub fd: String,
+    /// Predictions.
+    pub predictions: String,
+    /// Dead letters.
+    pub dead_letter: String,
+    /// Late records.
+    pub late: String,
+}
+
+impl TopicNames {
+    /// All nine topics in a fixed order, each with its environment variable suffix.
+    pub fn all(&self) -> [(&'static str, &str); 9] {
+        [
+            ("SX", &self.sx),
+            ("SY", &self.sy),
+            ("SZ", &self.sz),
+            ("FA", &self.fa),
+            ("FI", &self.fi),
+            ("FD", &self.fd),
+            ("PREDICTIONS", &self.predictions),
+            ("DLQ", &self.dead_letter),
+            ("LATE", &self.late),
+        ]
+    }
+
+    /// Input topics of window-processor (lag is summed over these).
+    pub fn window_inputs(&self) -> Vec<String> {
+        vec![self.sz.clone()]
+    }
+
+    /// Input topics of join-predict; they must be co-partitioned.
+    pub fn join_inputs(&self) -> Vec<String> {
+        vec![
+            self.sx.clone(),
+            self.sy.clone(),
+            self.fa.clone(),
+            self.fi.clone(),
+            self.fd.clone(),
+        ]
+    }
+
+    /// The topic of a sink role.
+    pub fn by_role(&self, role: SinkTopic) -> &str {
+        match role {
+            SinkTopic::Sx => &self.sx,
+            SinkTopic::Sy => &self.sy,
+            SinkTopic::Sz => &self.sz,
+            SinkTopic::Fa => &self.fa,
+            SinkTopic::Fi => &self.fi,
+            SinkTopic::Fd => &self.fd,
+            SinkTopic::Predictions => &self.predictions,
+            SinkTopic::DeadLetter => &self.dead_letter,
+            SinkTopic::Late => &self.late,
+        }
+    }
+}
+
+/// A spec that passed [`validate`], with name-derived defaults resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Pipeline (object) name.
+    pub name: String,
+    /// The spec as written (schema defaults applied by the API server).
+    pub spec: SensorPipelineSpec,
+    /// Resolved topic names.
+    pub topics: TopicNames,
+}
+
+impl Validated {
+    /// Consumer group of window-processor: `<pipeline>-window`.
+    pub fn window_group(&self) -> String {
+        format!("{}-window", self.name)
+    }
+    /// Consumer group of join-predict: `<pipeline>-join`.
+    pub fn join_group(&self) -> String {
+        format!("{}-join", self.name)
+    }
+    /// Consumer group of gcs-sink: `<pipeline>-sink`.
+    pub fn sink_group(&self) -> String {
+        format!("{}-sink", self.name)
+    }
+    /// Whether the operator's planner owns the replica counts.
+    pub fn planner_enabled(&self) -> bool {
+        self.spec.processors.scaling_mode == ScalingMode::Planner
+    }
+}
+
+fn derive(name: &str, explicit: &Option<String>, suffix: &str) -> String {
+    explicit
+        .clone()
+        .unwrap_or_else(|| format!("{name}.{suffix}"))
+}
+
+fn check_range(errs: &mut Vec<String>, field: &str, r: &BinRange) {
+    if !r.lo.is_finite() || !r.hi.is_finite() {
+        errs.push(format!("{field}: bounds must be finite numbers"));
+    } else if r.lo >= r.hi {
+        errs.push(format!(
+            "{field}: lo ({}) must be less than hi ({})",
+            r.lo, r.hi
+        ));
+    }
+}
+
+fn check_stage(errs: &mut Vec<String>, field: &str, s: &StageSpec, partitions: i32) {
+    if s.min_replicas > s.max_replicas {
+        errs.push(format!(
+            "{field}: minReplicas ({}) must not exceed maxReplicas ({})",
+            s.min_replicas, s.max_replicas
+        ));
+    }
+    if s.max_replicas > partitions {
+        errs.push(format!(
+            "{field}: maxReplicas ({}) must not exceed topics.partitions ({partitions}): extra consumers would sit idle",
+            s.max_replicas
+        ));
+    }
+    if s.lag_target_per_replica < 1 {
+        errs.push(format!("{field}: lagTargetPerReplica must be at least 1"));
+    }
+}
+
+/// Checks the cross-field rules of `spec` for the pipeline called `name` and resolves its topic
+/// names.
+///
+/// # Errors
+/// Returns every violated rule (not just the first) as [`ValidationErrors`].
+pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, ValidationErrors> {
+    let mut errs = Vec::new();
+    if name.len() > MAX_NAME_LEN {
+        errs.push(format!(
+            "metadata.name: at most {MAX_NAME_LEN} characters (derived object names get suffixes)"
+        ));
+    }
+
+    for server in spec.kafka.bootstrap_servers.split(',') {
+        let ok = server
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            errs.push(format!(
+                "kafka.bootstrapServers: '{server}' is not host:port"
+            ));
+        }
+    }
+    if let Some(sec) = &spec.kafka.security {
+        let sasl = matches!(
+            sec.protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
+        if sasl && sec.sasl_mechanism.is_none() {
+            errs.push("kafka.security.saslMechanism: required with a SASL_* protocol".to_owned());
+        }
+        if sasl && sec.credentials_secret.is_none() {
+            errs.push(
+                "kafka.security.credentialsSecret: required with a SASL_* protocol".to_owned(),
+            );
+        }
+        if !sasl && (sec.sasl_mechanism.is_some() || sec.credentials_secret.is_some()) {
+            errs.push(
+                "kafka.security: saslMechanism/credentialsSecret need protocol SASL_PLAINTEXT or SASL_SSL"
+                    .to_owned(),
+            );
+        }
+        let tls = matches!(
+            sec.protocol,
+            SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
+        );
+        if !tls && sec.ca_secret.is_some() {
+            errs.push("kafka.security.caSecret: needs protocol SSL or SASL_SSL".to_owned());
+        }
+    }
+
+    let t = &spec.topics;
+    let topics = TopicNames {
+        sx: derive(name, &t.sx, "sx"),
+        sy: derive(name, &t.sy, "sy"),
+        sz: derive(name, &t.sz, "sz"),
+        fa: derive(name, &t.fa, "fa"),
+        fi: derive(name, &t.fi, "fi"),
+        fd: derive(name, &t.fd, "fd"),
+        predictions: derive(name, &t.predictions, "predictions"),
+        dead_letter: derive(name, &t.dead_letter, "dead-letter"),
+        late: derive(name, &t.late, "late"),
+    };
+    let mut seen = BTreeSet::new();
+    for (_, topic) in topics.all() {
+        if !seen.insert(topic) {
+            errs.push(format!("topics: '{topic}' is used for more than one role"));
+        }
+    }
+    if t.partitions < 1 {
+        errs.push("topics.partitions: must be at least 1".to_owned());
+    }
+    if t.replication_factor < 1 {
+        errs.push("topics.replicationFactor: must be at least 1".to_owned());
+    }
+    for key in t.config.keys() {
+        if key == "retention.ms" && t.retention_ms.is_some() {
+            errs.push("topics.config: 'retention.ms' conflicts with topics.retentionMs".to_owned());
+        }
+    }
+
+    let w = &spec.window;
+    check_range(&mut errs, "window.faRange", &w.fa_range);
+    check_range(&mut errs, "window.fiRange", &w.fi_range);
+    check_range(&mut errs, "window.fdRange", &w.fd_range);
+    if w.size_ms <= 0 {
+        errs.push("window.sizeMs: must be positive".to_owned());
+    }
+    if w.grace_ms < 0 {
+        errs.push("window.graceMs: must not be negative".to_owned());
+    }
+
+    let m = &spec.model;
+    if !(0.0..=1.0).contains(&m.threshold) {
+        errs.push(format!(
+            "model.threshold: {} is outside [0, 1]",
+            m.threshold
+        ));
+    }
+    if let Some(weights) = &m.weights {
+        if weights.len() != 5 {
+            errs.push(format!(
+                "model.weights: exactly 5 weights needed, got {}",
+                weights.len()
+            ));
+        }
+        if weights.iter().any(|w| !w.is_finite()) {
+            errs.push("model.weights: must be finite numbers".to_owned());
+        }
+        if m.kind == ModelKind::Random {
+            errs.push("model.weights: only used by kind logistic".to_owned());
+        }
+    }
+    if m.bias.is_some_and(|b| !b.is_finite()) {
+        errs.push("model.bias: must be a finite number".to_owned());
+    }
+
+    let p = &spec.processors;
+    check_stage(&mut errs, "processors.window", &p.window, t.partitions);
+    check_stage(&mut errs, "processors.join", &p.join, t.partitions);
+    if p.log_level.trim().is_empty() {
+        errs.push("processors.logLevel: must not be empty".to_owned());
+    }
+
+    if let Some(sink) = &spec.sink {
+        let mut roles = BTreeSet::new();
+        for role in &sink.topics {
+            if !roles.insert(*role) {
+                errs.push(format!("sink.topics: {role:?} listed twice"));
+            }
+        }
+        if sink.prefix.as_deref().is_some_and(|p| p.starts_with('/')) {
+            errs.push("sink.prefix: must not start with '/'".to_owned());
+        }
+    }
+
+    if errs.is_empty() {
+        Ok(Validated {
+            name: name.to_owned(),
+            spec: spec.clone(),
+            topics,
+        })
+    } else {
+        Err(ValidationErrors(errs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{KafkaSpec, SinkSpec};
+    use proptest::prelude::*;
+
+    pub(crate) fn spec() -> SensorPipelineSpec {
+        SensorPipelineSpec {
+            kafka: KafkaSpec {
+                bootstrap_servers: "kafka:9092".into(),
+                security: None,
+            },
+            topics: Default::default(),
+            window: Default::default(),
+            model: Default::default(),
+            processors: Default::default(),
+            sink: None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_derive_topic_names() {
+        let v = validate("p1", &spec()).expect("valid");
+        assert_eq!(v.topics.sz, "p1.sz");
+        assert_eq!(v.topics.dead_letter, "p1.dead-letter");
+        assert_eq!(v.join_group(), "p1-join");
+        assert_eq!(v.topics.join_inputs().len(), 5);
+    }
+
+    #[test]
+    fn min_above_max_and_max_above_partitions_are_refused() {
+        let mut s = spec();
+        s.processors.window.min_replicas = 5;
+        s.processors.window.max_replicas = 4;
+        s.topics.partitions = 3;
+        let e = validate("p", &s).expect_err("invalid");
+        assert!(
+            e.to_string()
+                .contains("minReplicas (5) must not exceed maxReplicas (4)")
+        );
+        assert!(
+            e.to_string()
+                .contains("maxReplicas (4) must not exceed topics.partitions (3)")
+        );
+        // join's default max (10) also exceeds 3 partitions.
+        assert_eq!(e.0.len(), 3);
+    }
+
+    #[test]
+    fn empty_bin_range_is_refused() {
+        let mut s = spec();
+        s.window.fi_range = BinRange { lo: 10.0, hi: 10.0 };
+        let e = validate("p", &s).expect_err("invalid");
+        assert_eq!(
+            e.0,
+            vec!["window.fiRange: lo (10) must be less than hi (10)"]
+        );
+    }
+
+    #[test]
+    fn threshold_outside_unit_interval_is_refused() {
+        let mut s = spec();
+        s.model.threshold = 1.5;
+        assert!(validate("p", &s).is_err());
+    }
+
+    #[test]
+    fn duplicate_topic_names_are_refused() {
+        let mut s = spec();
+        s.topics.sx = Some("same".into());
+        s.topics.sy = Some("same".into());
+        assert!(
+            validate("p", &s)
+                .expect_err("invalid")
+                .to_string()
+                .contains("'same' is used for more than one role")
+        );
+    }
+
+    #[test]
+    fn sasl_needs_mechanism_and_secret() {
+        let mut s = spec();
+        s.kafka.security = Some(crate::crd::KafkaSecurity {
+            protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: None,
+            credentials_secret: None,
+            ca_secret: None,
+        });
+        assert_eq!(validate("p", &s).expect_err("invalid").0.len(), 2);
+    }
+
+    #[test]
+    fn bad_bootstrap_and_long_name_are_refused() {
+        let mut s = spec();
+        s.kafka.bootstrap_servers = "kafka".into();
+        let e = validate(&"x".repeat(60), &s).expect_err("invalid");
+        assert_eq!(e.0.len(), 2);
+    }
+
+    #[test]
+    fn sink_duplicate_roles_are_refused() {
+        let mut s = spec();
+        s.sink = Some(SinkSpec {
+            bucket: "b".into(),
+            prefix: None,
+            topics: vec![SinkTopic::Predictions, SinkTopic::Predictions],
+            rotation: Default::default(),
+            credentials_secret: None,
+            endpoint: None,
+            replicas: 1,
+            resources: None,
+        });
+        assert!(validate("p", &s).is_err());
+    }
+
+    proptest! {
+        /// validate accepts exactly the stage bounds with min <= max <= partitions.
+        #[test]
+        fn stage_bounds(min in 0i32..50, max in 1i32..50, partitions in 1i32..50) {
+            let mut s = spec();
+            s.topics.partitions = partitions;
+            s.processors.window.min_replicas = min;
+            s.processors.window.max_replicas = max;
+            s.processors.join.min_replicas = 1;
+            s.processors.join.max_replicas = 1;
+            let ok = validate("p", &s).is_ok();
+            prop_assert_eq!(ok, min <= max && max <= partitions);
+        }
+
+        /// validate accepts exactly the ranges with lo < hi.
+        #[test]
+        fn bin_ranges(lo in -1e6f64..1e6, hi in -1e6f64..1e6) {
+            let mut s = spec();
+            s.window.fa_range = BinRange { lo, hi };
+            prop_assert_eq!(validate("p", &s).is_ok(), lo < hi);
+        }
+    }
+}
