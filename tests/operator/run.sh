@@ -105,7 +105,10 @@ helm_install() {
       --set replicaCount=2 >/dev/null \
     && "$helm" status sensorflow -n sensorflow-system >/dev/null \
     && "$kubectl" -n sensorflow-system get deployment sensorflow-sensorflow-operator >/dev/null \
-    && "$kubectl" -n sensorflow-system get role,rolebinding,serviceaccount,service -o name | grep -c . | grep -qx 4 \
+    && "$kubectl" -n sensorflow-system get serviceaccount/sensorflow-sensorflow-operator \
+         service/sensorflow-sensorflow-operator-metrics role/sensorflow-sensorflow-operator-leader \
+         rolebinding/sensorflow-sensorflow-operator-leader >/dev/null \
+    && "$kubectl" get clusterrole/sensorflow-sensorflow-operator clusterrolebinding/sensorflow-sensorflow-operator >/dev/null \
     && "$helm" uninstall sensorflow -n sensorflow-system >/dev/null
 }
 rbac_least_privilege() {
