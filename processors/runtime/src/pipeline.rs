@@ -1,0 +1,600 @@
+//! The at-least-once consume → process → produce → commit loop shared by the processors.
+//!
+//! ```text
+//!   select! { shutdown | flush tick | recv }
+//!      recv ─► rebalance events? ─► Processor::on_revoked / on_assigned (rebuild)
+//!           ─► Processor::process(msg, &mut Emitter)  (outputs enqueued, not awaited)
+//!           ─► OffsetTracker.mark(msg)
+//!   flush: await every delivery (retry failures with exponential backoff + jitter, bounded)
+//!          ─► commit the marked offsets (sync) ─► only then are they considered done
+//! ```
+//!
+//! A crash between produce and commit re-processes records since the last commit; outputs
+//! are deterministic functions of the input and of state rebuilt from the topic, so repeats
+//! are exact. Revoked partitions' records still in flight are dropped (not committed) and
+//! re-processed by the new owner.
+
+use crate::metrics::{Metrics, TopicLabel};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A record to produce.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Destination topic.
+    pub topic: String,
+    /// Key (the client id for every SensorFlow topic).
+    pub key: Option<Vec<u8>>,
+    /// Framed value.
+    pub value: Vec<u8>,
+    /// Kafka timestamp, ms (SensorFlow sets it to the event time).
+    pub timestamp_ms: Option<i64>,
+    /// Headers (dead letters).
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// A failure the loop cannot recover from by itself; the process exits non-zero without
+/// committing, and a restart resumes from the last commit.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Producing failed after every retry.
+    #[error("producing to {topic} failed after {attempts} attempts: {source}")]
+    Produce {
+        /// Destination topic.
+        topic: String,
+        /// Attempts made.
+        attempts: usize,
+        /// Last error.
+        source: KafkaError,
+    },
+    /// Committing offsets failed for a reason other than a rebalance.
+    #[error("committing offsets failed: {0}")]
+    Commit(KafkaError),
+    /// Subscribing failed.
+    #[error("subscribing to {topics:?} failed: {source}")]
+    Subscribe {
+        /// Topics.
+        topics: Vec<String>,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// Rebuilding state failed.
+    #[error(transparent)]
+    Rebuild(#[from] crate::rebuild::RebuildError),
+    /// A processor-specific fatal error.
+    #[error("{0}")]
+    Processor(String),
+}
+
+/// How produce failures are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+    /// Attempts after the first.
+    pub max_retries: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            max_retries: 6,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn builder(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+            .with_jitter()
+    }
+}
+
+/// Enqueues outputs on the producer and awaits their acknowledgements on flush.
+pub struct Emitter {
+    producer: FutureProducer,
+    pending: Vec<(DeliveryFuture, Output)>,
+    metrics: Metrics,
+    retry: RetryPolicy,
+}
+
+fn record(o: &Output) -> FutureRecord<'_, [u8], [u8]> {
+    let mut r = FutureRecord::to(&o.topic).payload(&o.value[..]);
+    if let Some(k) = &o.key {
+        r = r.key(&k[..]);
+    }
+    if let Some(ts) = o.timestamp_ms {
+        r = r.timestamp(ts);
+    }
+    if let Some(h) = &o.headers {
+        r = r.headers(h.clone());
+    }
+    r
+}
+
+impl Emitter {
+    /// An emitter over `producer`.
+    pub fn new(producer: FutureProducer, metrics: Metrics, retry: RetryPolicy) -> Self {
+        Self {
+            producer,
+            pending: Vec::new(),
+            metrics,
+            retry,
+        }
+    }
+
+    /// Deliveries not yet awaited.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Enqueues one record. When librdkafka's queue is full, waits for deliveries first.
+    ///
+    /// # Errors
+    /// [`PipelineError::Produce`] when enqueueing fails for another reason (e.g. an unknown
+    /// topic) after retries.
+    pub async fn send(&mut self, out: Output) -> Result<(), PipelineError> {
+        loop {
+            match self.producer.send_result(record(&out)) {
+                Ok(fut) => {
+                    self.pending.push((fut, out));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.await_deliveries().await?;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(topic = %out.topic, error = %e, "enqueue failed; retrying with backoff");
+                    return self.send_with_retry(out, e).await;
+                }
+            }
+        }
+    }
+
+    async fn send_with_retry(
+        &mut self,
+        out: Output,
+        first: KafkaError,
+    ) -> Result<(), PipelineError> {
+        let producer = self.producer.clone();
+        let metrics = self.metrics.clone();
+        let attempts = std::sync::atomic::AtomicUsize::new(1);
+        let res = (|| async {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.produce_retries.inc();
+            let fut = producer.send_result(record(&out)).map_err(|(e, _)| e)?;
+            match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            }
+        })
+        .retry(self.retry.builder())
+        .notify(|e, d| tracing::warn!(topic = %out.topic, error = %e, retry_in = ?d, "delivery failed; retrying"))
+        .await;
+        match res {
+            Ok(()) => {
+                self.metrics.record_out(&out.topic, 1);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(topic = %out.topic, first_error = %first, "giving up");
+                Err(PipelineError::Produce {
+                    topic: out.topic,
+                    attempts: attempts.into_inner(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Awaits every pending delivery, retrying failures with backoff.
+    ///
+    /// # Errors
+    /// [`PipelineError::Produce`] when a record could not be delivered after retries.
+    pub async fn await_deliveries(&mut self) -> Result<(), PipelineError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut counts: FxHashMap<String, u64> = FxHashMap::default();
+        for (fut, out) in pending {
+            match fut.await {
+                Ok(Ok(_)) => *counts.entry(out.topic).or_default() += 1,
+                Ok(Err((e, _))) => self.send_with_retry(out, e).await?,
+                Err(_) => self.send_with_retry(out, KafkaError::Canceled).await?,
+            }
+        }
+        for (topic, n) in counts {
+            self.metrics.record_out(&topic, n);
+        }
+        Ok(())
+    }
+}
+
+/// A (topic, partition) pair.
+pub type TopicPartition = (String, i32);
+
+/// Partition assignment changes seen by the rebalance callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// Partitions assigned to this member.
+    Assigned(Vec<TopicPartition>),
+    /// Partitions taken away.
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Consumer context: records rebalance events for the loop and turns librdkafka statistics
+/// into lag gauges.
+pub struct LoopContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    metrics: Metrics,
+}
+
+impl LoopContext {
+    /// A context reporting to `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            events: Mutex::new(Vec::new()),
+            metrics,
+        }
+    }
+
+    fn take_events(&self) -> Vec<RebalanceEvent> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+}
+
+fn tpl_pairs(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            let lag: i64 = t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.metrics
+                .lag
+                .get_or_create(&TopicLabel {
+                    topic: topic.clone(),
+                })
+                .set(lag);
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let ev = match rebalance {
+            Rebalance::Assign(tpl) => RebalanceEvent::Assigned(tpl_pairs(tpl)),
+            Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(tpl_pairs(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        tracing::info!(?ev, "rebalance");
+        if let Ok(mut events) = self.events.lock() {
+            events.push(ev);
+        }
+    }
+}
+
+/// The consumer type of the loop.
+pub type LoopConsumer = StreamConsumer<LoopContext>;
+
+/// What the loop needs from a processor.
+pub trait Processor {
+    /// Topics to subscribe to.
+    fn topics(&self) -> Vec<String>;
+    /// Partitions were assigned; `committed` holds each one's committed offset (`None` when
+    /// the group has no commit). Rebuild state before their records are processed.
+    ///
+    /// # Errors
+    /// When state cannot be rebuilt.
+    fn on_assigned(
+        &mut self,
+        committed: &[(TopicPartition, Option<i64>)],
+    ) -> Result<(), PipelineError>;
+    /// Partitions were revoked: drop their state.
+    fn on_revoked(&mut self, partitions: &[TopicPartition]);
+    /// Processes one record, enqueueing outputs on `emit`.
+    fn process(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        emit: &mut Vec<Output>,
+    ) -> Result<(), PipelineError>;
+    /// Refreshes state gauges.
+    fn report(&self, metrics: &Metrics);
+}
+
+/// Loop tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopConfig {
+    /// Flush deliveries and commit at least this often.
+    pub commit_interval: Duration,
+    /// Flush and commit once this many outputs are pending.
+    pub max_in_flight: usize,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval: Duration::from_millis(200),
+            max_in_flight: 20_000,
+        }
+    }
+}
+
+/// Per-topic maps keyed by `&str` lookups, so the hot path does not allocate.
+#[derive(Default)]
+struct OffsetTracker {
+    next: FxHashMap<String, FxHashMap<i32, i64>>,
+}
+
+impl OffsetTracker {
+    fn mark(&mut self, topic: &str, partition: i32, offset: i64) {
+        let parts = match self.next.get_mut(topic) {
+            Some(p) => p,
+            None => self.next.entry(topic.to_owned()).or_default(),
+        };
+        let n = parts.entry(partition).or_insert(offset + 1);
+        *n = (*n).max(offset + 1);
+    }
+
+    fn take(&mut self, assigned: &Assignment) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (t, parts) in self.next.drain() {
+            for (p, o) in parts {
+                if assigned.contains(&t, p) {
+                    let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+                }
+            }
+        }
+        tpl
+    }
+}
+
+#[derive(Default)]
+struct Assignment {
+    parts: FxHashMap<String, FxHashSet<i32>>,
+}
+
+impl Assignment {
+    fn contains(&self, topic: &str, partition: i32) -> bool {
+        self.parts
+            .get(topic)
+            .is_some_and(|s| s.contains(&partition))
+    }
+    fn add(&mut self, (t, p): TopicPartition) {
+        self.parts.entry(t).or_default().insert(p);
+    }
+    fn remove(&mut self, (t, p): &TopicPartition) {
+        if let Some(s) = self.parts.get_mut(t.as_str()) {
+            s.remove(p);
+        }
+    }
+}
+
+struct LoopState<'a, P: Processor> {
+    consumer: &'a LoopConsumer,
+    processor: &'a mut P,
+    emitter: Emitter,
+    offsets: OffsetTracker,
+    assigned: Assignment,
+    metrics: Metrics,
+    records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
+}
+
+impl<P: Processor> LoopState<'_, P> {
+    async fn flush(&mut self) -> Result<(), PipelineError> {
+        self.emitter.await_deliveries().await?;
+        let tpl = self.offsets.take(&self.assigned);
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer;
+        match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
+            Ok(()) => {
+                self.metrics.commits.inc();
+                Ok(())
+            }
+            Err(KafkaError::ConsumerCommit(
+                code @ (RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId),
+            )) => {
+                // The partitions moved: the new owner re-processes from the last commit.
+                tracing::warn!(
+                    ?code,
+                    "commit refused during a rebalance; records will be re-processed by the new owner"
+                );
+                Ok(())
+            }
+            Err(e) => Err(PipelineError::Commit(e)),
+        }
+    }
+
+    async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
+        for ev in self.consumer.context().take_events() {
+            match ev {
+                RebalanceEvent::Revoked(parts) => {
+                    self.flush().await?;
+                    for tp in &parts {
+                        self.assigned.remove(tp);
+                    }
+                    self.processor.on_revoked(&parts);
+                }
+                RebalanceEvent::Assigned(parts) => {
+                    let consumer = self.consumer;
+                    let mut tpl = TopicPartitionList::new();
+                    for (t, p) in &parts {
+                        tpl.add_partition(t, *p);
+                    }
+                    let committed = retry_blocking("read committed offsets", || {
+                        consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
+                    })
+                    .await
+                    .map_err(PipelineError::Commit)?;
+                    let committed: Vec<_> = committed
+                        .elements()
+                        .iter()
+                        .map(|e| {
+                            let off = match e.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            };
+                            ((e.topic().to_owned(), e.partition()), off)
+                        })
+                        .collect();
+                    self.metrics.set_ready(false);
+                    let processor = &mut *self.processor;
+                    tokio::task::block_in_place(|| processor.on_assigned(&committed))?;
+                    for tp in parts {
+                        self.assigned.add(tp);
+                    }
+                    self.metrics.set_ready(true);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Retries a blocking Kafka call with exponential backoff (bounded).
+///
+/// # Errors
+/// The last error when every attempt failed.
+pub async fn retry_blocking<T>(
+    what: &str,
+    mut f: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let mut delays = RetryPolicy::default().builder().build();
+    loop {
+        match tokio::task::block_in_place(&mut f) {
+            Ok(v) => return Ok(v),
+            Err(e) => match delays.next() {
+                Some(d) => {
+                    tracing::warn!(%what, error = %e, retry_in = ?d, "broker call failed; retrying");
+                    tokio::time::sleep(d).await;
+                }
+                None => return Err(e),
+            },
+        }
+    }
+}
+
+/// Runs the loop until `shutdown` is cancelled, then flushes, commits and returns.
+///
+/// # Errors
+/// [`PipelineError`] for failures that survive retries; offsets of unfinished work are not
+/// committed, so a restart re-processes it.
+pub async fn run<P: Processor>(
+    consumer: &LoopConsumer,
+    producer: FutureProducer,
+    processor: &mut P,
+    metrics: Metrics,
+    cfg: LoopConfig,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let topics = processor.topics();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&refs)
+        .map_err(|source| PipelineError::Subscribe {
+            topics: topics.clone(),
+            source,
+        })?;
+    tracing::info!(?topics, "subscribed");
+    let mut st = LoopState {
+        consumer,
+        processor,
+        emitter: Emitter::new(producer, metrics.clone(), RetryPolicy::default()),
+        offsets: OffsetTracker::default(),
+        assigned: Assignment::default(),
+        metrics: metrics.clone(),
+        records_in: FxHashMap::default(),
+    };
+    metrics.set_ready(true);
+    let mut tick = tokio::time::interval(cfg.commit_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outputs = Vec::with_capacity(8);
+    let mut recv_errors = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                st.handle_rebalance().await?;
+                st.flush().await?;
+                st.processor.report(&metrics);
+            }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => { recv_errors = 0; m }
+                    Err(e) => {
+                        recv_errors += 1;
+                        let d = Duration::from_millis(100 * 2u64.pow(recv_errors.min(7)));
+                        tracing::warn!(error = %e, retry_in = ?d, "consume error");
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                };
+                st.handle_rebalance().await?;
+                if !st.assigned.contains(msg.topic(), msg.partition()) {
+                    // Revoked since it was fetched: its new owner processes it.
+                    continue;
+                }
+                match st.records_in.get(msg.topic()) {
+                    Some(c) => { c.inc(); }
+                    None => {
+                        let c = metrics.records_in.get_or_create(&TopicLabel { topic: msg.topic().to_owned() }).clone();
+                        c.inc();
+                        st.records_in.insert(msg.topic().to_owned(), c);
+                    }
+                }
+                st.processor.process(&msg, &mut outputs)?;
+                st.offsets.mark(msg.topic(), msg.partition(), msg.offset());
+                drop(msg);
+                for o in outputs.drain(..) {
+                    st.emitter.send(o).await?;
+                }
+                if st.emitter.pending() >= cfg.max_in_flight {
+                    st.flush().await?;
+                }
+            }
+        }
+    }
+    metrics.set_ready(false);
+    st.flush().await?;
+    st.processor.report(&metrics);
+    tracing::info!("flushed and committed; stopping");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Harness for tests against a real Kafka-protocol broker, started by `scripts/test.sh`
+//! (address in `SENSORFLOW_TEST_BOOTSTRAP`). Each test isolates itself with a topic prefix and
+//! its own consumer groups, and runs the real processor binaries as child processes.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sensorflow_runtime::kafka::{KafkaArgs, TopicArgs};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bootstrap() -> String {
+    std::env::var("SENSORFLOW_TEST_BOOTSTRAP")
+        .expect("SENSORFLOW_TEST_BOOTSTRAP is not set: run these tests with ./run.sh test (it starts the broker)")
+}
+
+pub fn config() -> ClientConfig {
+    KafkaArgs::plain(&bootstrap()).client_config()
+}
+
+/// A unique prefix per test and run.
+pub fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
+    format!("{test}-{}-{nanos}-", std::process::id())
+}
+
+pub fn topics(prefix: &str) -> TopicArgs {
+    TopicArgs::prefixed(prefix)
+}
+
+pub fn topic_env(t: &TopicArgs) -> Vec<(&'static str, String)> {
+    vec![
+        ("SF_TOPIC_SX", t.topic_sx.clone()),
+        ("SF_TOPIC_SY", t.topic_sy.clone()),
+        ("SF_TOPIC_SZ", t.topic_sz.clone()),
+        ("SF_TOPIC_FA", t.topic_fa.clone()),
+        ("SF_TOPIC_FI", t.topic_fi.clone()),
+        ("SF_TOPIC_FD", t.topic_fd.clone()),
+        ("SF_TOPIC_PREDICTIONS", t.topic_predictions.clone()),
+        ("SF_TOPIC_DLQ", t.topic_dlq.clone()),
+        ("SF_TOPIC_LATE", t.topic_late.clone()),
+    ]
+}
+
+pub async fn create_topics(t: &TopicArgs, partitions: i32) {
+    let names = t.topics();
+    sensorflow_runtime::admin::ensure_topics(&config(), &names.all(), partitions, 1)
+        .await
+        .unwrap();
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within 30 s of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts one of the workspace binaries with the test's topics and group.
+pub fn spawn(
+    bin: &str,
+    t: &TopicArgs,
+    group: &str,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> Proc {
+    let path = match bin {
+        "window-processor" => env!("CARGO_BIN_EXE_window-processor"),
+        "join-predict" => env!("CARGO_BIN_EXE_join-predict"),
+        "replay" => env!("CARGO_BIN_EXE_replay"),
+        other => panic!("unknown binary {other}"),
+    };
+    let log = std::env::temp_dir().join(format!("{}{bin}.log", group));
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
+        .env("SF_GROUP_ID", group)
+        .env("SF_METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .envs(topic_env(t))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().unwrap(),
+        name: format!("{bin} (log: {})", log.display()),
+    }
+}
+
+/// Runs the replay binary to completion.
+pub fn replay(t: &TopicArgs, args: &[&str]) {
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../data/household_power.csv.xz"
+    );
+    let mut p = spawn(
+        "replay",
+        t,
+        "replay",
+        &[],
+        &[&["--input", data], args].concat(),
+    );
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "replay failed: {status}");
+}
+
+/// Waits until `group` has no lag on `topics`.
+pub fn wait_drained(group: &str, topics: &[&str], timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let lag = sensorflow_runtime::admin::group_lag(&config(), group, topics).unwrap();
+        if lag == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "group {group} still has lag {lag} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Every record of `topic`, per partition in offset order.
+pub fn read_all(topic: &str) -> Vec<OwnedMessage> {
+    let cfg = config();
+    let c: BaseConsumer = {
+        let mut cc = cfg.clone();
+        cc.set("group.id", "test-reader")
+            .set("enable.auto.commit", "false");
+        cc.create().unwrap()
+    };
+    let n = sensorflow_runtime::admin::partition_counts(&cfg, &[topic]).unwrap()[0];
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    let mut remaining = 0;
+    for p in 0..n {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if hi > lo {
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .unwrap();
+            ends.insert(p, hi);
+            remaining += hi - lo;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let started = Instant::now();
+    while remaining > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "reading {topic} timed out"
+        );
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            if m.offset() < ends[&m.partition()] {
+                remaining -= 1;
+                out.push(m.detach());
+            }
+        }
+    }
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    out
+}
+
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    let h = m.headers()?;
+    (0..h.count())
+        .map(|i| h.get(i))
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+pub fn producer() -> FutureProducer {
+    KafkaArgs::plain(&bootstrap())
+        .producer_config("test")
+        .create()
+        .unwrap()
+}
+
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: &[u8],
+    ts: Option<i64>,
+) {
+    let mut r = FutureRecord::<str, [u8]>::to(topic).payload(value);
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    if let Some(ts) = ts {
+        r = r.timestamp(ts);
+    }
+    p.send(r, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+pub fn reading(t: i64, v: f64) -> Vec<u8> {
+    sensorflow_core::proto::SensorReading {
+        event_time_ms: t,
+        value: v,
+        sensor: 0,
+        ingest_time_ms: 0,
+    }
+    .encode_to_vec()
+}

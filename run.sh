@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# SensorFlow entry point. Everything it needs is installed by the scripts it calls.
+#
+#   ./run.sh demo [--clients N | --full] [--speed S] [--keep]
+#        Runs the pipeline on the real household dataset through a local tansu broker:
+#        builds, starts the broker, creates the topics (100 partitions), starts
+#        window-processor and join-predict, replays the data and prints a summary.
+#   ./run.sh test     Runs every test: unit + property, integration against a real broker,
+#                     an independent (non-librdkafka) client, operator scenarios against a
+#                     real kube-apiserver.
+#   ./run.sh bench    Prints the benchmark figures quoted in the README.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/lib.sh
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+
+case "${1:-}" in
+  demo) shift; exec scripts/demo.sh "$@" ;;
+  test) shift; exec scripts/test.sh "$@" ;;
+  bench) shift; exec scripts/bench.sh "$@" ;;
+  -h|--help|help|"") usage ;;
+  *) usage >&2; exit 2 ;;
+esac
