@@ -1,0 +1,288 @@
+//! `sensorflow-bench`: prints the benchmark figures quoted in the README.
+//!
+//! - `engine`: the pure window engine, SZ readings/s on one core, and bytes of window state
+//!   per buffered reading;
+//! - `broker`: through a real broker, the raw rdkafka consume rate of an SZ topic next to the
+//!   window-processor's end-to-end rate on the same topic, and SZ → prediction latency
+//!   percentiles at half of the measured maximum load.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use sensorflow_core::proto::{Sensor, SensorReading};
+use sensorflow_core::window::{Reading, WatermarkScope, WindowConfig, WindowEngine};
+use sensorflow_runtime::kafka::{KafkaArgs, TopicArgs};
+use sensorflow_runtime::{admin, summary};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// sensorflow-bench: SensorFlow's benchmark figures.
+#[derive(Parser)]
+#[command(name = "sensorflow-bench", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The pure window engine: readings/s on one core and state bytes per reading.
+    Engine {
+        /// Clients (keys).
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Readings per client.
+        #[arg(long, default_value_t = 2_000)]
+        readings: usize,
+        /// Event-time spacing of one client's readings, ms (1 000 = 600 readings per window).
+        #[arg(long, default_value_t = 1_000)]
+        spacing_ms: i64,
+    },
+    /// Through a real broker: consume rate vs window-processor rate, and latency.
+    Broker {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Directory holding the release binaries (window-processor, join-predict).
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// SZ readings for the throughput comparison.
+        #[arg(long, default_value_t = 200_000)]
+        readings: usize,
+        /// Partitions of the benchmark topics.
+        #[arg(long, default_value_t = 100)]
+        partitions: i32,
+        /// Seconds of load for the latency measurement.
+        #[arg(long, default_value_t = 20)]
+        latency_seconds: u64,
+    },
+}
+
+fn engine(clients: usize, readings: usize, spacing_ms: i64) {
+    let keys: Vec<String> = (0..clients).map(|c| format!("client-{c:06}")).collect();
+    let total = clients * readings;
+    // Round-robin over clients on a common clock, as a partition sees it.
+    let mut input = Vec::with_capacity(total);
+    for k in 0..readings {
+        for (c, _) in keys.iter().enumerate() {
+            let v = ((c * 31 + k * 17) % 1000) as f64 * 0.01;
+            input.push((c as u32, k as i64 * spacing_ms, v));
+        }
+    }
+    let cfg = WindowConfig {
+        size_ms: 600_000,
+        grace_ms: 0,
+        scope: WatermarkScope::Partition,
+    };
+    let mut best = f64::MAX;
+    let mut stats = None;
+    for _ in 0..3 {
+        let mut e = WindowEngine::new(cfg);
+        let started = Instant::now();
+        for &(c, t, v) in &input {
+            black_box(e.process(0, &keys[c as usize], Reading { t, v }));
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+        stats = Some(e.stats());
+    }
+    let Some(s) = stats else { return };
+    println!("window engine (pure, one core, {clients} clients, {} readings/window)", 600_000 / spacing_ms);
+    println!("  readings processed         {total}");
+    println!("  throughput                 {:.1} M readings/s", total as f64 / best / 1e6);
+    println!("  time per reading           {:.1} ns", best * 1e9 / total as f64);
+    println!("  readings buffered          {}", s.readings);
+    println!(
+        "  state bytes per reading    {:.1} (reading buffers, capacity x 16 B)",
+        s.reading_heap_bytes as f64 / s.readings as f64
+    );
+    println!(
+        "  incl. per-client overhead  {:.1} (+ struct and key per client)",
+        (s.reading_heap_bytes + s.overhead_bytes) as f64 / s.readings as f64
+    );
+}
+
+async fn produce_sz(kafka: &KafkaArgs, topic: &str, n: usize, clients: usize, rate: Option<f64>, duration: Option<Duration>) -> anyhow::Result<usize> {
+    let p: FutureProducer = kafka.producer_config("bench").create()?;
+    let started = Instant::now();
+    let t0 = sensorflow_runtime::now_ms();
+    let mut sent = 0usize;
+    let mut futs = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        if rate.is_none() && sent >= n {
+            break;
+        }
+        if let Some(d) = duration
+            && started.elapsed() >= d
+        {
+            break;
+        }
+        if let Some(r) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / r);
+            if let Some(w) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(w).await;
+            }
+        }
+        let c = sent % clients;
+        let t = t0 + (sent / clients) as i64 * 1000;
+        buf.clear();
+        SensorReading { event_time_ms: t, value: (sent % 97) as f64 * 0.05, sensor: Sensor::Sz as i32, ingest_time_ms: sensorflow_runtime::now_ms() }.encode(&mut buf)?;
+        let key = format!("client-{c:05}");
+        loop {
+            let rec = rdkafka::producer::FutureRecord::to(topic).key(&key).payload(&buf).timestamp(t);
+            match p.send_result(rec) {
+                Ok(f) => {
+                    futs.push(f);
+                    break;
+                }
+                Err(_) => {
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        sent += 1;
+        if futs.len() >= 20_000 {
+            for f in futs.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in futs {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    p.flush(Duration::from_secs(30))?;
+    Ok(sent)
+}
+
+fn raw_consume_rate(kafka: &KafkaArgs, topic: &str, n: usize) -> anyhow::Result<f64> {
+    let c: BaseConsumer = kafka.consumer_config(&format!("bench-raw-{}", std::process::id()), "bench").create()?;
+    c.subscribe(&[topic])?;
+    let mut got = 0;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while got < n {
+        anyhow::ensure!(Instant::now() < deadline, "raw consume timed out at {got}/{n}");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m?;
+            started.get_or_insert_with(Instant::now);
+            got += 1;
+        }
+    }
+    Ok(n as f64 / started.map_or(1e-9, |s| s.elapsed().as_secs_f64()))
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin_dir: &std::path::Path, bin: &str, kafka: &KafkaArgs, topics: &TopicArgs, group: &str) -> anyhow::Result<Child> {
+    let env = [
+        ("SF_TOPIC_SX", &topics.topic_sx),
+        ("SF_TOPIC_SY", &topics.topic_sy),
+        ("SF_TOPIC_SZ", &topics.topic_sz),
+        ("SF_TOPIC_FA", &topics.topic_fa),
+        ("SF_TOPIC_FI", &topics.topic_fi),
+        ("SF_TOPIC_FD", &topics.topic_fd),
+        ("SF_TOPIC_PREDICTIONS", &topics.topic_predictions),
+        ("SF_TOPIC_DLQ", &topics.topic_dlq),
+        ("SF_TOPIC_LATE", &topics.topic_late),
+    ];
+    let child = Command::new(bin_dir.join(bin))
+        .envs(env)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
+        .env("SF_GROUP_ID", group)
+        .env("SF_METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin}"))?;
+    Ok(Child(child))
+}
+
+fn wait_lag_zero(kafka: &KafkaArgs, group: &str, topics: &[&str]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        if admin::group_lag(&kafka.client_config(), group, topics)? == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "lag did not reach 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn broker(kafka: KafkaArgs, bin_dir: PathBuf, readings: usize, partitions: i32, latency_seconds: u64) -> anyhow::Result<()> {
+    let run = format!("bench-{}-", std::process::id());
+    let topics = TopicArgs::prefixed(&run);
+    let t = topics.topics();
+    admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
+    let clients = 1_000;
+    eprintln!("producing {readings} SZ readings to {} ({partitions} partitions)…", t.sz);
+    produce_sz(&kafka, &t.sz, readings, clients, None, None).await?;
+    eprintln!("raw rdkafka consume…");
+    let raw = tokio::task::block_in_place(|| raw_consume_rate(&kafka, &t.sz, readings))?;
+    eprintln!("window-processor over the same topic…");
+    let group = format!("{run}window");
+    let started = Instant::now();
+    let w = spawn(&bin_dir, "window-processor", &kafka, &topics, &group)?;
+    tokio::task::block_in_place(|| wait_lag_zero(&kafka, &group, &[&t.sz]))?;
+    let wp = readings as f64 / started.elapsed().as_secs_f64();
+    drop(w);
+    println!("through the broker ({} at {})", partitions, kafka.bootstrap_servers);
+    println!("  raw rdkafka consume        {raw:.0} readings/s");
+    println!("  window-processor e2e       {wp:.0} readings/s (consume, window, produce 3 features, commit; incl. start-up and group join)");
+    println!("  ratio                      {:.2}", wp / raw);
+
+    // Latency at half of the window-processor's maximum rate (SZ only drives features; SX/SY
+    // are produced once per client so every triple yields a prediction).
+    let lat = format!("{run}lat-");
+    let topics = TopicArgs::prefixed(&lat);
+    let t = topics.topics();
+    admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
+    let p: FutureProducer = kafka.producer_config("bench").create()?;
+    for c in 0..clients {
+        let key = format!("client-{c:05}");
+        for (topic, sensor) in [(&t.sx, Sensor::Sx), (&t.sy, Sensor::Sy)] {
+            let v = SensorReading { event_time_ms: 0, value: 1.0, sensor: sensor as i32, ingest_time_ms: 0 }.encode_to_vec();
+            let rec = rdkafka::producer::FutureRecord::to(topic).key(&key).payload(&v);
+            p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+        }
+    }
+    let _w = spawn(&bin_dir, "window-processor", &kafka, &topics, &format!("{lat}window"))?;
+    let _j = spawn(&bin_dir, "join-predict", &kafka, &topics, &format!("{lat}join"))?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let rate = wp / 2.0;
+    eprintln!("latency: {rate:.0} SZ readings/s for {latency_seconds} s…");
+    let sent = produce_sz(&kafka, &t.sz, 0, clients, Some(rate), Some(Duration::from_secs(latency_seconds))).await?;
+    tokio::task::block_in_place(|| wait_lag_zero(&kafka, &format!("{lat}window"), &[&t.sz]))?;
+    tokio::task::block_in_place(|| wait_lag_zero(&kafka, &format!("{lat}join"), &t.join_inputs()))?;
+    let (n, _, hist) = tokio::task::block_in_place(|| {
+        summary::read_predictions(&kafka.client_config(), &t.predictions, Default::default(), Duration::from_secs(300))
+    })?;
+    println!("SZ -> prediction latency at {rate:.0} readings/s (half of max), {sent} readings, {n} predictions");
+    println!(
+        "  p50 {} ms   p99 {} ms   max {} ms",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sensorflow_runtime::telemetry::init(sensorflow_runtime::telemetry::LogFormat::Text);
+    match Cli::parse().cmd {
+        Cmd::Engine { clients, readings, spacing_ms } => engine(clients, readings, spacing_ms),
+        Cmd::Broker { kafka, bin_dir, readings, partitions, latency_seconds } => {
+            broker(kafka, bin_dir, readings, partitions, latency_seconds).await?
+        }
+    }
+    Ok(())
+}

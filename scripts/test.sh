@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every test of the project, against real components (nothing mocked):
+#   1. unit + property tests (cargo test --workspace)
+#   2. integration tests of the processors against a real tansu broker (processors/runtime/tests)
+#   3. an independent, non-librdkafka client (kafka-python) driving the real binaries
+#   4. operator scenarios against a real kube-apiserver v1.20.2 + broker (tests/operator/run.sh)
+# Prints per-suite results and a final line "tests: N passed, M failed".
+# Options: --skip-operator (suites 1-3 only), --only-operator.
+. "$(dirname "$0")/lib.sh"
+. "$REPO_ROOT/scripts/rust-env.sh"
+cd "$REPO_ROOT"
+run_core=1; run_operator=1
+for a in "$@"; do
+  case "$a" in
+    --skip-operator) run_operator=0 ;;
+    --only-operator) run_core=0 ;;
+    *) die "unknown option $a" ;;
+  esac
+done
+work="$REPO_ROOT/.sensorflow/test"
+mkdir -p "$work"
+passed=0; failed=0; suites=()
+# count_cargo FILE: adds cargo's "test result" lines of FILE to the totals.
+count_cargo() {
+  local p f
+  p=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$4} END {print s+0}')
+  f=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$6} END {print s+0}')
+  passed=$((passed + p)); failed=$((failed + f))
+}
+suite() { # suite NAME STATUS
+  if [ "$2" = 0 ]; then suites+=("ok      $1"); else suites+=("FAILED  $1"); failed=$((failed + 1)); fi
+}
+
+broker_dir="$work/broker"
+cleanup() { "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+if [ "$run_core" = 1 ]; then
+  "$REPO_ROOT/scripts/fetch-data.sh"
+  log "1/4 unit and property tests"
+  set +e
+  cargo test --workspace 2>&1 | tee "$work/unit.log"; st=${PIPESTATUS[0]}
+  set -e
+  count_cargo "$work/unit.log"; suite "unit + property tests" "$st"
+
+  log "2/4 integration tests against a real broker"
+  cleanup; rm -rf "$broker_dir"
+  export SENSORFLOW_BROKER_PORT="${SENSORFLOW_TEST_BROKER_PORT:-19292}"
+  SENSORFLOW_TEST_BOOTSTRAP="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
+  export SENSORFLOW_TEST_BOOTSTRAP
+  set +e
+  cargo test -p sensorflow-runtime --test broker -- --ignored --test-threads=2 2>&1 | tee "$work/broker.log"
+  st=${PIPESTATUS[0]}
+  set -e
+  count_cargo "$work/broker.log"; suite "integration (real broker)" "$st"
+
+  log "3/4 independent client (kafka-python) against the real binaries"
+  venv="$SENSORFLOW_CACHE/venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/independent/requirements.txt
+  cargo build --quiet -p sensorflow-runtime --bins
+  set +e
+  SENSORFLOW_BIN_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug" \
+    "$venv/bin/python" -m pytest -q tests/independent 2>&1 | tee "$work/independent.log"
+  st=${PIPESTATUS[0]}
+  set -e
+  p=$(grep -Eo '[0-9]+ passed' "$work/independent.log" | tail -1 | awk '{print $1}')
+  f=$(grep -Eo '[0-9]+ failed' "$work/independent.log" | tail -1 | awk '{print $1}')
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  suite "independent client (kafka-python)" "$st"
+  cleanup
+fi
+
+if [ "$run_operator" = 1 ]; then
+  log "4/4 operator scenarios against a real kube-apiserver"
+  set +e
+  tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
+  set -e
+  p=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $2}')
+  f=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $4}')
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  suite "operator (real kube-apiserver)" "$st"
+fi
+
+echo
+echo "==== test suites ===="
+printf '%s\n' "${suites[@]}"
+echo "tests: $passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,278 @@
+"""The real SensorFlow binaries, driven and checked by code that shares nothing with them.
+
+- Kafka client: kafka-python (pure Python), not librdkafka.
+- Protobuf: encoded and decoded by hand below from the field numbers in
+  processors/core/proto/sensorflow/v1/messages.proto, not with prost.
+- Expected features: a from-scratch Python implementation of the window definition
+  (mean, trapezoidal integral in value*s, derivative in value/s, uniform 10-bin binning).
+
+Needs SENSORFLOW_TEST_BOOTSTRAP (a running broker) and SENSORFLOW_BIN_DIR (the built
+binaries); ./run.sh test provides both.
+"""
+
+import math
+import os
+import random
+import struct
+import subprocess
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+BOOT = os.environ.get("SENSORFLOW_TEST_BOOTSTRAP", "")
+BIN = os.environ.get("SENSORFLOW_BIN_DIR", "")
+pytestmark = pytest.mark.skipif(not BOOT or not BIN, reason="run through ./run.sh test")
+
+WINDOW_MS = 600_000
+RANGES = {"FA": (0.0, 5.0), "FI": (0.0, 3000.0), "FD": (-0.01, 0.01)}
+WEIGHTS = [0.01, 0.01, 1.0, 0.3, 0.2]
+BIAS = -6.0
+PARTITIONS = 3
+CLIENTS = 5
+READINGS = 40
+
+
+# --- protobuf wire format, by hand -------------------------------------------------------
+def varint(n):
+    n &= (1 << 64) - 1  # int64 negatives are ten-byte two's complement
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_reading(t_ms, value, sensor):
+    # SensorReading: 1 event_time_ms (varint), 2 value (double), 3 sensor (enum)
+    return (
+        varint(1 << 3 | 0) + varint(t_ms)
+        + varint(2 << 3 | 1) + struct.pack("<d", value)
+        + varint(3 << 3 | 0) + varint(sensor)
+    )
+
+
+def decode(buf):
+    """Field number -> list of raw values (int for varint, bytes for fixed64/len-delimited)."""
+    fields, i = {}, 0
+    while i < len(buf):
+        key, i = read_varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = read_varint(buf, i)
+        elif wt == 1:
+            v, i = buf[i:i + 8], i + 8
+        elif wt == 2:
+            n, i = read_varint(buf, i)
+            v, i = buf[i:i + n], i + n
+        elif wt == 5:
+            v, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {wt}")
+        fields.setdefault(num, []).append(v)
+    return fields
+
+
+def read_varint(buf, i):
+    shift = n = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+def signed(n):
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def packed_varints(raw_list):
+    out = []
+    for raw in raw_list:
+        if isinstance(raw, int):
+            out.append(signed(raw))
+            continue
+        i = 0
+        while i < len(raw):
+            v, i = read_varint(raw, i)
+            out.append(signed(v))
+    return out
+
+
+def double(raw):
+    return struct.unpack("<d", raw)[0]
+
+
+# --- the window definition, from scratch --------------------------------------------------
+def expected_features(readings):
+    """readings: [(t_ms, v)] of one client in order -> [(t, mean, integral_s, derivative_s)]."""
+    out = []
+    for k, (t, _) in enumerate(readings):
+        w = [(tj, vj) for tj, vj in readings[: k + 1] if t - WINDOW_MS < tj <= t]
+        mean = sum(v for _, v in w) / len(w)
+        integral = sum((w[i][1] + w[i + 1][1]) / 2 * (w[i + 1][0] - w[i][0]) / 1000 for i in range(len(w) - 1))
+        dt = (w[-1][0] - w[0][0]) / 1000
+        deriv = (w[-1][1] - w[0][1]) / dt if dt else 0.0
+        out.append((t, mean, integral, deriv))
+    return out
+
+
+def bin_of(x, lo, hi):
+    return min(max(math.floor((x - lo) / (hi - lo) * 10), 0), 9)
+
+
+def near(a, b):
+    return abs(a - b) <= 1e-9 * (1 + max(abs(a), abs(b)))
+
+
+# --- fixture: topics, input, the two processors -------------------------------------------
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    prefix = f"indep-{os.getpid()}-{int(time.time())}-"
+    names = {k: prefix + k for k in ["SX", "SY", "SZ", "FA", "FI", "FD", "predictions", "dead-letter", "late"]}
+    admin = KafkaAdminClient(bootstrap_servers=BOOT)
+    admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names.values()])
+    admin.close()
+
+    rng = random.Random(7)
+    inputs = {}
+    producer = KafkaProducer(bootstrap_servers=BOOT, acks="all")
+    base = 1_750_000_000_000
+    events = []
+    for c in range(CLIENTS):
+        t = base
+        for _ in range(READINGS):
+            t += rng.choice([30_000, 60_000, 60_000, 90_000, 180_000])
+            events.append((t, f"client-{c}", rng.uniform(0.1, 6.0), rng.randint(0, 40), rng.randint(0, 40)))
+    events.sort()
+    for t, client, z, x, y in events:
+        inputs.setdefault(client, []).append((t, z))
+        key = client.encode()
+        producer.send(names["SX"], key=key, value=encode_reading(t, float(x), 1), timestamp_ms=t)
+        producer.send(names["SY"], key=key, value=encode_reading(t, float(y), 2), timestamp_ms=t)
+        producer.send(names["SZ"], key=key, value=encode_reading(t, z, 3), timestamp_ms=t)
+    producer.send(names["SZ"], key=b"client-0", value=b"\xff\xff\xff")  # undecodable
+    producer.flush()
+    producer.close()
+
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=BOOT, SF_METRICS_ADDR="127.0.0.1:0", RUST_LOG="info",
+               SF_TOPIC_SX=names["SX"], SF_TOPIC_SY=names["SY"], SF_TOPIC_SZ=names["SZ"],
+               SF_TOPIC_FA=names["FA"], SF_TOPIC_FI=names["FI"], SF_TOPIC_FD=names["FD"],
+               SF_TOPIC_PREDICTIONS=names["predictions"], SF_TOPIC_DLQ=names["dead-letter"],
+               SF_TOPIC_LATE=names["late"])
+    logs = tmp_path_factory.mktemp("logs")
+    procs = []
+    for binary in ["window-processor", "join-predict"]:
+        with open(logs / f"{binary}.log", "wb") as log:
+            procs.append(subprocess.Popen([os.path.join(BIN, binary)], stderr=log, stdout=subprocess.DEVNULL,
+                                          env=dict(env, SF_GROUP_ID=prefix + binary)))
+        time.sleep(0.5)
+    sz_total = CLIENTS * READINGS
+    try:
+        deadline = time.time() + 180
+        while count(names["FD"]) < sz_total or count(names["predictions"]) < sz_total - 3 * CLIENTS:
+            assert time.time() < deadline, f"pipeline did not finish; logs in {logs}"
+            assert all(p.poll() is None for p in procs), f"a processor died; logs in {logs}"
+            time.sleep(0.5)
+        yield names, inputs, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def consumer():
+    return KafkaConsumer(bootstrap_servers=BOOT, enable_auto_commit=False, consumer_timeout_ms=3000)
+
+
+def count(topic):
+    c = consumer()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    end = c.end_offsets(tps)
+    begin = c.beginning_offsets(tps)
+    c.close()
+    return sum(end[tp] - begin[tp] for tp in tps)
+
+
+def read_all(topic):
+    c = consumer()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    end = c.end_offsets(tps)
+    out = []
+    deadline = time.time() + 60
+    while any(c.position(tp) < end[tp] for tp in tps) and time.time() < deadline:
+        for records in c.poll(timeout_ms=500).values():
+            out.extend(records)
+    c.close()
+    return out
+
+
+# --- tests ------------------------------------------------------------------------------------
+def test_features_equal_the_python_reference(pipeline):
+    names, inputs, _ = pipeline
+    want = {}
+    for client, readings in inputs.items():
+        for t, mean, integral, deriv in expected_features(readings):
+            want[(client, t)] = {"FA": mean, "FI": integral, "FD": deriv}
+    for kind in ["FA", "FI", "FD"]:
+        got = {}
+        for rec in read_all(names[kind]):
+            f = decode(rec.value)
+            client = f[1][0].decode()
+            assert rec.key.decode() == client
+            t = signed(f[3][0])
+            got[(client, t)] = (double(f[7][0]), f.get(6, [0])[0])
+        assert set(got) == set(want), f"{kind}: features for {len(got)} readings, expected {len(want)}"
+        lo, hi = RANGES[kind]
+        for key, (value, b) in got.items():
+            assert near(value, want[key][kind]), f"{kind} {key}: {value} != {want[key][kind]}"
+            # The bin of the expected value, or of the value as computed (they straddle an edge
+            # only within floating-point rounding).
+            assert b in (bin_of(want[key][kind], lo, hi), bin_of(value, lo, hi)), f"{kind} {key}: bin {b}"
+
+
+def test_predictions_follow_the_logistic_model(pipeline):
+    names, inputs, _ = pipeline
+    preds = [decode(r.value) for r in read_all(names["predictions"])]
+    assert preds
+    by_trigger = {}
+    for p in preds:
+        vector = packed_varints(p[3])
+        assert len(vector) == 5
+        z = sum(w * x for w, x in zip(WEIGHTS, vector)) + BIAS
+        prob = double(p[4][0])
+        assert near(prob, 1 / (1 + math.exp(-z))), f"{vector}: {prob}"
+        alert = bool(p.get(5, [0])[0])
+        assert alert == (prob >= 0.5)
+        by_trigger[p.get(8, [0])[0]] = by_trigger.get(p.get(8, [0])[0], 0) + 1
+    sz = CLIENTS * READINGS
+    # TRIGGER_FEATURES = 3: one per SZ reading once the client's SX and SY are known. (SX/SY
+    # triggered predictions depend on how far the join read SX ahead of the features.)
+    assert by_trigger.get(3, 0) >= sz - 3 * CLIENTS, by_trigger
+
+
+def test_dead_letter_carries_reason_and_source(pipeline):
+    names, _, _ = pipeline
+    dlq = read_all(names["dead-letter"])
+    assert len(dlq) == 1
+    headers = dict(dlq[0].headers)
+    assert headers["sensorflow.reason"] == b"decode"
+    assert headers["sensorflow.source.topic"] == names["SZ"].encode()
+    assert dlq[0].value == b"\xff\xff\xff"
+
+
+def test_sigterm_flushes_and_exits_zero(pipeline):
+    _, _, procs = pipeline
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        assert p.wait(timeout=30) == 0
