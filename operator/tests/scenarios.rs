@@ -860,3 +860,44 @@ async fn restart_mid_reconcile_converges_and_only_the_leader_acts() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn unreachable_broker_is_reported_and_retried_without_crashing() {
+    let c = client().await;
+    let ns = "sf-broker-down";
+    namespace(&c, ns).await;
+    let mut op = Operator::start("broker-down", 18189, ns);
+    // Nothing listens on port 1.
+    apply_sp(
+        &c,
+        ns,
+        "zeta",
+        json!({"kafka": {"bootstrapServers": "127.0.0.1:1"}}),
+    )
+    .await
+    .unwrap();
+    let sp = wait_for("BrokerUnavailable", Duration::from_secs(60), || async {
+        let sp = get_sp(&c, ns, "zeta").await?;
+        (condition(&sp, "TopicsReady")?.1 == "BrokerUnavailable").then_some(sp)
+    })
+    .await;
+    assert_eq!(condition(&sp, "Degraded").unwrap().0, "True");
+    assert_eq!(sp.status.unwrap().phase.as_deref(), Some("Degraded"));
+    assert!(!events(&c, ns, "BrokerUnavailable").await.is_empty());
+    // Retried (failure counted), and the process is still alive.
+    wait_for("a counted failure", Duration::from_secs(30), || async {
+        let f = op
+            .metric("sensorflow_operator_reconcile_failures_total")
+            .await?;
+        (f >= 1.0).then_some(())
+    })
+    .await;
+    assert!(op.child.try_wait().unwrap().is_none(), "operator exited");
+
+    // Pointing it at the real broker recovers.
+    apply_sp(&c, ns, "zeta", spec(json!({}))).await.unwrap();
+    wait_condition(&c, ns, "zeta", "TopicsReady", "True").await;
+    assert!(op.child.try_wait().unwrap().is_none(), "operator exited");
+    op.terminate();
+}
