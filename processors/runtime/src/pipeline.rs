@@ -256,7 +256,8 @@ impl LoopContext {
         }
     }
 
-    fn take_events(&self) -> Vec<RebalanceEvent> {
+    /// Rebalance events since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<RebalanceEvent> {
         self.events
             .lock()
             .map(|mut e| std::mem::take(&mut *e))
