@@ -700,6 +700,30 @@ mod tests {
         assert_eq!(built(&spec()), a);
     }
 
+    proptest::proptest! {
+        /// A stage's config hash changes exactly when its own configuration changes, and every
+        /// built object is owned by the pipeline.
+        #[test]
+        fn hashes_track_each_stage_config(size in 1000i64..86_400_000, threshold in 0.0f64..=1.0) {
+            let base = built(&spec());
+            let mut s = spec();
+            s.window.size_ms = size;
+            s.model.threshold = threshold;
+            let d = built(&s);
+            proptest::prop_assert_eq!(
+                hash(&d.deployments[0]) == hash(&base.deployments[0]),
+                size == s.window.size_ms && size == 600_000
+            );
+            proptest::prop_assert_eq!(
+                hash(&d.deployments[1]) == hash(&base.deployments[1]),
+                (threshold - 0.5).abs() < f64::EPSILON
+            );
+            for dep in &d.deployments {
+                proptest::prop_assert_eq!(dep.metadata.owner_references.as_deref(), Some(&[owner()][..]));
+            }
+        }
+    }
+
     #[test]
     fn secrets_come_from_secret_refs_never_inline() {
         let mut s = spec();

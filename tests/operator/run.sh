@@ -100,7 +100,7 @@ helm_validate() {
     && grep -q 'runAsNonRoot: true' "$logs/rendered.yaml"
 }
 helm_install() {
-  # The CRD is already installed (server-side, same content); Helm skips existing CRDs.
+  # Fresh API server: Helm installs the CRD from the chart's crds/ (and keeps it on uninstall).
   "$helm" install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace \
       --set replicaCount=2 >/dev/null \
     && "$helm" status sensorflow -n sensorflow-system >/dev/null \
@@ -109,6 +109,7 @@ helm_install() {
          service/sensorflow-sensorflow-operator-metrics role/sensorflow-sensorflow-operator-leader \
          rolebinding/sensorflow-sensorflow-operator-leader >/dev/null \
     && "$kubectl" get clusterrole/sensorflow-sensorflow-operator clusterrolebinding/sensorflow-sensorflow-operator >/dev/null \
+    && "$kubectl" get crd/sensorpipelines.sensorflow.io >/dev/null \
     && "$helm" uninstall sensorflow -n sensorflow-system >/dev/null
 }
 rbac_least_privilege() {
@@ -172,12 +173,12 @@ operator_with_chart_rbac() {
 step "build operator and tests" build_tests
 step "unit and property tests (validate, build, planner, conditions, topics)" unit_tests
 step "crds/ up to date with crdgen" crd_up_to_date
-step "CRD installs on kube-apiserver v1.20.2 (structural, no CEL)" install_crd
-step "example manifest accepted (kubectl apply --dry-run=server)" example_server_dry_run
-step "operator scenarios (real API server + broker)" scenarios
 step "helm lint --strict" helm_lint
 step "helm template | kubernetes-validate --strict" helm_validate
-step "helm install against the API server" helm_install
+step "helm install against the API server (installs the CRD)" helm_install
+step "CRD established on kube-apiserver v1.20.2 (structural, no CEL)" install_crd
+step "example manifest accepted (kubectl apply --dry-run=server)" example_server_dry_run
+step "operator scenarios (real API server + broker)" scenarios
 step "RBAC least privilege (kubectl auth can-i)" rbac_least_privilege
 step "operator runs with the chart's RBAC (ServiceAccount token)" operator_with_chart_rbac
 
