@@ -472,7 +472,9 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
                 conditions: conds,
                 ..previous.clone()
             };
-            write_status(&api, &name, &status).await?;
+            if Some(&status) != sp.status.as_ref() {
+                write_status(&api, &name, &status).await?;
+            }
             ctx.event(
                 &sp,
                 EventType::Warning,
