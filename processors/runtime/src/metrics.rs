@@ -73,6 +73,12 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric under the `sensorflow` prefix.
     pub fn new() -> Self {
+        Self::new_with(|_| {})
+    }
+
+    /// Like [`Metrics::new`], then lets `extra` register a binary's own metrics in the same
+    /// registry (under the `sensorflow` prefix), so one `/metrics` endpoint serves them all.
+    pub fn new_with(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut r = Registry::with_prefix("sensorflow");
         let m = Self {
             registry: Arc::new(Registry::default()),
@@ -152,6 +158,7 @@ impl Metrics {
             "Sensor reading ingest to prediction, seconds",
             m.latency.clone(),
         );
+        extra(&mut r);
         Self {
             registry: Arc::new(r),
             ..m

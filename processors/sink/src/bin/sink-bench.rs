@@ -1,0 +1,171 @@
+//! `sink-bench`: rows/s per core of the sink from consume to finalised object, next to
+//! parquet-rs encode-only rows/s on the same rows. Not a timed test: it prints figures.
+//!
+//! Run it against topics that already hold data (e.g. after `replay`, `window-processor` and
+//! `join-predict`; `tests/sink/run.sh` does this):
+//!
+//! ```text
+//! sink-bench --bootstrap-servers 127.0.0.1:19492 --sink-topics SZ,FA,FI,FD,predictions
+//! ```
+//!
+//! 1. *sink*: the real sink loop (consumer, rows, Parquet ZSTD, local-directory store, commits)
+//!    reads every record of the topics with a fresh group and stops once all are stored.
+//!    Rows per CPU-second of this process (all its threads) = rows/s per core; the broker runs
+//!    in another process and is not counted, so the figure is not bounded by its speed.
+//! 2. *encode only*: the same records, already in memory, through `Rows` + `encode` on one
+//!    thread, cut into files of the same size.
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use sensorflow_runtime::metrics::Metrics;
+use sensorflow_sink::app::{SinkArgs, run_with};
+use sensorflow_sink::encode::encode;
+use sensorflow_sink::metrics::SinkMetrics;
+use sensorflow_sink::rows::{Record, Rows};
+use sensorflow_sink::store::LocalStore;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Process CPU time (user + system, all threads), seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports in USER_HZ, 100 on every mainstream configuration.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn read_all(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result<Vec<OwnedMessage>> {
+    let c: BaseConsumer = args
+        .kafka
+        .consumer_config(
+            &format!("sink-bench-read-{}", std::process::id()),
+            "sink-bench",
+        )
+        .create()?;
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    c.subscribe(&refs)?;
+    let mut out = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(500)) {
+            out.push(m?.detach());
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // The bench always writes to a temporary local directory; add the flag clap requires.
+    let mut argv: Vec<String> = std::env::args().collect();
+    if !argv
+        .iter()
+        .any(|a| a.starts_with("--local-dir") || a.starts_with("--bucket"))
+    {
+        argv.push("--local-dir=unused".into());
+    }
+    let mut args = SinkArgs::parse_from(argv);
+    sensorflow_runtime::telemetry::init(args.log_format);
+    let run_id = format!("{}-{}", std::process::id(), sensorflow_runtime::now_ms());
+    let dir = std::env::temp_dir().join(format!("sink-bench-{run_id}"));
+    args.group_id = format!("sink-bench-{run_id}");
+    args.local_dir = Some(dir.clone());
+    args.bucket = None;
+    let cfg = args.config();
+    let topics: Vec<String> = cfg.topics.iter().map(|(t, _)| t.clone()).collect();
+    let client = args.kafka.client_config();
+    let mut total = 0i64;
+    for t in &topics {
+        total += sensorflow_runtime::admin::message_count(&client, t)
+            .with_context(|| format!("counting {t}"))?;
+    }
+    anyhow::ensure!(total > 0, "topics {topics:?} are empty: produce data first");
+    eprintln!("sink-bench: {total} records in {topics:?}");
+
+    // 1. consume → finalised object.
+    let sm = SinkMetrics::default();
+    let metrics = Metrics::new_with(|r| sm.register(r));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = {
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let topics = topics.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let text = metrics.encode();
+                let seen: f64 = text
+                    .lines()
+                    .filter(|l| l.starts_with("sensorflow_records_in_total{"))
+                    .filter(|l| topics.iter().any(|t| l.contains(&format!("topic=\"{t}\""))))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                if seen as i64 >= total {
+                    shutdown.cancel();
+                    return;
+                }
+            }
+        })
+    };
+    let (c0, t0) = (cpu_seconds(), Instant::now());
+    let summary = run_with(&args, LocalStore::new(&dir), metrics, sm, shutdown).await?;
+    let (cpu, wall) = (cpu_seconds() - c0, t0.elapsed().as_secs_f64());
+    watch.abort();
+    let rows = summary.rows_written as f64;
+
+    // 2. encode only, same records, one thread.
+    let msgs = read_all(&args, &topics, total)?;
+    let kinds: HashMap<&str, _> = cfg.topics.iter().map(|(t, k)| (t.as_str(), *k)).collect();
+    let mut by_part: HashMap<(String, i32), Vec<&OwnedMessage>> = HashMap::new();
+    for m in &msgs {
+        by_part
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_default()
+            .push(m);
+    }
+    let (c1, t1) = (cpu_seconds(), Instant::now());
+    let mut enc_rows = 0u64;
+    let mut enc_bytes = 0u64;
+    for ((topic, _), ms) in &by_part {
+        let mut rows = Rows::new(kinds[topic.as_str()], cfg.framing);
+        for chunk in ms.chunks(cfg.rotation.max_records as usize) {
+            for m in chunk {
+                let _ = rows.append(&Record {
+                    key: m.key(),
+                    value: m.payload(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    headers: None,
+                });
+            }
+            enc_rows += rows.len() as u64;
+            let batch = rows.finish()?;
+            enc_bytes += encode(&batch, &cfg.encode, &[])?.len() as u64;
+        }
+    }
+    let (ecpu, ewall) = (cpu_seconds() - c1, t1.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let sink_rate = rows / cpu;
+    let enc_rate = enc_rows as f64 / ecpu;
+    println!(
+        "sink-bench: {} rows, {} files, {} bytes (ZSTD) from {:?}",
+        summary.rows_written, summary.files_written, summary.bytes_written, topics
+    );
+    println!(
+        "  consume → finalised object: {sink_rate:>12.0} rows/s per core  ({rows:.0} rows, {cpu:.2} CPU-s, {wall:.2} s wall = {:.0} rows/s wall, broker-bound)",
+        rows / wall
+    );
+    println!(
+        "  parquet-rs encode only:     {enc_rate:>12.0} rows/s per core  ({enc_rows} rows, {ecpu:.2} CPU-s, {ewall:.2} s wall, {enc_bytes} bytes)"
+    );
+    println!("  ratio sink / encode-only:   {:.2}", sink_rate / enc_rate);
+    Ok(())
+}

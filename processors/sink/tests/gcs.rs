@@ -1,0 +1,488 @@
+//! Integration tests against a real Kafka-protocol broker (tansu) and a real GCS-compatible
+//! server (fake-gcs-server), both started by `tests/sink/run.sh`:
+//! `SENSORFLOW_TEST_BOOTSTRAP`, `SF_TEST_GCS_ENDPOINT`, `SF_TEST_GCS_BUCKET`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    missing_docs
+)]
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
+use bytes::Bytes;
+use clap::Parser;
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig as KafkaConfig, Message};
+use sensorflow_core::proto::{Sensor, SensorReading};
+use sensorflow_runtime::kafka::{KafkaArgs, TopicArgs};
+use sensorflow_runtime::metrics::Metrics;
+use sensorflow_sink::app::{SinkArgs, run_with};
+use sensorflow_sink::encode::{EncodeConfig, encode};
+use sensorflow_sink::layout::{HourBucket, Layout, parse_object};
+use sensorflow_sink::metrics::SinkMetrics;
+use sensorflow_sink::rows::{Kind, Record, Rows};
+use sensorflow_sink::store::{GcsConfig, GcsStore, ObjectStore};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+const IGNORE: &str = "needs broker + GCS: run tests/sink/run.sh";
+const HOUR: i64 = 3_600_000;
+/// 2024-03-01T10:00:00Z.
+const BASE: i64 = 1_709_287_200_000;
+
+fn bootstrap() -> String {
+    std::env::var("SENSORFLOW_TEST_BOOTSTRAP")
+        .expect("SENSORFLOW_TEST_BOOTSTRAP: run tests/sink/run.sh")
+}
+fn endpoint() -> String {
+    std::env::var("SF_TEST_GCS_ENDPOINT").expect("SF_TEST_GCS_ENDPOINT: run tests/sink/run.sh")
+}
+fn bucket() -> String {
+    std::env::var("SF_TEST_GCS_BUCKET").unwrap_or_else(|_| "sensorflow-test".into())
+}
+fn kafka() -> KafkaConfig {
+    KafkaArgs::plain(&bootstrap()).client_config()
+}
+fn prefix(test: &str) -> String {
+    format!(
+        "{test}-{}-{}-",
+        std::process::id(),
+        sensorflow_runtime::now_ms() % 1_000_000_000
+    )
+}
+
+async fn gcs() -> GcsStore {
+    GcsStore::connect(&GcsConfig {
+        bucket: bucket(),
+        endpoint: Some(endpoint()),
+        credentials: None,
+        timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap()
+}
+
+fn raw_client() -> Client {
+    let mut c = ClientConfig::default().anonymous();
+    c.storage_endpoint = endpoint();
+    Client::new(c)
+}
+
+async fn download(name: &str) -> Vec<RecordBatch> {
+    let bytes = raw_client()
+        .download_object(
+            &GetObjectRequest {
+                bucket: bucket(),
+                object: name.to_owned(),
+                ..Default::default()
+            },
+            &Range::default(),
+        )
+        .await
+        .unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+async fn create_topics(t: &TopicArgs, partitions: i32) {
+    let names = t.topics();
+    sensorflow_runtime::admin::ensure_topics(&kafka(), &names.all(), partitions, 1)
+        .await
+        .unwrap();
+}
+
+/// Produces `(partition, key, value, timestamp)` records and waits for every ack.
+async fn produce(topic: &str, records: &[(i32, Option<Vec<u8>>, Vec<u8>, i64)]) {
+    let p: FutureProducer = KafkaArgs::plain(&bootstrap())
+        .producer_config("sink-test")
+        .create()
+        .unwrap();
+    let mut futs = Vec::new();
+    for (part, key, value, ts) in records {
+        let mut r = FutureRecord::to(topic)
+            .partition(*part)
+            .payload(value)
+            .timestamp(*ts);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        futs.push(p.send_result(r).unwrap());
+    }
+    for f in futs {
+        f.await.unwrap().unwrap();
+    }
+}
+
+fn reading(client: &str, t: i64, v: f64) -> (Option<Vec<u8>>, Vec<u8>) {
+    let m = SensorReading {
+        event_time_ms: t,
+        value: v,
+        sensor: Sensor::Sz as i32,
+        ingest_time_ms: 0,
+    };
+    (Some(client.as_bytes().to_vec()), m.encode_to_vec())
+}
+
+fn args(t: &TopicArgs, group: &str, pfx: &str, extra: &[&str]) -> SinkArgs {
+    let mut a = vec![
+        "gcs-sink".to_owned(),
+        format!("--bootstrap-servers={}", bootstrap()),
+        format!("--topic-sz={}", t.topic_sz),
+        format!("--topic-dlq={}", t.topic_dlq),
+        format!("--sink-topics={}", t.topic_sz),
+        format!("--group-id={group}"),
+        format!("--bucket={}", bucket()),
+        format!("--endpoint={}", endpoint()),
+        format!("--prefix={pfx}"),
+        "--metrics-addr=127.0.0.1:0".to_owned(),
+    ];
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    SinkArgs::parse_from(a)
+}
+
+/// Runs the sink in this task until `rows` rows are in finalised objects (or 120 s pass),
+/// then shuts it down gracefully.
+async fn run_until_rows(
+    args: &SinkArgs,
+    rows: u64,
+    min: Duration,
+) -> sensorflow_sink::sink::Summary {
+    let sm = SinkMetrics::default();
+    let metrics = Metrics::new_with(|r| sm.register(r));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = async {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            let done: u64 = metrics
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("sensorflow_sink_rows_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            if done >= rows && start.elapsed() >= min {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shutdown.cancel();
+    };
+    let (summary, ()) = tokio::join!(
+        run_with(
+            args,
+            gcs().await,
+            metrics.clone(),
+            sm.clone(),
+            shutdown.clone()
+        ),
+        watch
+    );
+    summary.unwrap()
+}
+
+/// Every row of every object under `pfx`, by (partition, offset) → (object, event time, value,
+/// kafka timestamp, client).
+async fn stored(
+    pfx: &str,
+) -> (
+    Vec<String>,
+    BTreeMap<(i32, i64), Vec<(String, i64, f64, i64, String)>>,
+) {
+    let names = gcs().await.list(pfx).await.unwrap();
+    let mut rows: BTreeMap<(i32, i64), Vec<_>> = BTreeMap::new();
+    for name in &names {
+        let parsed = parse_object(name).unwrap_or_else(|| panic!("foreign object {name}"));
+        for b in download(name).await {
+            let part = b
+                .column_by_name("kafka_partition")
+                .unwrap()
+                .as_primitive::<Int32Type>()
+                .clone();
+            let off = b
+                .column_by_name("kafka_offset")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone();
+            let kts = b
+                .column_by_name("kafka_timestamp")
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>()
+                .clone();
+            let ev = b
+                .column_by_name("event_time")
+                .unwrap()
+                .as_primitive::<TimestampMillisecondType>()
+                .clone();
+            let val = b
+                .column_by_name("value")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone();
+            let client = b
+                .column_by_name("client_id")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            for i in 0..b.num_rows() {
+                assert_eq!(part.value(i), parsed.partition, "{name}");
+                assert!(
+                    (parsed.first_offset..=parsed.last_offset).contains(&off.value(i)),
+                    "{name}"
+                );
+                // The object sits in the hour directory of every row's timestamp.
+                assert!(
+                    name.contains(&HourBucket::of(Some(kts.value(i))).dir()),
+                    "{name}"
+                );
+                rows.entry((part.value(i), off.value(i)))
+                    .or_default()
+                    .push((
+                        name.clone(),
+                        ev.value(i),
+                        val.value(i),
+                        kts.value(i),
+                        client.value(i).to_owned(),
+                    ));
+            }
+        }
+    }
+    (names, rows)
+}
+
+fn dead_letters(topic: &str) -> Vec<(String, i64)> {
+    let mut cfg = kafka();
+    cfg.set("group.id", format!("dlq-reader-{}", prefix("r")))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    let c: BaseConsumer = cfg.create().unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(300)) {
+            let h = m.headers().unwrap();
+            let get = |k: &str| {
+                h.iter()
+                    .find(|x| x.key == k)
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap()
+            };
+            out.push((
+                get("sensorflow.reason"),
+                get("sensorflow.source.offset").parse().unwrap(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn gcs_store_puts_lists_and_classifies_errors() {
+    let _ = IGNORE;
+    let s = gcs().await;
+    let pfx = prefix("store");
+    for i in 0..3 {
+        s.put(
+            &format!("{pfx}dir/x-{i}.parquet"),
+            Bytes::from(vec![i as u8; 1000]),
+        )
+        .await
+        .unwrap();
+    }
+    s.put(&format!("{pfx}dir/y.parquet"), Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    let listed = s.list(&format!("{pfx}dir/x-")).await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed.windows(2).all(|w| w[0] < w[1]));
+    // Nothing listens on port 9: a transport error, worth retrying.
+    let dead = GcsStore::connect(&GcsConfig {
+        bucket: bucket(),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        credentials: None,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let e = dead.put("x", Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    // A bucket that does not exist: permanent.
+    let missing = GcsStore::connect(&GcsConfig {
+        bucket: "no-such-bucket-sensorflow".into(),
+        endpoint: Some(endpoint()),
+        credentials: None,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let e = missing
+        .put("x", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn every_record_is_stored_once_by_hour_and_poison_is_dead_lettered() {
+    let pfx = prefix("once");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, 3).await;
+    // 3 partitions × 700 readings spanning three event hours, plus poison.
+    let mut recs = Vec::new();
+    let mut expect: HashMap<(i32, usize), (String, i64, f64)> = HashMap::new();
+    for p in 0..3 {
+        for i in 0..700usize {
+            let ts = BASE + (i as i64) * (3 * HOUR / 700) + i64::from(p);
+            let client = format!("c{}", i % 5);
+            let v = (i as f64).sin() * 3.0 + f64::from(p);
+            let (k, val) = reading(&client, ts, v);
+            expect.insert(
+                (
+                    p,
+                    recs.iter().filter(|r: &&(i32, _, _, _)| r.0 == p).count(),
+                ),
+                (client, ts, v),
+            );
+            recs.push((p, k, val, ts));
+            if i % 250 == 100 {
+                recs.push((p, Some(b"c0".to_vec()), vec![0x08, 0xff], ts)); // truncated varint
+            }
+        }
+        recs.push((p, None, reading("x", BASE, 1.0).1, BASE + 3 * HOUR - 1)); // no key
+    }
+    produce(&t.topic_sz, &recs).await;
+    let a = args(
+        &t,
+        &format!("{pfx}sink"),
+        &pfx,
+        &["--max-records=300", "--max-age-seconds=2"],
+    );
+    let summary = run_until_rows(&a, 2100, Duration::ZERO).await;
+    assert_eq!(summary.rows_written, 2100, "{summary:?}");
+    assert_eq!(summary.dead_lettered, 12, "{summary:?}");
+
+    let (names, rows) = stored(&pfx).await;
+    assert!(names.len() >= 9, "files split by hour and size: {names:?}");
+    // Exactly once, values as produced, per (partition, offset).
+    let mut per_part: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for ((p, o), copies) in &rows {
+        assert_eq!(
+            copies.len(),
+            1,
+            "{p}/{o} stored {} times: {copies:?}",
+            copies.len()
+        );
+        per_part.entry(*p).or_default().push(*o);
+    }
+    let mut dlq_expected = Vec::new();
+    for p in 0..3 {
+        let produced: Vec<_> = recs.iter().filter(|r| r.0 == p).collect();
+        let mut good = 0usize;
+        for (offset, r) in produced.iter().enumerate() {
+            let offset = offset as i64;
+            match rows.get(&(p, offset)) {
+                Some(c) => {
+                    let (ref client, ts, v) = expect[&(p, offset as usize)];
+                    let (_, ev, val, kts, cl) = &c[0];
+                    assert_eq!((ev, kts, cl), (&ts, &ts, client));
+                    assert_eq!(val.to_bits(), v.to_bits());
+                    good += 1;
+                }
+                None => {
+                    let reason = if r.1.is_none() {
+                        "missing-key"
+                    } else {
+                        "decode"
+                    };
+                    dlq_expected.push((reason.to_owned(), offset));
+                }
+            }
+        }
+        assert_eq!(good, 700, "partition {p}");
+    }
+    dlq_expected.sort();
+    let mut got = dead_letters(&t.topic_dlq);
+    got.dedup();
+    assert_eq!(got, dlq_expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn restart_after_upload_before_commit_skips_the_stored_offsets() {
+    let pfx = prefix("restart");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, 2).await;
+    let mut recs = Vec::new();
+    for p in 0..2 {
+        for i in 0..500i64 {
+            let (k, v) = reading("c", BASE + i * 1000, i as f64);
+            recs.push((p, k, v, BASE + i * 1000));
+        }
+    }
+    produce(&t.topic_sz, &recs).await;
+    // What a previous run left behind: offsets 0..=299 of partition 0 uploaded, never committed.
+    let mut rows = Rows::new(Kind::Reading, sensorflow_core::wire::Framing::Plain);
+    for (o, r) in recs.iter().filter(|r| r.0 == 0).take(300).enumerate() {
+        rows.append(&Record {
+            key: r.1.as_deref(),
+            value: Some(&r.2),
+            partition: 0,
+            offset: o as i64,
+            timestamp_ms: Some(r.3),
+            headers: None,
+        })
+        .unwrap();
+    }
+    let bytes = encode(
+        &rows.finish().unwrap(),
+        &EncodeConfig {
+            codec: Default::default(),
+            row_group_rows: 1000,
+        },
+        &[],
+    )
+    .unwrap();
+    let layout = Layout::new(&pfx);
+    let earlier = layout.object(&t.topic_sz, 0, HourBucket::of(Some(BASE)), 0, 299);
+    gcs().await.put(&earlier, Bytes::from(bytes)).await.unwrap();
+
+    let a = args(
+        &t,
+        &format!("{pfx}sink"),
+        &pfx,
+        &["--max-records=1000", "--max-age-seconds=1"],
+    );
+    let summary = run_until_rows(&a, 700, Duration::ZERO).await;
+    assert_eq!(summary.rows_written, 700, "{summary:?}");
+    assert_eq!(summary.skipped, 300, "{summary:?}");
+    let (names, rows) = stored(&pfx).await;
+    assert!(names.contains(&earlier), "{names:?}");
+    assert_eq!(rows.len(), 1000);
+    assert!(rows.values().all(|c| c.len() == 1), "a record stored twice");
+
+    // A second run of the same group starts after the commit and writes nothing.
+    let again = run_until_rows(
+        &args(&t, &format!("{pfx}sink"), &pfx, &["--max-age-seconds=1"]),
+        0,
+        Duration::from_secs(8),
+    )
+    .await;
+    assert_eq!(again.rows_written, 0);
+    assert_eq!(stored(&pfx).await.0, names);
+}
