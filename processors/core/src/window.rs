@@ -28,7 +28,10 @@
 //! evictions as the window holds have happened (still O(1) amortised).
 //!
 //! ## Memory
-//! A client retains readings with `t > max − grace − size`, 16 bytes each (`i64` ms + `f64`).
+//! A client retains readings with `t > max − grace − size`, 12 bytes each: the value (`f64`)
+//! and the event time as a `u32` millisecond offset from a per-client base (rebased in O(n)
+//! when a reading falls outside the 49.7-day range; the retained span is window + grace, so
+//! that happens about never). Buffers grow by 25% rather than doubling, so slack stays small.
 //! Under partition scope, a client whose newest reading is older than
 //! `watermark − size` can no longer influence any window and its state is dropped.
 //!
@@ -73,15 +76,42 @@ impl std::str::FromStr for WatermarkScope {
     }
 }
 
+/// Largest window + grace, ms (≈ 24.8 days): retained readings store their time as a `u32`
+/// offset, and the retained span is at most window + 2 × grace.
+pub const MAX_SPAN_MS: i64 = (u32::MAX / 2) as i64;
+
 /// Window configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WindowConfig {
-    /// Window length in ms (default 600 000 = 10 min). Must be > 0.
+    /// Window length in ms (default 600 000 = 10 min). Must be > 0 and, with the grace,
+    /// at most [`MAX_SPAN_MS`].
     pub size_ms: i64,
     /// Allowed lateness in ms (default 30 000). Must be ≥ 0.
     pub grace_ms: i64,
     /// Where the watermark is tracked.
     pub scope: WatermarkScope,
+}
+
+impl WindowConfig {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// A message when `size_ms ≤ 0`, `grace_ms < 0` or `size_ms + grace_ms > MAX_SPAN_MS`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.size_ms <= 0 {
+            return Err(format!("window size must be > 0 ms, got {}", self.size_ms));
+        }
+        if self.grace_ms < 0 {
+            return Err(format!("grace must be >= 0 ms, got {}", self.grace_ms));
+        }
+        if self.size_ms.saturating_add(self.grace_ms) > MAX_SPAN_MS {
+            return Err(format!(
+                "window size + grace must be at most {MAX_SPAN_MS} ms, got {}",
+                self.size_ms.saturating_add(self.grace_ms)
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for WindowConfig {
@@ -121,7 +151,7 @@ pub enum Outcome {
 
 #[inline]
 fn trapezoid(a: Reading, b: Reading) -> f64 {
-    (a.v + b.v) * 0.5 * ((b.t - a.t) as f64 / 1000.0)
+    (a.v + b.v) * 0.5 * ((b.t - a.t) as f64 * 0.001)
 }
 
 #[inline]
@@ -130,8 +160,17 @@ fn derivative(first: Reading, last: Reading) -> f64 {
     if dt == 0 {
         0.0
     } else {
-        (last.v - first.v) / (dt as f64 / 1000.0)
+        (last.v - first.v) / (dt as f64 * 0.001)
     }
+}
+
+/// A buffered reading: 12 bytes (`packed(4)` keeps the `f64` at 4-byte alignment; fields are
+/// only ever read by value).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
+struct Slot {
+    dt: u32,
+    v: f64,
 }
 
 /// The window state of one client.
@@ -140,7 +179,8 @@ fn derivative(first: Reading, last: Reading) -> f64 {
 /// `t > max_t − size` over which `sum_v` and `integral` are maintained.
 #[derive(Debug, Clone, Default)]
 pub struct ClientWindow {
-    buf: VecDeque<Reading>,
+    buf: VecDeque<Slot>,
+    base: i64,
     start: usize,
     sum_v: f64,
     integral: f64,
@@ -148,9 +188,50 @@ pub struct ClientWindow {
 }
 
 impl ClientWindow {
+    #[inline]
+    fn at(&self, i: usize) -> Reading {
+        let s = self.buf[i];
+        Reading {
+            t: self.base + i64::from(s.dt),
+            v: s.v,
+        }
+    }
+
+    #[inline]
+    fn first(&self) -> Option<Reading> {
+        (!self.buf.is_empty()).then(|| self.at(0))
+    }
+
+    /// Re-anchors the time base so `t` fits (O(n); only when `t` is outside the 49.7-day range
+    /// around the current base).
+    fn fit(&mut self, t: i64) -> u32 {
+        if let Ok(dt) = u32::try_from(t - self.base) {
+            return dt;
+        }
+        let readings: Vec<Reading> = (0..self.buf.len()).map(|i| self.at(i)).collect();
+        let lo = readings.first().map_or(t, |r| r.t.min(t));
+        self.base = lo;
+        for (slot, r) in self.buf.iter_mut().zip(readings) {
+            // Retained readings span window + grace, far below u32::MAX ms.
+            slot.dt = u32::try_from(r.t - lo).unwrap_or(u32::MAX);
+        }
+        u32::try_from(t - lo).unwrap_or(u32::MAX)
+    }
+
+    #[inline]
+    fn reserve_one(&mut self) {
+        let len = self.buf.len();
+        if len == self.buf.capacity() {
+            // Grow by 25% (not 2×): amortised O(1), at most 25% slack.
+            self.buf.reserve_exact((len / 4).max(4));
+        }
+    }
+
     /// Newest event time held, if any.
     pub fn max_t(&self) -> Option<i64> {
-        self.buf.back().map(|r| r.t)
+        (!self.buf.is_empty())
+            .then(|| self.at(self.buf.len() - 1))
+            .map(|r| r.t)
     }
 
     /// Readings retained (live region plus the grace margin).
@@ -163,16 +244,16 @@ impl ClientWindow {
         self.buf.is_empty()
     }
 
-    /// Heap bytes held by the reading buffer (capacity × 16).
+    /// Heap bytes held by the reading buffer (capacity × 12).
     pub fn heap_bytes(&self) -> usize {
-        self.buf.capacity() * std::mem::size_of::<Reading>()
+        self.buf.capacity() * std::mem::size_of::<Slot>()
     }
 
     fn region_aggregates(&self) -> Aggregates {
         let n = self.buf.len() - self.start;
         debug_assert!(n > 0);
-        let first = self.buf[self.start];
-        let last = self.buf[self.buf.len() - 1];
+        let first = self.at(self.start);
+        let last = self.at(self.buf.len() - 1);
         Aggregates {
             mean: self.sum_v / n as f64,
             integral: self.integral,
@@ -182,11 +263,12 @@ impl ClientWindow {
     }
 
     fn recompute_exact(&mut self) {
-        let region = self.buf.range(self.start..);
-        self.sum_v = region.clone().map(|r| r.v).sum();
+        self.sum_v = 0.0;
         self.integral = 0.0;
         let mut prev: Option<Reading> = None;
-        for &r in region {
+        for i in self.start..self.buf.len() {
+            let r = self.at(i);
+            self.sum_v += r.v;
             if let Some(p) = prev {
                 self.integral += trapezoid(p, r);
             }
@@ -205,44 +287,74 @@ impl ClientWindow {
     }
 
     fn push_in_order(&mut self, r: Reading, size_ms: i64, grace_ms: i64) -> Aggregates {
+        if self.max_t().is_some_and(|m| r.t - m >= size_ms + grace_ms) {
+            // Everything held is outside this reading's window and below the retention
+            // horizon: starting afresh is exactly equivalent (and keeps time offsets small).
+            self.buf.clear();
+            self.start = 0;
+            self.sum_v = 0.0;
+            self.integral = 0.0;
+            self.evictions_since_exact = 0;
+        }
+        if self.buf.is_empty() {
+            self.base = r.t;
+        }
         if self.buf.len() > self.start {
-            let prev = self.buf[self.buf.len() - 1];
+            let prev = self.at(self.buf.len() - 1);
             self.integral += trapezoid(prev, r);
         }
-        self.buf.push_back(r);
+        let dt = self.fit(r.t);
+        self.reserve_one();
+        self.buf.push_back(Slot { dt, v: r.v });
         self.sum_v += r.v;
         // Evict from the live region everything at or before t − size.
         let cutoff = r.t - size_ms;
-        while self.buf[self.start].t <= cutoff {
-            let gone = self.buf[self.start];
-            let next = self.buf[self.start + 1];
+        let mut gone = self.at(self.start);
+        while gone.t <= cutoff {
+            let next = self.at(self.start + 1);
             self.integral -= trapezoid(gone, next);
             self.sum_v -= gone.v;
             self.start += 1;
             self.evictions_since_exact += 1;
+            gone = next;
         }
         // Drop what no accepted reading can need any more: t ≤ max − grace − size.
         let keep_after = cutoff - grace_ms;
-        while self.start > 0 && self.buf[0].t <= keep_after {
+        while self.start > 0 && self.first().is_some_and(|f| f.t <= keep_after) {
             self.buf.pop_front();
             self.start -= 1;
         }
         let live = self.buf.len() - self.start;
-        if self.evictions_since_exact > live + 64 {
+        // Exact recomputation bounds floating-point drift; every 8 windows of evictions keeps
+        // it O(1) amortised at ~1/8 of a reading's work.
+        if self.evictions_since_exact > 8 * live + 1024 {
             self.recompute_exact();
+        }
+        if self.buf.capacity() > 2 * self.buf.len() + 64 {
+            self.buf.shrink_to(self.buf.len() + self.buf.len() / 4 + 4);
         }
         self.region_aggregates()
     }
 
+    /// First index whose event time is > `t` (readings are sorted by time).
+    fn upper_bound(&self, t: i64) -> usize {
+        let Ok(dt) = u32::try_from(t - self.base) else {
+            return if t < self.base { 0 } else { self.buf.len() };
+        };
+        self.buf.partition_point(|x| x.dt <= dt)
+    }
+
     fn push_out_of_order(&mut self, r: Reading, max_t: i64, size_ms: i64) -> Aggregates {
+        let dt = self.fit(r.t);
         // After every reading with t ≤ r.t: ties keep arrival order.
-        let pos = self.buf.partition_point(|x| x.t <= r.t);
-        self.buf.insert(pos, r);
+        let pos = self.upper_bound(r.t);
+        self.reserve_one();
+        self.buf.insert(pos, Slot { dt, v: r.v });
         if r.t > max_t - size_ms {
             // Inside the live region (pos ≥ start because older readings are ≤ max − size).
-            let next = self.buf[pos + 1];
+            let next = self.at(pos + 1);
             if pos > self.start {
-                let prev = self.buf[pos - 1];
+                let prev = self.at(pos - 1);
                 self.integral += trapezoid(prev, r) - trapezoid(prev, next);
             }
             self.integral += trapezoid(r, next);
@@ -252,8 +364,8 @@ impl ClientWindow {
             self.start += 1;
         }
         // Its own window: (r.t − size, r.t], over readings up to and including `pos`.
-        let lo = self.buf.partition_point(|x| x.t <= r.t - size_ms);
-        aggregates_of(self.buf.range(lo..=pos).copied())
+        let lo = self.upper_bound(r.t - size_ms);
+        aggregates_of((lo..=pos).map(|i| self.at(i)))
     }
 }
 
@@ -311,9 +423,7 @@ const SWEEP_EVERY: usize = 16_384;
 impl WindowEngine {
     /// An empty engine.
     ///
-    /// # Panics
-    /// Never; invalid sizes are rejected by [`crate::config`] validation before this is built
-    /// (`size_ms ≤ 0` would make every window empty).
+    /// Callers validate the configuration first ([`WindowConfig::validate`]).
     pub fn new(cfg: WindowConfig) -> Self {
         Self {
             cfg,
@@ -601,6 +711,48 @@ mod tests {
         }
         let s = e.stats();
         assert_eq!(s.readings, 630, "600 s window + 30 s grace at 1 reading/s");
+    }
+
+    #[test]
+    fn gaps_longer_than_the_time_offset_range() {
+        let c = cfg(600_000, 30_000, WatermarkScope::Client);
+        let day = 86_400_000i64;
+        let arrivals: Vec<(&str, Reading)> = [
+            0,
+            60_000,
+            60 * day,
+            60 * day + 30_000,
+            200 * day,
+            200 * day - 10_000,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| ("c", Reading { t, v: i as f64 }))
+        .collect();
+        let want = reference_features(c, &arrivals);
+        let mut e = WindowEngine::new(c);
+        for (k, &(client, r)) in arrivals.iter().enumerate() {
+            match (e.process(0, client, r), want[k]) {
+                (Outcome::Emit(a), Some(b)) => {
+                    assert_eq!(a.count, b.count, "reading {k}");
+                    assert!(
+                        close(a.integral, b.integral) && close(a.mean, b.mean),
+                        "reading {k}"
+                    );
+                }
+                (got, want) => panic!("reading {k}: {got:?} vs {want:?}"),
+            }
+        }
+        assert!(
+            WindowConfig {
+                size_ms: MAX_SPAN_MS,
+                grace_ms: 1,
+                ..c
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(c.validate().is_ok());
     }
 
     #[test]

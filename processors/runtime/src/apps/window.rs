@@ -288,6 +288,13 @@ impl Processor for WindowProcessor {
 /// resumes from the last committed offset).
 pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
     crate::telemetry::init(args.common.log_format);
+    WindowConfig {
+        size_ms: args.window_size_ms,
+        grace_ms: args.grace_ms,
+        scope: args.watermark_scope,
+    }
+    .validate()
+    .map_err(anyhow::Error::msg)?;
     tracing::info!(
         group = %args.group_id,
         window_ms = args.window_size_ms,

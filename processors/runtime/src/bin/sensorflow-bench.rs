@@ -89,10 +89,19 @@ fn engine(clients: usize, readings: usize, spacing_ms: i64) {
         stats = Some(e.stats());
     }
     let Some(s) = stats else { return };
-    println!("window engine (pure, one core, {clients} clients, {} readings/window)", 600_000 / spacing_ms);
+    println!(
+        "window engine (pure, one core, {clients} clients, {} readings/window)",
+        600_000 / spacing_ms
+    );
     println!("  readings processed         {total}");
-    println!("  throughput                 {:.1} M readings/s", total as f64 / best / 1e6);
-    println!("  time per reading           {:.1} ns", best * 1e9 / total as f64);
+    println!(
+        "  throughput                 {:.1} M readings/s",
+        total as f64 / best / 1e6
+    );
+    println!(
+        "  time per reading           {:.1} ns",
+        best * 1e9 / total as f64
+    );
     println!("  readings buffered          {}", s.readings);
     println!(
         "  state bytes per reading    {:.1} (reading buffers, capacity x 16 B)",
@@ -104,7 +113,14 @@ fn engine(clients: usize, readings: usize, spacing_ms: i64) {
     );
 }
 
-async fn produce_sz(kafka: &KafkaArgs, topic: &str, n: usize, clients: usize, rate: Option<f64>, duration: Option<Duration>) -> anyhow::Result<usize> {
+async fn produce_sz(
+    kafka: &KafkaArgs,
+    topic: &str,
+    n: usize,
+    clients: usize,
+    rate: Option<f64>,
+    duration: Option<Duration>,
+) -> anyhow::Result<usize> {
     let p: FutureProducer = kafka.producer_config("bench").create()?;
     let started = Instant::now();
     let t0 = sensorflow_runtime::now_ms();
@@ -129,10 +145,19 @@ async fn produce_sz(kafka: &KafkaArgs, topic: &str, n: usize, clients: usize, ra
         let c = sent % clients;
         let t = t0 + (sent / clients) as i64 * 1000;
         buf.clear();
-        SensorReading { event_time_ms: t, value: (sent % 97) as f64 * 0.05, sensor: Sensor::Sz as i32, ingest_time_ms: sensorflow_runtime::now_ms() }.encode(&mut buf)?;
+        SensorReading {
+            event_time_ms: t,
+            value: (sent % 97) as f64 * 0.05,
+            sensor: Sensor::Sz as i32,
+            ingest_time_ms: sensorflow_runtime::now_ms(),
+        }
+        .encode(&mut buf)?;
         let key = format!("client-{c:05}");
         loop {
-            let rec = rdkafka::producer::FutureRecord::to(topic).key(&key).payload(&buf).timestamp(t);
+            let rec = rdkafka::producer::FutureRecord::to(topic)
+                .key(&key)
+                .payload(&buf)
+                .timestamp(t);
             match p.send_result(rec) {
                 Ok(f) => {
                     futs.push(f);
@@ -158,13 +183,18 @@ async fn produce_sz(kafka: &KafkaArgs, topic: &str, n: usize, clients: usize, ra
 }
 
 fn raw_consume_rate(kafka: &KafkaArgs, topic: &str, n: usize) -> anyhow::Result<f64> {
-    let c: BaseConsumer = kafka.consumer_config(&format!("bench-raw-{}", std::process::id()), "bench").create()?;
+    let c: BaseConsumer = kafka
+        .consumer_config(&format!("bench-raw-{}", std::process::id()), "bench")
+        .create()?;
     c.subscribe(&[topic])?;
     let mut got = 0;
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while got < n {
-        anyhow::ensure!(Instant::now() < deadline, "raw consume timed out at {got}/{n}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "raw consume timed out at {got}/{n}"
+        );
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             m?;
             started.get_or_insert_with(Instant::now);
@@ -177,12 +207,21 @@ fn raw_consume_rate(kafka: &KafkaArgs, topic: &str, n: usize) -> anyhow::Result<
 struct Child(std::process::Child);
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }
 
-fn spawn(bin_dir: &std::path::Path, bin: &str, kafka: &KafkaArgs, topics: &TopicArgs, group: &str) -> anyhow::Result<Child> {
+fn spawn(
+    bin_dir: &std::path::Path,
+    bin: &str,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    group: &str,
+) -> anyhow::Result<Child> {
     let env = [
         ("SF_TOPIC_SX", &topics.topic_sx),
         ("SF_TOPIC_SY", &topics.topic_sy),
@@ -217,13 +256,22 @@ fn wait_lag_zero(kafka: &KafkaArgs, group: &str, topics: &[&str]) -> anyhow::Res
     }
 }
 
-async fn broker(kafka: KafkaArgs, bin_dir: PathBuf, readings: usize, partitions: i32, latency_seconds: u64) -> anyhow::Result<()> {
+async fn broker(
+    kafka: KafkaArgs,
+    bin_dir: PathBuf,
+    readings: usize,
+    partitions: i32,
+    latency_seconds: u64,
+) -> anyhow::Result<()> {
     let run = format!("bench-{}-", std::process::id());
     let topics = TopicArgs::prefixed(&run);
     let t = topics.topics();
     admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
     let clients = 1_000;
-    eprintln!("producing {readings} SZ readings to {} ({partitions} partitions)…", t.sz);
+    eprintln!(
+        "producing {readings} SZ readings to {} ({partitions} partitions)…",
+        t.sz
+    );
     produce_sz(&kafka, &t.sz, readings, clients, None, None).await?;
     eprintln!("raw rdkafka consume…");
     let raw = tokio::task::block_in_place(|| raw_consume_rate(&kafka, &t.sz, readings))?;
@@ -234,9 +282,14 @@ async fn broker(kafka: KafkaArgs, bin_dir: PathBuf, readings: usize, partitions:
     tokio::task::block_in_place(|| wait_lag_zero(&kafka, &group, &[&t.sz]))?;
     let wp = readings as f64 / started.elapsed().as_secs_f64();
     drop(w);
-    println!("through the broker ({} at {})", partitions, kafka.bootstrap_servers);
+    println!(
+        "through the broker ({} at {})",
+        partitions, kafka.bootstrap_servers
+    );
     println!("  raw rdkafka consume        {raw:.0} readings/s");
-    println!("  window-processor e2e       {wp:.0} readings/s (consume, window, produce 3 features, commit; incl. start-up and group join)");
+    println!(
+        "  window-processor e2e       {wp:.0} readings/s (consume, window, produce 3 features, commit; incl. start-up and group join)"
+    );
     println!("  ratio                      {:.2}", wp / raw);
 
     // Latency at half of the window-processor's maximum rate (SZ only drives features; SX/SY
@@ -249,23 +302,60 @@ async fn broker(kafka: KafkaArgs, bin_dir: PathBuf, readings: usize, partitions:
     for c in 0..clients {
         let key = format!("client-{c:05}");
         for (topic, sensor) in [(&t.sx, Sensor::Sx), (&t.sy, Sensor::Sy)] {
-            let v = SensorReading { event_time_ms: 0, value: 1.0, sensor: sensor as i32, ingest_time_ms: 0 }.encode_to_vec();
-            let rec = rdkafka::producer::FutureRecord::to(topic).key(&key).payload(&v);
-            p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+            let v = SensorReading {
+                event_time_ms: 0,
+                value: 1.0,
+                sensor: sensor as i32,
+                ingest_time_ms: 0,
+            }
+            .encode_to_vec();
+            let rec = rdkafka::producer::FutureRecord::to(topic)
+                .key(&key)
+                .payload(&v);
+            p.send(rec, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)?;
         }
     }
-    let _w = spawn(&bin_dir, "window-processor", &kafka, &topics, &format!("{lat}window"))?;
-    let _j = spawn(&bin_dir, "join-predict", &kafka, &topics, &format!("{lat}join"))?;
+    let _w = spawn(
+        &bin_dir,
+        "window-processor",
+        &kafka,
+        &topics,
+        &format!("{lat}window"),
+    )?;
+    let _j = spawn(
+        &bin_dir,
+        "join-predict",
+        &kafka,
+        &topics,
+        &format!("{lat}join"),
+    )?;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let rate = wp / 2.0;
     eprintln!("latency: {rate:.0} SZ readings/s for {latency_seconds} s…");
-    let sent = produce_sz(&kafka, &t.sz, 0, clients, Some(rate), Some(Duration::from_secs(latency_seconds))).await?;
+    let sent = produce_sz(
+        &kafka,
+        &t.sz,
+        0,
+        clients,
+        Some(rate),
+        Some(Duration::from_secs(latency_seconds)),
+    )
+    .await?;
     tokio::task::block_in_place(|| wait_lag_zero(&kafka, &format!("{lat}window"), &[&t.sz]))?;
     tokio::task::block_in_place(|| wait_lag_zero(&kafka, &format!("{lat}join"), &t.join_inputs()))?;
     let (n, _, hist) = tokio::task::block_in_place(|| {
-        summary::read_predictions(&kafka.client_config(), &t.predictions, Default::default(), Duration::from_secs(300))
+        summary::read_predictions(
+            &kafka.client_config(),
+            &t.predictions,
+            Default::default(),
+            Duration::from_secs(300),
+        )
     })?;
-    println!("SZ -> prediction latency at {rate:.0} readings/s (half of max), {sent} readings, {n} predictions");
+    println!(
+        "SZ -> prediction latency at {rate:.0} readings/s (half of max), {sent} readings, {n} predictions"
+    );
     println!(
         "  p50 {} ms   p99 {} ms   max {} ms",
         hist.value_at_quantile(0.5),
@@ -279,10 +369,18 @@ async fn broker(kafka: KafkaArgs, bin_dir: PathBuf, readings: usize, partitions:
 async fn main() -> anyhow::Result<()> {
     sensorflow_runtime::telemetry::init(sensorflow_runtime::telemetry::LogFormat::Text);
     match Cli::parse().cmd {
-        Cmd::Engine { clients, readings, spacing_ms } => engine(clients, readings, spacing_ms),
-        Cmd::Broker { kafka, bin_dir, readings, partitions, latency_seconds } => {
-            broker(kafka, bin_dir, readings, partitions, latency_seconds).await?
-        }
+        Cmd::Engine {
+            clients,
+            readings,
+            spacing_ms,
+        } => engine(clients, readings, spacing_ms),
+        Cmd::Broker {
+            kafka,
+            bin_dir,
+            readings,
+            partitions,
+            latency_seconds,
+        } => broker(kafka, bin_dir, readings, partitions, latency_seconds).await?,
     }
     Ok(())
 }
