@@ -54,7 +54,8 @@ apt_install curl
 # --- fresh broker and control plane ---
 "$REPO_ROOT/tests/cluster/control-plane.sh" down "$k8s_dir" >/dev/null 2>&1 || true
 "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true
-rm -rf "$broker_dir" "$k8s_dir/etcd" "$logs"
+# Fresh credentials too: a process left over from an interrupted run cannot talk to this cluster.
+rm -rf "$broker_dir" "$k8s_dir" "$logs"
 mkdir -p "$logs"
 bootstrap="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
 export KUBECONFIG; KUBECONFIG="$("$REPO_ROOT/tests/cluster/control-plane.sh" up "$k8s_dir")"
