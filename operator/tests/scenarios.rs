@@ -813,15 +813,43 @@ async fn restart_mid_reconcile_converges_and_only_the_leader_acts() {
     let second = Operator::start("restart-2", 18187, ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let third = Operator::start("restart-3", 18188, ns);
+    // The dead holder's 4 s lease must expire first; then exactly one of the two leads.
+    let leaders = wait_for("a new leader", Duration::from_secs(30), || async {
+        let l = [
+            second.metric("sensorflow_operator_leader").await,
+            third.metric("sensorflow_operator_leader").await,
+        ];
+        l.contains(&Some(1.0)).then_some(l)
+    })
+    .await;
+    // The new leader reconciles; the standby never does.
+    let (leader, standby) = if leaders[0] == Some(1.0) {
+        (&second, &third)
+    } else {
+        (&third, &second)
+    };
+    wait_for(
+        "the new leader to reconcile",
+        Duration::from_secs(30),
+        || async {
+            (leader
+                .metric("sensorflow_operator_reconciles_total")
+                .await?
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     wait_condition(&c, ns, "epsilon", "TopicsReady", "True").await;
-    let leaders = [
-        second.metric("sensorflow_operator_leader").await,
-        third.metric("sensorflow_operator_leader").await,
-    ];
     assert_eq!(
-        leaders.iter().filter(|l| **l == Some(1.0)).count(),
-        1,
-        "exactly one leader: {leaders:?}"
+        standby.metric("sensorflow_operator_leader").await,
+        Some(0.0),
+        "two leaders"
+    );
+    assert_eq!(
+        standby.metric("sensorflow_operator_reconciles_total").await,
+        Some(0.0),
+        "standby reconciled"
     );
 
     let sp = get_sp(&c, ns, "epsilon").await.unwrap();
@@ -853,17 +881,22 @@ async fn restart_mid_reconcile_converges_and_only_the_leader_acts() {
         .collect();
     assert_eq!(managers, ["sensorflow-operator"]);
 
-    // A graceful stop releases the lease: the standby takes over quickly.
+    // A graceful stop releases the lease: the standby takes over at once (no expiry wait).
     let (mut leader, standby) = if leaders[0] == Some(1.0) {
         (second, third)
     } else {
         (third, second)
     };
     leader.terminate();
+    let released = Instant::now();
     wait_for("standby to take over", Duration::from_secs(20), || async {
         (standby.metric("sensorflow_operator_leader").await? == 1.0).then_some(())
     })
     .await;
+    assert!(
+        released.elapsed() < Duration::from_secs(4),
+        "took over only after the lease expired"
+    );
 }
 
 #[tokio::test]
