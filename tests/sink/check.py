@@ -119,8 +119,7 @@ def expected_row(kind, key, value):
 def kafka_consumer(bootstrap):
     from kafka import KafkaConsumer
     return KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         auto_offset_reset="earliest", consumer_timeout_ms=5000,
-                         api_version_auto_timeout_ms=10000)
+                         auto_offset_reset="earliest", consumer_timeout_ms=5000)
 
 
 def end_offsets(bootstrap, topics):
@@ -135,7 +134,7 @@ def end_offsets(bootstrap, topics):
 def committed(bootstrap, group, tps):
     from kafka import KafkaAdminClient
     a = KafkaAdminClient(bootstrap_servers=bootstrap)
-    offs = a.list_consumer_group_offsets(group)
+    offs = a.list_group_offsets({group: None}).get(group, {})
     a.close()
     return {tp: (offs[tp].offset if tp in offs else 0) for tp in tps}
 
@@ -192,6 +191,14 @@ def parse_name(name):
     return topic, int(part), int(first), int(last)
 
 
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def ms(dt):
+    """Exact Unix milliseconds of an aware datetime (no float rounding)."""
+    return None if dt is None else (dt - EPOCH) // datetime.timedelta(milliseconds=1)
+
+
 def hour_dir(ms):
     d = datetime.datetime.fromtimestamp((ms or 0) / 1000, tz=datetime.timezone.utc)
     return d.strftime("date=%Y-%m-%d/hour=%H")
@@ -231,7 +238,7 @@ def cmd_verify(a):
             for i in range(table.num_rows):
                 p, o = d["kafka_partition"][i], d["kafka_offset"][i]
                 ts = d["kafka_timestamp"][i]
-                ts_ms = None if ts is None else int(ts.timestamp() * 1000)
+                ts_ms = ms(ts)
                 if t != topic or p != part or not first <= o <= last or hour_dir(ts_ms) not in path:
                     bad_place += 1
                 seen[(p, o)] += 1
@@ -250,13 +257,13 @@ def cmd_verify(a):
             if r is None:
                 continue
             got_ts = r["kafka_timestamp"]
-            if got_ts is None or int(got_ts.timestamp() * 1000) != ts:
+            if got_ts is None or ms(got_ts) != ts:
                 mismatched.append((po, "kafka_timestamp", ts, got_ts))
                 continue
             for col, want in expected_row(kind, key, value).items():
                 got = r[col]
                 if isinstance(got, datetime.datetime):
-                    got = int(got.timestamp() * 1000)
+                    got = ms(got)
                 if isinstance(want, float):
                     same = got is not None and (got == want or (got != got and want != want))
                 else:

@@ -261,7 +261,7 @@ async fn stored(
     (names, rows)
 }
 
-fn dead_letters(topic: &str) -> Vec<(String, i64)> {
+fn dead_letters(topic: &str) -> Vec<(String, i32, i64)> {
     let mut cfg = kafka();
     cfg.set("group.id", format!("dlq-reader-{}", prefix("r")))
         .set("auto.offset.reset", "earliest")
@@ -282,6 +282,7 @@ fn dead_letters(topic: &str) -> Vec<(String, i64)> {
             };
             out.push((
                 get("sensorflow.reason"),
+                get("sensorflow.source.partition").parse().unwrap(),
                 get("sensorflow.source.offset").parse().unwrap(),
             ));
         }
@@ -410,7 +411,7 @@ async fn every_record_is_stored_once_by_hour_and_poison_is_dead_lettered() {
                     } else {
                         "decode"
                     };
-                    dlq_expected.push((reason.to_owned(), offset));
+                    dlq_expected.push((reason.to_owned(), p, offset));
                 }
             }
         }
