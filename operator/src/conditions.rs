@@ -20,6 +20,8 @@ pub enum TopicsOutcome {
     IncreasePending(String),
     /// Join inputs have different partition counts.
     NotCoPartitioned(String),
+    /// The confirmed partition increase was refused by the broker.
+    IncreaseFailed(String),
 }
 
 /// Replicas of one Deployment.
@@ -95,6 +97,7 @@ pub fn compute_conditions(
         TopicsOutcome::DecreaseRefused(m) => (false, "PartitionDecreaseRefused", m.clone()),
         TopicsOutcome::IncreasePending(m) => (false, "PartitionIncreasePending", m.clone()),
         TopicsOutcome::NotCoPartitioned(m) => (false, "NotCoPartitioned", m.clone()),
+        TopicsOutcome::IncreaseFailed(m) => (false, "PartitionIncreaseFailed", m.clone()),
     };
 
     let (w_ok, w_msg) = replicas_ready("window-processor", obs.window);

@@ -528,6 +528,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
         TopicsOutcome::DecreaseRefused(m) => ("PartitionDecreaseRefused", m.clone()),
         TopicsOutcome::IncreasePending(m) => ("PartitionIncreasePending", m.clone()),
         TopicsOutcome::NotCoPartitioned(m) => ("NotCoPartitioned", m.clone()),
+        TopicsOutcome::IncreaseFailed(m) => ("PartitionIncreaseFailed", m.clone()),
         TopicsOutcome::BrokerUnavailable(m) => ("BrokerUnavailable", m.clone()),
         _ => ("", String::new()),
     };

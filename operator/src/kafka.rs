@@ -244,9 +244,9 @@ pub fn check_co_partitioning(plan: &TopicPlan, counts: &BTreeMap<String, i32>) -
 /// the broker.
 ///
 /// # Errors
-/// [`KafkaError`] when the broker cannot be reached or refuses a create/raise; a partition
-/// decrease, an unconfirmed increase or a co-partitioning mismatch is reported in the outcome
-/// instead.
+/// [`KafkaError`] when the broker cannot be reached or refuses a CreateTopics; a partition
+/// decrease, an unconfirmed or refused increase, or a co-partitioning mismatch is reported in
+/// the outcome instead.
 pub async fn ensure_topics(conn: &Connection, plan: &TopicPlan) -> Result<TopicReport, KafkaError> {
     let existing = partition_counts(conn, &plan.topics).await?;
     let (create, raise, mut outcome) = plan_topics(plan, &existing);
@@ -297,24 +297,26 @@ pub async fn ensure_topics(conn: &Connection, plan: &TopicPlan) -> Result<TopicR
             .iter()
             .map(|(t, _, to)| NewPartitions::new(t, usize::try_from(*to).unwrap_or(0)))
             .collect();
-        let results = admin
-            .create_partitions(parts.iter(), &opts)
-            .await
-            .map_err(|source| KafkaError::Admin {
-                op: "CreatePartitions",
-                bootstrap: conn.bootstrap.clone(),
-                source,
-            })?;
-        for r in results {
-            if let Err((topic, code)) = r {
-                return Err(KafkaError::Topic {
-                    op: "CreatePartitions",
-                    topic,
-                    code,
-                });
+        // A refusal here (for example a broker without CreatePartitions) is reported as a
+        // condition and retried at the next resync, not treated as an outage.
+        let failure = match admin.create_partitions(parts.iter(), &opts).await {
+            Err(e) => Some(format!(
+                "CreatePartitions refused by {}: {e}",
+                conn.bootstrap
+            )),
+            Ok(results) => {
+                let refused: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|(t, code)| format!("{t}: {code}")))
+                    .collect();
+                (!refused.is_empty())
+                    .then(|| format!("CreatePartitions refused: {}", refused.join(", ")))
             }
+        };
+        match failure {
+            Some(m) => outcome = TopicsOutcome::IncreaseFailed(m),
+            None => increased = raise,
         }
-        increased = raise;
     }
     // Verify on the broker rather than trusting the responses.
     let counts = if create.is_empty() && increased.is_empty() {
