@@ -698,3 +698,70 @@ fn default_username_key() -> String {
 fn default_password_key() -> String {
     "password".to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_fits_kubernetes_1_20() {
+        let crd = SensorPipeline::crd();
+        assert_eq!(crd.spec.group, "sensorflow.io");
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["sp".to_owned()][..])
+        );
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let cols: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Ready", "Phase", "Lag", "Window", "Join", "Age"]);
+        let yaml = serde_yaml::to_string(&crd).expect("yaml");
+        // v1.20 refuses CEL rules; everything else must be plain OpenAPI.
+        assert!(!yaml.contains("x-kubernetes-validations"));
+        let schema = serde_json::to_value(v.schema.as_ref().expect("schema")).expect("json");
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["kafka"]));
+        let threshold = &spec["properties"]["model"]["properties"]["threshold"];
+        assert_eq!(
+            (threshold["minimum"].as_f64(), threshold["maximum"].as_f64()),
+            (Some(0.0), Some(1.0))
+        );
+        assert_eq!(
+            spec["properties"]["topics"]["properties"]["partitions"]["default"],
+            100
+        );
+    }
+
+    #[test]
+    fn empty_spec_gets_documented_defaults() {
+        let spec: SensorPipelineSpec =
+            serde_json::from_value(serde_json::json!({"kafka": {"bootstrapServers": "k:9092"}}))
+                .expect("spec");
+        assert_eq!(spec.topics.partitions, 100);
+        assert_eq!(spec.topics.deletion_policy, DeletionPolicy::Retain);
+        assert_eq!(spec.window.size_ms, 600_000);
+        assert_eq!(
+            spec.window.fd_range,
+            BinRange {
+                lo: -0.01,
+                hi: 0.01
+            }
+        );
+        assert_eq!(spec.model.threshold, 0.5);
+        assert_eq!(spec.processors.image, DEFAULT_IMAGE);
+        assert_eq!(spec.processors.image_pull_policy, PullPolicy::IfNotPresent);
+        assert_eq!(spec.processors.scale_down_cooldown_seconds, 300);
+    }
+}
