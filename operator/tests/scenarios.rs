@@ -521,9 +521,16 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
     )
     .await;
     let up_after = started.elapsed();
-    let sp = get_sp(&c, ns, "gamma").await.unwrap();
-    let window = sp.status.as_ref().unwrap().window.clone().unwrap();
-    assert_eq!(window.lag, Some(2000));
+    // The status is written right after the Deployments in the same reconcile.
+    wait_for(
+        "status to show the lag",
+        Duration::from_secs(20),
+        || async {
+            let w = get_sp(&c, ns, "gamma").await?.status?.window?;
+            (w.lag == Some(2000) && w.replicas == 8).then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         replicas(&deployment(&c, ns, "gamma-join").await.unwrap()),
         1,
@@ -922,7 +929,12 @@ async fn unreachable_broker_is_reported_and_retried_without_crashing() {
     .await;
     assert_eq!(condition(&sp, "Degraded").unwrap().0, "True");
     assert_eq!(sp.status.unwrap().phase.as_deref(), Some("Degraded"));
-    assert!(!events(&c, ns, "BrokerUnavailable").await.is_empty());
+    wait_for(
+        "BrokerUnavailable event",
+        Duration::from_secs(20),
+        || async { (!events(&c, ns, "BrokerUnavailable").await.is_empty()).then_some(()) },
+    )
+    .await;
     // Retried (failure counted), and the process is still alive.
     wait_for("a counted failure", Duration::from_secs(30), || async {
         let f = op
