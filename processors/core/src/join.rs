@@ -11,7 +11,8 @@
 //! Per client the state keeps the latest SX and SY values and the latest complete triple
 //! (latest by the SZ reading's event time, then offset). FA, FI and FD of one SZ reading arrive
 //! on three topics in any order; they are matched by the SZ reading's (partition, offset) in a
-//! small per-client buffer of partial triples. Every event — an SX reading, an SY reading, or
+//! per-client buffer of partial triples, kept sorted by that source so a lookup is a binary
+//! search (each feature topic delivers a client's records in source order). Every event — an SX reading, an SY reading, or
 //! a triple becoming complete — yields a [`JoinOutput`] once all five values are known. A
 //! triple event uses the triple it completed; SX/SY events use the latest triple.
 //!
@@ -27,7 +28,12 @@ use std::collections::VecDeque;
 use crate::proto::FeatureKind;
 
 /// How many incomplete triples a client may hold before the oldest is dropped (and counted).
-pub const DEFAULT_MAX_PARTIALS: usize = 64;
+///
+/// FA, FI and FD arrive on three topics that the consumer reads at different paces: catching
+/// up on a backlog it may deliver thousands of one client's FA records before the matching FI
+/// and FD, so this is a safety bound on memory (48 bytes a partial, ≈ 800 KB a client at the
+/// limit), not a tuning knob: at one reading a minute it covers 11 days of skew.
+pub const DEFAULT_MAX_PARTIALS: usize = 16_384;
 
 /// A categorical reading held by the join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,20 +201,25 @@ impl JoinState {
                     FeatureKind::Fd => 2,
                     FeatureKind::Unspecified => return None,
                 };
-                let idx = match c.partials.iter().position(|p| p.source == source) {
-                    Some(i) => i,
-                    None => {
-                        if c.partials.len() >= self.max_partials {
-                            c.partials.pop_front();
-                            self.dropped_partials += 1;
-                        }
-                        c.partials.push_back(Partial {
+                let at = c.partials.partition_point(|p| p.source < source);
+                let idx = if c.partials.get(at).is_some_and(|p| p.source == source) {
+                    at
+                } else {
+                    let mut at = at;
+                    if c.partials.len() >= self.max_partials {
+                        c.partials.pop_front();
+                        self.dropped_partials += 1;
+                        at = at.saturating_sub(1);
+                    }
+                    c.partials.insert(
+                        at,
+                        Partial {
                             source,
                             event_time_ms,
                             bins: [None; 3],
-                        });
-                        c.partials.len() - 1
-                    }
+                        },
+                    );
+                    at
                 };
                 c.partials[idx].bins[slot] = Some(bin);
                 let p = c.partials[idx];
@@ -336,6 +347,26 @@ mod tests {
         j.apply("b", feat(FeatureKind::Fi, 1, 1));
         assert_eq!(j.apply("b", feat(FeatureKind::Fd, 1, 1)), None);
         assert_eq!(j.clients(), 2);
+    }
+
+    #[test]
+    fn a_backlog_of_one_feature_topic_still_completes() {
+        // The consumer delivers every FA before any FI or FD (catching up on a backlog).
+        let mut j = JoinState::default();
+        j.apply("c", sx(1));
+        j.apply("c", sy(1));
+        let n = 5_000;
+        for o in 0..n {
+            assert_eq!(j.apply("c", feat(FeatureKind::Fa, 1, o)), None);
+        }
+        for o in 0..n {
+            assert_eq!(j.apply("c", feat(FeatureKind::Fi, 2, o)), None);
+        }
+        let done = (0..n)
+            .filter_map(|o| j.apply("c", feat(FeatureKind::Fd, 3, o)))
+            .count();
+        assert_eq!(done, n as usize);
+        assert_eq!((j.partials(), j.dropped_partials()), (0, 0));
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Metrics {
     pub window_bytes: Gauge,
     /// `sensorflow_join_state_clients`: clients with join state.
     pub join_clients: Gauge,
+    /// `sensorflow_join_partial_triples`: FA/FI/FD triples waiting for their other features.
+    pub join_partials: Gauge,
+    /// `sensorflow_join_partials_dropped`: incomplete triples dropped at the per-client bound
+    /// (each is a prediction that will not be made).
+    pub join_partials_dropped: Gauge,
     /// `sensorflow_predictions_total` and alerts.
     pub alerts: Counter,
     /// `sensorflow_commits_total`: offset commits.
@@ -92,6 +97,8 @@ impl Metrics {
             window_clients: Gauge::default(),
             window_bytes: Gauge::default(),
             join_clients: Gauge::default(),
+            join_partials: Gauge::default(),
+            join_partials_dropped: Gauge::default(),
             alerts: Counter::default(),
             commits: Counter::default(),
             produce_retries: Counter::default(),
@@ -136,6 +143,16 @@ impl Metrics {
             "join_state_clients",
             "Clients with join state",
             m.join_clients.clone(),
+        );
+        r.register(
+            "join_partial_triples",
+            "Feature triples waiting for their other features",
+            m.join_partials.clone(),
+        );
+        r.register(
+            "join_partials_dropped",
+            "Incomplete triples dropped at the per-client bound",
+            m.join_partials_dropped.clone(),
         );
         r.register(
             "alerts",

@@ -301,7 +301,13 @@ impl ConsumerContext for LoopContext {
                 return;
             }
         };
-        tracing::info!(?ev, "rebalance");
+        match &ev {
+            RebalanceEvent::Assigned(p) if p.is_empty() => tracing::warn!(
+                "rebalance assigned no partitions to this member (more members than partitions, \
+                 or a broker that did not rebalance after a member left)"
+            ),
+            _ => tracing::info!(?ev, "rebalance"),
+        }
         if let Ok(mut events) = self.events.lock() {
             events.push(ev);
         }

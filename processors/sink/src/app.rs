@@ -69,6 +69,10 @@ pub struct SinkArgs {
     /// Input bytes buffered across all open files before the largest is finalised early.
     #[arg(long, env = "SF_SINK_MAX_BUFFER_BYTES", default_value_t = 1 << 30)]
     pub max_buffer_bytes: u64,
+    /// Open files per partition, one per hour bucket: records straddling an hour boundary do
+    /// not cut a file at every flip; opening one more finalises the oldest.
+    #[arg(long, env = "SF_SINK_MAX_OPEN_HOURS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=24))]
+    pub max_open_hours: u64,
     /// Rows per Parquet row group.
     #[arg(long, env = "SF_SINK_ROW_GROUP_ROWS", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
     pub row_group_rows: u64,
@@ -153,6 +157,7 @@ impl SinkArgs {
                 max_retries: self.retries,
                 ..RetryConfig::default()
             },
+            max_open_per_partition: self.max_open_hours as usize,
         }
     }
 }

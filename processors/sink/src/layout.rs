@@ -118,19 +118,10 @@ impl Layout {
         )
     }
 
-    /// The name prefix shared by every object of `topic`/`partition` in `bucket` whose range
-    /// starts at `first`: what recovery lists to find a file written before a crash.
-    pub fn starting_at(
-        &self,
-        topic: &str,
-        partition: i32,
-        bucket: HourBucket,
-        first: i64,
-    ) -> String {
-        format!(
-            "{}{topic}-{partition:05}-{first:020}-",
-            self.dir(topic, bucket)
-        )
+    /// The name prefix of every object of `topic`/`partition` in `bucket`'s directory: what
+    /// recovery lists to find files written before a crash.
+    pub fn partition_in(&self, topic: &str, partition: i32, bucket: HourBucket) -> String {
+        format!("{}{topic}-{partition:05}-", self.dir(topic, bucket))
     }
 }
 
@@ -261,7 +252,7 @@ mod tests {
             let l = Layout::new("pre/");
             let b = HourBucket::of(ts);
             let name = l.object(&topic, partition, b, first, first + len);
-            prop_assert!(name.starts_with(&l.starting_at(&topic, partition, b, first)));
+            prop_assert!(name.starts_with(&l.partition_in(&topic, partition, b)));
             prop_assert_eq!(
                 parse_object(&name),
                 Some(ObjectName { topic: topic.clone(), partition, first_offset: first, last_offset: first + len })

@@ -1,20 +1,20 @@
 //! The sink loop: consume → rows → Parquet object → commit, and recovery after a crash.
 //!
 //! ```text
-//!   select! { shutdown | tick (age rotation) | recv }
+//!   select! { shutdown | tick (age rotation, commit) | recv }
 //!     recv ─► rebalance events ─► revoked: drop open files (never uploaded, never committed)
-//!                                 assigned: mark the partition "recovering"
-//!          ─► offset ≤ skip_through?  ─► skip (already in an object from before a crash)
-//!          ─► hour changed?           ─► finalise the open file
-//!          ─► no open file: recovering? list PREFIX/…/hour=HH/T-P-<offset>- ; found ..=L?
-//!                  yes ─► skip_through = L, commit L+1        no ─► recovering = false
+//!                                 assigned: fresh ledger (see `ledger`)
+//!          ─► hour bucket seen first? list PREFIX/topic=T/date/hour/T-P- into the ledger
+//!          ─► in a listed object?  ─► skip (stored by a run that died before committing)
+//!          ─► no open file for the bucket? (close the oldest if max open) open one
 //!          ─► decode ─► rows (or dead-letter topic with the reason)
 //!          ─► full (records/bytes/memory)? ─► finalise
-//!   finalise: await dead letters ─► encode ─► upload (retried) ─► commit last+1
+//!   finalise: await dead letters ─► encode ─► upload (retried) ─► commit ledger offset
 //! ```
 
 use crate::encode::{EncodeConfig, EncodeError, encode};
 use crate::layout::{HourBucket, Layout, parse_object};
+use crate::ledger::Ledger;
 use crate::metrics::{FileLabel, ObjectLabel, SinkMetrics};
 use crate::rotation::{FileStats, Reason, Rotation, over_budget};
 use crate::rows::{Kind, RawHeaders, Record, Rows};
@@ -65,6 +65,14 @@ pub enum SinkError {
         /// Last error.
         source: StoreError,
     },
+    /// A store operation and its retries exceeded the deadline.
+    #[error("{object}: no success within {deadline:?} (retries included)")]
+    Deadline {
+        /// Object (or listed prefix) URL.
+        object: String,
+        /// The deadline.
+        deadline: Duration,
+    },
     /// Encoding a file failed.
     #[error("encoding {object} failed: {source}")]
     Encode {
@@ -87,15 +95,20 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     /// Retries after the first attempt.
     pub max_retries: usize,
+    /// Time limit of one operation with all its retries. Keep it below the consumer's
+    /// `max.poll.interval.ms` (300 s): the loop does not poll while it waits, and a member
+    /// that stops polling longer loses its partitions while it may still upload.
+    pub deadline: Duration,
 }
 
 impl Default for RetryConfig {
-    /// 0.2 s doubling to 20 s, 12 retries: about two minutes of outage is ridden out.
+    /// 0.2 s doubling to 20 s, 12 retries (about two minutes of outage), at most 240 s.
     fn default() -> Self {
         Self {
             min_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(20),
             max_retries: 12,
+            deadline: Duration::from_secs(240),
         }
     }
 }
@@ -119,6 +132,8 @@ pub struct SinkConfig {
     pub dead_letter_topic: String,
     /// Store retries.
     pub retry: RetryConfig,
+    /// Open files per partition (one per hour bucket); opening one more closes the oldest.
+    pub max_open_per_partition: usize,
 }
 
 /// What a run did (also written as JSON with `--summary-json`).
@@ -144,8 +159,9 @@ pub struct Summary {
     pub location: String,
 }
 
-/// The open file of a partition.
+/// An open file: its rows and counters.
 struct OpenFile {
+    rows: Rows,
     stats: FileStats,
     first: i64,
     last: i64,
@@ -154,12 +170,10 @@ struct OpenFile {
 
 struct PartState {
     kind: Kind,
-    rows: Rows,
-    open: Option<OpenFile>,
-    /// Look for an object from a previous run before opening the next file.
-    recovering: bool,
-    /// Records up to this offset are already in an object.
-    skip_through: i64,
+    ledger: Ledger,
+    open: Vec<OpenFile>,
+    /// Offset last committed (or found committed), to skip redundant commits.
+    committed: Option<i64>,
 }
 
 /// The sink: owns the open files, the store and the dead-letter emitter.
@@ -171,8 +185,10 @@ pub struct Sink<S: ObjectStore> {
     emitter: Emitter,
     kinds: FxHashMap<String, Kind>,
     parts: FxHashMap<String, FxHashMap<i32, PartState>>,
-    /// Offsets to commit (next offset to read), by topic and partition.
-    to_commit: Vec<(String, i32, i64, Option<String>)>,
+    /// Objects finalised since the last commit: (topic, partition, url), logged once committed.
+    uncommitted: Vec<(String, i32, String)>,
+    /// Something changed that may advance a commit.
+    dirty: bool,
     buffered: u64,
     summary: Summary,
     records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
@@ -226,7 +242,8 @@ impl<S: ObjectStore> Sink<S> {
             emitter,
             kinds,
             parts: FxHashMap::default(),
-            to_commit: Vec::new(),
+            uncommitted: Vec::new(),
+            dirty: false,
             buffered: 0,
             summary,
             records_in: FxHashMap::default(),
@@ -251,10 +268,10 @@ impl<S: ObjectStore> Sink<S> {
             .with_jitter()
     }
 
-    async fn list_with_retry(&mut self, prefix: &str) -> Result<Vec<String>, SinkError> {
-        let mut attempts = 0usize;
-        let res = (|| {
-            attempts += 1;
+    async fn list_with_retry(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let op = (|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.store.list(prefix)
         })
         .retry(self.backoff())
@@ -262,18 +279,24 @@ impl<S: ObjectStore> Sink<S> {
         .notify(|e, d| {
             self.sm.upload_retries.inc();
             tracing::warn!(error = %e, retry_in = ?d, "listing failed; retrying");
-        })
-        .await;
+        });
+        let deadline = self.cfg.retry.deadline;
+        let res = tokio::time::timeout(deadline, op)
+            .await
+            .map_err(|_| SinkError::Deadline {
+                object: self.store.url(prefix),
+                deadline,
+            })?;
         res.map_err(|source| SinkError::Store {
             object: self.store.url(prefix),
-            attempts,
+            attempts: attempts.into_inner(),
             source,
         })
     }
 
     async fn put_with_retry(&self, name: &str, data: Bytes) -> Result<usize, SinkError> {
         let attempts = std::sync::atomic::AtomicUsize::new(0);
-        let res = (|| {
+        let op = (|| {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.store.put(name, data.clone())
         })
@@ -282,8 +305,14 @@ impl<S: ObjectStore> Sink<S> {
         .notify(|e, d| {
             self.sm.upload_retries.inc();
             tracing::warn!(error = %e, retry_in = ?d, "upload failed; retrying");
-        })
-        .await;
+        });
+        let deadline = self.cfg.retry.deadline;
+        let res = tokio::time::timeout(deadline, op)
+            .await
+            .map_err(|_| SinkError::Deadline {
+                object: self.store.url(name),
+                deadline,
+            })?;
         let attempts = attempts.into_inner();
         res.map(|()| attempts).map_err(|source| SinkError::Store {
             object: self.store.url(name),
@@ -293,37 +322,35 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Applies rebalance events: revoked partitions lose their open files (the next owner
-    /// re-reads them from the last commit); assigned ones start in recovery.
+    /// re-reads them from the last commit); assigned ones start with a fresh ledger.
     fn handle_rebalance(&mut self, consumer: &LoopConsumer) {
         for ev in consumer.context().take_events() {
             match ev {
                 RebalanceEvent::Revoked(parts) => {
                     for (t, p) in parts {
-                        if let Some(st) = self.parts.get_mut(&t).and_then(|m| m.remove(&p))
-                            && let Some(f) = st.open
-                        {
-                            self.buffered -= f.stats.bytes;
-                            tracing::info!(topic = %t, partition = p, first = f.first, last = f.last,
-                                "partition revoked: dropping its open file (the new owner re-reads it)");
+                        if let Some(st) = self.parts.get_mut(&t).and_then(|m| m.remove(&p)) {
+                            for f in st.open {
+                                self.buffered -= f.stats.bytes;
+                                tracing::info!(topic = %t, partition = p, first = f.first, last = f.last,
+                                    "partition revoked: dropping an open file (the new owner re-reads it)");
+                            }
                         }
-                        self.to_commit
-                            .retain(|(ct, cp, _, _)| !(ct == &t && *cp == p));
+                        self.uncommitted
+                            .retain(|(ut, up, _)| !(ut == &t && *up == p));
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {
                     for (t, p) in parts {
                         let kind = self.kinds.get(&t).copied().unwrap_or(Kind::Raw);
-                        let framing = self.cfg.framing;
                         self.parts
                             .entry(t)
                             .or_default()
                             .entry(p)
                             .or_insert_with(|| PartState {
                                 kind,
-                                rows: Rows::new(kind, framing),
-                                open: None,
-                                recovering: true,
-                                skip_through: -1,
+                                ledger: Ledger::default(),
+                                open: Vec::new(),
+                                committed: None,
                             });
                     }
                 }
@@ -332,35 +359,24 @@ impl<S: ObjectStore> Sink<S> {
         self.update_gauges();
     }
 
-    /// The state of an assigned partition. Only called between the assignment check at the
-    /// top of `process` and the next rebalance handling, so the entry exists.
-    fn part(&mut self, topic: &str, partition: i32) -> &mut PartState {
+    fn part(&mut self, topic: &str, partition: i32) -> Option<&mut PartState> {
         self.parts
             .get_mut(topic)
             .and_then(|m| m.get_mut(&partition))
-            .expect("partition state exists while its record is processed")
     }
 
     fn update_gauges(&self) {
-        let open = self
+        let open: usize = self
             .parts
             .values()
             .flat_map(|m| m.values())
-            .filter(|s| s.open.is_some())
-            .count();
+            .map(|s| s.open.len())
+            .sum();
         self.sm.open_files.set(open as i64);
         self.sm.buffered_bytes.set(self.buffered as i64);
     }
 
-    /// Handles one record.
-    async fn process(
-        &mut self,
-        consumer: &LoopConsumer,
-        msg: &BorrowedMessage<'_>,
-    ) -> Result<(), SinkError> {
-        let topic = msg.topic();
-        let partition = msg.partition();
-        let offset = msg.offset();
+    fn count_in(&mut self, topic: &str) {
         self.summary.records_in += 1;
         match self.records_in.get(topic) {
             Some(c) => {
@@ -378,14 +394,45 @@ impl<S: ObjectStore> Sink<S> {
                 self.records_in.insert(topic.to_owned(), c);
             }
         }
-        let Some(st) = self
-            .parts
-            .get_mut(topic)
-            .and_then(|m| m.get_mut(&partition))
-        else {
+    }
+
+    /// Handles one record.
+    async fn process(
+        &mut self,
+        consumer: &LoopConsumer,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<(), SinkError> {
+        let topic = msg.topic();
+        let partition = msg.partition();
+        let offset = msg.offset();
+        self.count_in(topic);
+        let (max_open, framing) = (self.cfg.max_open_per_partition.max(1), self.cfg.framing);
+        let ts = msg.timestamp().to_millis();
+        let bucket = HourBucket::of(ts);
+        let Some(st) = self.part(topic, partition) else {
             return Ok(()); // revoked since it was fetched: its new owner stores it
         };
-        if offset <= st.skip_through {
+        if st.ledger.needs_listing(bucket) {
+            // Objects of this partition and hour from runs that died before committing.
+            let prefix = self.cfg.layout.partition_in(topic, partition, bucket);
+            let found = self.list_with_retry(&prefix).await?;
+            let ranges: Vec<(i64, i64)> = found
+                .iter()
+                .filter_map(|n| parse_object(n))
+                .filter(|o| o.partition == partition && o.topic == topic)
+                .map(|o| (o.first_offset, o.last_offset))
+                .collect();
+            let Some(st) = self.part(topic, partition) else {
+                return Ok(());
+            };
+            st.ledger.add_listing(bucket, ranges);
+        }
+        let Some(st) = self.part(topic, partition) else {
+            return Ok(());
+        };
+        if st.ledger.is_stored(bucket, offset) {
+            st.ledger.consumed(offset);
+            self.dirty = true;
             self.summary.skipped += 1;
             self.sm
                 .skipped
@@ -393,52 +440,24 @@ impl<S: ObjectStore> Sink<S> {
                     topic: topic.to_owned(),
                 })
                 .inc();
+            if self.summary.skipped.is_power_of_two() {
+                tracing::info!(%topic, partition, offset, skipped = self.summary.skipped,
+                    "skipping records already stored by a run that died before committing");
+            }
             return Ok(());
         }
-        let ts = msg.timestamp().to_millis();
-        let bucket = HourBucket::of(ts);
-        if let Some(f) = &st.open
-            && let Some(reason) = self.cfg.rotation.before_append(&f.stats, bucket)
-        {
-            self.finalise(topic, partition, reason).await?;
-        }
-        let (needs_file, recovering) = {
-            let st = self.part(topic, partition);
-            (st.open.is_none(), st.recovering)
-        };
-        if needs_file {
-            if recovering {
-                let prefix = self
-                    .cfg
-                    .layout
-                    .starting_at(topic, partition, bucket, offset);
-                let found = self.list_with_retry(&prefix).await?;
-                let hit = found
-                    .iter()
-                    .filter_map(|n| parse_object(n).map(|o| (o, n)))
-                    .filter(|(o, _)| o.partition == partition && o.first_offset == offset)
-                    .max_by_key(|(o, _)| o.last_offset)
-                    .map(|(o, n)| (o.last_offset, self.store.url(n)));
-                let st = self.part(topic, partition);
-                if let Some((last, object)) = hit {
-                    // A previous run uploaded offset..=last but crashed before committing.
-                    st.skip_through = last;
-                    tracing::info!(%topic, partition, first = offset, last, %object,
-                        "found an object from before a restart: skipping the offsets it holds");
-                    self.summary.skipped += 1;
-                    self.sm
-                        .skipped
-                        .get_or_create(&TopicLabel {
-                            topic: topic.to_owned(),
-                        })
-                        .inc();
-                    self.to_commit
-                        .push((topic.to_owned(), partition, last + 1, Some(object)));
-                    return self.commit(consumer).await;
-                }
-                st.recovering = false;
+        if st.ledger.open_first(bucket).is_none() {
+            if st.open.len() >= max_open {
+                let oldest = st.ledger.open_buckets()[0];
+                self.finalise(topic, partition, oldest, Reason::HourChange)
+                    .await?;
             }
-            self.part(topic, partition).open = Some(OpenFile {
+            let Some(st) = self.part(topic, partition) else {
+                return Ok(());
+            };
+            st.ledger.open(bucket, offset);
+            st.open.push(OpenFile {
+                rows: Rows::new(st.kind, framing),
                 stats: FileStats {
                     bucket,
                     records: 0,
@@ -449,25 +468,27 @@ impl<S: ObjectStore> Sink<S> {
                 last: offset,
                 opened: Instant::now(),
             });
+            self.update_gauges();
         }
         let rotation = self.cfg.rotation;
-        let st = self
-            .parts
-            .get_mut(topic)
-            .and_then(|m| m.get_mut(&partition))
-            .expect("partition state exists while its record is processed");
         let size = (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
-        let headers = (st.kind == Kind::Raw).then(|| raw_headers(msg));
-        let rec = Record {
+        let Some(st) = self.part(topic, partition) else {
+            return Ok(());
+        };
+        let raw = st.kind == Kind::Raw;
+        st.ledger.consumed(offset);
+        let Some(f) = st.open.iter_mut().find(|f| f.stats.bucket == bucket) else {
+            return Ok(()); // opened above
+        };
+        let headers = raw.then(|| raw_headers(msg));
+        let appended = f.rows.append(&Record {
             key: msg.key(),
             value: msg.payload(),
             partition,
             offset,
             timestamp_ms: ts,
             headers: headers.as_ref(),
-        };
-        let appended = st.rows.append(&rec);
-        let f = st.open.as_mut().expect("opened above");
+        });
         f.last = offset;
         f.stats.records += 1;
         f.stats.bytes += size;
@@ -486,51 +507,56 @@ impl<S: ObjectStore> Sink<S> {
             self.emitter.send(out).await?;
         }
         if let Some(reason) = full {
-            self.finalise(topic, partition, reason).await?;
+            self.finalise(topic, partition, bucket, reason).await?;
         }
         if self.buffered > self.cfg.max_buffer_bytes {
-            let sizes: Vec<((String, i32), u64)> = self
+            let sizes: Vec<((String, i32, HourBucket), u64)> = self
                 .parts
                 .iter()
                 .flat_map(|(t, m)| {
-                    m.iter().filter_map(|(p, s)| {
-                        s.open.as_ref().map(|f| ((t.clone(), *p), f.stats.bytes))
+                    m.iter().flat_map(move |(p, s)| {
+                        s.open
+                            .iter()
+                            .map(move |f| ((t.clone(), *p, f.stats.bucket), f.stats.bytes))
                     })
                 })
                 .collect();
-            for (t, p) in over_budget(&sizes, self.cfg.max_buffer_bytes) {
-                self.finalise(&t, p, Reason::Memory).await?;
+            for (t, p, b) in over_budget(&sizes, self.cfg.max_buffer_bytes) {
+                self.finalise(&t, p, b, Reason::Memory).await?;
             }
         }
-        if !self.to_commit.is_empty() {
+        if !self.uncommitted.is_empty() {
             self.commit(consumer).await?;
         }
         Ok(())
     }
 
-    /// Closes the open file of `topic`/`partition`: dead letters acknowledged, object encoded
-    /// and uploaded, offset queued for commit. Nothing is committed here.
+    /// Closes the open file of `bucket` in `topic`/`partition`: dead letters acknowledged,
+    /// object encoded and uploaded, ledger updated. Nothing is committed here.
     async fn finalise(
         &mut self,
         topic: &str,
         partition: i32,
+        bucket: HourBucket,
         reason: Reason,
     ) -> Result<(), SinkError> {
-        let Some(st) = self
-            .parts
-            .get_mut(topic)
-            .and_then(|m| m.get_mut(&partition))
-        else {
+        let Some(st) = self.part(topic, partition) else {
             return Ok(());
         };
-        let Some(f) = st.open.take() else {
+        let Some(i) = st.open.iter().position(|f| f.stats.bucket == bucket) else {
             return Ok(());
         };
+        let mut f = st.open.swap_remove(i);
         self.buffered -= f.stats.bytes;
-        let rows = st.rows.len() as u64;
+        let rows = f.rows.len() as u64;
+        let name = self
+            .cfg
+            .layout
+            .object(topic, partition, bucket, f.first, f.last);
+        let url = self.store.url(&name);
         let batch = if rows > 0 {
-            Some(st.rows.finish().map_err(|e| SinkError::Encode {
-                object: format!("{topic}/{partition}"),
+            Some(f.rows.finish().map_err(|e| SinkError::Encode {
+                object: url.clone(),
                 source: EncodeError::Parquet {
                     rows: rows as usize,
                     source: e.into(),
@@ -540,16 +566,10 @@ impl<S: ObjectStore> Sink<S> {
             None
         };
         // Dead letters of this range must be durable before the object exists: recovery skips
-        // every offset of an object's range.
+        // every offset an object's range covers.
         self.emitter.await_deliveries().await?;
-        let mut object = None;
         if let Some(batch) = batch {
             let started = Instant::now();
-            let name = self
-                .cfg
-                .layout
-                .object(topic, partition, f.stats.bucket, f.first, f.last);
-            let url = self.store.url(&name);
             let meta = [
                 ("sensorflow.topic", topic.to_owned()),
                 ("sensorflow.partition", partition.to_string()),
@@ -583,34 +603,52 @@ impl<S: ObjectStore> Sink<S> {
             self.summary.bytes_written += size;
             tracing::info!(object = %url, rows, bytes = size, first = f.first, last = f.last,
                 reason = reason.as_str(), attempts, open_for = ?f.opened.elapsed(), "object finalised");
-            object = Some(url);
+            self.uncommitted.push((topic.to_owned(), partition, url));
         }
-        self.to_commit
-            .push((topic.to_owned(), partition, f.last + 1, object));
+        if let Some(st) = self.part(topic, partition) {
+            st.ledger.closed(bucket, f.first, f.last);
+        }
+        self.dirty = true;
         self.update_gauges();
         Ok(())
     }
 
-    /// Commits every queued offset (synchronously). A commit refused because of a rebalance is
-    /// not an error: the next owner finds the objects and skips their offsets.
+    /// Commits every partition whose ledger offset advanced (synchronously). A commit refused
+    /// because of a rebalance is not an error: the next owner lists the objects and skips
+    /// their records.
     async fn commit(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
-        if self.to_commit.is_empty() {
+        if !self.dirty {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.to_commit);
+        self.dirty = false;
         let mut tpl = TopicPartitionList::new();
-        for (t, p, o, _) in &pending {
-            // Later entries of the same partition carry larger offsets: the last one wins.
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        let mut advanced = Vec::new();
+        for (t, m) in &self.parts {
+            for (p, st) in m {
+                if let Some(o) = st.ledger.commit_offset()
+                    && st.committed.is_none_or(|c| o > c)
+                {
+                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(o));
+                    advanced.push((t.clone(), *p, o));
+                }
+            }
+        }
+        if advanced.is_empty() {
+            return Ok(());
         }
         let res = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync));
         match res {
             Ok(()) => {
                 self.metrics.commits.inc();
+                for (t, p, o) in &advanced {
+                    if let Some(st) = self.part(t, *p) {
+                        st.committed = Some(*o);
+                        st.ledger.committed(*o);
+                    }
+                }
                 let now = now_ms() / 1000;
-                for (t, p, o, object) in pending {
-                    let Some(object) = object else { continue };
-                    tracing::info!(topic = %t, partition = p, offset = o, %object, "committed");
+                for (t, p, object) in std::mem::take(&mut self.uncommitted) {
+                    tracing::info!(topic = %t, partition = p, %object, "committed");
                     let prev = self.summary.last_objects.insert(t.clone(), object.clone());
                     if let Some(prev) = prev {
                         self.sm.last_object.remove(&ObjectLabel {
@@ -639,14 +677,14 @@ impl<S: ObjectStore> Sink<S> {
             )) => {
                 tracing::warn!(
                     ?code,
-                    "commit refused during a rebalance; the new owner skips the stored offsets"
+                    "commit refused during a rebalance; the new owner skips the stored records"
                 );
                 Ok(())
             }
             Err(source) => Err(SinkError::Commit {
-                offsets: pending
+                offsets: advanced
                     .iter()
-                    .map(|(t, p, o, _)| format!("{t}/{p}@{o}"))
+                    .map(|(t, p, o)| format!("{t}/{p}@{o}"))
                     .collect::<Vec<_>>()
                     .join(","),
                 source,
@@ -654,38 +692,39 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    async fn rotate_aged(&mut self) -> Result<(), SinkError> {
-        let now = now_ms();
-        let aged: Vec<(String, i32)> = self
-            .parts
+    fn open_files(&self) -> Vec<(String, i32, HourBucket, i64)> {
+        self.parts
             .iter()
             .flat_map(|(t, m)| {
-                m.iter().filter_map(|(p, s)| {
+                m.iter().flat_map(move |(p, s)| {
                     s.open
-                        .as_ref()
-                        .and_then(|f| self.cfg.rotation.on_tick(&f.stats, now))
-                        .map(|_| (t.clone(), *p))
+                        .iter()
+                        .map(move |f| (t.clone(), *p, f.stats.bucket, f.stats.opened_at_ms))
                 })
             })
-            .collect();
-        for (t, p) in aged {
-            self.finalise(&t, p, Reason::Age).await?;
+            .collect()
+    }
+
+    async fn rotate_aged(&mut self) -> Result<(), SinkError> {
+        let now = now_ms();
+        let rotation = self.cfg.rotation;
+        for (t, p, b, opened_at_ms) in self.open_files() {
+            let stats = FileStats {
+                bucket: b,
+                records: 0,
+                bytes: 0,
+                opened_at_ms,
+            };
+            if rotation.on_tick(&stats, now).is_some() {
+                self.finalise(&t, p, b, Reason::Age).await?;
+            }
         }
         Ok(())
     }
 
     async fn finalise_all(&mut self, reason: Reason) -> Result<(), SinkError> {
-        let open: Vec<(String, i32)> = self
-            .parts
-            .iter()
-            .flat_map(|(t, m)| {
-                m.iter()
-                    .filter(|(_, s)| s.open.is_some())
-                    .map(|(p, _)| (t.clone(), *p))
-            })
-            .collect();
-        for (t, p) in open {
-            self.finalise(&t, p, reason).await?;
+        for (t, p, b, _) in self.open_files() {
+            self.finalise(&t, p, b, reason).await?;
         }
         Ok(())
     }

@@ -367,9 +367,17 @@ impl Processor for JoinProcessor {
     }
 
     fn report(&self, metrics: &Metrics) {
-        metrics
-            .join_clients
-            .set(self.states.values().map(|s| s.clients() as i64).sum());
+        let sum = |f: &dyn Fn(&JoinState) -> i64| self.states.values().map(f).sum::<i64>();
+        metrics.join_clients.set(sum(&|s| s.clients() as i64));
+        metrics.join_partials.set(sum(&|s| s.partials() as i64));
+        let dropped = sum(&|s| s.dropped_partials() as i64);
+        if dropped > metrics.join_partials_dropped.get() {
+            tracing::warn!(
+                dropped,
+                "incomplete feature triples dropped at the per-client bound"
+            );
+        }
+        metrics.join_partials_dropped.set(dropped);
     }
 }
 
