@@ -22,6 +22,8 @@ pub enum TopicsOutcome {
     NotCoPartitioned(String),
     /// The confirmed partition increase was refused by the broker.
     IncreaseFailed(String),
+    /// A Secret the spec names (Kafka credentials, CA) is missing or lacks the key.
+    SecretUnavailable(String),
 }
 
 /// Replicas of one Deployment.
@@ -98,6 +100,7 @@ pub fn compute_conditions(
         TopicsOutcome::IncreasePending(m) => (false, "PartitionIncreasePending", m.clone()),
         TopicsOutcome::NotCoPartitioned(m) => (false, "NotCoPartitioned", m.clone()),
         TopicsOutcome::IncreaseFailed(m) => (false, "PartitionIncreaseFailed", m.clone()),
+        TopicsOutcome::SecretUnavailable(m) => (false, "SecretUnavailable", m.clone()),
     };
 
     let (w_ok, w_msg) = replicas_ready("window-processor", obs.window);

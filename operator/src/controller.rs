@@ -359,6 +359,45 @@ fn now_rfc3339(now: Timestamp) -> String {
         .to_string()
 }
 
+/// Writes the status for a failed topic step (`TopicsReady=False`, `Degraded=True`) and raises a
+/// Warning Event; the caller returns the error so the controller retries with backoff.
+async fn report_topic_failure(
+    ctx: &Context,
+    sp: &SensorPipeline,
+    api: &Api<SensorPipeline>,
+    outcome: TopicsOutcome,
+    current: Option<&BTreeMap<Stage, Deployment>>,
+    now_s: &str,
+) -> Result<(), Error> {
+    let previous = sp.status.clone().unwrap_or_default();
+    let get = |stage| current.and_then(|c| replicas_of(c.get(&stage)));
+    let obs = Observations {
+        generation: sp.metadata.generation,
+        invalid: None,
+        topics: outcome,
+        window: get(Stage::Window),
+        join: get(Stage::Join),
+        sink: sp.spec.sink.as_ref().map(|_| get(Stage::Sink)),
+        scaling: vec![],
+    };
+    let (conds, phase) = conditions::compute_conditions(&obs, &previous.conditions, now_s);
+    let topics = conds.iter().find(|c| c.type_ == "TopicsReady").cloned();
+    let status = SensorPipelineStatus {
+        observed_generation: sp.metadata.generation,
+        phase: Some(phase),
+        conditions: conds,
+        ..previous
+    };
+    if Some(&status) != sp.status.as_ref() {
+        write_status(api, &sp.name_any(), &status).await?;
+    }
+    if let Some(c) = topics {
+        ctx.event(sp, EventType::Warning, &c.reason, "EnsureTopics", c.message)
+            .await;
+    }
+    Ok(())
+}
+
 /// The Apply branch.
 #[instrument(skip_all, fields(pipeline = %key(&sp)))]
 async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> {
@@ -409,7 +448,14 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
     };
 
     // 2. dereference: Kafka credentials, current Deployments
-    let conn = connection(&ctx.client, &ns, &sp.spec).await?;
+    let conn = match connection(&ctx.client, &ns, &sp.spec).await {
+        Ok(c) => c,
+        Err(e) => {
+            let outcome = TopicsOutcome::SecretUnavailable(e.to_string());
+            report_topic_failure(ctx, &sp, &api, outcome, None, &now_s).await?;
+            return Err(e);
+        }
+    };
     let deploy_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut current: BTreeMap<Stage, Deployment> = BTreeMap::new();
     for stage in [Stage::Window, Stage::Join, Stage::Sink] {
@@ -451,38 +497,8 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
     let report = match kafka::ensure_topics(&conn, &plan).await {
         Ok(r) => r,
         Err(e) => {
-            let msg = e.to_string();
-            let obs = Observations {
-                generation,
-                invalid: None,
-                topics: TopicsOutcome::BrokerUnavailable(msg.clone()),
-                window: replicas_of(current.get(&Stage::Window)),
-                join: replicas_of(current.get(&Stage::Join)),
-                sink: v
-                    .spec
-                    .sink
-                    .as_ref()
-                    .map(|_| replicas_of(current.get(&Stage::Sink))),
-                scaling: vec![],
-            };
-            let (conds, phase) = conditions::compute_conditions(&obs, &previous.conditions, &now_s);
-            let status = SensorPipelineStatus {
-                observed_generation: generation,
-                phase: Some(phase),
-                conditions: conds,
-                ..previous.clone()
-            };
-            if Some(&status) != sp.status.as_ref() {
-                write_status(&api, &name, &status).await?;
-            }
-            ctx.event(
-                &sp,
-                EventType::Warning,
-                "BrokerUnavailable",
-                "EnsureTopics",
-                msg,
-            )
-            .await;
+            let outcome = TopicsOutcome::BrokerUnavailable(e.to_string());
+            report_topic_failure(ctx, &sp, &api, outcome, Some(&current), &now_s).await?;
             return Err(Error::Kafka {
                 pipeline: key(&sp),
                 source: e,
@@ -529,6 +545,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
         TopicsOutcome::IncreasePending(m) => ("PartitionIncreasePending", m.clone()),
         TopicsOutcome::NotCoPartitioned(m) => ("NotCoPartitioned", m.clone()),
         TopicsOutcome::IncreaseFailed(m) => ("PartitionIncreaseFailed", m.clone()),
+        TopicsOutcome::SecretUnavailable(m) => ("SecretUnavailable", m.clone()),
         TopicsOutcome::BrokerUnavailable(m) => ("BrokerUnavailable", m.clone()),
         _ => ("", String::new()),
     };

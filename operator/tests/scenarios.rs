@@ -945,6 +945,38 @@ async fn unreachable_broker_is_reported_and_retried_without_crashing() {
     .await;
     assert!(op.child.try_wait().unwrap().is_none(), "operator exited");
 
+    // A missing credentials Secret is reported the same way, with its own reason.
+    apply_sp(
+        &c,
+        ns,
+        "theta",
+        spec(json!({"kafka": {"security": {
+            "protocol": "SASL_PLAINTEXT", "saslMechanism": "PLAIN",
+            "credentialsSecret": {"name": "no-such-secret"}}}})),
+    )
+    .await
+    .unwrap();
+    let sp = wait_for("SecretUnavailable", Duration::from_secs(60), || async {
+        let sp = get_sp(&c, ns, "theta").await?;
+        (condition(&sp, "TopicsReady")?.1 == "SecretUnavailable").then_some(sp)
+    })
+    .await;
+    let msg = sp
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "TopicsReady")
+        .unwrap()
+        .message;
+    assert!(msg.contains("no-such-secret"), "{msg}");
+    wait_for(
+        "SecretUnavailable event",
+        Duration::from_secs(20),
+        || async { (!events(&c, ns, "SecretUnavailable").await.is_empty()).then_some(()) },
+    )
+    .await;
+
     // Pointing it at the real broker recovers.
     apply_sp(&c, ns, "zeta", spec(json!({}))).await.unwrap();
     wait_condition(&c, ns, "zeta", "TopicsReady", "True").await;
