@@ -103,9 +103,15 @@ impl KafkaArgs {
 
     /// Producer configuration: idempotent, acks=all, small linger for batching, a bounded
     /// delivery timeout so broker outages surface (and are retried by us) instead of hanging.
+    ///
+    /// `partitioner=murmur2_random` is the Java client's (and Kafka Streams') key → partition
+    /// mapping. librdkafka's default (CRC32) differs, so without it a client's SX from a Java or
+    /// kafka-python producer and its features from us would land in different partitions and
+    /// never meet in the co-partitioned join.
     pub fn producer_config(&self, client_id: &str) -> ClientConfig {
         let mut c = self.client_config();
         c.set("client.id", client_id)
+            .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
