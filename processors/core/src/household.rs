@@ -99,6 +99,16 @@ impl HouseholdRow {
     }
 }
 
+/// The client id (`YYYY-MM-DD`) of a data line from its `Date` column, even when the rest of
+/// the row is missing or malformed; `None` when the date itself does not parse.
+pub fn client_of_line(line: &str) -> Option<String> {
+    let date = line.split([',', ';']).next()?;
+    let mut d = date.split('/');
+    let (dd, mm, yy) = (d.next()?, d.next()?, d.next()?);
+    let (y, m, dd): (i32, u32, u32) = (yy.parse().ok()?, mm.parse().ok()?, dd.parse().ok()?);
+    Some(format!("{y:04}-{m:02}-{dd:02}"))
+}
+
 fn field<'a>(it: &mut impl Iterator<Item = &'a str>, name: &str) -> Result<&'a str, RowError> {
     it.next()
         .ok_or_else(|| RowError::Malformed(format!("missing column {name}")))
@@ -235,6 +245,15 @@ mod tests {
             parse_household_line("21/12/2006,11:23:00,1.0,0,0,0,0.5,1,1"),
             Err(RowError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn missing_rows_keep_their_day() {
+        assert_eq!(
+            client_of_line("21/12/2006,11:23:00,?,?,?,?,?,?,").as_deref(),
+            Some("2006-12-21")
+        );
+        assert_eq!(client_of_line("garbage"), None);
     }
 
     #[test]

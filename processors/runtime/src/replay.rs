@@ -181,6 +181,9 @@ pub fn plan(args: &ReplayArgs, summary: &mut ReplaySummary) -> anyhow::Result<Ve
         household::parse_iso_date_ms(&args.base_date).map_err(anyhow::Error::msg)?
     };
     let mut days: Vec<(String, Vec<household::HouseholdRow>)> = Vec::new();
+    // Rejected rows per day, so the summary reports those of the replayed days.
+    let mut missing: rustc_hash::FxHashMap<String, u64> = rustc_hash::FxHashMap::default();
+    let mut malformed: rustc_hash::FxHashMap<String, u64> = rustc_hash::FxHashMap::default();
     for line in lines {
         let line = line?;
         if line.trim().is_empty() {
@@ -195,9 +198,15 @@ pub fn plan(args: &ReplayArgs, summary: &mut ReplaySummary) -> anyhow::Result<Ve
                     _ => days.push((id, vec![row])),
                 }
             }
-            Err(RowError::Missing) => summary.rows_rejected_missing += 1,
+            Err(RowError::Missing) => {
+                *missing
+                    .entry(household::client_of_line(&line).unwrap_or_default())
+                    .or_default() += 1;
+            }
             Err(RowError::Malformed(e)) => {
-                summary.rows_rejected_malformed += 1;
+                *malformed
+                    .entry(household::client_of_line(&line).unwrap_or_default())
+                    .or_default() += 1;
                 tracing::debug!(error = %e, "rejected row");
             }
         }
@@ -209,6 +218,23 @@ pub fn plan(args: &ReplayArgs, summary: &mut ReplaySummary) -> anyhow::Result<Ve
         (0..args.clients).map(|i| i * n / args.clients).collect()
     };
     summary.clients = chosen.len();
+    let all_days = chosen.len() == n;
+    let chosen_ids: rustc_hash::FxHashSet<&str> =
+        chosen.iter().map(|&i| days[i].0.as_str()).collect();
+    let count = |m: &rustc_hash::FxHashMap<String, u64>| {
+        m.iter()
+            .filter(|(d, _)| all_days || chosen_ids.contains(d.as_str()))
+            .map(|(_, c)| c)
+            .sum::<u64>()
+    };
+    summary.rows_rejected_missing = count(&missing);
+    summary.rows_rejected_malformed = count(&malformed);
+    // Rows read: the replayed days' rows, good and rejected.
+    if !all_days {
+        summary.rows_read = chosen.iter().map(|&i| days[i].1.len() as u64).sum::<u64>()
+            + summary.rows_rejected_missing
+            + summary.rows_rejected_malformed;
+    }
     for i in chosen {
         let (client, rows) = &days[i];
         let take = if args.rows_per_client == 0 {

@@ -42,7 +42,12 @@ pub fn read_predictions(
     framing: Framing,
     timeout: Duration,
 ) -> anyhow::Result<(i64, i64, Histogram<u64>)> {
-    let c: BaseConsumer = config.create()?;
+    let mut cfg = config.clone();
+    // Partitions are assigned, not subscribed; librdkafka still wants a group id. Nothing is
+    // committed.
+    cfg.set("group.id", "sensorflow-summary")
+        .set("enable.auto.commit", "false");
+    let c: BaseConsumer = cfg.create()?;
     let n = admin::partition_counts(config, &[topic])?[0];
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0i64;
