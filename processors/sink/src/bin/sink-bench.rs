@@ -6,14 +6,16 @@
 //!
 //! ```text
 //! sink-bench --bootstrap-servers 127.0.0.1:19492 --sink-topics SZ,FA,FI,FD,predictions
+//! sink-bench --bootstrap-servers 127.0.0.1:19492 --generate 400000   # one hour, large files
 //! ```
 //!
 //! 1. *sink*: the real sink loop (consumer, rows, Parquet ZSTD, local-directory store, commits)
 //!    reads every record of the topics with a fresh group and stops once all are stored.
 //!    Rows per CPU-second of this process (all its threads) = rows/s per core; the broker runs
 //!    in another process and is not counted, so the figure is not bounded by its speed.
-//! 2. *encode only*: the same records, already in memory, through `Rows` + `encode` on one
-//!    thread, cut into files of the same size.
+//! 2. *consume only*: the same records through a plain librdkafka consumer (the floor).
+//! 3. *encode only*: the same records, already in memory, through `Rows` + `encode` on one
+//!    thread, cut into the same (topic, partition, hour) files.
 use anyhow::Context;
 use clap::Parser;
 use rdkafka::Message;
@@ -43,13 +45,12 @@ fn cpu_seconds() -> f64 {
 }
 
 fn read_all(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result<Vec<OwnedMessage>> {
-    let c: BaseConsumer = args
-        .kafka
-        .consumer_config(
-            &format!("sink-bench-read-{}", std::process::id()),
-            "sink-bench",
-        )
-        .create()?;
+    let mut cfg = args.kafka.consumer_config(
+        &format!("sink-bench-read-{}", std::process::id()),
+        "sink-bench",
+    );
+    cfg.set("statistics.interval.ms", "0");
+    let c: BaseConsumer = cfg.create()?;
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     c.subscribe(&refs)?;
     let mut out = Vec::with_capacity(total as usize);
@@ -96,7 +97,10 @@ async fn generate(args: &SinkArgs, topic: &str, n: u64, partitions: i32) -> anyh
         }
         .encode_to_vec();
         let key = format!("client-{}", i % 64);
-        let rec = FutureRecord::to(topic).key(&key).payload(&value).timestamp(t);
+        let rec = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .timestamp(t);
         pending.push_back(producer.send_result(rec).map_err(|(e, _)| e)?);
         if pending.len() >= 50_000 {
             while let Some(f) = pending.pop_front() {
@@ -126,7 +130,10 @@ async fn main() -> anyhow::Result<()> {
     let run_id = format!("{}-{}", std::process::id(), sensorflow_runtime::now_ms());
     if bench.generate > 0 {
         let topic = format!("sink-bench-{run_id}-SZ");
-        eprintln!("sink-bench: producing {} readings to {topic}", bench.generate);
+        eprintln!(
+            "sink-bench: producing {} readings to {topic}",
+            bench.generate
+        );
         generate(&args, &topic, bench.generate, bench.generate_partitions).await?;
         args.topics.topic_sz = topic.clone();
         args.sink_topics = vec![topic];
