@@ -21,7 +21,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -70,6 +70,9 @@ pub enum PipelineError {
         /// Cause.
         source: KafkaError,
     },
+    /// A Kafka transaction failed (exactly-once mode); it was aborted.
+    #[error("transaction failed and was aborted: {0}")]
+    Transaction(KafkaError),
     /// Rebuilding state failed.
     #[error(transparent)]
     Rebuild(#[from] crate::rebuild::RebuildError),
@@ -115,6 +118,7 @@ pub struct Emitter {
     pending: Vec<(DeliveryFuture, Output)>,
     metrics: Metrics,
     retry: RetryPolicy,
+    transactional: bool,
 }
 
 fn record(o: &Output) -> FutureRecord<'_, [u8], [u8]> {
@@ -139,7 +143,14 @@ impl Emitter {
             pending: Vec::new(),
             metrics,
             retry,
+            transactional: false,
         }
+    }
+
+    /// In a transaction a failed delivery aborts the transaction instead of being retried
+    /// on its own.
+    pub fn set_transactional(&mut self, on: bool) {
+        self.transactional = on;
     }
 
     /// Deliveries not yet awaited.
@@ -175,6 +186,9 @@ impl Emitter {
         out: Output,
         first: KafkaError,
     ) -> Result<(), PipelineError> {
+        if self.transactional {
+            return Err(PipelineError::Transaction(first));
+        }
         let producer = self.producer.clone();
         let metrics = self.metrics.clone();
         let attempts = std::sync::atomic::AtomicUsize::new(1);
@@ -349,6 +363,9 @@ pub struct LoopConfig {
     pub commit_interval: Duration,
     /// Flush and commit once this many outputs are pending.
     pub max_in_flight: usize,
+    /// Exactly-once: outputs and consumed offsets are committed atomically in one Kafka
+    /// transaction per flush (the producer must have a `transactional.id`).
+    pub exactly_once: bool,
 }
 
 impl Default for LoopConfig {
@@ -356,9 +373,12 @@ impl Default for LoopConfig {
         Self {
             commit_interval: Duration::from_millis(200),
             max_in_flight: 20_000,
+            exactly_once: false,
         }
     }
 }
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-topic maps keyed by `&str` lookups, so the hot path does not allocate.
 #[derive(Default)]
@@ -418,14 +438,45 @@ struct LoopState<'a, P: Processor> {
     assigned: Assignment,
     metrics: Metrics,
     records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
+    exactly_once: bool,
 }
 
 impl<P: Processor> LoopState<'_, P> {
+    /// Exactly-once commit: the consumed offsets join the open transaction, which commits
+    /// atomically with every output produced in it; then the next transaction begins. On
+    /// failure the transaction is aborted and the loop stops (a restart rebuilds state from
+    /// the last committed offsets).
+    fn commit_transaction(&mut self, tpl: &TopicPartitionList) -> Result<(), PipelineError> {
+        let producer = self.emitter.producer.clone();
+        let consumer = self.consumer;
+        let res = tokio::task::block_in_place(|| -> Result<(), KafkaError> {
+            let cgm = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::UnknownMemberId,
+            ))?;
+            producer.send_offsets_to_transaction(tpl, &cgm, TXN_TIMEOUT)?;
+            producer.commit_transaction(TXN_TIMEOUT)?;
+            producer.begin_transaction()
+        });
+        match res {
+            Ok(()) => {
+                self.metrics.commits.inc();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT));
+                Err(PipelineError::Transaction(e))
+            }
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), PipelineError> {
         self.emitter.await_deliveries().await?;
         let tpl = self.offsets.take(&self.assigned);
         if tpl.count() == 0 {
             return Ok(());
+        }
+        if self.exactly_once {
+            return self.commit_transaction(&tpl);
         }
         let consumer = self.consumer;
         match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
@@ -540,14 +591,28 @@ pub async fn run<P: Processor>(
             source,
         })?;
     tracing::info!(?topics, "subscribed");
+    let mut emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
+    if cfg.exactly_once {
+        emitter.set_transactional(true);
+        retry_blocking("init transactions", || {
+            producer.init_transactions(TXN_TIMEOUT)
+        })
+        .await
+        .map_err(PipelineError::Transaction)?;
+        producer
+            .begin_transaction()
+            .map_err(PipelineError::Transaction)?;
+        tracing::info!("exactly-once: outputs and offsets commit in Kafka transactions");
+    }
     let mut st = LoopState {
         consumer,
         processor,
-        emitter: Emitter::new(producer, metrics.clone(), RetryPolicy::default()),
+        emitter,
         offsets: OffsetTracker::default(),
         assigned: Assignment::default(),
         metrics: metrics.clone(),
         records_in: FxHashMap::default(),
+        exactly_once: cfg.exactly_once,
     };
     metrics.set_ready(true);
     let mut tick = tokio::time::interval(cfg.commit_interval);

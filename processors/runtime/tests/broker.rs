@@ -538,3 +538,52 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
         "after kill -9: {repeats} repeated features, {pred_repeats} repeated predictions (all exact)"
     );
 }
+
+/// The exactly-once switch uses Kafka transactions; tansu 0.6 has no EndTxn, so the processor
+/// must refuse loudly (non-zero exit, the error in its log) rather than fall back silently,
+/// and commit nothing.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a broker: run ./run.sh test"]
+async fn exactly_once_mode_fails_loudly_without_broker_transactions() {
+    let pre = prefix("eos");
+    let t = topics(&pre);
+    create_topics(&t, 1).await;
+    let p = producer();
+    produce(
+        &p,
+        &t.topic_sz,
+        Some("c1"),
+        &reading(1_000, 1.0),
+        Some(1_000),
+    )
+    .await;
+    let group = format!("{pre}window");
+    let mut w = spawn(
+        "window-processor",
+        &t,
+        &group,
+        &[("SF_EXACTLY_ONCE", "true")],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "window-processor kept running without broker transactions"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    let log =
+        std::fs::read_to_string(std::env::temp_dir().join(format!("{group}window-processor.log")))
+            .unwrap();
+    assert!(log.to_lowercase().contains("transaction"), "{log}");
+    // Nothing was committed: the next run processes the reading.
+    assert_eq!(
+        sensorflow_runtime::admin::group_lag(&config(), &group, &[&t.topic_sz]).unwrap(),
+        1
+    );
+}

@@ -30,6 +30,15 @@ pub struct CommonArgs {
     /// How long rebuilding state on partition assignment may take per phase, ms.
     #[arg(long, env = "SF_REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
+    /// Exactly-once: commit outputs and consumed offsets atomically in Kafka transactions
+    /// (needs a broker with transactions, e.g. Apache Kafka >= 2.5; tansu 0.6 has none).
+    /// Default: at-least-once with exact repeats.
+    #[arg(long, env = "SF_EXACTLY_ONCE", default_value_t = false)]
+    pub exactly_once: bool,
+    /// transactional.id for --exactly-once: stable per instance across restarts and unique
+    /// across instances (default: `<processor>-$HOSTNAME`, the pod name on Kubernetes).
+    #[arg(long, env = "SF_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
 }
 
 /// Configuration of the group-less consumer that reads state back on assignment.
@@ -59,12 +68,18 @@ pub async fn run<P: Processor>(
     let consumer: LoopConsumer = consumer_cfg
         .create_with_context(LoopContext::new(metrics.clone()))
         .context("creating the consumer")?;
-    let producer: FutureProducer = kafka
-        .producer_config(client_id)
-        .create()
-        .context("creating the producer")?;
+    let mut producer_cfg = kafka.producer_config(client_id);
+    if common.exactly_once {
+        let id = common.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+            format!("{client_id}-{host}")
+        });
+        producer_cfg.set("transactional.id", id);
+    }
+    let producer: FutureProducer = producer_cfg.create().context("creating the producer")?;
     let cfg = LoopConfig {
         commit_interval: Duration::from_millis(common.commit_interval_ms),
+        exactly_once: common.exactly_once,
         ..LoopConfig::default()
     };
     let result = pipeline::run(

@@ -30,10 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The pure window engine: readings/s on one core and state bytes per reading.
+    /// The pure window engine: readings/s on one core and state bytes per reading, for the
+    /// household shape (1 440 clients, a reading a minute: 10 per window, cache-resident) and a
+    /// dense shape (10 000 clients, a reading a second: 600 per window, 72 MB of state).
     Engine {
-        /// Clients (keys).
-        #[arg(long, default_value_t = 10_000)]
+        /// Clients (keys); 0 = both standard shapes.
+        #[arg(long, default_value_t = 0)]
         clients: usize,
         /// Readings per client.
         #[arg(long, default_value_t = 2_000)]
@@ -104,7 +106,7 @@ fn engine(clients: usize, readings: usize, spacing_ms: i64) {
     );
     println!("  readings buffered          {}", s.readings);
     println!(
-        "  state bytes per reading    {:.1} (reading buffers, capacity x 16 B)",
+        "  state bytes per reading    {:.1} (reading buffers: capacity x 12 B)",
         s.reading_heap_bytes as f64 / s.readings as f64
     );
     println!(
@@ -183,9 +185,9 @@ async fn produce_sz(
 }
 
 fn raw_consume_rate(kafka: &KafkaArgs, topic: &str, n: usize) -> anyhow::Result<f64> {
-    let c: BaseConsumer = kafka
-        .consumer_config(&format!("bench-raw-{}", std::process::id()), "bench")
-        .create()?;
+    let mut cfg = kafka.consumer_config(&format!("bench-raw-{}", std::process::id()), "bench");
+    cfg.set("statistics.interval.ms", "0");
+    let c: BaseConsumer = cfg.create()?;
     c.subscribe(&[topic])?;
     let mut got = 0;
     let mut started = None;
@@ -292,31 +294,39 @@ async fn broker(
     );
     println!("  ratio                      {:.2}", wp / raw);
 
-    // Latency at half of the window-processor's maximum rate (SZ only drives features; SX/SY
-    // are produced once per client so every triple yields a prediction).
+    // The whole pipeline's maximum: a backlog of SZ readings through both processors (SX/SY
+    // once per client, so every feature triple yields a prediction).
+    let backlog = readings / 2;
+    let (topics, t) = pipeline_topics(&kafka, &format!("{run}max-"), partitions, clients).await?;
+    produce_sz(&kafka, &t.sz, backlog, clients, None, None).await?;
+    let started = Instant::now();
+    let w = spawn(
+        &bin_dir,
+        "window-processor",
+        &kafka,
+        &topics,
+        &format!("{run}max-window"),
+    )?;
+    let j = spawn(
+        &bin_dir,
+        "join-predict",
+        &kafka,
+        &topics,
+        &format!("{run}max-join"),
+    )?;
+    tokio::task::block_in_place(|| wait_lag_zero(&kafka, &format!("{run}max-window"), &[&t.sz]))?;
+    tokio::task::block_in_place(|| {
+        wait_lag_zero(&kafka, &format!("{run}max-join"), &t.join_inputs())
+    })?;
+    let pipeline_max = backlog as f64 / started.elapsed().as_secs_f64();
+    drop((w, j));
+    println!(
+        "  whole pipeline             {pipeline_max:.0} SZ readings/s (window-processor + join-predict, {backlog} readings)"
+    );
+
+    // Latency at half of the pipeline's maximum.
     let lat = format!("{run}lat-");
-    let topics = TopicArgs::prefixed(&lat);
-    let t = topics.topics();
-    admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
-    let p: FutureProducer = kafka.producer_config("bench").create()?;
-    for c in 0..clients {
-        let key = format!("client-{c:05}");
-        for (topic, sensor) in [(&t.sx, Sensor::Sx), (&t.sy, Sensor::Sy)] {
-            let v = SensorReading {
-                event_time_ms: 0,
-                value: 1.0,
-                sensor: sensor as i32,
-                ingest_time_ms: 0,
-            }
-            .encode_to_vec();
-            let rec = rdkafka::producer::FutureRecord::to(topic)
-                .key(&key)
-                .payload(&v);
-            p.send(rec, Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| e)?;
-        }
-    }
+    let (topics, t) = pipeline_topics(&kafka, &lat, partitions, clients).await?;
     let _w = spawn(
         &bin_dir,
         "window-processor",
@@ -332,7 +342,7 @@ async fn broker(
         &format!("{lat}join"),
     )?;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let rate = wp / 2.0;
+    let rate = pipeline_max / 2.0;
     eprintln!("latency: {rate:.0} SZ readings/s for {latency_seconds} s…");
     let sent = produce_sz(
         &kafka,
@@ -354,7 +364,7 @@ async fn broker(
         )
     })?;
     println!(
-        "SZ -> prediction latency at {rate:.0} readings/s (half of max), {sent} readings, {n} predictions"
+        "SZ -> prediction latency at {rate:.0} SZ readings/s (half of the pipeline's max), {sent} readings, {n} predictions"
     );
     println!(
         "  p50 {} ms   p99 {} ms   max {} ms",
@@ -363,6 +373,38 @@ async fn broker(
         hist.max()
     );
     Ok(())
+}
+
+/// Creates a pipeline's topics under `prefix` and gives every client an SX and SY reading.
+async fn pipeline_topics(
+    kafka: &KafkaArgs,
+    prefix: &str,
+    partitions: i32,
+    clients: usize,
+) -> anyhow::Result<(TopicArgs, sensorflow_core::config::Topics)> {
+    let topics = TopicArgs::prefixed(prefix);
+    let t = topics.topics();
+    admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
+    let p: FutureProducer = kafka.producer_config("bench").create()?;
+    for c in 0..clients {
+        let key = format!("client-{c:05}");
+        for (topic, sensor) in [(&t.sx, Sensor::Sx), (&t.sy, Sensor::Sy)] {
+            let v = SensorReading {
+                event_time_ms: 0,
+                value: 1.0,
+                sensor: sensor as i32,
+                ingest_time_ms: 0,
+            }
+            .encode_to_vec();
+            let rec = rdkafka::producer::FutureRecord::to(topic)
+                .key(&key)
+                .payload(&v);
+            p.send(rec, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+    }
+    Ok((topics, t))
 }
 
 #[tokio::main]
