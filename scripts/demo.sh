@@ -22,7 +22,7 @@ cd "$REPO_ROOT"
 work="$REPO_ROOT/.sensorflow/demo"
 "$REPO_ROOT/scripts/fetch-data.sh"
 log "building the processors (release)"
-cargo build --release --quiet -p sensorflow-runtime --bins
+cargo build --release --quiet -p sensorflow-runtime -p sensorflow-sink --bins
 bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" 2>/dev/null || true
 rm -rf "$work"; mkdir -p "$work"
@@ -40,6 +40,9 @@ trap cleanup EXIT
 # Days replayed together share one event-time clock, so the per-partition watermark applies.
 SF_METRICS_ADDR=127.0.0.1:9101 "$bin/window-processor" >"$work/window-processor.log" 2>&1 & pids+=($!)
 SF_METRICS_ADDR=127.0.0.1:9102 "$bin/join-predict" >"$work/join-predict.log" 2>&1 & pids+=($!)
+# The sink archives SZ, FA, FI, FD and predictions as Parquet in a local directory.
+SF_METRICS_ADDR=127.0.0.1:9103 "$bin/gcs-sink" --local-dir "$work/parquet" >"$work/gcs-sink.log" 2>&1 &
+sink_pid=$!; pids+=($sink_pid)
 log "processors started (logs: $work/*.log; metrics: http://127.0.0.1:9101/metrics, :9102/metrics)"
 log "replaying $([ "$clients" = 0 ] && echo all || echo "$clients") days of the household dataset"
 "$bin/replay" --input data/household_power.csv.xz --clients "$clients" --speed "$speed" \
@@ -47,5 +50,8 @@ log "replaying $([ "$clients" = 0 ] && echo all || echo "$clients") days of the 
 "$bin/sensorflow" wait --group sensorflow-window=SZ --group sensorflow-join=SX,SY,FA,FI,FD --timeout-s 3600
 started_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["started_at_ms"])' "$work/replay.json")
 drained_s=$(python3 -c "import time; print((time.time()*1000 - $started_ms)/1000)")
+# SIGTERM makes the sink finalise its open files, upload and commit.
+kill -TERM "$sink_pid"; wait "$sink_pid" || die "gcs-sink failed (log: $work/gcs-sink.log)"
 "$bin/sensorflow" summary --replay-summary "$work/replay.json" --drained-s "$drained_s" --json "$work/summary.json"
-log "summary also in $work/summary.json"
+grep -h 'gcs-sink:' "$work/gcs-sink.log" | tail -1 | sed 's/^.*gcs-sink:/parquet (gcs-sink):       /'
+log "summary also in $work/summary.json; Parquet files under $work/parquet (query them with DuckDB: processors/sink/README.md)"

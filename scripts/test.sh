@@ -3,7 +3,9 @@
 #   1. unit + property tests (cargo test --workspace)
 #   2. integration tests of the processors against a real tansu broker (processors/runtime/tests)
 #   3. an independent, non-librdkafka client (kafka-python) driving the real binaries
-#   4. operator scenarios against a real kube-apiserver v1.20.2 + broker (tests/operator/run.sh)
+#   4. the GCS sink against a real broker and fake-gcs-server, read back with pyarrow/DuckDB
+#      (tests/sink/run.sh)
+#   5. operator scenarios against a real kube-apiserver v1.20.2 + broker (tests/operator/run.sh)
 # Prints per-suite results and a final line "tests: N passed, M failed".
 # Options: --skip-operator (suites 1-3 only), --only-operator.
 . "$(dirname "$0")/lib.sh"
@@ -37,13 +39,13 @@ trap cleanup EXIT
 
 if [ "$run_core" = 1 ]; then
   "$REPO_ROOT/scripts/fetch-data.sh"
-  log "1/4 unit and property tests"
+  log "1/5 unit and property tests"
   set +e
   cargo test --workspace 2>&1 | tee "$work/unit.log"; st=${PIPESTATUS[0]}
   set -e
   count_cargo "$work/unit.log"; suite "unit + property tests" "$st"
 
-  log "2/4 integration tests against a real broker"
+  log "2/5 integration tests against a real broker"
   cleanup; rm -rf "$broker_dir"
   export SENSORFLOW_BROKER_PORT="${SENSORFLOW_TEST_BROKER_PORT:-19292}"
   SENSORFLOW_TEST_BOOTSTRAP="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
@@ -54,7 +56,7 @@ if [ "$run_core" = 1 ]; then
   set -e
   count_cargo "$work/broker.log"; suite "integration (real broker)" "$st"
 
-  log "3/4 independent client (kafka-python) against the real binaries"
+  log "3/5 independent client (kafka-python) against the real binaries"
   venv="$SENSORFLOW_CACHE/venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/independent/requirements.txt
@@ -69,10 +71,19 @@ if [ "$run_core" = 1 ]; then
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   suite "independent client (kafka-python)" "$st"
   cleanup
+
+  log "4/5 GCS sink against a real broker and fake-gcs-server"
+  set +e
+  tests/sink/run.sh 2>&1 | tee "$work/sink.log"; st=${PIPESTATUS[0]}
+  set -e
+  p=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $2}')
+  f=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $4}')
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  suite "GCS sink (fake-gcs-server, pyarrow/DuckDB)" "$st"
 fi
 
 if [ "$run_operator" = 1 ]; then
-  log "4/4 operator scenarios against a real kube-apiserver"
+  log "5/5 operator scenarios against a real kube-apiserver"
   set +e
   tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
   set -e

@@ -411,6 +411,10 @@ async fn pipeline_topics(
 async fn main() -> anyhow::Result<()> {
     sensorflow_runtime::telemetry::init(sensorflow_runtime::telemetry::LogFormat::Text);
     match Cli::parse().cmd {
+        Cmd::Engine { clients: 0, .. } => {
+            engine(1_440, 14_000, 60_000);
+            engine(10_000, 2_000, 1_000);
+        }
         Cmd::Engine {
             clients,
             readings,
