@@ -41,7 +41,9 @@ trap cleanup EXIT
 SF_METRICS_ADDR=127.0.0.1:9101 "$bin/window-processor" >"$work/window-processor.log" 2>&1 & pids+=($!)
 SF_METRICS_ADDR=127.0.0.1:9102 "$bin/join-predict" >"$work/join-predict.log" 2>&1 & pids+=($!)
 # The sink archives SZ, FA, FI, FD and predictions as Parquet in a local directory.
-SF_METRICS_ADDR=127.0.0.1:9103 "$bin/gcs-sink" --local-dir "$work/parquet" >"$work/gcs-sink.log" 2>&1 &
+# Files close after 5 s so the sink's group drains with the others.
+SF_METRICS_ADDR=127.0.0.1:9103 "$bin/gcs-sink" --local-dir "$work/parquet" --max-age-seconds 5 \
+  --summary-json "$work/sink.json" >"$work/gcs-sink.log" 2>&1 &
 sink_pid=$!; pids+=($sink_pid)
 log "processors started (logs: $work/*.log; metrics: http://127.0.0.1:9101/metrics, :9102/metrics)"
 log "replaying $([ "$clients" = 0 ] && echo all || echo "$clients") days of the household dataset"
@@ -50,6 +52,7 @@ log "replaying $([ "$clients" = 0 ] && echo all || echo "$clients") days of the 
 "$bin/sensorflow" wait --group sensorflow-window=SZ --group sensorflow-join=SX,SY,FA,FI,FD --timeout-s 3600
 started_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["started_at_ms"])' "$work/replay.json")
 drained_s=$(python3 -c "import time; print((time.time()*1000 - $started_ms)/1000)")
+"$bin/sensorflow" wait --group sensorflow-sink=SZ,FA,FI,FD,predictions --timeout-s 3600
 # SIGTERM makes the sink finalise its open files, upload and commit.
 kill -TERM "$sink_pid"; wait "$sink_pid" || die "gcs-sink failed (log: $work/gcs-sink.log)"
 "$bin/sensorflow" summary --replay-summary "$work/replay.json" --drained-s "$drained_s" --json "$work/summary.json"
