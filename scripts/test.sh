@@ -25,8 +25,8 @@ passed=0; failed=0; suites=()
 # count_cargo FILE: adds cargo's "test result" lines of FILE to the totals.
 count_cargo() {
   local p f
-  p=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$4} END {print s+0}')
-  f=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$6} END {print s+0}')
+  p=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$4} END {print s+0}' || true)
+  f=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$6} END {print s+0}' || true)
   passed=$((passed + p)); failed=$((failed + f))
 }
 suite() { # suite NAME STATUS
@@ -66,8 +66,8 @@ if [ "$run_core" = 1 ]; then
     "$venv/bin/python" -m pytest -q tests/independent 2>&1 | tee "$work/independent.log"
   st=${PIPESTATUS[0]}
   set -e
-  p=$(grep -Eo '[0-9]+ passed' "$work/independent.log" | tail -1 | awk '{print $1}')
-  f=$(grep -Eo '[0-9]+ failed' "$work/independent.log" | tail -1 | awk '{print $1}')
+  p=$(grep -Eo '[0-9]+ passed' "$work/independent.log" | tail -1 | awk '{print $1}' || true)
+  f=$(grep -Eo '[0-9]+ failed' "$work/independent.log" | tail -1 | awk '{print $1}' || true)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   suite "independent client (kafka-python)" "$st"
   cleanup
@@ -76,8 +76,8 @@ if [ "$run_core" = 1 ]; then
   set +e
   tests/sink/run.sh 2>&1 | tee "$work/sink.log"; st=${PIPESTATUS[0]}
   set -e
-  p=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $2}')
-  f=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $4}')
+  p=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $2}' || true)
+  f=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $4}' || true)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   suite "GCS sink (fake-gcs-server, pyarrow/DuckDB)" "$st"
 fi
@@ -87,8 +87,8 @@ if [ "$run_operator" = 1 ]; then
   set +e
   tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
   set -e
-  p=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $2}')
-  f=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $4}')
+  p=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $2}' || true)
+  f=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $4}' || true)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   suite "operator (real kube-apiserver)" "$st"
 fi

@@ -132,6 +132,26 @@ pub fn read_back(
     lookback_ms: i64,
     timeout: Duration,
 ) -> Result<FxHashMap<(String, i32), Vec<OwnedMessage>>, RebuildError> {
+    read_back_from(config, requests, timeout, |last, key| {
+        last.get(key).map_or(0, |t| t - lookback_ms)
+    })
+}
+
+/// Timestamps (ms) of the last processed record (`committed − 1`) per (topic, partition).
+pub type LastTimestamps = FxHashMap<(String, i32), i64>;
+
+/// Like [`read_back`], but the start time of each partition is chosen by `start_ms` from the
+/// timestamps of every request's last processed record, e.g. the oldest of several topics
+/// whose records must be matched with each other.
+///
+/// # Errors
+/// [`RebuildError`] when the broker does not answer within `timeout` per phase.
+pub fn read_back_from(
+    config: &ClientConfig,
+    requests: &[Request],
+    timeout: Duration,
+    start_ms: impl Fn(&LastTimestamps, &(String, i32)) -> i64,
+) -> Result<FxHashMap<(String, i32), Vec<OwnedMessage>>, RebuildError> {
     let mut out: FxHashMap<Key, Vec<OwnedMessage>> = FxHashMap::default();
     let c: BaseConsumer = config.create()?;
     // Only partitions with something before the committed offset, still retained.
@@ -156,10 +176,11 @@ pub fn read_back(
             ts.insert(k.clone(), t);
         }
     })?;
-    // 2. offsets for (T − lookback)
+    // 2. offsets for the start times
     let mut q = TopicPartitionList::new();
-    for ((t, p), t_last) in &ts {
-        q.add_partition_offset(t, *p, Offset::Offset(t_last - lookback_ms))?;
+    for (t, p) in ts.keys() {
+        let from = start_ms(&ts, &(t.clone(), *p)).max(0);
+        q.add_partition_offset(t, *p, Offset::Offset(from))?;
     }
     let starts = c.offsets_for_times(q, timeout)?;
     let mut start: FxHashMap<Key, i64> = FxHashMap::default();
@@ -183,7 +204,6 @@ pub fn read_back(
     tracing::info!(
         partitions = want.len(),
         records = n,
-        lookback_ms,
         "state rebuilt from the topics"
     );
     Ok(out)

@@ -237,11 +237,43 @@ impl Processor for JoinProcessor {
         for ((_, p), _) in committed {
             self.states.insert(*p, JoinState::default());
         }
-        let records = rebuild::read_back(
+        // FA, FI and FD are read at different paces, so a triple may be split across their
+        // commit points by far more than the lookback: the feature topics of a partition are
+        // read back from the oldest of their last processed records (from the beginning when
+        // one of them has none), SX and SY from their own.
+        let features = [
+            self.topics.fa.clone(),
+            self.topics.fi.clone(),
+            self.topics.fd.clone(),
+        ];
+        let committed_somewhere = |t: &str, p: i32| {
+            committed
+                .iter()
+                .any(|((ct, cp), c)| ct == t && *cp == p && c.is_some_and(|c| c > 0))
+        };
+        let lookback = self.lookback_ms;
+        let records = rebuild::read_back_from(
             &self.rebuild,
             &requests,
-            self.lookback_ms,
             self.rebuild_timeout,
+            |last, (t, p)| {
+                if !features.contains(t) {
+                    return last.get(&(t.clone(), *p)).map_or(0, |ts| ts - lookback);
+                }
+                let mut oldest = i64::MAX;
+                for f in &features {
+                    match last.get(&(f.clone(), *p)) {
+                        Some(ts) => oldest = oldest.min(*ts),
+                        None if !committed_somewhere(f, *p) => return 0,
+                        None => {}
+                    }
+                }
+                if oldest == i64::MAX {
+                    0
+                } else {
+                    oldest - lookback
+                }
+            },
         )?;
         // Per partition, merge the five topics by timestamp (then topic order, offset).
         let order = |t: &str| {
