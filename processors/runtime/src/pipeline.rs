@@ -484,14 +484,10 @@ impl<P: Processor> LoopState<'_, P> {
                 self.metrics.commits.inc();
                 Ok(())
             }
-            Err(KafkaError::ConsumerCommit(
-                code @ (RDKafkaErrorCode::RebalanceInProgress
-                | RDKafkaErrorCode::IllegalGeneration
-                | RDKafkaErrorCode::UnknownMemberId),
-            )) => {
+            Err(e) if is_rebalance_commit_error(&e) => {
                 // The partitions moved: the new owner re-processes from the last commit.
                 tracing::warn!(
-                    ?code,
+                    error = %e,
                     "commit refused during a rebalance; records will be re-processed by the new owner"
                 );
                 Ok(())
@@ -544,6 +540,20 @@ impl<P: Processor> LoopState<'_, P> {
         }
         Ok(())
     }
+}
+
+/// True when an offset commit was refused because the group is rebalancing or this member's
+/// generation is gone: the partitions moved, and their new owner resumes from the last
+/// successful commit (so the caller carries on instead of failing).
+pub fn is_rebalance_commit_error(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+        )
+    )
 }
 
 /// Retries a blocking Kafka call with exponential backoff (bounded).

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use sensorflow_core::wire::Framing;
@@ -670,13 +669,9 @@ impl<S: ObjectStore> Sink<S> {
                 }
                 Ok(())
             }
-            Err(KafkaError::ConsumerCommit(
-                code @ (RDKafkaErrorCode::RebalanceInProgress
-                | RDKafkaErrorCode::IllegalGeneration
-                | RDKafkaErrorCode::UnknownMemberId),
-            )) => {
+            Err(e) if sensorflow_runtime::pipeline::is_rebalance_commit_error(&e) => {
                 tracing::warn!(
-                    ?code,
+                    error = %e,
                     "commit refused during a rebalance; the new owner skips the stored records"
                 );
                 Ok(())
