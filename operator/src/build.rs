@@ -570,22 +570,10 @@ pub fn build(v: &Validated, ns: &str, owner: &OwnerReference, replicas: ReplicaP
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{KafkaSecurity, KafkaSpec, SensorPipelineSpec, SinkSpec, SinkTopic};
+    use crate::crd::{KafkaSecurity, SensorPipelineSpec, SinkSpec, SinkTopic};
     use crate::validate::validate;
 
-    fn spec() -> SensorPipelineSpec {
-        SensorPipelineSpec {
-            kafka: KafkaSpec {
-                bootstrap_servers: "kafka:9092".into(),
-                security: None,
-            },
-            topics: Default::default(),
-            window: Default::default(),
-            model: Default::default(),
-            processors: Default::default(),
-            sink: None,
-        }
-    }
+    use crate::validate::tests::spec;
 
     fn owner() -> OwnerReference {
         OwnerReference {

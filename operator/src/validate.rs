@@ -315,7 +315,7 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crd::{KafkaSpec, SinkSpec};
     use proptest::prelude::*;

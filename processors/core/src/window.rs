@@ -282,12 +282,18 @@ impl ClientWindow {
     pub fn push(&mut self, r: Reading, size_ms: i64, grace_ms: i64) -> Aggregates {
         match self.max_t() {
             Some(max_t) if r.t < max_t => self.push_out_of_order(r, max_t, size_ms),
-            _ => self.push_in_order(r, size_ms, grace_ms),
+            max_t => self.push_in_order(r, max_t, size_ms, grace_ms),
         }
     }
 
-    fn push_in_order(&mut self, r: Reading, size_ms: i64, grace_ms: i64) -> Aggregates {
-        if self.max_t().is_some_and(|m| r.t - m >= size_ms + grace_ms) {
+    fn push_in_order(
+        &mut self,
+        r: Reading,
+        max_t: Option<i64>,
+        size_ms: i64,
+        grace_ms: i64,
+    ) -> Aggregates {
+        if max_t.is_some_and(|m| r.t - m >= size_ms + grace_ms) {
             // Everything held is outside this reading's window and below the retention
             // horizon: starting afresh is exactly equivalent (and keeps time offsets small).
             self.buf.clear();

@@ -556,6 +556,26 @@ pub fn is_rebalance_commit_error(e: &KafkaError) -> bool {
     )
 }
 
+/// The next record, waiting out consume errors (a broker outage, a fetch error) with
+/// exponential backoff from 200 ms up to 12.8 s; `errors` counts consecutive failures and is
+/// reset by a success. Cancel-safe: used as a `select!` branch beside shutdown.
+pub async fn next_message<'a>(consumer: &'a LoopConsumer, errors: &mut u32) -> BorrowedMessage<'a> {
+    loop {
+        match consumer.recv().await {
+            Ok(m) => {
+                *errors = 0;
+                return m;
+            }
+            Err(e) => {
+                *errors += 1;
+                let d = Duration::from_millis(100 * 2u64.pow((*errors).min(7)));
+                tracing::warn!(error = %e, retry_in = ?d, "consume error");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
 /// Retries a blocking Kafka call with exponential backoff (bounded).
 ///
 /// # Errors
@@ -638,17 +658,7 @@ pub async fn run<P: Processor>(
                 st.flush().await?;
                 st.processor.report(&metrics);
             }
-            msg = consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => { recv_errors = 0; m }
-                    Err(e) => {
-                        recv_errors += 1;
-                        let d = Duration::from_millis(100 * 2u64.pow(recv_errors.min(7)));
-                        tracing::warn!(error = %e, retry_in = ?d, "consume error");
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                };
+            msg = next_message(consumer, &mut recv_errors) => {
                 st.handle_rebalance().await?;
                 if !st.assigned.contains(msg.topic(), msg.partition()) {
                     // Revoked since it was fetched: its new owner processes it.

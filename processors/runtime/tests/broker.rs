@@ -123,6 +123,46 @@ fn check_features(
     got.len() - seen.len()
 }
 
+/// FA, FI and FD checked with [`check_features`]; returns the repeats of all three.
+fn check_all_features(
+    t: &sensorflow_runtime::kafka::TopicArgs,
+    reference: &HashMap<(i32, i64), Option<Aggregates>>,
+    ranges: &FeatureRanges,
+) -> usize {
+    check_features(
+        &features(&t.topic_fa),
+        FeatureKind::Fa,
+        ranges.fa,
+        reference,
+    ) + check_features(
+        &features(&t.topic_fi),
+        FeatureKind::Fi,
+        ranges.fi,
+        reference,
+    ) + check_features(
+        &features(&t.topic_fd),
+        FeatureKind::Fd,
+        ranges.fd,
+        reference,
+    )
+}
+
+/// Waits until the window group has consumed SZ and the join group its five inputs.
+fn drain_pipeline(t: &sensorflow_runtime::kafka::TopicArgs, window_group: &str, join_group: &str) {
+    wait_drained(window_group, &[&t.topic_sz], DRAIN);
+    wait_drained(
+        join_group,
+        &[
+            &t.topic_sx,
+            &t.topic_sy,
+            &t.topic_fa,
+            &t.topic_fi,
+            &t.topic_fd,
+        ],
+        DRAIN,
+    );
+}
+
 fn predictions(topic: &str) -> Vec<(OwnedMessage, Prediction)> {
     read_all(topic)
         .into_iter()
@@ -217,18 +257,7 @@ async fn run_pipeline_case(name: &str, scope: WatermarkScope, replay_args: &[&st
     );
     std::thread::sleep(Duration::from_millis(500));
     let _j = spawn("join-predict", &t, &jg, &[], &[]);
-    wait_drained(&wg, &[&t.topic_sz], DRAIN);
-    wait_drained(
-        &jg,
-        &[
-            &t.topic_sx,
-            &t.topic_sy,
-            &t.topic_fa,
-            &t.topic_fi,
-            &t.topic_fd,
-        ],
-        DRAIN,
-    );
+    drain_pipeline(&t, &wg, &jg);
 
     let sz = read_all(&t.topic_sz);
     let cfg = WindowConfig {
@@ -238,31 +267,9 @@ async fn run_pipeline_case(name: &str, scope: WatermarkScope, replay_args: &[&st
     let reference = reference(&sz, cfg);
     let ranges = FeatureRanges::default();
     assert_eq!(
-        check_features(
-            &features(&t.topic_fa),
-            FeatureKind::Fa,
-            ranges.fa,
-            &reference
-        ),
-        0
-    );
-    assert_eq!(
-        check_features(
-            &features(&t.topic_fi),
-            FeatureKind::Fi,
-            ranges.fi,
-            &reference
-        ),
-        0
-    );
-    assert_eq!(
-        check_features(
-            &features(&t.topic_fd),
-            FeatureKind::Fd,
-            ranges.fd,
-            &reference
-        ),
-        0
+        check_all_features(&t, &reference, &ranges),
+        0,
+        "a clean run has no repeats"
     );
     let clients: HashSet<_> = sz.iter().map(|m| m.key().unwrap().to_vec()).collect();
     let (distinct, repeats) = check_predictions(
@@ -363,18 +370,7 @@ async fn bad_input_is_dead_lettered_with_its_reason() {
     let jg = format!("{pre}join");
     let mut w = spawn("window-processor", &t, &wg, &[], &[]);
     let mut j = spawn("join-predict", &t, &jg, &[], &[]);
-    wait_drained(&wg, &[&t.topic_sz], DRAIN);
-    wait_drained(
-        &jg,
-        &[
-            &t.topic_sx,
-            &t.topic_sy,
-            &t.topic_fa,
-            &t.topic_fi,
-            &t.topic_fd,
-        ],
-        DRAIN,
-    );
+    drain_pipeline(&t, &wg, &jg);
 
     let dlq = read_all(&t.topic_dlq);
     let mut reasons: Vec<(String, String, String)> = dlq
@@ -494,38 +490,12 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
     std::thread::sleep(Duration::from_secs(11));
     let _w = spawn("window-processor", &t, &wg, &[], &[]);
     let _j = spawn("join-predict", &t, &jg, &[], &[]);
-    wait_drained(&wg, &[&t.topic_sz], DRAIN);
-    wait_drained(
-        &jg,
-        &[
-            &t.topic_sx,
-            &t.topic_sy,
-            &t.topic_fa,
-            &t.topic_fi,
-            &t.topic_fd,
-        ],
-        DRAIN,
-    );
+    drain_pipeline(&t, &wg, &jg);
 
     let sz = read_all(&t.topic_sz);
     let reference = reference(&sz, WindowConfig::default());
     let ranges = FeatureRanges::default();
-    let repeats = check_features(
-        &features(&t.topic_fa),
-        FeatureKind::Fa,
-        ranges.fa,
-        &reference,
-    ) + check_features(
-        &features(&t.topic_fi),
-        FeatureKind::Fi,
-        ranges.fi,
-        &reference,
-    ) + check_features(
-        &features(&t.topic_fd),
-        FeatureKind::Fd,
-        ranges.fd,
-        &reference,
-    );
+    let repeats = check_all_features(&t, &reference, &ranges);
     let clients: HashSet<_> = sz.iter().map(|m| m.key().unwrap().to_vec()).collect();
     let (_, pred_repeats) = check_predictions(
         &predictions(&t.topic_predictions),

@@ -760,17 +760,7 @@ impl<S: ObjectStore> Sink<S> {
                     self.rotate_aged().await?;
                     self.commit(consumer).await?;
                 }
-                msg = consumer.recv() => {
-                    let msg = match msg {
-                        Ok(m) => { recv_errors = 0; m }
-                        Err(e) => {
-                            recv_errors += 1;
-                            let d = Duration::from_millis(100 * 2u64.pow(recv_errors.min(7)));
-                            tracing::warn!(error = %e, retry_in = ?d, "consume error");
-                            tokio::time::sleep(d).await;
-                            continue;
-                        }
-                    };
+                msg = sensorflow_runtime::pipeline::next_message(consumer, &mut recv_errors) => {
                     self.handle_rebalance(consumer);
                     self.process(consumer, &msg).await?;
                 }
