@@ -19,8 +19,7 @@
 # Env: SENSORFLOW_K8S_PORT (apiserver, default 16443), SENSORFLOW_ETCD_PORT (default 12379;
 # peer port +1), SENSORFLOW_KCM_PORT (controller-manager secure port, default 10357),
 # SENSORFLOW_K8S_BIND_ADDRESS / SENSORFLOW_K8S_ADVERTISE_ADDRESS (apiserver, default 127.0.0.1;
-# node.sh: 0.0.0.0 and the node IP, the `kubernetes` Service's endpoint),
-# SENSORFLOW_K8S_CLUSTER_CIDR (pod range; when set the controller-manager assigns node podCIDRs).
+# node.sh: 0.0.0.0 and the node IP, the `kubernetes` Service's endpoint).
 #
 # PKI (DIR/pki, made once): a CA (ca.crt) that signs the apiserver's serving certificate (valid
 # for the advertise address, 127.0.0.1, 10.96.0.1 and kubernetes.default.svc[.cluster.local]),
@@ -36,7 +35,6 @@ etcd_port="${SENSORFLOW_ETCD_PORT:-12379}"
 kcm_port="${SENSORFLOW_KCM_PORT:-10357}"
 bind_addr="${SENSORFLOW_K8S_BIND_ADDRESS:-127.0.0.1}"
 advertise="${SENSORFLOW_K8S_ADVERTISE_ADDRESS:-127.0.0.1}"
-cluster_cidr="${SENSORFLOW_K8S_CLUSTER_CIDR:-}"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 pids="$dir/pids"
 pki="$dir/pki"
@@ -178,9 +176,10 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
     write_kubeconfig "$dir/kubeconfig" "    token: $(cat "$dir/token")"
     if ! running kube-controller-manager; then
       log "starting kube-controller-manager (log: $dir/logs/kube-controller-manager.log)"
-      cidr_flags=()
-      [ -z "$cluster_cidr" ] || cidr_flags=(--allocate-node-cidrs --cluster-cidr "$cluster_cidr" --node-cidr-mask-size 24)
       # --root-ca-file: the CA pods get as ca.crt; --cluster-signing-*: approved CSRs get signed.
+      # No --allocate-node-cidrs: its controller sleeps 10 s before listing nodes and holds up
+      # every controller started after it (the ServiceAccount one too); node.sh's CNI config
+      # has the pod range.
       "$bindir/kube-controller-manager" \
         --kubeconfig "$dir/kubeconfig" \
         --authentication-kubeconfig "$dir/kubeconfig" --authorization-kubeconfig "$dir/kubeconfig" \
@@ -191,7 +190,6 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
         --root-ca-file "$pki/ca.crt" \
         --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
         --service-cluster-ip-range 10.96.0.0/16 \
-        "${cidr_flags[@]}" \
         --use-service-account-credentials=false \
         --controllers '*' \
         --v 1 >>"$dir/logs/kube-controller-manager.log" 2>&1 &
