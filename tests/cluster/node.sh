@@ -123,6 +123,12 @@ stop_one() {  # NAME [SECONDS]: SIGTERM, then SIGKILL after SECONDS (default 10)
   rm -f "$f"
 }
 
+any_alive() {  # DIR: is any process recorded in DIR/pids alive?
+  local f
+  for f in "$1"/pids/*.pid; do [ -f "$f" ] && alive "$(cat "$f")" && return 0; done
+  return 1
+}
+
 start() {  # NAME CMD...: runs CMD in the background, output to DIR/logs/NAME.log, PID recorded
   local name="$1"; shift
   running "$name" && return 0
@@ -315,8 +321,7 @@ up() {
   ip="$(node_ip)"
   mkdir -p "$run" "$pids" "$logs"
   owner="$(cat "$run/owner" 2>/dev/null || true)"
-  if [ -n "$owner" ] && [ "$owner" != "$dir" ] && [ -f "$owner/pids/kubelet.pid" ] \
-      && alive "$(cat "$owner/pids/kubelet.pid")"; then
+  if [ -n "$owner" ] && [ "$owner" != "$dir" ] && any_alive "$owner"; then
     die "another node is up from $owner (one per machine): node.sh down $owner"
   fi
   echo "$dir" > "$run/owner"
@@ -415,6 +420,15 @@ down() {
   t0=$(date +%s)
   set +e  # best effort: every step runs even when an earlier one failed
   bindir="$SENSORFLOW_CACHE/k8s-v1.20.2/bin"
+  # The runtime dir, bridge, iptables chains and cgroups are the machine's: when another DIR's
+  # node owns them, stop only what this DIR recorded.
+  local owner; owner="$(cat "$run/owner" 2>/dev/null)"
+  if [ -n "$owner" ] && [ "$owner" != "$dir" ] && any_alive "$owner"; then
+    log "the node's runtime state belongs to $owner (up); stopping only the processes recorded in $dir"
+    for c in dns-sync dnsmasq kube-scheduler kubelet kube-proxy containerd; do stop_one "$c" 20; done
+    "$here/control-plane.sh" down "$dir" >/dev/null
+    return 0
+  fi
   # 1. Nothing may restart or reschedule containers: controllers and kubelet stop first.
   for c in dns-sync dnsmasq kube-scheduler kube-controller-manager kubelet kube-proxy; do stop_one "$c" 20; done
   # 2. Containers: SIGTERM to every task, up to $grace s to exit (like a node shutdown), then
