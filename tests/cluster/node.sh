@@ -167,10 +167,11 @@ record_host_state() {
 
 pause_image_archive() {
   [ -s "$pause_archive" ] && return 0
-  local tmp; tmp="$(mktemp -d)"
+  local tmp src="$SENSORFLOW_CACHE/k8s-v1.20.2/src/build/pause/linux/pause.c"
+  [ -f "$src" ] || die "$src missing (the k8s source tree that build-k8s.sh unpacks); remove $SENSORFLOW_CACHE/k8s-v1.20.2 to rebuild"
+  tmp="$(mktemp -d)"
   log "building the static pause image ($pause_image)"
-  gcc -Os -static -DVERSION=v3.2-sensorflow -o "$tmp/pause" \
-    "$SENSORFLOW_CACHE/k8s-v1.20.2/src/build/pause/linux/pause.c"
+  gcc -Os -static -DVERSION=v3.2-sensorflow -o "$tmp/pause" "$src"
   strip "$tmp/pause"
   mkdir -p "$tmp/rootfs" "$(dirname "$pause_archive")"
   install -m 0755 "$tmp/pause" "$tmp/rootfs/pause"
