@@ -14,8 +14,13 @@ apt_install() {
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "apt-get install ${missing[*]}"
-  if [ ! -f "$SENSORFLOW_CACHE/.apt-updated" ] || [ -n "$(find "$SENSORFLOW_CACHE/.apt-updated" -mmin +720)" ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq && touch "$SENSORFLOW_CACHE/.apt-updated"
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  mkdir -p "$SENSORFLOW_CACHE"
+  # Scripts run side by side (CI builds images while a node starts): one apt-get at a time.
+  (
+    flock 9
+    if [ ! -f "$SENSORFLOW_CACHE/.apt-updated" ] || [ -n "$(find "$SENSORFLOW_CACHE/.apt-updated" -mmin +720)" ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq && touch "$SENSORFLOW_CACHE/.apt-updated"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  ) 9>"$SENSORFLOW_CACHE/.apt.lock"
 }
