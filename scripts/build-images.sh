@@ -29,12 +29,13 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR   cargo's target directory (default <repo>/target)
+#   SOURCE_DATE_EPOCH  image `created` and file times (default: the last commit's time)
 #   SENSORFLOW_CACHE   see scripts/lib.sh
 #
 # Measured on the 2-core development machine, busy with other builds (details in docs/images.md):
-#   cold (empty CARGO_TARGET_DIR)                 see docs/images.md
+#   cold (empty CARGO_TARGET_DIR, crates downloaded)  22 min cargo + 7 s
 #   first release build of the operator, rest warm   9 min 20 s (cargo 560 s)
-#   warm, binaries relinked: rootfs + check + pack   5 s
+#   warm, binaries relinked: rootfs + check + pack   5–7 s (16–24 s under load)
 #   warm, nothing changed                            0.8 s (cargo no-op, archive kept)
 #   image: 79 MB rootfs = docker-archive (one layer), ~30 MB gzipped
 # shellcheck source=scripts/lib.sh
@@ -152,6 +153,10 @@ log "verified: ${bins[*]} run --help inside the rootfs as 65532:65532 ($((SECOND
 
 # --- pack and check the archive ---------------------------------------------------------------
 t3=$SECONDS
+# Image `created` and file times: the last commit's time, so a rebuild of the same commit gives
+# the same layer digest.
+SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$REPO_ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}"
+export SOURCE_DATE_EPOCH
 "$REPO_ROOT/scripts/oci-image.sh" --rootfs "$rootfs" --name "$name" --out "$archive" \
   --entrypoint /usr/local/bin/sensorflow-operator --user 65532:65532 \
   --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
