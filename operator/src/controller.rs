@@ -359,6 +359,16 @@ fn now_rfc3339(now: Timestamp) -> String {
         .to_string()
 }
 
+/// A cooldown start written to status: seconds precision like metav1.Time, rounded *up* so
+/// that the cooldown read back from status is never shorter than configured (truncating let a
+/// scale-down happen up to 1 s early).
+fn cooldown_start_rfc3339(since: Timestamp) -> String {
+    let up = i64::from(since.subsec_nanosecond() > 0);
+    Timestamp::from_second(since.as_second() + up)
+        .unwrap_or(since)
+        .to_string()
+}
+
 /// Writes the status for a failed topic step (`TopicsReady=False`, `Degraded=True`) and raises a
 /// Warning Event; the caller returns the error so the controller retries with backoff.
 async fn report_topic_failure(
@@ -680,7 +690,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
                 ready_replicas: replicas_of(current.get(stage)).map_or(0, |r| r.ready),
                 lag: lag.map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
                 scale_down_pending_since: if v.planner_enabled() {
-                    p.pending_since.map(now_rfc3339)
+                    p.pending_since.map(cooldown_start_rfc3339)
                 } else {
                     None
                 },
@@ -946,4 +956,23 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cooldown_start_rounds_up_to_whole_seconds() {
+        let t = |s: i64, ns: i32| Timestamp::new(s, ns).unwrap();
+        assert_eq!(cooldown_start_rfc3339(t(100, 0)), t(100, 0).to_string());
+        assert_eq!(cooldown_start_rfc3339(t(100, 1)), t(101, 0).to_string());
+        assert_eq!(
+            cooldown_start_rfc3339(t(100, 999_999_999)),
+            t(101, 0).to_string()
+        );
+        // Read back, the cooldown never starts before the moment it was decided.
+        let back: Timestamp = cooldown_start_rfc3339(t(100, 500)).parse().unwrap();
+        assert!(back >= t(100, 500));
+    }
 }
