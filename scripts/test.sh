@@ -6,16 +6,21 @@
 #   4. the GCS sink against a real broker and fake-gcs-server, read back with pyarrow/DuckDB
 #      (tests/sink/run.sh)
 #   5. operator scenarios against a real kube-apiserver v1.20.2 + broker (tests/operator/run.sh)
+#   6. end to end on a real single-node Kubernetes v1.20.2: helm install, kubectl apply, real Pods
+#      from the SensorFlow image (tests/e2e/node.sh; the same scenarios run on kind with
+#      tests/e2e/kind.sh)
 # Prints per-suite results and a final line "tests: N passed, M failed".
-# Options: --skip-operator (suites 1-3 only), --only-operator.
+# Options: --skip-operator (suites 1-4 only), --only-operator (5), --skip-e2e, --only-e2e (6).
 . "$(dirname "$0")/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
-run_core=1; run_operator=1
+run_core=1; run_operator=1; run_e2e=1
 for a in "$@"; do
   case "$a" in
-    --skip-operator) run_operator=0 ;;
-    --only-operator) run_core=0 ;;
+    --skip-operator) run_operator=0; run_e2e=0 ;;
+    --only-operator) run_core=0; run_e2e=0 ;;
+    --skip-e2e) run_e2e=0 ;;
+    --only-e2e) run_core=0; run_operator=0 ;;
     *) die "unknown option $a" ;;
   esac
 done
@@ -39,30 +44,30 @@ trap cleanup EXIT
 
 if [ "$run_core" = 1 ]; then
   "$REPO_ROOT/scripts/fetch-data.sh"
-  log "1/5 unit and property tests"
+  log "1/6 unit and property tests"
   set +e
-  cargo test --workspace 2>&1 | tee "$work/unit.log"; st=${PIPESTATUS[0]}
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --workspace 2>&1 | tee "$work/unit.log"; st=${PIPESTATUS[0]}
   set -e
   count_cargo "$work/unit.log"; suite "unit + property tests" "$st"
 
-  log "2/5 integration tests against a real broker"
+  log "2/6 integration tests against a real broker"
   cleanup; rm -rf "$broker_dir"
   export SENSORFLOW_BROKER_PORT="${SENSORFLOW_TEST_BROKER_PORT:-19292}"
   SENSORFLOW_TEST_BOOTSTRAP="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
   export SENSORFLOW_TEST_BOOTSTRAP
   set +e
-  cargo test -p sensorflow-runtime --test broker -- --ignored --test-threads=2 2>&1 | tee "$work/broker.log"
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-runtime --test broker -- --ignored --test-threads=2 2>&1 | tee "$work/broker.log"
   st=${PIPESTATUS[0]}
   set -e
   count_cargo "$work/broker.log"; suite "integration (real broker)" "$st"
 
-  log "3/5 independent client (kafka-python) against the real binaries"
+  log "3/6 independent client (kafka-python) against the real binaries"
   venv="$SENSORFLOW_CACHE/venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/independent/requirements.txt
-  cargo build --quiet -p sensorflow-runtime --bins
+  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" --quiet -p sensorflow-runtime --bins
   set +e
-  SENSORFLOW_BIN_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug" \
+  SENSORFLOW_BIN_DIR="$SENSORFLOW_TARGET_BIN" \
     "$venv/bin/python" -m pytest -q tests/independent 2>&1 | tee "$work/independent.log"
   st=${PIPESTATUS[0]}
   set -e
@@ -72,7 +77,7 @@ if [ "$run_core" = 1 ]; then
   suite "independent client (kafka-python)" "$st"
   cleanup
 
-  log "4/5 GCS sink against a real broker and fake-gcs-server"
+  log "4/6 GCS sink against a real broker and fake-gcs-server"
   set +e
   tests/sink/run.sh 2>&1 | tee "$work/sink.log"; st=${PIPESTATUS[0]}
   set -e
@@ -83,7 +88,7 @@ if [ "$run_core" = 1 ]; then
 fi
 
 if [ "$run_operator" = 1 ]; then
-  log "5/5 operator scenarios against a real kube-apiserver"
+  log "5/6 operator scenarios against a real kube-apiserver"
   set +e
   tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
   set -e
@@ -91,6 +96,21 @@ if [ "$run_operator" = 1 ]; then
   f=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $4}' || true)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   suite "operator (real kube-apiserver)" "$st"
+fi
+
+if [ "$run_e2e" = 1 ]; then
+  log "6/6 end to end on a real single-node Kubernetes (helm, kubectl, Pods)"
+  set +e
+  tests/e2e/node.sh 2>&1 | tee "$work/e2e.log"; st=${PIPESTATUS[0]}
+  set -e
+  if grep -q '^e2e: skipped' "$work/e2e.log"; then
+    suites+=("skipped end to end ($(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //'))")
+  else
+    p=$(grep -Eo 'e2e: [0-9]+ passed, [0-9]+ failed' "$work/e2e.log" | tail -1 | awk '{print $2}' || true)
+    f=$(grep -Eo 'e2e: [0-9]+ passed, [0-9]+ failed' "$work/e2e.log" | tail -1 | awk '{print $4}' || true)
+    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+    suite "end to end (single-node Kubernetes)" "$st"
+  fi
 fi
 
 echo

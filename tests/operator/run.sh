@@ -12,6 +12,7 @@
 # Env: SENSORFLOW_OPERATOR_BROKER_PORT (default 19192), SENSORFLOW_K8S_PORT (default 16443),
 # SENSORFLOW_ETCD_PORT (12379), KEEP=1 to leave broker and control plane running afterwards.
 . "$(dirname "$0")/../../scripts/lib.sh"
+. "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
 work="$REPO_ROOT/.sensorflow/operator-tests"
 broker_dir="$work/broker"
@@ -64,10 +65,10 @@ log "broker $bootstrap, kubeconfig $KUBECONFIG, logs $logs"
 
 # --- steps ---
 build_tests() {
-  cargo build -q -p sensorflow-operator --bins --tests
+  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-operator --bins --tests
 }
 unit_tests() {
-  cargo test -q -p sensorflow-operator --lib --bins
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-operator --lib --bins
 }
 crd_up_to_date() {
   cargo run -q -p sensorflow-operator --bin crdgen > crds/sensorpipelines.yaml \
@@ -84,7 +85,7 @@ example_server_dry_run() {
   "$kubectl" apply --dry-run=server -f examples/sensorpipeline.yaml
 }
 scenarios() {
-  cargo test -p sensorflow-operator --test scenarios -- --include-ignored --test-threads=1 2>&1 \
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test scenarios -- --include-ignored --test-threads=1 2>&1 \
     | tee "$logs/scenarios.log"
   return "${PIPESTATUS[0]}"
 }
@@ -151,7 +152,7 @@ operator_with_chart_rbac() {
   printf '%s\n' "apiVersion: sensorflow.io/v1alpha1" "kind: SensorPipeline" "metadata: {name: rbac}" \
     "spec: {kafka: {bootstrapServers: \"$SF_TEST_BOOTSTRAP\"}, topics: {deletionPolicy: Delete}}" \
     | "$kubectl" -n sf-rbac apply -f - >/dev/null || return 1
-  local bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/sensorflow-operator"
+  local bin="$SENSORFLOW_TARGET_BIN/sensorflow-operator"
   KUBECONFIG="$work/sa-kubeconfig" POD_NAMESPACE=$ns POD_NAME=rbac-check RUST_LOG=info \
     "$bin" --metrics-addr 127.0.0.1:18190 --lease-name $sa --resync-seconds 2 >"$logs/operator-rbac.log" 2>&1 &
   pid=$!

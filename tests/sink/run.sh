@@ -28,7 +28,7 @@ metrics_port="${SENSORFLOW_SINK_METRICS_PORT:-19409}"
 endpoint="http://127.0.0.1:$gcs_port"
 bucket="sensorflow-test"
 venv="$SENSORFLOW_CACHE/venv-sink"
-target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug"
+target="$SENSORFLOW_TARGET_BIN"
 t_start=$(date +%s)
 
 passed=0; failed=0; failures=()
@@ -77,8 +77,8 @@ fake_gcs="$(find "$venv" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f |
 [ -x "$fake_gcs" ] || chmod +x "$fake_gcs" 2>/dev/null || die "fake-gcs-server binary not found in $venv"
 "$REPO_ROOT/scripts/install-tansu.sh" >/dev/null
 log "building gcs-sink, its tests and the processors"
-cargo build -q -p sensorflow-sink --bins --tests
-cargo build -q -p sensorflow-runtime --bin replay --bin window-processor --bin join-predict --bin sensorflow
+cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-sink --bins --tests
+cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-runtime --bin replay --bin window-processor --bin join-predict --bin sensorflow
 
 # --- fresh broker and GCS server ---
 "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true
@@ -114,8 +114,8 @@ count_cargo() {
 
 # --- 1. unit + property tests, 2. integration tests (real broker + GCS) ---
 set +e
-cargo test -q -p sensorflow-sink --lib --bins 2>&1 | tee "$logs/unit.log"; st_unit=${PIPESTATUS[0]}
-cargo test -q -p sensorflow-sink --test gcs -- --include-ignored --test-threads=1 2>&1 | tee "$logs/integration.log"
+cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-sink --lib --bins 2>&1 | tee "$logs/unit.log"; st_unit=${PIPESTATUS[0]}
+cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-sink --test gcs -- --include-ignored --test-threads=1 2>&1 | tee "$logs/integration.log"
 st_int=${PIPESTATUS[0]}
 set -e
 count_cargo "$logs/unit.log"; count_cargo "$logs/integration.log"
