@@ -89,7 +89,7 @@ done
 log "e2e: cluster $("$KUBECTL" config current-context 2>/dev/null || echo '?'), image $SENSORFLOW_E2E_IMAGE, broker $bootstrap, GCS http://$host:$gcs_port"
 set +e
 SF_E2E_BOOTSTRAP="$bootstrap" SF_E2E_GCS="http://$host:$gcs_port" SF_E2E_BIN_DIR="$bin_dir" \
-  SF_E2E_WORK="$work" "$venv/bin/python" -m pytest -v -p no:cacheprovider tests/e2e "$@" 2>&1 \
+  SF_E2E_WORK="$work" "$venv/bin/python" -m pytest -v -s -p no:cacheprovider tests/e2e "$@" 2>&1 \
   | tee "$work/pytest.log"
 st=${PIPESTATUS[0]}
 set -e
