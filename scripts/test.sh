@@ -34,6 +34,13 @@ count_cargo() {
   f=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$1" | awk '{s+=$6} END {print s+0}' || true)
   passed=$((passed + p)); failed=$((failed + f))
 }
+# count_summary PREFIX FILE: adds a suite script's last "PREFIX: N passed, M failed" line to the totals.
+count_summary() {
+  local line
+  line=$(grep -Eo "$1: [0-9]+ passed, [0-9]+ failed" "$2" | tail -1 || true)
+  passed=$((passed + $(awk '{print $2+0}' <<<"${line:-x 0 x 0}")))
+  failed=$((failed + $(awk '{print $4+0}' <<<"${line:-x 0 x 0}")))
+}
 suite() { # suite NAME STATUS
   if [ "$2" = 0 ]; then suites+=("ok      $1"); else suites+=("FAILED  $1"); failed=$((failed + 1)); fi
 }
@@ -81,9 +88,7 @@ if [ "$run_core" = 1 ]; then
   set +e
   tests/sink/run.sh 2>&1 | tee "$work/sink.log"; st=${PIPESTATUS[0]}
   set -e
-  p=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $2}' || true)
-  f=$(grep -Eo 'sink: [0-9]+ passed, [0-9]+ failed' "$work/sink.log" | tail -1 | awk '{print $4}' || true)
-  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  count_summary sink "$work/sink.log"
   suite "GCS sink (fake-gcs-server, pyarrow/DuckDB)" "$st"
 fi
 
@@ -92,9 +97,7 @@ if [ "$run_operator" = 1 ]; then
   set +e
   tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
   set -e
-  p=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $2}' || true)
-  f=$(grep -Eo 'operator: [0-9]+ passed, [0-9]+ failed' "$work/operator.log" | tail -1 | awk '{print $4}' || true)
-  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  count_summary operator "$work/operator.log"
   suite "operator (real kube-apiserver)" "$st"
 fi
 
@@ -106,9 +109,7 @@ if [ "$run_e2e" = 1 ]; then
   if grep -q '^e2e: skipped' "$work/e2e.log"; then
     suites+=("skipped end to end ($(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //'))")
   else
-    p=$(grep -Eo 'e2e: [0-9]+ passed, [0-9]+ failed' "$work/e2e.log" | tail -1 | awk '{print $2}' || true)
-    f=$(grep -Eo 'e2e: [0-9]+ passed, [0-9]+ failed' "$work/e2e.log" | tail -1 | awk '{print $4}' || true)
-    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+    count_summary e2e "$work/e2e.log"
     suite "end to end (single-node Kubernetes)" "$st"
   fi
 fi
