@@ -2,7 +2,7 @@
 # SensorFlow entry point. Everything it needs is installed by the scripts it calls.
 #
 #   ./run.sh demo [--clients N | --full] [--speed S] [--keep]
-#        Runs the pipeline on the real household dataset through a local tansu broker:
+#        Runs the pipeline on the real household dataset through a local Apache Kafka broker:
 #        builds, starts the broker, creates the topics (100 partitions), starts
 #        window-processor and join-predict, replays the data and prints a summary.
 #   ./run.sh test     Runs every test: unit + property, integration against a real broker,

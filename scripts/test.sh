@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, against real components (nothing mocked):
 #   1. unit + property tests (cargo test --workspace)
-#   2. integration tests of the processors against a real tansu broker (processors/runtime/tests)
+#   2. integration tests of the processors against a real Apache Kafka broker (processors/runtime/tests)
 #   3. an independent, non-librdkafka client (kafka-python) driving the real binaries
 #   4. the GCS sink against a real broker and fake-gcs-server, read back with pyarrow/DuckDB
 #      (tests/sink/run.sh)

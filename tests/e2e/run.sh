@@ -7,7 +7,7 @@
 # The SensorFlow image must already be on the cluster's nodes (`kind load …`, or
 # `tests/cluster/node.sh load …`): pods use it with imagePullPolicy IfNotPresent.
 #
-# The Kafka-protocol broker (tansu) and the GCS emulator (fake-gcs-server) run on THIS host,
+# The Apache Kafka broker (scripts/broker.sh) and the GCS emulator (fake-gcs-server) run on THIS host,
 # bound to 0.0.0.0 and advertised at SENSORFLOW_E2E_HOST_ADDR, the address pods reach the host
 # at (the node's own address on tests/cluster/node.sh; the gateway of Docker's `kind` network on
 # kind). Replays run from this host too, with the host-built `replay` binary. Scenarios (in
