@@ -20,7 +20,8 @@ The layout and column types are the sink's (processors/sink/src/rows.rs, layout.
 The label (documented in analysis/README.md): a prediction of client c at event time t is
 positive when an SZ reading of c with event time in (t, t + horizon] has a value > X
 (`--exceed`, default 3.0 kW; `--horizon-min`, default 10). Predictions whose horizon reaches past
-c's last archived SZ reading are left out: their future is not in the archive.
+c's last archived SZ reading are left out: their future is not in the archive. Non-finite SZ
+values (bad input, dead-lettered by window-processor) are ignored.
 
 The pure helpers (ROC, AUC, thresholds, model parsing, patch YAML) need neither Spark nor
 matplotlib, so the unit tests import this module without starting a JVM.
@@ -188,12 +189,24 @@ def floor_to(x: float, digits: int) -> float:
     return math.floor(x * q) / q
 
 
+def yaml_float(x: float) -> str:
+    """Shortest round-trip repr of a finite float, with a '.' in the mantissa so YAML 1.1
+    readers (PyYAML) take `1e-05` as a number too, not a string."""
+    r = repr(float(x))
+    if not math.isfinite(float(x)):
+        raise ValueError(f"not a finite number: {x}")
+    mant, e, exp = r.partition("e")
+    if "." not in mant:
+        mant += ".0"
+    return mant + (e + exp if e else "")
+
+
 def model_patch_yaml(name: str, model: Model, comment_lines=()) -> str:
     """A SensorPipeline `spec.model` patch (YAML) for `kubectl patch --type merge --patch-file`
     or `kubectl apply --server-side`: apiVersion/kind/metadata.name identify the object, spec
     holds only the model (CRD: operator/src/crd.rs ModelSpec; kind logistic, 5 weights, bias,
     threshold in [0, 1])."""
-    w = ", ".join(repr(float(x)) for x in model.weights)
+    w = ", ".join(yaml_float(x) for x in model.weights)
     head = "".join(f"# {c}\n" for c in comment_lines)
     return (
         f"{head}apiVersion: sensorflow.io/v1alpha1\n"
@@ -204,8 +217,8 @@ def model_patch_yaml(name: str, model: Model, comment_lines=()) -> str:
         f"  model:\n"
         f"    kind: logistic\n"
         f"    weights: [{w}]\n"
-        f"    bias: {float(model.bias)!r}\n"
-        f"    threshold: {float(model.threshold)!r}\n"
+        f"    bias: {yaml_float(model.bias)}\n"
+        f"    threshold: {yaml_float(model.threshold)}\n"
     )
 
 
@@ -342,6 +355,13 @@ def read_topics(spark, fs, archive, names):
     return out
 
 
+def phase(what, _last=[time.time()]):
+    """Progress on stderr: what finished and how long it took."""
+    now = time.time()
+    sys.stderr.write(f"[analysis] {what}: {now - _last[0]:.1f} s\n")
+    _last[0] = now
+
+
 def analyse(spark, args):
     from pyspark.sql import functions as F
 
@@ -371,11 +391,13 @@ def analyse(spark, args):
         rep.files[role] = sum(r["files"] for r in rows)
         rep.hours[role] = len(rows)
     rep.data["rows_per_topic_hour"] = per_hour
+    phase("rows per topic and hour")
 
     preds = dfs.get("predictions")
     if preds is None:
         raise SystemExit(f"the archive has no predictions topic ({names['predictions']}): nothing to analyse or train on")
-    preds = preds.withColumn("t", F.expr("unix_millis(event_time)"))
+    preds = preds.withColumn("t", F.expr("unix_millis(event_time)")).cache()
+    phase("read")
 
     # --- alert rate by hour of day (event time, UTC) and by client ---
     by_hod = (
@@ -394,6 +416,7 @@ def analyse(spark, args):
     rep.data["alert_rate_by_client"] = [{"client": r["client_id"], "predictions": r["n"], "alerts": r["alerts"], "rate": r["alerts"] / r["n"]} for r in by_client]
     totals = preds.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("alert").cast("int")).alias("alerts")).first()
     rep.data["predictions"] = {"rows": totals["n"], "alerts": totals["alerts"] or 0}
+    phase("alert rates")
 
     # --- feature-bin distributions: the feature topics when archived, else the predictions' ---
     bins = {}
@@ -441,6 +464,7 @@ def analyse(spark, args):
         latency["histogram"] = {"lo": lo, "width": width, "counts": {int(r["b"]): r["count"] for r in hist}}
     lat.unpersist()
     rep.data["latency_ms"] = latency
+    phase("feature bins, dead letters, latency")
 
     train_and_compare(spark, args, rep, dfs, preds)
     rep.data["seconds"] = round(time.time() - t0, 1)
@@ -497,7 +521,10 @@ def train_and_compare(spark, args, rep, dfs, preds):
     n_preds = p.count()
 
     # Censoring: the horizon must end at or before the client's last archived SZ reading.
-    sz_t = sz.select(F.col("client_id").alias("c"), F.expr("unix_millis(event_time)").alias("te"), "value")
+    # Non-finite readings are bad input (window-processor dead-letters them as `non-finite`),
+    # and Spark orders NaN above every number: they take no part in the label.
+    finite = ~F.isnan("value") & (F.abs(F.col("value")) < F.lit(float("inf")))
+    sz_t = sz.where(finite).select(F.col("client_id").alias("c"), F.expr("unix_millis(event_time)").alias("te"), "value").cache()
     last = sz_t.groupBy("c").agg(F.max("te").alias("last"))
     p = p.join(last, p.client_id == last.c, "inner").where(F.col("t") + H <= F.col("last")).drop("c", "last")
 
@@ -542,13 +569,17 @@ def train_and_compare(spark, args, rep, dfs, preds):
         "test_positive": int(test.agg(F.sum("label")).first()[0] or 0),
     }
     rep.data["label"] = label_info
+    phase("label and split")
     if not (label_info["train_positive"] and label_info["train_positive"] < n_train and label_info["test_positive"] and label_info["test_positive"] < n_test):
         raise SystemExit(f"both classes are needed on both sides of the split: {json.dumps(label_info)} (try another --exceed)")
 
     assembler = VectorAssembler(inputCols=list(FEATURE_COLUMNS), outputCol="features")
-    lr = LogisticRegression(featuresCol="features", labelCol="label", maxIter=200, regParam=args.reg_param, tol=1e-9)
-    fitted = lr.fit(assembler.transform(train))
+    lr = LogisticRegression(featuresCol="features", labelCol="label", maxIter=100, regParam=args.reg_param, tol=1e-6)
+    train_x = assembler.transform(train).select("features", "label").cache()
+    fitted = lr.fit(train_x)
+    train_x.unpersist()
     weights = tuple(float(w) for w in fitted.coefficients.toArray())
+    phase("training")
     bias = float(fitted.intercept)
 
     def trained_scores(df):
@@ -591,6 +622,7 @@ def train_and_compare(spark, args, rep, dfs, preds):
     }
     rep.data["roc"] = {"trained": [(f, t) for f, t, _ in thin(t_roc)], "current": [(f, t) for f, t, _ in thin(c_roc)]}
     rep.data["_trained_model"] = trained
+    phase("evaluation")
     rep.data["_labelled"] = labelled.select("client_id", "t", *FEATURE_COLUMNS, *ident, "label", "split")
     scored.unpersist()
 
@@ -807,6 +839,7 @@ def write_outputs(spark, args, rep):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     spark = spark_session(args)
+    phase("spark started")
     try:
         rep = analyse(spark, args)
         text = write_outputs(spark, args, rep)
