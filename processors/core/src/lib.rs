@@ -13,6 +13,7 @@
 
 pub mod binning;
 pub mod config;
+pub mod exact;
 pub mod household;
 pub mod input;
 pub mod join;

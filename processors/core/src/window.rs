@@ -1,15 +1,34 @@
-//! Sliding event-time windows over SZ readings, per client, with amortised O(1) work per reading.
+//! Sliding event-time windows over SZ readings, per client, with amortised O(1) work per reading
+//! and features that are a pure function of the window's readings.
+//!
+//! ```text
+//!   reading ─► late? (t < watermark) ─► Outcome::Late
+//!          └─► insert at its (t, arrival) place ─► evict t ≤ t_k − size ─► exact Σv, Σ(v+v')·Δt
+//!                                                   ─► FA, FI (rounded once), FD ─► Outcome::Emit
+//! ```
 //!
 //! ## Definition
 //! For each accepted SZ reading `r_k = (t_k, v_k)` of a client, the window is
 //! `W_k = { r_j : t_k − size < t_j ≤ t_k }`, taken over the client's accepted readings that
 //! arrived up to and including `r_k` (ties in `t` are ordered by arrival). Over `W_k`, sorted by
 //! `(t, arrival)`:
-//! - **FA** (mean): `Σ v / |W_k|`, in value units;
+//! - **FA** (mean): `round(Σ v) / |W_k|` — the exact real sum of the values rounded once to the
+//!   nearest double, then divided by the count (one more IEEE rounding); in value units. A
+//!   one-reading window gives that reading bit for bit (also `-0.0`).
 //! - **FI** (integral, AUC): the trapezoidal rule across consecutive readings,
-//!   `Σ (v_i + v_{i+1}) / 2 · (t_{i+1} − t_i) / 1000`, in value·seconds (0 for one reading);
-//! - **FD** (derivative): `(v_last − v_first) / ((t_last − t_first) / 1000)`, in value per second
-//!   (0 when all readings share one timestamp).
+//!   `round( Σ (v_i + v_{i+1}) · (t_{i+1} − t_i) / 2000 )` with `t` in ms — the exact real value
+//!   rounded once to the nearest double (ties to even); in value·seconds (0 for one reading).
+//! - **FD** (derivative): `(v_last − v_first) / ((t_last − t_first) · 0.001)` in IEEE double
+//!   arithmetic, in value per second (0 when all readings share one timestamp). It reads two
+//!   readings only, so it is already a function of the window alone.
+//!
+//! FA and FI therefore depend on the readings of the window only: not on what was evicted
+//! before, on the arrival order of readings with different times, on restarts or on rebuilds.
+//! They are computed with [`crate::exact::ExactSum`] (Shewchuk expansions, as `math.fsum`),
+//! which add and evict terms without rounding; products `v · Δt` enter exactly via one fused
+//! multiply-add. Exactness holds for `|v| ≤ 1e12` (the input bound) and any span the
+//! configuration allows; `tests/independent/sfref.py` computes the same values with Python's
+//! `fractions` and the property tests here compare bit for bit with a big-integer reference.
 //!
 //! ## Watermarks, lateness and out-of-order readings
 //! The watermark is `max event time seen − grace`, tracked per partition (default) or per client
@@ -21,14 +40,18 @@
 //! emission happens on arrival, so latency does not wait for the grace period.
 //!
 //! ## Cost
-//! In-order readings (the common case) cost O(1) amortised: running sums of `v` and of the
-//! trapezoids are updated on append and eviction. An out-of-order reading costs O(log n) to find
-//! its place plus O(n) to insert and compute its own window (n = readings retained by the client).
-//! To bound floating-point drift of the running sums, they are recomputed exactly once as many
-//! evictions as the window holds have happened (still O(1) amortised).
+//! In-order readings (the common case) cost O(1) amortised: the exact sums of `v` and of the
+//! trapezoids are updated on append and eviction (a handful of error-free additions on
+//! expansions of 1–3 doubles). An out-of-order reading costs O(log n) to find its place plus
+//! O(n) to insert and compute its own window (n = readings retained by the client).
+//!
+//! ## Time arithmetic
+//! Event times are any `i64`; every difference and bound is computed with checked or
+//! saturating arithmetic, so times near `i64::MIN`/`MAX` never panic or wrap.
 //!
 //! ## Memory
-//! A client retains readings with `t > max − grace − size`, 12 bytes each: the value (`f64`)
+//! A client retains readings with `t > max − grace − size`, 12 bytes each, plus two exact sums
+//! (a few doubles each) per client: the value (`f64`)
 //! and the event time as a `u32` millisecond offset from a per-client base (rebased in O(n)
 //! when a reading falls outside the 49.7-day range; the retained span is window + grace, so
 //! that happens about never). Buffers grow by 25% rather than doubling, so slack stays small.
@@ -38,6 +61,7 @@
 //! [`reference_features`] is the naive O(n²) implementation of the same definition, used by
 //! the property tests and by the integration tests as an independent reference.
 
+use crate::exact::ExactSum;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -149,19 +173,45 @@ pub enum Outcome {
     },
 }
 
+/// Adds (`sign = 1.0`) or removes (`-1.0`) the trapezoid `(a.v + b.v) · (b.t − a.t)` (ms,
+/// without the ½ and the ms → s factor, applied once at the end) exactly.
 #[inline]
-fn trapezoid(a: Reading, b: Reading) -> f64 {
-    (a.v + b.v) * 0.5 * ((b.t - a.t) as f64 * 0.001)
+fn trapezoid(area: &mut ExactSum, a: Reading, b: Reading, sign: f64) {
+    // Consecutive retained readings are < 2^31 ms apart: the f64 is exact.
+    let dt = b.t.saturating_sub(a.t) as f64;
+    if dt != 0.0 {
+        area.add_product(sign * a.v, dt);
+        area.add_product(sign * b.v, dt);
+    }
 }
+
+/// `x ≤ t − d` in exact integer arithmetic (no overflow near the `i64` limits).
+#[inline]
+fn at_or_before(x: i64, t: i64, d: i64) -> bool {
+    i128::from(x) <= i128::from(t) - i128::from(d)
+}
+
+/// The divisor turning `Σ (v + v') · Δt_ms` into value·seconds: ½ (trapezoid) × 1/1000.
+const AREA_DIVISOR: f64 = 2000.0;
 
 #[inline]
 fn derivative(first: Reading, last: Reading) -> f64 {
-    let dt = last.t - first.t;
+    let dt = last.t.saturating_sub(first.t);
     if dt == 0 {
         0.0
     } else {
         (last.v - first.v) / (dt as f64 * 0.001)
     }
+}
+
+/// FA and FI from the exact sums of a window of `n ≥ 1` readings (`only` = the reading when
+/// `n = 1`, returned bit for bit).
+#[inline]
+fn mean_and_integral(sum_v: &ExactSum, area: &ExactSum, n: u32, only: f64) -> (f64, f64) {
+    if n == 1 {
+        return (only, 0.0);
+    }
+    (sum_v.round() / f64::from(n), area.div_round(AREA_DIVISOR))
 }
 
 /// A buffered reading: 12 bytes (`packed(4)` keeps the `f64` at 4-byte alignment; fields are
@@ -176,15 +226,15 @@ struct Slot {
 /// The window state of one client.
 ///
 /// `buf` holds retained readings sorted by `(t, arrival)`; `buf[start..]` is the live region
-/// `t > max_t − size` over which `sum_v` and `integral` are maintained.
+/// `t > max_t − size` over which the exact sums `sum_v` (Σ v) and `area` (Σ (v + v')·Δt_ms)
+/// are maintained.
 #[derive(Debug, Clone, Default)]
 pub struct ClientWindow {
     buf: VecDeque<Slot>,
     base: i64,
     start: usize,
-    sum_v: f64,
-    integral: f64,
-    evictions_since_exact: usize,
+    sum_v: ExactSum,
+    area: ExactSum,
 }
 
 impl ClientWindow {
@@ -205,7 +255,7 @@ impl ClientWindow {
     /// Re-anchors the time base so `t` fits (O(n); only when `t` is outside the 49.7-day range
     /// around the current base).
     fn fit(&mut self, t: i64) -> u32 {
-        if let Ok(dt) = u32::try_from(t - self.base) {
+        if let Some(dt) = t.checked_sub(self.base).and_then(|d| u32::try_from(d).ok()) {
             return dt;
         }
         let readings: Vec<Reading> = (0..self.buf.len()).map(|i| self.at(i)).collect();
@@ -213,9 +263,9 @@ impl ClientWindow {
         self.base = lo;
         for (slot, r) in self.buf.iter_mut().zip(readings) {
             // Retained readings span window + grace, far below u32::MAX ms.
-            slot.dt = u32::try_from(r.t - lo).unwrap_or(u32::MAX);
+            slot.dt = u32::try_from(r.t.saturating_sub(lo)).unwrap_or(u32::MAX);
         }
-        u32::try_from(t - lo).unwrap_or(u32::MAX)
+        u32::try_from(t.saturating_sub(lo)).unwrap_or(u32::MAX)
     }
 
     #[inline]
@@ -249,32 +299,24 @@ impl ClientWindow {
         self.buf.capacity() * std::mem::size_of::<Slot>()
     }
 
+    /// Heap bytes of the exact sums.
+    pub fn sums_heap_bytes(&self) -> usize {
+        self.sum_v.heap_bytes() + self.area.heap_bytes()
+    }
+
     fn region_aggregates(&self) -> Aggregates {
         let n = self.buf.len() - self.start;
         debug_assert!(n > 0);
         let first = self.at(self.start);
         let last = self.at(self.buf.len() - 1);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let (mean, integral) = mean_and_integral(&self.sum_v, &self.area, n, last.v);
         Aggregates {
-            mean: self.sum_v / n as f64,
-            integral: self.integral,
+            mean,
+            integral,
             derivative: derivative(first, last),
-            count: n as u32,
+            count: n,
         }
-    }
-
-    fn recompute_exact(&mut self) {
-        self.sum_v = 0.0;
-        self.integral = 0.0;
-        let mut prev: Option<Reading> = None;
-        for i in self.start..self.buf.len() {
-            let r = self.at(i);
-            self.sum_v += r.v;
-            if let Some(p) = prev {
-                self.integral += trapezoid(p, r);
-            }
-            prev = Some(r);
-        }
-        self.evictions_since_exact = 0;
     }
 
     /// Adds an accepted reading (the caller checked it is not late) and returns its window's
@@ -293,48 +335,43 @@ impl ClientWindow {
         size_ms: i64,
         grace_ms: i64,
     ) -> Aggregates {
-        if max_t.is_some_and(|m| r.t - m >= size_ms + grace_ms) {
+        if max_t.is_some_and(|m| r.t.saturating_sub(m) >= size_ms.saturating_add(grace_ms)) {
             // Everything held is outside this reading's window and below the retention
             // horizon: starting afresh is exactly equivalent (and keeps time offsets small).
             self.buf.clear();
             self.start = 0;
-            self.sum_v = 0.0;
-            self.integral = 0.0;
-            self.evictions_since_exact = 0;
+            self.sum_v.clear();
+            self.area.clear();
         }
         if self.buf.is_empty() {
             self.base = r.t;
         }
         if self.buf.len() > self.start {
             let prev = self.at(self.buf.len() - 1);
-            self.integral += trapezoid(prev, r);
+            trapezoid(&mut self.area, prev, r, 1.0);
         }
         let dt = self.fit(r.t);
         self.reserve_one();
         self.buf.push_back(Slot { dt, v: r.v });
-        self.sum_v += r.v;
+        self.sum_v.add(r.v);
         // Evict from the live region everything at or before t − size.
-        let cutoff = r.t - size_ms;
         let mut gone = self.at(self.start);
-        while gone.t <= cutoff {
+        while at_or_before(gone.t, r.t, size_ms) {
             let next = self.at(self.start + 1);
-            self.integral -= trapezoid(gone, next);
-            self.sum_v -= gone.v;
+            trapezoid(&mut self.area, gone, next, -1.0);
+            self.sum_v.add(-gone.v);
             self.start += 1;
-            self.evictions_since_exact += 1;
             gone = next;
         }
         // Drop what no accepted reading can need any more: t ≤ max − grace − size.
-        let keep_after = cutoff - grace_ms;
-        while self.start > 0 && self.first().is_some_and(|f| f.t <= keep_after) {
+        let horizon = i64::try_from(i128::from(size_ms) + i128::from(grace_ms)).unwrap_or(i64::MAX);
+        while self.start > 0
+            && self
+                .first()
+                .is_some_and(|f| at_or_before(f.t, r.t, horizon))
+        {
             self.buf.pop_front();
             self.start -= 1;
-        }
-        let live = self.buf.len() - self.start;
-        // Exact recomputation bounds floating-point drift; every 8 windows of evictions keeps
-        // it O(1) amortised at ~1/8 of a reading's work.
-        if self.evictions_since_exact > 8 * live + 1024 {
-            self.recompute_exact();
         }
         if self.buf.capacity() > 2 * self.buf.len() + 64 {
             self.buf.shrink_to(self.buf.len() + self.buf.len() / 4 + 4);
@@ -344,7 +381,7 @@ impl ClientWindow {
 
     /// First index whose event time is > `t` (readings are sorted by time).
     fn upper_bound(&self, t: i64) -> usize {
-        let Ok(dt) = u32::try_from(t - self.base) else {
+        let Some(dt) = t.checked_sub(self.base).and_then(|d| u32::try_from(d).ok()) else {
             return if t < self.base { 0 } else { self.buf.len() };
         };
         self.buf.partition_point(|x| x.dt <= dt)
@@ -356,48 +393,56 @@ impl ClientWindow {
         let pos = self.upper_bound(r.t);
         self.reserve_one();
         self.buf.insert(pos, Slot { dt, v: r.v });
-        if r.t > max_t - size_ms {
+        if !at_or_before(r.t, max_t, size_ms) {
             // Inside the live region (pos ≥ start because older readings are ≤ max − size).
             let next = self.at(pos + 1);
             if pos > self.start {
                 let prev = self.at(pos - 1);
-                self.integral += trapezoid(prev, r) - trapezoid(prev, next);
+                trapezoid(&mut self.area, prev, next, -1.0);
+                trapezoid(&mut self.area, prev, r, 1.0);
             }
-            self.integral += trapezoid(r, next);
-            self.sum_v += r.v;
+            trapezoid(&mut self.area, r, next, 1.0);
+            self.sum_v.add(r.v);
         } else {
             // Before the live region: shift its start.
             self.start += 1;
         }
         // Its own window: (r.t − size, r.t], over readings up to and including `pos`.
-        let lo = self.upper_bound(r.t - size_ms);
+        let base = self.base;
+        let lo = self
+            .buf
+            .partition_point(|x| at_or_before(base + i64::from(x.dt), r.t, size_ms));
         aggregates_of((lo..=pos).map(|i| self.at(i)))
     }
 }
 
-/// Aggregates over readings already sorted by `(t, arrival)`; `None` when empty.
+/// Aggregates over readings already sorted by `(t, arrival)` (count 0 when empty), computed
+/// from scratch with fresh exact sums.
 fn aggregates_of(readings: impl Iterator<Item = Reading>) -> Aggregates {
     let mut n = 0u32;
-    let mut sum = 0.0;
-    let mut integral = 0.0;
+    let mut sum = ExactSum::new();
+    let mut area = ExactSum::new();
     let mut first: Option<Reading> = None;
     let mut prev: Option<Reading> = None;
     for r in readings {
-        n += 1;
-        sum += r.v;
+        n = n.saturating_add(1);
+        sum.add(r.v);
         if let Some(p) = prev {
-            integral += trapezoid(p, r);
+            trapezoid(&mut area, p, r, 1.0);
         }
         first.get_or_insert(r);
         prev = Some(r);
     }
     match (first, prev) {
-        (Some(f), Some(l)) => Aggregates {
-            mean: sum / f64::from(n),
-            integral,
-            derivative: derivative(f, l),
-            count: n,
-        },
+        (Some(f), Some(l)) => {
+            let (mean, integral) = mean_and_integral(&sum, &area, n, l.v);
+            Aggregates {
+                mean,
+                integral,
+                derivative: derivative(f, l),
+                count: n,
+            }
+        }
         _ => Aggregates {
             mean: 0.0,
             integral: 0.0,
@@ -471,9 +516,9 @@ impl WindowEngine {
             if let Some(max_t) = p.max_t {
                 // A client whose newest reading is ≤ watermark − size can never be in a window
                 // of an accepted reading again (those have t ≥ watermark): dropping it is exact.
-                let horizon = max_t.saturating_sub(cfg.grace_ms + cfg.size_ms);
+                let span = cfg.grace_ms.saturating_add(cfg.size_ms);
                 p.clients
-                    .retain(|_, cw| cw.max_t().is_some_and(|t| t > horizon));
+                    .retain(|_, cw| cw.max_t().is_some_and(|t| !at_or_before(t, max_t, span)));
             }
         }
         Outcome::Emit(agg)
@@ -506,8 +551,10 @@ impl WindowEngine {
                 s.clients += 1;
                 s.readings += cw.len();
                 s.reading_heap_bytes += cw.heap_bytes();
-                s.overhead_bytes +=
-                    std::mem::size_of::<ClientWindow>() + std::mem::size_of::<Box<str>>() + k.len();
+                s.overhead_bytes += std::mem::size_of::<ClientWindow>()
+                    + std::mem::size_of::<Box<str>>()
+                    + k.len()
+                    + cw.sums_heap_bytes();
             }
         }
         s
@@ -536,6 +583,17 @@ pub fn reference_features(
     cfg: WindowConfig,
     arrivals: &[(&str, Reading)],
 ) -> Vec<Option<Aggregates>> {
+    reference_windows(cfg, arrivals)
+        .into_iter()
+        .map(|w| w.map(|w| aggregates_of(w.into_iter())))
+        .collect()
+}
+
+/// The members of every reading's window, sorted by `(t, arrival)`, or `None` when late.
+pub fn reference_windows(
+    cfg: WindowConfig,
+    arrivals: &[(&str, Reading)],
+) -> Vec<Option<Vec<Reading>>> {
     let mut accepted: Vec<(&str, Reading)> = Vec::new();
     let mut out = Vec::with_capacity(arrivals.len());
     for &(client, r) in arrivals {
@@ -545,7 +603,7 @@ pub fn reference_features(
             .map(|(_, x)| x.t)
             .max();
         if let Some(m) = max_seen
-            && r.t < m - cfg.grace_ms
+            && r.t < m.saturating_sub(cfg.grace_ms)
         {
             out.push(None);
             continue;
@@ -554,13 +612,13 @@ pub fn reference_features(
         // Window members in arrival order, then a stable sort by t keeps ties in arrival order.
         let mut w: Vec<Reading> = accepted
             .iter()
-            .filter(|(c, x)| *c == client && x.t > r.t - cfg.size_ms && x.t <= r.t)
+            .filter(|(c, x)| *c == client && !at_or_before(x.t, r.t, cfg.size_ms) && x.t <= r.t)
             .map(|(_, x)| *x)
             .collect();
         // Readings with t == r.t that arrived after r are not in `accepted` yet; all with
         // equal t arrived before r, so r must be the last of its tie group.
         w.sort_by_key(|x| x.t);
-        out.push(Some(aggregates_of(w.into_iter())));
+        out.push(Some(w));
     }
     out
 }
@@ -585,31 +643,219 @@ mod tests {
         }
     }
 
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
+    use num_bigint::{BigInt, Sign};
+
+    /// `x` as an exact integer multiple of 2^-1074.
+    fn exact(x: f64) -> BigInt {
+        if x == 0.0 {
+            return BigInt::from(0);
+        }
+        let bits = x.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as usize;
+        let frac = bits & ((1u64 << 52) - 1);
+        let (m, shift) = if exp == 0 {
+            (frac, 0)
+        } else {
+            (frac | (1u64 << 52), exp - 1)
+        };
+        let v = BigInt::from(m) << shift;
+        if bits >> 63 == 1 { -v } else { v }
     }
 
-    fn assert_agg_eq(fast: &Aggregates, slow: &Aggregates) -> Result<(), TestCaseError> {
-        prop_assert_eq!(fast.count, slow.count);
-        prop_assert!(
-            close(fast.mean, slow.mean),
-            "mean {} vs {}",
+    /// `num / den` (den > 0) rounded once to the nearest double, ties to even (normal range).
+    fn round_ratio(num: &BigInt, den: &BigInt) -> f64 {
+        let neg = num.sign() == Sign::Minus;
+        let n = num.magnitude().clone();
+        let d = den.magnitude().clone();
+        if n.bits() == 0 {
+            return 0.0;
+        }
+        // Scale so the integer quotient has at least 55 bits.
+        let shift = 55 + d.bits() as i64 - n.bits() as i64;
+        let (sn, sd) = if shift >= 0 {
+            (n << shift as usize, d)
+        } else {
+            (n, d << (-shift) as usize)
+        };
+        let q = &sn / &sd;
+        let r_nonzero = (&sn % &sd).bits() != 0;
+        let extra = q.bits() as i64 - 53;
+        assert!(extra >= 2);
+        let mant = &q >> extra as usize;
+        let low = &q - (&mant << extra as usize);
+        let half = num_bigint::BigUint::from(1u8) << (extra - 1) as usize;
+        let mut m = mant.to_u64_digits().first().copied().unwrap_or(0);
+        if low > half || (low == half && (r_nonzero || m & 1 == 1)) {
+            m += 1;
+        }
+        let e = (extra - shift) as i32; // value = m · 2^e
+        let v = (m as f64) * 2f64.powi(e / 2) * 2f64.powi(e - e / 2);
+        if neg { -v } else { v }
+    }
+
+    /// FA and FI of a sorted window from exact big-integer arithmetic (the module's definition).
+    fn exact_mean_integral(w: &[Reading]) -> (f64, f64) {
+        let unit = BigInt::from(1) << 1074usize;
+        let sum: BigInt = w.iter().map(|r| exact(r.v)).sum();
+        let area: BigInt = w
+            .windows(2)
+            .map(|p| (exact(p[0].v) + exact(p[1].v)) * BigInt::from(p[1].t - p[0].t))
+            .sum();
+        if w.len() == 1 {
+            return (w[0].v, 0.0);
+        }
+        let mean = round_ratio(&sum, &unit) / w.len() as f64;
+        let integral = round_ratio(&area, &(unit * BigInt::from(2000)));
+        (mean, integral)
+    }
+
+    /// Bit equality with the exact reference (FA, FI) and with the definition of FD.
+    fn assert_exact(fast: &Aggregates, w: &[Reading]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(fast.count as usize, w.len());
+        let (mean, integral) = exact_mean_integral(w);
+        prop_assert_eq!(
+            fast.mean.to_bits(),
+            mean.to_bits(),
+            "FA {} vs exact {}",
             fast.mean,
-            slow.mean
+            mean
         );
-        prop_assert!(
-            close(fast.integral, slow.integral),
-            "integral {} vs {}",
+        prop_assert_eq!(
+            fast.integral.to_bits(),
+            integral.to_bits(),
+            "FI {} vs exact {}",
             fast.integral,
-            slow.integral
+            integral
         );
-        prop_assert!(
-            close(fast.derivative, slow.derivative),
-            "derivative {} vs {}",
-            fast.derivative,
-            slow.derivative
-        );
+        let d = derivative(w[0], w[w.len() - 1]);
+        prop_assert_eq!(fast.derivative.to_bits(), d.to_bits());
         Ok(())
+    }
+
+    #[test]
+    fn round_ratio_reference_is_sane() {
+        let one = BigInt::from(1);
+        assert_eq!(round_ratio(&BigInt::from(1), &BigInt::from(10)), 0.1);
+        assert_eq!(round_ratio(&BigInt::from(-2), &BigInt::from(3)), -2.0 / 3.0);
+        assert_eq!(round_ratio(&exact(17.1), &(one << 1074usize)), 17.1);
+    }
+
+    #[test]
+    fn one_reading_windows_are_the_reading_bit_for_bit() {
+        // Readings exactly one window apart: every window holds one reading.
+        let mut e = WindowEngine::new(cfg(600_000, 0, WatermarkScope::Partition));
+        for (k, v) in [17.1, 0.1, -0.0, 1e12, 3.3e-7, 2.675]
+            .into_iter()
+            .enumerate()
+        {
+            let a = emit(e.process(
+                0,
+                "c",
+                Reading {
+                    t: k as i64 * 600_000,
+                    v,
+                },
+            ));
+            assert_eq!(
+                (a.count, a.mean.to_bits(), a.integral),
+                (1, v.to_bits(), 0.0)
+            );
+        }
+    }
+
+    #[test]
+    fn a_window_does_not_remember_what_was_evicted() {
+        // The same two-reading window after very different histories: identical features.
+        let tail = [
+            Reading {
+                t: 10_000_000,
+                v: 0.1,
+            },
+            Reading {
+                t: 10_060_000,
+                v: 0.2,
+            },
+        ];
+        let mut got = Vec::new();
+        for history in [vec![], vec![1e12, -3.7, 1e-3, 0.3], vec![0.7; 1000]] {
+            let mut e = WindowEngine::new(cfg(600_000, 0, WatermarkScope::Client));
+            for (k, v) in history.iter().enumerate() {
+                e.process(
+                    0,
+                    "c",
+                    Reading {
+                        t: 8_000_000 + k as i64,
+                        v: *v,
+                    },
+                );
+            }
+            e.process(0, "c", tail[0]);
+            got.push(emit(e.process(0, "c", tail[1])));
+        }
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
+        // (0.1 + 0.2) · 60 000 / 2000 = 9.000000000000000499…, rounded once: 9.
+        assert_eq!(got[0].integral, 9.0);
+        // The exact 0.1 + 0.2 is a tie between two doubles; to even: 0.30000000000000004.
+        assert_eq!(got[0].mean, 0.30000000000000004 / 2.0);
+    }
+
+    #[test]
+    fn times_near_the_i64_limits_do_not_panic() {
+        for (size, grace) in [(600_000, 30_000), (1, 0), (MAX_SPAN_MS - 1, 1)] {
+            let mut e = WindowEngine::new(cfg(size, grace, WatermarkScope::Partition));
+            for t in [
+                i64::MIN,
+                i64::MIN + 1,
+                -1,
+                0,
+                i64::MAX - 1,
+                i64::MAX,
+                i64::MIN,
+                i64::MAX,
+            ] {
+                let _ = e.process(0, "c", Reading { t, v: 1.5 });
+                let _ = e.process(1, "d", Reading { t, v: -2.5 });
+            }
+            let mut e = WindowEngine::new(cfg(size, grace, WatermarkScope::Client));
+            for t in [i64::MAX - 5, i64::MAX - 3, i64::MAX - 4, i64::MAX] {
+                let _ = e.process(0, "c", Reading { t, v: 1.0 });
+            }
+            let a = emit(e.process(
+                0,
+                "z",
+                Reading {
+                    t: i64::MAX,
+                    v: 1.0,
+                },
+            ));
+            assert_eq!(a.count, 1);
+            let a = emit(e.process(
+                0,
+                "z",
+                Reading {
+                    t: i64::MAX,
+                    v: 3.0,
+                },
+            ));
+            assert_eq!((a.count, a.mean), (2, 2.0));
+            for t in [i64::MIN, i64::MIN + 2, i64::MIN + 1] {
+                let _ = e.process(0, "m", Reading { t, v: 1.0 });
+            }
+        }
+        assert_eq!(
+            reference_features(
+                WindowConfig::default(),
+                &[(
+                    "c",
+                    Reading {
+                        t: i64::MIN,
+                        v: 1.0
+                    }
+                )]
+            )
+            .len(),
+            1
+        );
     }
 
     #[test]
@@ -739,13 +985,7 @@ mod tests {
         let mut e = WindowEngine::new(c);
         for (k, &(client, r)) in arrivals.iter().enumerate() {
             match (e.process(0, client, r), want[k]) {
-                (Outcome::Emit(a), Some(b)) => {
-                    assert_eq!(a.count, b.count, "reading {k}");
-                    assert!(
-                        close(a.integral, b.integral) && close(a.mean, b.mean),
-                        "reading {k}"
-                    );
-                }
+                (Outcome::Emit(a), Some(b)) => assert_eq!(a, b, "reading {k}"),
                 (got, want) => panic!("reading {k}: {got:?} vs {want:?}"),
             }
         }
@@ -776,7 +1016,10 @@ mod tests {
             v: ((i * 7919) % 1000) as f64 * 1e-3 + 1e6 * ((i % 2) as f64),
         }));
         assert_eq!(got.count, 100);
-        assert!(close(got.mean, expect.mean) && close(got.integral, expect.integral));
+        assert_eq!(
+            got, expect,
+            "bit-identical to the window computed from scratch"
+        );
     }
 
     /// Sequences of (client index, time, value) with many equal timestamps, out-of-order
@@ -791,7 +1034,12 @@ mod tests {
                     1 => Just(600_000i64),       // exactly one window
                     1 => -40_000i64..0,          // out of order, maybe late
                 ],
-                -1000.0f64..1000.0,
+                prop_oneof![
+                    4 => -1000.0f64..1000.0,
+                    2 => (-100_000i64..100_000).prop_map(|k| k as f64 * 0.1),
+                    1 => Just(0.0f64),
+                    1 => prop_oneof![Just(1e12f64), Just(-1e12), Just(17.1), Just(1e-9)],
+                ],
             ),
             1..200,
         )
@@ -808,7 +1056,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(ProptestConfig::with_cases(1024))]
         #[test]
         fn fast_engine_equals_naive_reference(
             seq in arrivals(),
@@ -821,11 +1069,11 @@ mod tests {
             let names = ["a", "b", "c"];
             let arrivals: Vec<(&str, Reading)> =
                 seq.iter().map(|&(i, t, v)| (names[i], Reading { t, v })).collect();
-            let slow = reference_features(c, &arrivals);
+            let slow = reference_windows(c, &arrivals);
             let mut e = WindowEngine::new(c);
             for (k, &(client, r)) in arrivals.iter().enumerate() {
                 match (e.process(7, client, r), &slow[k]) {
-                    (Outcome::Emit(f), Some(s)) => assert_agg_eq(&f, s)?,
+                    (Outcome::Emit(f), Some(w)) => assert_exact(&f, w)?,
                     (Outcome::Late { .. }, None) => {}
                     (f, s) => prop_assert!(false, "reading {k}: fast {f:?} vs reference {s:?}"),
                 }
