@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts/stops a real Kubernetes v1.20.2 control plane: etcd + kube-apiserver +
-# kube-controller-manager (no nodes: Deployments get ReplicaSets and Pending pods). The operator
-# tests use it on loopback; tests/cluster/node.sh adds a node to the same DIR.
+# Starts/stops a real Kubernetes control plane (the release pinned in
+# tests/cluster/modules/kubernetes/go.mod): etcd + kube-apiserver + kube-controller-manager (no
+# nodes: Deployments get ReplicaSets and Pending pods). The operator tests use it on loopback;
+# tests/cluster/node.sh adds a node to the same DIR.
 #
 #   tests/cluster/control-plane.sh up DIR     start (if not running), wait until ready, write
 #                                            DIR/kubeconfig and print its path on stdout
@@ -24,9 +25,12 @@
 # PKI (DIR/pki, made once): a CA (ca.crt) that signs the apiserver's serving certificate (valid
 # for the advertise address, 127.0.0.1, 10.96.0.1 and kubernetes.default.svc[.cluster.local]),
 # client certificates, and that the controller-manager hands to pods (--root-ca-file: the
-# ServiceAccount secrets' ca.crt, the kube-root-ca.crt ConfigMap), so in-cluster clients verify
-# TLS. The admin kubeconfig authenticates with a token (DIR/token) and verifies with ca.crt.
-# Binaries come from tests/cluster/build-k8s.sh (built once, cached); etcd from Debian.
+# kube-root-ca.crt ConfigMap that projected ServiceAccount volumes mount as ca.crt), so in-cluster
+# clients verify TLS. The admin kubeconfig authenticates with a token (DIR/token) and verifies
+# with ca.crt. ServiceAccount tokens are bound tokens signed with DIR/pki/sa.key (issuer
+# https://kubernetes.default.svc); no token Secrets are created any more (since 1.24): get one
+# with `kubectl create token SA`.
+# Binaries, etcd included, come from tests/cluster/build-k8s.sh (built once, cached).
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 cmd="${1:-}"; dir="${2:-$REPO_ROOT/.sensorflow/k8s}"
@@ -109,7 +113,7 @@ EOF
 
 case "$cmd" in
   up)
-    apt_install etcd-server openssl curl ca-certificates
+    apt_install openssl curl ca-certificates
     bindir="$("$REPO_ROOT/tests/cluster/build-k8s.sh")"
     mkdir -p "$pids" "$pki" "$dir/logs"
     if [ ! -f "$dir/token" ]; then
@@ -122,13 +126,14 @@ case "$cmd" in
     t0=$(date +%s)
     if ! running etcd; then
       log "starting etcd on 127.0.0.1:$etcd_port (log: $dir/logs/etcd.log)"
-      # etcd 3.4 on Debian refuses to start on unsupported arches only; amd64 is fine.
-      /usr/bin/etcd --name sensorflow --data-dir "$dir/etcd" \
+      # --unsafe-no-fsync: throwaway test data; fsync latency of a busy VM disk would otherwise
+      # show up in every API write.
+      "$bindir/etcd" --name sensorflow --data-dir "$dir/etcd" \
         --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
         --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
         --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
         --initial-cluster "sensorflow=http://127.0.0.1:$((etcd_port + 1))" \
-        --quota-backend-bytes 2147483648 >>"$dir/logs/etcd.log" 2>&1 &
+        --quota-backend-bytes 2147483648 --unsafe-no-fsync --log-level warn >>"$dir/logs/etcd.log" 2>&1 &
       echo $! > "$pids/etcd.pid"
       for _ in $(seq 1 100); do
         curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1 && break
@@ -144,6 +149,11 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
       [ -s "$pki/apiserver-kubelet-client.crt" ] \
         || issue apiserver-kubelet-client kube-apiserver-kubelet-client system:masters clientAuth
       log "starting kube-apiserver on $bind_addr:$api_port advertising $advertise (log: $dir/logs/kube-apiserver.log)"
+      # The `kubernetes` Service's endpoint is the advertise address, which may not be loopback
+      # (refused since 1.2x): with no node (operator tests, 127.0.0.1) there is nobody to reach
+      # it, so no endpoint reconciler; node.sh advertises the node IP and gets the usual one.
+      reconciler=lease
+      case "$advertise" in 127.*) reconciler=none ;; esac
       # Node,RBAC + NodeRestriction: a kubelet (user system:node:NAME) sees only its own pods'
       # secrets, as on kubeadm/kind clusters. Both are inert when no node exists.
       "$bindir/kube-apiserver" \
@@ -162,8 +172,8 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
         --service-account-key-file "$pki/sa.pub" \
         --service-account-signing-key-file "$pki/sa.key" \
         --service-cluster-ip-range 10.96.0.0/16 \
+        --endpoint-reconciler-type "$reconciler" \
         --allow-privileged=true \
-        --insecure-port 0 \
         --v 1 >>"$dir/logs/kube-apiserver.log" 2>&1 &
       echo $! > "$pids/kube-apiserver.pid"
     fi
@@ -183,7 +193,7 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
       "$bindir/kube-controller-manager" \
         --kubeconfig "$dir/kubeconfig" \
         --authentication-kubeconfig "$dir/kubeconfig" --authorization-kubeconfig "$dir/kubeconfig" \
-        --bind-address 127.0.0.1 --secure-port "$kcm_port" --port 0 \
+        --bind-address 127.0.0.1 --secure-port "$kcm_port" \
         --leader-elect=false \
         --service-account-private-key-file "$pki/sa.key" \
         --flex-volume-plugin-dir "$dir/flexvolume" \

