@@ -23,12 +23,24 @@
 //! panics. The number of parts is bounded by the exponent range (≤ 40 for finite doubles) and
 //! is 1–3 for typical sensor data.
 
-/// `a + b` as `(sum, error)` with `sum + error == a + b` exactly, when `|a| ≥ |b|`.
-#[inline]
-fn fast_two_sum(a: f64, b: f64) -> (f64, f64) {
+/// `a + b` as `(sum, error)` with `sum + error == a + b` exactly (Knuth's branch-free TwoSum).
+#[inline(always)]
+fn two_sum(a: f64, b: f64) -> (f64, f64) {
     let s = a + b;
-    (s, b - (s - a))
+    let bb = s - a;
+    (s, (a - (s - bb)) + (b - bb))
 }
+
+/// Veltkamp's split: `a == hi + lo` with both halves of at most 26 significant bits.
+#[inline(always)]
+fn split(a: f64) -> (f64, f64) {
+    let c = 134_217_729.0 * a; // 2^27 + 1
+    let hi = c - (c - a);
+    (hi, a - hi)
+}
+
+/// 2^26: integers below it have at most 26 significant bits.
+const TWO_26: f64 = 67_108_864.0;
 
 /// An exact sum of doubles (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,21 +82,14 @@ impl ExactSum {
         if x == 0.0 {
             return;
         }
-        let mut i = 0;
-        for j in 0..self.parts.len() {
-            let y = self.parts[j];
-            let (hi, lo) = if x.abs() < y.abs() {
-                fast_two_sum(y, x)
-            } else {
-                fast_two_sum(x, y)
-            };
-            if lo != 0.0 {
-                self.parts[i] = lo;
-                i += 1;
-            }
+        // Shewchuk's Grow-Expansion with zero elimination (Python's `msum`): each part is
+        // replaced by the rounding error of adding it, the running sum moves up.
+        self.parts.retain_mut(|y| {
+            let (hi, lo) = two_sum(x, *y);
             x = hi;
-        }
-        self.parts.truncate(i);
+            *y = lo;
+            lo != 0.0
+        });
         if x != 0.0 {
             self.parts.push(x);
         }
@@ -97,6 +102,27 @@ impl ExactSum {
         let e = a.mul_add(b, -p);
         self.add(p);
         self.add(e);
+    }
+
+    /// Adds `a · n` exactly for an integer-valued `0 ≤ n < 2^52` (a time span in ms), without
+    /// a fused multiply-add (which is a libm call on baseline x86-64): `a` is split into two
+    /// 26-bit halves, so each partial product is exact when `n < 2^26`; larger `n` are split
+    /// too (four exact products).
+    #[inline]
+    pub fn add_scaled(&mut self, a: f64, n: f64) {
+        debug_assert!(n >= 0.0 && n.fract() == 0.0 && n < 4_503_599_627_370_496.0);
+        let (ah, al) = split(a);
+        if n < TWO_26 {
+            self.add(ah * n);
+            self.add(al * n);
+        } else {
+            let nl = n % TWO_26;
+            let nh = n - nl;
+            self.add(ah * nh);
+            self.add(al * nh);
+            self.add(ah * nl);
+            self.add(al * nl);
+        }
     }
 
     /// The exact value rounded once to the nearest double (ties to even), like `math.fsum`.
@@ -235,7 +261,7 @@ mod tests {
     #[test]
     fn classic_cancellations() {
         let mut s = ExactSum::new();
-        for x in [1e100, 1.0, -1e100, 1e-100] {
+        for x in [1e100, 1.0, -1e100, 1e-100, 3.0, -3.0] {
             s.add(x);
         }
         assert_eq!(s.round(), 1.0 + 1e-100);
@@ -262,6 +288,15 @@ mod tests {
             s.add_product(-x, 60_000.0);
         }
         assert!(s.is_zero());
+        for &x in &xs {
+            s.add_scaled(x, 60_000.0);
+            s.add_scaled(x, 1e12);
+        }
+        for &x in &xs {
+            s.add_scaled(-x, 1e12);
+            s.add_scaled(-x, 60_000.0);
+        }
+        assert!(s.is_zero());
         assert_eq!(s.round(), 0.0);
     }
 
@@ -278,6 +313,19 @@ mod tests {
     }
 
     proptest! {
+        /// `add_scaled` and `add_product` add the same exact value.
+        #[test]
+        fn scaled_equals_product(a in -1e12f64..1e12, n in prop_oneof![0u64..100_000, 0u64..(1u64 << 40)]) {
+            let n = n as f64;
+            let mut p = ExactSum::new();
+            p.add_product(a, n);
+            let mut q = ExactSum::new();
+            q.add_scaled(a, n);
+            q.add_product(-a, n);
+            prop_assert!(q.is_zero(), "{:?}", q);
+            prop_assert_eq!(p.round(), a * n);
+        }
+
         /// Doubles on a 2^-60 grid summed exactly in i128 agree with `round()`.
         #[test]
         fn round_is_correct_for_grid_terms(xs in prop::collection::vec((-(1i64 << 50)..(1i64 << 50), 0i32..60), 0..40)) {

@@ -180,8 +180,8 @@ fn trapezoid(area: &mut ExactSum, a: Reading, b: Reading, sign: f64) {
     // Consecutive retained readings are < 2^31 ms apart: the f64 is exact.
     let dt = b.t.saturating_sub(a.t) as f64;
     if dt != 0.0 {
-        area.add_product(sign * a.v, dt);
-        area.add_product(sign * b.v, dt);
+        area.add_scaled(sign * a.v, dt);
+        area.add_scaled(sign * b.v, dt);
     }
 }
 
