@@ -30,8 +30,9 @@ modver() { awk -v m="$1" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /
 K8S_VERSION="$(modver k8s.io/kubernetes "$mods/kubernetes/go.mod")"
 ETCD_VERSION="$(modver go.etcd.io/etcd/server/v3 "$mods/kubernetes/go.mod")"
 CONTAINERD_VERSION="$(modver github.com/containerd/containerd/v2 "$mods/containerd/go.mod")"
-[ -n "$K8S_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$CONTAINERD_VERSION" ] \
-  || die "cannot read the pinned versions from $mods/*/go.mod"
+if [ -z "$K8S_VERSION" ] || [ -z "$ETCD_VERSION" ] || [ -z "$CONTAINERD_VERSION" ]; then
+  die "cannot read the pinned versions from $mods/*/go.mod"
+fi
 root="$SENSORFLOW_CACHE/k8s-$K8S_VERSION"
 bindir="$root/bin"
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A kind-equivalent single-node Kubernetes v1.20.2 cluster without Docker: real Pods in real runc
-# containers, on this machine, as root.
+# A kind-equivalent single-node Kubernetes cluster without Docker (the release pinned in
+# tests/cluster/modules/kubernetes/go.mod): real Pods in real runc containers, on this machine,
+# as root.
 #
 #   tests/cluster/node.sh up DIR        start everything (if not running), wait until the node is
 #                                      Ready and cluster DNS answers, print DIR/kubeconfig's path
@@ -20,19 +21,26 @@
 # Exit 3 from `up`: this machine cannot run a kubelet (not root, no memory cgroup, no overlayfs,
 # no network admin rights); callers print a skip message.
 #
+# cgroups: this recipe runs on cgroup v1 (the development and CI machines) with the cgroupfs
+# driver (no systemd). Kubernetes 1.35+ refuses cgroup v1 unless the kubelet config says
+# `failCgroupV1: false`, which this script writes (see tests/cluster/README.md).
+#
 # What runs (all state in DIR, sockets and runtime state in /run/sensorflow-node):
 #   etcd, kube-apiserver, kube-controller-manager   tests/cluster/control-plane.sh, same DIR,
 #        apiserver on 0.0.0.0:26443 advertising the node IP (the `kubernetes` Service 10.96.0.1:443
 #        → NODE_IP:26443), serving certificate and the pods' ca.crt from DIR/pki/ca.crt
 #   kube-scheduler (127.0.0.1:20259)
-#   containerd (DIR/containerd; CRI: cgroupfs, restrict_oom_score_adj, netns under its state dir,
-#        sandbox image k8s.gcr.io/pause:3.2 = the tree's pause.c built with gcc -static)
+#   containerd v2 (build-k8s.sh --node; config version 4 in DIR/containerd; CRI: cgroupfs,
+#        restrict_oom_score_adj, netns under its state dir, no NRI, CDI specs under DIR; sandbox
+#        image sensorflow.test/pause:<k8s version> = the release's build/pause/linux/pause.c
+#        built with gcc -static), runc from Debian
 #   kubelet (NODE_IP:20250, healthz 127.0.0.1:20248; client certificate system:node:NAME; root
-#        dir DIR/kubelet; cgroupfs, failSwapOn false, clusterDNS 10.96.0.10, image GC off)
+#        dir DIR/kubelet; cgroupfs, failCgroupV1 false, failSwapOn false, clusterDNS 10.96.0.10,
+#        image GC off)
 #   CNI: bridge sfbr0 + host-local 10.244.0.0/24 + portmap (+ loopback), masquerade, hairpin
 #   kube-proxy (iptables mode, healthz 127.0.0.1:20256, metrics 127.0.0.1:20249, leaves
 #        conntrack sysctls alone)
-#   cluster DNS: Service kube-system/kube-dns 10.96.0.10:53 whose Endpoints point at dnsmasq on
+#   cluster DNS: Service kube-system/kube-dns 10.96.0.10:53 whose EndpointSlice points at dnsmasq on
 #        NODE_IP:10053; dnsmasq answers cluster.local from a hosts file that dns-sync.py keeps in
 #        step with Services/Endpoints (A records for ClusterIP and headless Services, no SRV) and
 #        forwards other names to the host's resolvers
@@ -45,7 +53,7 @@
 #      SENSORFLOW_NODE_KCM_PORT (20257): distinct from control-plane.sh's defaults, so the
 #      operator tests' control plane can run at the same time;
 #      SENSORFLOW_NODE_STOP_GRACE (5 s, `down`).
-# Cache ($SENSORFLOW_CACHE): k8s-v1.20.2/bin (build-k8s.sh --node), images/pause-3.2.tar.
+# Cache ($SENSORFLOW_CACHE): k8s-vX.Y.Z/bin (build-k8s.sh --node), images/pause-vX.Y.Z.tar.
 #
 # Pods reach the host at NODE_IP (the bridge routes to it): a service bound to 0.0.0.0 there
 # is reachable unless a host firewall drops INPUT from 10.244.0.0/24.
@@ -54,9 +62,8 @@
 # ("node ready in N s": apiserver ready ~7 s, controller-manager's first ServiceAccount ~3 s,
 # kubelet Ready a few s later; containerd, kubelet & co. start while the control plane does),
 # `up` when already up 2-3 s, `down` 4-10 s (5 s of it when a container ignores SIGTERM).
-# Cold adds build-k8s.sh --node (kubelet, scheduler, proxy after the control-plane binaries:
-# 76 s with their Go cache; ~25 min from nothing, see build-k8s.sh) and the pause image (1 s).
-# RSS of the whole node ~720 MB (apiserver 320 MB).
+# Cold adds build-k8s.sh --node (see tests/cluster/README.md, "Timings") and the pause image
+# (1 s). RSS of the whole node ~720 MB (apiserver 320 MB).
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 cmd="${1:-}"; dir="${2:-}"
@@ -92,8 +99,9 @@ bridge=sfbr0
 run=/run/sensorflow-node           # short: unix socket paths are limited to 108 bytes
 sock="$run/containerd.sock"
 pids="$dir/pids" logs="$dir/logs" pki="$dir/pki"
-pause_image=k8s.gcr.io/pause:3.2
-pause_archive="$SENSORFLOW_CACHE/images/pause-3.2.tar"
+k8s_version="$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/modules/kubernetes/go.mod")"
+pause_image="sensorflow.test/pause:$k8s_version"
+pause_archive="$SENSORFLOW_CACHE/images/pause-$k8s_version.tar"
 # Every kernel setting that kubelet (setupKernelTunables), kube-proxy, the CNI plugins or this
 # script may change; recorded before the first `up`, written back by `down`. ip_forward first:
 # writing it resets every interface's forwarding flag.
@@ -105,7 +113,7 @@ sysctls=(net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.ipv4.conf.default.
   net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
   net.bridge.bridge-nf-call-arptables
   net.netfilter.nf_conntrack_max net.netfilter.nf_conntrack_tcp_timeout_established
-  net.netfilter.nf_conntrack_tcp_timeout_close_wait)
+  net.netfilter.nf_conntrack_tcp_timeout_close_wait net.netfilter.nf_conntrack_tcp_be_liberal)
 
 # alive PID: exists and is not a zombie (this VM's init reaps orphans only every ~2 s).
 alive() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/^.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
@@ -146,7 +154,7 @@ node_ip() {
 }
 
 kubectl() { "$bindir/kubectl" --kubeconfig "$dir/kubeconfig" "$@"; }
-ctr_() { ctr --address "$sock" --namespace k8s.io "$@"; }
+ctr_() { "$bindir/ctr" --address "$sock" --namespace k8s.io "$@"; }
 
 # ---------------------------------------------------------------------------------------------
 record_host_state() {
@@ -158,8 +166,9 @@ record_host_state() {
     printf '%s=%s\n' "$k" "$v"
   done > "$dir/sysctl.before.partial"
   mv "$dir/sysctl.before.partial" "$dir/sysctl.before"
-  # Paths outside DIR that v1.20 hard-codes: kubelet's pod logs and device-plugin socket, the CNI
-  # result cache (libcni), containerd's shim socket dir. Removed by `down` when up created them.
+  # Paths outside DIR that kubelet and containerd hard-code: kubelet's pod logs and device-plugin
+  # socket, the CNI result cache (libcni), containerd's shim socket dir. Removed by `down` when up
+  # created them.
   for d in /var/log/pods /var/log/containers /var/lib/kubelet /var/lib/cni /run/containerd; do
     [ -e "$d" ] || echo "$d"
   done > "$dir/created-dirs"
@@ -167,11 +176,13 @@ record_host_state() {
 
 pause_image_archive() {
   [ -s "$pause_archive" ] && return 0
-  local tmp src="$SENSORFLOW_CACHE/k8s-v1.20.2/src/build/pause/linux/pause.c"
-  [ -f "$src" ] || die "$src missing (the k8s source tree that build-k8s.sh unpacks); remove $SENSORFLOW_CACHE/k8s-v1.20.2 to rebuild"
+  local tmp src
+  # The release's own pause.c, from the k8s.io/kubernetes module build-k8s.sh built from.
+  src="$(cd "$here/modules/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  [ -f "$src" ] || die "$src missing (the k8s.io/kubernetes module that build-k8s.sh downloads)"
   tmp="$(mktemp -d)"
   log "building the static pause image ($pause_image)"
-  gcc -Os -static -DVERSION=v3.2-sensorflow -o "$tmp/pause" "$src"
+  gcc -Os -static -DVERSION="$k8s_version-sensorflow" -o "$tmp/pause" "$src"
   strip "$tmp/pause"
   mkdir -p "$tmp/rootfs" "$(dirname "$pause_archive")"
   install -m 0755 "$tmp/pause" "$tmp/rootfs/pause"
@@ -193,31 +204,41 @@ write_configs() {
   local ip="$1"
   mkdir -p "$dir/containerd" "$dir/cni/net.d" "$dir/cni/ipam" "$dir/kubelet" "$dir/dns/hosts.d"
   put "$dir/containerd/config.toml" <<EOF
-version = 2
+version = 4
 root = "$dir/containerd/root"
 state = "$run/containerd"
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
+# (the default would also read /etc/containerd/conf.d/*.toml of the host)
+imports = []
+# NRI would listen on /var/run/nri; tracing exports nowhere here; no btrfs/zfs/devmapper.
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs"]
+[plugins.'io.containerd.server.v1.grpc']
   address = "$sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$pause_image"
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = "$run/containerd.sock.ttrpc"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$pause_image"
+[plugins.'io.containerd.cri.v1.runtime']
   # This VM lacks CAP_SYS_RESOURCE: without it every sandbox fails with
   # "can't get final child's PID from pipe".
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  cdi_spec_dirs = ["$dir/containerd/cdi"]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
         SystemdCgroup = false
         Root = "$run/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$dir/cni/net.d"
     max_conf_num = 1
 EOF
@@ -248,7 +269,12 @@ authentication:
   webhook: {enabled: true}
   x509: {clientCAFile: $pki/ca.crt}
 authorization: {mode: Webhook}
+containerRuntimeEndpoint: unix://$sock
+runtimeRequestTimeout: 5m
 cgroupDriver: cgroupfs
+# 1.35+ refuses to start on cgroup v1 unless told otherwise (KEP-5573: v1 is in maintenance mode
+# and will be removed); this machine is cgroup v1. Ignored on a cgroup v2 host.
+failCgroupV1: false
 failSwapOn: false
 clusterDomain: cluster.local
 clusterDNS: [$dns_ip]
@@ -291,14 +317,19 @@ spec:
   - {name: dns, port: 53, protocol: UDP, targetPort: $dns_port}
   - {name: dns-tcp, port: 53, protocol: TCP, targetPort: $dns_port}
 ---
-apiVersion: v1
-kind: Endpoints
-metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
-subsets:
-- addresses: [{ip: $ip}]
-  ports:
-  - {name: dns, port: $dns_port, protocol: UDP}
-  - {name: dns-tcp, port: $dns_port, protocol: TCP}
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-host
+  namespace: kube-system
+  labels: {k8s-app: kube-dns, kubernetes.io/service-name: kube-dns}
+addressType: IPv4
+endpoints:
+- addresses: [$ip]
+  conditions: {ready: true}
+ports:
+- {name: dns, port: $dns_port, protocol: UDP}
+- {name: dns-tcp, port: $dns_port, protocol: TCP}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -316,7 +347,7 @@ dns_lookup() {  # through kube-proxy's rules for 10.96.0.10, as a pod would
 up() {
   local t0 ip owner since
   t0=$(date +%s); since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  apt_install containerd runc containernetworking-plugins conntrack iptables socat ethtool \
+  apt_install runc containernetworking-plugins conntrack iptables socat ethtool \
     busybox-static umoci skopeo dnsmasq-base gcc libc6-dev python3 iproute2 curl openssl kmod
   bindir="$("$here/build-k8s.sh" --node)"
   ip="$(node_ip)"
@@ -349,7 +380,8 @@ up() {
   write_configs "$ip"
   SENSORFLOW_K8S_ADVERTISE_ADDRESS="$ip" "$cp" up "$dir" >/dev/null & cp_pid=$!
 
-  start containerd containerd --config "$dir/containerd/config.toml"
+  # (PATH: containerd starts containerd-shim-runc-v2 from it)
+  PATH="$bindir:$PATH" start containerd "$bindir/containerd" --config "$dir/containerd/config.toml"
   for _ in $(seq 1 100); do
     ctr_ version >/dev/null 2>&1 && break
     running containerd || { tail -20 "$logs/containerd.log" >&2; die "containerd exited"; }
@@ -362,14 +394,12 @@ up() {
   running kubelet && since=""  # already up: its last heartbeat may be minutes old (node leases)
   start kubelet "$bindir/kubelet" --config "$dir/kubelet/config.yaml" \
     --kubeconfig "$dir/kubelet.kubeconfig" --root-dir "$dir/kubelet" \
-    --container-runtime remote --container-runtime-endpoint "unix://$sock" \
-    --runtime-request-timeout 5m \
     --hostname-override "$node_name" --node-ip "$ip" --v 1
   start kube-proxy "$bindir/kube-proxy" --config "$dir/kube-proxy.yaml" --v 1
   start kube-scheduler "$bindir/kube-scheduler" --kubeconfig "$dir/kube-scheduler.kubeconfig" \
     --authentication-kubeconfig "$dir/kube-scheduler.kubeconfig" \
     --authorization-kubeconfig "$dir/kube-scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$sched_port" --port 0 --leader-elect=false --v 1
+    --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --v 1
   start dnsmasq dnsmasq --keep-in-foreground --log-facility=- --conf-file=/dev/null --user=root \
     --listen-address="$ip" --bind-interfaces --port="$dns_port" --no-hosts \
     --hostsdir="$dir/dns/hosts.d" --local=/cluster.local/ --domain-needed \
@@ -420,7 +450,7 @@ down() {
   local t0 c m pid root grace="${SENSORFLOW_NODE_STOP_GRACE:-5}"
   t0=$(date +%s)
   set +e  # best effort: every step runs even when an earlier one failed
-  bindir="$SENSORFLOW_CACHE/k8s-v1.20.2/bin"
+  bindir="$("$here/build-k8s.sh" --dir)"
   # The runtime dir, bridge, iptables chains and cgroups are the machine's: when another DIR's
   # node owns them, stop only what this DIR recorded.
   local owner; owner="$(cat "$run/owner" 2>/dev/null)"
@@ -517,6 +547,7 @@ case "$cmd" in
   addr) node_ip ;;
   load)
     shift 2
+    bindir="$("$here/build-k8s.sh" --dir)"
     [ $# -gt 0 ] || die "usage: node.sh load DIR ARCHIVE..."
     running containerd || die "containerd is not running (node.sh up $dir first)"
     for a in "$@"; do

@@ -4,13 +4,14 @@
 #   tests/cluster/smoke.sh [--cycles N] DIR    N × (up → checks → down → host checks), default 1
 #   tests/cluster/smoke.sh --checks-only DIR   the pod checks against a node that is already up
 #
-# Pod checks (namespace sensorflow-smoke, image sensorflow/smoke-busybox:1.35 = Debian's static
-# busybox packed by scripts/oci-image.sh, cached in $SENSORFLOW_CACHE/images, loaded with
-# `node.sh load`):
+# Pod checks (namespace sensorflow-smoke, image sensorflow/smoke:busybox-1.35-kubectl-vX.Y.Z =
+# Debian's static busybox and our static kubectl, packed by scripts/oci-image.sh, cached in
+# $SENSORFLOW_CACHE/images, loaded with `node.sh load`):
 #   a pod becomes Running (and a second one Ready through an HTTP readiness probe);
 #   it resolves kubernetes.default.svc.cluster.local (→ 10.96.0.1) via cluster DNS;
-#   it reaches the apiserver at 10.96.0.1:443 with its ServiceAccount token, and the host
-#   verifies the same path with the pod's ca.crt (curl --cacert, no -k);
+#   it reaches the apiserver at 10.96.0.1:443 with its ServiceAccount token and verifies it
+#   with its ca.crt (kubectl's in-cluster config, as kube-rs's), and the host verifies the same
+#   path with the pod's ca.crt (curl --cacert, no -k);
 #   it reaches a TCP port on the host at the node IP (python3 -m http.server on 0.0.0.0);
 #   it reaches the other pod through a Service ClusterIP by DNS name (kube-proxy DNAT), as does
 #   the host; `kubectl logs` works (apiserver → kubelet, TLS verified with the CA).
@@ -24,6 +25,7 @@
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 here="$REPO_ROOT/tests/cluster"
+kbin="$("$here/build-k8s.sh" --dir)"
 cycles=1 checks_only=0
 while [ $# -gt 1 ]; do
   case "$1" in
@@ -36,8 +38,9 @@ dir="${1:?usage: smoke.sh [--cycles N|--checks-only] DIR}"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 run=/run/sensorflow-node
 ns=sensorflow-smoke
-image=sensorflow/smoke-busybox:1.35
-archive="$SENSORFLOW_CACHE/images/smoke-busybox-1.35.tar"
+k8s_version="$(basename "$(dirname "$kbin")")"; k8s_version="${k8s_version#k8s-}"
+image="sensorflow/smoke:busybox-1.35-kubectl-$k8s_version"
+archive="$SENSORFLOW_CACHE/images/smoke-busybox-1.35-kubectl-$k8s_version.tar"
 work="$(mktemp -d)"
 http_pid=""
 cleanup() { [ -z "$http_pid" ] || kill "$http_pid" 2>/dev/null || true; rm -rf "$work"; }
@@ -60,6 +63,10 @@ busybox_image() {
   chmod 1777 "$work/bb/tmp"
   cp /bin/busybox "$work/bb/bin/busybox"
   chroot "$work/bb" /bin/busybox --install -s /bin
+  # busybox's own TLS client offers no signature_algorithms, i.e. SHA-1 only, which Go >= 1.25
+  # servers refuse (RFC 9155): kubectl talks to the apiserver from the pod instead.
+  "$here/build-k8s.sh" kubectl >/dev/null
+  cp "$kbin/kubectl" "$work/bb/bin/kubectl"
   "$REPO_ROOT/scripts/oci-image.sh" --rootfs "$work/bb" --name "$image" --out "$archive.partial" \
     --entrypoint /bin/sh
   mv "$archive.partial" "$archive"
@@ -111,7 +118,7 @@ EOF
 # shellcheck disable=SC2016 # the single-quoted commands run in the pod's shell
 pod_checks() {
   local kubeconfig="$1" node_ip port
-  kc() { "$SENSORFLOW_CACHE/k8s-v1.20.2/bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+  kc() { "$kbin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
   in_pod() { kc -n "$ns" exec client -- sh -c "$1"; }
   node_ip="$("$here/node.sh" addr "$dir")"
   busybox_image
@@ -131,11 +138,11 @@ pod_checks() {
   local t0; t0=$(date +%s)
   check "pods Running and Ready" kc -n "$ns" wait --for=condition=Ready pod/client pod/web --timeout=120s
   log "pods ready $(( $(date +%s) - t0 )) s after creation"
-  check "pod phase is Running" sh -c "[ \"\$(\"$SENSORFLOW_CACHE/k8s-v1.20.2/bin/kubectl\" --kubeconfig '$kubeconfig' -n $ns get pod client -o jsonpath='{.status.phase}')\" = Running ]"
+  check "pod phase is Running" sh -c "[ \"\$(\"$kbin/kubectl\" --kubeconfig '$kubeconfig' -n $ns get pod client -o jsonpath='{.status.phase}')\" = Running ]"
   check "pod resolves kubernetes.default.svc.cluster.local via cluster DNS" \
     in_pod 'grep -q "nameserver 10.96.0.10" /etc/resolv.conf && nslookup kubernetes.default.svc.cluster.local | grep "Address: 10.96.0.1$"'
-  check "pod reaches the apiserver at 10.96.0.1:443 with its ServiceAccount token" \
-    in_pod 'wget -q -O- --no-check-certificate --header "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" https://10.96.0.1:443/api | grep -q APIVersions'
+  check "pod reaches the apiserver at 10.96.0.1:443 with its ServiceAccount token, TLS verified with its ca.crt" \
+    in_pod '[ "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT" = 10.96.0.1:443 ] && HOME=/tmp kubectl get --raw /api | grep -q APIVersions'
   in_pod 'cat /var/run/secrets/kubernetes.io/serviceaccount/ca.crt' > "$work/pod-ca.crt" 2>/dev/null || true
   in_pod 'cat /var/run/secrets/kubernetes.io/serviceaccount/token' > "$work/pod-token" 2>/dev/null || true
   # As kube-rs's in-cluster config connects: https://10.96.0.1:443 (IP SAN) or the DNS name.
@@ -148,8 +155,8 @@ pod_checks() {
   check "pod reaches another pod through a Service ClusterIP (web.$ns.svc.cluster.local:80)" \
     in_pod "wget -q -O- http://web.$ns.svc.cluster.local/ | grep -qx smoke-web-ok"
   check "host reaches the Service ClusterIP (kube-proxy OUTPUT rules)" \
-    sh -c "curl -fsS --max-time 5 http://\$(\"$SENSORFLOW_CACHE/k8s-v1.20.2/bin/kubectl\" --kubeconfig '$kubeconfig' -n $ns get svc web -o jsonpath='{.spec.clusterIP}')/ | grep -qx smoke-web-ok"
-  check "kubectl logs (apiserver → kubelet, TLS verified)" sh -c "\"$SENSORFLOW_CACHE/k8s-v1.20.2/bin/kubectl\" --kubeconfig '$kubeconfig' -n $ns logs web | grep -qx serving"
+    sh -c "curl -fsS --max-time 5 http://\$(\"$kbin/kubectl\" --kubeconfig '$kubeconfig' -n $ns get svc web -o jsonpath='{.spec.clusterIP}')/ | grep -qx smoke-web-ok"
+  check "kubectl logs (apiserver → kubelet, TLS verified)" sh -c "\"$kbin/kubectl\" --kubeconfig '$kubeconfig' -n $ns logs web | grep -qx serving"
   kill "$http_pid" 2>/dev/null || true; http_pid=""
   kc delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
 }
