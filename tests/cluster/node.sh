@@ -58,12 +58,11 @@
 # Pods reach the host at NODE_IP (the bridge routes to it): a service bound to 0.0.0.0 there
 # is reachable unless a host firewall drops INPUT from 10.244.0.0/24.
 #
-# Measured on the 2-core machine (others' cargo builds running, load 3-5): warm `up` 13-19 s
-# ("node ready in N s": apiserver ready ~7 s, controller-manager's first ServiceAccount ~3 s,
-# kubelet Ready a few s later; containerd, kubelet & co. start while the control plane does),
-# `up` when already up 2-3 s, `down` 4-10 s (5 s of it when a container ignores SIGTERM).
+# Measured on the 2-core machine (others' cargo builds running): warm `up` 10-14 s ("node ready
+# in N s": apiserver ready ~6 s, controller-manager's first ServiceAccount ~2 s, kubelet Ready a
+# few s later; containerd, kubelet & co. start while the control plane does), `down` 10-12 s.
 # Cold adds build-k8s.sh --node (see tests/cluster/README.md, "Timings") and the pause image
-# (1 s). RSS of the whole node ~720 MB (apiserver 320 MB).
+# (1 s). RSS of the whole node ~760 MB (apiserver 285 MB).
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 cmd="${1:-}"; dir="${2:-}"

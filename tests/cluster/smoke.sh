@@ -20,8 +20,8 @@
 # iptables/ip6tables rules and chains as before `up`, no kubepods cgroups, and `sysctl -a` equal
 # to the snapshot taken before `up` (except counters that move on their own).
 # Prints "smoke: N passed, M failed"; exit 1 on any failure, 3 when node.sh cannot run here.
-# Uses host port 28080 for the HTTP server. Measured (2 cores, load 3-5): --cycles 2 in ~70 s
-# (each: up 13-19 s, pods Ready 1-3 s after creation, checks ~3 s, down ~10 s).
+# Uses host port 28080 for the HTTP server. Measured (2 cores, busy): --cycles 2 in ~61 s
+# (each: up 10-11 s, pods Ready 1-2 s after creation, checks ~3 s, down 10-12 s).
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 here="$REPO_ROOT/tests/cluster"
