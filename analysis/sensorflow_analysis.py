@@ -255,7 +255,8 @@ def parse_args(argv):
     p.add_argument("--topic", action="append", default=[], metavar="ROLE=NAME", help="one topic's name (repeatable)")
     p.add_argument("--exceed", type=float, default=3.0, help="label: an SZ value above this (kW) …")
     p.add_argument("--horizon-min", type=float, default=10.0, help="… within this many minutes after the prediction's event time")
-    p.add_argument("--train-fraction", type=float, default=0.7, help="earliest share of event time used for training")
+    p.add_argument("--split-by", choices=("event-time", "client"), default="event-time", help="time-based split: by event time, or by client id order (the household replay: a client is a calendar day)")
+    p.add_argument("--train-fraction", type=float, default=0.7, help="earliest share of event time (or of the clients) used for training")
     p.add_argument("--threshold", default="f1", help="alert threshold of the trained model: a number, or 'f1' (best F1 on the training split)")
     p.add_argument("--reg-param", type=float, default=0.0, help="MLlib LogisticRegression regParam")
     p.add_argument("--manifest", help="SensorPipeline YAML whose spec.model is the current model (default: the model recorded in the archived predictions)")
@@ -326,6 +327,20 @@ class Fs:
         fs, path = self._fs(uri)
         return bool(fs.exists(path))
 
+    def data_files(self, uri):
+        """Paths of the data files below `uri` (recursive), skipping hidden and temporary names
+        (`.x`, `_x`) as Spark's file index does."""
+        fs, path = self._fs(uri)
+        base = path.toString().rstrip("/") + "/"
+        it = fs.listFiles(path, True)
+        out = []
+        while it.hasNext():
+            name = it.next().getPath().toString()
+            rel = name[len(base):] if name.startswith(base) else name.rsplit("/", 1)[-1]
+            if not any(part.startswith((".", "_")) for part in rel.split("/")):
+                out.append(rel)
+        return out
+
     def upload_dir(self, local_dir, uri):
         fs, path = self._fs(uri)
         for name in sorted(os.listdir(local_dir)):
@@ -378,17 +393,17 @@ def analyse(spark, args):
     # --- rows per topic and hour (the Hive partitions: UTC hour of the Kafka timestamp) ---
     per_hour = []
     for role, d in present.items():
-        rows = (
-            d.withColumn("file", F.input_file_name())
-            .groupBy(F.date_format("date", "yyyy-MM-dd").alias("date"), "hour")
-            .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("file").alias("files"))
-            .orderBy("date", "hour")
-            .collect()
-        )
+        # Files per hour from the listing (what the sink wrote), rows per hour from Spark.
+        files = {}
+        for rel in fs.data_files(f"{archive}/topic={names[role]}"):
+            parts = dict(p.split("=", 1) for p in rel.split("/")[:-1] if "=" in p)
+            key = (parts.get("date"), int(parts.get("hour", -1)))
+            files[key] = files.get(key, 0) + 1
+        rows = d.groupBy(F.date_format("date", "yyyy-MM-dd").alias("date"), "hour").count().orderBy("date", "hour").collect()
         for r in rows:
-            per_hour.append({"topic": names[role], "role": role, "date": r["date"], "hour": int(r["hour"]), "rows": int(r["rows"]), "files": int(r["files"])})
-        rep.rows[role] = sum(r["rows"] for r in rows)
-        rep.files[role] = sum(r["files"] for r in rows)
+            per_hour.append({"topic": names[role], "role": role, "date": r["date"], "hour": int(r["hour"]), "rows": int(r["count"]), "files": files.get((r["date"], int(r["hour"])), 0)})
+        rep.rows[role] = sum(int(r["count"]) for r in rows)
+        rep.files[role] = sum(files.values())
         rep.hours[role] = len(rows)
     rep.data["rows_per_topic_hour"] = per_hour
     phase("rows per topic and hour")
@@ -540,18 +555,31 @@ def train_and_compare(spark, args, rep, dfs, preds):
     for c in FEATURE_COLUMNS:
         labelled = labelled.withColumn(c, F.col(c).cast("double"))
     labelled = labelled.cache()
-    n_lab = labelled.count()
-    n_pos = int(labelled.agg(F.sum("label")).first()[0] or 0)
 
-    # Time-based split: the earliest train_fraction of event time trains; the training side is
-    # purged of the last horizon before the cut, whose labels look into the test period.
-    cut = labelled.approxQuantile("t", [args.train_fraction], 0.0)[0] if n_lab else 0
-    labelled = labelled.withColumn(
-        "split", F.when(F.col("t") >= cut, F.lit("test")).when(F.col("t") + H <= cut, F.lit("train")).otherwise(F.lit("purged"))
-    )
-    train = labelled.where(F.col("split") == "train").cache()
-    test = labelled.where(F.col("split") == "test").cache()
-    n_train, n_test = train.count(), test.count()
+    # Time-based split. By event time (default): the earliest train_fraction of event time
+    # trains; the training side is purged of the last horizon before the cut, whose labels look
+    # into the test period. By client: the first train_fraction of the clients in id order
+    # train, the rest test (the household replay's clients are calendar days on one common
+    # clock, so their id order is the readings' real chronological order and event time is
+    # only the time of day).
+    if args.split_by == "client":
+        ids = [r[0] for r in labelled.select("client_id").distinct().orderBy("client_id").collect()]
+        k = min(max(1, int(round(len(ids) * args.train_fraction))), len(ids) - 1) if len(ids) > 1 else 0
+        cut = ids[k] if ids else ""
+        labelled = labelled.withColumn("split", F.when(F.col("client_id") >= F.lit(cut), F.lit("test")).otherwise(F.lit("train")))
+        cut_text = f"clients in id order, test from {cut}"
+    else:
+        cut = (labelled.approxQuantile("t", [args.train_fraction], 0.0) or [0])[0]
+        labelled = labelled.withColumn(
+            "split", F.when(F.col("t") >= cut, F.lit("test")).when(F.col("t") + H <= cut, F.lit("train")).otherwise(F.lit("purged"))
+        )
+        cut_text = f"event time, test from {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(cut / 1000))} UTC"
+    stats = {r["split"]: (int(r["n"]), int(r["pos"])) for r in labelled.groupBy("split").agg(F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos")).collect()}
+    n_lab = sum(n for n, _ in stats.values())
+    n_pos = sum(p for _, p in stats.values())
+    (n_train, train_pos), (n_test, test_pos) = stats.get("train", (0, 0)), stats.get("test", (0, 0))
+    train = labelled.where(F.col("split") == "train")
+    test = labelled.where(F.col("split") == "test")
     label_info = {
         "definition": f"an SZ reading of the same client with value > {X:g} within (t, t + {args.horizon_min:g} min] of the prediction's event time t",
         "exceed": X,
@@ -561,12 +589,14 @@ def train_and_compare(spark, args, rep, dfs, preds):
         "censored": n_preds - n_lab,
         "positive": n_pos,
         "positive_rate": n_pos / n_lab if n_lab else None,
-        "split_cut_ms": cut,
+        "split_by": args.split_by,
+        "split_cut": cut,
+        "split_text": cut_text,
         "train": n_train,
         "test": n_test,
         "purged": n_lab - n_train - n_test,
-        "train_positive": int(train.agg(F.sum("label")).first()[0] or 0),
-        "test_positive": int(test.agg(F.sum("label")).first()[0] or 0),
+        "train_positive": train_pos,
+        "test_positive": test_pos,
     }
     rep.data["label"] = label_info
     phase("label and split")
@@ -757,7 +787,7 @@ def summary_text(rep) -> str:
         lines.append(f"{'end-to-end latency':<26}p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms ({lat['n']} predictions)")
     lines.append(f"{'label':<26}{lab['definition']}")
     lines.append(f"{'':<26}{lab['positive']} of {lab['labelled']} positive ({fmt_pct(lab['positive_rate'])}); {lab['censored']} censored (horizon past the last SZ reading)")
-    lines.append(f"{'time split':<26}train {lab['train']}, test {lab['test']} (cut at event time {time.strftime('%Y-%m-%d %H:%M', time.gmtime(lab['split_cut_ms'] / 1000))} UTC, {lab['purged']} purged)")
+    lines.append(f"{'split':<26}train {lab['train']}, test {lab['test']}, purged {lab['purged']} ({lab['split_text']})")
     lines.append(f"{'model (test split)':<26}{'AUC':>7} {'precision':>10} {'recall':>8} {'threshold':>10}")
     for key in ("trained", "current"):
         t = m[key]["test"]
