@@ -22,7 +22,8 @@
 # to DIR/sasl.env (KAFKA_* variables the SensorFlow binaries read) and DIR/bootstrap-sasl.
 #
 # Settings for a single local node, and why (see README "The broker"):
-# - replication factors and min ISR 1 for the internal topics (one broker), transactions on
+# - replication factors and min ISR 1 for the internal topics (one broker), 10 partitions for the
+#   offsets and transaction logs (50 by default; created at the first group), transactions on
 #   (KIP-98/447: the exactly-once mode), group.initial.rebalance.delay.ms=0 (no 3 s wait per group);
 # - log.retention.ms=-1: record timestamps are event times, and replays carry historic ones; with
 #   the 7-day default Kafka would delete a replay's segments under a running test;
@@ -80,6 +81,8 @@ log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=false
 offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.num.partitions=10
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
@@ -141,6 +144,10 @@ case "$cmd" in
       [ "$(date +%s)" -lt "$deadline" ] || die "Kafka did not answer a topic listing within 90 s (log: $dir/logs/server.log)"
       sleep 0.5
     done
+    # The first consumer group creates __consumer_offsets; do it now, not under a test's timeout.
+    timeout 60 java -Xmx256m -cp "$cp" -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.xml" \
+      -Dkafka.logs.dir="$dir/logs/tools" org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+      --bootstrap-server "$advertise:$port" --describe --group sensorflow-broker-warmup >/dev/null 2>&1 || true
     cat > "$dir/sasl.env" <<ENV
 KAFKA_BOOTSTRAP_SERVERS=$advertise:$sport
 KAFKA_SECURITY_PROTOCOL=SASL_SSL

@@ -1,42 +1,59 @@
 #!/usr/bin/env bash
 # The main job: the whole pipeline on the real household dataset through a real broker.
-# Usage: scripts/demo.sh [--clients N | --full] [--speed S] [--keep]
+# Usage: scripts/demo.sh [--clients N | --full] [--speed S] [--keep] [--bootstrap HOST:PORT]
 #   --clients N   days (clients) to replay, evenly spaced over the dataset (default 40)
 #   --full        replay the whole dataset: 1,442 clients, 6.2 M readings
 #   --speed S     time compression (0 = full speed, default; 60 = one event-minute per second)
 #   --keep        leave the broker running afterwards (data in .sensorflow/demo)
+#   --bootstrap B use an existing Kafka cluster at B instead of starting the local broker; the
+#                 KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CA_LOCATION variables
+#                 pass through to every binary; the nine topics are created if missing
+#                 (SENSORFLOW_DEMO_REPLICATION, default 1) and are NOT deleted afterwards.
+# Prints the wall time of each phase (Rust build, broker fetch, broker ready, pipeline) at the end.
 . "$(dirname "$0")/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
-clients=40; speed=0; keep=0
+clients=40; speed=0; keep=0; external=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients="$2"; shift 2 ;;
     --full) clients=0; shift ;;
     --speed) speed="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --bootstrap) external="$2"; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 cd "$REPO_ROOT"
 work="$REPO_ROOT/.sensorflow/demo"
 "$REPO_ROOT/scripts/fetch-data.sh"
+t_build=$(date +%s)
 log "building the processors (release)"
 cargo build --release --quiet -p sensorflow-runtime -p sensorflow-sink --bins
 bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+t_fetch=$(date +%s)
 "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" 2>/dev/null || true
 rm -rf "$work"; mkdir -p "$work"
-export SENSORFLOW_BROKER_PORT="${SENSORFLOW_BROKER_PORT:-19092}"
 export KAFKA_BOOTSTRAP_SERVERS
-KAFKA_BOOTSTRAP_SERVERS="$("$REPO_ROOT/scripts/broker.sh" start "$work/broker")"
+if [ -n "$external" ]; then
+  KAFKA_BOOTSTRAP_SERVERS="$external"
+  log "using the Kafka cluster at $external (topics are kept)"
+  t_ready=$(date +%s)
+else
+  export SENSORFLOW_BROKER_PORT="${SENSORFLOW_BROKER_PORT:-19092}"
+  "$REPO_ROOT/scripts/install-kafka.sh" >/dev/null
+  t_ready=$(date +%s)
+  KAFKA_BOOTSTRAP_SERVERS="$("$REPO_ROOT/scripts/broker.sh" start "$work/broker")"
+fi
+t_pipeline=$(date +%s)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  [ "$keep" = 1 ] || "$REPO_ROOT/scripts/broker.sh" stop "$work/broker"
+  [ "$keep" = 1 ] || [ -n "$external" ] || "$REPO_ROOT/scripts/broker.sh" stop "$work/broker"
 }
 trap cleanup EXIT
-"$bin/sensorflow" create-topics --partitions 100
+"$bin/sensorflow" create-topics --partitions 100 --replication "${SENSORFLOW_DEMO_REPLICATION:-1}"
 # Days replayed together share one event-time clock, so the per-partition watermark applies.
 SF_METRICS_ADDR=127.0.0.1:9101 "$bin/window-processor" >"$work/window-processor.log" 2>&1 & pids+=($!)
 SF_METRICS_ADDR=127.0.0.1:9102 "$bin/join-predict" >"$work/join-predict.log" 2>&1 & pids+=($!)
@@ -58,3 +75,5 @@ kill -TERM "$sink_pid"; wait "$sink_pid" || die "gcs-sink failed (log: $work/gcs
 "$bin/sensorflow" summary --replay-summary "$work/replay.json" --drained-s "$drained_s" --json "$work/summary.json"
 grep -h 'gcs-sink:' "$work/gcs-sink.log" | tail -1 | sed 's/^.*gcs-sink:/parquet (gcs-sink):       /'
 log "summary also in $work/summary.json; Parquet files under $work/parquet (query them with DuckDB: processors/sink/README.md)"
+t_end=$(date +%s)
+log "wall time: Rust build $((t_fetch - t_build)) s, broker fetch $((t_ready - t_fetch)) s, broker ready $((t_pipeline - t_ready)) s, pipeline $((t_end - t_pipeline)) s"

@@ -54,6 +54,32 @@ pub enum Reject {
     /// The model refused the feature vector.
     #[error("model input invalid: {0}")]
     Model(#[from] crate::model::ModelError),
+    /// The event time lies beyond the wall clock plus the allowed future skew.
+    #[error("event time {event_time_ms} ms is more than {max_skew_ms} ms ahead of the clock ({now_ms} ms)")]
+    Future {
+        /// The record's event time, ms.
+        event_time_ms: i64,
+        /// The wall clock when it was checked, ms since the Unix epoch.
+        now_ms: i64,
+        /// The allowed skew, ms.
+        max_skew_ms: i64,
+    },
+    /// The event time lies before the configured floor.
+    #[error("event time {event_time_ms} ms is before the floor {min_event_time_ms} ms")]
+    TooOld {
+        /// The record's event time, ms.
+        event_time_ms: i64,
+        /// The floor, ms since the Unix epoch.
+        min_event_time_ms: i64,
+    },
+    /// |value| exceeds the configured bound.
+    #[error("|value| of {value} exceeds the bound {max_abs}")]
+    OutOfRange {
+        /// The value.
+        value: f64,
+        /// The bound.
+        max_abs: f64,
+    },
 }
 
 impl Reject {
@@ -71,7 +97,68 @@ impl Reject {
             Reject::InvalidFeature(_) => "invalid-feature",
             Reject::Late { .. } => "late",
             Reject::Model(_) => "invalid-vector",
+            Reject::Future { .. } => "future",
+            Reject::TooOld { .. } => "too-old",
+            Reject::OutOfRange { .. } => "out-of-range",
         }
+    }
+}
+
+/// Bounds on a reading's event time and value, checked before a reading reaches any state.
+///
+/// One reading dated far in the future would move a partition's watermark past every good
+/// reading after it (all of them late), and event times near `i64::MIN`/`MAX` or values near
+/// `f64::MAX` would overflow window arithmetic; such readings are dead-lettered instead with
+/// reason `future`, `too-old` or `out-of-range`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadingBounds {
+    /// Largest allowed event time ahead of the wall clock, ms (default 2 days: generous for
+    /// replays placed on a common clock, far below what would stall a partition for long).
+    pub max_future_skew_ms: i64,
+    /// Earliest allowed event time, ms since the Unix epoch (default 0, 1970-01-01).
+    pub min_event_time_ms: i64,
+    /// Largest allowed |value| (default 1e12: beyond any physical sensor reading here, and
+    /// small enough that sums of 2^20 values stay far from f64 overflow).
+    pub max_abs_value: f64,
+}
+
+impl Default for ReadingBounds {
+    fn default() -> Self {
+        Self {
+            max_future_skew_ms: 2 * 86_400_000,
+            min_event_time_ms: 0,
+            max_abs_value: 1e12,
+        }
+    }
+}
+
+impl ReadingBounds {
+    /// Checks `r` against the bounds at wall-clock time `now_ms` (passed in: the core reads
+    /// no clock).
+    ///
+    /// # Errors
+    /// [`Reject::Future`], [`Reject::TooOld`] or [`Reject::OutOfRange`].
+    pub fn check(&self, r: &SensorReading, now_ms: i64) -> Result<(), Reject> {
+        if r.event_time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
+            return Err(Reject::Future {
+                event_time_ms: r.event_time_ms,
+                now_ms,
+                max_skew_ms: self.max_future_skew_ms,
+            });
+        }
+        if r.event_time_ms < self.min_event_time_ms {
+            return Err(Reject::TooOld {
+                event_time_ms: r.event_time_ms,
+                min_event_time_ms: self.min_event_time_ms,
+            });
+        }
+        if r.value.abs() > self.max_abs_value {
+            return Err(Reject::OutOfRange {
+                value: r.value,
+                max_abs: self.max_abs_value,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +300,29 @@ mod tests {
         assert_eq!(client_id(Some(b"")), Err(Reject::MissingKey));
         assert_eq!(client_id(Some(&[0xc3, 0x28])), Err(Reject::KeyNotUtf8));
         assert_eq!(client_id(Some(b"2007-01-01")), Ok("2007-01-01"));
+    }
+
+    #[test]
+    fn readings_outside_the_bounds_are_rejected() {
+        let b = ReadingBounds::default();
+        let now = 1_800_000_000_000;
+        let at = |t: i64, v: f64| SensorReading {
+            event_time_ms: t,
+            value: v,
+            ..Default::default()
+        };
+        assert!(b.check(&at(now, 1.0), now).is_ok());
+        assert!(b.check(&at(now + 2 * 86_400_000, 1.0), now).is_ok());
+        let code = |r: Result<(), Reject>| r.unwrap_err().code();
+        assert_eq!(code(b.check(&at(now + 2 * 86_400_000 + 1, 1.0), now)), "future");
+        assert_eq!(code(b.check(&at(i64::MAX, 1.0), now)), "future");
+        assert_eq!(code(b.check(&at(i64::MIN, 1.0), now)), "too-old");
+        assert_eq!(code(b.check(&at(-1, 1.0), now)), "too-old");
+        assert_eq!(code(b.check(&at(now, f64::MAX), now)), "out-of-range");
+        assert_eq!(code(b.check(&at(now, -1e13), now)), "out-of-range");
+        assert!(b.check(&at(now, -1e12), now).is_ok());
+        // The wall clock itself near i64::MAX cannot overflow the check.
+        assert!(b.check(&at(0, 0.0), i64::MAX).is_ok());
     }
 
     #[test]

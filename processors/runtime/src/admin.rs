@@ -30,8 +30,8 @@ pub enum AdminError {
         /// Partitions wanted.
         expected: i32,
     },
-    /// A topic does not exist.
-    #[error("topic {0} does not exist")]
+    /// A topic does not exist (or has a partition without a leader yet).
+    #[error("topic {0} does not exist or has a partition without a leader")]
     Missing(String),
     /// Creating a topic failed.
     #[error("creating topic {topic} failed: {code:?}")]
@@ -80,7 +80,18 @@ pub async fn ensure_topics(
             Err((topic, code)) => return Err(AdminError::Create { topic, code }),
         }
     }
-    let counts = partition_counts(config, topics)?;
+    // CreateTopics returns once the controller created the topics; the broker's metadata
+    // catches up a moment later (Apache Kafka propagates it asynchronously).
+    let started = std::time::Instant::now();
+    let counts = loop {
+        match partition_counts(config, topics) {
+            Err(AdminError::Missing(t)) if started.elapsed() < METADATA_WAIT => {
+                tracing::debug!(topic = %t, "waiting for the new topic's metadata");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    };
     for (t, n) in topics.iter().zip(counts) {
         if n != partitions {
             return Err(AdminError::PartitionMismatch {
@@ -93,10 +104,14 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// How long [`ensure_topics`] waits for new topics to appear in the metadata.
+const METADATA_WAIT: Duration = Duration::from_secs(30);
+
 /// Partition counts of `topics`, in order (blocking metadata call).
 ///
 /// # Errors
-/// [`AdminError::Missing`] for a topic the broker does not know.
+/// [`AdminError::Missing`] for a topic the broker does not know, or one with a partition that has
+/// no leader yet.
 pub fn partition_counts(config: &ClientConfig, topics: &[&str]) -> Result<Vec<i32>, AdminError> {
     let c: BaseConsumer = config
         .create()
@@ -108,7 +123,12 @@ pub fn partition_counts(config: &ClientConfig, topics: &[&str]) -> Result<Vec<i3
                 .fetch_metadata(Some(t), Duration::from_secs(10))
                 .map_err(kafka(format!("metadata of {t}")))?;
             match md.topics().first() {
-                Some(mt) if mt.error().is_none() && !mt.partitions().is_empty() => {
+                // A partition without a leader yet (just created) is not ready either.
+                Some(mt)
+                    if mt.error().is_none()
+                        && !mt.partitions().is_empty()
+                        && mt.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none()) =>
+                {
                     Ok(mt.partitions().len() as i32)
                 }
                 _ => Err(AdminError::Missing((*t).to_owned())),

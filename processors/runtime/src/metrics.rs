@@ -63,6 +63,12 @@ pub struct Metrics {
     pub commits: Counter,
     /// `sensorflow_produce_retries_total`: deliveries retried after a broker error.
     pub produce_retries: Counter,
+    /// `sensorflow_transactions_aborted_total`: exactly-once transactions aborted during a
+    /// partition revocation (their records are re-processed by the next owner).
+    pub transactions_aborted: Counter,
+    /// `sensorflow_records_truncated_total`: outputs too large for the broker, sent with their
+    /// value cut to 64 KiB and the original size in a header.
+    pub records_truncated: Counter,
     /// `sensorflow_rebuilt_records_total`: records re-read to rebuild state on assignment.
     pub rebuilt_records: Counter,
     /// `sensorflow_end_to_end_latency_seconds`: reading ingest → prediction.
@@ -102,6 +108,8 @@ impl Metrics {
             alerts: Counter::default(),
             commits: Counter::default(),
             produce_retries: Counter::default(),
+            transactions_aborted: Counter::default(),
+            records_truncated: Counter::default(),
             rebuilt_records: Counter::default(),
             latency: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -160,6 +168,16 @@ impl Metrics {
             m.alerts.clone(),
         );
         r.register("commits", "Offset commits", m.commits.clone());
+        r.register(
+            "transactions_aborted",
+            "Exactly-once transactions aborted during a partition revocation",
+            m.transactions_aborted.clone(),
+        );
+        r.register(
+            "records_truncated",
+            "Outputs too large for the broker, sent with their value truncated to 64 KiB",
+            m.records_truncated.clone(),
+        );
         r.register(
             "produce_retries",
             "Deliveries retried after a broker error",

@@ -58,8 +58,12 @@ pub struct ReplayArgs {
     /// Household: replay only the first N rows of each day; 0 = all.
     #[arg(long, default_value_t = 0)]
     pub rows_per_client: usize,
-    /// Household: the common day event times are placed on, `YYYY-MM-DD` or `today` (UTC).
-    #[arg(long, default_value = "today")]
+    /// Household: the common day event times are placed on, `YYYY-MM-DD`, `yesterday` or
+    /// `today` (UTC). The default, `yesterday`, keeps every event time in the past and within
+    /// a stock broker's 7-day retention: Apache Kafka 4 refuses records more than 1 h ahead of
+    /// its clock (`log.message.timestamp.after.max.ms`, KIP-1030), and `today` reaches up to
+    /// 24 h ahead (the local test broker lifts that bound).
+    #[arg(long, default_value = "yesterday")]
     pub base_date: String,
     /// Time compression: 0 = full speed; N = N event-seconds per wall-second.
     #[arg(long, default_value_t = 0.0)]
@@ -175,8 +179,11 @@ pub fn plan(args: &ReplayArgs, summary: &mut ReplaySummary) -> anyhow::Result<Ve
         planned.sort_by_key(|p| p.event_time_ms);
         return Ok(planned);
     }
+    let today = crate::now_ms().div_euclid(household::DAY_MS) * household::DAY_MS;
     let base = if args.base_date == "today" {
-        crate::now_ms().div_euclid(household::DAY_MS) * household::DAY_MS
+        today
+    } else if args.base_date == "yesterday" {
+        today - household::DAY_MS
     } else {
         household::parse_iso_date_ms(&args.base_date).map_err(anyhow::Error::msg)?
     };

@@ -1,4 +1,4 @@
-//! Integration tests against a real Kafka-protocol broker (tansu, started by `./run.sh test`).
+//! Integration tests against a real Apache Kafka broker (started by `./run.sh test`).
 //! The real processor binaries run as child processes; results are read back from the topics
 //! and checked against `sensorflow_core::window::reference_features`, the naive
 //! recompute-from-scratch implementation.
@@ -466,8 +466,9 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
     let sz_total = read_all(&t.topic_sz).len();
     let wg = format!("{pre}window");
     let jg = format!("{pre}join");
-    // Small commit interval so the kill lands between commits of a running stream.
-    let env = [("SF_COMMIT_INTERVAL_MS", "50")];
+    // Commits 2 s apart, so the kill surely lands with processed but uncommitted records: the
+    // restart must repeat them, and every repeat must equal its original.
+    let env = [("SF_COMMIT_INTERVAL_MS", "2000")];
     let mut w = spawn("window-processor", &t, &wg, &env, &[]);
     let mut j = spawn("join-predict", &t, &jg, &env, &[]);
     let started = std::time::Instant::now();
@@ -484,10 +485,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
     }
     w.kill9();
     j.kill9();
-    // Restart after the killed members' sessions (10 s) expired. tansu 0.6 can hand a member
-    // that joins while a dead member's session is still open an empty assignment and never
-    // rebalance when the dead member expires (README, broker findings); Apache Kafka would.
-    std::thread::sleep(Duration::from_secs(11));
+    // Restarted at once: the group rebalances when the dead members' sessions expire.
     let _w = spawn("window-processor", &t, &wg, &[], &[]);
     let _j = spawn("join-predict", &t, &jg, &[], &[]);
     drain_pipeline(&t, &wg, &jg);
@@ -507,53 +505,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
     eprintln!(
         "after kill -9: {repeats} repeated features, {pred_repeats} repeated predictions (all exact)"
     );
-}
-
-/// The exactly-once switch uses Kafka transactions; tansu 0.6 has no EndTxn, so the processor
-/// must refuse loudly (non-zero exit, the error in its log) rather than fall back silently,
-/// and commit nothing.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs a broker: run ./run.sh test"]
-async fn exactly_once_mode_fails_loudly_without_broker_transactions() {
-    let pre = prefix("eos");
-    let t = topics(&pre);
-    create_topics(&t, 1).await;
-    let p = producer();
-    produce(
-        &p,
-        &t.topic_sz,
-        Some("c1"),
-        &reading(1_000, 1.0),
-        Some(1_000),
-    )
-    .await;
-    let group = format!("{pre}window");
-    let mut w = spawn(
-        "window-processor",
-        &t,
-        &group,
-        &[("SF_EXACTLY_ONCE", "true")],
-        &[],
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(s) = w.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "window-processor kept running without broker transactions"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(!status.success());
-    let log =
-        std::fs::read_to_string(std::env::temp_dir().join(format!("{group}window-processor.log")))
-            .unwrap();
-    assert!(log.to_lowercase().contains("transaction"), "{log}");
-    // Nothing was committed: the next run processes the reading.
-    assert_eq!(
-        sensorflow_runtime::admin::group_lag(&config(), &group, &[&t.topic_sz]).unwrap(),
-        1
-    );
+    // At-least-once: the uncommitted records were processed again (and the checks above found
+    // every repeat identical to its original).
+    assert!(repeats > 0, "the kill landed after a commit: no repeat to check");
 }

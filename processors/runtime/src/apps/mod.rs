@@ -10,6 +10,7 @@ use crate::pipeline::{self, LoopConfig, LoopConsumer, LoopContext, Processor};
 use crate::telemetry::LogFormat;
 use anyhow::Context;
 use clap::Args;
+use sensorflow_core::input::ReadingBounds;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
 use std::net::SocketAddr;
@@ -31,14 +32,39 @@ pub struct CommonArgs {
     #[arg(long, env = "SF_REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
     /// Exactly-once: commit outputs and consumed offsets atomically in Kafka transactions
-    /// (needs a broker with transactions, e.g. Apache Kafka >= 2.5; tansu 0.6 has none).
+    /// (KIP-98/KIP-447: needs a broker with transactions, Apache Kafka >= 2.5).
     /// Default: at-least-once with exact repeats.
     #[arg(long, env = "SF_EXACTLY_ONCE", default_value_t = false)]
     pub exactly_once: bool,
-    /// transactional.id for --exactly-once: stable per instance across restarts and unique
-    /// across instances (default: `<processor>-$HOSTNAME`, the pod name on Kubernetes).
+    /// transactional.id for --exactly-once: unique across live instances (default:
+    /// `<processor>-$HOSTNAME`, the pod name on Kubernetes). It need not survive a pod: zombie
+    /// instances are fenced through the consumer group's generation (KIP-447); a restarted
+    /// container with the same id aborts its predecessor's open transaction at once.
     #[arg(long, env = "SF_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
+    /// Readings with an event time more than this far ahead of the wall clock go to the
+    /// dead-letter topic with reason `future`, ms (default 2 days).
+    #[arg(long, env = "SF_MAX_FUTURE_SKEW_MS", default_value_t = ReadingBounds::default().max_future_skew_ms)]
+    pub max_future_skew_ms: i64,
+    /// Readings with an event time before this go to the dead-letter topic with reason
+    /// `too-old`, ms since the Unix epoch (default 0, 1970-01-01).
+    #[arg(long, env = "SF_MIN_EVENT_TIME_MS", default_value_t = ReadingBounds::default().min_event_time_ms)]
+    pub min_event_time_ms: i64,
+    /// Readings whose |value| exceeds this go to the dead-letter topic with reason
+    /// `out-of-range`.
+    #[arg(long, env = "SF_MAX_ABS_VALUE", default_value_t = ReadingBounds::default().max_abs_value)]
+    pub max_abs_value: f64,
+}
+
+impl CommonArgs {
+    /// The reading bounds these flags set.
+    pub fn reading_bounds(&self) -> ReadingBounds {
+        ReadingBounds {
+            max_future_skew_ms: self.max_future_skew_ms,
+            min_event_time_ms: self.min_event_time_ms,
+            max_abs_value: self.max_abs_value,
+        }
+    }
 }
 
 /// Configuration of the group-less consumer that reads state back on assignment.
@@ -75,6 +101,15 @@ pub async fn run<P: Processor>(
             format!("{client_id}-{host}")
         });
         producer_cfg.set("transactional.id", id);
+        // A pod that dies with a transaction open blocks `read_committed` readers of its
+        // output partitions until the broker aborts it: after `transaction.timeout.ms`, or at
+        // once when an instance with the same id (the restarted container) starts. 10 s, as
+        // Kafka Streams sets for exactly-once; `-X transaction.timeout.ms=…` overrides it.
+        // librdkafka requires delivery.timeout.ms <= transaction.timeout.ms.
+        if !kafka.properties.iter().any(|(k, _)| k == "transaction.timeout.ms") {
+            producer_cfg.set("transaction.timeout.ms", "10000");
+            producer_cfg.set("delivery.timeout.ms", "10000");
+        }
     }
     let producer: FutureProducer = producer_cfg.create().context("creating the producer")?;
     let cfg = LoopConfig {
