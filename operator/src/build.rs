@@ -10,7 +10,9 @@
 //! ```
 //!
 //! A Deployment's pod template carries `sensorflow.io/config-hash`, a SHA-256 over the
-//! ConfigMaps it loads and its Secret references, so a configuration change rolls its pods.
+//! ConfigMaps it loads, its Secret references and the `resourceVersion` of each Secret it
+//! references, so a configuration change or a rotated Secret rolls its pods (a Secret read
+//! through `secretKeyRef` env is only read at container start).
 
 use std::collections::BTreeMap;
 
@@ -25,7 +27,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{LogFormat, ModelKind, PullPolicy, SecurityProtocol, WatermarkScope};
+use crate::crd::{
+    DeliveryGuarantee, LogFormat, ModelKind, PullPolicy, SecurityProtocol, WatermarkScope,
+};
 use crate::validate::Validated;
 
 /// Label with the pipeline name on every owned object.
@@ -77,6 +81,14 @@ impl Stage {
 pub fn deployment_name(pipeline: &str, stage: Stage) -> String {
     format!("{pipeline}-{}", stage.as_str())
 }
+
+/// Environment variable of window-processor and join-predict that switches on Kafka
+/// transactions (`--exactly-once` in `processors/runtime/src/apps/mod.rs`).
+pub const EXACTLY_ONCE_ENV: &str = "SF_EXACTLY_ONCE";
+
+/// `resourceVersion` of every Secret the spec references, by Secret name (read in the
+/// dereference step; a changed version rolls the Deployments that use the Secret).
+pub type SecretVersions = BTreeMap<String, String>;
 
 /// Replica counts to write; `None` leaves `spec.replicas` to someone else (an HPA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -181,6 +193,10 @@ pub fn common_env(v: &Validated) -> BTreeMap<String, String> {
 pub fn stage_env(v: &Validated, stage: Stage) -> BTreeMap<String, String> {
     let s = &v.spec;
     let mut env = BTreeMap::new();
+    if matches!(stage, Stage::Window | Stage::Join) {
+        let on = s.processors.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
+        env.insert(EXACTLY_ONCE_ENV.into(), on.to_string());
+    }
     match stage {
         Stage::Window => {
             let w = &s.window;
@@ -311,6 +327,7 @@ fn deployment(
     stage: Stage,
     replicas: Option<i32>,
     config_maps: [&ConfigMap; 2],
+    secrets: &SecretVersions,
 ) -> Deployment {
     let s = &v.spec;
     let p = &s.processors;
@@ -334,19 +351,23 @@ fn deployment(
         ..Default::default()
     }];
     let mut extra = Vec::new();
+    let version = |name: &str| secrets.get(name).map_or("", String::as_str).to_owned();
     if let Some(sec) = &s.kafka.security {
         if let Some(c) = &sec.credentials_secret {
             env.push(secret_env("KAFKA_SASL_USERNAME", &c.name, &c.username_key));
             env.push(secret_env("KAFKA_SASL_PASSWORD", &c.name, &c.password_key));
             extra.push(format!(
-                "sasl:{}:{}:{}",
-                c.name, c.username_key, c.password_key
+                "sasl:{}:{}:{}@{}",
+                c.name,
+                c.username_key,
+                c.password_key,
+                version(&c.name)
             ));
         }
         if let Some(ca) = &sec.ca_secret {
             volumes.push(secret_volume("kafka-ca", &ca.name));
             mounts.push(read_only_mount("kafka-ca", KAFKA_CA_DIR));
-            extra.push(format!("ca:{}:{}", ca.name, ca.key));
+            extra.push(format!("ca:{}:{}@{}", ca.name, ca.key, version(&ca.name)));
         }
     }
     if stage == Stage::Sink
@@ -354,7 +375,7 @@ fn deployment(
     {
         volumes.push(secret_volume("gcs-credentials", &c.name));
         mounts.push(read_only_mount("gcs-credentials", GCS_CREDENTIALS_DIR));
-        extra.push(format!("gcs:{}:{}", c.name, c.key));
+        extra.push(format!("gcs:{}:{}@{}", c.name, c.key, version(&c.name)));
     }
 
     let data: Vec<&BTreeMap<String, String>> = config_maps
@@ -481,8 +502,15 @@ fn read_only_mount(name: &str, path: &str) -> VolumeMount {
 }
 
 /// Builds every object of the pipeline `v` in namespace `ns`, owned by `owner`, with the given
-/// replica counts. Pure: the same input always gives the same output.
-pub fn build(v: &Validated, ns: &str, owner: &OwnerReference, replicas: ReplicaPlan) -> Desired {
+/// replica counts and the versions of the Secrets it references. Pure: the same input always
+/// gives the same output.
+pub fn build(
+    v: &Validated,
+    ns: &str,
+    owner: &OwnerReference,
+    replicas: ReplicaPlan,
+    secrets: &SecretVersions,
+) -> Desired {
     let cm = |component: &str, data: BTreeMap<String, String>| ConfigMap {
         metadata: meta(
             format!("{}-{component}", v.name),
@@ -505,6 +533,7 @@ pub fn build(v: &Validated, ns: &str, owner: &OwnerReference, replicas: ReplicaP
             Stage::Window,
             replicas.window,
             [&common, &window_cm],
+            secrets,
         ),
         deployment(
             v,
@@ -513,6 +542,7 @@ pub fn build(v: &Validated, ns: &str, owner: &OwnerReference, replicas: ReplicaP
             Stage::Join,
             replicas.join,
             [&common, &join_cm],
+            secrets,
         ),
     ];
     let mut config_maps = vec![common.clone(), window_cm, join_cm];
@@ -525,6 +555,7 @@ pub fn build(v: &Validated, ns: &str, owner: &OwnerReference, replicas: ReplicaP
             Stage::Sink,
             Some(sink.replicas),
             [&common, &sink_cm],
+            secrets,
         ));
         config_maps.push(sink_cm);
     }
@@ -596,6 +627,7 @@ mod tests {
                 window: Some(2),
                 join: Some(4),
             },
+            &SecretVersions::new(),
         )
     }
 
@@ -635,6 +667,73 @@ mod tests {
         assert_eq!(j["SF_GROUP_ID"], "p-join");
         assert_eq!(j["SF_THRESHOLD"], "0.5");
         assert_eq!(j["SF_MODEL"], "logistic");
+        assert_eq!(w["SF_EXACTLY_ONCE"], "false");
+        assert_eq!(j["SF_EXACTLY_ONCE"], "false");
+    }
+
+    #[test]
+    fn exactly_once_reaches_both_processors_and_rolls_them() {
+        let a = built(&spec());
+        let mut s = spec();
+        s.processors.delivery_guarantee = DeliveryGuarantee::ExactlyOnce;
+        let b = built(&s);
+        assert_eq!(env_of(&b, "p-window")["SF_EXACTLY_ONCE"], "true");
+        assert_eq!(env_of(&b, "p-join")["SF_EXACTLY_ONCE"], "true");
+        assert!(!env_of(&b, "p-common").contains_key("SF_EXACTLY_ONCE"));
+        assert_ne!(hash(&a.deployments[0]), hash(&b.deployments[0]));
+        assert_ne!(hash(&a.deployments[1]), hash(&b.deployments[1]));
+    }
+
+    #[test]
+    fn rotated_secret_rolls_exactly_the_deployments_that_use_it() {
+        let mut s = spec();
+        s.kafka.security = Some(KafkaSecurity {
+            protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(crate::crd::SaslMechanism::Plain),
+            credentials_secret: Some(crate::crd::CredentialsSecretRef {
+                name: "kafka-creds".into(),
+                username_key: "username".into(),
+                password_key: "password".into(),
+            }),
+            ca_secret: None,
+            allow_plaintext_credentials: false,
+        });
+        s.sink = Some(SinkSpec {
+            bucket: "archive".into(),
+            prefix: None,
+            topics: vec![SinkTopic::Predictions],
+            rotation: Default::default(),
+            credentials_secret: Some(crate::crd::SecretKeyRef {
+                name: "gcs".into(),
+                key: "key.json".into(),
+            }),
+            endpoint: None,
+            replicas: 1,
+            resources: None,
+        });
+        let v = validate("p", &s).expect("valid");
+        let with = |kafka_rv: &str, gcs_rv: &str| {
+            let versions = SecretVersions::from([
+                ("kafka-creds".to_owned(), kafka_rv.to_owned()),
+                ("gcs".to_owned(), gcs_rv.to_owned()),
+            ]);
+            let d = build(&v, "ns", &owner(), ReplicaPlan::default(), &versions);
+            d.deployments.iter().map(hash).collect::<Vec<_>>()
+        };
+        let base = with("1", "1");
+        assert_eq!(with("1", "1"), base, "same versions, same hashes");
+        let kafka = with("2", "1");
+        assert!(
+            base.iter().zip(&kafka).all(|(a, b)| a != b),
+            "every stage uses Kafka"
+        );
+        let gcs = with("1", "2");
+        assert_eq!(
+            &gcs[..2],
+            &base[..2],
+            "window and join do not mount the GCS key"
+        );
+        assert_ne!(gcs[2], base[2], "the sink does");
     }
 
     #[test]
@@ -727,6 +826,7 @@ mod tests {
                 name: "ca".into(),
                 key: "ca.pem".into(),
             }),
+            allow_plaintext_credentials: false,
         });
         let d = built(&s);
         let common = env_of(&d, "p-common");
@@ -769,7 +869,13 @@ mod tests {
             resources: None,
         });
         let v = validate("p", &s).expect("valid");
-        let d = build(&v, "ns", &owner(), ReplicaPlan::default());
+        let d = build(
+            &v,
+            "ns",
+            &owner(),
+            ReplicaPlan::default(),
+            &SecretVersions::new(),
+        );
         assert_eq!(d.deployments.len(), 3);
         assert_eq!(
             d.deployments[0].spec.as_ref().and_then(|s| s.replicas),

@@ -9,9 +9,14 @@
 //!                        │     planner (pure) ─▶ build (pure) ─▶ server-side apply + delete orphans
 //!                        │                   ▼
 //!                        │     compute_conditions (pure) ─▶ status (server-side apply on /status)
-//!                        └─Cleanup─▶ topics deleted only with deletionPolicy Delete; owned objects
-//!                                    go with the garbage collector (owner references)
+//!                        └─Cleanup─▶ with deletionPolicy Delete: the topics in status.createdTopics
+//!                                    (bounded attempts, then released with a Warning); owned
+//!                                    objects go with the garbage collector (owner references)
 //! ```
+//!
+//! Every write (server-side apply, status, topics, finalizer, Events) first asks
+//! [`Context::act`], which refuses once leadership is lost or its renew deadline has passed, so
+//! a paused-then-resumed former leader never acts next to its successor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -33,13 +38,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::build::{self, MANAGED_BY, PIPELINE_LABEL, ReplicaPlan, Stage};
+use crate::build::{self, MANAGED_BY, PIPELINE_LABEL, ReplicaPlan, SecretVersions, Stage};
 use crate::conditions::{self, Observations, Replicas, TopicsOutcome};
 use crate::crd::{
     DeletionPolicy, SecurityProtocol, SensorPipeline, SensorPipelineSpec, SensorPipelineStatus,
     StageStatus, TopicStatus,
 };
 use crate::kafka::{self, Connection, KafkaError, TopicPlan};
+use crate::leader::Leadership;
 use crate::metrics::{ErrorLabels, Metrics, StageLabels};
 use crate::planner::{self, Bounds, Change};
 use crate::validate::{self, TopicNames};
@@ -82,12 +88,16 @@ pub enum Error {
     Kafka {
         /// `namespace/name` of the pipeline.
         pipeline: String,
-        /// Cause.
-        source: KafkaError,
+        /// Cause (boxed: rdkafka errors are large).
+        source: Box<KafkaError>,
     },
     /// The finalizer helper failed (adding/removing the finalizer, or a wrapped step).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// This replica no longer holds the leader Lease (or its renew deadline passed): it must not
+    /// write anything.
+    #[error("not the leader: refusing to {0}")]
+    NotLeader(String),
 }
 
 impl Error {
@@ -98,6 +108,7 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::Secret { .. } => "secret",
             Error::Kafka { .. } => "kafka",
+            Error::NotLeader(_) => "not_leader",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -118,6 +129,9 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Overrides every pipeline's `processors.scaleDownCooldownSeconds` (tests).
     pub cooldown_override: Option<Duration>,
+    /// Failed topic-deletion attempts after which a deleting pipeline's finalizer is released
+    /// anyway (so a lost Secret or broker cannot block namespace deletion forever).
+    pub cleanup_attempts: u32,
 }
 
 /// Shared state of the reconciler.
@@ -130,6 +144,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Settings,
+    /// Leader election state; `None` when leader election is off (this process always acts).
+    pub leadership: Option<Arc<Leadership>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -140,14 +156,40 @@ impl Context {
         reporter: Reporter,
         metrics: Arc<Metrics>,
         settings: Settings,
+        leadership: Option<Arc<Leadership>>,
     ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             settings,
+            leadership,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `Ok` while this replica leads (or leader election is off).
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] once leadership is lost or its renew deadline has passed.
+    pub fn ensure_leading(&self, what: &str) -> Result<(), Error> {
+        if self.leadership.as_ref().is_some_and(|l| !l.is_leading()) {
+            warn!(what, "not the leader any more: refused");
+            return Err(Error::NotLeader(what.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Gate in front of every write: `Ok` while this replica leads (or leader election is off).
+    /// Logged at debug level as `act`, which the leader-election scenario reads back.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] once leadership is lost or its renew deadline has passed.
+    pub fn act(&self, what: &str) -> Result<(), Error> {
+        self.ensure_leading(what)?;
+        self.metrics.writes.inc();
+        tracing::debug!(what, "acting as leader");
+        Ok(())
     }
 
     async fn event(
@@ -165,6 +207,9 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
+        if self.act(&format!("publish Event {reason}")).is_err() {
+            return;
+        }
         if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
@@ -198,7 +243,13 @@ fn topic_names(name: &str, spec: &SensorPipelineSpec) -> TopicNames {
     }
 }
 
-async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Result<String, Error> {
+/// Reads `key` of Secret `name`: its bytes and the Secret's `resourceVersion`.
+async fn secret_key(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Result<(Vec<u8>, String), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let err = |reason: String| Error::Secret {
         namespace: ns.to_owned(),
@@ -216,15 +267,39 @@ async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Resul
         .as_ref()
         .and_then(|d| d.get(key))
         .ok_or_else(|| err("key missing".into()))?;
-    String::from_utf8(bytes.0.clone()).map_err(|_| err("not UTF-8".into()))
+    Ok((
+        bytes.0.clone(),
+        secret.resource_version().unwrap_or_default(),
+    ))
 }
 
-/// Dereference step: the operator's own Kafka connection, with credentials read from Secrets.
-async fn connection(
+async fn secret_string(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    versions: &mut SecretVersions,
+) -> Result<String, Error> {
+    let (bytes, rv) = secret_key(client, ns, name, key).await?;
+    versions.insert(name.to_owned(), rv);
+    String::from_utf8(bytes).map_err(|_| Error::Secret {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+        reason: "not UTF-8".into(),
+    })
+}
+
+/// Dereference step for Secrets: the operator's own Kafka connection (credentials and CA read
+/// from Secrets) and the `resourceVersion` of every Secret the spec references (Kafka and, with
+/// `with_sink`, the GCS key), so a rotated Secret rolls the pods that use it.
+async fn dereference_secrets(
     client: &Client,
     ns: &str,
     spec: &SensorPipelineSpec,
-) -> Result<Connection, Error> {
+    with_sink: bool,
+) -> Result<(Connection, SecretVersions), Error> {
+    let mut versions = SecretVersions::new();
     let mut conn = Connection {
         bootstrap: spec.kafka.bootstrap_servers.clone(),
         ..Default::default()
@@ -246,23 +321,36 @@ async fn connection(
                 .unwrap_or_default()
         });
         if let Some(c) = &sec.credentials_secret {
-            let user = secret_value(client, ns, &c.name, &c.username_key).await?;
-            let pass = secret_value(client, ns, &c.name, &c.password_key).await?;
+            let user = secret_string(client, ns, &c.name, &c.username_key, &mut versions).await?;
+            let pass = secret_string(client, ns, &c.name, &c.password_key, &mut versions).await?;
             conn.sasl_credentials = Some((user, pass));
         }
         if let Some(ca) = &sec.ca_secret {
-            conn.ca_pem = Some(secret_value(client, ns, &ca.name, &ca.key).await?);
+            conn.ca_pem = Some(secret_string(client, ns, &ca.name, &ca.key, &mut versions).await?);
         }
     }
-    Ok(conn)
+    if with_sink
+        && let Some(c) = spec
+            .sink
+            .as_ref()
+            .and_then(|s| s.credentials_secret.as_ref())
+    {
+        let (_, rv) = secret_key(client, ns, &c.name, &c.key).await?;
+        versions.insert(c.name.clone(), rv);
+    }
+    Ok((conn, versions))
 }
 
-async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+async fn ssa<K>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<(), Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    ctx.act(&format!(
+        "apply {}/{name}",
+        K::kind(&K::DynamicType::default())
+    ))?;
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -279,6 +367,7 @@ where
 
 /// Deletes objects of the pipeline (by label) that are not in `keep`.
 async fn delete_orphans<K>(
+    ctx: &Context,
     api: &Api<K>,
     pipeline: &str,
     keep: &[String],
@@ -300,6 +389,7 @@ where
     for o in list {
         let name = o.name_any();
         if !keep.contains(&name) {
+            ctx.act(&format!("delete {kind}/{name}"))?;
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => deleted.push(format!("{kind}/{name}")),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -317,10 +407,12 @@ where
 }
 
 async fn write_status(
+    ctx: &Context,
     api: &Api<SensorPipeline>,
     name: &str,
     status: &SensorPipelineStatus,
 ) -> Result<(), Error> {
+    ctx.act(&format!("apply status SensorPipeline/{name}"))?;
     let patch = serde_json::json!({
         "apiVersion": "sensorflow.io/v1alpha1",
         "kind": "SensorPipeline",
@@ -399,7 +491,7 @@ async fn report_topic_failure(
         ..previous
     };
     if Some(&status) != sp.status.as_ref() {
-        write_status(api, &sp.name_any(), &status).await?;
+        write_status(ctx, api, &sp.name_any(), &status).await?;
     }
     if let Some(c) = topics {
         ctx.event(sp, EventType::Warning, &c.reason, "EnsureTopics", c.message)
@@ -445,7 +537,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
             let already_reported = previous.observed_generation == generation
                 && previous.phase.as_deref() == Some("Invalid");
             if Some(&status) != sp.status.as_ref() {
-                write_status(&api, &name, &status).await?;
+                write_status(ctx, &api, &name, &status).await?;
             }
             if !already_reported {
                 warn!(%msg, "invalid spec");
@@ -457,8 +549,9 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
         }
     };
 
-    // 2. dereference: Kafka credentials, current Deployments
-    let conn = match connection(&ctx.client, &ns, &sp.spec).await {
+    // 2. dereference: Kafka credentials and Secret versions, current Deployments
+    let (conn, secret_versions) = match dereference_secrets(&ctx.client, &ns, &sp.spec, true).await
+    {
         Ok(c) => c,
         Err(e) => {
             let outcome = TopicsOutcome::SecretUnavailable(e.to_string());
@@ -504,6 +597,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
         allow_increase: t.allow_partition_increase,
         co_partitioned: v.topics.join_inputs(),
     };
+    ctx.act("ensure topics on the broker")?;
     let report = match kafka::ensure_topics(&conn, &plan).await {
         Ok(r) => r,
         Err(e) => {
@@ -511,10 +605,23 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
             report_topic_failure(ctx, &sp, &api, outcome, Some(&current), &now_s).await?;
             return Err(Error::Kafka {
                 pipeline: key(&sp),
-                source: e,
+                source: Box::new(e),
             });
         }
     };
+    // Topics this pipeline created, recorded at once (before anything else can fail) so that
+    // deletionPolicy Delete later removes exactly these.
+    let mut created_topics = previous.created_topics.clone();
+    created_topics.extend(report.created.iter().cloned());
+    created_topics.sort();
+    created_topics.dedup();
+    if created_topics != previous.created_topics {
+        let status = SensorPipelineStatus {
+            created_topics: created_topics.clone(),
+            ..previous.clone()
+        };
+        write_status(ctx, &api, &name, &status).await?;
+    }
     if !report.created.is_empty() {
         let note = format!(
             "created {} topics with {} partitions: {}",
@@ -702,7 +809,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
     let owner = sp
         .controller_owner_ref(&())
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    let desired = build::build(&v, &ns, &owner, replica_plan);
+    let desired = build::build(&v, &ns, &owner, replica_plan, &secret_versions);
     apply_desired(ctx, &ns, &name, &desired).await?;
 
     // 7. status (pure compute, then apply)
@@ -757,9 +864,11 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
                 partitions: *partitions,
             })
             .collect(),
+        created_topics,
+        cleanup_attempts: None,
     };
     if Some(&status) != sp.status.as_ref() {
-        write_status(&api, &name, &status).await?;
+        write_status(ctx, &api, &name, &status).await?;
     }
     Ok(Action::requeue(ctx.settings.resync))
 }
@@ -772,18 +881,24 @@ async fn apply_desired(
 ) -> Result<(), Error> {
     let c = &ctx.client;
     ssa(
+        ctx,
         &Api::<ServiceAccount>::namespaced(c.clone(), ns),
         &desired.service_account,
     )
     .await?;
     let cm_api = Api::<ConfigMap>::namespaced(c.clone(), ns);
     for cm in &desired.config_maps {
-        ssa(&cm_api, cm).await?;
+        ssa(ctx, &cm_api, cm).await?;
     }
-    ssa(&Api::<Service>::namespaced(c.clone(), ns), &desired.service).await?;
+    ssa(
+        ctx,
+        &Api::<Service>::namespaced(c.clone(), ns),
+        &desired.service,
+    )
+    .await?;
     let d_api = Api::<Deployment>::namespaced(c.clone(), ns);
     for d in &desired.deployments {
-        ssa(&d_api, d).await?;
+        ssa(ctx, &d_api, d).await?;
     }
     let names = |metas: Vec<Option<String>>| metas.into_iter().flatten().collect::<Vec<_>>();
     let keep_d = names(
@@ -800,57 +915,66 @@ async fn apply_desired(
             .map(|d| d.metadata.name.clone())
             .collect(),
     );
-    let mut gone = delete_orphans(&d_api, name, &keep_d).await?;
-    gone.extend(delete_orphans(&cm_api, name, &keep_cm).await?);
+    let mut gone = delete_orphans(ctx, &d_api, name, &keep_d).await?;
+    gone.extend(delete_orphans(ctx, &cm_api, name, &keep_cm).await?);
     if !gone.is_empty() {
         info!(deleted = ?gone, "deleted objects no longer in the spec");
     }
     Ok(())
 }
 
-/// The Cleanup branch: topics go only with `deletionPolicy: Delete`.
+/// Pure: which of the topics this pipeline created may be deleted, and which stay because
+/// another pipeline (on the same bootstrap servers) names them now.
+fn deletable_topics(created: &[String], in_use_elsewhere: &[String]) -> (Vec<String>, Vec<String>) {
+    created
+        .iter()
+        .cloned()
+        .partition(|t| !in_use_elsewhere.contains(t))
+}
+
+/// Topics named by the other pipelines of `ns` that use the same bootstrap servers.
+async fn topics_of_other_pipelines(
+    client: &Client,
+    ns: &str,
+    me: &SensorPipeline,
+) -> Result<Vec<String>, Error> {
+    let api: Api<SensorPipeline> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Kube {
+            action: "list",
+            object: format!("SensorPipeline/{ns}"),
+            source,
+        })?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|o| o.uid() != me.uid())
+        .filter(|o| o.spec.kafka.bootstrap_servers == me.spec.kafka.bootstrap_servers)
+        .flat_map(|o| {
+            topic_names(&o.name_any(), &o.spec)
+                .all()
+                .iter()
+                .map(|(_, t)| (*t).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// The Cleanup branch. `Retain`: nothing to do. `Delete`: deletes the topics recorded in
+/// `status.createdTopics` (never topics that existed before the pipeline, nor ones another
+/// pipeline in the namespace names now). A failure is retried with backoff and counted in
+/// `status.cleanupAttempts`; after `Settings::cleanup_attempts` the finalizer is released with
+/// a `TopicDeletionAbandoned` Warning naming the topics left behind, so a deleted Secret or a
+/// dead broker cannot block the deletion of the pipeline (or its namespace) forever.
 #[instrument(skip_all, fields(pipeline = %key(&sp)))]
 async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> {
     let name = sp.name_any();
     let ns = sp
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    if sp.spec.topics.deletion_policy == DeletionPolicy::Delete {
-        let topics: Vec<String> = topic_names(&name, &sp.spec)
-            .all()
-            .iter()
-            .map(|(_, t)| (*t).to_owned())
-            .collect();
-        let conn = connection(&ctx.client, &ns, &sp.spec).await?;
-        match kafka::delete_topics(&conn, &topics).await {
-            Ok(deleted) => {
-                let note = format!("deleted {} topics (deletionPolicy Delete)", deleted.len());
-                info!(%note);
-                ctx.event(
-                    &sp,
-                    EventType::Normal,
-                    "TopicsDeleted",
-                    "DeleteTopics",
-                    note,
-                )
-                .await;
-            }
-            Err(e) => {
-                ctx.event(
-                    &sp,
-                    EventType::Warning,
-                    "TopicDeletionFailed",
-                    "DeleteTopics",
-                    e.to_string(),
-                )
-                .await;
-                return Err(Error::Kafka {
-                    pipeline: key(&sp),
-                    source: e,
-                });
-            }
-        }
-    } else {
+    if sp.spec.topics.deletion_policy != DeletionPolicy::Delete {
         ctx.event(
             &sp,
             EventType::Normal,
@@ -859,8 +983,99 @@ async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error
             "topics kept (deletionPolicy Retain)".into(),
         )
         .await;
+        return Ok(Action::await_change());
     }
-    Ok(Action::await_change())
+    let status = sp.status.clone().unwrap_or_default();
+    if status.created_topics.is_empty() {
+        ctx.event(
+            &sp,
+            EventType::Normal,
+            "TopicsRetained",
+            "DeleteTopics",
+            "deletionPolicy Delete, but this pipeline created no topics (they existed before it)"
+                .into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let attempt = async {
+        let others = topics_of_other_pipelines(&ctx.client, &ns, &sp).await?;
+        let (delete, shared) = deletable_topics(&status.created_topics, &others);
+        let (conn, _) = dereference_secrets(&ctx.client, &ns, &sp.spec, false).await?;
+        ctx.act("delete topics on the broker")?;
+        let deleted = kafka::delete_topics(&conn, &delete)
+            .await
+            .map_err(|source| Error::Kafka {
+                pipeline: key(&sp),
+                source: Box::new(source),
+            })?;
+        Ok::<_, Error>((deleted, shared))
+    }
+    .await;
+    match attempt {
+        Ok((deleted, shared)) => {
+            let mut note = format!(
+                "deleted {} topics this pipeline created (deletionPolicy Delete): {}",
+                deleted.len(),
+                deleted.join(", ")
+            );
+            if !shared.is_empty() {
+                note.push_str(&format!(
+                    "; kept {} still named by another pipeline: {}",
+                    shared.len(),
+                    shared.join(", ")
+                ));
+            }
+            info!(%note);
+            ctx.event(
+                &sp,
+                EventType::Normal,
+                "TopicsDeleted",
+                "DeleteTopics",
+                note,
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(Error::NotLeader(what)) => Err(Error::NotLeader(what)),
+        Err(e) => {
+            let attempts = status.cleanup_attempts.unwrap_or(0).saturating_add(1);
+            let limit = i32::try_from(ctx.settings.cleanup_attempts).unwrap_or(i32::MAX);
+            if attempts >= limit {
+                let note = format!(
+                    "gave up deleting topics after {attempts} failed attempts ({e}); releasing the finalizer. Topics left on the broker: {}",
+                    status.created_topics.join(", ")
+                );
+                warn!(%note);
+                ctx.event(
+                    &sp,
+                    EventType::Warning,
+                    "TopicDeletionAbandoned",
+                    "DeleteTopics",
+                    note,
+                )
+                .await;
+                return Ok(Action::await_change());
+            }
+            let api: Api<SensorPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+            let next = SensorPipelineStatus {
+                cleanup_attempts: Some(attempts),
+                ..status.clone()
+            };
+            if let Err(w) = write_status(ctx, &api, &name, &next).await {
+                warn!(error = %w, "could not record the cleanup attempt");
+            }
+            ctx.event(
+                &sp,
+                EventType::Warning,
+                "TopicDeletionFailed",
+                "DeleteTopics",
+                format!("attempt {attempts} of {limit}: {e}"),
+            )
+            .await;
+            Err(e)
+        }
+    }
 }
 
 /// Reconciles one SensorPipeline.
@@ -869,6 +1084,9 @@ async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error
 /// [`Error`] from the failing step; the controller retries with backoff ([`error_policy`]).
 pub async fn reconcile(sp: Arc<SensorPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    // A replica that is not (or no longer) the leader does nothing at all, not even the
+    // finalizer patch.
+    ctx.ensure_leading("reconcile")?;
     ctx.metrics.reconciles.inc();
     let ns = sp
         .namespace()
@@ -930,13 +1148,48 @@ fn trigger_hash(sp: &SensorPipeline) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Runs the controller until `shutdown` completes.
-pub async fn run(
+/// Which namespaces the operator watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (needs the chart's cluster-wide RBAC, an explicit opt-in).
+    AllNamespaces,
+    /// Only these namespaces (namespaced Roles in each; no cluster-wide access to Secrets).
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// `AllNamespaces` for an empty list, else the distinct non-empty names.
+    pub fn from_list(list: &[String]) -> Self {
+        let mut ns: Vec<String> = list
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        ns.sort();
+        ns.dedup();
+        if ns.is_empty() {
+            Scope::AllNamespaces
+        } else {
+            Scope::Namespaces(ns)
+        }
+    }
+}
+
+/// One controller over the pipelines (and owned Deployments) of `namespace`, or of every
+/// namespace for `None`.
+async fn run_one(
     ctx: Arc<Context>,
+    namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let pipelines: Api<SensorPipeline> = Api::all(client.clone());
+    let (pipelines, deployments): (Api<SensorPipeline>, Api<Deployment>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
     let (reader, writer) = reflector::store();
     let stream = watcher(pipelines, watcher::Config::default())
         .default_backoff()
@@ -946,7 +1199,7 @@ pub async fn run(
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     Controller::for_stream(stream, reader)
-        .owns(Api::<Deployment>::all(client), owned)
+        .owns(deployments, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -956,6 +1209,29 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Runs the controller over `scope` until `shutdown` completes. With a namespace list, one
+/// controller (watch, cache, queue) runs per namespace: a namespaced Role allows a namespaced
+/// watch only, and each reflector must see a single watch's initial list.
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: Scope,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::FutureExt;
+    let shutdown = shutdown.shared();
+    match scope {
+        Scope::AllNamespaces => run_one(ctx, None, shutdown).await,
+        Scope::Namespaces(list) => {
+            info!(namespaces = ?list, "watching only these namespaces");
+            futures::future::join_all(
+                list.into_iter()
+                    .map(|ns| run_one(ctx.clone(), Some(ns), shutdown.clone())),
+            )
+            .await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -974,5 +1250,24 @@ mod tests {
         // Read back, the cooldown never starts before the moment it was decided.
         let back: Timestamp = cooldown_start_rfc3339(t(100, 500)).parse().unwrap();
         assert!(back >= t(100, 500));
+    }
+
+    #[test]
+    fn only_topics_not_named_by_another_pipeline_are_deleted() {
+        let created = vec!["p.fa".to_owned(), "p.sx".to_owned(), "shared".to_owned()];
+        let (delete, keep) = deletable_topics(&created, &["shared".to_owned(), "q.sx".to_owned()]);
+        assert_eq!(delete, ["p.fa", "p.sx"]);
+        assert_eq!(keep, ["shared"]);
+        assert_eq!(deletable_topics(&[], &[]), (vec![], vec![]));
+    }
+
+    #[test]
+    fn scope_from_a_namespace_list() {
+        assert_eq!(Scope::from_list(&[]), Scope::AllNamespaces);
+        assert_eq!(Scope::from_list(&[" ".into()]), Scope::AllNamespaces);
+        assert_eq!(
+            Scope::from_list(&["b".into(), "a".into(), "b".into()]),
+            Scope::Namespaces(vec!["a".into(), "b".into()])
+        );
     }
 }

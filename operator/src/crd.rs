@@ -1,20 +1,28 @@
 //! The `SensorPipeline` custom resource (`sensorflow.io/v1alpha1`, short name `sp`).
 //!
 //! Simple checks (types, enums, minimum/maximum, patterns) live in the OpenAPI schema generated
-//! from these types, so the API server refuses bad values with 422. Cross-field checks
-//! (min ≤ max ≤ partitions, lo < hi, …) cannot be expressed there on Kubernetes 1.20 (no CEL) and
-//! live in [`crate::validate`].
+//! from these types, so the API server refuses bad values with 422. Cross-field checks are CEL
+//! rules (`x-kubernetes-validations`, Kubernetes ≥ 1.25; see [`cel`]), so the API server refuses
+//! them too, with the rule's message; the same checks (and the ones CEL cannot do, such as
+//! `host:port` parsing) also run in [`crate::validate`], which reports in status, for objects
+//! that reached the cluster another way (an older CRD, a server without CEL).
+//!
+//! ```text
+//!   kubectl apply ─▶ schema (types, ranges, patterns) ─▶ CEL (cross-field, oldSelf) ─▶ stored
+//!                        └─ 422 ◀──────────────────────────┘                           │
+//!                                                   operator validate ─▶ Invalid + Warning
+//! ```
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Desired state of one sensor pipeline: its Kafka topics, the window and join processors, the
 /// model, scaling bounds and an optional GCS sink.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sensorflow.io",
     version = "v1alpha1",
@@ -30,7 +38,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.totalLag","description":"consumer lag summed over both stages"}"#,
     printcolumn = r#"{"name":"Window","type":"integer","jsonPath":".status.window.replicas","description":"window-processor replicas"}"#,
     printcolumn = r#"{"name":"Join","type":"integer","jsonPath":".status.join.replicas","description":"join-predict replicas"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = cel::distinct_topic_names()
+)]
+#[x_kube(
+    validation = Rule::new(cel::MAX_REPLICAS_WINDOW).message(cel::MAX_REPLICAS_WINDOW_MSG),
+    validation = Rule::new(cel::MAX_REPLICAS_JOIN).message(cel::MAX_REPLICAS_JOIN_MSG)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SensorPipelineSpec {
@@ -98,7 +111,8 @@ pub enum SaslMechanism {
 }
 
 /// TLS and SASL settings.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(cel::SASL_PLAINTEXT_OPT_IN).message(cel::SASL_PLAINTEXT_OPT_IN_MSG))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSecurity {
     /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
@@ -114,6 +128,10 @@ pub struct KafkaSecurity {
     /// `/etc/sensorflow/kafka-ca/<key>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
+    /// Explicit opt-in to send SASL credentials over an unencrypted `SASL_PLAINTEXT` listener
+    /// (anyone on the path can read a PLAIN password). Without it `SASL_PLAINTEXT` is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext_credentials: bool,
 }
 
 /// A Secret in the pipeline's namespace holding a username and a password.
@@ -149,54 +167,83 @@ pub enum DeletionPolicy {
     /// Keep the topics and their data (default).
     #[default]
     Retain,
-    /// Delete every topic of the pipeline.
+    /// Delete the topics the operator created for this pipeline (`status.createdTopics`);
+    /// topics that existed before the pipeline are kept.
     Delete,
 }
 
 /// Topic names and settings. Unset names default to `<pipeline>.<suffix>` with the suffixes
 /// `sx sy sz fa fi fd predictions dead-letter late`.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicsSpec {
     /// Raw SX readings (join input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub sx: Option<String>,
     /// Raw SY readings (join input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub sy: Option<String>,
     /// Raw SZ readings (window input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub sz: Option<String>,
     /// FA window features (window output, join input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub fa: Option<String>,
     /// FI window features (window output, join input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub fi: Option<String>,
     /// FD window features (window output, join input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub fd: Option<String>,
     /// Predictions (join output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub predictions: Option<String>,
     /// Dead-letter topic for records that cannot be parsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub dead_letter: Option<String>,
     /// Records that arrived after their window closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    #[schemars(
+        length(min = 1, max = 249),
+        regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
+    )]
     pub late: Option<String>,
     /// Partitions of every topic (default 100). Lowering it on existing topics is refused.
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 10000))]
+    #[x_kube(validation = Rule::new(cel::PARTITIONS_NEVER_DECREASE).message(cel::PARTITIONS_NEVER_DECREASE_MSG))]
     pub partitions: i32,
     /// Set to true to confirm an increase of `partitions` on existing topics. Increasing breaks
     /// the key → partition mapping of windowed state, so it is held back (condition
@@ -214,7 +261,8 @@ pub struct TopicsSpec {
     /// Extra topic configuration passed to CreateTopics (for example `cleanup.policy`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
-    /// `Retain` (default) keeps topics when the pipeline is deleted; `Delete` removes them.
+    /// `Retain` (default) keeps topics when the pipeline is deleted; `Delete` removes the ones
+    /// the operator created (`status.createdTopics`).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -242,7 +290,8 @@ impl Default for TopicsSpec {
 }
 
 /// A half-open bin range `[lo, hi)`.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(cel::LO_BELOW_HI).message(cel::LO_BELOW_HI_MSG))]
 pub struct BinRange {
     /// Inclusive lower bound.
     pub lo: f64,
@@ -312,7 +361,7 @@ pub enum ModelKind {
 }
 
 /// Model settings of join-predict.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     /// `logistic` (default) or `random`.
@@ -321,6 +370,7 @@ pub struct ModelSpec {
     /// Five logistic weights; unset keeps the processor's built-in weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 5, max = 5))]
+    #[x_kube(validation = Rule::new(cel::FIVE_WEIGHTS).message(cel::FIVE_WEIGHTS_MSG))]
     pub weights: Option<Vec<f64>>,
     /// Logistic bias; unset keeps the processor's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,6 +378,7 @@ pub struct ModelSpec {
     /// Decision threshold in [0, 1] (default 0.5).
     #[serde(default = "default_threshold")]
     #[schemars(range(min = 0.0, max = 1.0))]
+    #[x_kube(validation = Rule::new(cel::THRESHOLD_IN_UNIT).message(cel::THRESHOLD_IN_UNIT_MSG))]
     pub threshold: f64,
     /// Seed of the `random` model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +431,19 @@ pub enum ScalingMode {
     External,
 }
 
+/// Delivery guarantee of window-processor and join-predict (passed as `SF_EXACTLY_ONCE`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum DeliveryGuarantee {
+    /// Offsets are committed after the outputs are acknowledged; after a crash the records
+    /// since the last commit are processed again and their outputs repeated exactly (default).
+    #[default]
+    AtLeastOnce,
+    /// Outputs and consumed offsets commit atomically in Kafka transactions (KIP-447: the
+    /// producer is fenced through the consumer group's metadata). Needs a broker with
+    /// transactions; readers must use `isolation.level=read_committed`.
+    ExactlyOnce,
+}
+
 /// Image, resources and scaling of the processors.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -404,6 +468,9 @@ pub struct ProcessorsSpec {
     /// leaves `replicas` alone (use an HPA).
     #[serde(default)]
     pub scaling_mode: ScalingMode,
+    /// `AtLeastOnce` (default) or `ExactlyOnce` for window-processor and join-predict.
+    #[serde(default)]
+    pub delivery_guarantee: DeliveryGuarantee,
     /// Seconds the planner must keep wanting fewer replicas before it scales a stage down
     /// (default 300).
     #[serde(default = "default_cooldown")]
@@ -426,6 +493,7 @@ impl Default for ProcessorsSpec {
             log_level: default_log_level(),
             resources: None,
             scaling_mode: ScalingMode::Planner,
+            delivery_guarantee: DeliveryGuarantee::AtLeastOnce,
             scale_down_cooldown_seconds: default_cooldown(),
             window: StageSpec::default(),
             join: StageSpec::default(),
@@ -434,7 +502,8 @@ impl Default for ProcessorsSpec {
 }
 
 /// Scaling bounds of one processor stage.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(cel::MIN_LE_MAX).message(cel::MIN_LE_MAX_MSG))]
 #[serde(rename_all = "camelCase")]
 pub struct StageSpec {
     /// Lower bound (default 1).
@@ -467,7 +536,8 @@ impl Default for StageSpec {
 }
 
 /// GCS sink settings (implemented by the `gcs-sink` binary).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(cel::NO_CREDENTIALS_OVER_HTTP).message(cel::NO_CREDENTIALS_OVER_HTTP_MSG))]
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
     /// Bucket name.
@@ -475,6 +545,7 @@ pub struct SinkSpec {
     pub bucket: String,
     /// Object name prefix (default `<pipeline>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub prefix: Option<String>,
     /// Topic keys to archive, from `sx sy sz fa fi fd predictions dead-letter late`
     /// (default `[predictions]`).
@@ -489,7 +560,7 @@ pub struct SinkSpec {
     pub credentials_secret: Option<SecretKeyRef>,
     /// GCS endpoint override (for example a fake-gcs-server URL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^[hH][tT][tT][pP][sS]?://"))]
     pub endpoint: Option<String>,
     /// Sink replicas (default 1).
     #[serde(default = "default_one")]
@@ -579,6 +650,15 @@ pub struct SensorPipelineStatus {
     /// Partition count of every topic as seen on the broker.
     #[serde(default)]
     pub topics: Vec<TopicStatus>,
+    /// Topics this operator created for this pipeline (CreateTopics succeeded), sorted. With
+    /// `deletionPolicy: Delete` exactly these are deleted; topics that existed before are never
+    /// touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_topics: Vec<String>,
+    /// Failed topic-deletion attempts while the pipeline is being deleted. After the operator's
+    /// limit the finalizer is released anyway (Warning Event `TopicDeletionAbandoned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_attempts: Option<i32>,
 }
 
 /// A status condition (the `metav1.Condition` shape).
@@ -625,6 +705,93 @@ pub struct TopicStatus {
     pub name: String,
     /// Partitions on the broker.
     pub partitions: i32,
+}
+
+/// The CEL rules of the CRD (`x-kubernetes-validations`), each with the message the API server
+/// returns when it refuses an object. Kept next to the operator's own checks in
+/// [`crate::validate`], which enforce the same conditions (tested against a real API server in
+/// `tests/operator/cel/`).
+pub mod cel {
+    use kube::core::{Message, Rule};
+
+    /// On `StageSpec`.
+    pub const MIN_LE_MAX: &str = "self.minReplicas <= self.maxReplicas";
+    /// Message of [`MIN_LE_MAX`].
+    pub const MIN_LE_MAX_MSG: &str = "minReplicas must not exceed maxReplicas";
+    /// On the spec: window-processor cannot use more consumers than partitions.
+    pub const MAX_REPLICAS_WINDOW: &str = "!has(self.processors) || !has(self.processors.window) || !has(self.topics) || self.processors.window.maxReplicas <= self.topics.partitions";
+    /// Message of [`MAX_REPLICAS_WINDOW`].
+    pub const MAX_REPLICAS_WINDOW_MSG: &str =
+        "processors.window.maxReplicas must not exceed topics.partitions";
+    /// On the spec: join-predict likewise.
+    pub const MAX_REPLICAS_JOIN: &str = "!has(self.processors) || !has(self.processors.join) || !has(self.topics) || self.processors.join.maxReplicas <= self.topics.partitions";
+    /// Message of [`MAX_REPLICAS_JOIN`].
+    pub const MAX_REPLICAS_JOIN_MSG: &str =
+        "processors.join.maxReplicas must not exceed topics.partitions";
+    /// On every `BinRange`.
+    pub const LO_BELOW_HI: &str = "self.lo < self.hi";
+    /// Message of [`LO_BELOW_HI`].
+    pub const LO_BELOW_HI_MSG: &str = "lo must be less than hi (bins are [lo, hi))";
+    /// On `model.threshold` (also a schema minimum/maximum).
+    pub const THRESHOLD_IN_UNIT: &str = "self >= 0.0 && self <= 1.0";
+    /// Message of [`THRESHOLD_IN_UNIT`].
+    pub const THRESHOLD_IN_UNIT_MSG: &str = "threshold must be in [0, 1]";
+    /// On `model.weights` (also schema minItems/maxItems).
+    pub const FIVE_WEIGHTS: &str = "size(self) == 5";
+    /// Message of [`FIVE_WEIGHTS`].
+    pub const FIVE_WEIGHTS_MSG: &str = "weights must have exactly 5 numbers";
+    /// Transition rule on `topics.partitions`.
+    pub const PARTITIONS_NEVER_DECREASE: &str = "self >= oldSelf";
+    /// Message of [`PARTITIONS_NEVER_DECREASE`].
+    pub const PARTITIONS_NEVER_DECREASE_MSG: &str =
+        "partitions cannot be decreased (Kafka cannot remove partitions)";
+    /// On `kafka.security`.
+    pub const SASL_PLAINTEXT_OPT_IN: &str = "!has(self.protocol) || self.protocol != 'SASL_PLAINTEXT' || (has(self.allowPlaintextCredentials) && self.allowPlaintextCredentials)";
+    /// Message of [`SASL_PLAINTEXT_OPT_IN`].
+    pub const SASL_PLAINTEXT_OPT_IN_MSG: &str = "SASL_PLAINTEXT sends the credentials unencrypted: use SASL_SSL, or set allowPlaintextCredentials: true to accept that";
+    /// On `sink`.
+    pub const NO_CREDENTIALS_OVER_HTTP: &str = "!has(self.endpoint) || !has(self.credentialsSecret) || !self.endpoint.lowerAscii().startsWith('http://')";
+    /// Message of [`NO_CREDENTIALS_OVER_HTTP`].
+    pub const NO_CREDENTIALS_OVER_HTTP_MSG: &str = "an http:// endpoint would send the credentials of credentialsSecret unencrypted: use https://";
+    /// Message of [`distinct_topic_names`].
+    pub const DISTINCT_TOPICS_MSG: &str =
+        "the nine topic names (explicit or the <name>.<role> defaults) must all differ";
+
+    /// Topic roles and their default suffixes, in `TopicNames::all` order.
+    pub const ROLES: [(&str, &str); 9] = [
+        ("sx", "sx"),
+        ("sy", "sy"),
+        ("sz", "sz"),
+        ("fa", "fa"),
+        ("fi", "fi"),
+        ("fd", "fd"),
+        ("predictions", "predictions"),
+        ("deadLetter", "dead-letter"),
+        ("late", "late"),
+    ];
+
+    /// The resolved topic names as a CEL list (explicit name, else `<metadata.name>.<suffix>`).
+    pub fn resolved_topics_list() -> String {
+        let items: Vec<String> = ROLES
+            .iter()
+            .map(|(field, suffix)| {
+                format!(
+                    "(has(self.spec.topics) && has(self.spec.topics.{field}) ? self.spec.topics.{field} : self.metadata.name + '.{suffix}')"
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
+    }
+
+    /// Root rule (it needs `metadata.name` for the defaults): all nine resolved names differ.
+    pub fn distinct_topic_names() -> Rule {
+        let list = resolved_topics_list();
+        Rule {
+            field_path: Some(".spec.topics".to_owned()),
+            ..Rule::new(format!("{list}.all(t, {list}.exists_one(u, u == t))"))
+                .message(Message::Message(DISTINCT_TOPICS_MSG.to_owned()))
+        }
+    }
 }
 
 fn default_partitions() -> i32 {
@@ -705,7 +872,7 @@ mod tests {
     use kube::CustomResourceExt;
 
     #[test]
-    fn crd_fits_kubernetes_1_20() {
+    fn crd_has_schema_columns_and_cel_rules() {
         let crd = SensorPipeline::crd();
         assert_eq!(crd.spec.group, "sensorflow.io");
         assert_eq!(
@@ -727,10 +894,72 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(cols, ["Ready", "Phase", "Lag", "Window", "Join", "Age"]);
-        let yaml = serde_yaml::to_string(&crd).expect("yaml");
-        // v1.20 refuses CEL rules; everything else must be plain OpenAPI.
-        assert!(!yaml.contains("x-kubernetes-validations"));
         let schema = serde_json::to_value(v.schema.as_ref().expect("schema")).expect("json");
+        fn all_rules(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, x) in m {
+                        if k == "x-kubernetes-validations" {
+                            for r in x.as_array().into_iter().flatten() {
+                                out.push(r["rule"].as_str().unwrap_or_default().to_owned());
+                            }
+                        } else {
+                            all_rules(x, out);
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| all_rules(x, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        all_rules(&schema, &mut found);
+        assert_eq!(found.len(), 13, "{found:#?}");
+        for rule in [
+            cel::MIN_LE_MAX,
+            cel::MAX_REPLICAS_WINDOW,
+            cel::MAX_REPLICAS_JOIN,
+            cel::LO_BELOW_HI,
+            cel::THRESHOLD_IN_UNIT,
+            cel::FIVE_WEIGHTS,
+            cel::PARTITIONS_NEVER_DECREASE,
+            cel::SASL_PLAINTEXT_OPT_IN,
+            cel::NO_CREDENTIALS_OVER_HTTP,
+        ] {
+            assert!(
+                found.iter().any(|r| r == rule),
+                "CEL rule missing from the CRD: {rule}"
+            );
+        }
+        let rules = |v: &serde_json::Value| {
+            v["x-kubernetes-validations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let root = rules(&schema["openAPIV3Schema"]);
+        assert_eq!(root.len(), 1, "{root:?}");
+        assert_eq!(root[0]["message"], cel::DISTINCT_TOPICS_MSG);
+        assert!(
+            root[0]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("self.metadata.name + '.dead-letter'")
+        );
+        let topics = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["topics"];
+        assert_eq!(
+            rules(&topics["properties"]["partitions"])[0]["rule"],
+            "self >= oldSelf"
+        );
+        // Each bin range carries its own rule.
+        let window = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["window"];
+        for r in ["faRange", "fiRange", "fdRange"] {
+            assert_eq!(
+                rules(&window["properties"][r])[0]["rule"],
+                cel::LO_BELOW_HI,
+                "{r}"
+            );
+        }
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["required"], serde_json::json!(["kafka"]));
         let threshold = &spec["properties"]["model"]["properties"]["threshold"];

@@ -276,19 +276,23 @@ pub async fn ensure_topics(conn: &Connection, plan: &TopicPlan) -> Result<TopicR
                 bootstrap: conn.bootstrap.clone(),
                 source,
             })?;
+        let mut refused = Vec::new();
         for r in results {
             match r {
                 Ok(t) => created.push(t),
-                // Another operator replica (or a restart mid-reconcile) got there first.
+                // Someone else (another pipeline, a person, a restart mid-reconcile whose
+                // earlier create went through) got there first: not ours to delete later.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(KafkaError::Topic {
-                        op: "CreateTopics",
-                        topic,
-                        code,
-                    });
-                }
+                Err((topic, code)) => refused.push(format!("{topic}: {code}")),
             }
+        }
+        // The topics that were created are reported even when others were refused, so the
+        // caller records them as this pipeline's.
+        if !refused.is_empty() {
+            outcome = TopicsOutcome::BrokerUnavailable(format!(
+                "CreateTopics refused: {}",
+                refused.join(", ")
+            ));
         }
     }
     let mut increased = Vec::new();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use kube::runtime::events::Reporter;
-use sensorflow_operator::controller::{self, Context, Settings};
-use sensorflow_operator::leader::{self, LeaseConfig};
+use sensorflow_operator::controller::{self, Context, Scope, Settings};
+use sensorflow_operator::leader::{self, LeaseConfig, Observer};
 use sensorflow_operator::metrics::{self, Metrics};
 use sensorflow_operator::telemetry;
 use tracing::{error, info};
@@ -54,9 +54,29 @@ struct Args {
         default_value = "sensorflow-operator"
     )]
     lease_name: String,
-    /// Seconds a Lease stays valid without renewal.
+    /// Seconds other replicas wait, after they last saw the Lease change, before taking it.
     #[arg(long, env = "SF_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Seconds the leader keeps acting after its last successful renewal; must be shorter than
+    /// the lease (default: two thirds of it, 10 s for 15 s).
+    #[arg(long, env = "SF_OPERATOR_RENEW_DEADLINE_SECONDS")]
+    renew_deadline_seconds: Option<f64>,
+    /// Seconds between attempts to take or renew the Lease (default: 2/15 of the lease, 2 s
+    /// for 15 s).
+    #[arg(long, env = "SF_OPERATOR_RETRY_PERIOD_SECONDS")]
+    retry_period_seconds: Option<f64>,
+    /// Namespaces to watch, comma-separated; empty watches every namespace (cluster-wide RBAC).
+    #[arg(
+        long,
+        env = "SF_OPERATOR_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    watch_namespaces: Vec<String>,
+    /// Failed topic-deletion attempts after which a deleting pipeline's finalizer is released
+    /// anyway (Warning Event `TopicDeletionAbandoned`).
+    #[arg(long, env = "SF_OPERATOR_CLEANUP_ATTEMPTS", default_value_t = 5)]
+    cleanup_attempts: u32,
     /// This instance's identity (pod name); defaults to hostname-pid.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -101,20 +121,35 @@ async fn main() -> anyhow::Result<()> {
     info!(server = %version.git_version, %identity, "connected");
     metrics.set_ready(true);
 
-    let lease = LeaseConfig {
-        namespace: args.lease_namespace.clone(),
-        name: args.lease_name.clone(),
-        identity: identity.clone(),
-        lease_duration: Duration::from_secs(args.lease_seconds.max(2)),
-        renew_every: Duration::from_secs((args.lease_seconds / 3).max(1)),
-    };
-    if args.leader_election {
-        tokio::select! {
-            () = leader::acquire(&client, &lease) => {},
-            () = shutdown_signal() => { info!("stopped before leading"); return Ok(()); }
-        }
-        metrics.leader.set(1);
+    let mut lease = LeaseConfig::from_lease_duration(
+        args.lease_namespace.clone(),
+        args.lease_name.clone(),
+        identity.clone(),
+        Duration::from_secs(args.lease_seconds.max(1)),
+    );
+    if let Some(s) = args.renew_deadline_seconds {
+        lease.renew_deadline =
+            Duration::try_from_secs_f64(s).context("--renew-deadline-seconds")?;
     }
+    if let Some(s) = args.retry_period_seconds {
+        lease.retry_period = Duration::try_from_secs_f64(s).context("--retry-period-seconds")?;
+    }
+    if args.leader_election {
+        lease.check().map_err(anyhow::Error::msg)?;
+    }
+    let scope = Scope::from_list(&args.watch_namespaces);
+
+    let mut observer = Observer::default();
+    let leadership = if args.leader_election {
+        let held = tokio::select! {
+            l = leader::acquire(&client, &lease, &mut observer) => l,
+            () = shutdown_signal() => { info!("stopped before leading"); return Ok(()); }
+        };
+        metrics.leader.set(1);
+        Some(held)
+    } else {
+        None
+    };
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -128,47 +163,42 @@ async fn main() -> anyhow::Result<()> {
             backoff_base: Duration::from_secs(args.backoff_seconds.max(1)),
             backoff_max: Duration::from_secs(args.backoff_max_seconds.max(1)),
             cooldown_override: args.cooldown_override_seconds.map(Duration::from_secs),
+            cleanup_attempts: args.cleanup_attempts.max(1),
         },
+        leadership.clone(),
     ));
 
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    if args.leader_election {
-        let (c, l) = (client.clone(), lease.clone());
+    if let Some(held) = leadership.clone() {
+        let (c, l, m) = (client.clone(), lease.clone(), metrics.clone());
         tokio::spawn(async move {
-            leader::keep(&c, &l).await;
-            let _ = lost_tx.send(());
+            leader::keep(&c, &l, &mut observer, &held).await;
+            // `keep` has already closed the write gate; nothing in flight can write any more.
+            // Exit at once rather than wait for reconciles to wind down: a replacement process
+            // starts as a plain candidate.
+            m.leader.set(0);
+            error!("lost leadership; exiting");
+            std::process::exit(1);
         });
-    } else {
-        // Keep the sender alive so the receiver never fires.
-        std::mem::forget(lost_tx);
     }
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let lost_flag = lost.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown_signal() => info!("shutting down"),
-            r = lost_rx => if r.is_ok() {
-                lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                error!("lost leadership; stopping");
-            },
-        }
+        shutdown_signal().await;
+        info!("shutting down");
         let _ = done_tx.send(true);
     });
     let mut done = done_rx.clone();
-    controller::run(ctx, async move {
+    controller::run(ctx, scope, async move {
         let _ = done.wait_for(|d| *d).await;
     })
     .await;
 
     server.abort();
-    if lost.load(std::sync::atomic::Ordering::SeqCst) {
-        anyhow::bail!("leadership lost");
-    }
-    if args.leader_election
-        && let Err(e) = leader::release(&client, &lease).await
-    {
-        error!(error = %e, "could not release the lease");
+    if let Some(held) = leadership {
+        held.lose();
+        metrics.leader.set(0);
+        if let Err(e) = leader::release(&client, &lease).await {
+            error!(error = %e, "could not release the lease");
+        }
     }
     Ok(())
 }

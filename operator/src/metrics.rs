@@ -51,6 +51,8 @@ pub struct Metrics {
     pub replicas: Family<StageLabels, Gauge>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Writes (apply, status, topics, finalizer, Events) this replica was allowed to make.
+    pub writes: Counter,
     ready: AtomicBool,
 }
 
@@ -63,6 +65,7 @@ impl Default for Metrics {
         let lag = Family::<StageLabels, Gauge>::default();
         let replicas = Family::<StageLabels, Gauge>::default();
         let leader = Gauge::default();
+        let writes = Counter::default();
         registry.register("reconciles", "Reconciliations started", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -89,6 +92,11 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "writes",
+            "Writes to the API server or the broker this replica made as the leader",
+            writes.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -97,6 +105,7 @@ impl Default for Metrics {
             lag,
             replicas,
             leader,
+            writes,
             ready: AtomicBool::new(false),
         }
     }

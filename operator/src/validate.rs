@@ -216,6 +216,18 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
         if !tls && sec.ca_secret.is_some() {
             errs.push("kafka.security.caSecret: needs protocol SSL or SASL_SSL".to_owned());
         }
+        if sec.protocol == SecurityProtocol::SaslPlaintext && !sec.allow_plaintext_credentials {
+            errs.push(
+                "kafka.security.protocol: SASL_PLAINTEXT sends the credentials unencrypted; use SASL_SSL, or set allowPlaintextCredentials: true to accept that"
+                    .to_owned(),
+            );
+        }
+        if sec.allow_plaintext_credentials && sec.protocol != SecurityProtocol::SaslPlaintext {
+            errs.push(
+                "kafka.security.allowPlaintextCredentials: only meaningful with protocol SASL_PLAINTEXT"
+                    .to_owned(),
+            );
+        }
     }
 
     let t = &spec.topics;
@@ -300,6 +312,16 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
         }
         if sink.prefix.as_deref().is_some_and(|p| p.starts_with('/')) {
             errs.push("sink.prefix: must not start with '/'".to_owned());
+        }
+        let plain_http = sink.endpoint.as_deref().is_some_and(|e| {
+            e.get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        });
+        if plain_http && sink.credentials_secret.is_some() {
+            errs.push(
+                "sink.endpoint: an http:// endpoint would send the credentials of sink.credentialsSecret unencrypted; use https://"
+                    .to_owned(),
+            );
         }
     }
 
@@ -401,8 +423,68 @@ pub(crate) mod tests {
             sasl_mechanism: None,
             credentials_secret: None,
             ca_secret: None,
+            allow_plaintext_credentials: false,
         });
         assert_eq!(validate("p", &s).expect_err("invalid").0.len(), 2);
+    }
+
+    fn sasl(protocol: SecurityProtocol, opt_in: bool) -> SensorPipelineSpec {
+        let mut s = spec();
+        s.kafka.security = Some(crate::crd::KafkaSecurity {
+            protocol,
+            sasl_mechanism: Some(crate::crd::SaslMechanism::ScramSha512),
+            credentials_secret: Some(crate::crd::CredentialsSecretRef {
+                name: "creds".into(),
+                username_key: "username".into(),
+                password_key: "password".into(),
+            }),
+            ca_secret: None,
+            allow_plaintext_credentials: opt_in,
+        });
+        s
+    }
+
+    #[test]
+    fn sasl_over_plaintext_needs_an_explicit_opt_in() {
+        let e = validate("p", &sasl(SecurityProtocol::SaslPlaintext, false)).expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("SASL_PLAINTEXT sends the credentials unencrypted"),
+            "{e}"
+        );
+        assert!(validate("p", &sasl(SecurityProtocol::SaslPlaintext, true)).is_ok());
+        assert!(validate("p", &sasl(SecurityProtocol::SaslSsl, false)).is_ok());
+        // The opt-in on a TLS listener is a mistake worth pointing out.
+        assert!(validate("p", &sasl(SecurityProtocol::SaslSsl, true)).is_err());
+    }
+
+    #[test]
+    fn http_gcs_endpoint_with_credentials_is_refused() {
+        let sink = |endpoint: &str, creds: bool| {
+            let mut s = spec();
+            s.sink = Some(SinkSpec {
+                bucket: "bkt".into(),
+                prefix: None,
+                topics: vec![SinkTopic::Predictions],
+                rotation: Default::default(),
+                credentials_secret: creds.then(|| crate::crd::SecretKeyRef {
+                    name: "gcs".into(),
+                    key: "key.json".into(),
+                }),
+                endpoint: Some(endpoint.into()),
+                replicas: 1,
+                resources: None,
+            });
+            validate("p", &s)
+        };
+        let e = sink("http://fake-gcs:4443", true).expect_err("refused");
+        assert!(e.to_string().contains("http:// endpoint"), "{e}");
+        assert!(sink("HTTP://fake-gcs:4443", true).is_err());
+        assert!(
+            sink("http://fake-gcs:4443", false).is_ok(),
+            "anonymous over http is fine"
+        );
+        assert!(sink("https://storage.example:443", true).is_ok());
     }
 
     #[test]
