@@ -29,3 +29,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* Watched namespaces, comma-separated: watch.namespaces, or the release namespace. */ -}}
+{{- define "sensorflow-operator.watchNamespaces" -}}
+{{- if .Values.watch.namespaces -}}
+{{- join "," (uniq .Values.watch.namespaces) -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
