@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import reduce
 
 # The processors' built-in logistic model (processors/core/src/model.rs: DEFAULT_WEIGHTS,
 # DEFAULT_BIAS) and the CRD's default threshold (operator/src/crd.rs: ModelSpec).
@@ -391,20 +392,27 @@ def analyse(spark, args):
         raise SystemExit(f"no topic of {sorted(names.values())} under {archive} (wrong --archive or topic names?)")
 
     # --- rows per topic and hour (the Hive partitions: UTC hour of the Kafka timestamp) ---
-    per_hour = []
-    for role, d in present.items():
-        # Files per hour from the listing (what the sink wrote), rows per hour from Spark.
-        files = {}
+    # Files per hour from the listing (what the sink wrote), rows per hour from Spark (one job
+    # over all topics).
+    files = {}
+    for role in present:
         for rel in fs.data_files(f"{archive}/topic={names[role]}"):
             parts = dict(p.split("=", 1) for p in rel.split("/")[:-1] if "=" in p)
-            key = (parts.get("date"), int(parts.get("hour", -1)))
+            key = (role, parts.get("date"), int(parts.get("hour", -1)))
             files[key] = files.get(key, 0) + 1
-        rows = d.groupBy(F.date_format("date", "yyyy-MM-dd").alias("date"), "hour").count().orderBy("date", "hour").collect()
-        for r in rows:
-            per_hour.append({"topic": names[role], "role": role, "date": r["date"], "hour": int(r["hour"]), "rows": int(r["count"]), "files": files.get((r["date"], int(r["hour"])), 0)})
-        rep.rows[role] = sum(int(r["count"]) for r in rows)
-        rep.files[role] = sum(files.values())
-        rep.hours[role] = len(rows)
+    hourly = reduce(
+        lambda a, b: a.unionByName(b),
+        [d.select(F.lit(role).alias("role"), F.date_format("date", "yyyy-MM-dd").alias("date"), F.col("hour").cast("int").alias("hour")) for role, d in present.items()],
+    )
+    per_hour = []
+    for r in hourly.groupBy("role", "date", "hour").count().orderBy("role", "date", "hour").collect():
+        role = r["role"]
+        per_hour.append({"topic": names[role], "role": role, "date": r["date"], "hour": r["hour"], "rows": int(r["count"]), "files": files.get((role, r["date"], r["hour"]), 0)})
+    for role in present:
+        mine = [h for h in per_hour if h["role"] == role]
+        rep.rows[role] = sum(h["rows"] for h in mine)
+        rep.files[role] = sum(n for (r, _, _), n in files.items() if r == role)
+        rep.hours[role] = len(mine)
     rep.data["rows_per_topic_hour"] = per_hour
     phase("rows per topic and hour")
 
@@ -438,9 +446,8 @@ def analyse(spark, args):
     feat = [dfs[r] for r in ("FA", "FI", "FD") if dfs.get(r) is not None]
     if feat:
         src = "FA/FI/FD topics"
-        for d in feat:
-            for r in d.groupBy("kind", "bin").count().collect():
-                bins.setdefault(r["kind"], {})[int(r["bin"])] = r["count"]
+        for r in reduce(lambda a, b: a.unionByName(b), [d.select("kind", "bin") for d in feat]).groupBy("kind", "bin").count().collect():
+            bins.setdefault(r["kind"], {})[int(r["bin"])] = r["count"]
     else:
         src = "predictions' feature vectors"
         for name, col in zip(("FA", "FI", "FD"), FEATURE_COLUMNS[2:]):

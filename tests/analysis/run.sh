@@ -137,10 +137,14 @@ step "local archive (pyarrow, sink schema) → job → counts, label, AUC, pictu
 
 # --- 3. the real pipeline into fake-gcs-server ---
 start_gcs() {
+  if curl -s -o /dev/null "$endpoint/storage/v1/b" 2>/dev/null; then
+    log "something already listens on 127.0.0.1:$gcs_port (SENSORFLOW_ANALYSIS_GCS_PORT)"; return 1
+  fi
   "$fake_gcs" -scheme http -host 127.0.0.1 -port "$gcs_port" -backend memory \
     -public-host "127.0.0.1:$gcs_port" -external-url "$endpoint" >>"$logs/fake-gcs.log" 2>&1 &
   pids[gcs]=$!
   for _ in $(seq 1 100); do
+    kill -0 "${pids[gcs]}" 2>/dev/null || { log "fake-gcs-server exited (log: $logs/fake-gcs.log)"; return 1; }
     curl -sf "$endpoint/storage/v1/b" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -183,13 +187,15 @@ pipeline() {
   unset "pids[sink]"
   log "gcs-sink exit status $st: $(grep 'gcs-sink:' "$logs/gcs-sink.log" | tail -1)"
   stop_pid window; stop_pid join
-  [ "$st" = 0 ]
+  [ "$st" = 0 ] && pipeline_ok=1
 }
+pipeline_ok=0
 step "pipeline: 8 days of household data + bad readings → processors → gcs-sink → fake-gcs-server" pipeline
 
 # --- 4. the job on gs:// and the independent checks ---
 report="$work/report"
 gcs_job() {
+  [ "$pipeline_ok" = 1 ] || { log "no archive: the pipeline step failed"; return 1; }
   local t0; t0=$(date +%s)
   "${job[@]}" --archive "gs://$bucket/$prefix" --gcs-endpoint "$endpoint" \
     --output "gs://$bucket/reports/test" --exceed "$exceed" --split-by client \
