@@ -5,12 +5,16 @@
 #
 # Steps: build/install what is missing (k8s binaries, Kafka jars, helm, kubernetes-validate) →
 # start the broker and the control plane (fresh state) → unit tests → CRD up to date → install
-# the CRD → scenario tests (operator/tests/scenarios.rs) → helm lint / template |
-# kubernetes-validate / install → RBAC spot checks → teardown. Prints one summary line
-# "operator: N passed, M failed".
+# the CRD → CEL refusals (tests/operator/cel/) → scenario tests (operator/tests/scenarios.rs) → helm lint / template |
+# kubernetes-validate / install → RBAC checks (namespaced default, cluster-wide opt-in) → the
+# operator under the chart's RBAC → teardown. Prints one summary line
+# "operator: N passed, M failed". Every kubectl/helm call has a timeout (k/h below), so no step
+# can hang; the scenarios have their own deadlines and a whole-run timeout.
 #
 # Env: SENSORFLOW_OPERATOR_BROKER_PORT (default 19192), SENSORFLOW_K8S_PORT (default 16443),
-# SENSORFLOW_ETCD_PORT (12379), KEEP=1 to leave broker and control plane running afterwards.
+# SENSORFLOW_ETCD_PORT (12379), SENSORFLOW_KCM_PORT (10357), SF_TEST_PORT_OFFSET (added to the
+# operators' metrics ports 18181–18196, default 0: two runs side by side), KEEP=1 to leave
+# broker and control plane running afterwards.
 . "$(dirname "$0")/../../scripts/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
@@ -46,6 +50,10 @@ trap teardown EXIT
 # --- prerequisites (each cached after the first run) ---
 mkdir -p "$work"
 kbin="$("$REPO_ROOT/tests/cluster/build-k8s.sh")"
+kubectl_bin="$kbin/kubectl"
+# kubectl and helm never wait forever: a per-request timeout and a kill timer on the whole call.
+k() { timeout 90 "$kubectl_bin" --request-timeout=30s "$@"; }
+h() { timeout 180 "$helm" "$@"; }
 kubectl="$kbin/kubectl"
 helm="$("$REPO_ROOT/tests/cluster/tools.sh" helm)"
 kvalidate="$("$REPO_ROOT/tests/cluster/tools.sh" kubernetes-validate)"
@@ -71,118 +79,204 @@ unit_tests() {
   cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-operator --lib --bins
 }
 crd_up_to_date() {
-  cargo run -q -p sensorflow-operator --bin crdgen > crds/sensorpipelines.yaml \
+  cargo run --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-operator --bin crdgen > crds/sensorpipelines.yaml \
     && git diff --exit-code -- crds/ \
     && cmp crds/sensorpipelines.yaml charts/sensorflow-operator/crds/sensorpipelines.yaml \
     || { log "crds/ is stale: regenerate with 'cargo run -p sensorflow-operator --bin crdgen > crds/sensorpipelines.yaml' and copy it to charts/sensorflow-operator/crds/"; return 1; }
 }
 install_crd() {
-  "$kubectl" apply --server-side -f crds/sensorpipelines.yaml >/dev/null \
-    && "$kubectl" wait --for condition=Established --timeout 30s crd/sensorpipelines.sensorflow.io >/dev/null \
-    && ! "$kubectl" get crd sensorpipelines.sensorflow.io -o jsonpath='{.status.conditions[*].type}' | grep -q NonStructuralSchema
+  k apply --server-side -f crds/sensorpipelines.yaml >/dev/null \
+    && k wait --for condition=Established --timeout 30s crd/sensorpipelines.sensorflow.io >/dev/null \
+    && ! k get crd sensorpipelines.sensorflow.io -o jsonpath='{.status.conditions[*].type}' | grep -q NonStructuralSchema
 }
 example_server_dry_run() {
-  "$kubectl" apply --dry-run=server -f examples/sensorpipeline.yaml
+  k apply --dry-run=server -f examples/sensorpipeline.yaml
+}
+cel_rules_refuse() {
+  # Every cross-field CEL rule of the CRD, tried against the real API server: valid.yaml is
+  # accepted, each refuse-*.yaml is refused with its rule's message (its "# expect:" line).
+  local ok=0 f expect out n=0
+  k create namespace sf-cel >/dev/null || return 1
+  k -n sf-cel apply -f tests/operator/cel/valid.yaml >/dev/null || { log "valid.yaml refused"; return 1; }
+  for f in tests/operator/cel/refuse-*.yaml; do
+    expect="$(sed -n 's/^# expect: //p' "$f")"
+    [ -n "$expect" ] || { log "$f has no '# expect:' line"; ok=1; continue; }
+    if out="$(k -n sf-cel apply -f "$f" 2>&1)"; then
+      log "$f was accepted"; ok=1
+    elif ! grep -qF -- "$expect" <<<"$out"; then
+      log "$f refused without the rule's message '$expect': $out"; ok=1
+    else
+      n=$((n + 1))
+    fi
+  done
+  log "$n manifests refused by CEL with the rule's message"
+  k delete namespace sf-cel --wait=false >/dev/null
+  return $ok
 }
 scenarios() {
-  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test scenarios -- --include-ignored --test-threads=1 2>&1 \
+  timeout 1800 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test scenarios -- --include-ignored --test-threads=1 2>&1 \
     | tee "$logs/scenarios.log"
   return "${PIPESTATUS[0]}"
 }
 helm_lint() {
-  "$helm" lint --strict charts/sensorflow-operator
+  h lint --strict charts/sensorflow-operator \
+    && h lint --strict charts/sensorflow-operator --set watch.clusterWide=true \
+    && h lint --strict charts/sensorflow-operator --set 'watch.namespaces={a,b}'
 }
 helm_validate() {
-  "$helm" template sensorflow charts/sensorflow-operator --include-crds -n sensorflow-system > "$logs/rendered.yaml" \
+  h template sensorflow charts/sensorflow-operator --include-crds -n sensorflow-system > "$logs/rendered.yaml" \
     && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered.yaml" \
-    && "$helm" template sensorflow charts/sensorflow-operator -n sensorflow-system \
+    && h template sensorflow charts/sensorflow-operator -n sensorflow-system \
          --set replicaCount=2 --set leaderElection.enabled=false --set metrics.service.enabled=false \
-       > "$logs/rendered-ha.yaml" && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered-ha.yaml" \
+         --set watch.clusterWide=true > "$logs/rendered-ha.yaml" \
+    && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered-ha.yaml" \
+    && h template sensorflow charts/sensorflow-operator -n sensorflow-system \
+         --set 'watch.namespaces={team-a,team-b}' > "$logs/rendered-ns.yaml" \
+    && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered-ns.yaml" \
     && grep -q 'readOnlyRootFilesystem: true' "$logs/rendered.yaml" \
-    && grep -q 'runAsNonRoot: true' "$logs/rendered.yaml"
+    && grep -q 'runAsNonRoot: true' "$logs/rendered.yaml" \
+    && ! grep -q '^kind: ClusterRole' "$logs/rendered.yaml" \
+    && grep -q '^kind: ClusterRole$' "$logs/rendered-ha.yaml" \
+    && [ "$(grep -c '^kind: Role$' "$logs/rendered-ns.yaml")" = 3 ] \
+    && grep -A1 'SF_OPERATOR_WATCH_NAMESPACES' "$logs/rendered-ns.yaml" | grep -q '"team-a,team-b"'
 }
 helm_install() {
   # Fresh API server: Helm installs the CRD from the chart's crds/ (and keeps it on uninstall).
-  "$helm" install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace \
-      --set replicaCount=2 >/dev/null \
-    && "$helm" status sensorflow -n sensorflow-system >/dev/null \
-    && "$kubectl" -n sensorflow-system get deployment sensorflow-sensorflow-operator >/dev/null \
-    && "$kubectl" -n sensorflow-system get serviceaccount/sensorflow-sensorflow-operator \
+  h install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace \
+      --set replicaCount=2 --timeout 120s >/dev/null \
+    && h status sensorflow -n sensorflow-system >/dev/null \
+    && k -n sensorflow-system get deployment sensorflow-sensorflow-operator >/dev/null \
+    && k -n sensorflow-system get serviceaccount/sensorflow-sensorflow-operator \
          service/sensorflow-sensorflow-operator-metrics role/sensorflow-sensorflow-operator-leader \
-         rolebinding/sensorflow-sensorflow-operator-leader >/dev/null \
-    && "$kubectl" get clusterrole/sensorflow-sensorflow-operator clusterrolebinding/sensorflow-sensorflow-operator >/dev/null \
-    && "$kubectl" get crd/sensorpipelines.sensorflow.io >/dev/null \
-    && "$helm" uninstall sensorflow -n sensorflow-system >/dev/null
+         rolebinding/sensorflow-sensorflow-operator-leader role/sensorflow-sensorflow-operator \
+         rolebinding/sensorflow-sensorflow-operator >/dev/null \
+    && ! k get clusterrole/sensorflow-sensorflow-operator >/dev/null 2>&1 \
+    && k get crd/sensorpipelines.sensorflow.io >/dev/null \
+    && h uninstall sensorflow -n sensorflow-system --timeout 120s >/dev/null
 }
-rbac_least_privilege() {
-  "$helm" install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace >/dev/null || return 1
-  local sa=system:serviceaccount:sensorflow-system:sensorflow-sensorflow-operator ok=0
-  can() { [ "$("$kubectl" auth can-i "$@" --as "$sa" 2>/dev/null)" = yes ]; }
-  can patch sensorpipelines.sensorflow.io -A || { log "cannot patch sensorpipelines"; ok=1; }
-  can patch sensorpipelines.sensorflow.io --subresource=status -A || { log "cannot patch status"; ok=1; }
-  can create deployments.apps -n any || { log "cannot create deployments"; ok=1; }
-  can create events.events.k8s.io -n any || { log "cannot create events"; ok=1; }
+
+sa=system:serviceaccount:sensorflow-system:sensorflow-sensorflow-operator
+can() { [ "$(k auth can-i "$@" --as "$sa" 2>/dev/null)" = yes ]; }
+# Verbs every mode must grant in a watched namespace, and never grant anywhere.
+rbac_common_checks() {
+  local ns="$1" ok=0
+  can patch sensorpipelines.sensorflow.io -n "$ns" || { log "cannot patch sensorpipelines in $ns"; ok=1; }
+  can watch sensorpipelines.sensorflow.io -n "$ns" || { log "cannot watch sensorpipelines in $ns"; ok=1; }
+  can patch sensorpipelines.sensorflow.io --subresource=status -n "$ns" || { log "cannot patch status in $ns"; ok=1; }
+  can create deployments.apps -n "$ns" || { log "cannot create deployments in $ns"; ok=1; }
+  can create events.events.k8s.io -n "$ns" || { log "cannot create events in $ns"; ok=1; }
+  can get secrets -n "$ns" || { log "cannot get secrets in $ns"; ok=1; }
+  ! can list secrets -n "$ns" || { log "can list secrets in $ns"; ok=1; }
+  ! can watch secrets -n "$ns" || { log "can watch secrets in $ns"; ok=1; }
+  ! can delete secrets -n "$ns" || { log "can delete secrets in $ns"; ok=1; }
+  ! can create pods -n "$ns" || { log "can create pods in $ns"; ok=1; }
+  ! can delete sensorpipelines.sensorflow.io -n "$ns" || { log "can delete pipelines in $ns"; ok=1; }
   can update leases.coordination.k8s.io -n sensorflow-system || { log "cannot update leases"; ok=1; }
   ! can update leases.coordination.k8s.io -n default || { log "leases beyond its namespace"; ok=1; }
-  ! can list secrets -A || { log "can list secrets"; ok=1; }
-  ! can delete secrets -n any || { log "can delete secrets"; ok=1; }
-  ! can create pods -n any || { log "can create pods"; ok=1; }
-  ! can delete sensorpipelines.sensorflow.io -A || { log "can delete pipelines"; ok=1; }
   ! can '*' '*' || { log "has wildcard access"; ok=1; }
-  "$helm" uninstall sensorflow -n sensorflow-system >/dev/null || ok=1
+  return $ok
+}
+rbac_namespaced_default() {
+  # Default: only the release namespace; nothing cluster-wide, in particular no Secrets elsewhere.
+  h install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace --timeout 120s >/dev/null || return 1
+  local ok=0
+  rbac_common_checks sensorflow-system || ok=1
+  ! can get secrets -n default || { log "default mode: can get secrets in default"; ok=1; }
+  ! can get secrets -A || { log "default mode: can get secrets cluster-wide"; ok=1; }
+  ! can list sensorpipelines.sensorflow.io -A || { log "default mode: can list pipelines cluster-wide"; ok=1; }
+  ! can create deployments.apps -n default || { log "default mode: can create deployments in default"; ok=1; }
+  [ "$(k -n sensorflow-system get deploy sensorflow-sensorflow-operator \
+        -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="SF_OPERATOR_WATCH_NAMESPACES")].value}')" = sensorflow-system ] \
+    || { log "operator not told to watch only its namespace"; ok=1; }
+  h uninstall sensorflow -n sensorflow-system --timeout 120s >/dev/null || ok=1
+  return $ok
+}
+rbac_watch_list() {
+  # A list of namespaces: a Role in each, nothing in the others.
+  k create namespace sf-team-a >/dev/null && k create namespace sf-team-b >/dev/null || return 1
+  h install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace --timeout 120s \
+      --set 'watch.namespaces={sf-team-a,sf-team-b}' >/dev/null || return 1
+  local ok=0
+  rbac_common_checks sf-team-a || ok=1
+  rbac_common_checks sf-team-b || ok=1
+  ! can get secrets -n sensorflow-system || { log "list mode: secrets in the release namespace"; ok=1; }
+  ! can get secrets -n default || { log "list mode: can get secrets in default"; ok=1; }
+  ! can get secrets -A || { log "list mode: can get secrets cluster-wide"; ok=1; }
+  h uninstall sensorflow -n sensorflow-system --timeout 120s >/dev/null || ok=1
+  return $ok
+}
+rbac_cluster_wide_opt_in() {
+  h install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace --timeout 120s \
+      --set watch.clusterWide=true >/dev/null || return 1
+  local ok=0
+  rbac_common_checks any-namespace || ok=1
+  can list sensorpipelines.sensorflow.io -A || { log "cluster-wide: cannot list pipelines everywhere"; ok=1; }
+  can get secrets -A || { log "cluster-wide: cannot get secrets everywhere"; ok=1; }
+  ! can list secrets -A || { log "cluster-wide: can list secrets"; ok=1; }
+  [ -z "$(k -n sensorflow-system get deploy sensorflow-sensorflow-operator \
+        -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="SF_OPERATOR_WATCH_NAMESPACES")].value}')" ] \
+    || { log "cluster-wide: operator restricted to namespaces"; ok=1; }
+  h uninstall sensorflow -n sensorflow-system --timeout 120s >/dev/null || ok=1
   return $ok
 }
 
 operator_with_chart_rbac() {
-  # The operator binary, authenticated as the chart's ServiceAccount, reconciles and deletes a
-  # pipeline: proves the ClusterRole/Role are sufficient, not just present.
-  local ns=sensorflow-system sa=sensorflow-sensorflow-operator ok=0 secret="" token server pid ready=""
-  "$helm" install sensorflow charts/sensorflow-operator -n $ns --create-namespace >/dev/null || return 1
-  for _ in $(seq 1 50); do
-    secret="$("$kubectl" -n $ns get sa $sa -o jsonpath='{.secrets[0].name}' 2>/dev/null)"
-    [ -n "$secret" ] && break; sleep 0.2
-  done
-  token="$("$kubectl" -n $ns get secret "$secret" -o jsonpath='{.data.token}' | base64 -d)" || return 1
-  server="$("$kubectl" config view -o jsonpath='{.clusters[0].cluster.server}')"
+  # The operator binary, authenticated as the chart's ServiceAccount (a TokenRequest token:
+  # Kubernetes >= 1.24 no longer creates token Secrets), watching the namespaces the chart
+  # grants, reconciles and deletes a pipeline: proves the Roles are sufficient, not just present.
+  # A pipeline in a namespace it does not watch is left alone.
+  local ns=sensorflow-system sa=sensorflow-sensorflow-operator ok=0 token server pid ready=""
+  k create namespace sf-rbac >/dev/null && k create namespace sf-unwatched >/dev/null || return 1
+  h install sensorflow charts/sensorflow-operator -n $ns --create-namespace --timeout 120s \
+      --set 'watch.namespaces={sf-rbac}' >/dev/null || return 1
+  token="$(k -n $ns create token $sa --duration 1h)" || { log "kubectl create token failed"; return 1; }
+  server="$(k config view -o jsonpath='{.clusters[0].cluster.server}')"
   printf '%s\n' "apiVersion: v1" "kind: Config" \
     "clusters: [{name: c, cluster: {server: \"$server\", insecure-skip-tls-verify: true}}]" \
     "users: [{name: sa, user: {token: \"$token\"}}]" \
     "contexts: [{name: c, context: {cluster: c, user: sa}}]" "current-context: c" > "$work/sa-kubeconfig"
-  "$kubectl" create namespace sf-rbac >/dev/null
-  printf '%s\n' "apiVersion: sensorflow.io/v1alpha1" "kind: SensorPipeline" "metadata: {name: rbac}" \
-    "spec: {kafka: {bootstrapServers: \"$SF_TEST_BOOTSTRAP\"}, topics: {deletionPolicy: Delete}}" \
-    | "$kubectl" -n sf-rbac apply -f - >/dev/null || return 1
+  for n in sf-rbac sf-unwatched; do
+    printf '%s\n' "apiVersion: sensorflow.io/v1alpha1" "kind: SensorPipeline" "metadata: {name: rbac}" \
+      "spec: {kafka: {bootstrapServers: \"$SF_TEST_BOOTSTRAP\"}, topics: {partitions: 2, deletionPolicy: Delete}, processors: {window: {maxReplicas: 2}, join: {maxReplicas: 2}}}" \
+      | k -n $n apply -f - >/dev/null || return 1
+  done
   local bin="$SENSORFLOW_TARGET_BIN/sensorflow-operator"
-  KUBECONFIG="$work/sa-kubeconfig" POD_NAMESPACE=$ns POD_NAME=rbac-check RUST_LOG=info \
-    "$bin" --metrics-addr 127.0.0.1:18190 --lease-name $sa --resync-seconds 2 >"$logs/operator-rbac.log" 2>&1 &
+  KUBECONFIG="$work/sa-kubeconfig" POD_NAMESPACE=$ns POD_NAME=rbac-check RUST_LOG=info SF_OPERATOR_WATCH_NAMESPACES=sf-rbac \
+    "$bin" --metrics-addr "127.0.0.1:$((18190 + ${SF_TEST_PORT_OFFSET:-0}))" --lease-name $sa --resync-seconds 2 >"$logs/operator-rbac.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 150); do
-    ready="$("$kubectl" -n sf-rbac get sp rbac -o jsonpath='{.status.conditions[?(@.type=="TopicsReady")].status}' 2>/dev/null)"
+    ready="$(k -n sf-rbac get sp rbac -o jsonpath='{.status.conditions[?(@.type=="TopicsReady")].status}' 2>/dev/null)"
     [ "$ready" = True ] && break; sleep 0.4
   done
   [ "$ready" = True ] || { log "pipeline not reconciled with the chart's RBAC"; ok=1; }
-  "$kubectl" -n sf-rbac get deployment rbac-window rbac-join >/dev/null || ok=1
-  [ "$("$kubectl" -n sf-rbac get events.events.k8s.io -o name | wc -l)" -gt 0 ] || { log "no Events"; ok=1; }
-  "$kubectl" -n sf-rbac delete sp rbac --timeout 60s >/dev/null || { log "finalizer not removed"; ok=1; }
+  k -n sf-rbac get deployment rbac-window rbac-join >/dev/null || ok=1
+  [ "$(k -n sf-rbac get events.events.k8s.io -o name | wc -l)" -gt 0 ] || { log "no Events"; ok=1; }
+  [ -z "$(k -n sf-unwatched get sp rbac -o jsonpath='{.metadata.finalizers}')" ] \
+    || { log "pipeline in an unwatched namespace was touched"; ok=1; }
+  k -n sf-unwatched delete sp rbac --timeout 30s >/dev/null || ok=1
+  k -n sf-rbac delete sp rbac --timeout 60s >/dev/null || { log "finalizer not removed"; ok=1; }
   if grep -qi forbidden "$logs/operator-rbac.log"; then
     log "operator hit RBAC denials:"; grep -i forbidden "$logs/operator-rbac.log" | head -5 >&2; ok=1
   fi
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-  "$helm" uninstall sensorflow -n $ns >/dev/null || ok=1
+  kill "$pid" 2>/dev/null; timeout 30 tail --pid="$pid" -f /dev/null; kill -9 "$pid" 2>/dev/null
+  h uninstall sensorflow -n $ns --timeout 120s >/dev/null || ok=1
   return $ok
 }
 
 step "build operator and tests" build_tests
-step "unit and property tests (validate, build, planner, conditions, topics)" unit_tests
+step "unit and property tests (validate, build, planner, conditions, topics, leader)" unit_tests
 step "crds/ up to date with crdgen" crd_up_to_date
-step "helm lint --strict" helm_lint
-step "helm template | kubernetes-validate --strict" helm_validate
+step "helm lint --strict (namespaced, list, cluster-wide)" helm_lint
+step "helm template | kubernetes-validate --strict (three RBAC modes)" helm_validate
 step "helm install against the API server (installs the CRD)" helm_install
-step "CRD established on kube-apiserver v1.20.2 (structural, no CEL)" install_crd
+step "CRD established on the API server (structural)" install_crd
 step "example manifest accepted (kubectl apply --dry-run=server)" example_server_dry_run
-step "operator scenarios (real API server + broker)" scenarios
-step "RBAC least privilege (kubectl auth can-i)" rbac_least_privilege
-step "operator runs with the chart's RBAC (ServiceAccount token)" operator_with_chart_rbac
+step "CEL rules refuse each violating manifest with the rule's message" cel_rules_refuse
+step "operator scenarios (real API server + Apache Kafka)" scenarios
+step "RBAC default: release namespace only, no cluster-wide Secrets (kubectl auth can-i)" rbac_namespaced_default
+step "RBAC watch.namespaces: a Role per listed namespace (kubectl auth can-i)" rbac_watch_list
+step "RBAC watch.clusterWide opt-in (kubectl auth can-i)" rbac_cluster_wide_opt_in
+step "operator runs with the chart's RBAC (TokenRequest token, watched namespaces only)" operator_with_chart_rbac
 
 log "operator tests finished in $(( $(date +%s) - t_start )) s"
 for f in "${failures[@]}"; do log "FAILED: $f"; done
