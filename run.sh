@@ -9,16 +9,20 @@
 #                     an independent (non-librdkafka) client, operator scenarios against a
 #                     real kube-apiserver.
 #   ./run.sh bench    Prints the benchmark figures quoted in the README.
+#   ./run.sh analyze [--archive DIR|gs://…] [--output DIR]
+#                     After `demo`: the PySpark analysis of its Parquet archive, a model trained
+#                     from it and a report (analysis/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/lib.sh
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   demo) shift; exec scripts/demo.sh "$@" ;;
   test) shift; exec scripts/test.sh "$@" ;;
   bench) shift; exec scripts/bench.sh "$@" ;;
+  analyze) shift; exec scripts/analyze.sh "$@" ;;
   -h|--help|help|"") usage ;;
   *) usage >&2; exit 2 ;;
 esac
