@@ -726,7 +726,8 @@ def pictures(rep, out_dir):
     ax.set_ylabel("true positive rate")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_title(f"ROC on the test split ({d['label']['test']} predictions); label: {d['label']['definition']}", fontsize=9)
+    lab = d["label"]
+    ax.set_title(f"ROC on the test split ({lab['test']} predictions); label: an SZ reading > {lab['exceed']:g} within the next {lab['horizon_ms'] / 60000:g} min")
     ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
     save(fig, "roc.png")
