@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the benchmark figures quoted in the README, on this machine:
 #   1. the pure window engine (readings/s on one core, state bytes per buffered reading)
-#   2. through a real tansu broker: raw rdkafka consume rate vs window-processor rate on the same
+#   2. through a real Apache Kafka broker: raw rdkafka consume rate vs window-processor rate on the same
 #      topic, and SZ -> prediction latency at half of the maximum rate.
 # Usage: scripts/bench.sh [--engine-only] [--readings N]
 . "$(dirname "$0")/lib.sh"

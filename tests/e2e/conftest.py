@@ -94,7 +94,9 @@ def admin():
 
 
 def consumer():
-    return KafkaConsumer(bootstrap_servers=BOOT, enable_auto_commit=False, consumer_timeout_ms=3000)
+    # read_committed: the pipeline runs with ExactlyOnce; aborted outputs are not outputs.
+    return KafkaConsumer(bootstrap_servers=BOOT, enable_auto_commit=False, consumer_timeout_ms=3000,
+                         isolation_level="read_committed")
 
 
 def partitions_of(topics):

@@ -17,7 +17,8 @@ import yaml
 from conftest import (BOOT, GCS, IMAGE, NS, OP_NS, RELEASE, REPO, condition, count, gcs, gcs_buckets, gcs_list,
                       gcs_read, group_lag, helm, kjson, kubectl, list_topics, log, partitions_of, pods_ready,
                       read_all, replay, wait_for)
-from sfref import RANGES, bin_of, decode, expected_features, field_double, near, packed_varints, signed
+from sfref import (RANGES, AsOf, bin_of, decode, expected_features, expected_vector, field_double, near,
+                   packed_varints, signed)
 
 pytestmark = pytest.mark.skipif(not BOOT or not GCS, reason="run through tests/e2e/run.sh")
 
@@ -26,7 +27,8 @@ ROLES = ["sx", "sy", "sz", "fa", "fi", "fd", "predictions", "dead-letter", "late
 TOPICS = {r: f"{PIPELINE}.{r}" for r in ROLES}
 CHART = f"{REPO}/charts/sensorflow-operator"
 DAY_MS = 86_400_000
-TRIGGER_FEATURES = 3
+TRIGGER_SX, TRIGGER_SY, TRIGGER_FEATURES = 1, 2, 3
+TRIGGER_NAMES = {TRIGGER_SX: "sx", TRIGGER_SY: "sy", TRIGGER_FEATURES: "features"}
 
 # Sizing of the e2e pipeline for a small node (2 cores here): the example manifest is applied
 # with these fields changed, and nothing else.
@@ -53,6 +55,8 @@ def manifest():
     p["window"] = dict(SCALE, resources={"requests": {"cpu": "50m", "memory": "64Mi"},
                                          "limits": {"cpu": WINDOW_CPU_LIMIT, "memory": "512Mi"}})
     p["join"] = dict(SCALE, minReplicas=2)
+    # Kafka transactions end to end: the chaos scenario must show no duplicate at all.
+    p["deliveryGuarantee"] = "ExactlyOnce"
     return sp
 
 
@@ -150,17 +154,43 @@ def check_nothing_lost(day):
     return c
 
 
+def late_records():
+    """{(source topic, partition, offset)} of every record routed to the late topic: the join
+    never uses those, so the as-of reference leaves them out too."""
+    out = set()
+    for r in read_all(TOPICS["late"]):
+        h = {k: v.decode() for k, v in (r.headers or [])}
+        if "sensorflow.source.topic" in h:
+            out.add((h["sensorflow.source.topic"], int(h["sensorflow.source.partition"]), int(h["sensorflow.source.offset"])))
+    return out
+
+
 def check_predictions(day, c):
-    """Every prediction of `day` is right, whatever triggered it: its feature vector holds an SX
-    and an SY value the client sent, and the FA/FI/FD bins of the SZ reading it names
-    (features_source partition/offset, checked against the reference above); its probability
-    and alert follow the manifest's logistic model. The join emits when the last of a reading's
-    SX, SY and features arrives, so each client has at least as many predictions as readings.
-    Returns the number of predictions."""
+    """Every prediction of `day` holds exactly the as-of vector (sfref.expected_vector): for a
+    trigger at t, its own value, and each other input's latest value with event time <= t
+    (ties: larger offset; the triple of the latest SZ reading of the client at or before t,
+    with the bins the pipeline gave it, checked against the reference above); never a value
+    from after t. Its probability and alert follow the manifest's logistic model. Every SX, SY
+    and SZ reading triggers one prediction (the household rows carry all three at the same
+    minute, so none is missing or stale), repeats after a crash being identical.
+    Returns the number of distinct predictions."""
     sx = readings(TOPICS["sx"], day)
     sy = readings(TOPICS["sy"], day)
+    late = late_records()
+    stores = {"sx": AsOf(), "sy": AsOf(), "features": AsOf()}
+    own = {}
+    for kind, rs_by in [("sx", sx), ("sy", sy)]:
+        for client, rs in rs_by.items():
+            for t, x, part, off in rs:
+                own[(TOPICS[kind], part, off)] = int(x)
+                if (TOPICS[kind], part, off) not in late:
+                    stores[kind].add(client, t, (part, off), int(x))
+    for (part, off), (client, t) in c.at.items():
+        bins = c.bins.get((client, t))
+        if bins and None not in bins:
+            stores["features"].add(client, t, (part, off), ((part, off), bins))
     w, bias, threshold = MODEL["weights"], MODEL["bias"], MODEL["threshold"]
-    per_client = {}
+    seen = {}
     for r in read_all(TOPICS["predictions"]):
         p = decode(r.value)
         t = signed(p.get(2, [0])[0])
@@ -170,25 +200,35 @@ def check_predictions(day, c):
         assert r.key.decode() == client
         v = packed_varints(p[3])
         assert len(v) == 5, v
+        trigger = TRIGGER_NAMES[p.get(8, [0])[0]]
+        src = (p[9][0].decode(), p.get(10, [0])[0], signed(p.get(11, [0])[0]))
+        feat_src = (p.get(12, [0])[0], signed(p.get(13, [0])[0]))
+        if trigger == "features":
+            assert feat_src in c.at, f"{client} {t}: features from SZ {feat_src}, which holds no reading"
+            assert c.at[feat_src] == (client, t), f"features-triggered prediction at {t} for {c.at[feat_src]}"
+            mine = (feat_src, c.bins[(client, t)])
+        else:
+            assert src in own, f"{client} {t}: trigger record {src} was never sent"
+            mine = own[src]
+        want = expected_vector(trigger, t, mine, client, stores["sx"], stores["sy"], stores["features"])
+        assert want is not None, f"{client} {t}: a {trigger} prediction where an input is missing or stale"
+        assert v == want[0], f"{client} {t} ({trigger}): vector {v} != as-of reference {want[0]}"
+        assert feat_src == want[1], f"{client} {t}: triple of SZ {feat_src}, as-of says {want[1]}"
         z = sum(a * b for a, b in zip(w, v)) + bias
         prob = field_double(p, 4)
         assert near(prob, 1 / (1 + math.exp(-z))), f"{client} {t} {v}: probability {prob}"
         assert bool(p.get(5, [0])[0]) == (prob >= threshold)
-        assert v[0] in {int(x) for _, x, _, _ in sx.get(client, [])}, f"SX {v[0]} never sent for {client}"
-        assert v[1] in {int(x) for _, x, _, _ in sy.get(client, [])}, f"SY {v[1]} never sent for {client}"
-        source = (p.get(12, [0])[0], signed(p.get(13, [0])[0]))
-        assert source in c.at, f"{client} {t}: features from SZ {source}, which holds no reading"
-        src_client, src_t = c.at[source]
-        assert src_client == client, f"prediction for {client} uses features of {src_client}"
-        assert v[2:] == c.bins[(client, src_t)], f"{client} {t}: bins {v[2:]} != {c.bins[(client, src_t)]}"
-        if p.get(8, [0])[0] == TRIGGER_FEATURES:
-            assert t == src_t, f"features-triggered prediction at {t} for a reading at {src_t}"
-        per_client[client] = per_client.get(client, 0) + 1
+        key = (trigger, src if trigger != "features" else feat_src)
+        assert seen.setdefault(key, v) == v, f"{client} {t}: a repeated prediction differs"
+        seen[key] = v
     for client, rs in c.sz.items():
-        assert per_client.get(client, 0) >= len(rs), f"{client}: {per_client.get(client, 0)} predictions for {len(rs)} readings"
-    n = sum(per_client.values())
-    log(f"{n} predictions for {len(c.want)} readings follow the model and the reference bins")
-    return n
+        got = sum(1 for (trig, s) in seen if trig == "features" and s in c.at and c.at[s][0] == client)
+        # Exactly one per SZ reading, unless the join saw some of its inputs late (a restart
+        # longer than the idle timeout: then the late topic holds them).
+        assert len(rs) - len(late) <= got <= len(rs), f"{client}: {got} feature-triggered predictions for {len(rs)} SZ readings"
+    per_trigger = {k: sum(1 for (trig, _) in seen if trig == k) for k in TRIGGER_NAMES.values()}
+    log(f"{len(seen)} predictions {per_trigger} for {len(c.want)} readings hold the exact as-of vectors")
+    return len(seen)
 
 
 def scale_watch(stop, seen):
@@ -327,7 +367,9 @@ def test_5_chaos_processor_and_operator_pods_deleted_mid_replay():
                  >= d["spec"]["replicas"])(deployment(stage)), 240)
     checked = check_nothing_lost(day)
     n = check_predictions(day, checked)
-    log(f"chaos: {len(checked.want)} readings, {n} predictions, {checked.dups} duplicate feature records (at-least-once)")
+    log(f"chaos: {len(checked.want)} readings, {n} predictions, {checked.dups} duplicate feature records (exactly-once)")
+    # ExactlyOnce: pods deleted mid-transaction leave nothing twice for a read_committed reader.
+    assert checked.dups == 0, f"{checked.dups} duplicate feature records with ExactlyOnce
     # The restarted operator still reconciles: the pipeline is Ready again.
     wait_for("the pipeline Ready", lambda: condition(sp_status(), "Ready").get("status") == "True", 180)
 

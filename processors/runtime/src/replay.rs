@@ -275,11 +275,14 @@ pub async fn send(
     planned: &[Planned],
     mut summary: ReplaySummary,
 ) -> anyhow::Result<ReplaySummary> {
-    let producer: FutureProducer = args
-        .kafka
-        .producer_config("replay")
-        .create()
-        .context("creating the producer")?;
+    let mut cfg = args.kafka.producer_config("replay");
+    // A full-speed replay queues a whole backlog at once; on a busy broker the last batches
+    // wait longer than the processors' 30 s bound. A record still undelivered after 2 min
+    // fails the replay (exit 1, counted), as before.
+    if !args.kafka.properties.iter().any(|(k, _)| k == "delivery.timeout.ms") {
+        cfg.set("delivery.timeout.ms", "120000");
+    }
+    let producer: FutureProducer = cfg.create().context("creating the producer")?;
     let topics = args.topics.topics();
     let framing = args.framing.framing();
     let bar = ProgressBar::new(planned.len() as u64);

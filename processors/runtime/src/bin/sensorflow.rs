@@ -84,7 +84,16 @@ async fn main() -> anyhow::Result<()> {
                 let mut total = 0;
                 for (g, ts) in &groups {
                     let refs: Vec<&str> = ts.iter().map(String::as_str).collect();
-                    total += tokio::task::block_in_place(|| admin::group_lag(&cfg, g, &refs))?;
+                    match tokio::task::block_in_place(|| admin::group_lag(&cfg, g, &refs)) {
+                        Ok(lag) => total += lag,
+                        // A broker busy with leader or metadata changes answers a watermark
+                        // query with a retriable error (seen: NotLeaderForPartition under a
+                        // full-speed replay): ask again, until the timeout.
+                        Err(e) => {
+                            tracing::warn!(group = %g, error = %e, "lag unknown this time; retrying");
+                            total += 1;
+                        }
+                    }
                 }
                 if total == 0 {
                     println!("drained after {:.1} s", started.elapsed().as_secs_f64());

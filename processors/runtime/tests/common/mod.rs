@@ -151,7 +151,9 @@ pub fn replay(t: &TopicArgs, args: &[&str]) {
 pub fn wait_drained(group: &str, topics: &[&str], timeout: Duration) {
     let started = Instant::now();
     loop {
-        let lag = sensorflow_runtime::admin::group_lag(&config(), group, topics).unwrap();
+        // A busy broker can answer a watermark query with a retriable error
+        // (NotLeaderForPartition): ask again until the timeout.
+        let lag = sensorflow_runtime::admin::group_lag(&config(), group, topics).unwrap_or(-1);
         if lag == 0 {
             return;
         }
