@@ -2,16 +2,25 @@
 
 - Protobuf: encoded and decoded by hand from the field numbers in
   processors/core/proto/sensorflow/v1/messages.proto, not with prost.
-- The window definition from scratch: mean, trapezoidal integral in value*s, derivative in
-  value/s over a sliding event-time window, and uniform 10-bin binning.
+- The window definition from scratch, exactly: FA = math.fsum(values) / n (the exact sum
+  rounded once, then divided; a one-reading window is its reading), FI = the exact rational
+  sum of (v_i + v_{i+1}) * (t_{i+1} - t_i) / 2000 rounded once (fractions.Fraction; float()
+  of a Fraction is correctly rounded), FD = (v_last - v_first) / (dt_ms * 0.001) in double
+  arithmetic; so the pipeline's values must be equal bit for bit, not just close.
+- The join's as-of lookup: for a trigger at t, the latest value of another input with event
+  time <= t (ties: larger offset; triples: larger SZ partition/offset), unused when older than
+  t - max staleness.
 
 Used by tests/independent (processes on the host) and tests/e2e (pods on a cluster).
 """
 
+import bisect
 import math
 import struct
+from fractions import Fraction
 
 WINDOW_MS = 600_000
+MAX_STALENESS_MS = 600_000
 RANGES = {"FA": (0.0, 5.0), "FI": (0.0, 3000.0), "FD": (-0.01, 0.01)}
 
 
@@ -102,12 +111,63 @@ def expected_features(readings):
     out = []
     for k, (t, _) in enumerate(readings):
         w = [(tj, vj) for tj, vj in readings[: k + 1] if t - WINDOW_MS < tj <= t]
-        mean = sum(v for _, v in w) / len(w)
-        integral = sum((w[i][1] + w[i + 1][1]) / 2 * (w[i + 1][0] - w[i][0]) / 1000 for i in range(len(w) - 1))
-        dt = (w[-1][0] - w[0][0]) / 1000
-        deriv = (w[-1][1] - w[0][1]) / dt if dt else 0.0
-        out.append((t, mean, integral, deriv))
+        out.append((t,) + window_aggregates(w))
     return out
+
+
+def window_aggregates(w):
+    """(mean, integral_s, derivative_s) of one window [(t_ms, v)] sorted by time, exactly as
+    defined above (bit for bit what the window-processor must emit)."""
+    if len(w) == 1:
+        return w[0][1], 0.0, 0.0
+    mean = math.fsum(v for _, v in w) / len(w)
+    area = sum(((Fraction(w[i][1]) + Fraction(w[i + 1][1])) * (w[i + 1][0] - w[i][0]) for i in range(len(w) - 1)), Fraction(0))
+    integral = float(area / 2000)
+    dt = w[-1][0] - w[0][0]
+    deriv = (w[-1][1] - w[0][1]) / (dt * 0.001) if dt else 0.0
+    return mean, integral, deriv
+
+
+class AsOf:
+    """Values of one input per client for as-of lookups: add(client, t, tie, value), then
+    at(client, t) -> (t', value) of the latest with t' <= t (largest tie among equal times)."""
+
+    def __init__(self):
+        self.by = {}
+
+    def add(self, client, t, tie, value):
+        self.by.setdefault(client, []).append(((t, tie), value))
+
+    def at(self, client, t):
+        rows = self.by.get(client)
+        if not rows:
+            return None
+        if not getattr(self, "_sorted", False):
+            for r in self.by.values():
+                r.sort(key=lambda x: x[0])
+            self._sorted = True
+        i = bisect.bisect_right(rows, t, key=lambda x: x[0][0])
+        if i == 0:
+            return None
+        (tt, _), v = rows[i - 1]
+        return tt, v
+
+
+def expected_vector(trigger, t, own, client, sx, sy, triples, staleness_ms=MAX_STALENESS_MS):
+    """The join's [SX, SY, FA, FI, FD] for a trigger ('sx', 'sy' or 'features') at t whose own
+    value is `own` (SX/SY value, or the triple's ((sz_partition, sz_offset), bins)), from the
+    AsOf stores sx, sy (values) and triples (((p, o), bins)); None when an input is missing or
+    older than t - staleness (no prediction then). Returns (vector, triple source)."""
+    def pick(kind, store):
+        if trigger == kind:
+            return t, own
+        return store.at(client, t)
+
+    got = [pick("sx", sx), pick("sy", sy), pick("features", triples)]
+    if any(g is None or g[0] < t - staleness_ms for g in got):
+        return None
+    source, bins = got[2][1]
+    return [got[0][1], got[1][1]] + list(bins), source
 
 
 def bin_of(x, lo, hi):

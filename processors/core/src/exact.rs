@@ -66,8 +66,8 @@ impl ExactSum {
         self.parts.is_empty()
     }
 
-    /// Number of doubles held.
-    pub fn len(&self) -> usize {
+    /// Number of doubles held (0 for an exact zero).
+    pub fn parts(&self) -> usize {
         self.parts.len()
     }
 

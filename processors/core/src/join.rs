@@ -1,47 +1,144 @@
-//! The join of SX, SY and the FA/FI/FD triple by client key.
+//! The event-time (as-of) join of SX, SY and the FA/FI/FD triple by client key, with emission
+//! by watermark. Pure: no transport, no clock (wall time is passed in, for the idle timeout).
 //!
 //! ```text
-//!   SX ─┐                      latest SX ─┐
-//!   SY ─┼─► JoinState(client) ─ latest SY ─┼─► [SX, SY, FA, FI, FD] on every event
-//!   FA ─┤      partial triples by          │
-//!   FI ─┤      (SZ partition, offset) ─────┘ (a triple completes when all three arrive)
+//!   SX ─┐  late? (t < W) ─► Late          per client, sorted by (t, offset):
+//!   SY ─┤  repeat? ──────► Duplicate        SX values, SY values, complete triples
+//!   FA ─┤  ─► as-of stores ─┬─ trigger (SX, SY, completed triple) ─► pending, ordered by t
+//!   FI ─┤     partial triples by SZ (partition, offset) ──┘
 //!   FD ─┘
+//!   W = min over the five inputs (max event time − grace)        [idle inputs left out]
+//!   W passes t ─► pending trigger at t: as-of lookup ─► Prediction | Skipped(reason)
+//!              ─► partial triple at t still incomplete ─► IncompleteTriple
 //! ```
 //!
-//! Per client the state keeps the latest SX and SY values and the latest complete triple
-//! (latest by the SZ reading's event time, then offset). FA, FI and FD of one SZ reading arrive
-//! on three topics in any order; they are matched by the SZ reading's (partition, offset) in a
-//! per-client buffer of partial triples, kept sorted by that source so a lookup is a binary
-//! search (each feature topic delivers a client's records in source order). Every event — an SX reading, an SY reading, or
-//! a triple becoming complete — yields a [`JoinOutput`] once all five values are known. A
-//! triple event uses the triple it completed; SX/SY events use the latest triple.
+//! ## Semantics (one [`PartitionJoin`] per co-partitioned partition number)
+//! - **Triggers.** Every SX reading, every SY reading and every completed FA/FI/FD triple (the
+//!   three features of one SZ reading, matched by its source partition/offset) is a trigger at
+//!   its event time `t`. A trigger yields exactly one [`JoinEvent`]: a prediction vector or a
+//!   skip with its reason.
+//! - **As-of lookup.** For a trigger at `t`, each *other* input contributes its latest value
+//!   with event time `≤ t`; ties in event time go to the larger offset (SX, SY) or the larger
+//!   SZ source (partition, offset) (triples). A value with event time `> t` is never used. The
+//!   trigger's own input contributes the trigger itself.
+//! - **Staleness.** A value with event time `< t − S` (`S` = `max_staleness_ms`) is not used:
+//!   the trigger is skipped as `stale-<input>` when the latest value is in `[t − 2S, t − S)`,
+//!   and as `missing-<input>` when there is none in `[t − 2S, t]` (inputs checked in the order
+//!   SX, SY, features; the first failing one names the reason). The `2S` horizon makes the
+//!   stale/missing distinction a function of the data although idle clients are evicted.
+//! - **Watermark.** `W = min over the five inputs of (max event time seen − grace)`, never
+//!   decreasing. A record with event time `< W` is **late** ([`Applied::Late`]; the runtime
+//!   routes it to the late topic) and changes nothing. A pending trigger at `t` is released
+//!   once `W > t`: from then on no record with event time `≤ t` can be accepted, so the
+//!   lookup sees every value it may use. (Strictly greater, not `≥`: readings of other
+//!   clients or inputs with the very same timestamp may still arrive at `W = t`.)
+//! - **Idle inputs.** When all five inputs of the partition have had no record for
+//!   `idle_timeout_ms` of wall time (passed in as `now_ms`), `W` becomes the largest event time
+//!   seen + 1, so the last triggers of a stream are released. A single input with no record for
+//!   the (longer) `input_idle_timeout_ms` stops holding `W` back while the others go on. These
+//!   are the only dependences on wall-clock time: a record arriving after its input was
+//!   declared idle may be late where an uninterrupted run would have used it. The per-input
+//!   timeout is long on purpose: at start-up, and while an upstream processor restarts, one
+//!   input legitimately lags the others by seconds to tens of seconds, and declaring it idle
+//!   then would turn its records late.
+//! - **Incomplete triples.** A partial triple whose event time `W` has passed is released as
+//!   [`JoinEvent::IncompleteTriple`] (dead-lettered by the runtime); a later feature of it is
+//!   late.
+//! - **Repeats.** A feature whose SZ source offset is not above the largest seen for its kind
+//!   and SZ partition is an exact repeat (the window-processor re-emits after a crash):
+//!   [`Applied::Duplicate`], ignored. Each feature topic carries one SZ partition's features in
+//!   source order, which is what makes this test exact.
+//! - **Determinism.** Given the records of each input in partition order, and no idle
+//!   timeout firing, every interleaving of the five inputs yields the same multiset of events
+//!   (property-tested against [`reference_join`]), provided each input is ordered within the
+//!   grace (then nothing is late in any interleaving).
 //!
-//! Inputs on different topics arrive in whatever order the consumer fetches them, so which SX
-//! is "latest" when a triple completes depends on that order (there is no cross-topic event-
-//! time alignment). What is deterministic: every SX, SY and completed triple produces exactly
-//! one output once the client's five values are known, and a triple output carries exactly
-//! that triple's bins.
+//! ## State and offsets
+//! Per client and input the state keeps the values with event time `≥ W` plus the latest one
+//! below `W` (dropped once older than `W − 2S`): exactly what a future lookup (`t ≥ W`) can
+//! need. A client with nothing pending and nothing newer than `W − 2S` is evicted. Pending
+//! triggers and partial triples *pin* the offsets of their records; [`PartitionJoin::commit_limit`]
+//! is the smallest pinned offset of an input, so the runtime never commits past a record
+//! whose outcome is not yet produced. Records applied with `replay = true` (state rebuilt
+//! from the topics after a restart; their outcomes were produced before the commit) neither
+//! pin nor produce events.
 
 use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::proto::FeatureKind;
+/// The five inputs, in the order used in vectors and reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputKind {
+    /// SX readings.
+    Sx = 0,
+    /// SY readings.
+    Sy = 1,
+    /// FA features.
+    Fa = 2,
+    /// FI features.
+    Fi = 3,
+    /// FD features.
+    Fd = 4,
+}
 
-/// How many incomplete triples a client may hold before the oldest is dropped (and counted).
-///
-/// FA, FI and FD arrive on three topics that the consumer reads at different paces: catching
-/// up on a backlog it may deliver thousands of one client's FA records before the matching FI
-/// and FD, so this is a safety bound on memory (48 bytes a partial, ≈ 800 KB a client at the
-/// limit), not a tuning knob: at one reading a minute it covers 11 days of skew.
-pub const DEFAULT_MAX_PARTIALS: usize = 16_384;
+impl InputKind {
+    /// All five, in order.
+    pub const ALL: [InputKind; 5] = [Self::Sx, Self::Sy, Self::Fa, Self::Fi, Self::Fd];
 
-/// A categorical reading held by the join.
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// Join configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Latest {
-    /// Integer value.
-    pub value: i64,
-    /// Event time, ms.
-    pub event_time_ms: i64,
+pub struct JoinConfig {
+    /// Allowed out-of-orderness per input, ms (≥ 0). Default 0: producers send each partition
+    /// in event-time order, and a trigger is released as soon as every input has moved past it.
+    pub grace_ms: i64,
+    /// `S`: values older than `t − S` are not used (≥ 1).
+    pub max_staleness_ms: i64,
+    /// Wall-clock ms without records on all five inputs after which everything seen is
+    /// released; `None` = never.
+    pub idle_timeout_ms: Option<i64>,
+    /// Wall-clock ms without records after which one input stops holding the watermark back
+    /// while the others still flow; `None` = never.
+    pub input_idle_timeout_ms: Option<i64>,
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: 0,
+            max_staleness_ms: 600_000,
+            idle_timeout_ms: Some(10_000),
+            input_idle_timeout_ms: Some(300_000),
+        }
+    }
+}
+
+impl JoinConfig {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// A message when grace < 0, staleness < 1 or the idle timeout < 1.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.grace_ms < 0 {
+            return Err(format!("join grace must be >= 0 ms, got {}", self.grace_ms));
+        }
+        if self.max_staleness_ms < 1 {
+            return Err(format!(
+                "max staleness must be >= 1 ms, got {}",
+                self.max_staleness_ms
+            ));
+        }
+        if self.idle_timeout_ms.is_some_and(|t| t < 1)
+            || self.input_idle_timeout_ms.is_some_and(|t| t < 1)
+        {
+            return Err("idle timeouts must be >= 1 ms".into());
+        }
+        Ok(())
+    }
 }
 
 /// Identifies the SZ reading behind a triple.
@@ -53,35 +150,27 @@ pub struct SzSource {
     pub offset: i64,
 }
 
-/// A complete FA/FI/FD triple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Triple {
-    /// FA bin, FI bin, FD bin.
-    pub bins: [u32; 3],
-    /// Event time of the SZ reading, ms.
-    pub event_time_ms: i64,
-    /// The SZ reading.
-    pub source: SzSource,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Partial {
-    source: SzSource,
-    event_time_ms: i64,
-    bins: [Option<u32>; 3],
-}
-
-/// One input event of the join.
+/// One input record of the join.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum JoinInput {
-    /// An SX reading (integer).
-    Sx(Latest),
-    /// An SY reading (integer).
-    Sy(Latest),
+    /// An SX reading (integer value).
+    Sx {
+        /// Value.
+        value: i64,
+        /// Event time, ms.
+        event_time_ms: i64,
+    },
+    /// An SY reading (integer value).
+    Sy {
+        /// Value.
+        value: i64,
+        /// Event time, ms.
+        event_time_ms: i64,
+    },
     /// One feature of one SZ reading.
     Feature {
-        /// FA, FI or FD.
-        kind: FeatureKind,
+        /// FA, FI or FD ([`InputKind::Fa`] …).
+        kind: InputKind,
         /// Bin 0..=9.
         bin: u32,
         /// Event time of the SZ reading, ms.
@@ -91,8 +180,28 @@ pub enum JoinInput {
     },
 }
 
-/// What triggered an output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl JoinInput {
+    /// Which input it belongs to.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Self::Sx { .. } => InputKind::Sx,
+            Self::Sy { .. } => InputKind::Sy,
+            Self::Feature { kind, .. } => *kind,
+        }
+    }
+
+    /// Event time, ms.
+    pub fn event_time_ms(&self) -> i64 {
+        match self {
+            Self::Sx { event_time_ms, .. }
+            | Self::Sy { event_time_ms, .. }
+            | Self::Feature { event_time_ms, .. } => *event_time_ms,
+        }
+    }
+}
+
+/// What triggered an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Trigger {
     /// An SX reading.
     Sx,
@@ -102,168 +211,848 @@ pub enum Trigger {
     Features,
 }
 
+/// A record of an input partition: its input and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordRef {
+    /// Input.
+    pub input: InputKind,
+    /// Offset in the input's partition.
+    pub offset: i64,
+}
+
 /// A joined vector, ready for the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JoinOutput {
+    /// Client id.
+    pub client: Box<str>,
     /// `[SX, SY, FA bin, FI bin, FD bin]`.
     pub vector: [i64; 5],
     /// What triggered it.
     pub trigger: Trigger,
     /// Event time of the trigger, ms.
     pub event_time_ms: i64,
+    /// The triggering record (for a triple: its FA record).
+    pub record: RecordRef,
     /// The SZ reading behind the triple used.
     pub triple_source: SzSource,
+    /// Ingest time carried by the triggering record (0 = unknown).
+    pub ingest_time_ms: i64,
+}
+
+/// Why a trigger yields no prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// No SX value within `2S` before the trigger.
+    MissingSx,
+    /// The latest SX is older than `t − S`.
+    StaleSx,
+    /// No SY value within `2S`.
+    MissingSy,
+    /// The latest SY is older than `t − S`.
+    StaleSy,
+    /// No complete triple within `2S`.
+    MissingFeatures,
+    /// The latest triple is older than `t − S`.
+    StaleFeatures,
+}
+
+impl SkipReason {
+    /// Reason code (dead-letter header, metric label).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MissingSx => "missing-sx",
+            Self::StaleSx => "stale-sx",
+            Self::MissingSy => "missing-sy",
+            Self::StaleSy => "stale-sy",
+            Self::MissingFeatures => "missing-features",
+            Self::StaleFeatures => "stale-features",
+        }
+    }
+
+    /// Every reason, for metrics and summaries.
+    pub const ALL: [SkipReason; 6] = [
+        Self::MissingSx,
+        Self::StaleSx,
+        Self::MissingSy,
+        Self::StaleSy,
+        Self::MissingFeatures,
+        Self::StaleFeatures,
+    ];
+}
+
+/// What the watermark released.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JoinEvent {
+    /// A complete vector.
+    Prediction(JoinOutput),
+    /// A trigger without a usable value of another input.
+    Skipped {
+        /// Client id.
+        client: Box<str>,
+        /// What triggered it.
+        trigger: Trigger,
+        /// Event time, ms.
+        event_time_ms: i64,
+        /// The triggering record.
+        record: RecordRef,
+        /// Why.
+        reason: SkipReason,
+    },
+    /// A triple whose time the watermark passed with features still missing.
+    IncompleteTriple {
+        /// Client id.
+        client: Box<str>,
+        /// Event time of the SZ reading, ms.
+        event_time_ms: i64,
+        /// The SZ reading.
+        source: SzSource,
+        /// The features that did arrive (FA, FI, FD order).
+        present: Vec<RecordRef>,
+    },
+}
+
+/// What happened to one applied record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Taken into the state.
+    Accepted,
+    /// Event time below the watermark: not used; route to the late topic.
+    Late {
+        /// The watermark, ms.
+        watermark: i64,
+    },
+    /// An exact repeat of a feature already seen: ignored.
+    Duplicate,
+}
+
+/// A timestamped value in an as-of store, ordered by `(t, tie)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry<V> {
+    t: i64,
+    tie: (i32, i64),
+    v: V,
+}
+
+/// Values of one input of one client, sorted by `(t, tie)`.
+#[derive(Debug, Clone)]
+struct Store<V>(Vec<Entry<V>>);
+
+impl<V: Copy> Default for Store<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V: Copy> Store<V> {
+    fn insert(&mut self, e: Entry<V>) {
+        let at = self.0.partition_point(|x| (x.t, x.tie) <= (e.t, e.tie));
+        self.0.insert(at, e);
+    }
+
+    /// Latest with `t ≤ at`.
+    fn as_of(&self, at: i64) -> Option<Entry<V>> {
+        let i = self.0.partition_point(|x| x.t <= at);
+        i.checked_sub(1).map(|i| self.0[i])
+    }
+
+    /// Keeps values `≥ w` and the latest below `w` unless it is older than `horizon`.
+    fn prune(&mut self, w: i64, horizon: i64) {
+        let below = self.0.partition_point(|x| x.t < w);
+        if below == 0 {
+            return;
+        }
+        let keep_last = self.0[below - 1].t >= horizon;
+        let drop = if keep_last { below - 1 } else { below };
+        if drop > 0 {
+            self.0.drain(..drop);
+        }
+    }
+
+    fn newest(&self) -> Option<i64> {
+        self.0.last().map(|e| e.t)
+    }
 }
 
 #[derive(Debug, Default)]
 struct ClientJoin {
-    sx: Option<Latest>,
-    sy: Option<Latest>,
-    triple: Option<Triple>,
-    partials: VecDeque<Partial>,
+    sx: Store<i64>,
+    sy: Store<i64>,
+    triples: Store<[u32; 3]>,
+    /// Pending triggers and partial triples of this client.
+    open: u32,
 }
 
 impl ClientJoin {
-    fn output(
-        &self,
-        trigger: Trigger,
-        event_time_ms: i64,
-        triple: Option<Triple>,
-    ) -> Option<JoinOutput> {
-        let (sx, sy, tr) = (self.sx?, self.sy?, triple.or(self.triple)?);
-        Some(JoinOutput {
-            vector: [
-                sx.value,
-                sy.value,
-                i64::from(tr.bins[0]),
-                i64::from(tr.bins[1]),
-                i64::from(tr.bins[2]),
-            ],
-            trigger,
-            event_time_ms,
-            triple_source: tr.source,
-        })
+    fn prune(&mut self, w: i64, horizon: i64) {
+        self.sx.prune(w, horizon);
+        self.sy.prune(w, horizon);
+        self.triples.prune(w, horizon);
+    }
+
+    fn values(&self) -> usize {
+        self.sx.0.len() + self.sy.0.len() + self.triples.0.len()
     }
 }
 
-fn newer(a: &Triple, b: &Triple) -> bool {
-    (a.event_time_ms, a.source) > (b.event_time_ms, b.source)
+#[derive(Debug, Clone)]
+struct Pending {
+    client: Box<str>,
+    trigger: Trigger,
+    /// SX/SY value, or the triple's bins.
+    value: i64,
+    bins: [u32; 3],
+    source: SzSource,
+    /// Every record whose offset this trigger pins (1 for SX/SY, 3 for a triple).
+    records: [Option<RecordRef>; 3],
+    ingest_time_ms: i64,
+    replay: bool,
 }
 
-/// Join state for all clients of the partitions one join-predict instance owns.
+#[derive(Debug, Clone)]
+struct Partial {
+    client: Box<str>,
+    bins: [Option<u32>; 3],
+    offsets: [Option<i64>; 3],
+    ingest_time_ms: i64,
+    replay: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Clock {
+    max_t: Option<i64>,
+    last_ms: i64,
+}
+
+/// Size of the join state of one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinStats {
+    /// Clients with state.
+    pub clients: usize,
+    /// As-of values held (SX, SY, triples).
+    pub values: usize,
+    /// Triggers waiting for the watermark.
+    pub pending: usize,
+    /// Incomplete triples.
+    pub partials: usize,
+    /// Approximate heap bytes.
+    pub bytes: usize,
+}
+
+/// How many applied records between sweeps for idle clients.
+const SWEEP_EVERY: u32 = 4096;
+
+/// The join state of one partition number (all five inputs' partitions of that number).
 #[derive(Debug)]
-pub struct JoinState {
+pub struct PartitionJoin {
+    cfg: JoinConfig,
+    clocks: [Clock; 5],
+    watermark: i64,
     clients: FxHashMap<Box<str>, ClientJoin>,
-    max_partials: usize,
-    dropped_partials: u64,
+    /// Keyed by (event time, input, offset): release order.
+    pending: BTreeMap<(i64, InputKind, i64), Pending>,
+    /// Keyed by (event time, SZ source).
+    partials: BTreeMap<(i64, SzSource), Partial>,
+    pinned: [BTreeSet<i64>; 5],
+    /// Largest SZ source offset seen per feature kind and SZ partition.
+    seen: [FxHashMap<i32, i64>; 3],
+    since_sweep: u32,
 }
 
-impl Default for JoinState {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_PARTIALS)
-    }
-}
-
-impl JoinState {
-    /// Empty state; each client holds at most `max_partials` incomplete triples.
-    pub fn new(max_partials: usize) -> Self {
+impl PartitionJoin {
+    /// Empty state; `now_ms` starts the inputs' idle clocks.
+    pub fn new(cfg: JoinConfig, now_ms: i64) -> Self {
         Self {
+            cfg,
+            clocks: [Clock {
+                max_t: None,
+                last_ms: now_ms,
+            }; 5],
+            watermark: i64::MIN,
             clients: FxHashMap::default(),
-            max_partials: max_partials.max(1),
-            dropped_partials: 0,
+            pending: BTreeMap::new(),
+            partials: BTreeMap::new(),
+            pinned: Default::default(),
+            seen: Default::default(),
+            since_sweep: 0,
         }
     }
 
-    /// Applies one event; returns the vector to predict on, if all five values are known.
-    pub fn apply(&mut self, client: &str, input: JoinInput) -> Option<JoinOutput> {
-        let c = match self.clients.get_mut(client) {
-            Some(c) => c,
-            None => self.clients.entry(client.into()).or_default(),
+    /// The current watermark, ms (`i64::MIN` before every input has a record).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// The smallest offset of `input` whose outcome is still pending (`None`: nothing pinned;
+    /// everything consumed may be committed).
+    pub fn commit_limit(&self, input: InputKind) -> Option<i64> {
+        self.pinned[input.idx()].first().copied()
+    }
+
+    fn horizon(&self, w: i64) -> i64 {
+        w.saturating_sub(self.cfg.max_staleness_ms.saturating_mul(2))
+    }
+
+    fn client(&mut self, client: &str) -> &mut ClientJoin {
+        if !self.clients.contains_key(client) {
+            self.clients.insert(client.into(), ClientJoin::default());
+        }
+        let w = self.watermark;
+        let h = self.horizon(w);
+        let c = self.clients.get_mut(client);
+        #[allow(clippy::expect_used)]
+        let c = c.expect("inserted above");
+        c.prune(w, h);
+        c
+    }
+
+    fn pin(&mut self, r: RecordRef, replay: bool) {
+        if !replay {
+            self.pinned[r.input.idx()].insert(r.offset);
+        }
+    }
+
+    fn unpin(&mut self, r: RecordRef) {
+        self.pinned[r.input.idx()].remove(&r.offset);
+    }
+
+    /// Applies one record at wall time `now_ms`, then releases what the watermark allows into
+    /// `out`. `replay` marks records re-read to rebuild state: their outcomes were produced
+    /// before, so they pin nothing and produce no events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &mut self,
+        client: &str,
+        input: JoinInput,
+        offset: i64,
+        ingest_time_ms: i64,
+        replay: bool,
+        now_ms: i64,
+        out: &mut Vec<JoinEvent>,
+    ) -> Applied {
+        let kind = input.kind();
+        let t = input.event_time_ms();
+        self.clocks[kind.idx()].last_ms = now_ms;
+        if t < self.watermark {
+            self.advance(now_ms, out);
+            return Applied::Late {
+                watermark: self.watermark,
+            };
+        }
+        if let JoinInput::Feature { source, .. } = input {
+            let seen = &mut self.seen[kind.idx() - 2];
+            match seen.get_mut(&source.partition) {
+                Some(max) if source.offset <= *max => return Applied::Duplicate,
+                Some(max) => *max = source.offset,
+                None => {
+                    seen.insert(source.partition, source.offset);
+                }
+            }
+        }
+        let clock = &mut self.clocks[kind.idx()];
+        clock.max_t = Some(clock.max_t.map_or(t, |m| m.max(t)));
+        let me = RecordRef {
+            input: kind,
+            offset,
         };
         match input {
-            JoinInput::Sx(l) => {
-                c.sx = Some(l);
-                c.output(Trigger::Sx, l.event_time_ms, None)
-            }
-            JoinInput::Sy(l) => {
-                c.sy = Some(l);
-                c.output(Trigger::Sy, l.event_time_ms, None)
-            }
-            JoinInput::Feature {
-                kind,
-                bin,
-                event_time_ms,
-                source,
-            } => {
-                let slot = match kind {
-                    FeatureKind::Fa => 0,
-                    FeatureKind::Fi => 1,
-                    FeatureKind::Fd => 2,
-                    FeatureKind::Unspecified => return None,
-                };
-                let at = c.partials.partition_point(|p| p.source < source);
-                let idx = if c.partials.get(at).is_some_and(|p| p.source == source) {
-                    at
+            JoinInput::Sx { value, .. } | JoinInput::Sy { value, .. } => {
+                let c = self.client(client);
+                let store = if kind == InputKind::Sx {
+                    &mut c.sx
                 } else {
-                    let mut at = at;
-                    if c.partials.len() >= self.max_partials {
-                        c.partials.pop_front();
-                        self.dropped_partials += 1;
-                        at = at.saturating_sub(1);
-                    }
-                    c.partials.insert(
-                        at,
+                    &mut c.sy
+                };
+                store.insert(Entry {
+                    t,
+                    tie: (0, offset),
+                    v: value,
+                });
+                c.open += 1;
+                self.pin(me, replay);
+                self.pending.insert(
+                    (t, kind, offset),
+                    Pending {
+                        client: client.into(),
+                        trigger: if kind == InputKind::Sx {
+                            Trigger::Sx
+                        } else {
+                            Trigger::Sy
+                        },
+                        value,
+                        bins: [0; 3],
+                        source: SzSource {
+                            partition: -1,
+                            offset: -1,
+                        },
+                        records: [Some(me), None, None],
+                        ingest_time_ms,
+                        replay,
+                    },
+                );
+            }
+            JoinInput::Feature { bin, source, .. } => {
+                let slot = kind.idx() - 2;
+                let key = (t, source);
+                if !self.partials.contains_key(&key) {
+                    self.client(client).open += 1;
+                    self.partials.insert(
+                        key,
                         Partial {
-                            source,
-                            event_time_ms,
+                            client: client.into(),
                             bins: [None; 3],
+                            offsets: [None; 3],
+                            ingest_time_ms,
+                            replay: true,
                         },
                     );
-                    at
-                };
-                c.partials[idx].bins[slot] = Some(bin);
-                let p = c.partials[idx];
-                let [Some(fa), Some(fi), Some(fd)] = p.bins else {
-                    return None;
-                };
-                c.partials.remove(idx);
-                let t = Triple {
-                    bins: [fa, fi, fd],
-                    event_time_ms: p.event_time_ms,
-                    source: p.source,
-                };
-                if c.triple.is_none_or(|cur| newer(&t, &cur)) {
-                    c.triple = Some(t);
                 }
-                c.output(Trigger::Features, t.event_time_ms, Some(t))
+                self.pin(me, replay);
+                #[allow(clippy::expect_used)]
+                let p = self.partials.get_mut(&key).expect("inserted above");
+                p.bins[slot] = Some(bin);
+                p.offsets[slot] = Some(offset);
+                p.replay &= replay;
+                if slot == 0 {
+                    p.ingest_time_ms = ingest_time_ms;
+                }
+                if let ([Some(fa), Some(fi), Some(fd)], [Some(ofa), Some(ofi), Some(ofd)]) =
+                    (p.bins, p.offsets)
+                {
+                    #[allow(clippy::expect_used)]
+                    let p = self.partials.remove(&key).expect("present");
+                    let bins = [fa, fi, fd];
+                    let c = self.client(client);
+                    c.triples.insert(Entry {
+                        t,
+                        tie: (source.partition, source.offset),
+                        v: bins,
+                    });
+                    // The partial's `open` carries over to the pending trigger.
+                    let records = [
+                        Some(RecordRef {
+                            input: InputKind::Fa,
+                            offset: ofa,
+                        }),
+                        Some(RecordRef {
+                            input: InputKind::Fi,
+                            offset: ofi,
+                        }),
+                        Some(RecordRef {
+                            input: InputKind::Fd,
+                            offset: ofd,
+                        }),
+                    ];
+                    self.pending.insert(
+                        (t, InputKind::Fa, ofa),
+                        Pending {
+                            client: p.client,
+                            trigger: Trigger::Features,
+                            value: 0,
+                            bins,
+                            source,
+                            records,
+                            ingest_time_ms: p.ingest_time_ms,
+                            replay: p.replay,
+                        },
+                    );
+                }
+            }
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.sweep();
+        }
+        self.advance(now_ms, out);
+        Applied::Accepted
+    }
+
+    fn compute_watermark(&self, now_ms: i64) -> i64 {
+        let idle_for = |c: &Clock, to: Option<i64>| {
+            to.is_some_and(|to| now_ms.saturating_sub(c.last_ms) >= to)
+        };
+        let all_idle = self
+            .clocks
+            .iter()
+            .all(|c| idle_for(c, self.cfg.idle_timeout_ms));
+        let mut w = i64::MAX;
+        let mut active = !all_idle;
+        let mut max_seen: Option<i64> = None;
+        for c in &self.clocks {
+            if let Some(m) = c.max_t {
+                max_seen = Some(max_seen.map_or(m, |x| x.max(m)));
+            }
+            if all_idle || idle_for(c, self.cfg.input_idle_timeout_ms) {
+                continue;
+            }
+            active = true;
+            w = w.min(
+                c.max_t
+                    .map_or(i64::MIN, |m| m.saturating_sub(self.cfg.grace_ms)),
+            );
+        }
+        if !active {
+            w = max_seen.map_or(i64::MIN, |m| m.saturating_add(1));
+        }
+        w.max(self.watermark)
+    }
+
+    /// Recomputes the watermark at wall time `now_ms` (idle inputs) and releases into `out`
+    /// every partial triple and pending trigger whose event time it passed, in event-time
+    /// order. Call it periodically (the runtime's flush tick) so idle timeouts take effect.
+    pub fn advance(&mut self, now_ms: i64, out: &mut Vec<JoinEvent>) {
+        self.watermark = self.compute_watermark(now_ms);
+        let w = self.watermark;
+        while let Some(entry) = self.partials.first_entry() {
+            if entry.key().0 >= w {
+                break;
+            }
+            let ((t, source), p) = entry.remove_entry();
+            let present: Vec<RecordRef> = p
+                .offsets
+                .iter()
+                .zip([InputKind::Fa, InputKind::Fi, InputKind::Fd])
+                .filter_map(|(o, input)| o.map(|offset| RecordRef { input, offset }))
+                .collect();
+            for r in &present {
+                self.unpin(*r);
+            }
+            self.close(&p.client);
+            if !p.replay {
+                out.push(JoinEvent::IncompleteTriple {
+                    client: p.client,
+                    event_time_ms: t,
+                    source,
+                    present,
+                });
+            }
+        }
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 >= w {
+                break;
+            }
+            let ((t, _, _), p) = entry.remove_entry();
+            for r in p.records.iter().flatten() {
+                self.unpin(*r);
+            }
+            let ev = self.evaluate(t, &p);
+            self.close(&p.client);
+            if !p.replay {
+                out.push(ev);
             }
         }
     }
 
-    /// Drops all state (on partition revocation the runtime rebuilds from the topics).
-    pub fn clear(&mut self) {
-        self.clients.clear();
+    fn close(&mut self, client: &str) {
+        if let Some(c) = self.clients.get_mut(client) {
+            c.open = c.open.saturating_sub(1);
+        }
     }
 
-    /// Clients with state.
-    pub fn clients(&self) -> usize {
-        self.clients.len()
+    fn evaluate(&self, t: i64, p: &Pending) -> JoinEvent {
+        let s = self.cfg.max_staleness_ms;
+        let used = t.saturating_sub(s);
+        let horizon = t.saturating_sub(s.saturating_mul(2));
+        let c = self.clients.get(&p.client);
+        let check = |e: Option<i64>, missing: SkipReason, stale: SkipReason| match e {
+            Some(et) if et >= used => Ok(()),
+            Some(et) if et >= horizon => Err(stale),
+            _ => Err(missing),
+        };
+        let sx = match p.trigger {
+            Trigger::Sx => Some(Entry {
+                t,
+                tie: (0, 0),
+                v: p.value,
+            }),
+            _ => c.and_then(|c| c.sx.as_of(t)),
+        };
+        let sy = match p.trigger {
+            Trigger::Sy => Some(Entry {
+                t,
+                tie: (0, 0),
+                v: p.value,
+            }),
+            _ => c.and_then(|c| c.sy.as_of(t)),
+        };
+        let tr = match p.trigger {
+            Trigger::Features => Some(Entry {
+                t,
+                tie: (p.source.partition, p.source.offset),
+                v: p.bins,
+            }),
+            _ => c.and_then(|c| c.triples.as_of(t)),
+        };
+        #[allow(clippy::expect_used)]
+        let record = p.records[0].expect("every trigger has its record");
+        let verdict = check(sx.map(|e| e.t), SkipReason::MissingSx, SkipReason::StaleSx)
+            .and_then(|()| check(sy.map(|e| e.t), SkipReason::MissingSy, SkipReason::StaleSy))
+            .and_then(|()| {
+                check(
+                    tr.map(|e| e.t),
+                    SkipReason::MissingFeatures,
+                    SkipReason::StaleFeatures,
+                )
+            });
+        match (verdict, sx, sy, tr) {
+            (Ok(()), Some(sx), Some(sy), Some(tr)) => JoinEvent::Prediction(JoinOutput {
+                client: p.client.clone(),
+                vector: [
+                    sx.v,
+                    sy.v,
+                    i64::from(tr.v[0]),
+                    i64::from(tr.v[1]),
+                    i64::from(tr.v[2]),
+                ],
+                trigger: p.trigger,
+                event_time_ms: t,
+                record,
+                triple_source: SzSource {
+                    partition: tr.tie.0,
+                    offset: tr.tie.1,
+                },
+                ingest_time_ms: p.ingest_time_ms,
+            }),
+            (verdict, ..) => JoinEvent::Skipped {
+                client: p.client.clone(),
+                trigger: p.trigger,
+                event_time_ms: t,
+                record,
+                reason: verdict.err().unwrap_or(SkipReason::MissingSx),
+            },
+        }
     }
 
-    /// Incomplete triples held across clients.
-    pub fn partials(&self) -> usize {
-        self.clients.values().map(|c| c.partials.len()).sum()
+    /// Evicts clients with nothing open and no value a future lookup could use.
+    fn sweep(&mut self) {
+        let w = self.watermark;
+        let h = self.horizon(w);
+        self.clients.retain(|_, c| {
+            c.prune(w, h);
+            c.open > 0
+                || [c.sx.newest(), c.sy.newest(), c.triples.newest()]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t >= h)
+        });
     }
 
-    /// Incomplete triples dropped because a client exceeded the partial limit.
-    pub fn dropped_partials(&self) -> u64 {
-        self.dropped_partials
+    /// Current state size.
+    pub fn stats(&self) -> JoinStats {
+        let values: usize = self.clients.values().map(ClientJoin::values).sum();
+        let key_bytes: usize = self.clients.keys().map(|k| k.len()).sum();
+        JoinStats {
+            clients: self.clients.len(),
+            values,
+            pending: self.pending.len(),
+            partials: self.partials.len(),
+            bytes: values * 24
+                + key_bytes
+                + self.clients.len() * (std::mem::size_of::<ClientJoin>() + 16)
+                + self.pending.len() * (std::mem::size_of::<Pending>() + 48)
+                + self.partials.len() * (std::mem::size_of::<Partial>() + 48),
+        }
     }
+}
 
-    /// Forgets the clients for which `keep` is false (e.g. clients of revoked partitions).
-    pub fn retain_clients(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.clients.retain(|k, _| keep(k));
+/// One record of the naive reference: its input, offset and content.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefRecord {
+    /// The record.
+    pub input: JoinInput,
+    /// Its offset in its input's partition.
+    pub offset: i64,
+}
+
+/// A partial or complete triple in the reference: bins and record offsets (FA, FI, FD).
+type RefTriple = ([Option<u32>; 3], [Option<i64>; 3]);
+/// A trigger in the reference: client, kind, time, record, own value, triple source and bins.
+type RefTrigger<'a> = (&'a str, Trigger, i64, RecordRef, i64, SzSource, [u32; 3]);
+
+/// Naive as-of reference over one partition's complete input (no lateness, no idleness, no
+/// repeats): every trigger's event by scanning all records. O(n²).
+pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<JoinEvent> {
+    let s = cfg.max_staleness_ms;
+    let mut out = Vec::new();
+    // Complete triples: (client, t, source) → bins and FA offset.
+    let mut triples: BTreeMap<(&str, i64, SzSource), RefTriple> = BTreeMap::new();
+    for &(c, r) in records {
+        if let JoinInput::Feature {
+            kind,
+            bin,
+            event_time_ms,
+            source,
+        } = r.input
+        {
+            let e = triples.entry((c, event_time_ms, source)).or_default();
+            e.0[kind.idx() - 2] = Some(bin);
+            e.1[kind.idx() - 2] = Some(r.offset);
+        }
     }
+    // Latest value of `pick` for client `c` with time ≤ t, by (t, tie).
+    let latest_reading = |c: &str, want: InputKind, t: i64| -> Option<(i64, i64)> {
+        records
+            .iter()
+            .filter(|(rc, r)| *rc == c && r.input.kind() == want && r.input.event_time_ms() <= t)
+            .map(|(_, r)| match r.input {
+                JoinInput::Sx {
+                    value,
+                    event_time_ms,
+                }
+                | JoinInput::Sy {
+                    value,
+                    event_time_ms,
+                } => ((event_time_ms, r.offset), value),
+                JoinInput::Feature { .. } => ((i64::MIN, 0), 0),
+            })
+            .max_by_key(|(k, _)| *k)
+            .map(|((et, _), v)| (et, v))
+    };
+    let latest_triple = |c: &str, t: i64| {
+        triples
+            .iter()
+            .filter(|((rc, et, _), (b, _))| *rc == c && *et <= t && b.iter().all(Option::is_some))
+            .max_by_key(|((_, et, src), _)| (*et, *src))
+            .map(|((_, et, src), (b, _))| (*et, *src, b.map(|x| x.unwrap_or(0))))
+    };
+    let classify = |e: Option<i64>, t: i64, missing, stale| match e {
+        Some(et) if et >= t.saturating_sub(s) => Ok(()),
+        Some(et) if et >= t.saturating_sub(2 * s) => Err(stale),
+        _ => Err(missing),
+    };
+    let mut triggers: Vec<RefTrigger<'_>> = Vec::new();
+    for &(c, r) in records {
+        match r.input {
+            JoinInput::Sx {
+                value,
+                event_time_ms,
+            } => triggers.push((
+                c,
+                Trigger::Sx,
+                event_time_ms,
+                RecordRef {
+                    input: InputKind::Sx,
+                    offset: r.offset,
+                },
+                value,
+                SzSource {
+                    partition: -1,
+                    offset: -1,
+                },
+                [0; 3],
+            )),
+            JoinInput::Sy {
+                value,
+                event_time_ms,
+            } => triggers.push((
+                c,
+                Trigger::Sy,
+                event_time_ms,
+                RecordRef {
+                    input: InputKind::Sy,
+                    offset: r.offset,
+                },
+                value,
+                SzSource {
+                    partition: -1,
+                    offset: -1,
+                },
+                [0; 3],
+            )),
+            JoinInput::Feature { .. } => {}
+        }
+    }
+    for ((c, t, src), (b, o)) in &triples {
+        match (b, o[0]) {
+            ([Some(a), Some(i), Some(d)], Some(fa)) => triggers.push((
+                c,
+                Trigger::Features,
+                *t,
+                RecordRef {
+                    input: InputKind::Fa,
+                    offset: fa,
+                },
+                0,
+                *src,
+                [*a, *i, *d],
+            )),
+            _ => out.push(JoinEvent::IncompleteTriple {
+                client: (*c).into(),
+                event_time_ms: *t,
+                source: *src,
+                present: o
+                    .iter()
+                    .zip([InputKind::Fa, InputKind::Fi, InputKind::Fd])
+                    .filter_map(|(o, input)| o.map(|offset| RecordRef { input, offset }))
+                    .collect(),
+            }),
+        }
+    }
+    for (c, trig, t, record, value, src, bins) in triggers {
+        let sx = if trig == Trigger::Sx {
+            Some((t, value))
+        } else {
+            latest_reading(c, InputKind::Sx, t)
+        };
+        let sy = if trig == Trigger::Sy {
+            Some((t, value))
+        } else {
+            latest_reading(c, InputKind::Sy, t)
+        };
+        let tr = if trig == Trigger::Features {
+            Some((t, src, bins))
+        } else {
+            latest_triple(c, t)
+        };
+        let verdict = classify(
+            sx.map(|x| x.0),
+            t,
+            SkipReason::MissingSx,
+            SkipReason::StaleSx,
+        )
+        .and_then(|()| {
+            classify(
+                sy.map(|x| x.0),
+                t,
+                SkipReason::MissingSy,
+                SkipReason::StaleSy,
+            )
+        })
+        .and_then(|()| {
+            classify(
+                tr.map(|x| x.0),
+                t,
+                SkipReason::MissingFeatures,
+                SkipReason::StaleFeatures,
+            )
+        });
+        let ingest = 0;
+        out.push(match (verdict, sx, sy, tr) {
+            (Ok(()), Some(sx), Some(sy), Some(tr)) => JoinEvent::Prediction(JoinOutput {
+                client: c.into(),
+                vector: [
+                    sx.1,
+                    sy.1,
+                    i64::from(tr.2[0]),
+                    i64::from(tr.2[1]),
+                    i64::from(tr.2[2]),
+                ],
+                trigger: trig,
+                event_time_ms: t,
+                record,
+                triple_source: tr.1,
+                ingest_time_ms: ingest,
+            }),
+            (v, ..) => JoinEvent::Skipped {
+                client: c.into(),
+                trigger: trig,
+                event_time_ms: t,
+                record,
+                reason: v.err().unwrap_or(SkipReason::MissingSx),
+            },
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -271,134 +1060,403 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn feat(kind: FeatureKind, bin: u32, offset: i64) -> JoinInput {
+    const NOW: i64 = 0;
+
+    fn cfg(grace: i64, stale: i64) -> JoinConfig {
+        JoinConfig {
+            grace_ms: grace,
+            max_staleness_ms: stale,
+            idle_timeout_ms: None,
+            input_idle_timeout_ms: None,
+        }
+    }
+
+    fn sx(v: i64, t: i64) -> JoinInput {
+        JoinInput::Sx {
+            value: v,
+            event_time_ms: t,
+        }
+    }
+    fn sy(v: i64, t: i64) -> JoinInput {
+        JoinInput::Sy {
+            value: v,
+            event_time_ms: t,
+        }
+    }
+    fn feat(kind: InputKind, bin: u32, t: i64, sz_offset: i64) -> JoinInput {
         JoinInput::Feature {
             kind,
             bin,
-            event_time_ms: offset * 1000,
+            event_time_ms: t,
             source: SzSource {
                 partition: 0,
-                offset,
+                offset: sz_offset,
             },
         }
     }
-    fn sx(v: i64) -> JoinInput {
-        JoinInput::Sx(Latest {
-            value: v,
-            event_time_ms: 0,
-        })
+
+    /// Applies then flushes with every input idle (the end of a stream).
+    fn run(j: &mut PartitionJoin, recs: &[(&str, JoinInput, i64)]) -> Vec<JoinEvent> {
+        let mut out = Vec::new();
+        for &(c, i, o) in recs {
+            j.apply(c, i, o, 0, false, NOW, &mut out);
+        }
+        out
     }
-    fn sy(v: i64) -> JoinInput {
-        JoinInput::Sy(Latest {
-            value: v,
-            event_time_ms: 0,
-        })
+
+    fn flush(j: &mut PartitionJoin) -> Vec<JoinEvent> {
+        let mut out = Vec::new();
+        j.cfg.idle_timeout_ms = Some(1);
+        j.advance(i64::MAX, &mut out);
+        out
+    }
+
+    fn vectors(ev: &[JoinEvent]) -> Vec<(Trigger, i64, [i64; 5])> {
+        ev.iter()
+            .filter_map(|e| match e {
+                JoinEvent::Prediction(p) => Some((p.trigger, p.event_time_ms, p.vector)),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
-    fn nothing_until_all_five_are_known() {
-        let mut j = JoinState::default();
-        assert_eq!(j.apply("c", sx(1)), None);
-        assert_eq!(j.apply("c", feat(FeatureKind::Fa, 2, 7)), None);
-        assert_eq!(j.apply("c", feat(FeatureKind::Fd, 4, 7)), None);
-        assert_eq!(
-            j.apply("c", feat(FeatureKind::Fi, 3, 7)),
-            None,
-            "SY still missing"
-        );
-        let out = j.apply("c", sy(9)).unwrap();
-        assert_eq!(out.vector, [1, 9, 2, 3, 4]);
-        assert_eq!(out.trigger, Trigger::Sy);
-        let out = j.apply("c", sx(5)).unwrap();
-        assert_eq!(out.vector, [5, 9, 2, 3, 4]);
-        assert_eq!(
-            out.triple_source,
-            SzSource {
-                partition: 0,
-                offset: 7
+    fn future_values_are_never_used() {
+        let mut j = PartitionJoin::new(cfg(0, 600_000), NOW);
+        // The whole day's SX/SY is read before the first features exist.
+        let mut recs = vec![];
+        for k in 0..5 {
+            recs.push(("c", sx(10 + k, k * 60_000), k));
+            recs.push(("c", sy(20 + k, k * 60_000), k));
+        }
+        for k in 0..5 {
+            for (kind, b) in [(InputKind::Fa, 1), (InputKind::Fi, 2), (InputKind::Fd, 3)] {
+                recs.push(("c", feat(kind, b + k as u32, k * 60_000, 100 + k), k));
             }
+        }
+        let mut ev = run(&mut j, &recs);
+        ev.extend(flush(&mut j));
+        let v = vectors(&ev);
+        assert_eq!(v.len(), 15, "{ev:?}");
+        for (trig, t, vec) in v {
+            let k = t / 60_000;
+            assert_eq!(
+                vec,
+                [10 + k, 20 + k, 1 + k, 2 + k, 3 + k],
+                "{trig:?} at {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn emission_waits_for_the_watermark() {
+        let mut j = PartitionJoin::new(cfg(0, 600_000), NOW);
+        let mut out = vec![];
+        j.apply("c", sx(1, 1000), 0, 0, false, NOW, &mut out);
+        j.apply("c", sy(2, 1000), 0, 0, false, NOW, &mut out);
+        for k in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            j.apply("c", feat(k, 5, 1000, 0), 0, 0, false, NOW, &mut out);
+        }
+        assert!(out.is_empty(), "W = 1000 does not pass t = 1000");
+        assert_eq!(j.commit_limit(InputKind::Sx), Some(0));
+        for (i, k) in InputKind::ALL.into_iter().enumerate() {
+            let rec = match k {
+                InputKind::Sx => sx(1, 2000),
+                InputKind::Sy => sy(2, 2000),
+                _ => feat(k, 5, 2000, 1),
+            };
+            j.apply("c", rec, 1, 0, false, NOW, &mut out);
+            assert_eq!(out.is_empty(), i < 4);
+        }
+        assert_eq!(out.len(), 3, "SX, SY and the triple at 1000");
+        assert_eq!(j.commit_limit(InputKind::Sx), Some(1));
+        // Late: below the watermark.
+        assert_eq!(
+            j.apply("c", sx(1, 1999), 2, 0, false, NOW, &mut out),
+            Applied::Late { watermark: 2000 }
         );
     }
 
     #[test]
-    fn interleaved_triples_match_by_source() {
-        let mut j = JoinState::default();
-        j.apply("c", sx(1));
-        j.apply("c", sy(1));
-        j.apply("c", feat(FeatureKind::Fa, 1, 10));
-        j.apply("c", feat(FeatureKind::Fa, 5, 11));
-        j.apply("c", feat(FeatureKind::Fi, 6, 11));
-        let out = j.apply("c", feat(FeatureKind::Fd, 7, 11)).unwrap();
-        assert_eq!(out.vector, [1, 1, 5, 6, 7]);
-        j.apply("c", feat(FeatureKind::Fi, 2, 10));
-        // The older triple completes late: its own event uses it, the latest stays 11.
-        let out = j.apply("c", feat(FeatureKind::Fd, 3, 10)).unwrap();
-        assert_eq!(out.vector, [1, 1, 1, 2, 3]);
-        assert_eq!(j.apply("c", sx(2)).unwrap().vector, [2, 1, 5, 6, 7]);
-        assert_eq!(j.partials(), 0);
+    fn missing_stale_incomplete_and_duplicates() {
+        let mut j = PartitionJoin::new(cfg(0, 1000), NOW);
+        let mut ev = run(
+            &mut j,
+            &[
+                ("c", sx(1, 0), 0),
+                ("c", sy(2, 1500), 0),
+                ("c", feat(InputKind::Fa, 1, 1500, 7), 0),
+                ("c", feat(InputKind::Fi, 1, 1500, 7), 0),
+                ("c", feat(InputKind::Fi, 1, 1500, 7), 1),
+                ("c", feat(InputKind::Fa, 1, 1600, 8), 1),
+                ("c", sx(1, 5000), 1),
+            ],
+        );
+        assert_eq!(
+            j.apply(
+                "c",
+                feat(InputKind::Fa, 1, 1500, 7),
+                9,
+                0,
+                false,
+                NOW,
+                &mut ev
+            ),
+            Applied::Duplicate
+        );
+        ev.extend(flush(&mut j));
+        let reasons: Vec<_> = ev
+            .iter()
+            .map(|e| match e {
+                JoinEvent::Skipped {
+                    reason,
+                    event_time_ms,
+                    ..
+                } => format!("{}@{event_time_ms}", reason.code()),
+                JoinEvent::IncompleteTriple { source, .. } => {
+                    format!("incomplete-{}", source.offset)
+                }
+                JoinEvent::Prediction(p) => format!("prediction@{}", p.event_time_ms),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "incomplete-7",
+                "incomplete-8",
+                "missing-sy@0",
+                "stale-sx@1500",
+                "missing-sy@5000"
+            ]
+        );
+        assert_eq!(InputKind::ALL.map(|k| j.commit_limit(k)), [None; 5]);
     }
 
     #[test]
-    fn clients_do_not_mix() {
-        let mut j = JoinState::default();
-        j.apply("a", sx(1));
-        j.apply("a", sy(1));
-        j.apply("b", feat(FeatureKind::Fa, 1, 1));
-        j.apply("b", feat(FeatureKind::Fi, 1, 1));
-        assert_eq!(j.apply("b", feat(FeatureKind::Fd, 1, 1)), None);
-        assert_eq!(j.clients(), 2);
+    fn idle_inputs_release_the_tail() {
+        let mut j = PartitionJoin::new(
+            JoinConfig {
+                idle_timeout_ms: Some(5_000),
+                ..cfg(0, 600_000)
+            },
+            0,
+        );
+        let mut out = vec![];
+        j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
+        j.apply("c", sy(1, 100), 0, 0, false, 1_000, &mut out);
+        j.advance(5_999, &mut out);
+        assert!(out.is_empty());
+        // FA/FI/FD never had a record: idle since 0; SX/SY idle since 1 000.
+        j.advance(6_000, &mut out);
+        assert_eq!(j.watermark(), 101);
+        assert_eq!(out.len(), 2, "{out:?}");
     }
 
     #[test]
-    fn a_backlog_of_one_feature_topic_still_completes() {
-        // The consumer delivers every FA before any FI or FD (catching up on a backlog).
-        let mut j = JoinState::default();
-        j.apply("c", sx(1));
-        j.apply("c", sy(1));
-        let n = 5_000;
-        for o in 0..n {
-            assert_eq!(j.apply("c", feat(FeatureKind::Fa, 1, o)), None);
+    fn one_lagging_input_holds_the_watermark_until_its_own_timeout() {
+        let mut j = PartitionJoin::new(
+            JoinConfig {
+                idle_timeout_ms: Some(5_000),
+                input_idle_timeout_ms: Some(60_000),
+                ..cfg(0, 600_000)
+            },
+            0,
+        );
+        let mut out = vec![];
+        // SX and SY stream for 30 s of wall time; the features have not started yet.
+        for k in 0..30 {
+            j.apply("c", sx(1, k * 1000), k, 0, false, k * 1000, &mut out);
+            j.apply("c", sy(1, k * 1000), k, 0, false, k * 1000, &mut out);
         }
-        for o in 0..n {
-            assert_eq!(j.apply("c", feat(FeatureKind::Fi, 2, o)), None);
+        assert!(out.is_empty());
+        assert_eq!(j.watermark(), i64::MIN, "the features hold it back");
+        // They start: nothing of theirs is late.
+        let mut late = 0;
+        for (k, kind) in [InputKind::Fa, InputKind::Fi, InputKind::Fd]
+            .into_iter()
+            .enumerate()
+        {
+            if j.apply(
+                "c",
+                feat(kind, 1, 0, 0),
+                0,
+                0,
+                false,
+                30_000 + k as i64,
+                &mut out,
+            ) != Applied::Accepted
+            {
+                late += 1;
+            }
         }
-        let done = (0..n)
-            .filter_map(|o| j.apply("c", feat(FeatureKind::Fd, 3, o)))
-            .count();
-        assert_eq!(done, n as usize);
-        assert_eq!((j.partials(), j.dropped_partials()), (0, 0));
+        assert_eq!(late, 0);
+        // A feature input silent for 60 s stops holding it back.
+        j.advance(100_000, &mut out);
+        assert!(j.watermark() > 0);
     }
 
     #[test]
-    fn partials_are_bounded() {
-        let mut j = JoinState::new(4);
-        for o in 0..10 {
-            j.apply("c", feat(FeatureKind::Fa, 1, o));
+    fn idle_clients_are_evicted() {
+        let mut j = PartitionJoin::new(cfg(0, 10), NOW);
+        let mut out = vec![];
+        j.apply("old", sx(1, 0), 0, 0, false, NOW, &mut out);
+        for k in 1..=SWEEP_EVERY as i64 + 10 {
+            for (i, kind) in InputKind::ALL.into_iter().enumerate() {
+                let rec = match kind {
+                    InputKind::Sx => sx(1, k * 100),
+                    InputKind::Sy => sy(1, k * 100),
+                    _ => feat(kind, 1, k * 100, k),
+                };
+                j.apply("new", rec, k * 10 + i as i64, 0, false, NOW, &mut out);
+            }
         }
-        assert_eq!(j.partials(), 4);
-        assert_eq!(j.dropped_partials(), 6);
+        assert_eq!(j.stats().clients, 1);
+        assert!(j.stats().values <= 6, "{:?}", j.stats());
+    }
+
+    /// One partition of each input: records of two clients, each input in event-time order
+    /// (steps of 0–2 units, so equal times are common); the three features of one SZ reading
+    /// share its source, numbered in SZ order; now and then a feature never arrives.
+    fn partition() -> impl Strategy<Value = Vec<Vec<(&'static str, JoinInput, i64)>>> {
+        let reading = (any::<bool>(), 0i64..3, 0i64..9);
+        let sz = (
+            any::<bool>(),
+            0i64..3,
+            [0u32..10, 0u32..10, 0u32..10],
+            0u8..12,
+        );
+        (
+            prop::collection::vec(reading.clone(), 0..12),
+            prop::collection::vec(reading, 0..12),
+            prop::collection::vec(sz, 0..12),
+        )
+            .prop_map(|(xs, ys, zs)| {
+                let u = 1000;
+                let name = |b: bool| if b { "a" } else { "b" };
+                let readings = |rs: &[(bool, i64, i64)], f: fn(i64, i64) -> JoinInput| {
+                    let mut t = 0;
+                    rs.iter()
+                        .enumerate()
+                        .map(|(o, &(c, dt, v))| {
+                            t += dt * u;
+                            (name(c), f(v, t), o as i64)
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let mut f: [Vec<(&'static str, JoinInput, i64)>; 3] = Default::default();
+                let mut t = 0;
+                for (src, &(c, dt, bins, drop)) in zs.iter().enumerate() {
+                    t += dt * u;
+                    for slot in 0..3 {
+                        if drop as usize != slot + 9 {
+                            let kind = [InputKind::Fa, InputKind::Fi, InputKind::Fd][slot];
+                            let off = f[slot].len() as i64;
+                            f[slot].push((name(c), feat(kind, bins[slot], t, src as i64), off));
+                        }
+                    }
+                }
+                let [fa, fi, fd] = f;
+                vec![readings(&xs, sx), readings(&ys, sy), fa, fi, fd]
+            })
+    }
+
+    fn interleave(
+        parts: &[Vec<(&'static str, JoinInput, i64)>],
+        picks: &[usize],
+    ) -> Vec<(&'static str, JoinInput, i64)> {
+        let mut at = [0usize; 5];
+        let mut out = Vec::new();
+        let mut k = 0;
+        loop {
+            let open: Vec<usize> = (0..5).filter(|&i| at[i] < parts[i].len()).collect();
+            if open.is_empty() {
+                return out;
+            }
+            let i = open[picks.get(k).copied().unwrap_or(0) % open.len()];
+            k += 1;
+            out.push(parts[i][at[i]]);
+            at[i] += 1;
+        }
+    }
+
+    fn sorted(mut v: Vec<JoinEvent>) -> Vec<JoinEvent> {
+        v.sort();
+        v
     }
 
     proptest! {
-        /// Whatever the interleaving of the three feature topics, every SZ reading's triple
-        /// completes exactly once, carrying its own bins.
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Every interleaving that keeps each input partition's order gives the same multiset
+        /// of events, equal to the naive as-of reference.
         #[test]
-        fn every_triple_completes_once_in_any_order(order in Just((0..30usize).flat_map(|o| (0..3).map(move |k| (o, k))).collect::<Vec<_>>()).prop_shuffle()) {
-            let mut j = JoinState::new(1000);
-            j.apply("c", sx(3));
-            j.apply("c", sy(4));
-            let mut seen = std::collections::BTreeMap::new();
-            for (o, k) in order {
-                let kind = [FeatureKind::Fa, FeatureKind::Fi, FeatureKind::Fd][k];
-                let bin = ((o + k) % 10) as u32;
-                if let Some(out) = j.apply("c", feat(kind, bin, o as i64)) {
-                    prop_assert_eq!(out.trigger, Trigger::Features);
-                    prop_assert_eq!(out.vector, [3, 4, (o % 10) as i64, ((o + 1) % 10) as i64, ((o + 2) % 10) as i64]);
-                    prop_assert!(seen.insert(o, ()).is_none());
-                }
+        fn every_interleaving_gives_the_reference(
+            parts in partition(),
+            orders in prop::collection::vec(prop::collection::vec(0usize..5, 0..120), 1..6),
+            stale in prop_oneof![Just(1000i64), Just(2500), Just(1_000_000)],
+        ) {
+            let c = cfg(0, stale);
+            let all: Vec<(&str, RefRecord)> = parts
+                .iter()
+                .flatten()
+                .map(|&(cl, input, offset)| (cl, RefRecord { input, offset }))
+                .collect();
+            let want = sorted(reference_join(c, &all));
+            for picks in &orders {
+                let seq = interleave(&parts, picks);
+                let mut j = PartitionJoin::new(c, NOW);
+                let mut got = run(&mut j, &seq);
+                got.extend(flush(&mut j));
+                prop_assert_eq!(sorted(got), want.clone());
+                prop_assert_eq!(InputKind::ALL.map(|k| j.commit_limit(k)), [None; 5]);
             }
-            prop_assert_eq!(seen.len(), 30);
-            prop_assert_eq!(j.partials(), 0);
+        }
+
+        /// A crash after any prefix, then a rebuild that replays (silently, in event-time
+        /// order) every record below the commit limits and re-consumes the rest: together with
+        /// what was emitted before the crash, exactly the uninterrupted run's events.
+        #[test]
+        fn crash_rebuild_resume_repeats_exactly(parts in partition(), picks in prop::collection::vec(0usize..5, 0..120), cut in 0usize..60) {
+            let c = cfg(0, 1_000_000);
+            let seq = interleave(&parts, &picks);
+            let mut j = PartitionJoin::new(c, NOW);
+            let mut full = run(&mut j, &seq);
+            full.extend(flush(&mut j));
+            let cut = cut.min(seq.len());
+            let mut first = PartitionJoin::new(c, NOW);
+            let before = run(&mut first, &seq[..cut]);
+            // Commit points: the limit, or everything consumed.
+            let committed: Vec<i64> = InputKind::ALL
+                .iter()
+                .map(|&k| {
+                    first.commit_limit(k).unwrap_or_else(|| {
+                        seq[..cut]
+                            .iter()
+                            .filter(|(_, r, _)| r.kind() == k)
+                            .map(|(_, _, o)| o + 1)
+                            .max()
+                            .unwrap_or(0)
+                    })
+                })
+                .collect();
+            let below = |r: &JoinInput, o: i64| o < committed[r.kind().idx()];
+            let mut replayed: Vec<_> = parts.iter().flatten().filter(|(_, r, o)| below(r, *o)).copied().collect();
+            replayed.sort_by_key(|(_, r, _)| r.event_time_ms());
+            let mut k = PartitionJoin::new(c, NOW);
+            let mut after = Vec::new();
+            for &(cl, r, o) in &replayed {
+                k.apply(cl, r, o, 0, true, NOW, &mut after);
+            }
+            prop_assert!(after.is_empty());
+            for &(cl, r, o) in seq.iter().filter(|(_, r, o)| !below(r, *o)) {
+                k.apply(cl, r, o, 0, false, NOW, &mut after);
+            }
+            after.extend(flush(&mut k));
+            let full_set: BTreeSet<_> = full.iter().cloned().collect();
+            for e in &after {
+                prop_assert!(full_set.contains(e), "{:?} not in the uninterrupted run", e);
+            }
+            let union: BTreeSet<_> = before.into_iter().chain(after).collect();
+            prop_assert_eq!(union, full_set);
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!   SZ reading ──► window::WindowEngine ──► Aggregates ──► binning::BinRange ──► FA/FI/FD
-//!   SX, SY, FA/FI/FD ──► join::JoinState ──► FeatureVector ──► model::Predictor ──► prediction
+//!   SX, SY, FA/FI/FD ──► join::PartitionJoin (as-of, by watermark) ──► FeatureVector ──► model::Predictor ──► prediction
 //! ```
 //!
 //! The I/O edges (Kafka consumers/producers, metrics, replay) live in `sensorflow-runtime`.

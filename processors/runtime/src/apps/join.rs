@@ -1,21 +1,37 @@
-//! `join-predict`: SX, SY, FA, FI, FD → predictions (see `sensorflow_core::join` and
-//! `sensorflow_core::model`).
+//! `join-predict`: SX, SY, FA, FI, FD → predictions (see `sensorflow_core::join` for the
+//! as-of semantics and `sensorflow_core::model`).
+//!
+//! ```text
+//!   record ─► decode ─► PartitionJoin::apply ─► Late ─► late topic (reason `late`)
+//!                                           └─► events released by the watermark:
+//!       Prediction ─► model ─► predictions     Skipped ─► dead-letter (`missing-sx`, `stale-sy`, …)
+//!       IncompleteTriple ─► dead-letter (`incomplete-triple`)
+//!   flush tick ─► PartitionJoin::advance(now) (idle inputs) ─► the same events
+//!   commit ─► per input partition, up to the first record whose event is still pending
+//! ```
 
 use super::{CommonArgs, rebuild_config};
-use crate::dlq::dead_letter;
+use crate::dlq::{self, dead_letter};
 use crate::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pipeline::{Output, PipelineError, Processor, TopicPartition};
 use crate::rebuild::{self, Request};
 use anyhow::Context;
 use clap::Parser;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
 use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{ClientConfig, Message};
 use rustc_hash::FxHashMap;
 use sensorflow_core::config::Topics;
 use sensorflow_core::input::{self, Reject};
-use sensorflow_core::join::{JoinInput, JoinState, Latest, SzSource, Trigger};
+use sensorflow_core::join::{
+    Applied, InputKind, JoinConfig, JoinEvent, JoinInput, PartitionJoin, SzSource, Trigger,
+};
 use sensorflow_core::model::{
     self, FeatureBounds, FeatureVector, ModelConfig, Predictor, splitmix64,
 };
@@ -26,9 +42,12 @@ use std::time::Duration;
 /// join-predict: joins SX, SY and the FA/FI/FD triple by client, predicts, and alerts.
 ///
 /// All five inputs must be co-partitioned (same partition count, keyed by client id); this
-/// is checked at start-up. Every SX or SY reading and every completed feature triple yields
-/// one prediction `[SX, SY, FA, FI, FD] → probability → alert` once all five values of the
-/// client are known. Malformed records and invalid vectors go to the dead-letter topic.
+/// is checked at start-up. Every SX or SY reading and every completed feature triple is a
+/// trigger at its event time t; once the join's watermark passes t it yields one prediction
+/// `[SX, SY, FA, FI, FD] → probability → alert` from each other input's latest value with
+/// event time ≤ t, or a dead-letter record saying which input was missing or stale. Records
+/// below the watermark go to the late topic; malformed records, invalid vectors and
+/// incomplete triples go to the dead-letter topic.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "join-predict", version, about, long_about)]
 pub struct JoinArgs {
@@ -72,22 +91,110 @@ pub struct JoinArgs {
     #[arg(long, env = "SF_CATEGORICAL_MAX", default_value_t = 100_000)]
     pub categorical_max: i64,
     /// How far back (record timestamps, ms) to re-read inputs to rebuild join state on
-    /// partition assignment.
+    /// partition assignment, at least (2 × max staleness + join grace is always read).
     #[arg(long, env = "SF_REBUILD_LOOKBACK_MS", default_value_t = 600_000)]
     pub rebuild_lookback_ms: i64,
+    /// Allowed out-of-orderness of each input partition, ms: the join watermark is the minimum
+    /// over the five inputs of (max event time seen − grace). A prediction for t waits until
+    /// every input has passed t + grace.
+    #[arg(long, env = "SF_JOIN_GRACE_MS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub join_grace_ms: i64,
+    /// Wall-clock ms without records on all five inputs of a partition after which everything
+    /// seen is released (the tail of a stream). With the next flag, the only wall-clock
+    /// dependence of the join's output.
+    #[arg(long, env = "SF_JOIN_IDLE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub join_idle_timeout_ms: i64,
+    /// Wall-clock ms without records after which one input partition stops holding the join
+    /// watermark back while the others flow. Keep it above start-up skew and upstream
+    /// restarts: records of an input declared idle can become late.
+    #[arg(long, env = "SF_JOIN_INPUT_IDLE_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub join_input_idle_timeout_ms: i64,
+    /// A value older than t − this is not used for a trigger at t (the trigger is counted as
+    /// stale or missing and dead-lettered with that reason).
+    #[arg(long, env = "SF_MAX_STALENESS_MS", default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_staleness_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Input {
-    Sx,
-    Sy,
-    Feature(FeatureKind),
+impl JoinArgs {
+    /// The join configuration these flags set.
+    pub fn join_config(&self) -> JoinConfig {
+        JoinConfig {
+            grace_ms: self.join_grace_ms,
+            max_staleness_ms: self.max_staleness_ms,
+            idle_timeout_ms: Some(self.join_idle_timeout_ms),
+            input_idle_timeout_ms: Some(self.join_input_idle_timeout_ms),
+        }
+    }
+}
+
+/// Label set `{trigger}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    /// `sx`, `sy` or `features`.
+    pub trigger: String,
+}
+
+/// The join's own metrics (registered beside the common ones).
+#[derive(Clone, Default)]
+pub struct JoinMetrics {
+    /// `sensorflow_predictions_total{trigger}`.
+    pub predictions: Family<TriggerLabel, Counter>,
+    /// `sensorflow_join_unpredicted_total{reason}`: triggers without a prediction
+    /// (`missing-sx`, `stale-sy`, …), incomplete triples and late records.
+    pub unpredicted: Family<ReasonLabel, Counter>,
+    /// `sensorflow_join_duplicates_total`: repeated features ignored.
+    pub duplicates: Counter,
+    /// `sensorflow_join_pending_triggers`: triggers waiting for the watermark.
+    pub pending: Gauge,
+    /// `sensorflow_join_state_values`: as-of values held.
+    pub values: Gauge,
+    /// `sensorflow_join_state_bytes`: approximate heap bytes of the join state.
+    pub bytes: Gauge,
+}
+
+impl JoinMetrics {
+    /// Registers them in `r` (prefixed `sensorflow_` by the caller's registry).
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "predictions",
+            "Predictions made, by trigger",
+            self.predictions.clone(),
+        );
+        r.register(
+            "join_unpredicted",
+            "Join triggers or records without a prediction, by reason",
+            self.unpredicted.clone(),
+        );
+        r.register(
+            "join_duplicates",
+            "Repeated features ignored by the join",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "join_pending_triggers",
+            "Join triggers waiting for the watermark",
+            self.pending.clone(),
+        );
+        r.register(
+            "join_state_values",
+            "As-of values held by the join",
+            self.values.clone(),
+        );
+        r.register(
+            "join_state_bytes",
+            "Approximate heap bytes of the join state",
+            self.bytes.clone(),
+        );
+    }
 }
 
 /// The join-predict's [`Processor`].
 pub struct JoinProcessor {
-    states: FxHashMap<i32, JoinState>,
-    inputs: FxHashMap<String, Input>,
+    states: FxHashMap<i32, PartitionJoin>,
+    cfg: JoinConfig,
+    inputs: FxHashMap<String, InputKind>,
+    jm: JoinMetrics,
+    events: Vec<JoinEvent>,
     model: Box<dyn Predictor>,
     threshold: f64,
     bounds: FeatureBounds,
@@ -104,7 +211,9 @@ impl JoinProcessor {
     ///
     /// # Errors
     /// Invalid model weights or threshold.
-    pub fn new(args: &JoinArgs, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(args: &JoinArgs, metrics: Metrics, jm: JoinMetrics) -> anyhow::Result<Self> {
+        let cfg = args.join_config();
+        cfg.validate().map_err(anyhow::Error::msg)?;
         let model_cfg = match args.model.as_str() {
             "random" => ModelConfig::Random {
                 seed: args.model_seed,
@@ -116,17 +225,20 @@ impl JoinProcessor {
         };
         let topics = args.topics.topics();
         let inputs = [
-            (topics.sx.clone(), Input::Sx),
-            (topics.sy.clone(), Input::Sy),
-            (topics.fa.clone(), Input::Feature(FeatureKind::Fa)),
-            (topics.fi.clone(), Input::Feature(FeatureKind::Fi)),
-            (topics.fd.clone(), Input::Feature(FeatureKind::Fd)),
+            (topics.sx.clone(), InputKind::Sx),
+            (topics.sy.clone(), InputKind::Sy),
+            (topics.fa.clone(), InputKind::Fa),
+            (topics.fi.clone(), InputKind::Fi),
+            (topics.fd.clone(), InputKind::Fd),
         ]
         .into_iter()
         .collect();
         Ok(Self {
             states: FxHashMap::default(),
+            cfg,
             inputs,
+            jm,
+            events: Vec::new(),
             model: model_cfg.build()?,
             threshold: model::check_threshold(args.threshold)?,
             bounds: FeatureBounds {
@@ -137,40 +249,52 @@ impl JoinProcessor {
             framing: args.framing.framing(),
             rebuild: rebuild_config(&args.kafka, &args.group_id),
             rebuild_timeout: Duration::from_millis(args.common.rebuild_timeout_ms),
-            lookback_ms: args.rebuild_lookback_ms,
+            lookback_ms: args.rebuild_lookback_ms.max(
+                cfg.max_staleness_ms
+                    .saturating_mul(2)
+                    .saturating_add(cfg.grace_ms),
+            ),
             metrics,
         })
     }
 
     /// Decodes a record into a join input and the ingest time it carries.
-    fn decode<M: Message>(&self, msg: &M) -> Result<(Input, JoinInput, i64), Reject> {
+    fn decode<M: Message>(&self, msg: &M) -> Result<(JoinInput, i64), Reject> {
         let which = *self
             .inputs
             .get(msg.topic())
             .ok_or_else(|| Reject::Decode(format!("unexpected topic {}", msg.topic())))?;
         match which {
-            Input::Sx | Input::Sy => {
-                let sensor = if which == Input::Sx {
+            InputKind::Sx | InputKind::Sy => {
+                let sensor = if which == InputKind::Sx {
                     Sensor::Sx
                 } else {
                     Sensor::Sy
                 };
                 let r = input::decode_reading(&self.framing, msg.payload(), sensor)?;
-                let l = Latest {
-                    value: input::categorical(r.value)?,
-                    event_time_ms: r.event_time_ms,
-                };
-                let ji = if which == Input::Sx {
-                    JoinInput::Sx(l)
+                let value = input::categorical(r.value)?;
+                let event_time_ms = r.event_time_ms;
+                let ji = if which == InputKind::Sx {
+                    JoinInput::Sx {
+                        value,
+                        event_time_ms,
+                    }
                 } else {
-                    JoinInput::Sy(l)
+                    JoinInput::Sy {
+                        value,
+                        event_time_ms,
+                    }
                 };
-                Ok((which, ji, r.ingest_time_ms))
+                Ok((ji, r.ingest_time_ms))
             }
-            Input::Feature(kind) => {
-                let f = input::decode_feature(&self.framing, msg.payload(), kind)?;
+            kind => {
+                let fk = match kind {
+                    InputKind::Fa => FeatureKind::Fa,
+                    InputKind::Fi => FeatureKind::Fi,
+                    _ => FeatureKind::Fd,
+                };
+                let f = input::decode_feature(&self.framing, msg.payload(), fk)?;
                 Ok((
-                    which,
                     JoinInput::Feature {
                         kind,
                         bin: f.bin,
@@ -184,6 +308,206 @@ impl JoinProcessor {
                 ))
             }
         }
+    }
+
+    fn topic_of(&self, input: InputKind) -> &str {
+        match input {
+            InputKind::Sx => &self.topics.sx,
+            InputKind::Sy => &self.topics.sy,
+            InputKind::Fa => &self.topics.fa,
+            InputKind::Fi => &self.topics.fi,
+            InputKind::Fd => &self.topics.fd,
+        }
+    }
+
+    /// A dead-letter record for a join outcome (no single input record to copy): key = client,
+    /// empty value, the reason and the record it is about in the usual headers.
+    #[allow(clippy::too_many_arguments)]
+    fn outcome_record(
+        &self,
+        client: &str,
+        reason: &str,
+        error: &str,
+        input: InputKind,
+        partition: i32,
+        offset: i64,
+        event_time_ms: i64,
+    ) -> Output {
+        let mut h = OwnedHeaders::new();
+        let partition = partition.to_string();
+        let offset = offset.to_string();
+        let ts = event_time_ms.to_string();
+        for (k, v) in [
+            (dlq::REASON, reason),
+            (dlq::ERROR, error),
+            (dlq::SOURCE_TOPIC, self.topic_of(input)),
+            (dlq::SOURCE_PARTITION, partition.as_str()),
+            (dlq::SOURCE_OFFSET, offset.as_str()),
+            (dlq::SOURCE_TIMESTAMP, ts.as_str()),
+            (dlq::PROCESSOR, "join-predict"),
+        ] {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        self.jm
+            .unpredicted
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        Output {
+            topic: self.topics.dead_letter.clone(),
+            key: Some(client.as_bytes().to_vec()),
+            value: Vec::new(),
+            timestamp_ms: Some(event_time_ms),
+            headers: Some(h),
+        }
+    }
+
+    /// Turns released join events of `partition` into outputs.
+    fn emit_events(&mut self, partition: i32, out: &mut Vec<Output>) {
+        let events = std::mem::take(&mut self.events);
+        let now = crate::now_ms();
+        for ev in &events {
+            match ev {
+                JoinEvent::Prediction(j) => self.predict(partition, j, now, out),
+                JoinEvent::Skipped {
+                    client,
+                    trigger,
+                    event_time_ms,
+                    record,
+                    reason,
+                } => {
+                    let err = format!(
+                        "{trigger:?} trigger at {event_time_ms} ms: {} (max staleness {} ms)",
+                        reason.code(),
+                        self.cfg.max_staleness_ms
+                    );
+                    out.push(self.outcome_record(
+                        client,
+                        reason.code(),
+                        &err,
+                        record.input,
+                        partition,
+                        record.offset,
+                        *event_time_ms,
+                    ));
+                }
+                JoinEvent::IncompleteTriple {
+                    client,
+                    event_time_ms,
+                    source,
+                    present,
+                } => {
+                    let Some(first) = present.first() else {
+                        continue;
+                    };
+                    let have: Vec<String> = present
+                        .iter()
+                        .map(|r| format!("{}@{}", self.topic_of(r.input), r.offset))
+                        .collect();
+                    let err = format!(
+                        "features of SZ {}/{} at {event_time_ms} ms incomplete when the watermark passed: only {}",
+                        source.partition,
+                        source.offset,
+                        have.join(", ")
+                    );
+                    out.push(self.outcome_record(
+                        client,
+                        "incomplete-triple",
+                        &err,
+                        first.input,
+                        partition,
+                        first.offset,
+                        *event_time_ms,
+                    ));
+                }
+            }
+        }
+        self.events = events;
+        self.events.clear();
+    }
+
+    fn predict(
+        &self,
+        partition: i32,
+        j: &sensorflow_core::join::JoinOutput,
+        now: i64,
+        out: &mut Vec<Output>,
+    ) {
+        let topic = self.topic_of(j.record.input).to_owned();
+        let vector = match FeatureVector::new(&j.vector, &self.bounds) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = Reject::Model(e).to_string();
+                out.push(self.outcome_record(
+                    &j.client,
+                    "invalid-vector",
+                    &err,
+                    j.record.input,
+                    partition,
+                    j.record.offset,
+                    j.event_time_ms,
+                ));
+                return;
+            }
+        };
+        let p = self
+            .model
+            .predict(&vector, identity(&topic, partition, j.record.offset));
+        let alert = p >= self.threshold;
+        if alert {
+            self.metrics.alerts.inc();
+        }
+        if j.ingest_time_ms > 0 {
+            self.metrics
+                .latency
+                .observe((now - j.ingest_time_ms).max(0) as f64 / 1000.0);
+        }
+        let trigger = match j.trigger {
+            Trigger::Sx => "sx",
+            Trigger::Sy => "sy",
+            Trigger::Features => "features",
+        };
+        self.jm
+            .predictions
+            .get_or_create(&TriggerLabel {
+                trigger: trigger.to_owned(),
+            })
+            .inc();
+        let pred = Prediction {
+            client_id: j.client.to_string(),
+            event_time_ms: j.event_time_ms,
+            features: vector.0.to_vec(),
+            probability: p,
+            alert,
+            model_name: self.model.name().to_owned(),
+            model_version: self.model.version().to_owned(),
+            trigger: match j.trigger {
+                Trigger::Sx => TriggerKind::TriggerSx,
+                Trigger::Sy => TriggerKind::TriggerSy,
+                Trigger::Features => TriggerKind::TriggerFeatures,
+            } as i32,
+            source_topic: topic,
+            source_partition: partition,
+            source_offset: j.record.offset,
+            features_source_partition: j.triple_source.partition,
+            features_source_offset: j.triple_source.offset,
+            ingest_time_ms: j.ingest_time_ms,
+            threshold: self.threshold,
+            predicted_at_ms: now,
+        };
+        let mut value = Vec::with_capacity(128);
+        self.framing.encode_into(&pred.encode_to_vec(), &mut value);
+        out.push(Output {
+            topic: self.topics.predictions.clone(),
+            key: Some(j.client.as_bytes().to_vec()),
+            value,
+            timestamp_ms: Some(j.event_time_ms),
+            headers: None,
+        });
     }
 
     fn reject(&self, msg: &BorrowedMessage<'_>, r: &Reject, out: &mut Vec<Output>) {
@@ -234,55 +558,36 @@ impl Processor for JoinProcessor {
                 })
             })
             .collect();
+        let now = crate::now_ms();
         for ((_, p), _) in committed {
-            self.states.insert(*p, JoinState::default());
+            self.states.insert(*p, PartitionJoin::new(self.cfg, now));
         }
-        // FA, FI and FD are read at different paces, so a triple may be split across their
-        // commit points by far more than the lookback: the feature topics of a partition are
-        // read back from the oldest of their last processed records (from the beginning when
-        // one of them has none), SX and SY from their own.
-        let features = [
-            self.topics.fa.clone(),
-            self.topics.fi.clone(),
-            self.topics.fd.clone(),
-        ];
-        let committed_somewhere = |t: &str, p: i32| {
-            committed
-                .iter()
-                .any(|((ct, cp), c)| ct == t && *cp == p && c.is_some_and(|c| c > 0))
-        };
+        // Every record below the committed offsets had its outcome produced (commits never
+        // pass a pending record). Replaying them in event-time order rebuilds the as-of
+        // values, the watermark clocks and the repeat filter; a trigger pending at the crash
+        // has t ≥ (oldest of the five last processed timestamps) − grace, and its lookups need
+        // values from t − 2 × staleness: hence the lookback from the oldest of the five.
+        let inputs: Vec<String> = self
+            .topics
+            .join_inputs()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         let lookback = self.lookback_ms;
         let records = rebuild::read_back_from(
             &self.rebuild,
             &requests,
             self.rebuild_timeout,
-            |last, (t, p)| {
-                if !features.contains(t) {
-                    return last.get(&(t.clone(), *p)).map_or(0, |ts| ts - lookback);
-                }
-                let mut oldest = i64::MAX;
-                for f in &features {
-                    match last.get(&(f.clone(), *p)) {
-                        Some(ts) => oldest = oldest.min(*ts),
-                        None if !committed_somewhere(f, *p) => return 0,
-                        None => {}
-                    }
-                }
-                if oldest == i64::MAX {
-                    0
-                } else {
-                    oldest - lookback
-                }
+            |last, (_, p)| {
+                inputs
+                    .iter()
+                    .filter_map(|t| last.get(&(t.clone(), *p)))
+                    .min()
+                    .map_or(0, |ts| ts.saturating_sub(lookback))
             },
         )?;
         // Per partition, merge the five topics by timestamp (then topic order, offset).
-        let order = |t: &str| {
-            self.topics
-                .join_inputs()
-                .iter()
-                .position(|x| *x == t)
-                .unwrap_or(9)
-        };
+        let order = |t: &str| inputs.iter().position(|x| x == t).unwrap_or(9);
         let mut by_partition: FxHashMap<i32, Vec<_>> = FxHashMap::default();
         for ((t, p), msgs) in records {
             let o = order(&t);
@@ -295,19 +600,21 @@ impl Processor for JoinProcessor {
             }
         }
         let mut n = 0u64;
+        let mut sink = Vec::new();
         for (p, mut msgs) in by_partition {
             msgs.sort_by_key(|(ts, o, m)| (*ts, *o, m.offset()));
-            let mut state = JoinState::default();
+            let mut state = PartitionJoin::new(self.cfg, now);
             for (_, _, m) in &msgs {
                 let Ok(client) = input::client_id(m.key()) else {
                     continue;
                 };
-                if let Ok((_, ji, _)) = self.decode(m) {
-                    // State only: outputs of these records were emitted before the commit.
-                    let _ = state.apply(client, ji);
+                if let Ok((ji, ingest)) = self.decode(m) {
+                    // State only: the outcomes of these records were produced before the commit.
+                    state.apply(client, ji, m.offset(), ingest, true, now, &mut sink);
                     n += 1;
                 }
             }
+            sink.clear();
             self.states.insert(p, state);
         }
         self.metrics.rebuilt_records.inc_by(n);
@@ -332,84 +639,81 @@ impl Processor for JoinProcessor {
                 return Ok(());
             }
         };
-        let (_, ji, ingest) = match self.decode(msg) {
+        let (ji, ingest) = match self.decode(msg) {
             Ok(x) => x,
             Err(r) => {
                 self.reject(msg, &r, out);
                 return Ok(());
             }
         };
-        let state = self.states.entry(msg.partition()).or_default();
-        let Some(j) = state.apply(client, ji) else {
-            return Ok(());
-        };
-        let vector = match FeatureVector::new(&j.vector, &self.bounds) {
-            Ok(v) => v,
-            Err(e) => {
-                self.reject(msg, &Reject::Model(e), out);
-                return Ok(());
-            }
-        };
-        let p = self.model.predict(
-            &vector,
-            identity(msg.topic(), msg.partition(), msg.offset()),
-        );
-        let alert = p >= self.threshold;
-        if alert {
-            self.metrics.alerts.inc();
-        }
         let now = crate::now_ms();
-        if ingest > 0 {
-            self.metrics
-                .latency
-                .observe((now - ingest).max(0) as f64 / 1000.0);
+        let cfg = self.cfg;
+        let state = self
+            .states
+            .entry(msg.partition())
+            .or_insert_with(|| PartitionJoin::new(cfg, now));
+        let mut events = std::mem::take(&mut self.events);
+        let applied = state.apply(client, ji, msg.offset(), ingest, false, now, &mut events);
+        self.events = events;
+        match applied {
+            Applied::Accepted => {}
+            Applied::Duplicate => {
+                self.jm.duplicates.inc();
+            }
+            Applied::Late { watermark } => {
+                self.metrics.late.inc();
+                self.jm
+                    .unpredicted
+                    .get_or_create(&ReasonLabel {
+                        reason: "late".to_owned(),
+                    })
+                    .inc();
+                let r = Reject::Late {
+                    event_time_ms: ji.event_time_ms(),
+                    watermark_ms: watermark,
+                };
+                out.push(dead_letter(msg, &r, &self.topics.late, "join-predict"));
+            }
         }
-        let pred = Prediction {
-            client_id: client.to_owned(),
-            event_time_ms: j.event_time_ms,
-            features: vector.0.to_vec(),
-            probability: p,
-            alert,
-            model_name: self.model.name().to_owned(),
-            model_version: self.model.version().to_owned(),
-            trigger: match j.trigger {
-                Trigger::Sx => TriggerKind::TriggerSx,
-                Trigger::Sy => TriggerKind::TriggerSy,
-                Trigger::Features => TriggerKind::TriggerFeatures,
-            } as i32,
-            source_topic: msg.topic().to_owned(),
-            source_partition: msg.partition(),
-            source_offset: msg.offset(),
-            features_source_partition: j.triple_source.partition,
-            features_source_offset: j.triple_source.offset,
-            ingest_time_ms: ingest,
-            threshold: self.threshold,
-            predicted_at_ms: now,
-        };
-        let mut value = Vec::with_capacity(128);
-        self.framing.encode_into(&pred.encode_to_vec(), &mut value);
-        out.push(Output {
-            topic: self.topics.predictions.clone(),
-            key: Some(client.as_bytes().to_vec()),
-            value,
-            timestamp_ms: Some(j.event_time_ms),
-            headers: None,
-        });
+        self.emit_events(msg.partition(), out);
         Ok(())
     }
 
     fn report(&self, metrics: &Metrics) {
-        let sum = |f: &dyn Fn(&JoinState) -> i64| self.states.values().map(f).sum::<i64>();
-        metrics.join_clients.set(sum(&|s| s.clients() as i64));
-        metrics.join_partials.set(sum(&|s| s.partials() as i64));
-        let dropped = sum(&|s| s.dropped_partials() as i64);
-        if dropped > metrics.join_partials_dropped.get() {
-            tracing::warn!(
-                dropped,
-                "incomplete feature triples dropped at the per-client bound"
-            );
+        let mut total = sensorflow_core::join::JoinStats::default();
+        for s in self.states.values() {
+            let st = s.stats();
+            total.clients += st.clients;
+            total.values += st.values;
+            total.pending += st.pending;
+            total.partials += st.partials;
+            total.bytes += st.bytes;
         }
-        metrics.join_partials_dropped.set(dropped);
+        metrics.join_clients.set(total.clients as i64);
+        metrics.join_partials.set(total.partials as i64);
+        self.jm.pending.set(total.pending as i64);
+        self.jm.values.set(total.values as i64);
+        self.jm.bytes.set(total.bytes as i64);
+    }
+
+    fn commit_limit(&self, topic: &str, partition: i32) -> Option<i64> {
+        let input = *self.inputs.get(topic)?;
+        self.states.get(&partition)?.commit_limit(input)
+    }
+
+    fn on_tick(&mut self, out: &mut Vec<Output>) -> Result<(), PipelineError> {
+        let now = crate::now_ms();
+        let mut parts: Vec<i32> = self.states.keys().copied().collect();
+        parts.sort_unstable();
+        for p in parts {
+            let mut events = std::mem::take(&mut self.events);
+            if let Some(s) = self.states.get_mut(&p) {
+                s.advance(now, &mut events);
+            }
+            self.events = events;
+            self.emit_events(p, out);
+        }
+        Ok(())
     }
 }
 
@@ -420,8 +724,9 @@ impl Processor for JoinProcessor {
 /// errors.
 pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
     crate::telemetry::init(args.common.log_format);
-    let metrics = Metrics::new();
-    let processor = JoinProcessor::new(&args, metrics.clone())?;
+    let jm = JoinMetrics::default();
+    let metrics = Metrics::new_with(|r| jm.register(r));
+    let processor = JoinProcessor::new(&args, metrics.clone(), jm)?;
     tracing::info!(group = %args.group_id, model = processor.model.name(), version = processor.model.version(), threshold = args.threshold, "join-predict starting");
     let topics = args.topics.topics();
     let inputs = topics.join_inputs();
