@@ -112,6 +112,70 @@ impl RetryPolicy {
     }
 }
 
+/// What a produce error means for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceErrorClass {
+    /// A broker outage, leader change, timeout…: retry with backoff.
+    Transient,
+    /// The record is larger than the producer's `message.max.bytes` or the topic's
+    /// `max.message.bytes`: retrying cannot help; the record is sent again with its value cut
+    /// to [`TRUNCATED_VALUE_BYTES`] and its original size in a header.
+    TooLarge,
+    /// Anything else the broker refuses for good (authorization, an invalid record): retrying
+    /// cannot help; the loop stops with a clear error rather than retry for ever.
+    Permanent,
+}
+
+/// Classifies a produce error (librdkafka's codes; `KafkaError::MessageProduction` both for
+/// refusals at enqueue time and in delivery reports).
+pub fn classify_produce_error(e: &KafkaError) -> ProduceErrorClass {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            ProduceErrorClass::TooLarge
+        }
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::UnknownTopic
+            | C::InvalidRequiredAcks
+            | C::UnsupportedForMessageFormat
+            | C::PolicyViolation,
+        ) => ProduceErrorClass::Permanent,
+        _ => ProduceErrorClass::Transient,
+    }
+}
+
+/// Bytes of a too-large record's value that are kept (64 KiB): enough to diagnose it,
+/// far below every broker's default `message.max.bytes` (1 MB).
+pub const TRUNCATED_VALUE_BYTES: usize = 64 * 1024;
+/// Header with the original value size in bytes of a truncated record.
+pub const ORIGINAL_SIZE_HEADER: &str = "sensorflow.original.size";
+
+/// `out` with its value cut to [`TRUNCATED_VALUE_BYTES`] and `sensorflow.original.size`
+/// (bytes) and `sensorflow.truncated: true` headers added.
+pub fn truncated(out: &Output) -> Output {
+    let size = out.value.len().to_string();
+    let mut h = out.headers.clone().unwrap_or_default();
+    for (k, v) in [(ORIGINAL_SIZE_HEADER, size.as_str()), ("sensorflow.truncated", "true")] {
+        h = h.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    Output {
+        topic: out.topic.clone(),
+        key: out.key.clone(),
+        value: out.value[..out.value.len().min(TRUNCATED_VALUE_BYTES)].to_vec(),
+        timestamp_ms: out.timestamp_ms,
+        headers: Some(h),
+    }
+}
+
 /// Enqueues outputs on the producer and awaits their acknowledgements on flush.
 pub struct Emitter {
     producer: FutureProducer,
@@ -186,8 +250,35 @@ impl Emitter {
         out: Output,
         first: KafkaError,
     ) -> Result<(), PipelineError> {
+        let out = match classify_produce_error(&first) {
+            ProduceErrorClass::TooLarge if out.value.len() > TRUNCATED_VALUE_BYTES => {
+                tracing::warn!(
+                    topic = %out.topic, bytes = out.value.len(), error = %first,
+                    "record too large for the broker; sending it with its value truncated"
+                );
+                self.metrics.records_truncated.inc();
+                truncated(&out)
+            }
+            ProduceErrorClass::Transient => out,
+            _ => {
+                tracing::error!(topic = %out.topic, error = %first, "the broker refuses this record for good");
+                return Err(PipelineError::Produce {
+                    topic: out.topic,
+                    attempts: 1,
+                    source: first,
+                });
+            }
+        };
         if self.transactional {
-            return Err(PipelineError::Transaction(first));
+            // Inside a transaction a failed delivery poisons it; a truncated record can still
+            // be enqueued in the same transaction when librdkafka refused it at enqueue time.
+            return match self.producer.send_result(record(&out)) {
+                Ok(fut) => {
+                    self.pending.push((fut, out));
+                    Ok(())
+                }
+                Err(_) => Err(PipelineError::Transaction(first)),
+            };
         }
         let producer = self.producer.clone();
         let metrics = self.metrics.clone();
@@ -203,6 +294,7 @@ impl Emitter {
             }
         })
         .retry(self.retry.builder())
+        .when(|e| classify_produce_error(e) == ProduceErrorClass::Transient)
         .notify(|e, d| tracing::warn!(topic = %out.topic, error = %e, retry_in = ?d, "delivery failed; retrying"))
         .await;
         match res {
@@ -415,11 +507,34 @@ impl OffsetTracker {
 
     /// Offsets to commit: per assigned partition, the next offset clamped by `limit`, when it
     /// moved since the last commit.
+    ///
+    /// `positions` are the consumer's positions. A `read_committed` consumer moves its
+    /// position past transaction markers, which are never delivered: after the last record of
+    /// a transaction, "last processed offset + 1" points at the marker, and a group that
+    /// committed it would show a lag of 1 per partition for ever (seen with inputs written by
+    /// an exactly-once producer). Every delivered record is processed before the next is
+    /// received, so a position past the tracked offset is as safe to commit.
     fn take(
         &mut self,
         assigned: &Assignment,
+        positions: &[(String, i32, i64)],
         limit: impl Fn(&str, i32) -> Option<i64>,
     ) -> TopicPartitionList {
+        for (t, p, pos) in positions {
+            // Only past what was processed here: a position alone (no record since the last
+            // commit) moves the commit when it passed a marker after that commit.
+            let known = self
+                .next
+                .get(t.as_str())
+                .and_then(|m| m.get(p))
+                .copied()
+                .or_else(|| self.committed.get(&(t.clone(), *p)).copied());
+            if let Some(k) = known
+                && *pos > k
+            {
+                self.next.entry(t.clone()).or_default().insert(*p, *pos);
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         for (t, parts) in &self.next {
             for (&p, &o) in parts {
@@ -507,21 +622,78 @@ impl<P: Processor> LoopState<'_, P> {
         }
     }
 
-    /// The offsets to commit, clamped by the processor's commit limits.
-    fn take_offsets(&mut self) -> TopicPartitionList {
-        let processor = &*self.processor;
-        self.offsets
-            .take(&self.assigned, |t, p| processor.commit_limit(t, p))
+    /// After an aborted transaction: a new one, so the loop can carry on.
+    fn restart_transaction(&mut self) -> Result<(), PipelineError> {
+        self.emitter
+            .producer
+            .begin_transaction()
+            .map_err(PipelineError::Transaction)
     }
 
     async fn flush(&mut self) -> Result<(), PipelineError> {
-        self.emitter.await_deliveries().await?;
+        self.flush_inner(false).await
+    }
+
+    /// The offsets to commit, clamped by the processor's commit limits.
+    fn take_offsets(&mut self) -> TopicPartitionList {
+        let positions: Vec<(String, i32, i64)> = match self.consumer.position() {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no consumer positions; committing processed offsets");
+                Vec::new()
+            }
+        };
+        let processor = &*self.processor;
+        self.offsets
+            .take(&self.assigned, &positions, |t, p| processor.commit_limit(t, p))
+    }
+
+    /// Awaits deliveries and commits; `revoking` is true when the partitions' revocation is
+    /// being handled.
+    ///
+    /// In exactly-once mode a revocation can leave the transaction unable to commit: with the
+    /// eager protocol the group may already be in its next generation, and the coordinator
+    /// refuses the offsets (`ILLEGAL_GENERATION`, KIP-447 fencing by group metadata). Then the
+    /// transaction is aborted and the loop goes on: none of its outputs become visible to
+    /// `read_committed` readers and its offsets were not committed, so the partitions' next
+    /// owner (this member again, or another) re-processes those records from the last commit.
+    /// Exiting instead would restart every replica at every scale step.
+    async fn flush_inner(&mut self, revoking: bool) -> Result<(), PipelineError> {
+        if let Err(e) = self.emitter.await_deliveries().await {
+            if !(self.exactly_once && revoking) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "delivery failed while partitions were revoked; aborting the transaction");
+            let producer = self.emitter.producer.clone();
+            let _ = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT));
+            self.take_offsets();
+            self.metrics.transactions_aborted.inc();
+            return self.restart_transaction();
+        }
         let tpl = self.take_offsets();
         if tpl.count() == 0 {
             return Ok(());
         }
         if self.exactly_once {
-            return self.commit_transaction(&tpl);
+            return match self.commit_transaction(&tpl) {
+                Err(PipelineError::Transaction(e)) if revoking && !is_fatal_transaction_error(&e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "transaction aborted while partitions were revoked; their records since the \
+                         last commit are re-processed by the next owner (no output of it is visible)"
+                    );
+                    self.metrics.transactions_aborted.inc();
+                    self.restart_transaction()
+                }
+                other => other,
+            };
         }
         let consumer = self.consumer;
         match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
@@ -545,7 +717,7 @@ impl<P: Processor> LoopState<'_, P> {
         for ev in self.consumer.context().take_events() {
             match ev {
                 RebalanceEvent::Revoked(parts) => {
-                    self.flush().await?;
+                    self.flush_inner(true).await?;
                     for tp in &parts {
                         self.assigned.remove(tp);
                         self.offsets.forget(tp);
@@ -586,6 +758,19 @@ impl<P: Processor> LoopState<'_, P> {
             }
         }
         Ok(())
+    }
+}
+
+/// True for transaction errors after which this producer cannot go on (fenced by a newer
+/// instance with the same `transactional.id`, or librdkafka's fatal error state): the process
+/// must exit. Other errors abort the transaction and a new one can begin.
+pub fn is_fatal_transaction_error(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(r) => r.is_fatal(),
+        _ => matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fatal)
+        ),
     }
 }
 
