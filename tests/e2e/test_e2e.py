@@ -45,6 +45,8 @@ def manifest():
     spec = sp["spec"]
     sp["metadata"]["namespace"] = NS
     spec["kafka"]["bootstrapServers"] = BOOT
+    # One broker on the host: the example's replication factor 3 is for a real cluster.
+    spec["topics"]["replicationFactor"] = 1
     spec["sink"]["endpoint"] = GCS
     spec["sink"]["rotation"]["maxAgeSeconds"] = 10
     p = spec["processors"]
@@ -369,7 +371,7 @@ def test_5_chaos_processor_and_operator_pods_deleted_mid_replay():
     n = check_predictions(day, checked)
     log(f"chaos: {len(checked.want)} readings, {n} predictions, {checked.dups} duplicate feature records (exactly-once)")
     # ExactlyOnce: pods deleted mid-transaction leave nothing twice for a read_committed reader.
-    assert checked.dups == 0, f"{checked.dups} duplicate feature records with ExactlyOnce
+    assert checked.dups == 0, f"{checked.dups} duplicate feature records with ExactlyOnce"
     # The restarted operator still reconciles: the pipeline is Ready again.
     wait_for("the pipeline Ready", lambda: condition(sp_status(), "Ready").get("status") == "True", 180)
 
@@ -414,4 +416,4 @@ def test_7_helm_uninstall_leaves_no_operator_objects():
     # Helm's CRD policy: CRDs from the chart's crds/ are installed once and never deleted, so
     # pipelines (and their data) survive an uninstall; `kubectl delete crd` removes it.
     kjson("get", "crd", "sensorpipelines.sensorflow.io")
-    kubectl("delete", "crd", "sensorpipelines.sensorflow.io")
+    kubectl("delete", "crd", "sensorpipelines.sensorflow.io", "--timeout", "120s", timeout=180)
