@@ -5,8 +5,8 @@
 #   3. an independent, non-librdkafka client (kafka-python) driving the real binaries
 #   4. the GCS sink against a real broker and fake-gcs-server, read back with pyarrow/DuckDB
 #      (tests/sink/run.sh)
-#   5. operator scenarios against a real kube-apiserver v1.20.2 + broker (tests/operator/run.sh)
-#   6. end to end on a real single-node Kubernetes v1.20.2: helm install, kubectl apply, real Pods
+#   5. operator scenarios against a real kube-apiserver v1.37.2 + broker (tests/operator/run.sh)
+#   6. end to end on a real single-node Kubernetes v1.37.2: helm install, kubectl apply, real Pods
 #      from the SensorFlow image (tests/e2e/node.sh; the same scenarios run on kind with
 #      tests/e2e/kind.sh)
 # Prints per-suite results and a final line "tests: N passed, M failed".

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The e2e suite on this machine, without Docker: a real single-node Kubernetes v1.20.2
+# The e2e suite on this machine, without Docker: a real single-node Kubernetes v1.37.2
 # (tests/cluster/node.sh: etcd, apiserver, controller-manager, scheduler, containerd + runc +
 # CNI bridge, kubelet, kube-proxy, DNS), the SensorFlow image packed without Docker
 # (scripts/build-images.sh) and imported into the node's containerd, then tests/e2e/run.sh.

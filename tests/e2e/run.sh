@@ -43,7 +43,7 @@ venv="$SENSORFLOW_CACHE/venv-e2e"
 t_start=$(date +%s)
 
 # Tools: the caller's kubectl/helm if any (kind users), else the ones tests/cluster provides
-# (kubectl v1.20.2 matches the node; Helm from npm).
+# (kubectl v1.37.2 matches the node; Helm from npm).
 KUBECTL="${KUBECTL:-$(command -v kubectl || "$REPO_ROOT/tests/cluster/tools.sh" kubectl)}"
 HELM="${HELM:-$(command -v helm || "$REPO_ROOT/tests/cluster/tools.sh" helm)}"
 export KUBECTL HELM

@@ -55,7 +55,9 @@ pub enum Reject {
     #[error("model input invalid: {0}")]
     Model(#[from] crate::model::ModelError),
     /// The event time lies beyond the wall clock plus the allowed future skew.
-    #[error("event time {event_time_ms} ms is more than {max_skew_ms} ms ahead of the clock ({now_ms} ms)")]
+    #[error(
+        "event time {event_time_ms} ms is more than {max_skew_ms} ms ahead of the clock ({now_ms} ms)"
+    )]
     Future {
         /// The record's event time, ms.
         event_time_ms: i64,
@@ -314,7 +316,10 @@ mod tests {
         assert!(b.check(&at(now, 1.0), now).is_ok());
         assert!(b.check(&at(now + 2 * 86_400_000, 1.0), now).is_ok());
         let code = |r: Result<(), Reject>| r.unwrap_err().code();
-        assert_eq!(code(b.check(&at(now + 2 * 86_400_000 + 1, 1.0), now)), "future");
+        assert_eq!(
+            code(b.check(&at(now + 2 * 86_400_000 + 1, 1.0), now)),
+            "future"
+        );
         assert_eq!(code(b.check(&at(i64::MAX, 1.0), now)), "future");
         assert_eq!(code(b.check(&at(i64::MIN, 1.0), now)), "too-old");
         assert_eq!(code(b.check(&at(-1, 1.0), now)), "too-old");

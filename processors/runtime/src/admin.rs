@@ -127,7 +127,10 @@ pub fn partition_counts(config: &ClientConfig, topics: &[&str]) -> Result<Vec<i3
                 Some(mt)
                     if mt.error().is_none()
                         && !mt.partitions().is_empty()
-                        && mt.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none()) =>
+                        && mt
+                            .partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none()) =>
                 {
                     Ok(mt.partitions().len() as i32)
                 }

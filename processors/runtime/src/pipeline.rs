@@ -161,7 +161,10 @@ pub const ORIGINAL_SIZE_HEADER: &str = "sensorflow.original.size";
 pub fn truncated(out: &Output) -> Output {
     let size = out.value.len().to_string();
     let mut h = out.headers.clone().unwrap_or_default();
-    for (k, v) in [(ORIGINAL_SIZE_HEADER, size.as_str()), ("sensorflow.truncated", "true")] {
+    for (k, v) in [
+        (ORIGINAL_SIZE_HEADER, size.as_str()),
+        ("sensorflow.truncated", "true"),
+    ] {
         h = h.insert(rdkafka::message::Header {
             key: k,
             value: Some(v.as_bytes()),
@@ -651,8 +654,9 @@ impl<P: Processor> LoopState<'_, P> {
             }
         };
         let processor = &*self.processor;
-        self.offsets
-            .take(&self.assigned, &positions, |t, p| processor.commit_limit(t, p))
+        self.offsets.take(&self.assigned, &positions, |t, p| {
+            processor.commit_limit(t, p)
+        })
     }
 
     /// Awaits deliveries and commits; `revoking` is true when the partitions' revocation is
@@ -683,7 +687,9 @@ impl<P: Processor> LoopState<'_, P> {
         }
         if self.exactly_once {
             return match self.commit_transaction(&tpl) {
-                Err(PipelineError::Transaction(e)) if revoking && !is_fatal_transaction_error(&e) => {
+                Err(PipelineError::Transaction(e))
+                    if revoking && !is_fatal_transaction_error(&e) =>
+                {
                     tracing::warn!(
                         error = %e,
                         "transaction aborted while partitions were revoked; their records since the \
@@ -769,7 +775,11 @@ pub fn is_fatal_transaction_error(e: &KafkaError) -> bool {
         KafkaError::Transaction(r) => r.is_fatal(),
         _ => matches!(
             e.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fatal)
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fatal
+            )
         ),
     }
 }

@@ -279,7 +279,12 @@ pub async fn send(
     // A full-speed replay queues a whole backlog at once; on a busy broker the last batches
     // wait longer than the processors' 30 s bound. A record still undelivered after 2 min
     // fails the replay (exit 1, counted), as before.
-    if !args.kafka.properties.iter().any(|(k, _)| k == "delivery.timeout.ms") {
+    if !args
+        .kafka
+        .properties
+        .iter()
+        .any(|(k, _)| k == "delivery.timeout.ms")
+    {
         cfg.set("delivery.timeout.ms", "120000");
     }
     let producer: FutureProducer = cfg.create().context("creating the producer")?;

@@ -507,5 +507,8 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
     );
     // At-least-once: the uncommitted records were processed again (and the checks above found
     // every repeat identical to its original).
-    assert!(repeats > 0, "the kill landed after a commit: no repeat to check");
+    assert!(
+        repeats > 0,
+        "the kill landed after a commit: no repeat to check"
+    );
 }

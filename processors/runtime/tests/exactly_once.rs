@@ -31,12 +31,7 @@ fn eos_env(txn_id: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start(
-    bin: &str,
-    t: &sensorflow_runtime::kafka::TopicArgs,
-    group: &str,
-    txn_id: &str,
-) -> Proc {
+fn start(bin: &str, t: &sensorflow_runtime::kafka::TopicArgs, group: &str, txn_id: &str) -> Proc {
     let env = eos_env(txn_id);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     spawn(bin, t, group, &env, &[])
@@ -93,16 +88,13 @@ async fn exactly_once_survives_kill_9_and_a_scale_step() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             // A metadata error right after the topics were created just means "not yet".
-            let fa = sensorflow_runtime::admin::message_count(&config(), &t.topic_fa)
-                .unwrap_or(last_fa);
+            let fa =
+                sensorflow_runtime::admin::message_count(&config(), &t.topic_fa).unwrap_or(last_fa);
             if fa > last_fa + 500 {
                 last_fa = fa;
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no progress before kill {round}"
-            );
+            assert!(Instant::now() < deadline, "no progress before kill {round}");
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_running(&mut w);
@@ -167,7 +159,10 @@ async fn exactly_once_survives_kill_9_and_a_scale_step() {
         }
         let dups = seen.values().filter(|n| **n > 1).count();
         let lost = sz_offsets.iter().filter(|k| !seen.contains_key(k)).count();
-        eprintln!("{topic}: {} features, {lost} lost, {dups} duplicated", seen.len());
+        eprintln!(
+            "{topic}: {} features, {lost} lost, {dups} duplicated",
+            seen.len()
+        );
         assert_eq!(lost, 0, "{topic}: SZ readings without a feature");
         assert_eq!(dups, 0, "{topic}: features written twice");
         assert_eq!(seen.len(), sz_offsets.len());
@@ -199,5 +194,8 @@ async fn exactly_once_survives_kill_9_and_a_scale_step() {
         feature_triggers.len(),
         sz.len()
     );
-    assert!(read_all(&t.topic_dlq).is_empty(), "dead letters in a clean replay");
+    assert!(
+        read_all(&t.topic_dlq).is_empty(),
+        "dead letters in a clean replay"
+    );
 }

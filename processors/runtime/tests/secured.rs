@@ -31,10 +31,16 @@ fn secured(mechanism: &str, password_override: Option<&str>) -> Vec<(String, Str
             e["SENSORFLOW_BROKER_PLAIN_PASSWORD"].clone(),
         )
     } else {
-        (e["KAFKA_SASL_USERNAME"].clone(), e["KAFKA_SASL_PASSWORD"].clone())
+        (
+            e["KAFKA_SASL_USERNAME"].clone(),
+            e["KAFKA_SASL_PASSWORD"].clone(),
+        )
     };
     vec![
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), e["KAFKA_BOOTSTRAP_SERVERS"].clone()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS".into(),
+            e["KAFKA_BOOTSTRAP_SERVERS"].clone(),
+        ),
         ("KAFKA_SECURITY_PROTOCOL".into(), "SASL_SSL".into()),
         ("KAFKA_SASL_MECHANISM".into(), mechanism.into()),
         ("KAFKA_SASL_USERNAME".into(), user),
@@ -42,7 +48,10 @@ fn secured(mechanism: &str, password_override: Option<&str>) -> Vec<(String, Str
             "KAFKA_SASL_PASSWORD".into(),
             password_override.map_or(pass, str::to_owned),
         ),
-        ("KAFKA_SSL_CA_LOCATION".into(), e["KAFKA_SSL_CA_LOCATION"].clone()),
+        (
+            "KAFKA_SSL_CA_LOCATION".into(),
+            e["KAFKA_SSL_CA_LOCATION"].clone(),
+        ),
     ]
 }
 
@@ -81,7 +90,10 @@ async fn pipeline_runs_over_sasl_ssl() {
             "2021-03-03",
         ],
     );
-    assert!(r.child.wait().unwrap().success(), "replay over SASL_SSL failed");
+    assert!(
+        r.child.wait().unwrap().success(),
+        "replay over SASL_SSL failed"
+    );
     let wg = format!("{pre}window");
     let jg = format!("{pre}join");
     let _w = spawn("window-processor", &t, &wg, &refs(&scram), &[]);
@@ -144,7 +156,11 @@ async fn pipeline_runs_over_sasl_ssl() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &sink.id().to_string()])
         .status();
-    assert!(sink.wait().unwrap().success(), "gcs-sink failed (log: {})", sink_log.display());
+    assert!(
+        sink.wait().unwrap().success(),
+        "gcs-sink failed (log: {})",
+        sink_log.display()
+    );
     let files = walk(&out_dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))

@@ -10,9 +10,9 @@ use crate::pipeline::{self, LoopConfig, LoopConsumer, LoopContext, Processor};
 use crate::telemetry::LogFormat;
 use anyhow::Context;
 use clap::Args;
-use sensorflow_core::input::ReadingBounds;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
+use sensorflow_core::input::ReadingBounds;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -106,7 +106,11 @@ pub async fn run<P: Processor>(
         // once when an instance with the same id (the restarted container) starts. 10 s, as
         // Kafka Streams sets for exactly-once; `-X transaction.timeout.ms=…` overrides it.
         // librdkafka requires delivery.timeout.ms <= transaction.timeout.ms.
-        if !kafka.properties.iter().any(|(k, _)| k == "transaction.timeout.ms") {
+        if !kafka
+            .properties
+            .iter()
+            .any(|(k, _)| k == "transaction.timeout.ms")
+        {
             producer_cfg.set("transaction.timeout.ms", "10000");
             producer_cfg.set("delivery.timeout.ms", "10000");
         }
