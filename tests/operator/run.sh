@@ -125,14 +125,14 @@ helm_lint() {
 }
 helm_validate() {
   h template sensorflow charts/sensorflow-operator --include-crds -n sensorflow-system > "$logs/rendered.yaml" \
-    && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered.yaml" \
+    && "$kvalidate" --strict -k 1.30.0 --quiet "$logs/rendered.yaml" \
     && h template sensorflow charts/sensorflow-operator -n sensorflow-system \
          --set replicaCount=2 --set leaderElection.enabled=false --set metrics.service.enabled=false \
          --set watch.clusterWide=true > "$logs/rendered-ha.yaml" \
-    && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered-ha.yaml" \
+    && "$kvalidate" --strict -k 1.30.0 --quiet "$logs/rendered-ha.yaml" \
     && h template sensorflow charts/sensorflow-operator -n sensorflow-system \
          --set 'watch.namespaces={team-a,team-b}' > "$logs/rendered-ns.yaml" \
-    && "$kvalidate" --strict -k 1.25.0 --quiet "$logs/rendered-ns.yaml" \
+    && "$kvalidate" --strict -k 1.30.0 --quiet "$logs/rendered-ns.yaml" \
     && grep -q 'readOnlyRootFilesystem: true' "$logs/rendered.yaml" \
     && grep -q 'runAsNonRoot: true' "$logs/rendered.yaml" \
     && ! grep -q '^kind: ClusterRole' "$logs/rendered.yaml" \
