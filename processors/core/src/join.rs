@@ -46,7 +46,7 @@
 //!   late.
 //! - **Repeats.** A feature whose SZ source offset is not above the largest seen for its kind
 //!   and SZ partition is an exact repeat (the window-processor re-emits after a crash):
-//!   [`Applied::Duplicate`], ignored. Each feature topic carries one SZ partition's features in
+//!   [`Applied::Duplicate`], ignored (checked before lateness: a repeat is not late data). Each feature topic carries one SZ partition's features in
 //!   source order, which is what makes this test exact.
 //! - **Determinism.** Given the records of each input in partition order, and no idle
 //!   timeout firing, every interleaving of the five inputs yields the same multiset of events
@@ -532,6 +532,15 @@ impl PartitionJoin {
         let kind = input.kind();
         let t = input.event_time_ms();
         self.clocks[kind.idx()].last_ms = now_ms;
+        // A repeat first: a feature re-emitted after an upstream restart is below the
+        // watermark by then, and it is a repeat, not late data.
+        if let JoinInput::Feature { source, .. } = input
+            && self.seen[kind.idx() - 2]
+                .get(&source.partition)
+                .is_some_and(|max| source.offset <= *max)
+        {
+            return Applied::Duplicate;
+        }
         if t < self.watermark {
             self.advance(now_ms, out);
             return Applied::Late {
@@ -539,14 +548,10 @@ impl PartitionJoin {
             };
         }
         if let JoinInput::Feature { source, .. } = input {
-            let seen = &mut self.seen[kind.idx() - 2];
-            match seen.get_mut(&source.partition) {
-                Some(max) if source.offset <= *max => return Applied::Duplicate,
-                Some(max) => *max = source.offset,
-                None => {
-                    seen.insert(source.partition, source.offset);
-                }
-            }
+            let max = self.seen[kind.idx() - 2]
+                .entry(source.partition)
+                .or_insert(source.offset);
+            *max = (*max).max(source.offset);
         }
         let clock = &mut self.clocks[kind.idx()];
         clock.max_t = Some(clock.max_t.map_or(t, |m| m.max(t)));
