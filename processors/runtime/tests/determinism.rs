@@ -210,7 +210,9 @@ impl Run {
                 p.trigger,
                 r,
                 p.source_partition,
-                p.source_offset,
+                // A triple is named by its SZ reading: the FA record's offset differs between
+                // runs where the window-processor repeated features after a kill.
+                if r == "FA" { -1 } else { p.source_offset },
                 p.features_source_partition,
                 p.features_source_offset,
                 p.features.clone(),
