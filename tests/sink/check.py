@@ -91,8 +91,16 @@ def null0(v):
     return None if v == 0 else v
 
 
-def expected_row(kind, key, value):
+def expected_row(kind, key, value, headers=()):
     """The columns the sink must have written for one record (subset, by name)."""
+    if kind == "raw":
+        # Dead-letter, late: the original bytes and the reason headers, undecoded.
+        h = {k: v.decode() for k, v in headers if v is not None}
+        src_off = h.get("sensorflow.source.offset")
+        return {"key": key, "value": value, "reason": h.get("sensorflow.reason"),
+                "source_topic": h.get("sensorflow.source.topic"),
+                "source_offset": None if src_off is None else int(src_off),
+                "processor": h.get("sensorflow.processor")}
     f = fields(value)
     client = key.decode()
     if kind == "reading":
@@ -110,7 +118,7 @@ def expected_row(kind, key, value):
         for name, v in zip(["f_sx", "f_sy", "f_fa_bin", "f_fi_bin", "f_fd_bin"], vec):
             row[name] = v
         return row
-    return {"value": value}
+    raise ValueError(f"unknown kind {kind}")
 
 
 # --- Kafka side ------------------------------------------------------------------------------
@@ -152,7 +160,7 @@ def read_topic(bootstrap, topic):
     while time.time() < deadline and any(c.position(tp) < ends[tp] for tp in tps):
         for tp, msgs in c.poll(timeout_ms=1000, max_records=5000).items():
             for m in msgs:
-                out[(m.partition, m.offset)] = (m.key, m.value, m.timestamp)
+                out[(m.partition, m.offset)] = (m.key, m.value, m.timestamp, m.headers or ())
     c.close()
     return out
 
@@ -252,7 +260,7 @@ def cmd_verify(a):
               f"{topic}: {len(seen)} rows == {len(produced)} records, no gaps per partition "
               f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, extra {extra[:5]})")
         mismatched = []
-        for po, (key, value, ts) in produced.items():
+        for po, (key, value, ts, headers) in produced.items():
             r = rows.get(po)
             if r is None:
                 continue
@@ -260,7 +268,7 @@ def cmd_verify(a):
             if got_ts is None or ms(got_ts) != ts:
                 mismatched.append((po, "kafka_timestamp", ts, got_ts))
                 continue
-            for col, want in expected_row(kind, key, value).items():
+            for col, want in expected_row(kind, key, value, headers).items():
                 got = r[col]
                 if isinstance(got, datetime.datetime):
                     got = ms(got)
@@ -271,7 +279,7 @@ def cmd_verify(a):
                 if not same:
                     mismatched.append((po, col, want, got))
                     break
-        check(not mismatched, f"{topic}: every value equals the produced record ({len(mismatched)} differ: {mismatched[:3]})")
+        check(not mismatched, f"{topic} ({kind}): every value equals the produced record ({len(mismatched)} differ: {mismatched[:3]})")
         if a.download:
             for path in files:
                 local = os.path.join(a.download, path[len(a.bucket) + 1:])

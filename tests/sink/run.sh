@@ -7,8 +7,9 @@
 # Steps: install what is missing (Python venv with fake-gcs-server, pyarrow, DuckDB, kafka-python;
 # Kafka jars via scripts/install-kafka.sh) → fresh broker + GCS server → sink unit/property tests →
 # Rust integration tests (processors/sink/tests/gcs.rs) → pipeline scenario: replay a slice of
-# the household dataset through window-processor and join-predict while gcs-sink archives SZ,
-# FA, FI, FD and predictions; kill -9 the sink mid-file and restart it; stop the GCS server for
+# the household dataset through window-processor and join-predict while gcs-sink archives every
+# pipeline topic (its default: SX, SY, SZ, FA, FI, FD, predictions, dead-letter, late); kill -9
+# the sink mid-file and restart it at once; stop the GCS server for
 # a while and restart it; drain; SIGTERM → exit 0 → independent reader check (pyarrow, DuckDB,
 # kafka-python + a hand-written protobuf decoder): same records, same values, no duplicates,
 # no gaps per partition. Prints "sink: N passed, M failed".
@@ -126,8 +127,9 @@ if [ "$st_int" != 0 ] && ! grep -q 'test result' "$logs/integration.log"; then f
 pfx="e2e-"
 prefix="pipeline/"
 group="${pfx}sink"
-sink_topics="${pfx}SZ,${pfx}FA,${pfx}FI,${pfx}FD,${pfx}predictions"
-kinds="${pfx}SZ=reading,${pfx}FA=feature,${pfx}FI=feature,${pfx}FD=feature,${pfx}predictions=prediction"
+# Every pipeline topic, as the sink archives by default (SF_SINK_TOPICS unset).
+sink_topics="${pfx}SX,${pfx}SY,${pfx}SZ,${pfx}FA,${pfx}FI,${pfx}FD,${pfx}predictions,${pfx}dead-letter,${pfx}late"
+kinds="${pfx}SX=reading,${pfx}SY=reading,${pfx}SZ=reading,${pfx}FA=feature,${pfx}FI=feature,${pfx}FD=feature,${pfx}predictions=prediction"
 topic_env=(SF_TOPIC_SX="${pfx}SX" SF_TOPIC_SY="${pfx}SY" SF_TOPIC_SZ="${pfx}SZ" SF_TOPIC_FA="${pfx}FA"
   SF_TOPIC_FI="${pfx}FI" SF_TOPIC_FD="${pfx}FD" SF_TOPIC_PREDICTIONS="${pfx}predictions"
   SF_TOPIC_DLQ="${pfx}dead-letter" SF_TOPIC_LATE="${pfx}late")
@@ -137,7 +139,7 @@ metrics_url="http://127.0.0.1:$metrics_port/metrics"
 start_sink() { # start_sink RUN
   env "${common_env[@]}" SF_GROUP_ID="$group" SF_METRICS_ADDR="127.0.0.1:$metrics_port" \
     SF_SINK_BUCKET="$bucket" SF_SINK_ENDPOINT="$endpoint" SF_SINK_PREFIX="$prefix" \
-    SF_SINK_TOPICS="$sink_topics" SF_SINK_MAX_RECORDS=4000 SF_SINK_MAX_BYTES=1048576 \
+    SF_SINK_MAX_RECORDS=4000 SF_SINK_MAX_BYTES=1048576 \
     SF_SINK_MAX_AGE_SECONDS=3 SF_SINK_ROW_GROUP_ROWS=1000 SF_SINK_SUMMARY_JSON="$work/sink-summary-$1.json" \
     "$target/gcs-sink" >>"$logs/gcs-sink-$1.log" 2>&1 &
   pids[sink]=$!
@@ -175,10 +177,8 @@ produce_pipeline() {
   wait_metric sensorflow_records_in_total "$(( $(metric sensorflow_records_in_total) + 3000 ))" 60 || true
   log "kill -9 gcs-sink with $(metric sensorflow_sink_open_files) files open"
   stop_pid sink KILL
-  # Restart after the dead member's session timeout (10 s), like a pod restart would: tansu 0.6
-  # sometimes hands a member that joins while a dead one is still in the group an empty
-  # assignment and never rebalances again once the dead one expires.
-  sleep 11
+  # Restart at once, while the dead member is still in the group (its session expires 10 s
+  # later): the broker rebalances when it expires, as for a crashed pod.
   start_sink 2
   wait_metric sensorflow_sink_files_total 2 120 || { log "restarted sink wrote no object"; return 1; }
   # The GCS server goes away for 15 s while data keeps flowing, then comes back.

@@ -5,7 +5,7 @@ use crate::layout::Layout;
 use crate::metrics::SinkMetrics;
 use crate::rotation::Rotation;
 use crate::rows::Kind;
-use crate::sink::{RetryConfig, Sink, SinkConfig, Summary};
+use crate::sink::{CommitFault, RetryConfig, Sink, SinkConfig, Summary};
 use crate::store::{GcsConfig, GcsStore, LocalStore, ObjectStore};
 use anyhow::Context;
 use clap::Parser;
@@ -54,7 +54,8 @@ pub struct SinkArgs {
     /// Object name prefix inside the bucket or directory (`/` appended when missing).
     #[arg(long, env = "SF_SINK_PREFIX", default_value = "")]
     pub prefix: String,
-    /// Topics to archive, comma-separated (default: the SZ, FA, FI, FD and predictions topics).
+    /// Topics to archive, comma-separated (default: every pipeline topic — SX, SY, SZ, FA, FI,
+    /// FD, predictions, dead-letter and late).
     #[arg(long = "sink-topics", env = "SF_SINK_TOPICS", value_delimiter = ',')]
     pub sink_topics: Vec<String>,
     /// Records per file.
@@ -97,6 +98,11 @@ pub struct SinkArgs {
     /// up to 20 s) before the sink exits non-zero.
     #[arg(long, env = "SF_SINK_RETRIES", default_value_t = 12)]
     pub retries: usize,
+    /// Consecutive refused offset commits retried (backoff 0.2 s doubling to 10 s, about a
+    /// minute in all) before the sink exits non-zero. Commits refused by a rebalance are
+    /// retried without this limit.
+    #[arg(long, env = "SF_SINK_COMMIT_RETRIES", default_value_t = 10)]
+    pub commit_retries: u32,
     /// Write the run summary as JSON to this file on exit.
     #[arg(long, env = "SF_SINK_SUMMARY_JSON")]
     pub summary_json: Option<PathBuf>,
@@ -104,14 +110,25 @@ pub struct SinkArgs {
 
 impl SinkArgs {
     /// Topic names with their decoding: SX/SY/SZ readings, FA/FI/FD features, predictions;
-    /// anything else (dead-letter, late, foreign topics) is stored raw.
+    /// anything else (dead-letter, late, foreign topics) is stored raw (key and value bytes
+    /// with the dead-letter headers as columns). Without `--sink-topics`, every pipeline topic.
     pub fn topic_kinds(&self) -> Vec<(String, Kind)> {
         let t = self.topics.topics();
         let names: Vec<String> = if self.sink_topics.iter().all(|s| s.trim().is_empty()) {
-            [&t.sz, &t.fa, &t.fi, &t.fd, &t.predictions]
-                .into_iter()
-                .cloned()
-                .collect()
+            [
+                &t.sx,
+                &t.sy,
+                &t.sz,
+                &t.fa,
+                &t.fi,
+                &t.fd,
+                &t.predictions,
+                &t.dead_letter,
+                &t.late,
+            ]
+            .into_iter()
+            .cloned()
+            .collect()
         } else {
             self.sink_topics
                 .iter()
@@ -158,7 +175,22 @@ impl SinkArgs {
                 ..RetryConfig::default()
             },
             max_open_per_partition: self.max_open_hours as usize,
+            max_poll_interval: self.max_poll_interval(),
+            commit_retries: self.commit_retries,
         }
+    }
+
+    /// The consumer's `max.poll.interval.ms` (`-X max.poll.interval.ms=…`, default 300 s).
+    pub fn max_poll_interval(&self) -> Duration {
+        let ms = self
+            .kafka
+            .properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "max.poll.interval.ms")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(300_000);
+        Duration::from_millis(ms.max(1))
     }
 }
 
@@ -174,6 +206,21 @@ pub async fn run_with<S: ObjectStore>(
     sm: SinkMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Summary> {
+    run_with_commit_fault(args, store, metrics, sm, shutdown, None).await
+}
+
+/// [`run_with`], with `fault` injected into every offset commit (tests of the commit retry).
+///
+/// # Errors
+/// As [`run_with`].
+pub async fn run_with_commit_fault<S: ObjectStore>(
+    args: &SinkArgs,
+    store: S,
+    metrics: Metrics,
+    sm: SinkMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+    fault: Option<CommitFault>,
+) -> anyhow::Result<Summary> {
     let consumer: LoopConsumer = args
         .kafka
         .consumer_config(&args.group_id, "gcs-sink")
@@ -186,6 +233,9 @@ pub async fn run_with<S: ObjectStore>(
         .context("creating the dead-letter producer")?;
     let emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
     let mut sink = Sink::new(args.config(), store, metrics, sm, emitter);
+    if let Some(f) = fault {
+        sink = sink.with_commit_fault(f);
+    }
     let result = sink.run(&consumer, shutdown).await;
     let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(30)));
     result.context("sink loop")?;
@@ -246,4 +296,47 @@ pub async fn main(args: SinkArgs) -> anyhow::Result<()> {
         summary.skipped
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archives_every_pipeline_topic_by_default_with_its_schema() {
+        let a = SinkArgs::parse_from(["gcs-sink", "--local-dir=/tmp/x"]);
+        let got = a.topic_kinds();
+        let want = [
+            ("SX", Kind::Reading),
+            ("SY", Kind::Reading),
+            ("SZ", Kind::Reading),
+            ("FA", Kind::Feature),
+            ("FI", Kind::Feature),
+            ("FD", Kind::Feature),
+            ("predictions", Kind::Prediction),
+            ("dead-letter", Kind::Raw),
+            ("late", Kind::Raw),
+        ];
+        let names: Vec<(&str, Kind)> = got.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        assert_eq!(names, want);
+        assert_eq!(a.max_poll_interval(), Duration::from_secs(300));
+        let b = SinkArgs::parse_from([
+            "gcs-sink",
+            "--local-dir=/tmp/x",
+            "--sink-topics=p.SZ,other",
+            "--topic-sz=p.SZ",
+            "-X",
+            "max.poll.interval.ms=6000",
+        ]);
+        assert_eq!(
+            b.topic_kinds(),
+            vec![
+                ("p.SZ".to_owned(), Kind::Reading),
+                ("other".to_owned(), Kind::Raw)
+            ]
+        );
+        let cfg = b.config();
+        assert_eq!(cfg.keepalive(), Duration::from_millis(600));
+        assert_eq!(cfg.op_deadline(), Duration::from_millis(4200));
+    }
 }

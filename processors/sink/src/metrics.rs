@@ -27,6 +27,13 @@ pub struct ObjectLabel {
     pub object: String,
 }
 
+/// Label set `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// Why sealed or open files were dropped unuploaded (`revoked`, `lost`).
+    pub reason: String,
+}
+
 /// Sink metrics (`sensorflow_sink_*`). Cheap to clone.
 #[derive(Clone)]
 pub struct SinkMetrics {
@@ -52,6 +59,17 @@ pub struct SinkMetrics {
     pub last_commit: Family<TopicLabel, Gauge>,
     /// `sensorflow_sink_upload_seconds`: encode + upload time per object, seconds.
     pub upload_seconds: Histogram,
+    /// `sensorflow_sink_already_stored_total{topic}`: uploads refused by the create-only
+    /// precondition because an object of that name exists (counted as stored).
+    pub already_stored: Family<TopicLabel, Counter>,
+    /// `sensorflow_sink_commit_retries_total`: offset commits refused and retried.
+    pub commit_retries: Counter,
+    /// `sensorflow_sink_queued_files`: sealed files waiting for their upload.
+    pub queued_files: Gauge,
+    /// `sensorflow_sink_dropped_files_total{reason}`: open or sealed files dropped without an
+    /// upload because the partition was revoked or the assignment lost (the next owner
+    /// re-reads them).
+    pub dropped_files: Family<DropLabel, Counter>,
 }
 
 impl Default for SinkMetrics {
@@ -69,6 +87,10 @@ impl Default for SinkMetrics {
             upload_seconds: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ]),
+            already_stored: Family::default(),
+            commit_retries: Counter::default(),
+            queued_files: Gauge::default(),
+            dropped_files: Family::default(),
         }
     }
 }
@@ -114,6 +136,26 @@ impl SinkMetrics {
             "upload_seconds",
             "Encode and upload time per object, seconds",
             self.upload_seconds.clone(),
+        );
+        r.register(
+            "already_stored",
+            "Uploads refused because the object exists already (counted as stored)",
+            self.already_stored.clone(),
+        );
+        r.register(
+            "commit_retries",
+            "Offset commits refused and retried",
+            self.commit_retries.clone(),
+        );
+        r.register(
+            "queued_files",
+            "Sealed files waiting for their upload",
+            self.queued_files.clone(),
+        );
+        r.register(
+            "dropped_files",
+            "Files dropped unuploaded: partition revoked or assignment lost",
+            self.dropped_files.clone(),
         );
     }
 }

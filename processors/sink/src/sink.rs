@@ -1,24 +1,41 @@
 //! The sink loop: consume → rows → Parquet object → commit, and recovery after a crash.
 //!
 //! ```text
-//!   select! { shutdown | tick (age rotation, commit) | recv }
-//!     recv ─► rebalance events ─► revoked: drop open files (never uploaded, never committed)
+//!   select! { shutdown | tick (seal aged files) | recv | uploads queued }
+//!     recv ─► rebalance events ─► revoked: drop open and queued files (never uploaded)
 //!                                 assigned: fresh ledger (see `ledger`)
 //!          ─► hour bucket seen first? list PREFIX/topic=T/date/hour/T-P- into the ledger
 //!          ─► in a listed object?  ─► skip (stored by a run that died before committing)
-//!          ─► no open file for the bucket? (close the oldest if max open) open one
+//!          ─► no open file for the bucket? (seal the oldest if max open) open one
 //!          ─► decode ─► rows (or dead-letter topic with the reason)
-//!          ─► full (records/bytes/memory)? ─► finalise
-//!   finalise: await dead letters ─► encode ─► upload (retried) ─► commit ledger offset
+//!          ─► full (records/bytes/memory)? ─► seal: queue the upload
+//!   then, bounded per turn: for each queued file, while the turn's budget lasts:
+//!     poll first if the last poll is older than the keep-alive interval
+//!     still assigned (no revoke, assignment not lost)? else drop it
+//!     await dead letters ─► encode ─► create-only upload (retried; "exists" = stored)
+//!   then commit the ledger offsets (a refused commit is retried with backoff)
 //! ```
+//!
+//! **Why the bounds.** A consumer that does not poll for `max.poll.interval.ms` leaves its
+//! group and a new owner re-reads its partitions from the last commit, while the old one may
+//! still be uploading: the same records would be stored twice under other names. So no store
+//! operation starts more than `max.poll.interval.ms / 10` after a poll, one operation with its
+//! retries is cut off at 7/10 of the interval, and a file is uploaded only while its
+//! partition is still assigned ([`rdkafka::consumer::Consumer::assignment_lost`] and the
+//! revokes seen by the last poll). A rebalance waits for every member to rejoin, and a member
+//! rejoins only when it polls, so the new owner cannot start before the old one stopped
+//! uploading. Objects are created with a create-only precondition, so a retry whose first
+//! attempt landed, or any second writer of the same name, finds the object and counts it as
+//! stored instead of overwriting it.
 
 use crate::encode::{EncodeConfig, EncodeError, encode};
 use crate::layout::{HourBucket, Layout, parse_object};
 use crate::ledger::Ledger;
-use crate::metrics::{FileLabel, ObjectLabel, SinkMetrics};
+use crate::metrics::{DropLabel, FileLabel, ObjectLabel, SinkMetrics};
 use crate::rotation::{FileStats, Reason, Rotation, over_budget};
 use crate::rows::{Kind, RawHeaders, Record, Rows};
 use crate::store::{ObjectStore, StoreError};
+use arrow_array::RecordBatch;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -31,6 +48,7 @@ use sensorflow_runtime::dlq;
 use sensorflow_runtime::metrics::{Metrics, ReasonLabel, TopicLabel};
 use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, PipelineError, RebalanceEvent};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -46,12 +64,14 @@ pub enum SinkError {
         /// Cause.
         source: KafkaError,
     },
-    /// Committing offsets failed for a reason other than a rebalance.
-    #[error("committing offsets {offsets} failed: {source}")]
+    /// Committing offsets failed after every retry.
+    #[error("committing offsets {offsets} failed {attempts} times: {source}")]
     Commit {
         /// `topic/partition@offset` list.
         offsets: String,
-        /// Cause.
+        /// Attempts made.
+        attempts: u32,
+        /// Last cause.
         source: KafkaError,
     },
     /// A store operation failed after every retry.
@@ -94,9 +114,9 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     /// Retries after the first attempt.
     pub max_retries: usize,
-    /// Time limit of one operation with all its retries. Keep it below the consumer's
-    /// `max.poll.interval.ms` (300 s): the loop does not poll while it waits, and a member
-    /// that stops polling longer loses its partitions while it may still upload.
+    /// Time limit of one operation with all its retries. The sink also caps it at 7/10 of
+    /// the consumer's `max.poll.interval.ms`: the loop does not poll while it waits, and a
+    /// member that stops polling longer loses its partitions.
     pub deadline: Duration,
 }
 
@@ -133,7 +153,29 @@ pub struct SinkConfig {
     pub retry: RetryConfig,
     /// Open files per partition (one per hour bucket); opening one more closes the oldest.
     pub max_open_per_partition: usize,
+    /// The consumer's `max.poll.interval.ms`: uploads are paced so the loop polls well within
+    /// it (see the module docs).
+    pub max_poll_interval: Duration,
+    /// Consecutive refused offset commits (other than by a rebalance) retried before the sink
+    /// gives up and exits non-zero.
+    pub commit_retries: u32,
 }
+
+impl SinkConfig {
+    /// Store work started after a poll, at most, before the loop polls again.
+    pub fn keepalive(&self) -> Duration {
+        self.max_poll_interval / 10
+    }
+
+    /// Time limit of one store operation with its retries.
+    pub fn op_deadline(&self) -> Duration {
+        self.retry.deadline.min(self.max_poll_interval * 7 / 10)
+    }
+}
+
+/// A fault injected into offset commits (tests): called with the offsets about to be
+/// committed; `Some(error)` makes that commit fail with it instead of reaching the broker.
+pub type CommitFault = Box<dyn FnMut(&TopicPartitionList) -> Option<KafkaError> + Send + Sync>;
 
 /// What a run did (also written as JSON with `--summary-json`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -152,6 +194,12 @@ pub struct Summary {
     pub skipped: u64,
     /// Store operations retried.
     pub retries: u64,
+    /// Uploads refused because the object existed already (counted as stored).
+    pub already_stored: u64,
+    /// Offset commits refused and retried.
+    pub commit_retries: u64,
+    /// Open or sealed files dropped without an upload (partition revoked, assignment lost).
+    pub dropped_files: u64,
     /// The last committed object per topic.
     pub last_objects: std::collections::BTreeMap<String, String>,
     /// Where the objects are (`gs://bucket/prefix` or `file:///dir/prefix`).
@@ -164,6 +212,20 @@ struct OpenFile {
     stats: FileStats,
     first: i64,
     last: i64,
+    opened: Instant,
+}
+
+/// A sealed file waiting for its upload.
+struct Sealed {
+    topic: String,
+    partition: i32,
+    bucket: HourBucket,
+    first: i64,
+    last: i64,
+    /// `None` when every record of the range was dead-lettered.
+    batch: Option<RecordBatch>,
+    bytes_in: u64,
+    reason: Reason,
     opened: Instant,
 }
 
@@ -188,7 +250,18 @@ pub struct Sink<S: ObjectStore> {
     uncommitted: Vec<(String, i32, String)>,
     /// Something changed that may advance a commit.
     dirty: bool,
+    /// Input bytes in open files.
     buffered: u64,
+    /// Sealed files, uploaded in this order.
+    queue: VecDeque<Sealed>,
+    /// Input bytes in `queue`.
+    queued: u64,
+    /// When the consumer was last polled (a store operation starts only soon after one).
+    last_poll: Instant,
+    /// Consecutive refused commits, and when the next attempt is due.
+    commit_failures: u32,
+    commit_retry_at: Option<Instant>,
+    commit_fault: Option<CommitFault>,
     summary: Summary,
     records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
 }
@@ -244,9 +317,21 @@ impl<S: ObjectStore> Sink<S> {
             uncommitted: Vec::new(),
             dirty: false,
             buffered: 0,
+            queue: VecDeque::new(),
+            queued: 0,
+            last_poll: Instant::now(),
+            commit_failures: 0,
+            commit_retry_at: None,
+            commit_fault: None,
             summary,
             records_in: FxHashMap::default(),
         }
+    }
+
+    /// Injects `fault` into every offset commit (tests of the commit retry).
+    pub fn with_commit_fault(mut self, fault: CommitFault) -> Self {
+        self.commit_fault = Some(fault);
+        self
     }
 
     /// The store.
@@ -279,7 +364,7 @@ impl<S: ObjectStore> Sink<S> {
             self.sm.upload_retries.inc();
             tracing::warn!(error = %e, retry_in = ?d, "listing failed; retrying");
         });
-        let deadline = self.cfg.retry.deadline;
+        let deadline = self.cfg.op_deadline();
         let res = tokio::time::timeout(deadline, op)
             .await
             .map_err(|_| SinkError::Deadline {
@@ -293,7 +378,10 @@ impl<S: ObjectStore> Sink<S> {
         })
     }
 
-    async fn put_with_retry(&self, name: &str, data: Bytes) -> Result<usize, SinkError> {
+    /// Uploads `name` create-only with retries: `Ok(true)` when created, `Ok(false)` when an
+    /// object of that name existed already (a retry whose first attempt landed, or another
+    /// writer of the same file: the same records).
+    async fn put_with_retry(&self, name: &str, data: Bytes) -> Result<(usize, bool), SinkError> {
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         let op = (|| {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -305,7 +393,7 @@ impl<S: ObjectStore> Sink<S> {
             self.sm.upload_retries.inc();
             tracing::warn!(error = %e, retry_in = ?d, "upload failed; retrying");
         });
-        let deadline = self.cfg.retry.deadline;
+        let deadline = self.cfg.op_deadline();
         let res = tokio::time::timeout(deadline, op)
             .await
             .map_err(|_| SinkError::Deadline {
@@ -313,11 +401,15 @@ impl<S: ObjectStore> Sink<S> {
                 deadline,
             })?;
         let attempts = attempts.into_inner();
-        res.map(|()| attempts).map_err(|source| SinkError::Store {
-            object: self.store.url(name),
-            attempts,
-            source,
-        })
+        match res {
+            Ok(()) => Ok((attempts, true)),
+            Err(StoreError::AlreadyExists { .. }) => Ok((attempts, false)),
+            Err(source) => Err(SinkError::Store {
+                object: self.store.url(name),
+                attempts,
+                source,
+            }),
+        }
     }
 
     /// Applies rebalance events: revoked partitions lose their open files (the next owner
@@ -327,15 +419,7 @@ impl<S: ObjectStore> Sink<S> {
             match ev {
                 RebalanceEvent::Revoked(parts) => {
                     for (t, p) in parts {
-                        if let Some(st) = self.parts.get_mut(&t).and_then(|m| m.remove(&p)) {
-                            for f in st.open {
-                                self.buffered -= f.stats.bytes;
-                                tracing::info!(topic = %t, partition = p, first = f.first, last = f.last,
-                                    "partition revoked: dropping an open file (the new owner re-reads it)");
-                            }
-                        }
-                        self.uncommitted
-                            .retain(|(ut, up, _)| !(ut == &t && *up == p));
+                        self.drop_partition(&t, p, "revoked");
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {
@@ -358,6 +442,69 @@ impl<S: ObjectStore> Sink<S> {
         self.update_gauges();
     }
 
+    /// Forgets `topic`/`partition`: its open and sealed files are dropped unuploaded (the next
+    /// owner re-reads them from the last commit).
+    fn drop_partition(&mut self, t: &str, p: i32, reason: &str) {
+        let mut dropped = 0u64;
+        if let Some(st) = self.parts.get_mut(t).and_then(|m| m.remove(&p)) {
+            for f in st.open {
+                self.buffered -= f.stats.bytes;
+                dropped += 1;
+                tracing::info!(topic = %t, partition = p, first = f.first, last = f.last, reason,
+                    "partition gone: dropping an open file (the next owner re-reads it)");
+            }
+        }
+        let before = self.queue.len();
+        let mut queued = self.queued;
+        self.queue.retain(|f| {
+            let keep = !(f.topic == t && f.partition == p);
+            if !keep {
+                queued -= f.bytes_in;
+                tracing::info!(topic = %t, partition = p, first = f.first, last = f.last, reason,
+                    "partition gone: dropping a sealed file before its upload (the next owner re-reads it)");
+            }
+            keep
+        });
+        self.queued = queued;
+        dropped += (before - self.queue.len()) as u64;
+        self.uncommitted
+            .retain(|(ut, up, _)| !(ut == t && *up == p));
+        if dropped > 0 {
+            self.summary.dropped_files += dropped;
+            self.sm
+                .dropped_files
+                .get_or_create(&DropLabel {
+                    reason: reason.to_owned(),
+                })
+                .inc_by(dropped);
+        }
+    }
+
+    /// Whether this member may still upload files of `topic`/`partition`: rebalance events
+    /// seen by the last poll are applied first, and a lost assignment (evicted after
+    /// `max.poll.interval.ms`, or the session expired) drops every partition at once.
+    fn owns(&mut self, consumer: &LoopConsumer, topic: &str, partition: i32) -> bool {
+        self.handle_rebalance(consumer);
+        if consumer.assignment_lost() && !self.parts.values().all(|m| m.is_empty()) {
+            tracing::warn!(
+                "the group took this member's assignment away (no poll within \
+                max.poll.interval.ms, or the session expired): dropping every open and sealed file"
+            );
+            let all: Vec<(String, i32)> = self
+                .parts
+                .iter()
+                .flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p)))
+                .collect();
+            for (t, p) in all {
+                self.drop_partition(&t, p, "lost");
+            }
+            self.update_gauges();
+        }
+        self.parts
+            .get(topic)
+            .is_some_and(|m| m.contains_key(&partition))
+    }
+
     fn part(&mut self, topic: &str, partition: i32) -> Option<&mut PartState> {
         self.parts
             .get_mut(topic)
@@ -372,7 +519,10 @@ impl<S: ObjectStore> Sink<S> {
             .map(|s| s.open.len())
             .sum();
         self.sm.open_files.set(open as i64);
-        self.sm.buffered_bytes.set(self.buffered as i64);
+        self.sm
+            .buffered_bytes
+            .set((self.buffered + self.queued) as i64);
+        self.sm.queued_files.set(self.queue.len() as i64);
     }
 
     fn count_in(&mut self, topic: &str) {
@@ -395,12 +545,8 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    /// Handles one record.
-    async fn process(
-        &mut self,
-        consumer: &LoopConsumer,
-        msg: &BorrowedMessage<'_>,
-    ) -> Result<(), SinkError> {
+    /// Handles one record (called right after the poll that returned it).
+    async fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), SinkError> {
         let topic = msg.topic();
         let partition = msg.partition();
         let offset = msg.offset();
@@ -448,8 +594,7 @@ impl<S: ObjectStore> Sink<S> {
         if st.ledger.open_first(bucket).is_none() {
             if st.open.len() >= max_open {
                 let oldest = st.ledger.open_buckets()[0];
-                self.finalise(topic, partition, oldest, Reason::HourChange)
-                    .await?;
+                self.seal(topic, partition, oldest, Reason::HourChange)?;
             }
             let Some(st) = self.part(topic, partition) else {
                 return Ok(());
@@ -506,9 +651,12 @@ impl<S: ObjectStore> Sink<S> {
             self.emitter.send(out).await?;
         }
         if let Some(reason) = full {
-            self.finalise(topic, partition, bucket, reason).await?;
+            self.seal(topic, partition, bucket, reason)?;
         }
-        if self.buffered > self.cfg.max_buffer_bytes {
+        if self.buffered + self.queued > self.cfg.max_buffer_bytes {
+            // Sealing moves bytes from open files to the upload queue; what the queue holds
+            // already leaves that much less room for open files.
+            let room = self.cfg.max_buffer_bytes.saturating_sub(self.queued);
             let sizes: Vec<((String, i32, HourBucket), u64)> = self
                 .parts
                 .iter()
@@ -520,19 +668,16 @@ impl<S: ObjectStore> Sink<S> {
                     })
                 })
                 .collect();
-            for (t, p, b) in over_budget(&sizes, self.cfg.max_buffer_bytes) {
-                self.finalise(&t, p, b, Reason::Memory).await?;
+            for (t, p, b) in over_budget(&sizes, room) {
+                self.seal(&t, p, b, Reason::Memory)?;
             }
-        }
-        if !self.uncommitted.is_empty() {
-            self.commit(consumer).await?;
         }
         Ok(())
     }
 
-    /// Closes the open file of `bucket` in `topic`/`partition`: dead letters acknowledged,
-    /// object encoded and uploaded, ledger updated. Nothing is committed here.
-    async fn finalise(
+    /// Closes the open file of `bucket` in `topic`/`partition` and queues its upload. Nothing
+    /// is stored or committed here: the file holds the commit back until it is uploaded.
+    fn seal(
         &mut self,
         topic: &str,
         partition: i32,
@@ -546,77 +691,190 @@ impl<S: ObjectStore> Sink<S> {
             return Ok(());
         };
         let mut f = st.open.swap_remove(i);
+        st.ledger.seal(bucket, f.first, f.last);
         self.buffered -= f.stats.bytes;
-        let rows = f.rows.len() as u64;
-        let name = self
-            .cfg
-            .layout
-            .object(topic, partition, bucket, f.first, f.last);
-        let url = self.store.url(&name);
+        let rows = f.rows.len();
         let batch = if rows > 0 {
+            let name = self
+                .cfg
+                .layout
+                .object(topic, partition, bucket, f.first, f.last);
             Some(f.rows.finish().map_err(|e| SinkError::Encode {
-                object: url.clone(),
+                object: self.store.url(&name),
                 source: EncodeError::Parquet {
-                    rows: rows as usize,
+                    rows,
                     source: e.into(),
                 },
             })?)
         } else {
             None
         };
+        self.queued += f.stats.bytes;
+        self.queue.push_back(Sealed {
+            topic: topic.to_owned(),
+            partition,
+            bucket,
+            first: f.first,
+            last: f.last,
+            batch,
+            bytes_in: f.stats.bytes,
+            reason,
+            opened: f.opened,
+        });
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Uploads the oldest sealed file, if its partition is still assigned (else drops it):
+    /// dead letters acknowledged, object encoded and created, ledger updated. Nothing is
+    /// committed here.
+    async fn upload_next(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+        let Some(front) = self.queue.front() else {
+            return Ok(());
+        };
+        let (topic, partition) = (front.topic.clone(), front.partition);
+        if !self.owns(consumer, &topic, partition) {
+            // `owns` dropped the partition's queued files; drop this one if it is still here.
+            if self
+                .queue
+                .front()
+                .is_some_and(|f| f.topic == topic && f.partition == partition)
+            {
+                self.drop_partition(&topic, partition, "revoked");
+            }
+            self.update_gauges();
+            return Ok(());
+        }
+        let Some(f) = self.queue.pop_front() else {
+            return Ok(());
+        };
+        self.queued -= f.bytes_in;
+        let name = self
+            .cfg
+            .layout
+            .object(&f.topic, f.partition, f.bucket, f.first, f.last);
+        let url = self.store.url(&name);
         // Dead letters of this range must be durable before the object exists: recovery skips
         // every offset an object's range covers.
         self.emitter.await_deliveries().await?;
-        if let Some(batch) = batch {
+        if let Some(batch) = &f.batch {
+            let rows = batch.num_rows() as u64;
             let started = Instant::now();
             let meta = [
-                ("sensorflow.topic", topic.to_owned()),
-                ("sensorflow.partition", partition.to_string()),
+                ("sensorflow.topic", f.topic.clone()),
+                ("sensorflow.partition", f.partition.to_string()),
                 ("sensorflow.first_offset", f.first.to_string()),
                 ("sensorflow.last_offset", f.last.to_string()),
             ];
             let bytes =
-                encode(&batch, &self.cfg.encode, &meta).map_err(|source| SinkError::Encode {
+                encode(batch, &self.cfg.encode, &meta).map_err(|source| SinkError::Encode {
                     object: url.clone(),
                     source,
                 })?;
             let size = bytes.len() as u64;
-            let attempts = self.put_with_retry(&name, Bytes::from(bytes)).await?;
-            self.sm
-                .upload_seconds
-                .observe(started.elapsed().as_secs_f64());
+            let (attempts, created) = self.put_with_retry(&name, Bytes::from(bytes)).await?;
             let label = TopicLabel {
-                topic: topic.to_owned(),
+                topic: f.topic.clone(),
             };
-            self.sm.rows.get_or_create(&label).inc_by(rows);
-            self.sm.bytes.get_or_create(&label).inc_by(size);
-            self.sm
-                .files
-                .get_or_create(&FileLabel {
-                    topic: topic.to_owned(),
-                    reason: reason.as_str().to_owned(),
-                })
-                .inc();
-            self.summary.rows_written += rows;
-            self.summary.files_written += 1;
-            self.summary.bytes_written += size;
-            tracing::info!(object = %url, rows, bytes = size, first = f.first, last = f.last,
-                reason = reason.as_str(), attempts, open_for = ?f.opened.elapsed(), "object finalised");
-            self.uncommitted.push((topic.to_owned(), partition, url));
+            if created {
+                self.sm
+                    .upload_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.sm.rows.get_or_create(&label).inc_by(rows);
+                self.sm.bytes.get_or_create(&label).inc_by(size);
+                self.sm
+                    .files
+                    .get_or_create(&FileLabel {
+                        topic: f.topic.clone(),
+                        reason: f.reason.as_str().to_owned(),
+                    })
+                    .inc();
+                self.summary.rows_written += rows;
+                self.summary.files_written += 1;
+                self.summary.bytes_written += size;
+                tracing::info!(object = %url, rows, bytes = size, first = f.first, last = f.last,
+                    reason = f.reason.as_str(), attempts, open_for = ?f.opened.elapsed(), "object finalised");
+            } else {
+                // Same name, same records: stored by an earlier attempt or another writer.
+                self.sm.already_stored.get_or_create(&label).inc();
+                self.summary.already_stored += 1;
+                tracing::warn!(object = %url, rows, first = f.first, last = f.last, attempts,
+                    "object exists already (create-only upload refused): counted as stored");
+            }
+            self.uncommitted.push((f.topic.clone(), f.partition, url));
         }
-        if let Some(st) = self.part(topic, partition) {
-            st.ledger.closed(bucket, f.first, f.last);
+        if let Some(st) = self.part(&f.topic, f.partition) {
+            st.ledger.stored(f.bucket, f.first, f.last);
         }
         self.dirty = true;
         self.update_gauges();
         Ok(())
     }
 
-    /// Commits every partition whose ledger offset advanced (synchronously). A commit refused
-    /// because of a rebalance is not an error: the next owner lists the objects and skips
-    /// their records.
+    /// Polls the consumer once without waiting (keeps the membership alive and serves
+    /// rebalance events) while stopping: a record it returns is left unconsumed (it is read
+    /// again after the restart or by the next owner).
+    async fn poll_once(&mut self, consumer: &LoopConsumer) {
+        let polled = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
+        self.last_poll = Instant::now();
+        if let Ok(Ok(_)) = polled {
+            self.handle_rebalance(consumer);
+        }
+    }
+
+    /// Handles records the consumer has fetched already (no waiting), up to a batch, while
+    /// the memory budget allows: with uploads queued, a turn then still moves the input on
+    /// by more than one record.
+    async fn take_fetched(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+        const BATCH: usize = 1000;
+        let slice = Instant::now();
+        for _ in 0..BATCH {
+            if self.buffered + self.queued > self.cfg.max_buffer_bytes
+                || slice.elapsed() >= self.cfg.keepalive() / 2
+            {
+                break;
+            }
+            let polled = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
+            self.last_poll = Instant::now();
+            match polled {
+                Ok(Ok(msg)) => {
+                    self.handle_rebalance(consumer);
+                    self.process(&msg).await?;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads queued files until the queue is empty or this turn's budget (the keep-alive
+    /// interval) is spent; before each upload, polls if the last poll is older than that.
+    async fn upload_some(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+        let turn = Instant::now();
+        let every = self.cfg.keepalive();
+        while !self.queue.is_empty() && turn.elapsed() < every {
+            if self.last_poll.elapsed() >= every {
+                self.take_fetched(consumer).await?;
+            }
+            self.upload_next(consumer).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits every partition whose ledger offset advanced (synchronously). A refused commit
+    /// keeps the offsets to commit and is tried again after a backoff (200 ms doubling to
+    /// 10 s); after `commit_retries` consecutive refusals other than by a rebalance the sink
+    /// fails. A commit refused by a rebalance is retried for the partitions still assigned
+    /// after it (a revoked partition's next owner lists the objects and skips their records).
     async fn commit(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
         if !self.dirty {
+            return Ok(());
+        }
+        if self.commit_retry_at.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
         self.dirty = false;
@@ -633,11 +891,25 @@ impl<S: ObjectStore> Sink<S> {
             }
         }
         if advanced.is_empty() {
+            self.commit_failures = 0;
+            self.commit_retry_at = None;
             return Ok(());
         }
-        let res = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync));
+        let injected = self.commit_fault.as_mut().and_then(|f| f(&tpl));
+        let res = match injected {
+            Some(e) => Err(e),
+            None => tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)),
+        };
         match res {
             Ok(()) => {
+                if self.commit_failures > 0 {
+                    tracing::info!(
+                        attempts = self.commit_failures + 1,
+                        "offset commit succeeded after retries"
+                    );
+                }
+                self.commit_failures = 0;
+                self.commit_retry_at = None;
                 self.metrics.commits.inc();
                 for (t, p, o) in &advanced {
                     if let Some(st) = self.part(t, *p) {
@@ -669,21 +941,32 @@ impl<S: ObjectStore> Sink<S> {
                 }
                 Ok(())
             }
-            Err(e) if sensorflow_runtime::pipeline::is_rebalance_commit_error(&e) => {
-                tracing::warn!(
-                    error = %e,
-                    "commit refused during a rebalance; the new owner skips the stored records"
-                );
-                Ok(())
-            }
-            Err(source) => Err(SinkError::Commit {
-                offsets: advanced
+            Err(source) => {
+                let offsets = advanced
                     .iter()
                     .map(|(t, p, o)| format!("{t}/{p}@{o}"))
                     .collect::<Vec<_>>()
-                    .join(","),
-                source,
-            }),
+                    .join(",");
+                let rebalance = sensorflow_runtime::pipeline::is_rebalance_commit_error(&source);
+                self.commit_failures += 1;
+                self.dirty = true;
+                self.sm.commit_retries.inc();
+                self.summary.commit_retries += 1;
+                if !rebalance && self.commit_failures > self.cfg.commit_retries {
+                    return Err(SinkError::Commit {
+                        offsets,
+                        attempts: self.commit_failures,
+                        source,
+                    });
+                }
+                let delay = Duration::from_millis(200)
+                    .saturating_mul(1 << (self.commit_failures - 1).min(6))
+                    .min(Duration::from_secs(10));
+                self.commit_retry_at = Some(Instant::now() + delay);
+                tracing::warn!(error = %source, %offsets, attempt = self.commit_failures,
+                    retry_in = ?delay, rebalance, "offset commit refused; retrying");
+                Ok(())
+            }
         }
     }
 
@@ -700,7 +983,13 @@ impl<S: ObjectStore> Sink<S> {
             .collect()
     }
 
-    async fn rotate_aged(&mut self) -> Result<(), SinkError> {
+    /// Seals files open for `max_age`, unless uploads are queued: behind a slow store, files
+    /// then grow (up to their record, byte and memory limits) instead of queueing many small
+    /// ones.
+    fn seal_aged(&mut self) -> Result<(), SinkError> {
+        if !self.queue.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let rotation = self.cfg.rotation;
         for (t, p, b, opened_at_ms) in self.open_files() {
@@ -711,17 +1000,45 @@ impl<S: ObjectStore> Sink<S> {
                 opened_at_ms,
             };
             if rotation.on_tick(&stats, now).is_some() {
-                self.finalise(&t, p, b, Reason::Age).await?;
+                self.seal(&t, p, b, Reason::Age)?;
             }
         }
         Ok(())
     }
 
-    async fn finalise_all(&mut self, reason: Reason) -> Result<(), SinkError> {
+    /// Stops: seals every open file, uploads the queue (polling between uploads so the
+    /// member stays in its group; records polled now are left for the next run), and commits,
+    /// retrying a refused commit within its bounds.
+    async fn flush(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+        self.handle_rebalance(consumer);
         for (t, p, b, _) in self.open_files() {
-            self.finalise(&t, p, b, reason).await?;
+            self.seal(&t, p, b, Reason::Shutdown)?;
         }
-        Ok(())
+        while !self.queue.is_empty() {
+            if self.last_poll.elapsed() >= self.cfg.keepalive() {
+                self.poll_once(consumer).await;
+            }
+            self.upload_next(consumer).await?;
+        }
+        let mut attempts = 0u32;
+        loop {
+            self.commit(consumer).await?;
+            if !self.dirty {
+                return Ok(());
+            }
+            attempts += 1;
+            if attempts > self.cfg.commit_retries.max(1) * 2 {
+                tracing::warn!(
+                    "stopping with offsets uncommitted (the next run skips the stored records)"
+                );
+                return Ok(());
+            }
+            let wait = self.commit_retry_at.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            tokio::time::sleep(wait.min(self.cfg.keepalive())).await;
+            self.poll_once(consumer).await;
+        }
     }
 
     /// Subscribes and runs until `shutdown` is cancelled; then finalises every open file,
@@ -743,7 +1060,8 @@ impl<S: ObjectStore> Sink<S> {
                 topics: topics.clone(),
                 source,
             })?;
-        tracing::info!(?topics, location = %self.summary.location, "subscribed");
+        tracing::info!(?topics, location = %self.summary.location,
+            keepalive = ?self.cfg.keepalive(), op_deadline = ?self.cfg.op_deadline(), "subscribed");
         self.metrics.set_ready(true);
         // Age rotation is checked a few times per max age (at least every second).
         let every =
@@ -752,24 +1070,31 @@ impl<S: ObjectStore> Sink<S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recv_errors = 0u32;
         loop {
+            let queued = !self.queue.is_empty();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     self.handle_rebalance(consumer);
-                    self.rotate_aged().await?;
-                    self.commit(consumer).await?;
+                    self.seal_aged()?;
                 }
                 msg = sensorflow_runtime::pipeline::next_message(consumer, &mut recv_errors) => {
+                    self.last_poll = Instant::now();
                     self.handle_rebalance(consumer);
-                    self.process(consumer, &msg).await?;
+                    self.process(&msg).await?;
                 }
+                // Polled after recv (biased): with uploads queued the turn goes on without
+                // waiting for a record.
+                () = std::future::ready(()), if queued => {}
             }
+            // Whatever woke the turn, records already fetched move on too (a tick would
+            // otherwise win every turn behind a slow store and starve the input).
+            self.take_fetched(consumer).await?;
+            self.upload_some(consumer).await?;
+            self.commit(consumer).await?;
         }
         self.metrics.set_ready(false);
-        self.handle_rebalance(consumer);
-        self.finalise_all(Reason::Shutdown).await?;
-        self.commit(consumer).await?;
+        self.flush(consumer).await?;
         self.summary.retries = self.sm.upload_retries.get();
         tracing::info!(summary = ?self.summary, "flushed, uploaded and committed; stopping");
         Ok(())

@@ -3,14 +3,22 @@
 //!
 //! Both make an object visible only once it is complete: a GCS upload creates the object when
 //! the request finishes (a failed upload leaves nothing); the local store writes a hidden
-//! temporary file (`.NAME.tmp-PID`, ignored by Hive-style readers and `*.parquet` globs), syncs
-//! it and renames it into place.
+//! temporary file (`.NAME.tmp-PID-N`, ignored by Hive-style readers and `*.parquet` globs),
+//! syncs it and links it into place.
+//!
+//! Both create an object only when none of that name exists (GCS: `ifGenerationMatch=0`, 412
+//! otherwise; local: a hard link, which fails when the name is taken), and report
+//! [`StoreError::AlreadyExists`] when one does. An object name says what the object holds
+//! (topic, partition, hour, offset range), so an existing object of that name is the same
+//! data: a retry whose first attempt did land, or another writer of the same file. The sink
+//! counts it as stored; no writer can overwrite another's object.
 
 use bytes::Bytes;
 use gcloud_storage::client::google_cloud_auth::credentials::CredentialsFile;
 use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
-use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
+use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +58,13 @@ pub enum StoreError {
         /// Cause.
         source: gcloud_storage::client::google_cloud_auth::error::Error,
     },
+    /// The object exists already (create-only precondition: GCS 412, or the local name is
+    /// taken). Not retried: the sink counts the object as stored.
+    #[error("{url} exists already (create-only upload refused)")]
+    AlreadyExists {
+        /// Object URL.
+        url: String,
+    },
     /// A local file operation failed.
     #[error("{op} {path} failed: {source}")]
     Io {
@@ -64,27 +79,37 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether retrying may help: transport errors, timeouts, HTTP 408, 429 and 5xx, local I/O.
-    /// Other HTTP errors (403 forbidden, 404 no such bucket) and bad credentials are permanent.
+    /// Other HTTP errors (403 forbidden, 404 no such bucket), bad credentials and an object
+    /// that exists already are permanent.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Gcs { source, .. } => match source {
-                gcloud_storage::http::Error::Response(r) => {
-                    r.code == 408 || r.code == 429 || r.code >= 500
-                }
-                _ => true,
-            },
+            StoreError::Gcs { source, .. } => {
+                http_status(source).is_none_or(|c| c == 408 || c == 429 || c >= 500)
+            }
             StoreError::Timeout { .. } | StoreError::Io { .. } => true,
-            StoreError::Auth { .. } => false,
+            StoreError::Auth { .. } | StoreError::AlreadyExists { .. } => false,
         }
+    }
+}
+
+/// The HTTP status of a GCS error, when the server answered.
+fn http_status(e: &gcloud_storage::http::Error) -> Option<u16> {
+    use gcloud_storage::http::Error as E;
+    match e {
+        E::Response(r) => Some(r.code),
+        E::HttpClient(e) | E::RawResponse(e, _) => e.status().map(|s| s.as_u16()),
+        _ => None,
     }
 }
 
 /// An object store.
 pub trait ObjectStore: Send + Sync {
-    /// Creates (or replaces) object `name` with `data`; the object is visible only once whole.
+    /// Creates object `name` with `data` unless an object of that name exists; the object is
+    /// visible only once whole.
     ///
     /// # Errors
-    /// [`StoreError`] when the write fails; nothing is visible then.
+    /// [`StoreError::AlreadyExists`] when `name` exists (nothing is written); another
+    /// [`StoreError`] when the write fails (nothing is visible then).
     fn put(&self, name: &str, data: Bytes) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Names of the objects starting with `prefix`, sorted.
@@ -186,20 +211,30 @@ impl GcsStore {
 
 impl ObjectStore for GcsStore {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
-        let len = data.len() as u64;
         self.timed("upload", name, async {
-            let mut media = Media::new(name.to_owned());
-            media.content_type = "application/vnd.apache.parquet".into();
-            media.content_length = Some(len);
-            let req = UploadObjectRequest {
-                bucket: self.bucket.clone(),
+            // A multipart upload (metadata + media in one request) carries the precondition on
+            // GCS and on fake-gcs-server alike (v1.54 ignores it on simple media uploads).
+            let object = Object {
+                name: name.to_owned(),
+                content_type: Some("application/vnd.apache.parquet".into()),
                 ..Default::default()
             };
-            self.client
-                .upload_object(&req, data, &UploadType::Simple(media))
+            let req = UploadObjectRequest {
+                bucket: self.bucket.clone(),
+                if_generation_match: Some(0),
+                ..Default::default()
+            };
+            match self
+                .client
+                .upload_object(&req, data, &UploadType::Multipart(Box::new(object)))
                 .await
-                .map(|_| ())
-                .map_err(self.err("upload", name))
+            {
+                Ok(_) => Ok(()),
+                Err(e) if http_status(&e) == Some(412) => Err(StoreError::AlreadyExists {
+                    url: self.url(name),
+                }),
+                Err(e) => Err(self.err("upload", name)(e)),
+            }
         })
         .await
     }
@@ -262,20 +297,40 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreErro
 impl ObjectStore for LocalStore {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
         use std::io::Write as _;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.root.join(name);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         std::fs::create_dir_all(&dir).map_err(io("creating directory", &dir))?;
+        if path.exists() {
+            return Err(StoreError::AlreadyExists {
+                url: self.url(name),
+            });
+        }
         let file = path
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{file}.tmp-{}", std::process::id()));
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file}.tmp-{}-{seq}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(&data).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
+        let written = f
+            .write_all(&data)
+            .and_then(|()| f.sync_all())
+            .map_err(io("writing", &tmp));
         drop(f);
-        std::fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
-        // Make the rename itself durable.
+        // A hard link creates the name only if it is free (unlike rename, which replaces).
+        let linked = written.and_then(|()| match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::AlreadyExists {
+                    url: self.url(name),
+                })
+            }
+            Err(e) => Err(io("linking into place", &path)(e)),
+        });
+        let _ = std::fs::remove_file(&tmp);
+        linked?;
+        // Make the new name durable.
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
@@ -332,17 +387,18 @@ mod tests {
         s.put("a/b/y-1.parquet", Bytes::from_static(b"y"))
             .await
             .unwrap();
-        s.put("a/b/x-1.parquet", Bytes::from_static(b"again"))
+        // Create-only: a second writer of the same name is refused and changes nothing.
+        let e = s
+            .put("a/b/x-1.parquet", Bytes::from_static(b"again"))
             .await
-            .unwrap();
+            .unwrap_err();
+        assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
+        assert!(!e.is_transient());
         assert_eq!(
             s.list("a/b/x-").await.unwrap(),
             vec!["a/b/x-1.parquet", "a/b/x-2.parquet"]
         );
-        assert_eq!(
-            std::fs::read(root.join("a/b/x-1.parquet")).unwrap(),
-            b"again"
-        );
+        assert_eq!(std::fs::read(root.join("a/b/x-1.parquet")).unwrap(), b"one");
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(root.join("a/b")).unwrap().count(), 3);
         let _ = std::fs::remove_dir_all(&root);

@@ -1,6 +1,11 @@
-//! Integration tests against a real Kafka-protocol broker (tansu) and a real GCS-compatible
-//! server (fake-gcs-server), both started by `tests/sink/run.sh`:
+//! Integration tests against a real Kafka broker and a real GCS-compatible server
+//! (fake-gcs-server), both started by `tests/sink/run.sh`:
 //! `SENSORFLOW_TEST_BOOTSTRAP`, `SF_TEST_GCS_ENDPOINT`, `SF_TEST_GCS_BUCKET`.
+//!
+//! Faults are injected around the real components, never instead of them: a store wrapper
+//! that delays uploads (a slow GCS), one that lets another writer create the object first (a
+//! fenced writer racing the sink), and a hook that refuses the first offset commits before
+//! the real commit reaches the broker.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,6 +21,7 @@ use clap::Parser;
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -30,7 +36,7 @@ use sensorflow_sink::encode::{EncodeConfig, encode};
 use sensorflow_sink::layout::{HourBucket, Layout, parse_object};
 use sensorflow_sink::metrics::SinkMetrics;
 use sensorflow_sink::rows::{Kind, Record, Rows};
-use sensorflow_sink::store::{GcsConfig, GcsStore, ObjectStore};
+use sensorflow_sink::store::{GcsConfig, GcsStore, ObjectStore, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -153,6 +159,14 @@ fn args(t: &TopicArgs, group: &str, pfx: &str, extra: &[&str]) -> SinkArgs {
     SinkArgs::parse_from(a)
 }
 
+/// The sum of a metric's samples in `text` (Prometheus text format); 0 when absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Runs the sink in this task until `rows` rows are in finalised objects (or 120 s pass),
 /// then shuts it down gracefully.
 async fn run_until_rows(
@@ -160,18 +174,23 @@ async fn run_until_rows(
     rows: u64,
     min: Duration,
 ) -> sensorflow_sink::sink::Summary {
+    run_store_until_rows(args, gcs().await, rows, min).await.0
+}
+
+/// [`run_until_rows`] with `store`; also returns the final metrics text.
+async fn run_store_until_rows<S: ObjectStore>(
+    args: &SinkArgs,
+    store: S,
+    rows: u64,
+    min: Duration,
+) -> (sensorflow_sink::sink::Summary, String) {
     let sm = SinkMetrics::default();
     let metrics = Metrics::new_with(|r| sm.register(r));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let watch = async {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(120) {
-            let done: u64 = metrics
-                .encode()
-                .lines()
-                .filter(|l| l.starts_with("sensorflow_sink_rows_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum();
+            let done = metric(&metrics.encode(), "sensorflow_sink_rows_total");
             if done >= rows && start.elapsed() >= min {
                 break;
             }
@@ -180,16 +199,10 @@ async fn run_until_rows(
         shutdown.cancel();
     };
     let (summary, ()) = tokio::join!(
-        run_with(
-            args,
-            gcs().await,
-            metrics.clone(),
-            sm.clone(),
-            shutdown.clone()
-        ),
+        run_with(args, store, metrics.clone(), sm.clone(), shutdown.clone()),
         watch
     );
-    summary.unwrap()
+    (summary.unwrap(), metrics.encode())
 }
 
 /// Every row of every object under `pfx`, by (partition, offset) → (object, event time, value,
@@ -486,4 +499,454 @@ async fn restart_after_upload_before_commit_skips_the_stored_offsets() {
     .await;
     assert_eq!(again.rows_written, 0);
     assert_eq!(stored(&pfx).await.0, names);
+}
+
+/// A store whose uploads take `delay` each (a slow or distant GCS), in front of the real one.
+struct SlowStore<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S: ObjectStore> ObjectStore for SlowStore<S> {
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.put(name, data).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn url(&self, name: &str) -> String {
+        self.inner.url(name)
+    }
+}
+
+/// Per partition and hour directory, the objects' offset ranges must not overlap (each
+/// record of a partition is in one object, and an object's range holds every record of its
+/// hour in that range).
+fn assert_no_overlap(names: &[String]) {
+    let mut ranges: BTreeMap<(String, i32, String), Vec<(i64, i64, &str)>> = BTreeMap::new();
+    for n in names {
+        let o = parse_object(n).unwrap();
+        let dir = n.rsplit_once('/').unwrap().0.to_owned();
+        ranges
+            .entry((o.topic, o.partition, dir))
+            .or_default()
+            .push((o.first_offset, o.last_offset, n));
+    }
+    for (key, mut r) in ranges {
+        r.sort();
+        for w in r.windows(2) {
+            assert!(
+                w[0].1 < w[1].0,
+                "{key:?}: overlapping objects {} and {}",
+                w[0].2,
+                w[1].2
+            );
+        }
+    }
+}
+
+/// Offsets committed by `group` for `topic`'s partitions `0..partitions` (-1 when none).
+fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let mut cfg = kafka();
+    cfg.set("group.id", group);
+    let c: BaseConsumer = cfg.create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Readings of `partitions` partitions, `per` each, interleaving three event hours.
+fn three_hours(partitions: i32, per: i64) -> Vec<(i32, Option<Vec<u8>>, Vec<u8>, i64)> {
+    let mut recs = Vec::new();
+    for p in 0..partitions {
+        for i in 0..per {
+            let ts = BASE + (i % 3) * HOUR + i * 1000;
+            let (k, v) = reading(&format!("c{}", i % 4), ts, i as f64);
+            recs.push((p, k, v, ts));
+        }
+    }
+    recs
+}
+
+/// Produces `records` in rounds of one record per partition, `every` apart (a live topic),
+/// waiting for every ack.
+async fn produce_paced(
+    topic: &str,
+    records: &[(i32, Option<Vec<u8>>, Vec<u8>, i64)],
+    partitions: usize,
+    every: Duration,
+) {
+    let p: FutureProducer = KafkaArgs::plain(&bootstrap())
+        .producer_config("sink-test")
+        .create()
+        .unwrap();
+    let per = records.len() / partitions;
+    for i in 0..per {
+        let mut futs = Vec::new();
+        for part in 0..partitions {
+            let (pt, key, value, ts) = &records[part * per + i];
+            let mut r = FutureRecord::to(topic)
+                .partition(*pt)
+                .payload(value)
+                .timestamp(*ts);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            futs.push(p.send_result(r).unwrap());
+        }
+        for f in futs {
+            f.await.unwrap().unwrap();
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Two sink members of one group while records keep arriving for 12 s; member A uploads
+/// through a store that takes 1 s per object, member B through the plain one, and
+/// `max.poll.interval.ms` is 6 s. Every 2 s about a dozen of A's files age at once: uploading
+/// them in one go (12 s and more) gets A evicted while it keeps uploading, B takes A's
+/// partitions at once, re-reads them from the last commit, cuts its files at other offsets
+/// and stores the same records again under other names. Required: exactly one copy of every
+/// record, no overlapping ranges, and A never loses its assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn slow_uploads_past_the_poll_interval_store_every_record_once() {
+    let pfx = prefix("evict");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, 8).await;
+    let recs = three_hours(8, 240);
+    let feed = produce_paced(&t.topic_sz, &recs, 8, Duration::from_millis(50));
+    let group = format!("{pfx}sink");
+    let a = args(
+        &t,
+        &group,
+        &pfx,
+        &[
+            "--max-records=1000",
+            "--max-age-seconds=2",
+            "--max-open-hours=3",
+            "-X",
+            "max.poll.interval.ms=6000",
+            "-X",
+            "session.timeout.ms=6000",
+        ],
+    );
+    let total = recs.len() as u64;
+    let slow = |delay| async move {
+        SlowStore {
+            inner: gcs().await,
+            delay,
+        }
+    };
+    let (sma, smb) = (SinkMetrics::default(), SinkMetrics::default());
+    let (mxa, mxb) = (
+        Metrics::new_with(|r| sma.register(r)),
+        Metrics::new_with(|r| smb.register(r)),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let watch = async {
+        // Until every record is stored and the group committed them all (or 150 s pass).
+        while started.elapsed() < Duration::from_secs(150) {
+            let rows = metric(&mxa.encode(), "sensorflow_sink_rows_total")
+                + metric(&mxb.encode(), "sensorflow_sink_rows_total");
+            if rows >= total {
+                let c = committed(&group, &t.topic_sz, 8);
+                if c.iter().all(|o| *o == 240) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Late uploads of an evicted member would land now.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        shutdown.cancel();
+    };
+    let second = async {
+        // The second member joins while the first holds every partition.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run_with(
+            &a,
+            slow(Duration::ZERO).await,
+            mxb.clone(),
+            smb.clone(),
+            shutdown.clone(),
+        )
+        .await
+    };
+    let (ra, rb, (), ()) = tokio::join!(
+        run_with(
+            &a,
+            slow(Duration::from_secs(1)).await,
+            mxa.clone(),
+            sma.clone(),
+            shutdown.clone()
+        ),
+        second,
+        watch,
+        feed
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let sink_lines = |m: &Metrics| {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("sensorflow_sink_") && !l.contains("_bucket{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eprintln!(
+        "evict: {:?}; A {ra:?}; B {rb:?}\nA:\n{}\nB:\n{}",
+        started.elapsed(),
+        sink_lines(&mxa),
+        sink_lines(&mxb)
+    );
+    let (names, rows) = stored(&pfx).await;
+    assert_no_overlap(&names);
+    let dups: Vec<_> = rows.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} records stored twice, e.g. {:?}",
+        dups.len(),
+        dups.first()
+    );
+    assert_eq!(rows.len() as u64, total, "every record stored");
+    assert_eq!(committed(&group, &t.topic_sz, 8), vec![240; 8]);
+    for m in [&mxa, &mxb] {
+        assert_eq!(
+            m.encode()
+                .lines()
+                .filter(|l| l.starts_with("sensorflow_sink_dropped_files_total{reason=\"lost\"}"))
+                .count(),
+            0,
+            "a member lost its assignment"
+        );
+    }
+}
+
+/// A store where another writer creates each object first, with the same bytes, just before
+/// the sink's own upload of it (a fenced writer racing the new owner): the sink's create-only
+/// upload is refused, changes nothing, and the file counts as stored.
+struct RacingStore {
+    inner: GcsStore,
+    generations: std::sync::Mutex<HashMap<String, i64>>,
+}
+
+impl ObjectStore for RacingStore {
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
+        let first = !self.generations.lock().unwrap().contains_key(name);
+        if first {
+            let mut media = Media::new(name.to_owned());
+            media.content_type = "application/vnd.apache.parquet".into();
+            let o = raw_client()
+                .upload_object(
+                    &UploadObjectRequest {
+                        bucket: bucket(),
+                        ..Default::default()
+                    },
+                    data.clone(),
+                    &UploadType::Simple(media),
+                )
+                .await
+                .unwrap();
+            self.generations
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), o.generation);
+        }
+        self.inner.put(name, data).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn url(&self, name: &str) -> String {
+        self.inner.url(name)
+    }
+}
+
+async fn generation(name: &str) -> i64 {
+    raw_client()
+        .get_object(&GetObjectRequest {
+            bucket: bucket(),
+            object: name.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .generation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn a_second_writer_of_an_object_is_refused_and_the_sink_counts_it_stored() {
+    // The store itself: a second put of a name is refused and leaves the first object alone.
+    let s = gcs().await;
+    let name = format!("{}dir/once.parquet", prefix("create-only"));
+    s.put(&name, Bytes::from_static(b"first")).await.unwrap();
+    let gen1 = generation(&name).await;
+    let e = s.put(&name, Bytes::from_static(b"second")).await;
+    let g = generation(&name).await;
+    assert_eq!(g, gen1, "the second writer replaced the object ({e:?})");
+    assert!(e.is_err(), "the second writer was not refused");
+
+    // The sink behind a racing writer: every object exists when its own upload arrives.
+    let pfx = prefix("race");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, 1).await;
+    let recs: Vec<_> = (0..50i64)
+        .map(|i| {
+            let (k, v) = reading("c", BASE + i * 1000, i as f64);
+            (0, k, v, BASE + i * 1000)
+        })
+        .collect();
+    produce(&t.topic_sz, &recs).await;
+    let group = format!("{pfx}sink");
+    let a = args(
+        &t,
+        &group,
+        &pfx,
+        &["--max-records=25", "--max-age-seconds=30"],
+    );
+    let racing = RacingStore {
+        inner: gcs().await,
+        generations: Default::default(),
+    };
+    let sm = SinkMetrics::default();
+    let metrics = Metrics::new_with(|r| sm.register(r));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = async {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if committed(&group, &t.topic_sz, 1) == vec![50] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        shutdown.cancel();
+    };
+    let store_ref = &racing;
+    let (summary, ()) = tokio::join!(
+        async {
+            run_with(
+                &a,
+                RefStore(store_ref),
+                metrics.clone(),
+                sm.clone(),
+                shutdown.clone(),
+            )
+            .await
+        },
+        watch
+    );
+    let summary = summary.unwrap();
+    let text = metrics.encode();
+    eprintln!("race: {summary:?}");
+    assert_eq!(
+        committed(&group, &t.topic_sz, 1),
+        vec![50],
+        "offsets committed"
+    );
+    assert_eq!(
+        metric(&text, "sensorflow_sink_already_stored_total"),
+        2,
+        "both uploads found their object and counted it as stored"
+    );
+    let (names, rows) = stored(&pfx).await;
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(rows.len(), 50);
+    assert!(rows.values().all(|c| c.len() == 1));
+    for n in &names {
+        let raced = racing.generations.lock().unwrap()[n];
+        assert_eq!(generation(n).await, raced, "{n} overwritten by the sink");
+    }
+}
+
+/// A borrowed store (so a test keeps its wrapper's state after the run).
+struct RefStore<'a, S>(&'a S);
+
+impl<S: ObjectStore> ObjectStore for RefStore<'_, S> {
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
+        self.0.put(name, data).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.0.list(prefix).await
+    }
+    fn url(&self, name: &str) -> String {
+        self.0.url(name)
+    }
+}
+
+/// The first three commits are refused (coordinator unavailable, then twice by a
+/// rebalance); with no further record arriving, the sink retries on its own and the group's
+/// committed offset reaches the end while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn a_refused_commit_is_retried_until_it_lands() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let pfx = prefix("commit");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, 1).await;
+    let recs: Vec<_> = (0..40i64)
+        .map(|i| {
+            let (k, v) = reading("c", BASE + i * 1000, i as f64);
+            (0, k, v, BASE + i * 1000)
+        })
+        .collect();
+    produce(&t.topic_sz, &recs).await;
+    let group = format!("{pfx}sink");
+    let a = args(&t, &group, &pfx, &["--max-age-seconds=1"]);
+    let refusals = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        RDKafkaErrorCode::RebalanceInProgress,
+        RDKafkaErrorCode::RebalanceInProgress,
+        RDKafkaErrorCode::CoordinatorNotAvailable,
+    ]));
+    let r = refusals.clone();
+    let fault: sensorflow_sink::sink::CommitFault =
+        Box::new(move |_| r.lock().unwrap().pop().map(KafkaError::ConsumerCommit));
+    let sm = SinkMetrics::default();
+    let metrics = Metrics::new_with(|r| sm.register(r));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let reached = std::sync::atomic::AtomicBool::new(false);
+    let watch = async {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if committed(&group, &t.topic_sz, 1) == vec![40] {
+                reached.store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        shutdown.cancel();
+    };
+    let (summary, ()) = tokio::join!(
+        sensorflow_sink::app::run_with_commit_fault(
+            &a,
+            gcs().await,
+            metrics.clone(),
+            sm.clone(),
+            shutdown.clone(),
+            Some(fault)
+        ),
+        watch
+    );
+    let summary = summary.unwrap();
+    assert!(refusals.lock().unwrap().is_empty(), "three commits refused");
+    assert!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        "the committed offset did not reach 40 while the sink ran ({summary:?})"
+    );
+    assert_eq!(summary.rows_written, 40);
+    assert_eq!(summary.commit_retries, 3);
+    assert_eq!(
+        metric(&metrics.encode(), "sensorflow_sink_commit_retries_total"),
+        3
+    );
 }
