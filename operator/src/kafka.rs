@@ -429,16 +429,32 @@ pub async fn stage_lag(
                 bootstrap: conn.bootstrap.clone(),
                 source,
             })?;
-        let committed = consumer
-            .committed_offsets(tpl.clone(), TIMEOUT)
-            .map_err(err)?;
+        // A broker answers a fresh client's offset queries with retriable errors for a moment
+        // (NotLeaderForPartition seen on Apache Kafka under load): a few quick retries before
+        // the reconcile gives up on this round's lag.
+        let retry = |f: &dyn Fn() -> Result<TopicPartitionList, KafkaError>| {
+            let mut last = f();
+            for _ in 0..4 {
+                if last.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                last = f();
+            }
+            last
+        };
+        let committed = retry(&|| {
+            consumer
+                .committed_offsets(tpl.clone(), TIMEOUT)
+                .map_err(err)
+        })?;
         let query = |spec: Offset| -> Result<TopicPartitionList, KafkaError> {
             let mut q = tpl.clone();
             q.set_all_offsets(spec).map_err(err)?;
             consumer.offsets_for_times(q, TIMEOUT).map_err(err)
         };
-        let high = query(Offset::End)?;
-        let low = query(Offset::Beginning)?;
+        let high = retry(&|| query(Offset::End))?;
+        let low = retry(&|| query(Offset::Beginning))?;
         let offset_of = |list: &TopicPartitionList, t: &str, p: i32| -> Option<i64> {
             list.find_partition(t, p)
                 .and_then(|e| e.offset().to_raw())

@@ -259,8 +259,12 @@ def clean_cluster():
 # --- 1 ----------------------------------------------------------------------------------------
 def test_1_helm_install_operator_becomes_ready():
     repo, tag = IMAGE.rsplit(":", 1)
+    # The chart watches the namespaces it is told to (namespaced Roles, no cluster-wide Secret
+    # access); the pipelines' namespace must exist first.
+    kubectl("create", "namespace", NS)
     log(helm("install", RELEASE, CHART, "-n", OP_NS, "--create-namespace",
              "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+             "--set", f"watch.namespaces={{{NS}}}",
              "--set", "resyncSeconds=5", "--wait", "--timeout", "5m"))
     pods = wait_for("the operator pod to be Ready", lambda: pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}"), 180)
     assert len(pods) == 1
@@ -270,7 +274,6 @@ def test_1_helm_install_operator_becomes_ready():
 
 # --- 2 ----------------------------------------------------------------------------------------
 def test_2_apply_example_topics_pods_ready():
-    kubectl("create", "namespace", NS)
     log(kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest())))
     topics = wait_for("9 topics with 100 partitions",
                       lambda: (lambda p: p if len(p) == 9 and set(p.values()) == {100} else None)(

@@ -81,8 +81,8 @@ pub enum SinkError {
         object: String,
         /// Attempts made.
         attempts: usize,
-        /// Last error.
-        source: StoreError,
+        /// Last error (boxed: it is large, and errors travel through every call of the loop).
+        source: Box<StoreError>,
     },
     /// A store operation and its retries exceeded the deadline.
     #[error("{object}: no success within {deadline:?} (retries included)")]
@@ -374,7 +374,7 @@ impl<S: ObjectStore> Sink<S> {
         res.map_err(|source| SinkError::Store {
             object: self.store.url(prefix),
             attempts: attempts.into_inner(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -407,7 +407,7 @@ impl<S: ObjectStore> Sink<S> {
             Err(source) => Err(SinkError::Store {
                 object: self.store.url(name),
                 attempts,
-                source,
+                source: Box::new(source),
             }),
         }
     }

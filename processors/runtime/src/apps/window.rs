@@ -13,7 +13,7 @@ use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use sensorflow_core::binning::BinRange;
 use sensorflow_core::config::{FeatureRanges, Topics};
-use sensorflow_core::input::{self, Reject};
+use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
 use sensorflow_core::window::{Outcome, Reading, WatermarkScope, WindowConfig, WindowEngine};
 use sensorflow_core::wire::Framing;
@@ -89,6 +89,7 @@ pub struct WindowProcessor {
     rebuild_timeout: Duration,
     metrics: Metrics,
     pb: Vec<u8>,
+    bounds: ReadingBounds,
 }
 
 impl WindowProcessor {
@@ -111,6 +112,7 @@ impl WindowProcessor {
             rebuild_timeout: Duration::from_millis(args.common.rebuild_timeout_ms),
             metrics,
             pb: Vec::with_capacity(64),
+            bounds: args.common.reading_bounds(),
         }
     }
 
@@ -169,6 +171,10 @@ impl Processor for WindowProcessor {
                 let Ok(r) = input::decode_reading(&self.framing, m.payload(), Sensor::Sz) else {
                     continue;
                 };
+                // Dead-lettered when first seen; never part of the state.
+                if self.bounds.check(&r, crate::now_ms()).is_err() {
+                    continue;
+                }
                 // Replayed into state only: these outputs were emitted before the commit.
                 let _ = self.engine.process(
                     p,
@@ -203,7 +209,9 @@ impl Processor for WindowProcessor {
                 return Ok(());
             }
         };
-        let reading = match input::decode_reading(&self.framing, msg.payload(), Sensor::Sz) {
+        let reading = match input::decode_reading(&self.framing, msg.payload(), Sensor::Sz)
+            .and_then(|r| self.bounds.check(&r, crate::now_ms()).map(|()| r))
+        {
             Ok(r) => r,
             Err(r) => {
                 self.reject(msg, &r, out);
