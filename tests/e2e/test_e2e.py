@@ -47,6 +47,10 @@ def manifest():
     spec["kafka"]["bootstrapServers"] = BOOT
     # One broker on the host: the example's replication factor 3 is for a real cluster.
     spec["topics"]["replicationFactor"] = 1
+    # The scenarios replay fixed days of 2026-01 (record timestamps are event times): with the
+    # example's 7-day retention Apache Kafka deletes them within minutes, under the running test
+    # (seen: offsets out of range, join rebuilds timing out). Keep them forever here.
+    spec["topics"]["retentionMs"] = -1
     spec["sink"]["endpoint"] = GCS
     spec["sink"]["rotation"]["maxAgeSeconds"] = 10
     p = spec["processors"]
