@@ -17,7 +17,8 @@
 use crate::metrics::{Metrics, TopicLabel};
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
@@ -26,7 +27,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -349,10 +350,12 @@ pub enum RebalanceEvent {
     Revoked(Vec<TopicPartition>),
 }
 
-/// Consumer context: records rebalance events for the loop and turns librdkafka statistics
-/// into lag gauges.
+/// Consumer context: records rebalance events for the loop, keeps the group metadata of the
+/// current assignment's generation, and turns librdkafka statistics into lag gauges.
 pub struct LoopContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Group metadata (member id, generation) taken when the current assignment arrived.
+    assignment_metadata: Mutex<Option<Arc<ConsumerGroupMetadata>>>,
     metrics: Metrics,
 }
 
@@ -361,8 +364,25 @@ impl LoopContext {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             events: Mutex::new(Vec::new()),
+            assignment_metadata: Mutex::new(None),
             metrics,
         }
+    }
+
+    /// The group metadata of the generation whose assignment this member processed records
+    /// of: taken in the assign callback, kept across a revocation until the next assignment.
+    ///
+    /// Exactly-once commits pass it to `send_offsets_to_transaction` instead of the
+    /// consumer's current metadata. After an eager revocation librdkafka rejoins the group as
+    /// soon as the callback returns, so the loop's later flush could otherwise commit the
+    /// revoked partitions' offsets under the *next* generation, after their new owner had
+    /// already read the older committed offsets: both would produce those records (seen as
+    /// 18 duplicated features after a scale step in the exactly-once test). With the old
+    /// generation the coordinator either accepts the commit before the group moves on (the new
+    /// owner's `require_stable` offset fetch then waits for the transaction) or refuses it
+    /// with `ILLEGAL_GENERATION` (KIP-447 fencing), and the transaction is aborted.
+    pub fn assignment_metadata(&self) -> Option<Arc<ConsumerGroupMetadata>> {
+        self.assignment_metadata.lock().ok().and_then(|m| m.clone())
     }
 
     /// Rebalance events since the last call, oldest first.
@@ -401,9 +421,14 @@ impl ClientContext for LoopContext {
 }
 
 impl ConsumerContext for LoopContext {
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let ev = match rebalance {
-            Rebalance::Assign(tpl) => RebalanceEvent::Assigned(tpl_pairs(tpl)),
+            Rebalance::Assign(tpl) => {
+                if let Ok(mut m) = self.assignment_metadata.lock() {
+                    *m = c.group_metadata().map(Arc::new);
+                }
+                RebalanceEvent::Assigned(tpl_pairs(tpl))
+            }
             Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(tpl_pairs(tpl)),
             Rebalance::Error(e) => {
                 tracing::warn!(error = %e, "rebalance error");
@@ -606,9 +631,13 @@ impl<P: Processor> LoopState<'_, P> {
         let producer = self.emitter.producer.clone();
         let consumer = self.consumer;
         let res = tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-            let cgm = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::UnknownMemberId,
-            ))?;
+            let cgm =
+                consumer
+                    .context()
+                    .assignment_metadata()
+                    .ok_or(KafkaError::ConsumerCommit(
+                        RDKafkaErrorCode::UnknownMemberId,
+                    ))?;
             producer.send_offsets_to_transaction(tpl, &cgm, TXN_TIMEOUT)?;
             producer.commit_transaction(TXN_TIMEOUT)?;
             producer.begin_transaction()
