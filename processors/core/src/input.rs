@@ -141,23 +141,35 @@ impl ReadingBounds {
     /// # Errors
     /// [`Reject::Future`], [`Reject::TooOld`] or [`Reject::OutOfRange`].
     pub fn check(&self, r: &SensorReading, now_ms: i64) -> Result<(), Reject> {
-        if r.event_time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
-            return Err(Reject::Future {
-                event_time_ms: r.event_time_ms,
-                now_ms,
-                max_skew_ms: self.max_future_skew_ms,
-            });
-        }
-        if r.event_time_ms < self.min_event_time_ms {
-            return Err(Reject::TooOld {
-                event_time_ms: r.event_time_ms,
-                min_event_time_ms: self.min_event_time_ms,
-            });
-        }
+        self.check_time(r.event_time_ms, now_ms)?;
         if r.value.abs() > self.max_abs_value {
             return Err(Reject::OutOfRange {
                 value: r.value,
                 max_abs: self.max_abs_value,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ReadingBounds {
+    /// Checks an event time alone (features carry their SZ reading's event time) at
+    /// wall-clock time `now_ms`.
+    ///
+    /// # Errors
+    /// [`Reject::Future`] or [`Reject::TooOld`].
+    pub fn check_time(&self, event_time_ms: i64, now_ms: i64) -> Result<(), Reject> {
+        if event_time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
+            return Err(Reject::Future {
+                event_time_ms,
+                now_ms,
+                max_skew_ms: self.max_future_skew_ms,
+            });
+        }
+        if event_time_ms < self.min_event_time_ms {
+            return Err(Reject::TooOld {
+                event_time_ms,
+                min_event_time_ms: self.min_event_time_ms,
             });
         }
         Ok(())
@@ -328,6 +340,10 @@ mod tests {
         assert!(b.check(&at(now, -1e12), now).is_ok());
         // The wall clock itself near i64::MAX cannot overflow the check.
         assert!(b.check(&at(0, 0.0), i64::MAX).is_ok());
+        // Event times alone (features).
+        assert!(b.check_time(now, now).is_ok());
+        assert_eq!(code(b.check_time(i64::MIN, now)), "too-old");
+        assert_eq!(code(b.check_time(now + 3 * 86_400_000, now)), "future");
     }
 
     #[test]

@@ -290,6 +290,8 @@ impl Emitter {
         let res = (|| async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics.produce_retries.inc();
+            // A bounded retry is the loop at work, not a hang (see `Liveness`).
+            metrics.beat();
             let fut = producer.send_result(record(&out)).map_err(|(e, _)| e)?;
             match fut.await {
                 Ok(Ok(_)) => Ok(()),
@@ -645,6 +647,7 @@ impl<P: Processor> LoopState<'_, P> {
         match res {
             Ok(()) => {
                 self.metrics.commits.inc();
+                self.metrics.beat();
                 Ok(())
             }
             Err(e) => {
@@ -782,8 +785,16 @@ impl<P: Processor> LoopState<'_, P> {
                         })
                         .collect();
                     self.metrics.set_ready(false);
+                    self.metrics.beat();
                     let processor = &mut *self.processor;
-                    tokio::task::block_in_place(|| processor.on_assigned(&committed))?;
+                    self.metrics.rebuild_in_progress.set(1);
+                    let rebuilt = tokio::task::block_in_place(|| processor.on_assigned(&committed));
+                    self.metrics.rebuild_in_progress.set(0);
+                    if let Err(PipelineError::Rebuild(e)) = &rebuilt {
+                        self.metrics.rebuild_failed(e);
+                    }
+                    rebuilt?;
+                    self.metrics.beat();
                     for tp in parts {
                         self.offsets.forget(&tp);
                         self.assigned.add(tp);
@@ -916,6 +927,7 @@ pub async fn run<P: Processor>(
         exactly_once: cfg.exactly_once,
     };
     metrics.set_ready(true);
+    metrics.beat();
     let mut tick = tokio::time::interval(cfg.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outputs = Vec::with_capacity(8);
@@ -932,6 +944,7 @@ pub async fn run<P: Processor>(
                 }
                 st.flush().await?;
                 st.processor.report(&metrics);
+                metrics.beat();
             }
             msg = next_message(consumer, &mut recv_errors) => {
                 st.handle_rebalance().await?;
@@ -956,6 +969,7 @@ pub async fn run<P: Processor>(
                 if st.emitter.pending() >= cfg.max_in_flight {
                     st.flush().await?;
                 }
+                metrics.beat();
             }
         }
     }
