@@ -433,6 +433,8 @@ fn read_streams(
         return Ok(());
     }
     assign(c, &at)?;
+    // Phases before this one ended with broker answers: the clock starts here.
+    progress.moved(Instant::now());
     let mut since_check = 0u32;
     let mut last_log = Instant::now();
     while open > 0 {
@@ -523,6 +525,9 @@ fn read_streams(
     Ok(())
 }
 
+/// The least time one broker request of the rebuild may take.
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How far back the tail read for a partition's last timestamp goes first (offsets); it
 /// widens ×8 when only transaction markers or aborted records lie there.
 const TAIL: i64 = 32;
@@ -601,6 +606,9 @@ pub fn replay<T>(
 ) -> Result<Summary, RebuildError> {
     let started = Instant::now();
     let mut progress = Progress::new(*cfg, started);
+    // One broker request (metadata, watermarks, offsets by time) may take longer than a short
+    // stall timeout on a fresh connection; it is bounded on its own.
+    let call_timeout = cfg.stall_timeout.max(BROKER_CALL_TIMEOUT);
     let c: BaseConsumer = config.create()?;
     // Only partitions with something before the committed offset, still retained.
     let mut tails: Vec<(Key, i64, i64)> = Vec::new();
@@ -608,7 +616,7 @@ pub fn replay<T>(
         if r.committed <= 0 {
             continue;
         }
-        let (low, _high) = c.fetch_watermarks(&r.topic, r.partition, cfg.stall_timeout)?;
+        let (low, _high) = c.fetch_watermarks(&r.topic, r.partition, call_timeout)?;
         // The broker answered: the rebuild moves (a heartbeat, no records).
         hook(0);
         if r.committed > low {
@@ -633,7 +641,7 @@ pub fn replay<T>(
     for k in &keys {
         q.add_partition_offset(&k.0, k.1, Offset::Offset(start_ms(&ts, k).max(0)))?;
     }
-    let starts = c.offsets_for_times(q, cfg.stall_timeout)?;
+    let starts = c.offsets_for_times(q, call_timeout)?;
     let committed: FxHashMap<&Key, i64> = tails.iter().map(|(k, c, _)| (k, *c)).collect();
     let mut start: FxHashMap<Key, i64> = FxHashMap::default();
     for e in starts.elements() {
