@@ -331,12 +331,8 @@ impl<T> Merge<T> {
                 let s = &self.streams[i];
                 match s.queue.front() {
                     None if !s.done => return,
-                    None => {}
-                    Some(q) => {
-                        if best.is_none_or(|(ts, _)| q.ts < ts) {
-                            best = Some((q.ts, i));
-                        }
-                    }
+                    Some(q) if best.is_none_or(|(ts, _)| q.ts < ts) => best = Some((q.ts, i)),
+                    _ => {}
                 }
             }
             let Some((_, i)) = best else { return };
@@ -835,9 +831,9 @@ mod tests {
                 .collect();
             let (out, _) = run_merge(&groups, 8, &arrivals);
             prop_assert_eq!(out.len(), arrivals.len());
-            for s in 0..n {
+            for (s, stream) in per.iter().enumerate() {
                 let offs: Vec<i64> = out.iter().filter(|o| o.0 == s).map(|o| o.1).collect();
-                let want: Vec<i64> = (0..per[s].len() as i64).collect();
+                let want: Vec<i64> = (0..stream.len() as i64).collect();
                 prop_assert_eq!(offs, want);
             }
             if sorted {

@@ -13,7 +13,12 @@
 //! Run with `cargo test --release -p sensorflow-runtime --test poison -- --ignored` against the
 //! broker in `SENSORFLOW_TEST_BOOTSTRAP` (see `scripts/test.sh`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    missing_docs
+)]
 
 mod common;
 
