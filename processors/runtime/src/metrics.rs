@@ -149,6 +149,9 @@ pub struct Metrics {
     /// `sensorflow_rebuilt_records_total`: records re-read to rebuild state on assignment
     /// (counted as they are read, so a long rebuild shows its progress).
     pub rebuilt_records: Counter,
+    /// `sensorflow_records_skipped_total`: records received but not processed: revoked since
+    /// they were fetched, or below the offset the state was rebuilt to (already applied).
+    pub skipped_below_floor: Counter,
     /// `sensorflow_rebuilt_partitions_total`: partitions whose state was rebuilt.
     pub rebuilt_partitions: Counter,
     /// `sensorflow_rebuild_in_progress`: 1 while a state rebuild runs.
@@ -201,6 +204,7 @@ impl Metrics {
             transactions_aborted: Counter::default(),
             records_truncated: Counter::default(),
             rebuilt_records: Counter::default(),
+            skipped_below_floor: Counter::default(),
             rebuilt_partitions: Counter::default(),
             rebuild_in_progress: Gauge::default(),
             rebuild_failures: Family::default(),
@@ -281,6 +285,11 @@ impl Metrics {
             "rebuilt_records",
             "Records re-read to rebuild state",
             m.rebuilt_records.clone(),
+        );
+        r.register(
+            "records_skipped",
+            "Records received but not processed (revoked, or already in the rebuilt state)",
+            m.skipped_below_floor.clone(),
         );
         r.register(
             "rebuilt_partitions",

@@ -592,23 +592,56 @@ impl OffsetTracker {
     }
 }
 
+/// The assigned partitions, each with the next offset it may process.
+///
+/// The floor is what keeps a record from being applied twice to state. After an eager
+/// rebalance whose revoke and assign both land between two loop iterations (one commit tick),
+/// librdkafka has already fetched the committed offset `C0` and started fetching from it before
+/// the loop commits the revoked progress `C1 > C0` and rebuilds state from the topic up to `C1`;
+/// records in `[C0, C1)` (and records prefetched before the revoke) would then be replayed into
+/// the rebuilt state *and* processed again. So each partition starts at the committed offset the
+/// rebuild used, and a record below a partition's floor is skipped: its effect is in the state
+/// and its outputs were produced before the commit.
 #[derive(Default)]
 struct Assignment {
-    parts: FxHashMap<String, FxHashSet<i32>>,
+    parts: FxHashMap<String, FxHashMap<i32, i64>>,
 }
 
 impl Assignment {
     fn contains(&self, topic: &str, partition: i32) -> bool {
         self.parts
             .get(topic)
-            .is_some_and(|s| s.contains(&partition))
+            .is_some_and(|s| s.contains_key(&partition))
     }
-    fn add(&mut self, (t, p): TopicPartition) {
-        self.parts.entry(t).or_default().insert(p);
+
+    /// Assigns a partition whose processing starts at `from` (the committed offset the state
+    /// was rebuilt to; `None`: no commit, anything goes).
+    fn add(&mut self, (t, p): TopicPartition, from: Option<i64>) {
+        self.parts
+            .entry(t)
+            .or_default()
+            .insert(p, from.unwrap_or(i64::MIN));
     }
+
     fn remove(&mut self, (t, p): &TopicPartition) {
         if let Some(s) = self.parts.get_mut(t.as_str()) {
             s.remove(p);
+        }
+    }
+
+    /// True when the record at `offset` is to be processed now (assigned, not below the
+    /// floor); the floor then moves past it.
+    fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        match self
+            .parts
+            .get_mut(topic)
+            .and_then(|s| s.get_mut(&partition))
+        {
+            Some(floor) if offset >= *floor => {
+                *floor = offset + 1;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -795,9 +828,14 @@ impl<P: Processor> LoopState<'_, P> {
                     }
                     rebuilt?;
                     self.metrics.beat();
+                    let from: FxHashMap<TopicPartition, i64> = committed
+                        .into_iter()
+                        .filter_map(|(tp, c)| c.map(|c| (tp, c)))
+                        .collect();
                     for tp in parts {
                         self.offsets.forget(&tp);
-                        self.assigned.add(tp);
+                        let c = from.get(&tp).copied();
+                        self.assigned.add(tp, c);
                     }
                     self.metrics.set_ready(true);
                 }
@@ -948,8 +986,10 @@ pub async fn run<P: Processor>(
             }
             msg = next_message(consumer, &mut recv_errors) => {
                 st.handle_rebalance().await?;
-                if !st.assigned.contains(msg.topic(), msg.partition()) {
-                    // Revoked since it was fetched: its new owner processes it.
+                if !st.assigned.admit(msg.topic(), msg.partition(), msg.offset()) {
+                    // Revoked since it was fetched (its new owner processes it), or below the
+                    // offset the state was rebuilt to (already applied; see `Assignment`).
+                    st.metrics.skipped_below_floor.inc();
                     continue;
                 }
                 match st.records_in.get(msg.topic()) {
@@ -978,4 +1018,29 @@ pub async fn run<P: Processor>(
     st.processor.report(&metrics);
     tracing::info!("flushed and committed; stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Assignment;
+
+    #[test]
+    fn a_partition_never_processes_below_its_floor() {
+        let mut a = Assignment::default();
+        a.add(("SZ".into(), 0), Some(100));
+        a.add(("SZ".into(), 1), None);
+        // librdkafka started at the older commit 90: 90..99 are in the rebuilt state.
+        assert!((90..100).all(|o| !a.admit("SZ", 0, o)));
+        assert!(a.admit("SZ", 0, 100));
+        // A record fetched again (prefetched before a revoke) is not applied twice.
+        assert!(!a.admit("SZ", 0, 100));
+        assert!(a.admit("SZ", 0, 101));
+        assert!(a.admit("SZ", 1, 0) && a.admit("SZ", 1, 5));
+        assert!(!a.admit("SZ", 2, 0) && !a.admit("FA", 0, 200));
+        a.remove(&("SZ".into(), 0));
+        assert!(!a.admit("SZ", 0, 500));
+        // Assigned again later: the new floor.
+        a.add(("SZ".into(), 0), Some(400));
+        assert!(!a.admit("SZ", 0, 399) && a.admit("SZ", 0, 400));
+    }
 }
