@@ -41,8 +41,8 @@ use tracing::{info, instrument, warn};
 use crate::build::{self, MANAGED_BY, PIPELINE_LABEL, ReplicaPlan, SecretVersions, Stage};
 use crate::conditions::{self, Observations, Replicas, TopicsOutcome};
 use crate::crd::{
-    DeletionPolicy, SecurityProtocol, SensorPipeline, SensorPipelineSpec, SensorPipelineStatus,
-    StageStatus, TopicStatus,
+    DeletionPolicy, SensorPipeline, SensorPipelineSpec, SensorPipelineStatus, StageStatus,
+    TopicStatus,
 };
 use crate::kafka::{self, Connection, KafkaError, TopicPlan};
 use crate::leader::Leadership;
@@ -222,25 +222,7 @@ fn key(sp: &SensorPipeline) -> String {
 
 /// Topic names of `spec` even when it is invalid (for cleanup).
 fn topic_names(name: &str, spec: &SensorPipelineSpec) -> TopicNames {
-    match validate::validate(name, spec) {
-        Ok(v) => v.topics,
-        Err(_) => {
-            let d =
-                |o: &Option<String>, s: &str| o.clone().unwrap_or_else(|| format!("{name}.{s}"));
-            let t = &spec.topics;
-            TopicNames {
-                sx: d(&t.sx, "sx"),
-                sy: d(&t.sy, "sy"),
-                sz: d(&t.sz, "sz"),
-                fa: d(&t.fa, "fa"),
-                fi: d(&t.fi, "fi"),
-                fd: d(&t.fd, "fd"),
-                predictions: d(&t.predictions, "predictions"),
-                dead_letter: d(&t.dead_letter, "dead-letter"),
-                late: d(&t.late, "late"),
-            }
-        }
-    }
+    TopicNames::for_pipeline(name, &spec.topics)
 }
 
 /// Reads `key` of Secret `name`: its bytes and the Secret's `resourceVersion`.
@@ -305,21 +287,8 @@ async fn dereference_secrets(
         ..Default::default()
     };
     if let Some(sec) = &spec.kafka.security {
-        conn.protocol = Some(
-            match sec.protocol {
-                SecurityProtocol::Plaintext => "PLAINTEXT",
-                SecurityProtocol::Ssl => "SSL",
-                SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
-                SecurityProtocol::SaslSsl => "SASL_SSL",
-            }
-            .to_owned(),
-        );
-        conn.sasl_mechanism = sec.sasl_mechanism.map(|m| {
-            serde_json::to_value(m)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        });
+        conn.protocol = Some(sec.protocol.as_str().to_owned());
+        conn.sasl_mechanism = sec.sasl_mechanism.map(|m| m.as_str().to_owned());
         if let Some(c) = &sec.credentials_secret {
             let user = secret_string(client, ns, &c.name, &c.username_key, &mut versions).await?;
             let pass = secret_string(client, ns, &c.name, &c.password_key, &mut versions).await?;
@@ -579,12 +548,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
     // 3. topics
     let t = &v.spec.topics;
     let plan = TopicPlan {
-        topics: v
-            .topics
-            .all()
-            .iter()
-            .map(|(_, n)| (*n).to_owned())
-            .collect(),
+        topics: v.topics.all().map(str::to_owned).to_vec(),
         partitions: t.partitions,
         replication_factor: t.replication_factor,
         config: {
@@ -595,7 +559,7 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
             c
         },
         allow_increase: t.allow_partition_increase,
-        co_partitioned: v.topics.join_inputs(),
+        co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
     };
     ctx.act("ensure topics on the broker")?;
     let report = match kafka::ensure_topics(&conn, &plan).await {
@@ -681,8 +645,16 @@ async fn apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error> 
 
     // 4. lag per stage (None when it cannot be read)
     let stage_inputs = [
-        (Stage::Window, v.window_group(), v.topics.window_inputs()),
-        (Stage::Join, v.join_group(), v.topics.join_inputs()),
+        (
+            Stage::Window,
+            v.window_group(),
+            v.topics.window_inputs().map(str::to_owned).to_vec(),
+        ),
+        (
+            Stage::Join,
+            v.join_group(),
+            v.topics.join_inputs().map(str::to_owned).to_vec(),
+        ),
     ];
     let mut lags: BTreeMap<Stage, Option<u64>> = BTreeMap::new();
     for (stage, group, inputs) in &stage_inputs {
@@ -952,13 +924,7 @@ async fn topics_of_other_pipelines(
         .iter()
         .filter(|o| o.uid() != me.uid())
         .filter(|o| o.spec.kafka.bootstrap_servers == me.spec.kafka.bootstrap_servers)
-        .flat_map(|o| {
-            topic_names(&o.name_any(), &o.spec)
-                .all()
-                .iter()
-                .map(|(_, t)| (*t).to_owned())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|o| topic_names(&o.name_any(), &o.spec).all().map(str::to_owned))
         .collect())
 }
 

@@ -8,10 +8,12 @@
 //!                                    metrics (/metrics /health /ready), leader (Lease)
 //! ```
 
+/// The CRD types live in the `sensorflow-api` crate, shared with the processors.
+pub use sensorflow_api::crd;
+
 pub mod build;
 pub mod conditions;
 pub mod controller;
-pub mod crd;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;

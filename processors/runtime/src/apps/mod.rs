@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
+use sensorflow_api::env;
 use sensorflow_core::input::ReadingBounds;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,39 +21,39 @@ use std::time::Duration;
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Address for /metrics, /health and /ready.
-    #[arg(long, env = "SF_METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:9100")]
     pub metrics_addr: SocketAddr,
     /// Log format.
-    #[arg(long, env = "SF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = env::LOG_FORMAT, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Flush outputs and commit offsets at least this often, ms.
-    #[arg(long, env = "SF_COMMIT_INTERVAL_MS", default_value_t = 200)]
+    #[arg(long, env = env::COMMIT_INTERVAL_MS, default_value_t = 200)]
     pub commit_interval_ms: u64,
     /// How long rebuilding state on partition assignment may take per phase, ms.
-    #[arg(long, env = "SF_REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = env::REBUILD_TIMEOUT_MS, default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
     /// Exactly-once: commit outputs and consumed offsets atomically in Kafka transactions
     /// (KIP-98/KIP-447: needs a broker with transactions, Apache Kafka >= 2.5).
     /// Default: at-least-once with exact repeats.
-    #[arg(long, env = "SF_EXACTLY_ONCE", default_value_t = false)]
+    #[arg(long, env = env::EXACTLY_ONCE, default_value_t = false)]
     pub exactly_once: bool,
     /// transactional.id for --exactly-once: unique across live instances (default:
     /// `<processor>-$HOSTNAME`, the pod name on Kubernetes). It need not survive a pod: zombie
     /// instances are fenced through the consumer group's generation (KIP-447); a restarted
     /// container with the same id aborts its predecessor's open transaction at once.
-    #[arg(long, env = "SF_TRANSACTIONAL_ID")]
+    #[arg(long, env = env::TRANSACTIONAL_ID)]
     pub transactional_id: Option<String>,
     /// Readings with an event time more than this far ahead of the wall clock go to the
     /// dead-letter topic with reason `future`, ms (default 2 days).
-    #[arg(long, env = "SF_MAX_FUTURE_SKEW_MS", default_value_t = ReadingBounds::default().max_future_skew_ms)]
+    #[arg(long, env = env::MAX_FUTURE_SKEW_MS, default_value_t = ReadingBounds::default().max_future_skew_ms)]
     pub max_future_skew_ms: i64,
     /// Readings with an event time before this go to the dead-letter topic with reason
     /// `too-old`, ms since the Unix epoch (default 0, 1970-01-01).
-    #[arg(long, env = "SF_MIN_EVENT_TIME_MS", default_value_t = ReadingBounds::default().min_event_time_ms)]
+    #[arg(long, env = env::MIN_EVENT_TIME_MS, default_value_t = ReadingBounds::default().min_event_time_ms)]
     pub min_event_time_ms: i64,
     /// Readings whose |value| exceeds this go to the dead-letter topic with reason
     /// `out-of-range`.
-    #[arg(long, env = "SF_MAX_ABS_VALUE", default_value_t = ReadingBounds::default().max_abs_value)]
+    #[arg(long, env = env::MAX_ABS_VALUE, default_value_t = ReadingBounds::default().max_abs_value)]
     pub max_abs_value: f64,
 }
 
