@@ -51,6 +51,20 @@ impl TopicsOutcome {
     }
 }
 
+impl From<crate::kafka::TopicCheck> for TopicsOutcome {
+    fn from(c: crate::kafka::TopicCheck) -> Self {
+        use crate::kafka::TopicCheck;
+        match c {
+            TopicCheck::Ready => TopicsOutcome::Ready,
+            TopicCheck::BrokerRefused(m) => TopicsOutcome::BrokerUnavailable(m),
+            TopicCheck::DecreaseRefused(m) => TopicsOutcome::DecreaseRefused(m),
+            TopicCheck::IncreasePending(m) => TopicsOutcome::IncreasePending(m),
+            TopicCheck::NotCoPartitioned(m) => TopicsOutcome::NotCoPartitioned(m),
+            TopicCheck::IncreaseFailed(m) => TopicsOutcome::IncreaseFailed(m),
+        }
+    }
+}
+
 /// Replicas of one Deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {

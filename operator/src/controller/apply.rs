@@ -22,20 +22,20 @@ use super::plan::{PlannedEvent, Severity};
 use super::{Context, Error, FIELD_MANAGER};
 use crate::build::{self, MANAGED_BY, PIPELINE_LABEL};
 use crate::crd::{SensorPipeline, SensorPipelineStatus};
-use crate::kafka::{self, Connection, KafkaError, TopicPlan, TopicReport};
+use crate::kafka::{self, AdminError, Connection, TopicPlan, TopicReport};
 
 /// Creates missing topics and raises confirmed partition increases on the broker, then reads
-/// the result back ([`kafka::ensure_topics`]).
+/// the result back ([`kafka::ensure_pipeline_topics`]).
 ///
 /// # Errors
-/// [`Error::NotLeader`], or the broker's [`KafkaError`] (the caller reports it in status).
+/// [`Error::NotLeader`], or the broker's [`AdminError`] (the caller reports it in status).
 pub async fn topics(
     ctx: &Context,
     conn: &Connection,
     plan: &TopicPlan,
-) -> Result<Result<TopicReport, KafkaError>, Error> {
+) -> Result<Result<TopicReport, AdminError>, Error> {
     ctx.act("ensure topics on the broker")?;
-    Ok(kafka::ensure_topics(conn, plan).await)
+    Ok(kafka::ensure_pipeline_topics(conn, plan).await)
 }
 
 async fn ssa<K>(ctx: &Context, api: &Api<K>, obj: &K) -> Result<(), Error>

@@ -20,7 +20,7 @@
 //! [`dereference`] is the only step that reads the cluster or the broker; [`plan`] and
 //! [`status`] are pure functions of what it observed (unit-tested without a cluster);
 //! [`apply`] does every write. The topic step is the one place where a broker read and its
-//! write sit together ([`crate::kafka::ensure_topics`] reads the partition counts, decides
+//! write sit together ([`crate::kafka::ensure_pipeline_topics`] reads the partition counts, decides
 //! with the pure [`crate::kafka::plan_topics`] and verifies after writing), so it runs in
 //! [`apply`].
 //!
@@ -53,7 +53,7 @@ use tracing::{info, instrument, warn};
 use crate::build::{self, MANAGED_BY, Stage};
 use crate::conditions::TopicsOutcome;
 use crate::crd::{DeletionPolicy, SensorPipeline, SensorPipelineStatus};
-use crate::kafka::{self, KafkaError};
+use crate::kafka::{self, AdminError};
 use crate::leader::Leadership;
 use crate::metrics::{ErrorLabels, Metrics, StageLabels};
 use crate::validate;
@@ -99,7 +99,7 @@ pub enum Error {
         /// `namespace/name` of the pipeline.
         pipeline: String,
         /// Cause (boxed: rdkafka errors are large).
-        source: Box<KafkaError>,
+        source: Box<AdminError>,
     },
     /// The finalizer helper failed (adding/removing the finalizer, or a wrapped step).
     #[error("finalizer: {0}")]

@@ -224,9 +224,8 @@ pub fn deletable_topics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::TopicsOutcome;
     use crate::crd::ScalingMode;
-    use crate::kafka::TopicReport;
+    use crate::kafka::{TopicCheck, TopicReport};
     use crate::validate::{tests::spec, validate};
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 
@@ -260,7 +259,7 @@ mod tests {
                     .collect(),
                 created: vec![],
                 increased: vec![],
-                outcome: TopicsOutcome::Ready,
+                outcome: TopicCheck::Ready,
             },
             lags: BTreeMap::from([(Stage::Window, window_lag), (Stage::Join, join_lag)]),
         }

@@ -137,8 +137,9 @@ pub fn topic_events(
             ),
         ));
     }
-    if report.outcome.is_problem() {
-        let (reason, message) = report.outcome.reason();
+    let outcome = TopicsOutcome::from(report.outcome.clone());
+    if outcome.is_problem() {
+        let (reason, message) = outcome.reason();
         let unchanged = ConditionType::TopicsReady
             .find(&previous.conditions)
             .is_some_and(|c| c.reason == reason && c.message == message);
@@ -177,7 +178,7 @@ pub fn running(
     let obs = Observations {
         generation,
         invalid: None,
-        topics: observed.topics.outcome.clone(),
+        topics: observed.topics.outcome.clone().into(),
         window: planned(Stage::Window, decision.plan.window),
         join: planned(Stage::Join, decision.plan.join),
         sink: spec.sink.as_ref().map(|s| {
@@ -220,9 +221,10 @@ mod tests {
     use crate::build::ReplicaPlan;
     use crate::controller::plan::Severity;
     use crate::crd::StageStatus;
+    use crate::kafka::TopicCheck;
     use crate::validate::tests::spec;
 
-    fn report(outcome: TopicsOutcome) -> TopicReport {
+    fn report(outcome: TopicCheck) -> TopicReport {
         TopicReport {
             partitions: BTreeMap::from([("p.sx".to_owned(), 100), ("p.sz".to_owned(), 100)]),
             created: vec!["p.sz".into()],
@@ -279,7 +281,7 @@ mod tests {
 
     #[test]
     fn topic_events_name_created_and_raised_topics_and_new_problems_once() {
-        let r = report(TopicsOutcome::NotCoPartitioned("p.sx=100, p.sy=10".into()));
+        let r = report(TopicCheck::NotCoPartitioned("p.sx=100, p.sy=10".into()));
         let events = topic_events(&r, 100, &Default::default());
         let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(
@@ -297,7 +299,7 @@ mod tests {
                 &Observations {
                     generation: None,
                     invalid: None,
-                    topics: r.outcome.clone(),
+                    topics: r.outcome.clone().into(),
                     window: None,
                     join: None,
                     sink: None,
@@ -311,7 +313,7 @@ mod tests {
         };
         let again = topic_events(&r, 100, &previous);
         assert!(again.iter().all(|e| e.reason != "NotCoPartitioned"));
-        assert!(topic_events(&report(TopicsOutcome::Ready), 100, &previous).len() == 2);
+        assert!(topic_events(&report(TopicCheck::Ready), 100, &previous).len() == 2);
     }
 
     #[test]
@@ -321,7 +323,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            created_topics(&previous, &report(TopicsOutcome::Ready)),
+            created_topics(&previous, &report(TopicCheck::Ready)),
             ["p.fa", "p.sz"]
         );
     }
@@ -331,7 +333,7 @@ mod tests {
         let observed = Observed {
             deployments: BTreeMap::new(),
             secret_versions: Default::default(),
-            topics: report(TopicsOutcome::Ready),
+            topics: report(TopicCheck::Ready),
             lags: BTreeMap::from([(Stage::Window, Some(7)), (Stage::Join, Some(5))]),
         };
         let decision = ReplicaDecision {

@@ -9,7 +9,7 @@ pub fn on_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested: stopping intake, flushing and committing");
+        tracing::info!("shutdown requested: stopping intake, finishing in-flight work");
         t.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without a clean shutdown");
