@@ -228,8 +228,11 @@ fn window_processor_parses_what_the_operator_sets() {
     assert_eq!((a.fi_range.lo(), a.fi_range.hi()), (0.0, 3000.0));
     assert_eq!((a.fd_range.lo(), a.fd_range.hi()), (-0.125, 0.1));
     assert!(a.common.exactly_once);
-    assert_eq!(a.common.metrics_addr.port(), build::METRICS_PORT as u16);
-    assert_eq!(a.common.log_format, LogFormat::Json);
+    assert_eq!(
+        a.common.serve.metrics_addr.port(),
+        build::METRICS_PORT as u16
+    );
+    assert_eq!(a.common.serve.log_format, LogFormat::Json);
 }
 
 #[test]
@@ -271,7 +274,8 @@ fn gcs_sink_parses_what_the_operator_sets() {
         Some(std::path::Path::new("/etc/sensorflow/gcs/key.json"))
     );
     assert_eq!(a.topics.topic_dlq, "dlq");
-    assert_eq!(a.log_format, LogFormat::Json);
+    assert_eq!(a.serve.log_format, LogFormat::Json);
+    assert_eq!(a.serve.metrics_addr.port(), build::METRICS_PORT as u16);
 }
 
 #[test]

@@ -11,11 +11,10 @@ use anyhow::Context;
 use clap::Parser;
 use rdkafka::producer::{FutureProducer, Producer};
 use sensorflow_api::env;
+use sensorflow_runtime::apps::ServeArgs;
 use sensorflow_runtime::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use sensorflow_runtime::metrics::Metrics;
 use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, LoopContext, RetryPolicy};
-use sensorflow_runtime::telemetry::LogFormat;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,12 +36,9 @@ pub struct SinkArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub framing: FramingArgs,
-    /// Address for /metrics, /health and /ready.
-    #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:9100")]
-    pub metrics_addr: SocketAddr,
-    /// Log format.
-    #[arg(long, env = env::LOG_FORMAT, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serve: ServeArgs,
     /// Consumer group id.
     #[arg(long, env = env::GROUP_ID, default_value = "sensorflow-sink")]
     pub group_id: String,
@@ -249,11 +245,15 @@ pub async fn run_with_commit_fault<S: ObjectStore>(
 /// Start-up failures (bad credentials, clients) and unrecoverable sink errors: the process
 /// exits non-zero and a restart resumes from the last commit.
 pub async fn main(args: SinkArgs) -> anyhow::Result<()> {
-    sensorflow_runtime::telemetry::init(args.log_format);
+    sensorflow_runtime::telemetry::init(args.serve.log_format);
     let sm = SinkMetrics::default();
     let metrics = Metrics::new_with(|r| sm.register(r));
     let shutdown = sensorflow_runtime::shutdown::on_signal();
-    let server = tokio::spawn(metrics.clone().serve(args.metrics_addr, shutdown.clone()));
+    let server = tokio::spawn(
+        metrics
+            .clone()
+            .serve(args.serve.metrics_addr, shutdown.clone()),
+    );
     let cfg = args.config();
     tracing::info!(group = %args.group_id, topics = ?cfg.topics, rotation = ?cfg.rotation,
         encode = ?cfg.encode, "gcs-sink starting");

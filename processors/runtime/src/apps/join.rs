@@ -723,7 +723,7 @@ impl Processor for JoinProcessor {
 /// Start-up errors (inputs not co-partitioned, invalid model) or unrecoverable processing
 /// errors.
 pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.common.log_format);
+    crate::telemetry::init(args.common.serve.log_format);
     let jm = JoinMetrics::default();
     let metrics = Metrics::new_with(|r| jm.register(r));
     let processor = JoinProcessor::new(&args, metrics.clone(), jm)?;

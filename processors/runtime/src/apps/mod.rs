@@ -17,15 +17,24 @@ use sensorflow_core::input::ReadingBounds;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Flags every processor shares.
+/// Flags of every long-running binary (window-processor, join-predict, gcs-sink): where to
+/// serve `/metrics`, `/health` and `/ready`, and how to log.
 #[derive(Debug, Clone, Args)]
-pub struct CommonArgs {
+pub struct ServeArgs {
     /// Address for /metrics, /health and /ready.
     #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:9100")]
     pub metrics_addr: SocketAddr,
     /// Log format.
     #[arg(long, env = env::LOG_FORMAT, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Flags window-processor and join-predict share.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serve: ServeArgs,
     /// Flush outputs and commit offsets at least this often, ms.
     #[arg(long, env = env::COMMIT_INTERVAL_MS, default_value_t = 200)]
     pub commit_interval_ms: u64,
@@ -91,7 +100,11 @@ pub async fn run<P: Processor>(
     client_id: &str,
 ) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
-    let server = tokio::spawn(metrics.clone().serve(common.metrics_addr, shutdown.clone()));
+    let server = tokio::spawn(
+        metrics
+            .clone()
+            .serve(common.serve.metrics_addr, shutdown.clone()),
+    );
     let consumer: LoopConsumer = consumer_cfg
         .create_with_context(LoopContext::new(metrics.clone()))
         .context("creating the consumer")?;

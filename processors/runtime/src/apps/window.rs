@@ -296,7 +296,7 @@ impl Processor for WindowProcessor {
 /// Start-up or unrecoverable processing errors (the process exits non-zero; a restart
 /// resumes from the last committed offset).
 pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.common.log_format);
+    crate::telemetry::init(args.common.serve.log_format);
     WindowConfig {
         size_ms: args.window_size_ms,
         grace_ms: args.grace_ms,
