@@ -313,3 +313,11 @@ fn a_variable_no_processor_declares_fails_the_contract() {
         "a value the processor cannot parse must be refused"
     );
 }
+
+#[test]
+fn the_three_parsers_pass_clap_s_own_consistency_checks() {
+    // clap runs these only in debug builds; the suites run release.
+    WindowArgs::command().debug_assert();
+    JoinArgs::command().debug_assert();
+    SinkArgs::command().debug_assert();
+}
