@@ -240,7 +240,7 @@ def diagnostics(name):
             statuses = pod.get("status", {}).get("containerStatuses", []) or []
             restarted = any(c.get("restartCount", 0) > 0 for c in statuses)
             unready = not all(c.get("ready") for c in statuses) or not statuses
-            logs = run([KUBECTL, "logs", "-n", ns, name_, "--all-containers", "--tail", "400"],
+            logs = run([KUBECTL, "logs", "-n", ns, name_, "--all-containers", "--tail", "2000"],
                        check=False, timeout=60).stdout
             with open(os.path.join(d, f"{ns}-{name_}.log"), "w") as f:
                 f.write(logs)
@@ -250,6 +250,10 @@ def diagnostics(name):
                            check=False, timeout=60).stdout
                 with open(os.path.join(d, f"{ns}-{name_}.previous.log"), "w") as f:
                     f.write(prev)
+            # Warnings and errors (aborted transactions, refused commits, rebuilds) of every pod.
+            warn = [ln[:400] for ln in logs.splitlines() if '"level":"WARN"' in ln or '"level":"ERROR"' in ln]
+            if warn:
+                summary.append(f"{ns}/{name_}: {len(warn)} WARN/ERROR lines, the last ones:\n" + "\n".join(warn[-8:]))
             if restarted or unready:
                 # Rebalance lines list hundreds of partitions: cut long lines.
                 tail = [ln[:400] for ln in (prev or logs).splitlines()[-12:]]

@@ -71,6 +71,12 @@ trap teardown EXIT
 log "e2e: broker and GCS server on 0.0.0.0, advertised at $host"
 "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" >/dev/null 2>&1 || true
 [ -f "$work/gcs.pid" ] && kill "$(cat "$work/gcs.pid")" 2>/dev/null && sleep 0.5  # a KEEP=1 run's
+# The previous run's logs and diagnostics stay one run longer (.sensorflow/e2e-previous-logs).
+if [ -d "$work/logs" ]; then
+  rm -rf "$REPO_ROOT/.sensorflow/e2e-previous-logs"
+  mv "$work/logs" "$REPO_ROOT/.sensorflow/e2e-previous-logs"
+  [ -f "$work/pytest.log" ] && mv "$work/pytest.log" "$REPO_ROOT/.sensorflow/e2e-previous-logs/"
+fi
 rm -rf "$work" && mkdir -p "$work/logs" "$work/bin"
 # A copy: the shared target dir's binary can be rebuilt from another checkout while we run.
 bin_dir="$work/bin"

@@ -135,6 +135,7 @@ class Checked:
         self.at = {(p, o): (client, t) for client, rs in sz_all.items() for t, _, p, o in rs}
         self.dups = 0
         self.pred_dups = 0
+        self.dup_samples = {}  # trigger → [(source, first (partition, offset), repeat (partition, offset))]
 
 
 def check_nothing_lost(day):
@@ -201,6 +202,7 @@ def check_predictions(day, c):
             stores["features"].add(client, t, (part, off), ((part, off), bins))
     w, bias, threshold = MODEL["weights"], MODEL["bias"], MODEL["threshold"]
     seen = {}
+    where = {}  # key → (partition, offset) of its first prediction record
     for r in read_all(TOPICS["predictions"]):
         p = decode(r.value)
         t = signed(p.get(2, [0])[0])
@@ -230,7 +232,10 @@ def check_predictions(day, c):
         assert bool(p.get(5, [0])[0]) == (prob >= threshold)
         key = (trigger, src if trigger != "features" else feat_src)
         # Each record is read once: a key seen before is a second record for the same trigger.
-        c.pred_dups += key in seen
+        if key in seen:
+            c.pred_dups += 1
+            c.dup_samples.setdefault(trigger, []).append((key[1], where[key], (r.partition, r.offset)))
+        where.setdefault(key, (r.partition, r.offset))
         assert seen.setdefault(key, v) == v, f"{client} {t}: a repeated prediction differs"
     for client, rs in c.sz.items():
         got = sum(1 for (trig, s) in seen if trig == "features" and s in c.at and c.at[s][0] == client)
@@ -240,6 +245,10 @@ def check_predictions(day, c):
     per_trigger = {k: sum(1 for (trig, _) in seen if trig == k) for k in TRIGGER_NAMES.values()}
     log(f"{len(seen)} predictions {per_trigger} for {len(c.want)} readings hold the exact as-of vectors; "
         f"{c.pred_dups} repeated prediction records, {len(late)} late inputs")
+    for trig, ds in c.dup_samples.items():
+        parts = sorted({d[2][0] for d in ds})
+        log(f"repeated {trig}-triggered predictions: {len(ds)} on {len(parts)} prediction partitions {parts[:20]}; "
+            f"e.g. (trigger source, first record, repeat) {ds[:3]}")
     return len(seen)
 
 
