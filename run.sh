@@ -5,9 +5,10 @@
 #        Runs the pipeline on the real household dataset through a local Apache Kafka broker:
 #        builds, starts the broker, creates the topics (100 partitions), starts
 #        window-processor and join-predict, replays the data and prints a summary.
-#   ./run.sh test     Runs every test: unit + property, integration against a real broker,
-#                     an independent (non-librdkafka) client, operator scenarios against a
-#                     real kube-apiserver.
+#   ./run.sh test     Runs every test against real components: unit + property, integration
+#                     against a real Apache Kafka broker, an independent (non-librdkafka)
+#                     client, the GCS sink, operator scenarios against a real kube-apiserver,
+#                     end to end on a real Kubernetes node, the analysis (see --help).
 #   ./run.sh bench    Prints the benchmark figures quoted in the README.
 #   ./run.sh analyze [--archive DIR|gs://…] [--output DIR]
 #                     After `demo`: the PySpark analysis of its Parquet archive, a model trained
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/lib.sh
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { usage_header "$0"; }
 
 case "${1:-}" in
   demo) shift; exec scripts/demo.sh "$@" ;;

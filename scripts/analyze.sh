@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --archive) archive="$2"; shift 2 ;;
     --output) output="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage_header "$0"; exit 0 ;;
     *) rest+=("$1"); shift ;;
   esac
 done

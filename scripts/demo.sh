@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     --speed) speed="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     --bootstrap) external="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage_header "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done

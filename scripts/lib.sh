@@ -7,6 +7,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$SENSORFLOW_CACHE"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# Prints a script's --help: its header comment (after the shebang, up to the first line that is
+# not a comment; shellcheck directives left out).
+usage_header() { awk 'NR == 1 { next } !/^#/ { exit } /^# shellcheck/ { next } { sub(/^# ?/, ""); print }' "$1"; }
 
 # apt_install PKG...: installs the Debian packages that are missing (runs `apt-get update` once).
 apt_install() {

@@ -23,6 +23,7 @@ for a in "$@"; do
     --only-operator) run_core=0; run_e2e=0 ;;
     --skip-e2e) run_e2e=0 ;;
     --only-e2e) run_core=0; run_operator=0 ;;
+    -h|--help) usage_header "$0"; exit 0 ;;
     *) die "unknown option $a" ;;
   esac
 done

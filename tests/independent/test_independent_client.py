@@ -102,18 +102,26 @@ def count(topic):
     return sum(end[tp] - begin[tp] for tp in tps)
 
 
-def read_all(topic):
+def read_all(topic, timeout_s=60):
+    """Every record of `topic` up to its end offsets when called; fails (never returns partial
+    data) when they are not all read within `timeout_s` seconds."""
     c = consumer()
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     c.assign(tps)
     c.seek_to_beginning(*tps)
     end = c.end_offsets(tps)
     out = []
-    deadline = time.time() + 60
-    while any(c.position(tp) < end[tp] for tp in tps) and time.time() < deadline:
-        for records in c.poll(timeout_ms=500).values():
-            out.extend(records)
-    c.close()
+    deadline = time.time() + timeout_s
+    try:
+        while any(c.position(tp) < end[tp] for tp in tps):
+            if time.time() >= deadline:
+                behind = {tp.partition: end[tp] - c.position(tp) for tp in tps if c.position(tp) < end[tp]}
+                raise AssertionError(f"{topic}: not read to its end offsets in {timeout_s} s "
+                                     f"({len(out)} records read; partitions behind: {behind})")
+            for records in c.poll(timeout_ms=500).values():
+                out.extend(records)
+    finally:
+        c.close()
     return out
 
 
