@@ -17,12 +17,14 @@
 #     → 9 topics × 100 partitions, processor pods Running, `kubectl get sp` Ready
 #   3 replay a slice of the household dataset → features equal an independent Python reference,
 #     predictions follow the model, Parquet files in the GCS server hold every prediction
-#   4 backlog → the operator scales a stage up (≤ partitions, ≤ maxReplicas) and back down after
-#     the cooldown; nothing lost
-#   5 chaos: delete a processor pod and the operator pod mid-replay → recovery, nothing lost
+#   4 backlog → the operator scales both stages up (more than one window pod Ready, never above
+#     min(maxReplicas, partitions)) and back to minReplicas after the cooldown; nothing lost,
+#     nothing repeated (ExactlyOnce through the scale steps)
+#   5 chaos mid-replay: delete a window pod, kill -9 a join process, delete a join pod and the
+#     operator pod → recovery; 0 lost and 0 duplicate features and predictions (read_committed)
 #   6 delete the SensorPipeline → owned objects garbage-collected; topics follow deletionPolicy
 #   7 helm uninstall → no operator objects left (the CRD stays: Helm never deletes CRDs)
-# Prints "e2e: N passed, M failed"; exit 1 on any failure.
+# Prints "e2e: N passed, M failed" (a skipped scenario counts as failed); exit 1 on any failure.
 #
 # Env: KUBECONFIG (required), SENSORFLOW_E2E_HOST_ADDR (required), SENSORFLOW_E2E_IMAGE
 # (default sensorflow/sensorflow:<workspace version>), SENSORFLOW_E2E_BROKER_PORT (29092),
@@ -100,7 +102,7 @@ done
 log "e2e: cluster $("$KUBECTL" config current-context 2>/dev/null || echo '?'), image $SENSORFLOW_E2E_IMAGE, broker $bootstrap, GCS http://$host:$gcs_port"
 set +e
 SF_E2E_BOOTSTRAP="$bootstrap" SF_E2E_GCS="http://$host:$gcs_port" SF_E2E_BIN_DIR="$bin_dir" \
-  SF_E2E_WORK="$work" "$venv/bin/python" -m pytest -v -s -p no:cacheprovider tests/e2e "$@" 2>&1 \
+  SF_E2E_WORK="$work" "$venv/bin/python" -m pytest -v -s -p no:cacheprovider --durations=0 tests/e2e "$@" 2>&1 \
   | tee "$work/pytest.log"
 st=${PIPESTATUS[0]}
 set -e
@@ -108,6 +110,13 @@ set -e
 summary="$(grep -E '^=+ .*[0-9]+ (passed|failed|errors?|skipped).* in [0-9.]+s' "$work/pytest.log" | tail -1 || true)"
 p=$(grep -Eo '[0-9]+ passed' <<<"$summary" | awk '{print $1}' || true)
 f=$(grep -Eo '[0-9]+ (failed|errors?)' <<<"$summary" | awk '{s+=$1} END {print s+0}' || true)
+# A skipped scenario (or none run at all) is not a pass: counted as failed.
+sk=$(grep -Eo '[0-9]+ skipped' <<<"$summary" | awk '{print $1}' || true)
+if [ "${sk:-0}" -gt 0 ] || [ "${p:-0}" = 0 ]; then
+  log "e2e: ${sk:-0} scenarios skipped, ${p:-0} passed: counted as failures"
+  f=$(( ${f:-0} + ${sk:-0} )); [ "$f" -gt 0 ] || f=1
+  st=1
+fi
 log "e2e finished in $(( $(date +%s) - t_start )) s (logs: $work)"
 echo "e2e: ${p:-0} passed, ${f:-0} failed"
 [ "$st" = 0 ]
