@@ -63,6 +63,10 @@ pub enum PipelineError {
     /// Committing offsets failed for a reason other than a rebalance.
     #[error("committing offsets failed: {0}")]
     Commit(KafkaError),
+    /// Moving the fetch position of newly assigned partitions to their rebuilt offsets failed
+    /// after every retry.
+    #[error("seeking assigned partitions to their committed offsets failed: {0}")]
+    Seek(KafkaError),
     /// Subscribing failed.
     #[error("subscribing to {topics:?} failed: {source}")]
     Subscribe {
@@ -369,18 +373,10 @@ impl LoopContext {
         }
     }
 
-    /// The group metadata of the generation whose assignment this member processed records
-    /// of: taken in the assign callback, kept across a revocation until the next assignment.
+    /// The group metadata (member id, generation) taken in the latest assign callback.
     ///
-    /// Exactly-once commits pass it to `send_offsets_to_transaction` instead of the
-    /// consumer's current metadata. After an eager revocation librdkafka rejoins the group as
-    /// soon as the callback returns, so the loop's later flush could otherwise commit the
-    /// revoked partitions' offsets under the *next* generation, after their new owner had
-    /// already read the older committed offsets: both would produce those records (seen as
-    /// 18 duplicated features after a scale step in the exactly-once test). With the old
-    /// generation the coordinator either accepts the commit before the group moves on (the new
-    /// owner's `require_stable` offset fetch then waits for the transaction) or refuses it
-    /// with `ILLEGAL_GENERATION` (KIP-447 fencing), and the transaction is aborted.
+    /// The loop adopts it for its exactly-once commits only when it handles that assignment
+    /// (see `LoopState::txn_metadata`), never from the consumer's current metadata.
     pub fn assignment_metadata(&self) -> Option<Arc<ConsumerGroupMetadata>> {
         self.assignment_metadata.lock().ok().and_then(|m| m.clone())
     }
@@ -392,6 +388,14 @@ impl LoopContext {
             .map(|mut e| std::mem::take(&mut *e))
             .unwrap_or_default()
     }
+}
+
+/// (partition, offset) pairs of a list, for logs.
+fn tpl_offsets(tpl: &TopicPartitionList) -> Vec<(i32, i64)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+        .collect()
 }
 
 fn tpl_pairs(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -620,6 +624,24 @@ struct LoopState<'a, P: Processor> {
     metrics: Metrics,
     records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
     exactly_once: bool,
+    /// Group metadata of the generation whose assignment the loop is processing: adopted when
+    /// the loop handles an `Assigned` event, kept across a revocation.
+    ///
+    /// Exactly-once commits pass it to `send_offsets_to_transaction` instead of the consumer's
+    /// current metadata. Both rebalance callbacks run inside `recv`, and after an eager
+    /// revocation librdkafka rejoins as soon as the callback returns: the revoke and the next
+    /// assign can both have happened before the loop handles the revocation. Committing the
+    /// revoked partitions' transaction under the consumer's current (next) generation was
+    /// accepted by the coordinator after the new owner had read the older committed offsets,
+    /// and both produced those records (18 and 39 duplicated features in the exactly-once
+    /// test). Under the old generation the commit either lands before the group moves on (the
+    /// new owner's `require_stable` offset fetch then waits for the transaction) or is refused
+    /// with `ILLEGAL_GENERATION` (KIP-447 fencing) and the transaction is aborted.
+    txn_metadata: Option<Arc<ConsumerGroupMetadata>>,
+    /// Partitions the last `handle_rebalance` call moved to their rebuilt offsets: a record of
+    /// theirs received before that seek is stale (re-delivered after it, or already in the
+    /// rebuilt state) and is dropped.
+    rewound: FxHashSet<TopicPartition>,
 }
 
 impl<P: Processor> LoopState<'_, P> {
@@ -629,25 +651,23 @@ impl<P: Processor> LoopState<'_, P> {
     /// the last committed offsets).
     fn commit_transaction(&mut self, tpl: &TopicPartitionList) -> Result<(), PipelineError> {
         let producer = self.emitter.producer.clone();
-        let consumer = self.consumer;
+        let txn_metadata = self.txn_metadata.clone();
         let res = tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-            let cgm =
-                consumer
-                    .context()
-                    .assignment_metadata()
-                    .ok_or(KafkaError::ConsumerCommit(
-                        RDKafkaErrorCode::UnknownMemberId,
-                    ))?;
+            let cgm = txn_metadata.ok_or(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::UnknownMemberId,
+            ))?;
             producer.send_offsets_to_transaction(tpl, &cgm, TXN_TIMEOUT)?;
             producer.commit_transaction(TXN_TIMEOUT)?;
             producer.begin_transaction()
         });
         match res {
             Ok(()) => {
+                tracing::debug!(offsets = ?tpl_offsets(tpl), "transaction committed");
                 self.metrics.commits.inc();
                 Ok(())
             }
             Err(e) => {
+                tracing::debug!(offsets = ?tpl_offsets(tpl), error = %e, "transaction failed; aborting");
                 let _ = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT));
                 Err(PipelineError::Transaction(e))
             }
@@ -748,7 +768,45 @@ impl<P: Processor> LoopState<'_, P> {
         }
     }
 
+    /// Moves each assigned partition's fetch position to the committed offset its state was
+    /// rebuilt from.
+    ///
+    /// librdkafka starts an assigned partition at the committed offset it read in the assign
+    /// callback. When the loop handles a revocation after that callback (both run inside
+    /// `recv`), its flush can commit past that offset: without the seek the records between
+    /// the two offsets would be applied twice (once by the rebuild, once from the fetch).
+    async fn seek_to_rebuilt(
+        &mut self,
+        committed: &[(TopicPartition, Option<i64>)],
+    ) -> Result<(), PipelineError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), off) in committed {
+            if let Some(o) = off {
+                let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        for e in tpl.elements() {
+            self.rewound.insert((e.topic().to_owned(), e.partition()));
+        }
+        let consumer = self.consumer;
+        let res = retry_blocking("seek to the rebuilt offsets", || {
+            let res = consumer.seek_partitions(tpl.clone(), Duration::from_secs(10))?;
+            match res.elements().iter().find_map(|e| e.error().err()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+        .await;
+        res.map_err(PipelineError::Seek)
+    }
+
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
+        if !self.rewound.is_empty() {
+            self.rewound.clear();
+        }
         for ev in self.consumer.context().take_events() {
             match ev {
                 RebalanceEvent::Revoked(parts) => {
@@ -765,8 +823,16 @@ impl<P: Processor> LoopState<'_, P> {
                     for (t, p) in &parts {
                         tpl.add_partition(t, *p);
                     }
+                    // A partition can come back with its own error, e.g. UNSTABLE_OFFSET_COMMIT
+                    // while a transaction that commits its offsets is still completing
+                    // (KIP-447): that is retried, never read as "nothing committed".
                     let committed = retry_blocking("read committed offsets", || {
-                        consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
+                        let res =
+                            consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))?;
+                        match res.elements().iter().find_map(|e| e.error().err()) {
+                            Some(e) => Err(e),
+                            None => Ok(res),
+                        }
                     })
                     .await
                     .map_err(PipelineError::Commit)?;
@@ -781,13 +847,19 @@ impl<P: Processor> LoopState<'_, P> {
                             ((e.topic().to_owned(), e.partition()), off)
                         })
                         .collect();
+                    tracing::info!(
+                        ?committed,
+                        "rebuilding assigned partitions from their committed offsets"
+                    );
                     self.metrics.set_ready(false);
                     let processor = &mut *self.processor;
                     tokio::task::block_in_place(|| processor.on_assigned(&committed))?;
+                    self.seek_to_rebuilt(&committed).await?;
                     for tp in parts {
                         self.offsets.forget(&tp);
                         self.assigned.add(tp);
                     }
+                    self.txn_metadata = consumer.context().assignment_metadata();
                     self.metrics.set_ready(true);
                 }
             }
@@ -914,6 +986,8 @@ pub async fn run<P: Processor>(
         metrics: metrics.clone(),
         records_in: FxHashMap::default(),
         exactly_once: cfg.exactly_once,
+        txn_metadata: None,
+        rewound: FxHashSet::default(),
     };
     metrics.set_ready(true);
     let mut tick = tokio::time::interval(cfg.commit_interval);
@@ -937,6 +1011,12 @@ pub async fn run<P: Processor>(
                 st.handle_rebalance().await?;
                 if !st.assigned.contains(msg.topic(), msg.partition()) {
                     // Revoked since it was fetched: its new owner processes it.
+                    continue;
+                }
+                if !st.rewound.is_empty()
+                    && st.rewound.contains(&(msg.topic().to_owned(), msg.partition()))
+                {
+                    // Fetched before its partition was moved to the rebuilt offset.
                     continue;
                 }
                 match st.records_in.get(msg.topic()) {

@@ -28,6 +28,8 @@ fn eos_env(txn_id: &str) -> Vec<(&'static str, String)> {
         ("SF_KAFKA_PROPERTIES", FAST_SESSION.into()),
         // Several transactions a second, so a kill always finds one open.
         ("SF_COMMIT_INTERVAL_MS", "100".into()),
+        // Each transaction's offsets in the log, to explain a failure.
+        ("RUST_LOG", "info,sensorflow_runtime::pipeline=debug".into()),
     ]
 }
 

@@ -120,7 +120,14 @@ pub fn spawn(
         .env("RUST_LOG", "info")
         .envs(topic_env(t))
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+        .stderr(
+            // Appended: a restarted process (kill -9 tests) keeps its predecessors' logs.
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
