@@ -362,7 +362,7 @@ def test_4_backlog_scales_up_then_down_nothing_lost():
         t0 = time.time()
         summary = replay(PIPELINE, "--clients", "60", "--rows-per-client", "720", "--base-date", "2026-01-02")
         log(f"replayed in {time.time() - t0:.1f} s: {summary}")
-        wait_for("window and join groups drained", drained, 600, interval=5)
+        wait_for("window and join groups drained", drained, 300, interval=5)
         log(f"drained {time.time() - t0:.1f} s after the replay started")
     finally:
         stop.set()
@@ -373,7 +373,7 @@ def test_4_backlog_scales_up_then_down_nothing_lost():
     cap = min(SCALE["maxReplicas"], 100)  # 100 partitions per topic
     assert w and max(n for n, _ in w) > 1, f"the window was never scaled up: {w}"
     assert all(n <= cap for n, _ in w + j), f"replicas above min(maxReplicas, partitions) = {cap}: {w} {j}"
-    # The scale-up is real: more than one window pod became Ready and took partitions.
+    # The scale-up is real: more than one window pod became Ready, not only spec.replicas.
     assert max(r for _, r in w) > 1, f"never more than one window pod Ready: {w}"
     events = kubectl("get", "events", "-n", NS, "--field-selector", "reason=ScaledUp")
     assert "ScaledUp" in events, events
