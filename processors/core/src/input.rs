@@ -40,6 +40,14 @@ pub enum Reject {
         /// The message's sensor field.
         found: Sensor,
     },
+    /// An enum field holds a value the schema does not define (a newer or corrupt writer).
+    #[error("{field} = {value} is not a value of the schema's enum")]
+    UnknownEnum {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: i32,
+    },
     /// A feature with an unknown kind or a bin outside 0..=9.
     #[error("invalid feature: {0}")]
     InvalidFeature(String),
@@ -96,6 +104,7 @@ impl Reject {
             Reject::NonFinite(_) => "non-finite",
             Reject::NonInteger(_) => "non-integer",
             Reject::SensorMismatch { .. } => "sensor-mismatch",
+            Reject::UnknownEnum { .. } => "unknown-enum",
             Reject::InvalidFeature(_) => "invalid-feature",
             Reject::Late { .. } => "late",
             Reject::Model(_) => "invalid-vector",
@@ -141,23 +150,35 @@ impl ReadingBounds {
     /// # Errors
     /// [`Reject::Future`], [`Reject::TooOld`] or [`Reject::OutOfRange`].
     pub fn check(&self, r: &SensorReading, now_ms: i64) -> Result<(), Reject> {
-        if r.event_time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
-            return Err(Reject::Future {
-                event_time_ms: r.event_time_ms,
-                now_ms,
-                max_skew_ms: self.max_future_skew_ms,
-            });
-        }
-        if r.event_time_ms < self.min_event_time_ms {
-            return Err(Reject::TooOld {
-                event_time_ms: r.event_time_ms,
-                min_event_time_ms: self.min_event_time_ms,
-            });
-        }
+        self.check_time(r.event_time_ms, now_ms)?;
         if r.value.abs() > self.max_abs_value {
             return Err(Reject::OutOfRange {
                 value: r.value,
                 max_abs: self.max_abs_value,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ReadingBounds {
+    /// Checks an event time alone (features carry their SZ reading's event time) at
+    /// wall-clock time `now_ms`.
+    ///
+    /// # Errors
+    /// [`Reject::Future`] or [`Reject::TooOld`].
+    pub fn check_time(&self, event_time_ms: i64, now_ms: i64) -> Result<(), Reject> {
+        if event_time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
+            return Err(Reject::Future {
+                event_time_ms,
+                now_ms,
+                max_skew_ms: self.max_future_skew_ms,
+            });
+        }
+        if event_time_ms < self.min_event_time_ms {
+            return Err(Reject::TooOld {
+                event_time_ms,
+                min_event_time_ms: self.min_event_time_ms,
             });
         }
         Ok(())
@@ -186,6 +207,13 @@ pub fn decode_reading(
     let bytes = value.ok_or(Reject::MissingValue)?;
     let (pb, _) = framing.decode(bytes)?;
     let r = SensorReading::decode(pb).map_err(|e| Reject::Decode(e.to_string()))?;
+    if Sensor::try_from(r.sensor).is_err() {
+        // prost maps an unknown value to the default (unspecified), which would be accepted.
+        return Err(Reject::UnknownEnum {
+            field: "sensor",
+            value: r.sensor,
+        });
+    }
     if !r.value.is_finite() {
         return Err(Reject::NonFinite(r.value));
     }
@@ -223,6 +251,12 @@ pub fn decode_feature(
     let bytes = value.ok_or(Reject::MissingValue)?;
     let (pb, _) = framing.decode(bytes)?;
     let f = Feature::decode(pb).map_err(|e| Reject::Decode(e.to_string()))?;
+    if FeatureKind::try_from(f.kind).is_err() {
+        return Err(Reject::UnknownEnum {
+            field: "kind",
+            value: f.kind,
+        });
+    }
     if f.kind() != expected {
         return Err(Reject::InvalidFeature(format!(
             "kind {:?} on the {:?} topic",
@@ -298,6 +332,14 @@ mod tests {
             code(decode_reading(&c, Some(&[1, 0, 0, 0, 3, 0]), Sensor::Sz)),
             "framing"
         );
+        let unknown = SensorReading {
+            sensor: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            code(decode_reading(&p, Some(&enc(&unknown)), Sensor::Sz)),
+            "unknown-enum"
+        );
         assert_eq!(client_id(None), Err(Reject::MissingKey));
         assert_eq!(client_id(Some(b"")), Err(Reject::MissingKey));
         assert_eq!(client_id(Some(&[0xc3, 0x28])), Err(Reject::KeyNotUtf8));
@@ -328,6 +370,10 @@ mod tests {
         assert!(b.check(&at(now, -1e12), now).is_ok());
         // The wall clock itself near i64::MAX cannot overflow the check.
         assert!(b.check(&at(0, 0.0), i64::MAX).is_ok());
+        // Event times alone (features).
+        assert!(b.check_time(now, now).is_ok());
+        assert_eq!(code(b.check_time(i64::MIN, now)), "too-old");
+        assert_eq!(code(b.check_time(now + 3 * 86_400_000, now)), "future");
     }
 
     #[test]
@@ -346,5 +392,11 @@ mod tests {
         };
         let e = decode_feature(&Framing::Plain, Some(&f.encode_to_vec()), FeatureKind::Fa);
         assert_eq!(e.unwrap_err().code(), "invalid-feature");
+        let f = Feature {
+            kind: -7,
+            ..Default::default()
+        };
+        let e = decode_feature(&Framing::Plain, Some(&f.encode_to_vec()), FeatureKind::Fa);
+        assert_eq!(e.unwrap_err().code(), "unknown-enum");
     }
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics and the `/metrics`, `/health` and `/ready` endpoints.
 //!
-//! `/health` answers 200 while the process is alive; `/ready` answers 200 once the consumer
-//! loop is running (assigned, state rebuilt) and 503 before that or while shutting down.
+//! `/health` is the liveness probe: 200 while the consume loop advances, 503 once it has not
+//! advanced for the liveness timeout (`SF_LIVENESS_TIMEOUT_MS`; see [`Liveness`]). `/ready`
+//! answers 200 once the consumer loop is running (assigned, state rebuilt) and 503 before that
+//! or while shutting down.
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +14,80 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Whether the consume loop still advances: the loop (and the state rebuild, and transaction
+/// commits) call [`Liveness::beat`]; `/health` fails once no beat came for the timeout.
+///
+/// What counts as advancing: every loop iteration (a record processed, or a flush tick, which
+/// runs at least every commit interval even without input and includes the flush and commit),
+/// every step of a state rebuild that read records or got a broker answer, a committed
+/// transaction, a produce retry. What does not: a loop blocked inside one call (a delivery or
+/// commit that never returns, a stuck rebuild, a deadlock): that is what the probe is for.
+/// A broker outage alone keeps the loop ticking (retries are bounded and end the process), so
+/// it does not restart healthy pods that could not do better.
+#[derive(Debug)]
+pub struct Liveness {
+    base: Instant,
+    /// ms since `base` of the last beat.
+    last_ms: AtomicU64,
+    /// 0: never unhealthy.
+    timeout_ms: AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            timeout_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Liveness {
+    /// The loop advanced now.
+    pub fn beat(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Sets the timeout (`Duration::ZERO`: never unhealthy).
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `Err(time since the last beat)` when it exceeds the timeout.
+    ///
+    /// # Errors
+    /// The time without a beat, when the loop is judged stuck.
+    pub fn check(&self) -> Result<(), Duration> {
+        let now = self.base.elapsed().as_millis() as u64;
+        judge(
+            self.last_ms.load(Ordering::Relaxed),
+            now,
+            self.timeout_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The configured timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Pure liveness judgement: the last beat at `last_ms`, now `now_ms`, timeout `timeout_ms`
+/// (0: off), all ms on one monotonic clock.
+fn judge(last_ms: u64, now_ms: u64, timeout_ms: u64) -> Result<(), Duration> {
+    let idle = now_ms.saturating_sub(last_ms);
+    if timeout_ms > 0 && idle > timeout_ms {
+        Err(Duration::from_millis(idle))
+    } else {
+        Ok(())
+    }
+}
 
 /// Label set `{topic}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +108,8 @@ pub struct ReasonLabel {
 pub struct Metrics {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    /// The liveness heartbeat behind `/health`.
+    pub liveness: Arc<Liveness>,
     /// `sensorflow_records_in_total{topic}`: records consumed.
     pub records_in: Family<TopicLabel, Counter>,
     /// `sensorflow_records_out_total{topic}`: records produced and acknowledged.
@@ -69,8 +146,23 @@ pub struct Metrics {
     /// `sensorflow_records_truncated_total`: outputs too large for the broker, sent with their
     /// value cut to 64 KiB and the original size in a header.
     pub records_truncated: Counter,
-    /// `sensorflow_rebuilt_records_total`: records re-read to rebuild state on assignment.
+    /// `sensorflow_rebuilt_records_total`: records re-read to rebuild state on assignment
+    /// (counted as they are read, so a long rebuild shows its progress).
     pub rebuilt_records: Counter,
+    /// `sensorflow_records_skipped_total`: records received but not processed: revoked since
+    /// they were fetched, or below the offset the state was rebuilt to (already applied).
+    pub skipped_below_floor: Counter,
+    /// `sensorflow_rebuilt_partitions_total`: partitions whose state was rebuilt.
+    pub rebuilt_partitions: Counter,
+    /// `sensorflow_rebuild_in_progress`: 1 while a state rebuild runs.
+    pub rebuild_in_progress: Gauge,
+    /// `sensorflow_rebuild_failures_total{reason}`: rebuilds that failed: `stalled` (nothing
+    /// moved for the stall timeout), `limit` (`SF_REBUILD_MAX_RECORDS` hit: no partial state
+    /// is ever built), `consumer`.
+    pub rebuild_failures: Family<ReasonLabel, Counter>,
+    /// `sensorflow_liveness_seconds_since_progress`: seconds since the consume loop last
+    /// advanced (set when `/health` or `/metrics` is read).
+    pub since_progress: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `sensorflow_end_to_end_latency_seconds`: reading ingest → prediction.
     pub latency: Histogram,
 }
@@ -94,6 +186,7 @@ impl Metrics {
         let m = Self {
             registry: Arc::new(Registry::default()),
             ready: Arc::new(AtomicBool::new(false)),
+            liveness: Arc::new(Liveness::default()),
             records_in: Family::default(),
             records_out: Family::default(),
             dead_letter: Family::default(),
@@ -111,6 +204,11 @@ impl Metrics {
             transactions_aborted: Counter::default(),
             records_truncated: Counter::default(),
             rebuilt_records: Counter::default(),
+            skipped_below_floor: Counter::default(),
+            rebuilt_partitions: Counter::default(),
+            rebuild_in_progress: Gauge::default(),
+            rebuild_failures: Family::default(),
+            since_progress: Gauge::default(),
             latency: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
@@ -189,6 +287,31 @@ impl Metrics {
             m.rebuilt_records.clone(),
         );
         r.register(
+            "records_skipped",
+            "Records received but not processed (revoked, or already in the rebuilt state)",
+            m.skipped_below_floor.clone(),
+        );
+        r.register(
+            "rebuilt_partitions",
+            "Partitions whose state was rebuilt",
+            m.rebuilt_partitions.clone(),
+        );
+        r.register(
+            "rebuild_in_progress",
+            "1 while a state rebuild runs",
+            m.rebuild_in_progress.clone(),
+        );
+        r.register(
+            "rebuild_failures",
+            "State rebuilds that failed, by reason (stalled, limit, consumer)",
+            m.rebuild_failures.clone(),
+        );
+        r.register(
+            "liveness_seconds_since_progress",
+            "Seconds since the consume loop last advanced",
+            m.since_progress.clone(),
+        );
+        r.register(
             "end_to_end_latency_seconds",
             "Sensor reading ingest to prediction, seconds",
             m.latency.clone(),
@@ -203,6 +326,45 @@ impl Metrics {
     /// Marks the processor ready (or not) for `/ready`.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The consume loop advanced (see [`Liveness`]).
+    pub fn beat(&self) {
+        self.liveness.beat();
+    }
+
+    /// A progress hook for [`crate::rebuild::replay`]: counts the records read and beats.
+    pub fn rebuild_hook(&self) -> impl Fn(u64) + '_ {
+        move |n| {
+            self.rebuilt_records.inc_by(n);
+            self.liveness.beat();
+        }
+    }
+
+    /// Counts a failed rebuild by its reason and logs it loudly.
+    pub fn rebuild_failed(&self, e: &crate::rebuild::RebuildError) {
+        self.rebuild_failures
+            .get_or_create(&ReasonLabel {
+                reason: e.reason().to_owned(),
+            })
+            .inc();
+        tracing::error!(error = %e, reason = e.reason(), "state rebuild failed");
+    }
+
+    /// The `/health` answer: `Err(message)` when the loop is judged stuck.
+    ///
+    /// # Errors
+    /// A message saying for how long the loop has not advanced.
+    pub fn health(&self) -> Result<(), String> {
+        let r = self.liveness.check();
+        match r {
+            Ok(()) => Ok(()),
+            Err(idle) => Err(format!(
+                "unhealthy: the consume loop has not advanced for {:.1} s (liveness timeout {:.1} s)",
+                idle.as_secs_f64(),
+                self.liveness.timeout().as_secs_f64()
+            )),
+        }
     }
 
     /// Counts one record in.
@@ -225,11 +387,23 @@ impl Metrics {
 
     /// The exposition text.
     pub fn encode(&self) -> String {
+        self.update_since_progress();
         let mut s = String::new();
         if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
             s.clear();
         }
         s
+    }
+
+    fn update_since_progress(&self) {
+        let idle = match self.liveness.check() {
+            Ok(()) => {
+                let now = self.liveness.base.elapsed().as_millis() as u64;
+                now.saturating_sub(self.liveness.last_ms.load(Ordering::Relaxed))
+            }
+            Err(d) => d.as_millis() as u64,
+        };
+        self.since_progress.set(idle as f64 / 1000.0);
     }
 
     /// Serves `/metrics`, `/health` and `/ready` on `addr` until `shutdown` is cancelled.
@@ -241,12 +415,25 @@ impl Metrics {
         addr: SocketAddr,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Like [`Metrics::serve`], on a bound listener (tests bind port 0 and read it back).
+    ///
+    /// # Errors
+    /// When serving fails.
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<()> {
         let app = Router::new()
             .route("/metrics", get(metrics_handler))
-            .route("/health", get(|| async { "ok" }))
+            .route("/health", get(health_handler))
             .route("/ready", get(ready_handler))
             .with_state(self);
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         tracing::info!(%addr, "serving /metrics, /health, /ready");
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -264,6 +451,17 @@ async fn metrics_handler(State(m): State<Metrics>) -> impl IntoResponse {
     )
 }
 
+async fn health_handler(State(m): State<Metrics>) -> impl IntoResponse {
+    m.update_since_progress();
+    match m.health() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(msg) => {
+            tracing::warn!("{msg}");
+            (StatusCode::SERVICE_UNAVAILABLE, msg)
+        }
+    }
+}
+
 async fn ready_handler(State(m): State<Metrics>) -> impl IntoResponse {
     if m.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
@@ -275,6 +473,65 @@ async fn ready_handler(State(m): State<Metrics>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_judgement() {
+        // Off: never unhealthy.
+        assert_eq!(judge(0, 1_000_000, 0), Ok(()));
+        assert_eq!(judge(1_000, 6_000, 5_000), Ok(()));
+        assert_eq!(
+            judge(1_000, 6_001, 5_000),
+            Err(Duration::from_millis(5_001))
+        );
+        // A beat after "now" (another thread) is not negative idleness.
+        assert_eq!(judge(7_000, 6_000, 5_000), Ok(()));
+    }
+
+    /// A plain HTTP/1.0 GET over a std socket (blocking, off the runtime's workers).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            let code = buf[9..12].parse().unwrap();
+            let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+            (code, body)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// `/health` over HTTP: 200 while beats come, 503 with the reason once none came for the
+    /// timeout, 200 again after a beat.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn health_fails_when_the_loop_stops_beating() {
+        let m = Metrics::new();
+        m.liveness.set_timeout(Duration::from_millis(300));
+        m.beat();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(m.clone().serve_on(listener, stop.clone()));
+        assert_eq!(get(addr, "/health").await, (200, "ok".to_owned()));
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let (code, body) = get(addr, "/health").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("has not advanced"), "{body}");
+        let text = get(addr, "/metrics").await.1;
+        assert!(
+            text.contains("sensorflow_liveness_seconds_since_progress 0.4"),
+            "{text}"
+        );
+        m.beat();
+        assert_eq!(get(addr, "/health").await.0, 200);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn exposition_names_the_metrics() {

@@ -294,6 +294,8 @@ impl Emitter {
         let res = (|| async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics.produce_retries.inc();
+            // A bounded retry is the loop at work, not a hang (see `Liveness`).
+            metrics.beat();
             let fut = producer.send_result(record(&out)).map_err(|(e, _)| e)?;
             match fut.await {
                 Ok(Ok(_)) => Ok(()),
@@ -594,23 +596,58 @@ impl OffsetTracker {
     }
 }
 
+/// The assigned partitions, each with the next offset it may process.
+///
+/// The floor is what keeps a record from being applied twice to state. After an eager
+/// rebalance whose revoke and assign both land between two loop iterations (one commit tick),
+/// librdkafka has already fetched the committed offset `C0` and started fetching from it before
+/// the loop commits the revoked progress `C1 > C0` and rebuilds state from the topic up to `C1`;
+/// records in `[C0, C1)` (and records prefetched before the revoke) would then be replayed into
+/// the rebuilt state *and* processed again. `seek_to_rebuilt` moves the fetch position to `C1`;
+/// the floor makes the guarantee independent of what librdkafka still delivers: each partition
+/// starts at the committed offset the rebuild used, and a record below its floor (or a repeat
+/// of one already processed in this assignment) is skipped: its effect is in the state and its
+/// outputs were produced before the commit.
 #[derive(Default)]
 struct Assignment {
-    parts: FxHashMap<String, FxHashSet<i32>>,
+    parts: FxHashMap<String, FxHashMap<i32, i64>>,
 }
 
 impl Assignment {
     fn contains(&self, topic: &str, partition: i32) -> bool {
         self.parts
             .get(topic)
-            .is_some_and(|s| s.contains(&partition))
+            .is_some_and(|s| s.contains_key(&partition))
     }
-    fn add(&mut self, (t, p): TopicPartition) {
-        self.parts.entry(t).or_default().insert(p);
+
+    /// Assigns a partition whose processing starts at `from` (the committed offset the state
+    /// was rebuilt to; `None`: no commit, anything goes).
+    fn add(&mut self, (t, p): TopicPartition, from: Option<i64>) {
+        self.parts
+            .entry(t)
+            .or_default()
+            .insert(p, from.unwrap_or(i64::MIN));
     }
+
     fn remove(&mut self, (t, p): &TopicPartition) {
         if let Some(s) = self.parts.get_mut(t.as_str()) {
             s.remove(p);
+        }
+    }
+
+    /// True when the record at `offset` is to be processed now (assigned, not below the
+    /// floor); the floor then moves past it.
+    fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        match self
+            .parts
+            .get_mut(topic)
+            .and_then(|s| s.get_mut(&partition))
+        {
+            Some(floor) if offset >= *floor => {
+                *floor = offset + 1;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -664,6 +701,7 @@ impl<P: Processor> LoopState<'_, P> {
             Ok(()) => {
                 tracing::debug!(offsets = ?tpl_offsets(tpl), "transaction committed");
                 self.metrics.commits.inc();
+                self.metrics.beat();
                 Ok(())
             }
             Err(e) => {
@@ -852,12 +890,25 @@ impl<P: Processor> LoopState<'_, P> {
                         "rebuilding assigned partitions from their committed offsets"
                     );
                     self.metrics.set_ready(false);
+                    self.metrics.beat();
                     let processor = &mut *self.processor;
-                    tokio::task::block_in_place(|| processor.on_assigned(&committed))?;
+                    self.metrics.rebuild_in_progress.set(1);
+                    let rebuilt = tokio::task::block_in_place(|| processor.on_assigned(&committed));
+                    self.metrics.rebuild_in_progress.set(0);
+                    if let Err(PipelineError::Rebuild(e)) = &rebuilt {
+                        self.metrics.rebuild_failed(e);
+                    }
+                    rebuilt?;
+                    self.metrics.beat();
                     self.seek_to_rebuilt(&committed).await?;
+                    let from: FxHashMap<TopicPartition, i64> = committed
+                        .into_iter()
+                        .filter_map(|(tp, c)| c.map(|c| (tp, c)))
+                        .collect();
                     for tp in parts {
                         self.offsets.forget(&tp);
-                        self.assigned.add(tp);
+                        let c = from.get(&tp).copied();
+                        self.assigned.add(tp, c);
                     }
                     self.txn_metadata = consumer.context().assignment_metadata();
                     self.metrics.set_ready(true);
@@ -990,6 +1041,7 @@ pub async fn run<P: Processor>(
         rewound: FxHashSet::default(),
     };
     metrics.set_ready(true);
+    metrics.beat();
     let mut tick = tokio::time::interval(cfg.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outputs = Vec::with_capacity(8);
@@ -1006,17 +1058,21 @@ pub async fn run<P: Processor>(
                 }
                 st.flush().await?;
                 st.processor.report(&metrics);
+                metrics.beat();
             }
             msg = next_message(consumer, &mut recv_errors) => {
                 st.handle_rebalance().await?;
-                if !st.assigned.contains(msg.topic(), msg.partition()) {
-                    // Revoked since it was fetched: its new owner processes it.
-                    continue;
-                }
                 if !st.rewound.is_empty()
                     && st.rewound.contains(&(msg.topic().to_owned(), msg.partition()))
                 {
-                    // Fetched before its partition was moved to the rebuilt offset.
+                    // Fetched before its partition was moved to the rebuilt offset (fetched
+                    // again after the seek). Checked before the floor, which it must not move.
+                    continue;
+                }
+                if !st.assigned.admit(msg.topic(), msg.partition(), msg.offset()) {
+                    // Revoked since it was fetched (its new owner processes it), or below the
+                    // offset the state was rebuilt to (already applied; see `Assignment`).
+                    st.metrics.skipped_below_floor.inc();
                     continue;
                 }
                 match st.records_in.get(msg.topic()) {
@@ -1036,6 +1092,7 @@ pub async fn run<P: Processor>(
                 if st.emitter.pending() >= cfg.max_in_flight {
                     st.flush().await?;
                 }
+                metrics.beat();
             }
         }
     }
@@ -1044,4 +1101,29 @@ pub async fn run<P: Processor>(
     st.processor.report(&metrics);
     tracing::info!("flushed and committed; stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Assignment;
+
+    #[test]
+    fn a_partition_never_processes_below_its_floor() {
+        let mut a = Assignment::default();
+        a.add(("SZ".into(), 0), Some(100));
+        a.add(("SZ".into(), 1), None);
+        // librdkafka started at the older commit 90: 90..99 are in the rebuilt state.
+        assert!((90..100).all(|o| !a.admit("SZ", 0, o)));
+        assert!(a.admit("SZ", 0, 100));
+        // A record fetched again (prefetched before a revoke) is not applied twice.
+        assert!(!a.admit("SZ", 0, 100));
+        assert!(a.admit("SZ", 0, 101));
+        assert!(a.admit("SZ", 1, 0) && a.admit("SZ", 1, 5));
+        assert!(!a.admit("SZ", 2, 0) && !a.admit("FA", 0, 200));
+        a.remove(&("SZ".into(), 0));
+        assert!(!a.admit("SZ", 0, 500));
+        // Assigned again later: the new floor.
+        a.add(("SZ".into(), 0), Some(400));
+        assert!(!a.admit("SZ", 0, 399) && a.admit("SZ", 0, 400));
+    }
 }

@@ -15,7 +15,7 @@ use crate::dlq::{self, dead_letter};
 use crate::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pipeline::{Output, PipelineError, Processor, TopicPartition};
-use crate::rebuild::{self, Request};
+use crate::rebuild::{self, RebuildConfig, Request};
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -28,7 +28,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{ClientConfig, Message};
 use rustc_hash::FxHashMap;
 use sensorflow_core::config::Topics;
-use sensorflow_core::input::{self, Reject};
+use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::join::{
     Applied, InputKind, JoinConfig, JoinEvent, JoinInput, PartitionJoin, SzSource, Trigger,
 };
@@ -201,9 +201,10 @@ pub struct JoinProcessor {
     topics: Topics,
     framing: Framing,
     rebuild: ClientConfig,
-    rebuild_timeout: Duration,
+    rebuild_cfg: RebuildConfig,
     lookback_ms: i64,
     metrics: Metrics,
+    reading_bounds: ReadingBounds,
 }
 
 impl JoinProcessor {
@@ -214,6 +215,9 @@ impl JoinProcessor {
     pub fn new(args: &JoinArgs, metrics: Metrics, jm: JoinMetrics) -> anyhow::Result<Self> {
         let cfg = args.join_config();
         cfg.validate().map_err(anyhow::Error::msg)?;
+        metrics
+            .liveness
+            .set_timeout(Duration::from_millis(args.common.liveness_timeout_ms));
         let model_cfg = match args.model.as_str() {
             "random" => ModelConfig::Random {
                 seed: args.model_seed,
@@ -248,18 +252,23 @@ impl JoinProcessor {
             topics,
             framing: args.framing.framing(),
             rebuild: rebuild_config(&args.kafka, &args.group_id),
-            rebuild_timeout: Duration::from_millis(args.common.rebuild_timeout_ms),
+            rebuild_cfg: super::window::rebuild_config_of(&args.common),
             lookback_ms: args.rebuild_lookback_ms.max(
                 cfg.max_staleness_ms
                     .saturating_mul(2)
                     .saturating_add(cfg.grace_ms),
             ),
             metrics,
+            reading_bounds: args.common.reading_bounds(),
         })
     }
 
-    /// Decodes a record into a join input and the ingest time it carries.
-    fn decode<M: Message>(&self, msg: &M) -> Result<(JoinInput, i64), Reject> {
+    /// Decodes a record into a join input and the ingest time it carries, checked against the
+    /// reading bounds at wall-clock time `now_ms`: SX/SY readings by event time and value,
+    /// features by event time (a feature dated far ahead would otherwise pin its input's
+    /// offsets for ever as a triple that never completes). Dead-letter reasons `future`,
+    /// `too-old`, `out-of-range`.
+    fn decode<M: Message>(&self, msg: &M, now_ms: i64) -> Result<(JoinInput, i64), Reject> {
         let which = *self
             .inputs
             .get(msg.topic())
@@ -272,6 +281,7 @@ impl JoinProcessor {
                     Sensor::Sy
                 };
                 let r = input::decode_reading(&self.framing, msg.payload(), sensor)?;
+                self.reading_bounds.check(&r, now_ms)?;
                 let value = input::categorical(r.value)?;
                 let event_time_ms = r.event_time_ms;
                 let ji = if which == InputKind::Sx {
@@ -294,6 +304,7 @@ impl JoinProcessor {
                     _ => FeatureKind::Fd,
                 };
                 let f = input::decode_feature(&self.framing, msg.payload(), fk)?;
+                self.reading_bounds.check_time(f.event_time_ms, now_ms)?;
                 Ok((
                     JoinInput::Feature {
                         kind,
@@ -574,10 +585,17 @@ impl Processor for JoinProcessor {
             .map(|s| (*s).to_owned())
             .collect();
         let lookback = self.lookback_ms;
-        let records = rebuild::read_back_from(
-            &self.rebuild,
+        // Each partition's five inputs are merged by event time as they stream in (each input
+        // in offset order: the repeat filter relies on it); records are applied at once, so
+        // memory holds the join state and a bounded queue per input, never the whole lookback.
+        let mut states = std::mem::take(&mut self.states);
+        let mut sink = Vec::new();
+        let this = &*self;
+        let result = rebuild::replay(
+            &this.rebuild,
             &requests,
-            self.rebuild_timeout,
+            &inputs,
+            &this.rebuild_cfg,
             |last, (_, p)| {
                 inputs
                     .iter()
@@ -585,39 +603,26 @@ impl Processor for JoinProcessor {
                     .min()
                     .map_or(0, |ts| ts.saturating_sub(lookback))
             },
-        )?;
-        // Per partition, merge the five topics by timestamp (then topic order, offset).
-        let order = |t: &str| inputs.iter().position(|x| x == t).unwrap_or(9);
-        let mut by_partition: FxHashMap<i32, Vec<_>> = FxHashMap::default();
-        for ((t, p), msgs) in records {
-            let o = order(&t);
-            for m in msgs {
-                by_partition.entry(p).or_default().push((
-                    m.timestamp().to_millis().unwrap_or(0),
-                    o,
-                    m,
-                ));
-            }
-        }
-        let mut n = 0u64;
-        let mut sink = Vec::new();
-        for (p, mut msgs) in by_partition {
-            msgs.sort_by_key(|(ts, o, m)| (*ts, *o, m.offset()));
-            let mut state = PartitionJoin::new(self.cfg, now);
-            for (_, _, m) in &msgs {
-                let Ok(client) = input::client_id(m.key()) else {
-                    continue;
-                };
-                if let Ok((ji, ingest)) = self.decode(m) {
-                    // State only: the outcomes of these records were produced before the commit.
-                    state.apply(client, ji, m.offset(), ingest, true, now, &mut sink);
-                    n += 1;
-                }
-            }
-            sink.clear();
-            self.states.insert(p, state);
-        }
-        self.metrics.rebuilt_records.inc_by(n);
+            &this.metrics.rebuild_hook(),
+            |m| {
+                let client = input::client_id(m.key()).ok()?;
+                let (ji, ingest) = this.decode(m, now).ok()?;
+                Some((ji.event_time_ms(), (client.to_owned(), ji, ingest)))
+            },
+            |(_, p), offset, (client, ji, ingest)| {
+                let state = states
+                    .entry(*p)
+                    .or_insert_with(|| PartitionJoin::new(this.cfg, now));
+                // State only: the outcomes of these records were produced before the commit.
+                state.apply(&client, ji, offset, ingest, true, now, &mut sink);
+                sink.clear();
+            },
+        );
+        self.states = states;
+        let summary = result?;
+        self.metrics
+            .rebuilt_partitions
+            .inc_by(summary.partitions as u64);
         Ok(())
     }
 
@@ -639,7 +644,8 @@ impl Processor for JoinProcessor {
                 return Ok(());
             }
         };
-        let (ji, ingest) = match self.decode(msg) {
+        let now = crate::now_ms();
+        let (ji, ingest) = match self.decode(msg, now) {
             Ok(x) => x,
             Err(r) => {
                 self.reject(msg, &r, out);

@@ -28,9 +28,21 @@ pub struct CommonArgs {
     /// Flush outputs and commit offsets at least this often, ms.
     #[arg(long, env = "SF_COMMIT_INTERVAL_MS", default_value_t = 200)]
     pub commit_interval_ms: u64,
-    /// How long rebuilding state on partition assignment may take per phase, ms.
+    /// How long rebuilding state on partition assignment may go without progress (no record
+    /// read, no partition finished) before it fails, ms. Not a total deadline: a rebuild that
+    /// keeps reading runs as long as it needs.
     #[arg(long, env = "SF_REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
+    /// Largest number of records one state rebuild may re-read; past it the rebuild fails
+    /// loudly (log, `sensorflow_rebuild_failures_total{reason="limit"}`) rather than build a
+    /// partial state. 0: unlimited (memory stays bounded either way: records are streamed).
+    #[arg(long, env = "SF_REBUILD_MAX_RECORDS", default_value_t = 0)]
+    pub rebuild_max_records: u64,
+    /// `/health` fails (the liveness probe restarts the pod) when the consume loop has not
+    /// advanced for this long, ms: no record processed, no flush tick, no rebuild progress, no
+    /// transaction committed. 0: `/health` never fails.
+    #[arg(long, env = "SF_LIVENESS_TIMEOUT_MS", default_value_t = 120_000)]
+    pub liveness_timeout_ms: u64,
     /// Exactly-once: commit outputs and consumed offsets atomically in Kafka transactions
     /// (KIP-98/KIP-447: needs a broker with transactions, Apache Kafka >= 2.5).
     /// Default: at-least-once with exact repeats.

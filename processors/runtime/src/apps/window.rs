@@ -5,7 +5,7 @@ use crate::dlq::dead_letter;
 use crate::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pipeline::{Output, PipelineError, Processor, TopicPartition};
-use crate::rebuild::{self, Request};
+use crate::rebuild::{self, RebuildConfig, Request};
 use clap::Parser;
 use prost::Message as _;
 use rdkafka::ClientConfig;
@@ -86,7 +86,7 @@ pub struct WindowProcessor {
     topics: Topics,
     framing: Framing,
     rebuild: ClientConfig,
-    rebuild_timeout: Duration,
+    rebuild_cfg: RebuildConfig,
     metrics: Metrics,
     pb: Vec<u8>,
     bounds: ReadingBounds,
@@ -95,6 +95,9 @@ pub struct WindowProcessor {
 impl WindowProcessor {
     /// A processor with empty state.
     pub fn new(args: &WindowArgs, metrics: Metrics) -> Self {
+        metrics
+            .liveness
+            .set_timeout(Duration::from_millis(args.common.liveness_timeout_ms));
         Self {
             engine: WindowEngine::new(WindowConfig {
                 size_ms: args.window_size_ms,
@@ -109,7 +112,7 @@ impl WindowProcessor {
             topics: args.topics.topics(),
             framing: args.framing.framing(),
             rebuild: rebuild_config(&args.kafka, &args.group_id),
-            rebuild_timeout: Duration::from_millis(args.common.rebuild_timeout_ms),
+            rebuild_cfg: rebuild_config_of(&args.common),
             metrics,
             pb: Vec::with_capacity(64),
             bounds: args.common.reading_bounds(),
@@ -156,38 +159,41 @@ impl Processor for WindowProcessor {
         for ((_, p), _) in committed {
             self.engine.revoke(*p);
         }
-        let records = rebuild::read_back(
+        let lookback = cfg.size_ms.saturating_add(cfg.grace_ms.saturating_mul(2));
+        let (framing, bounds, now) = (&self.framing, self.bounds, crate::now_ms());
+        let engine = &mut self.engine;
+        let hook = self.metrics.rebuild_hook();
+        let summary = rebuild::replay(
             &self.rebuild,
             &requests,
-            cfg.size_ms + 2 * cfg.grace_ms,
-            self.rebuild_timeout,
-        )?;
-        let mut n = 0u64;
-        for ((_, p), msgs) in records {
-            for m in msgs {
-                let Ok(client) = input::client_id(m.key()) else {
-                    continue;
-                };
-                let Ok(r) = input::decode_reading(&self.framing, m.payload(), Sensor::Sz) else {
-                    continue;
-                };
+            &[],
+            &self.rebuild_cfg,
+            |last, k| last.get(k).map_or(0, |t| t.saturating_sub(lookback)),
+            &hook,
+            |m| {
+                let client = input::client_id(m.key()).ok()?;
+                let r = input::decode_reading(framing, m.payload(), Sensor::Sz).ok()?;
                 // Dead-lettered when first seen; never part of the state.
-                if self.bounds.check(&r, crate::now_ms()).is_err() {
-                    continue;
-                }
+                bounds.check(&r, now).ok()?;
+                Some((
+                    r.event_time_ms,
+                    (
+                        client.to_owned(),
+                        Reading {
+                            t: r.event_time_ms,
+                            v: r.value,
+                        },
+                    ),
+                ))
+            },
+            |(_, p), _, (client, reading)| {
                 // Replayed into state only: these outputs were emitted before the commit.
-                let _ = self.engine.process(
-                    p,
-                    client,
-                    Reading {
-                        t: r.event_time_ms,
-                        v: r.value,
-                    },
-                );
-                n += 1;
-            }
-        }
-        self.metrics.rebuilt_records.inc_by(n);
+                let _ = engine.process(*p, &client, reading);
+            },
+        )?;
+        self.metrics
+            .rebuilt_partitions
+            .inc_by(summary.partitions as u64);
         Ok(())
     }
 
@@ -286,6 +292,15 @@ impl Processor for WindowProcessor {
         metrics.window_readings.set(s.readings as i64);
         metrics.window_clients.set(s.clients as i64);
         metrics.window_bytes.set(s.reading_heap_bytes as i64);
+    }
+}
+
+/// The rebuild settings of the common flags.
+pub fn rebuild_config_of(common: &CommonArgs) -> RebuildConfig {
+    RebuildConfig {
+        stall_timeout: Duration::from_millis(common.rebuild_timeout_ms),
+        max_records: (common.rebuild_max_records > 0).then_some(common.rebuild_max_records),
+        ..RebuildConfig::default()
     }
 }
 

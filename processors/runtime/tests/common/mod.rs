@@ -105,13 +105,25 @@ pub fn spawn(
     extra_env: &[(&str, &str)],
     args: &[&str],
 ) -> Proc {
+    spawn_as(bin, t, group, "", extra_env, args)
+}
+
+/// Like [`spawn`], logging to `<tmp>/<group><tag><bin>.log` (several members of one group).
+pub fn spawn_as(
+    bin: &str,
+    t: &TopicArgs,
+    group: &str,
+    tag: &str,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> Proc {
     let path = match bin {
         "window-processor" => env!("CARGO_BIN_EXE_window-processor"),
         "join-predict" => env!("CARGO_BIN_EXE_join-predict"),
         "replay" => env!("CARGO_BIN_EXE_replay"),
         other => panic!("unknown binary {other}"),
     };
-    let log = std::env::temp_dir().join(format!("{}{bin}.log", group));
+    let log = std::env::temp_dir().join(format!("{group}{tag}{bin}.log"));
     let mut cmd = Command::new(path);
     cmd.args(args)
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap())
