@@ -125,7 +125,7 @@ if [ "$run_e2e" = 1 ]; then
   if grep -q '^e2e: skipped' "$work/e2e.log"; then
     # A suite that did not run is not a pass: counted as a failure (use --skip-e2e to leave
     # it out on purpose on a machine that cannot run a kubelet).
-    suites+=("FAILED  end to end: skipped ($(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //'))")
+    suites+=("FAILED  end to end: skipped $(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //')")
     failed=$((failed + 1))
   else
     count_summary e2e "$work/e2e.log"
