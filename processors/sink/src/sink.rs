@@ -10,17 +10,21 @@
 //!          ─► decode ─► rows (or dead-letter topic with the reason)
 //!          ─► full (records/bytes/memory)? ─► seal: queue the upload
 //!   then, bounded per turn: for each queued file, while the turn's budget lasts:
-//!     poll first if the last poll is older than the keep-alive interval
-//!     still assigned (no revoke, assignment not lost)? else drop it
-//!     await dead letters ─► encode ─► create-only upload (retried; "exists" = stored)
+//!     records fetched meanwhile move on if the last poll is older than the keep-alive
+//!     await dead letters ─► encode
+//!     ─► poll (handling what it returns) until the last poll is younger than the keep-alive
+//!     ─► still assigned (no revoke, assignment not lost)? else drop it
+//!     ─► create-only upload (retried; "exists" = stored)
 //!   then commit the ledger offsets (a refused commit is retried with backoff)
 //! ```
 //!
 //! **Why the bounds.** A consumer that does not poll for `max.poll.interval.ms` leaves its
 //! group and a new owner re-reads its partitions from the last commit, while the old one may
 //! still be uploading: the same records would be stored twice under other names. So no store
-//! operation starts more than `max.poll.interval.ms / 10` after a poll, one operation with its
-//! retries is cut off at 7/10 of the interval, and a file is uploaded only while its
+//! operation starts more than `max.poll.interval.ms / 10` after a poll (a listing runs right
+//! after the poll that returned its record; an upload polls first if the last poll is older,
+//! so two slow operations never run back to back), one operation with its retries is cut off
+//! at 7/10 of the interval, and a file is uploaded only while its
 //! partition is still assigned ([`rdkafka::consumer::Consumer::assignment_lost`] and the
 //! revokes seen by the last poll). A rebalance waits for every member to rejoin, and a member
 //! rejoins only when it polls, so the new owner cannot start before the old one stopped
@@ -726,22 +730,67 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Uploads the oldest sealed file, if its partition is still assigned (else drops it):
-    /// dead letters acknowledged, object encoded and created, ledger updated. Nothing is
-    /// committed here.
-    async fn upload_next(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+    /// dead letters acknowledged, object encoded, then — right before the upload starts —
+    /// a poll if the last one is older than the keep-alive interval, the assignment checked,
+    /// and the object created. Nothing is committed here.
+    ///
+    /// The poll comes after the encoding and right before the store operation, so that no
+    /// upload starts more than the keep-alive interval after a poll, whatever came before it
+    /// (a listing for a record of a new hour, a long encode): two slow store operations back
+    /// to back without a poll could exceed `max.poll.interval.ms`, get this member evicted
+    /// while its upload is in flight, and let the next owner store the same offsets again.
+    /// `stopping`: records polled now are left for the next run instead of being handled.
+    async fn upload_next(
+        &mut self,
+        consumer: &LoopConsumer,
+        stopping: bool,
+    ) -> Result<(), SinkError> {
         let Some(front) = self.queue.front() else {
             return Ok(());
         };
-        let (topic, partition) = (front.topic.clone(), front.partition);
-        if !self.owns(consumer, &topic, partition) {
-            // `owns` dropped the partition's queued files; drop this one if it is still here.
-            if self
-                .queue
-                .front()
-                .is_some_and(|f| f.topic == topic && f.partition == partition)
-            {
-                self.drop_partition(&topic, partition, "revoked");
+        let key = (
+            front.topic.clone(),
+            front.partition,
+            front.first,
+            front.last,
+        );
+        let (topic, partition) = (key.0.clone(), key.1);
+        let name = self
+            .cfg
+            .layout
+            .object(&topic, partition, front.bucket, front.first, front.last);
+        let url = self.store.url(&name);
+        // Dead letters of this range must be durable before the object exists: recovery skips
+        // every offset an object's range covers.
+        self.emitter.await_deliveries().await?;
+        let encoded = match self.queue.front().and_then(|f| f.batch.as_ref()) {
+            Some(batch) => {
+                let meta = [
+                    ("sensorflow.topic", key.0.clone()),
+                    ("sensorflow.partition", key.1.to_string()),
+                    ("sensorflow.first_offset", key.2.to_string()),
+                    ("sensorflow.last_offset", key.3.to_string()),
+                ];
+                let bytes =
+                    encode(batch, &self.cfg.encode, &meta).map_err(|source| SinkError::Encode {
+                        object: url.clone(),
+                        source,
+                    })?;
+                Some((batch.num_rows() as u64, bytes))
             }
+            None => None,
+        };
+        self.poll_if_stale(consumer, stopping).await?;
+        let owned = self.owns(consumer, &topic, partition);
+        let still_first = self.queue.front().is_some_and(|f| {
+            (f.topic.as_str(), f.partition, f.first, f.last) == (&key.0[..], key.1, key.2, key.3)
+        });
+        if !still_first {
+            // Its partition was revoked or lost during the poll: `drop_partition` dropped it.
+            return Ok(());
+        }
+        if !owned {
+            self.drop_partition(&topic, partition, "revoked");
             self.update_gauges();
             return Ok(());
         }
@@ -749,28 +798,8 @@ impl<S: ObjectStore> Sink<S> {
             return Ok(());
         };
         self.queued -= f.bytes_in;
-        let name = self
-            .cfg
-            .layout
-            .object(&f.topic, f.partition, f.bucket, f.first, f.last);
-        let url = self.store.url(&name);
-        // Dead letters of this range must be durable before the object exists: recovery skips
-        // every offset an object's range covers.
-        self.emitter.await_deliveries().await?;
-        if let Some(batch) = &f.batch {
-            let rows = batch.num_rows() as u64;
+        if let Some((rows, bytes)) = encoded {
             let started = Instant::now();
-            let meta = [
-                ("sensorflow.topic", f.topic.clone()),
-                ("sensorflow.partition", f.partition.to_string()),
-                ("sensorflow.first_offset", f.first.to_string()),
-                ("sensorflow.last_offset", f.last.to_string()),
-            ];
-            let bytes =
-                encode(batch, &self.cfg.encode, &meta).map_err(|source| SinkError::Encode {
-                    object: url.clone(),
-                    source,
-                })?;
             let size = bytes.len() as u64;
             let (attempts, created) = self.put_with_retry(&name, Bytes::from(bytes)).await?;
             let label = TopicLabel {
@@ -822,6 +851,33 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
+    /// Polls until the last poll is younger than the keep-alive interval (usually once):
+    /// a record a poll returns is handled at once (when `stopping`, left for the next run), so
+    /// a poll that brings a record of a new hour, whose listing takes long, is followed by
+    /// another poll. Records are handled even above the memory budget: one per poll, and only
+    /// when the last poll is old.
+    async fn poll_if_stale(
+        &mut self,
+        consumer: &LoopConsumer,
+        stopping: bool,
+    ) -> Result<(), SinkError> {
+        while self.last_poll.elapsed() >= self.cfg.keepalive() {
+            if stopping {
+                self.poll_once(consumer).await;
+                continue;
+            }
+            let polled = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
+            self.last_poll = Instant::now();
+            self.handle_rebalance(consumer);
+            match polled {
+                Ok(Ok(msg)) => self.process(&msg).await?,
+                Ok(Err(e)) => tracing::warn!(error = %e, "consume error"),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Handles records the consumer has fetched already (no waiting), up to a batch, while
     /// the memory budget allows: with uploads queued, a turn then still moves the input on
     /// by more than one record.
@@ -852,7 +908,9 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Uploads queued files until the queue is empty or this turn's budget (the keep-alive
-    /// interval) is spent; before each upload, polls if the last poll is older than that.
+    /// interval) is spent; before each upload, records fetched meanwhile move on if the last
+    /// poll is older than that (and `upload_next` polls again right before the store
+    /// operation if handling them took that long).
     async fn upload_some(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
         let turn = Instant::now();
         let every = self.cfg.keepalive();
@@ -860,7 +918,7 @@ impl<S: ObjectStore> Sink<S> {
             if self.last_poll.elapsed() >= every {
                 self.take_fetched(consumer).await?;
             }
-            self.upload_next(consumer).await?;
+            self.upload_next(consumer, false).await?;
         }
         Ok(())
     }
@@ -1015,10 +1073,7 @@ impl<S: ObjectStore> Sink<S> {
             self.seal(&t, p, b, Reason::Shutdown)?;
         }
         while !self.queue.is_empty() {
-            if self.last_poll.elapsed() >= self.cfg.keepalive() {
-                self.poll_once(consumer).await;
-            }
-            self.upload_next(consumer).await?;
+            self.upload_next(consumer, true).await?;
         }
         let mut attempts = 0u32;
         loop {

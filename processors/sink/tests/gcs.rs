@@ -3,9 +3,9 @@
 //! `SENSORFLOW_TEST_BOOTSTRAP`, `SF_TEST_GCS_ENDPOINT`, `SF_TEST_GCS_BUCKET`.
 //!
 //! Faults are injected around the real components, never instead of them: a store wrapper
-//! that delays uploads (a slow GCS), one that lets another writer create the object first (a
-//! fenced writer racing the sink), and a hook that refuses the first offset commits before
-//! the real commit reaches the broker.
+//! that delays uploads and listings (a slow GCS), one that lets another writer create the
+//! object first (a fenced writer racing the sink), and a hook that refuses the first offset
+//! commits before the real commit reaches the broker.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -501,6 +501,53 @@ async fn restart_after_upload_before_commit_skips_the_stored_offsets() {
     assert_eq!(stored(&pfx).await.0, names);
 }
 
+/// A store whose uploads and listings take `delay` each (a slow or distant GCS), in front of
+/// the real one.
+struct SlowStore<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S: ObjectStore> ObjectStore for SlowStore<S> {
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.put(name, data).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.list(prefix).await
+    }
+    fn url(&self, name: &str) -> String {
+        self.inner.url(name)
+    }
+}
+
+/// Per partition and hour directory, the objects' offset ranges must not overlap (each
+/// record of a partition is in one object, and an object's range holds every record of its
+/// hour in that range).
+fn assert_no_overlap(names: &[String]) {
+    let mut ranges: BTreeMap<(String, i32, String), Vec<(i64, i64, &str)>> = BTreeMap::new();
+    for n in names {
+        let o = parse_object(n).unwrap();
+        let dir = n.rsplit_once('/').unwrap().0.to_owned();
+        ranges
+            .entry((o.topic, o.partition, dir))
+            .or_default()
+            .push((o.first_offset, o.last_offset, n));
+    }
+    for (key, mut r) in ranges {
+        r.sort();
+        for w in r.windows(2) {
+            assert!(
+                w[0].1 < w[1].0,
+                "{key:?}: overlapping objects {} and {}",
+                w[0].2,
+                w[1].2
+            );
+        }
+    }
+}
+
 /// Offsets committed by `group` for `topic`'s partitions `0..partitions` (-1 when none).
 fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let mut cfg = kafka();
@@ -517,6 +564,169 @@ fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
             _ => -1,
         })
         .collect()
+}
+
+/// Produces `hours` phases of readings: phase `h` writes `per` records of event hour `h` to
+/// each of `partitions` partitions, one record per partition every 20 ms, waiting for every
+/// ack; phase `h` starts `every * h` after the call. Returns the records per partition.
+async fn produce_hours(topic: &str, partitions: i32, per: i64, hours: i64, every: Duration) -> i64 {
+    let p: FutureProducer = KafkaArgs::plain(&bootstrap())
+        .producer_config("sink-test")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    for h in 0..hours {
+        tokio::time::sleep((every * h as u32).saturating_sub(start.elapsed())).await;
+        for i in 0..per {
+            let ts = BASE + h * HOUR + i * 1000;
+            let (key, value) = reading(&format!("c{}", i % 4), ts, (h * per + i) as f64);
+            let mut futs = Vec::new();
+            for part in 0..partitions {
+                let r = FutureRecord::to(topic)
+                    .partition(part)
+                    .payload(&value)
+                    .key(key.as_deref().unwrap())
+                    .timestamp(ts);
+                futs.push(p.send_result(r).unwrap());
+            }
+            for f in futs {
+                f.await.unwrap().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    per * hours
+}
+
+/// Two sink members of one group, `max.poll.interval.ms` 6 s (keep-alive 0.6 s, one store
+/// operation cut off at 4.2 s). Member B uploads through the plain store; member A through a
+/// store that takes 3.4 s per listing and per upload, and it holds three of the six
+/// partitions, so each new event hour brings three listings in a row. Two such operations
+/// back to back without a poll (a listing for a record fetched just before an upload) is
+/// 6.8 s between polls: the broker evicts A while its upload is in flight, B takes A's
+/// partitions, lists before A's object lands, and stores the same offsets again in other
+/// objects. Required: A polls between any two store operations (so it is never evicted,
+/// and it stores its share at its store's pace), every record is stored exactly once (no
+/// overlapping ranges, no gap), both members end cleanly, and the group commits the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn a_store_slower_than_the_poll_interval_allows_keeps_one_copy_of_every_record() {
+    sensorflow_runtime::telemetry::init_with_filter(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        sensorflow_runtime::telemetry::LogFormat::Text,
+    );
+    use tracing::Instrument as _;
+    const PARTS: i32 = 6;
+    let pfx = prefix("evict");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, PARTS).await;
+    let group = format!("{pfx}sink");
+    let a = args(
+        &t,
+        &group,
+        &pfx,
+        &[
+            "--max-records=1000",
+            "--max-age-seconds=1",
+            "--max-open-hours=2",
+            "-X",
+            "max.poll.interval.ms=6000",
+            "-X",
+            "session.timeout.ms=6000",
+        ],
+    );
+    let (sma, smb) = (SinkMetrics::default(), SinkMetrics::default());
+    let (mxa, mxb) = (
+        Metrics::new_with(|r| sma.register(r)),
+        Metrics::new_with(|r| smb.register(r)),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let (per, hours) = (40, 2);
+    let total = (per * hours) as u64 * PARTS as u64;
+    let feed = async {
+        // Both members are in the group before the first record.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        produce_hours(&t.topic_sz, PARTS, per, hours, Duration::from_secs(16)).await
+    };
+    let watch = async {
+        // Until every record is stored and the group committed them all (or 75 s pass).
+        while started.elapsed() < Duration::from_secs(75) {
+            let rows = metric(&mxa.encode(), "sensorflow_sink_rows_total")
+                + metric(&mxb.encode(), "sensorflow_sink_rows_total");
+            if rows >= total
+                && committed(&group, &t.topic_sz, PARTS)
+                    .iter()
+                    .all(|o| *o == per * hours)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // An evicted member's late uploads would land now.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        shutdown.cancel();
+    };
+    let first = run_with(&a, gcs().await, mxb.clone(), smb.clone(), shutdown.clone())
+        .instrument(tracing::info_span!("B"));
+    let second = async {
+        // The slow member joins second and takes half of the partitions.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let slow = SlowStore {
+            inner: gcs().await,
+            delay: Duration::from_millis(3400),
+        };
+        run_with(&a, slow, mxa.clone(), sma.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("A"))
+            .await
+    };
+    let (rb, ra, (), per_part) = tokio::join!(first, second, watch, feed);
+    let sink_lines = |m: &Metrics| {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("sensorflow_sink_") && !l.contains("_bucket{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eprintln!(
+        "evict: {:?}; A {ra:?}; B {rb:?}\nA:\n{}\nB:\n{}",
+        started.elapsed(),
+        sink_lines(&mxa),
+        sink_lines(&mxb)
+    );
+    let (ra, rb) = (
+        ra.expect("slow member A failed"),
+        rb.expect("member B failed"),
+    );
+    let (names, rows) = stored(&pfx).await;
+    assert_no_overlap(&names);
+    let dups: Vec<_> = rows.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} records stored twice, e.g. {:?}",
+        dups.len(),
+        dups.first()
+    );
+    for p in 0..PARTS {
+        let offsets: Vec<i64> = rows.keys().filter(|k| k.0 == p).map(|k| k.1).collect();
+        assert_eq!(
+            offsets,
+            (0..per_part).collect::<Vec<_>>(),
+            "partition {p}: a gap"
+        );
+    }
+    assert_eq!(rows.len() as u64, total, "every record stored");
+    assert_eq!(ra.rows_written + rb.rows_written, total, "rows written");
+    assert!(
+        ra.rows_written > 0 && ra.files_written > 0,
+        "the slow member stored nothing: {ra:?}"
+    );
+    assert_eq!(committed(&group, &t.topic_sz, PARTS), vec![per_part; 6]);
+    let lost = metric(
+        &mxa.encode(),
+        "sensorflow_sink_dropped_files_total{reason=\"lost\"}",
+    );
+    assert_eq!(lost, 0, "the slow member was evicted (no poll within 6 s)");
 }
 
 /// A store where another writer creates each object first, with the same bytes, just before
