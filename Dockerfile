@@ -25,6 +25,7 @@ RUN apt-get update \
 WORKDIR /src
 # Only what cargo reads: changes to charts, tests or docs do not invalidate the build.
 COPY Cargo.toml Cargo.lock ./
+COPY api api
 COPY operator operator
 COPY processors processors
 # The target directory is a cache mount, so the binaries are copied out in the same step.

@@ -789,7 +789,7 @@ def summary_text(rep) -> str:
         lines.append(f"{kind + ' bins 0-9':<26}{' '.join(str(c) for c in counts)}")
     for role in ("dead-letter", "late"):
         v = d[role]
-        txt = "not archived" if v is None else (", ".join(f"{r['reason']} ({r['source_topic']}) {r['rows']}" for r in v) or "none")
+        txt = "none in the archive (no object of that topic)" if v is None else (", ".join(f"{r['reason']} ({r['source_topic']}) {r['rows']}" for r in v) or "none")
         lines.append(f"{role + ' by reason':<26}{txt}")
     if lat["n"]:
         lines.append(f"{'end-to-end latency':<26}p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms ({lat['n']} predictions)")

@@ -68,7 +68,7 @@ if [ "$run_core" = 1 ]; then
   SENSORFLOW_TEST_BOOTSTRAP="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
   export SENSORFLOW_TEST_BOOTSTRAP SENSORFLOW_TEST_SASL_ENV="$broker_dir/sasl.env"
   set +e
-  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --no-fail-fast -p sensorflow-runtime --test broker --test exactly_once --test secured --test determinism \
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --no-fail-fast -p sensorflow-runtime --test broker --test exactly_once --test secured --test determinism --test poison --test rebalance --test rebuild --test liveness \
     -- --ignored --test-threads=2 2>&1 | tee "$work/broker.log"
   st=${PIPESTATUS[0]}
   set -e
@@ -125,7 +125,7 @@ if [ "$run_e2e" = 1 ]; then
   if grep -q '^e2e: skipped' "$work/e2e.log"; then
     # A suite that did not run is not a pass: counted as a failure (use --skip-e2e to leave
     # it out on purpose on a machine that cannot run a kubelet).
-    suites+=("FAILED  end to end: skipped ($(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //'))")
+    suites+=("FAILED  end to end: skipped $(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //')")
     failed=$((failed + 1))
   else
     count_summary e2e "$work/e2e.log"

@@ -27,9 +27,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{
-    DeliveryGuarantee, LogFormat, ModelKind, PullPolicy, SecurityProtocol, WatermarkScope,
+use sensorflow_api::env;
+use sensorflow_api::settings::{
+    CommonSettings, Env, JoinSettings, KafkaSettings, SinkSettings, WindowSettings,
 };
+
+use crate::crd::DeliveryGuarantee;
 use crate::validate::Validated;
 
 /// Label with the pipeline name on every owned object.
@@ -81,10 +84,6 @@ impl Stage {
 pub fn deployment_name(pipeline: &str, stage: Stage) -> String {
     format!("{pipeline}-{}", stage.as_str())
 }
-
-/// Environment variable of window-processor and join-predict that switches on Kafka
-/// transactions (`--exactly-once` in `processors/runtime/src/apps/mod.rs`).
-pub const EXACTLY_ONCE_ENV: &str = "SF_EXACTLY_ONCE";
 
 /// `resourceVersion` of every Secret the spec references, by Secret name (read in the
 /// dereference step; a changed version rolls the Deployments that use the Secret).
@@ -141,132 +140,98 @@ fn meta(
     }
 }
 
-fn range(r: &crate::crd::BinRange) -> String {
-    format!("{},{}", r.lo, r.hi)
+/// Settings every processor shares, from the validated pipeline.
+pub fn common_settings(v: &Validated) -> CommonSettings {
+    let s = &v.spec;
+    let security = s.kafka.security.as_ref();
+    CommonSettings {
+        kafka: KafkaSettings {
+            bootstrap_servers: s.kafka.bootstrap_servers.clone(),
+            security_protocol: security.map(|sec| sec.protocol),
+            sasl_mechanism: security.and_then(|sec| sec.sasl_mechanism),
+            ssl_ca_location: security
+                .and_then(|sec| sec.ca_secret.as_ref())
+                .map(|ca| format!("{KAFKA_CA_DIR}/{}", ca.key)),
+        },
+        topics: v.topics.clone(),
+        metrics_addr: format!("0.0.0.0:{METRICS_PORT}"),
+        log_format: s.processors.log_format,
+        log_filter: s.processors.log_level.clone(),
+    }
 }
 
-/// Environment shared by every processor.
-pub fn common_env(v: &Validated) -> BTreeMap<String, String> {
-    let s = &v.spec;
-    let mut env = BTreeMap::new();
-    env.insert(
-        "KAFKA_BOOTSTRAP_SERVERS".into(),
-        s.kafka.bootstrap_servers.clone(),
-    );
-    if let Some(sec) = &s.kafka.security {
-        let protocol = match sec.protocol {
-            SecurityProtocol::Plaintext => "PLAINTEXT",
-            SecurityProtocol::Ssl => "SSL",
-            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
-            SecurityProtocol::SaslSsl => "SASL_SSL",
-        };
-        env.insert("KAFKA_SECURITY_PROTOCOL".into(), protocol.into());
-        if let Some(m) = sec.sasl_mechanism {
-            let m = match m {
-                crate::crd::SaslMechanism::Plain => "PLAIN",
-                crate::crd::SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-                crate::crd::SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-            };
-            env.insert("KAFKA_SASL_MECHANISM".into(), m.into());
-        }
-        if let Some(ca) = &sec.ca_secret {
-            env.insert(
-                "KAFKA_SSL_CA_LOCATION".into(),
-                format!("{KAFKA_CA_DIR}/{}", ca.key),
-            );
-        }
-    }
-    for (suffix, topic) in v.topics.all() {
-        env.insert(format!("SF_TOPIC_{suffix}"), topic.to_owned());
-    }
-    env.insert("SF_METRICS_ADDR".into(), format!("0.0.0.0:{METRICS_PORT}"));
-    let format = match s.processors.log_format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
-    };
-    env.insert("SF_LOG_FORMAT".into(), format.into());
-    env.insert("RUST_LOG".into(), s.processors.log_level.clone());
-    env
+fn exactly_once(v: &Validated) -> bool {
+    v.spec.processors.delivery_guarantee == DeliveryGuarantee::ExactlyOnce
 }
 
-/// Environment of one stage (on top of [`common_env`]).
-pub fn stage_env(v: &Validated, stage: Stage) -> BTreeMap<String, String> {
-    let s = &v.spec;
-    let mut env = BTreeMap::new();
-    if matches!(stage, Stage::Window | Stage::Join) {
-        let on = s.processors.delivery_guarantee == DeliveryGuarantee::ExactlyOnce;
-        env.insert(EXACTLY_ONCE_ENV.into(), on.to_string());
+/// window-processor settings of the validated pipeline.
+pub fn window_settings(v: &Validated) -> WindowSettings {
+    let w = &v.spec.window;
+    WindowSettings {
+        group_id: v.window_group(),
+        exactly_once: exactly_once(v),
+        size_ms: w.size_ms,
+        grace_ms: w.grace_ms,
+        watermark_scope: w.watermark_scope,
+        fa_range: w.fa_range,
+        fi_range: w.fi_range,
+        fd_range: w.fd_range,
     }
+}
+
+/// join-predict settings of the validated pipeline.
+pub fn join_settings(v: &Validated) -> JoinSettings {
+    let m = &v.spec.model;
+    JoinSettings {
+        group_id: v.join_group(),
+        exactly_once: exactly_once(v),
+        model: m.kind,
+        weights: m.weights.clone(),
+        bias: m.bias,
+        threshold: m.threshold,
+        seed: m.seed,
+    }
+}
+
+/// gcs-sink settings of the validated pipeline; `None` without `spec.sink`.
+pub fn sink_settings(v: &Validated) -> Option<SinkSettings> {
+    let sink = v.spec.sink.as_ref()?;
+    Some(SinkSettings {
+        group_id: v.sink_group(),
+        bucket: sink.bucket.clone(),
+        prefix: sink
+            .prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}/", v.name)),
+        topics: sink
+            .topics
+            .iter()
+            .map(|r| v.topics.get(*r).to_owned())
+            .collect(),
+        max_records: sink.rotation.max_records,
+        max_bytes: sink.rotation.max_bytes,
+        max_age_seconds: sink.rotation.max_age_seconds,
+        endpoint: sink.endpoint.clone(),
+        credentials: sink
+            .credentials_secret
+            .as_ref()
+            .map(|c| format!("{GCS_CREDENTIALS_DIR}/{}", c.key)),
+    })
+}
+
+/// Environment shared by every processor ([`CommonSettings::env`]).
+pub fn common_env(v: &Validated) -> Env {
+    common_settings(v).env()
+}
+
+/// Environment of one stage, on top of [`common_env`] ([`WindowSettings::env`],
+/// [`JoinSettings::env`], [`SinkSettings::env`]; empty for the sink without `spec.sink`).
+pub fn stage_env(v: &Validated, stage: Stage) -> Env {
     match stage {
-        Stage::Window => {
-            let w = &s.window;
-            env.insert("SF_GROUP_ID".into(), v.window_group());
-            env.insert("SF_WINDOW_SIZE_MS".into(), w.size_ms.to_string());
-            env.insert("SF_GRACE_MS".into(), w.grace_ms.to_string());
-            let scope = match w.watermark_scope {
-                WatermarkScope::Partition => "partition",
-                WatermarkScope::Client => "client",
-            };
-            env.insert("SF_WATERMARK_SCOPE".into(), scope.into());
-            env.insert("SF_FA_RANGE".into(), range(&w.fa_range));
-            env.insert("SF_FI_RANGE".into(), range(&w.fi_range));
-            env.insert("SF_FD_RANGE".into(), range(&w.fd_range));
-        }
-        Stage::Join => {
-            let m = &s.model;
-            env.insert("SF_GROUP_ID".into(), v.join_group());
-            let kind = match m.kind {
-                ModelKind::Logistic => "logistic",
-                ModelKind::Random => "random",
-            };
-            env.insert("SF_MODEL".into(), kind.into());
-            if let Some(w) = &m.weights {
-                let w: Vec<String> = w.iter().map(f64::to_string).collect();
-                env.insert("SF_MODEL_WEIGHTS".into(), w.join(","));
-            }
-            if let Some(b) = m.bias {
-                env.insert("SF_MODEL_BIAS".into(), b.to_string());
-            }
-            env.insert("SF_THRESHOLD".into(), m.threshold.to_string());
-            if let Some(seed) = m.seed {
-                env.insert("SF_MODEL_SEED".into(), seed.to_string());
-            }
-        }
-        Stage::Sink => {
-            if let Some(sink) = &s.sink {
-                env.insert("SF_GROUP_ID".into(), v.sink_group());
-                env.insert("SF_SINK_BUCKET".into(), sink.bucket.clone());
-                let prefix = sink
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/", v.name));
-                env.insert("SF_SINK_PREFIX".into(), prefix);
-                let topics: Vec<&str> = sink.topics.iter().map(|r| v.topics.by_role(*r)).collect();
-                env.insert("SF_SINK_TOPICS".into(), topics.join(","));
-                env.insert(
-                    "SF_SINK_MAX_RECORDS".into(),
-                    sink.rotation.max_records.to_string(),
-                );
-                env.insert(
-                    "SF_SINK_MAX_BYTES".into(),
-                    sink.rotation.max_bytes.to_string(),
-                );
-                env.insert(
-                    "SF_SINK_MAX_AGE_SECONDS".into(),
-                    sink.rotation.max_age_seconds.to_string(),
-                );
-                if let Some(e) = &sink.endpoint {
-                    env.insert("SF_SINK_ENDPOINT".into(), e.clone());
-                }
-                if let Some(c) = &sink.credentials_secret {
-                    let path = format!("{GCS_CREDENTIALS_DIR}/{}", c.key);
-                    env.insert("SF_SINK_CREDENTIALS".into(), path.clone());
-                    env.insert("GOOGLE_APPLICATION_CREDENTIALS".into(), path);
-                }
-            }
-        }
+        Stage::Window => window_settings(v).env(),
+        Stage::Join => join_settings(v).env(),
+        Stage::Sink => sink_settings(v).map(|s| s.env()).unwrap_or_default(),
     }
-    env
 }
 
 /// Hex SHA-256 (first 16 bytes) over the given maps and extra strings, in order.
@@ -339,7 +304,7 @@ fn deployment(
     }
     .or_else(|| p.resources.clone());
 
-    let mut env = Vec::new();
+    let mut secret_env_vars = Vec::new();
     let mut volumes = vec![Volume {
         name: "tmp".into(),
         empty_dir: Some(Default::default()),
@@ -354,8 +319,16 @@ fn deployment(
     let version = |name: &str| secrets.get(name).map_or("", String::as_str).to_owned();
     if let Some(sec) = &s.kafka.security {
         if let Some(c) = &sec.credentials_secret {
-            env.push(secret_env("KAFKA_SASL_USERNAME", &c.name, &c.username_key));
-            env.push(secret_env("KAFKA_SASL_PASSWORD", &c.name, &c.password_key));
+            secret_env_vars.push(secret_env(
+                env::KAFKA_SASL_USERNAME,
+                &c.name,
+                &c.username_key,
+            ));
+            secret_env_vars.push(secret_env(
+                env::KAFKA_SASL_PASSWORD,
+                &c.name,
+                &c.password_key,
+            ));
             extra.push(format!(
                 "sasl:{}:{}:{}@{}",
                 c.name,
@@ -388,11 +361,7 @@ fn deployment(
         ("app.kubernetes.io/instance".to_owned(), v.name.clone()),
         (COMPONENT_LABEL.to_owned(), component.to_owned()),
     ]);
-    let pull = match p.image_pull_policy {
-        PullPolicy::Always => "Always",
-        PullPolicy::IfNotPresent => "IfNotPresent",
-        PullPolicy::Never => "Never",
-    };
+    let pull = p.image_pull_policy.as_str();
 
     let container = Container {
         name: stage.binary().to_owned(),
@@ -411,7 +380,7 @@ fn deployment(
                 })
                 .collect(),
         ),
-        env: if env.is_empty() { None } else { Some(env) },
+        env: (!secret_env_vars.is_empty()).then_some(secret_env_vars),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: METRICS_PORT,
@@ -601,7 +570,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{KafkaSecurity, SensorPipelineSpec, SinkSpec, SinkTopic};
+    use crate::crd::{KafkaSecurity, SecurityProtocol, SensorPipelineSpec, SinkSpec, SinkTopic};
     use crate::validate::validate;
 
     use crate::validate::tests::spec;

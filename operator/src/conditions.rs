@@ -26,6 +26,45 @@ pub enum TopicsOutcome {
     SecretUnavailable(String),
 }
 
+impl TopicsOutcome {
+    /// The `TopicsReady` reason of this outcome (CamelCase) and its message.
+    pub fn reason(&self) -> (&'static str, String) {
+        match self {
+            TopicsOutcome::Unknown => ("NotChecked", "topics not checked yet".to_owned()),
+            TopicsOutcome::Ready => (
+                "TopicsReady",
+                "all topics exist with the desired partitions".to_owned(),
+            ),
+            TopicsOutcome::BrokerUnavailable(m) => ("BrokerUnavailable", m.clone()),
+            TopicsOutcome::DecreaseRefused(m) => ("PartitionDecreaseRefused", m.clone()),
+            TopicsOutcome::IncreasePending(m) => ("PartitionIncreasePending", m.clone()),
+            TopicsOutcome::NotCoPartitioned(m) => ("NotCoPartitioned", m.clone()),
+            TopicsOutcome::IncreaseFailed(m) => ("PartitionIncreaseFailed", m.clone()),
+            TopicsOutcome::SecretUnavailable(m) => ("SecretUnavailable", m.clone()),
+        }
+    }
+
+    /// Whether the outcome is a problem (everything but `Ready` and `Unknown`): it makes
+    /// `Degraded=True` and raises a Warning Event.
+    pub fn is_problem(&self) -> bool {
+        !matches!(self, TopicsOutcome::Ready | TopicsOutcome::Unknown)
+    }
+}
+
+impl From<crate::kafka::TopicCheck> for TopicsOutcome {
+    fn from(c: crate::kafka::TopicCheck) -> Self {
+        use crate::kafka::TopicCheck;
+        match c {
+            TopicCheck::Ready => TopicsOutcome::Ready,
+            TopicCheck::BrokerRefused(m) => TopicsOutcome::BrokerUnavailable(m),
+            TopicCheck::DecreaseRefused(m) => TopicsOutcome::DecreaseRefused(m),
+            TopicCheck::IncreasePending(m) => TopicsOutcome::IncreasePending(m),
+            TopicCheck::NotCoPartitioned(m) => TopicsOutcome::NotCoPartitioned(m),
+            TopicCheck::IncreaseFailed(m) => TopicsOutcome::IncreaseFailed(m),
+        }
+    }
+}
+
 /// Replicas of one Deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
@@ -54,18 +93,65 @@ pub struct Observations {
     pub scaling: Vec<String>,
 }
 
-/// Condition types, in the order they are written.
-pub const CONDITION_TYPES: [&str; 6] = [
-    "Ready",
-    "TopicsReady",
-    "ProcessorsReady",
-    "SinkReady",
-    "Scaling",
-    "Degraded",
-];
+/// The condition types of `status.conditions`, in the order they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConditionType {
+    /// Topics, processors and (when configured) the sink are ready.
+    Ready,
+    /// Every topic exists with the desired partition count, join inputs co-partitioned.
+    TopicsReady,
+    /// window-processor and join-predict have all replicas ready.
+    ProcessorsReady,
+    /// gcs-sink has all replicas ready (or no sink is configured).
+    SinkReady,
+    /// The planner changed or is holding back a replica count this round.
+    Scaling,
+    /// Something needs attention (invalid spec, a topic problem).
+    Degraded,
+}
 
-fn cond(type_: &str, ok: bool, reason: &str, message: String) -> (String, bool, String, String) {
-    (type_.to_owned(), ok, reason.to_owned(), message)
+impl ConditionType {
+    /// Every type, in the order they are written.
+    pub const ALL: [ConditionType; 6] = [
+        ConditionType::Ready,
+        ConditionType::TopicsReady,
+        ConditionType::ProcessorsReady,
+        ConditionType::SinkReady,
+        ConditionType::Scaling,
+        ConditionType::Degraded,
+    ];
+
+    /// The `type` string in `status.conditions`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::TopicsReady => "TopicsReady",
+            ConditionType::ProcessorsReady => "ProcessorsReady",
+            ConditionType::SinkReady => "SinkReady",
+            ConditionType::Scaling => "Scaling",
+            ConditionType::Degraded => "Degraded",
+        }
+    }
+
+    /// The condition of this type in `conditions`, if present.
+    pub fn find(self, conditions: &[Condition]) -> Option<&Condition> {
+        conditions.iter().find(|c| c.type_ == self.as_str())
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn cond(
+    type_: ConditionType,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> (ConditionType, bool, String, String) {
+    (type_, ok, reason.to_owned(), message)
 }
 
 fn replicas_ready(name: &str, r: Option<Replicas>) -> (bool, String) {
@@ -88,20 +174,8 @@ pub fn compute_conditions(
 ) -> (Vec<Condition>, String) {
     let mut raw = Vec::new();
 
-    let (topics_ok, topics_reason, topics_msg) = match &obs.topics {
-        TopicsOutcome::Unknown => (false, "NotChecked", "topics not checked yet".to_owned()),
-        TopicsOutcome::Ready => (
-            true,
-            "TopicsReady",
-            "all topics exist with the desired partitions".to_owned(),
-        ),
-        TopicsOutcome::BrokerUnavailable(m) => (false, "BrokerUnavailable", m.clone()),
-        TopicsOutcome::DecreaseRefused(m) => (false, "PartitionDecreaseRefused", m.clone()),
-        TopicsOutcome::IncreasePending(m) => (false, "PartitionIncreasePending", m.clone()),
-        TopicsOutcome::NotCoPartitioned(m) => (false, "NotCoPartitioned", m.clone()),
-        TopicsOutcome::IncreaseFailed(m) => (false, "PartitionIncreaseFailed", m.clone()),
-        TopicsOutcome::SecretUnavailable(m) => (false, "SecretUnavailable", m.clone()),
-    };
+    let topics_ok = obs.topics == TopicsOutcome::Ready;
+    let (topics_reason, topics_msg) = obs.topics.reason();
 
     let (w_ok, w_msg) = replicas_ready("window-processor", obs.window);
     let (j_ok, j_msg) = replicas_ready("join-predict", obs.join);
@@ -131,7 +205,7 @@ pub fn compute_conditions(
 
     let degraded_reason = if obs.invalid.is_some() {
         Some(("InvalidSpec", obs.invalid.clone().unwrap_or_default()))
-    } else if !matches!(obs.topics, TopicsOutcome::Ready | TopicsOutcome::Unknown) {
+    } else if obs.topics.is_problem() {
         Some((topics_reason, topics_msg.clone()))
     } else {
         None
@@ -153,38 +227,53 @@ pub fn compute_conditions(
         )
     };
 
-    raw.push(cond("Ready", ready, ready_reason, ready_msg));
+    raw.push(cond(ConditionType::Ready, ready, ready_reason, ready_msg));
     if obs.invalid.is_some() {
         raw.push(cond(
-            "TopicsReady",
+            ConditionType::TopicsReady,
             false,
             "InvalidSpec",
             "spec is invalid".into(),
         ));
     } else {
-        raw.push(cond("TopicsReady", topics_ok, topics_reason, topics_msg));
+        raw.push(cond(
+            ConditionType::TopicsReady,
+            topics_ok,
+            topics_reason,
+            topics_msg,
+        ));
     }
     raw.push(cond(
-        "ProcessorsReady",
+        ConditionType::ProcessorsReady,
         procs_ok,
         procs_reason,
         format!("{w_msg}; {j_msg}"),
     ));
-    raw.push(cond("SinkReady", sink_ok, sink_reason, sink_msg));
+    raw.push(cond(
+        ConditionType::SinkReady,
+        sink_ok,
+        sink_reason,
+        sink_msg,
+    ));
     raw.push(if obs.scaling.is_empty() {
         cond(
-            "Scaling",
+            ConditionType::Scaling,
             false,
             "Steady",
             "replica counts match the plan".into(),
         )
     } else {
-        cond("Scaling", true, "Rescaling", obs.scaling.join("; "))
+        cond(
+            ConditionType::Scaling,
+            true,
+            "Rescaling",
+            obs.scaling.join("; "),
+        )
     });
     raw.push(match degraded_reason {
-        Some((reason, msg)) => cond("Degraded", true, reason, msg),
+        Some((reason, msg)) => cond(ConditionType::Degraded, true, reason, msg),
         None => cond(
-            "Degraded",
+            ConditionType::Degraded,
             false,
             "AsExpected",
             "no problem detected".into(),
@@ -195,12 +284,12 @@ pub fn compute_conditions(
         .into_iter()
         .map(|(type_, ok, reason, message)| {
             let status = if ok { "True" } else { "False" }.to_owned();
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
+            let last_transition_time = type_
+                .find(previous)
+                .filter(|c| c.status == status)
                 .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
             Condition {
-                type_,
+                type_: type_.to_string(),
                 status,
                 reason,
                 message,
@@ -212,7 +301,7 @@ pub fn compute_conditions(
 
     let phase = if obs.invalid.is_some() {
         "Invalid"
-    } else if degraded_reason_is_set(obs) {
+    } else if obs.topics.is_problem() {
         "Degraded"
     } else if ready {
         "Running"
@@ -220,10 +309,6 @@ pub fn compute_conditions(
         "Pending"
     };
     (conditions, phase.to_owned())
-}
-
-fn degraded_reason_is_set(obs: &Observations) -> bool {
-    !matches!(obs.topics, TopicsOutcome::Ready | TopicsOutcome::Unknown)
 }
 
 #[cfg(test)]
@@ -251,6 +336,13 @@ mod tests {
 
     fn get<'a>(c: &'a [Condition], t: &str) -> &'a Condition {
         c.iter().find(|c| c.type_ == t).expect("condition present")
+    }
+
+    #[test]
+    fn conditions_are_written_in_the_enum_order() {
+        let (c, _) = compute_conditions(&ready_obs(), &[], "T1");
+        let types: Vec<&str> = c.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ConditionType::ALL.map(ConditionType::as_str));
     }
 
     #[test]

@@ -8,15 +8,18 @@
 //!                                    metrics (/metrics /health /ready), leader (Lease)
 //! ```
 
+/// The CRD types live in the `sensorflow-api` crate, shared with the processors.
+pub use sensorflow_api::crd;
+
+/// Topics and lag on the broker: the runtime's admin module, shared with the processors' tools.
+pub use sensorflow_runtime::admin as kafka;
+
 pub mod build;
 pub mod conditions;
 pub mod controller;
-pub mod crd;
-pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
-pub mod telemetry;
 pub mod validate;
 
 pub use crd::{SensorPipeline, SensorPipelineSpec, SensorPipelineStatus};

@@ -10,7 +10,7 @@ use kube::runtime::events::Reporter;
 use sensorflow_operator::controller::{self, Context, Scope, Settings};
 use sensorflow_operator::leader::{self, LeaseConfig, Observer};
 use sensorflow_operator::metrics::{self, Metrics};
-use sensorflow_operator::telemetry;
+use sensorflow_runtime::{shutdown, telemetry};
 use tracing::{error, info};
 
 /// Command line; every flag can also be set through the environment variable shown.
@@ -82,25 +82,17 @@ struct Args {
     identity: Option<String>,
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(&args.log, args.log_json);
+    let format = if args.log_json {
+        telemetry::LogFormat::Json
+    } else {
+        telemetry::LogFormat::Text
+    };
+    telemetry::init_with_filter(&args.log, format);
+    // SIGTERM / Ctrl-C: the first stops the controller gracefully, a second exits at once.
+    let shutdown = shutdown::on_signal();
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -143,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let leadership = if args.leader_election {
         let held = tokio::select! {
             l = leader::acquire(&client, &lease, &mut observer) => l,
-            () = shutdown_signal() => { info!("stopped before leading"); return Ok(()); }
+            () = shutdown.cancelled() => { info!("stopped before leading"); return Ok(()); }
         };
         metrics.leader.set(1);
         Some(held)
@@ -182,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.cancelled().await;
         info!("shutting down");
         let _ = done_tx.send(true);
     });

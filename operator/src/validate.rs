@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::crd::{
-    BinRange, ModelKind, ScalingMode, SecurityProtocol, SensorPipelineSpec, SinkTopic, StageSpec,
+    BinRange, ModelKind, ScalingMode, SecurityProtocol, SensorPipelineSpec, StageSpec,
 };
 
 /// Longest pipeline name: `<name>-metrics` must stay a valid 63-character Service name.
@@ -31,76 +31,8 @@ impl fmt::Display for ValidationErrors {
 
 impl std::error::Error for ValidationErrors {}
 
-/// Resolved topic names of one pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicNames {
-    /// SX readings.
-    pub sx: String,
-    /// SY readings.
-    pub sy: String,
-    /// SZ readings.
-    pub sz: String,
-    /// FA features.
-    pub fa: String,
-    /// FI features.
-    pub fi: String,
-    /// FD features.
-    pub fd: String,
-    /// Predictions.
-    pub predictions: String,
-    /// Dead letters.
-    pub dead_letter: String,
-    /// Late records.
-    pub late: String,
-}
-
-impl TopicNames {
-    /// All nine topics in a fixed order, each with its environment variable suffix.
-    pub fn all(&self) -> [(&'static str, &str); 9] {
-        [
-            ("SX", &self.sx),
-            ("SY", &self.sy),
-            ("SZ", &self.sz),
-            ("FA", &self.fa),
-            ("FI", &self.fi),
-            ("FD", &self.fd),
-            ("PREDICTIONS", &self.predictions),
-            ("DLQ", &self.dead_letter),
-            ("LATE", &self.late),
-        ]
-    }
-
-    /// Input topics of window-processor (lag is summed over these).
-    pub fn window_inputs(&self) -> Vec<String> {
-        vec![self.sz.clone()]
-    }
-
-    /// Input topics of join-predict; they must be co-partitioned.
-    pub fn join_inputs(&self) -> Vec<String> {
-        vec![
-            self.sx.clone(),
-            self.sy.clone(),
-            self.fa.clone(),
-            self.fi.clone(),
-            self.fd.clone(),
-        ]
-    }
-
-    /// The topic of a sink role.
-    pub fn by_role(&self, role: SinkTopic) -> &str {
-        match role {
-            SinkTopic::Sx => &self.sx,
-            SinkTopic::Sy => &self.sy,
-            SinkTopic::Sz => &self.sz,
-            SinkTopic::Fa => &self.fa,
-            SinkTopic::Fi => &self.fi,
-            SinkTopic::Fd => &self.fd,
-            SinkTopic::Predictions => &self.predictions,
-            SinkTopic::DeadLetter => &self.dead_letter,
-            SinkTopic::Late => &self.late,
-        }
-    }
-}
+/// Resolved topic names of one pipeline (defined with the topic roles in `sensorflow-api`).
+pub use sensorflow_api::TopicNames;
 
 /// A spec that passed [`validate`], with name-derived defaults resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,12 +62,6 @@ impl Validated {
     pub fn planner_enabled(&self) -> bool {
         self.spec.processors.scaling_mode == ScalingMode::Planner
     }
-}
-
-fn derive(name: &str, explicit: &Option<String>, suffix: &str) -> String {
-    explicit
-        .clone()
-        .unwrap_or_else(|| format!("{name}.{suffix}"))
 }
 
 fn check_range(errs: &mut Vec<String>, field: &str, r: &BinRange) {
@@ -231,19 +157,9 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
     }
 
     let t = &spec.topics;
-    let topics = TopicNames {
-        sx: derive(name, &t.sx, "sx"),
-        sy: derive(name, &t.sy, "sy"),
-        sz: derive(name, &t.sz, "sz"),
-        fa: derive(name, &t.fa, "fa"),
-        fi: derive(name, &t.fi, "fi"),
-        fd: derive(name, &t.fd, "fd"),
-        predictions: derive(name, &t.predictions, "predictions"),
-        dead_letter: derive(name, &t.dead_letter, "dead-letter"),
-        late: derive(name, &t.late, "late"),
-    };
+    let topics = TopicNames::for_pipeline(name, t);
     let mut seen = BTreeSet::new();
-    for (_, topic) in topics.all() {
+    for topic in topics.all() {
         if !seen.insert(topic) {
             errs.push(format!("topics: '{topic}' is used for more than one role"));
         }
@@ -307,7 +223,7 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
         let mut roles = BTreeSet::new();
         for role in &sink.topics {
             if !roles.insert(*role) {
-                errs.push(format!("sink.topics: {role:?} listed twice"));
+                errs.push(format!("sink.topics: {role} listed twice"));
             }
         }
         if sink.prefix.as_deref().is_some_and(|p| p.starts_with('/')) {
@@ -339,7 +255,7 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crd::{KafkaSpec, SinkSpec};
+    use crate::crd::{KafkaSpec, SinkSpec, SinkTopic};
     use proptest::prelude::*;
 
     pub(crate) fn spec() -> SensorPipelineSpec {

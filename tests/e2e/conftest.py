@@ -211,23 +211,64 @@ def replay(pipeline, *args, wait=True):
 
 
 # --- diagnostics on failure -----------------------------------------------------------------
+def diagnostics(name):
+    """Writes the cluster's state to WORK/logs/NAME (objects, descriptions, events, every pod's
+    log and, for restarted containers, the previous container's log) and prints a summary:
+    pods, the namespace's recent events, and the tail of each unready or restarted pod's logs
+    (a crash loop's reason is in the previous container's log)."""
+    d = os.path.join(WORK, "logs", name)
+    os.makedirs(d, exist_ok=True)
+    for fname, cmd in {
+        "get-all.txt": ["get", "all,sp,cm,lease", "-A", "-o", "wide"],
+        "events.txt": ["get", "events", "-A", "--sort-by", ".lastTimestamp"],
+        "describe-sp.txt": ["describe", "sp", "-n", NS],
+        "describe-pods.txt": ["describe", "pods", "-A"],
+    }.items():
+        with open(os.path.join(d, fname), "w") as f:
+            f.write(run([KUBECTL, *cmd], check=False, timeout=60).stdout)
+    summary = [run([KUBECTL, "get", "pods", "-A", "-o", "wide"], check=False, timeout=60).stdout]
+    events = run([KUBECTL, "get", "events", "-n", NS, "--sort-by", ".lastTimestamp"], check=False, timeout=60).stdout
+    summary.append("events in " + NS + " (last 25):\n" + "\n".join(events.splitlines()[-25:]))
+    for ns in (NS, OP_NS):
+        p = run([KUBECTL, "get", "pods", "-n", ns, "-o", "json"], check=False, timeout=60)
+        try:
+            pods = json.loads(p.stdout)["items"]
+        except ValueError:
+            continue
+        for pod in pods:
+            name_ = pod["metadata"]["name"]
+            statuses = pod.get("status", {}).get("containerStatuses", []) or []
+            restarted = any(c.get("restartCount", 0) > 0 for c in statuses)
+            unready = not all(c.get("ready") for c in statuses) or not statuses
+            logs = run([KUBECTL, "logs", "-n", ns, name_, "--all-containers", "--tail", "2000"],
+                       check=False, timeout=60).stdout
+            with open(os.path.join(d, f"{ns}-{name_}.log"), "w") as f:
+                f.write(logs)
+            prev = ""
+            if restarted:
+                prev = run([KUBECTL, "logs", "-n", ns, name_, "--all-containers", "--previous", "--tail", "400"],
+                           check=False, timeout=60).stdout
+                with open(os.path.join(d, f"{ns}-{name_}.previous.log"), "w") as f:
+                    f.write(prev)
+            # Warnings and errors (aborted transactions, refused commits, rebuilds) of every pod.
+            warn = [ln[:400] for ln in logs.splitlines() if '"level":"WARN"' in ln or '"level":"ERROR"' in ln]
+            if warn:
+                summary.append(f"{ns}/{name_}: {len(warn)} WARN/ERROR lines, the last ones:\n" + "\n".join(warn[-8:]))
+            if restarted or unready:
+                # Rebalance lines list hundreds of partitions: cut long lines.
+                tail = [ln[:400] for ln in (prev or logs).splitlines()[-12:]]
+                summary.append(f"{ns}/{name_} ({'previous container' if prev else 'log'}, last lines):\n"
+                               + "\n".join(tail))
+    log(f"diagnostics in {d}:\n" + "\n\n".join(summary))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.when != "call" or not rep.failed:
         return
-    d = os.path.join(WORK, "logs", item.name)
-    os.makedirs(d, exist_ok=True)
-    for name, cmd in {
-        "get-all.txt": ["get", "all,sp,cm,lease,events", "-A", "-o", "wide"],
-        "describe-sp.txt": ["describe", "sp", "-n", NS],
-        "describe-pods.txt": ["describe", "pods", "-A"],
-    }.items():
-        with open(os.path.join(d, name), "w") as f:
-            f.write(run([KUBECTL, *cmd], check=False).stdout)
-    for ns in (NS, OP_NS):
-        for pod in run([KUBECTL, "get", "pods", "-n", ns, "-o", "name"], check=False).stdout.split():
-            with open(os.path.join(d, f"{ns}-{pod.split('/')[-1]}.log"), "w") as f:
-                f.write(run([KUBECTL, "logs", "-n", ns, pod, "--all-containers", "--tail", "400"], check=False).stdout)
-    log(f"diagnostics of {item.name} in {d}")
+    try:
+        diagnostics(item.name)
+    except Exception as e:  # noqa: BLE001 - diagnostics must never hide the failure itself
+        log(f"collecting diagnostics failed: {e!r}")

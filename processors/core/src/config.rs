@@ -1,71 +1,8 @@
-//! Defaults shared by the processors, the replay tool and the operator.
+//! Defaults of the window features. Topic roles, their default names and the processors'
+//! environment variables are in the `sensorflow-api` crate (shared with the operator).
 
 use crate::binning::BinRange;
 use serde::{Deserialize, Serialize};
-
-/// Topic names of one pipeline. Defaults: `SX SY SZ FA FI FD predictions dead-letter late`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Topics {
-    /// Categorical sensor X readings.
-    pub sx: String,
-    /// Categorical sensor Y readings.
-    pub sy: String,
-    /// Continuous sensor Z readings.
-    pub sz: String,
-    /// Window mean features.
-    pub fa: String,
-    /// Window integral features.
-    pub fi: String,
-    /// Window derivative features.
-    pub fd: String,
-    /// Model predictions.
-    pub predictions: String,
-    /// Malformed or unprocessable records, with the reason in headers.
-    pub dead_letter: String,
-    /// Readings older than the watermark (reason `late`).
-    pub late: String,
-}
-
-impl Default for Topics {
-    fn default() -> Self {
-        Self {
-            sx: "SX".into(),
-            sy: "SY".into(),
-            sz: "SZ".into(),
-            fa: "FA".into(),
-            fi: "FI".into(),
-            fd: "FD".into(),
-            predictions: "predictions".into(),
-            dead_letter: "dead-letter".into(),
-            late: "late".into(),
-        }
-    }
-}
-
-impl Topics {
-    /// All nine topics, inputs first.
-    pub fn all(&self) -> [&str; 9] {
-        [
-            &self.sx,
-            &self.sy,
-            &self.sz,
-            &self.fa,
-            &self.fi,
-            &self.fd,
-            &self.predictions,
-            &self.dead_letter,
-            &self.late,
-        ]
-    }
-
-    /// The join's five co-partitioned inputs: SX, SY, FA, FI, FD.
-    pub fn join_inputs(&self) -> [&str; 5] {
-        [&self.sx, &self.sy, &self.fa, &self.fi, &self.fd]
-    }
-}
-
-/// Default partitions per topic.
-pub const DEFAULT_PARTITIONS: i32 = 100;
 
 /// Binning ranges of the three features.
 ///

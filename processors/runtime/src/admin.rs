@@ -1,13 +1,33 @@
-//! Topic administration and consumer-group lag, with the Kafka AdminClient and metadata APIs.
+//! Topic administration and consumer-group lag for every binary: the processors' tools (topic
+//! creation for the demo, the bench and the tests; message counts; lag) and the operator
+//! (a pipeline's topics with partition checks, topic deletion, per-stage lag).
+//!
+//! ```text
+//!   ensure_pipeline_topics: Metadata ──▶ plan_topics (pure): create / raise / refuse
+//!                           ──▶ CreateTopics, CreatePartitions ──▶ Metadata again (verify)
+//!                           ──▶ check_co_partitioning (pure) ──▶ TopicReport
+//!   ensure_topics:          CreateTopics (existing kept) ──▶ wait for metadata ──▶ same count?
+//!   lag (one definition):   OffsetFetch(group) + ListOffsets(latest, earliest)
+//!                           ──▶ Σ max(0, high − max(committed, low)), low when never committed
+//! ```
+//!
+//! rdkafka's metadata and offset calls block: the async functions run them on
+//! `spawn_blocking`; the `*_blocking`-style functions ([`partition_counts`], [`group_lag`],
+//! [`message_count`]) are for callers that already are on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use std::time::Duration;
+
+/// Timeout of one broker request.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Admin failures.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +35,7 @@ pub enum AdminError {
     /// The broker call failed.
     #[error("{what}: {source}")]
     Kafka {
-        /// What was being done.
+        /// What was being done (with the bootstrap servers, group or topic concerned).
         what: String,
         /// Cause.
         source: KafkaError,
@@ -33,14 +53,19 @@ pub enum AdminError {
     /// A topic does not exist (or has a partition without a leader yet).
     #[error("topic {0} does not exist or has a partition without a leader")]
     Missing(String),
-    /// Creating a topic failed.
-    #[error("creating topic {topic} failed: {code:?}")]
-    Create {
+    /// The broker refused an operation on one topic.
+    #[error("{op} {topic}: {code}")]
+    Topic {
+        /// CreateTopics or DeleteTopics.
+        op: &'static str,
         /// Topic.
         topic: String,
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+    /// The blocking task panicked or was cancelled.
+    #[error("blocking kafka task: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> AdminError {
@@ -77,7 +102,13 @@ pub async fn ensure_topics(
             Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %t, "topic exists")
             }
-            Err((topic, code)) => return Err(AdminError::Create { topic, code }),
+            Err((topic, code)) => {
+                return Err(AdminError::Topic {
+                    op: "CreateTopics",
+                    topic,
+                    code,
+                });
+            }
         }
     }
     // CreateTopics returns once the controller created the topics; the broker's metadata
@@ -159,36 +190,495 @@ pub fn message_count(config: &ClientConfig, topic: &str) -> Result<i64, AdminErr
     Ok(total)
 }
 
-/// Lag of consumer group `group` over `topics`: Σ (high watermark − committed offset), with
-/// partitions the group never committed counted from the low watermark.
+/// Lag of consumer group `group` over every partition of `topics`: Σ (high watermark −
+/// committed offset), a partition the group never committed (or committed below the low
+/// watermark, its records deleted since) counted from the low watermark, never negative.
+/// Blocking.
 ///
 /// # Errors
 /// [`AdminError`] when metadata, watermarks or committed offsets cannot be read.
 pub fn group_lag(config: &ClientConfig, group: &str, topics: &[&str]) -> Result<i64, AdminError> {
-    let mut cfg = config.clone();
-    cfg.set("group.id", group)
-        .set("enable.auto.commit", "false");
-    let c: BaseConsumer = cfg.create().map_err(kafka("creating a lag client"))?;
     let counts = partition_counts(config, topics)?;
+    let partitions: BTreeMap<String, i32> = topics
+        .iter()
+        .zip(counts)
+        .map(|(t, n)| ((*t).to_owned(), n))
+        .collect();
+    let lag = lag_blocking(config, group, topics, &partitions)?;
+    Ok(i64::try_from(lag).unwrap_or(i64::MAX))
+}
+
+/// The one lag computation ([`group_lag`], [`stage_lag`]): `partitions` gives the partition
+/// count of each topic. A fresh client's offset queries get retriable errors from a broker
+/// for a moment (NotLeaderForPartition seen on Apache Kafka under load), so each query is
+/// retried four times, 250 ms apart.
+fn lag_blocking(
+    config: &ClientConfig,
+    group: &str,
+    topics: &[&str],
+    partitions: &BTreeMap<String, i32>,
+) -> Result<u64, AdminError> {
     let mut tpl = TopicPartitionList::new();
-    for (t, n) in topics.iter().zip(&counts) {
-        for p in 0..*n {
+    for t in topics {
+        for p in 0..partitions.get(*t).copied().unwrap_or(0) {
             tpl.add_partition(t, p);
         }
     }
-    let committed = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .map_err(kafka(format!("committed offsets of {group}")))?;
-    let mut lag = 0;
-    for e in committed.elements() {
-        let (lo, hi) = c
-            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-            .map_err(kafka("watermarks"))?;
-        let at = match e.offset() {
-            Offset::Offset(o) => o.max(lo),
-            _ => lo,
+    let mut cfg = config.clone();
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cfg
+        .create()
+        .map_err(kafka(format!("creating a lag client for group {group}")))?;
+    let err = || kafka(format!("offsets of group {group}"));
+    let retry = |f: &dyn Fn() -> Result<TopicPartitionList, AdminError>| {
+        let mut last = f();
+        for _ in 0..4 {
+            if last.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            last = f();
+        }
+        last
+    };
+    let committed = retry(&|| {
+        consumer
+            .committed_offsets(tpl.clone(), TIMEOUT)
+            .map_err(err())
+    })?;
+    let query = |spec: Offset| -> Result<TopicPartitionList, AdminError> {
+        let mut q = tpl.clone();
+        q.set_all_offsets(spec).map_err(err())?;
+        consumer.offsets_for_times(q, TIMEOUT).map_err(err())
+    };
+    let high = retry(&|| query(Offset::End))?;
+    let low = retry(&|| query(Offset::Beginning))?;
+    let offset_of = |list: &TopicPartitionList, t: &str, p: i32| -> Option<i64> {
+        list.find_partition(t, p)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0)
+    };
+    let mut lag: u64 = 0;
+    for e in tpl.elements() {
+        let (t, p) = (e.topic(), e.partition());
+        let Some(hi) = offset_of(&high, t, p) else {
+            continue;
         };
-        lag += (hi - at).max(0);
+        let lo = offset_of(&low, t, p).unwrap_or(0);
+        let from = offset_of(&committed, t, p).map_or(lo, |c| c.max(lo));
+        lag = lag.saturating_add(u64::try_from(hi - from).unwrap_or(0));
     }
     Ok(lag)
+}
+
+/// Connection settings of the operator's clients (credentials already read from Secrets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connection {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// `security.protocol`, when set.
+    pub protocol: Option<String>,
+    /// `sasl.mechanism`, when set.
+    pub sasl_mechanism: Option<String>,
+    /// SASL username and password.
+    pub sasl_credentials: Option<(String, String)>,
+    /// PEM CA bundle (`ssl.ca.pem`).
+    pub ca_pem: Option<String>,
+}
+
+impl Connection {
+    /// The client configuration (`client.id` `sensorflow-operator`, 10 s socket timeout).
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("socket.timeout.ms", "10000")
+            .set("client.id", "sensorflow-operator");
+        if let Some(p) = &self.protocol {
+            c.set("security.protocol", p);
+        }
+        if let Some(m) = &self.sasl_mechanism {
+            c.set("sasl.mechanism", m);
+        }
+        if let Some((u, p)) = &self.sasl_credentials {
+            c.set("sasl.username", u).set("sasl.password", p);
+        }
+        if let Some(ca) = &self.ca_pem {
+            c.set("ssl.ca.pem", ca);
+        }
+        c
+    }
+
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>, AdminError> {
+        self.config()
+            .create()
+            .map_err(kafka(format!("kafka client config for {}", self.bootstrap)))
+    }
+}
+
+/// Desired topic settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPlan {
+    /// Every topic of the pipeline.
+    pub topics: Vec<String>,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Replication factor of created topics.
+    pub replication_factor: i32,
+    /// Topic configs of created topics.
+    pub config: BTreeMap<String, String>,
+    /// Whether raising the partition count of existing topics is confirmed.
+    pub allow_increase: bool,
+    /// Topics that must share one partition count (join inputs).
+    pub co_partitioned: Vec<String>,
+}
+
+/// What [`ensure_topics`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReport {
+    /// Partition count per topic on the broker after the step.
+    pub partitions: BTreeMap<String, i32>,
+    /// Topics created in this step.
+    pub created: Vec<String>,
+    /// Topics whose partition count was raised: (topic, from, to).
+    pub increased: Vec<(String, i32, i32)>,
+    /// Overall outcome (the operator's `TopicsReady` condition).
+    pub outcome: TopicCheck,
+}
+
+/// What [`ensure_pipeline_topics`] concluded about a pipeline's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicCheck {
+    /// Every topic exists with the desired partition count and the join inputs are
+    /// co-partitioned.
+    Ready,
+    /// The broker refused a CreateTopics, or a topic is not visible after creation.
+    BrokerRefused(String),
+    /// The plan lowers partitions of an existing topic: refused (Kafka cannot remove partitions).
+    DecreaseRefused(String),
+    /// The plan raises partitions of existing topics without `allow_increase`.
+    IncreasePending(String),
+    /// The co-partitioned topics have different partition counts.
+    NotCoPartitioned(String),
+    /// The confirmed partition increase was refused by the broker.
+    IncreaseFailed(String),
+}
+
+/// Partition counts of `topics` (absent when the topic does not exist).
+async fn existing_partition_counts(
+    conn: &Connection,
+    topics: &[String],
+) -> Result<BTreeMap<String, i32>, AdminError> {
+    let conn = conn.clone();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let admin = conn.admin()?;
+        let md = admin
+            .inner()
+            .fetch_metadata(None, TIMEOUT)
+            .map_err(kafka(format!("metadata from {}", conn.bootstrap)))?;
+        let mut out = BTreeMap::new();
+        for t in md.topics() {
+            if topics.iter().any(|x| x == t.name()) && t.error().is_none() {
+                out.insert(
+                    t.name().to_owned(),
+                    i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
+                );
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+/// Pure: decides, from existing partition counts, what to create, what to raise and which
+/// outcome to report. Returns (to create, to raise as (topic, from, to), outcome).
+pub fn plan_topics(
+    plan: &TopicPlan,
+    existing: &BTreeMap<String, i32>,
+) -> (Vec<String>, Vec<(String, i32, i32)>, TopicCheck) {
+    let mut create = Vec::new();
+    let mut raise = Vec::new();
+    let mut decreases = Vec::new();
+    let mut pending = Vec::new();
+    for t in &plan.topics {
+        match existing.get(t) {
+            None => create.push(t.clone()),
+            Some(&n) if n > plan.partitions => decreases.push(format!(
+                "{t} has {n} partitions, spec asks {} (Kafka cannot remove partitions)",
+                plan.partitions
+            )),
+            Some(&n) if n < plan.partitions => {
+                if plan.allow_increase {
+                    raise.push((t.clone(), n, plan.partitions));
+                } else {
+                    pending.push(format!("{t}: {n} → {}", plan.partitions));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    let outcome = if !decreases.is_empty() {
+        TopicCheck::DecreaseRefused(decreases.join("; "))
+    } else if !pending.is_empty() {
+        TopicCheck::IncreasePending(format!(
+            "raising partitions breaks the key → partition mapping of windowed state; set topics.allowPartitionIncrease=true to confirm ({})",
+            pending.join(", ")
+        ))
+    } else {
+        TopicCheck::Ready
+    };
+    (create, raise, outcome)
+}
+
+/// Pure: the co-partitioning check over the join inputs.
+pub fn check_co_partitioning(plan: &TopicPlan, counts: &BTreeMap<String, i32>) -> Option<String> {
+    let seen: Vec<(&String, i32)> = plan
+        .co_partitioned
+        .iter()
+        .filter_map(|t| counts.get(t).map(|n| (t, *n)))
+        .collect();
+    let first = seen.first()?.1;
+    if seen.iter().all(|(_, n)| *n == first) {
+        None
+    } else {
+        let list: Vec<String> = seen.iter().map(|(t, n)| format!("{t}={n}")).collect();
+        Some(format!(
+            "join inputs must have the same partition count: {}",
+            list.join(", ")
+        ))
+    }
+}
+
+/// A pipeline's topics: creates missing topics, raises partition counts when confirmed, and
+/// verifies the result on the broker.
+///
+/// # Errors
+/// [`AdminError`] when the broker cannot be reached or refuses a CreateTopics; a partition
+/// decrease, an unconfirmed or refused increase, or a co-partitioning mismatch is reported in
+/// the outcome instead.
+pub async fn ensure_pipeline_topics(
+    conn: &Connection,
+    plan: &TopicPlan,
+) -> Result<TopicReport, AdminError> {
+    let existing = existing_partition_counts(conn, &plan.topics).await?;
+    let (create, raise, mut outcome) = plan_topics(plan, &existing);
+    let admin = conn.admin()?;
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let mut created = Vec::new();
+    if !create.is_empty() {
+        let new: Vec<NewTopic<'_>> = create
+            .iter()
+            .map(|t| {
+                let mut nt = NewTopic::new(
+                    t,
+                    plan.partitions,
+                    TopicReplication::Fixed(plan.replication_factor),
+                );
+                for (k, v) in &plan.config {
+                    nt = nt.set(k, v);
+                }
+                nt
+            })
+            .collect();
+        let results = admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(kafka(format!("CreateTopics on {}", conn.bootstrap)))?;
+        let mut refused = Vec::new();
+        for r in results {
+            match r {
+                Ok(t) => created.push(t),
+                // Someone else (another pipeline, a person, a restart mid-reconcile whose
+                // earlier create went through) got there first: not ours to delete later.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => refused.push(format!("{topic}: {code}")),
+            }
+        }
+        // The topics that were created are reported even when others were refused, so the
+        // caller records them as this pipeline's.
+        if !refused.is_empty() {
+            outcome =
+                TopicCheck::BrokerRefused(format!("CreateTopics refused: {}", refused.join(", ")));
+        }
+    }
+    let mut increased = Vec::new();
+    if !raise.is_empty() {
+        let parts: Vec<NewPartitions<'_>> = raise
+            .iter()
+            .map(|(t, _, to)| NewPartitions::new(t, usize::try_from(*to).unwrap_or(0)))
+            .collect();
+        // A refusal here (for example a broker without CreatePartitions) is reported as a
+        // condition and retried at the next resync, not treated as an outage.
+        let failure = match admin.create_partitions(parts.iter(), &opts).await {
+            Err(e) => Some(format!(
+                "CreatePartitions refused by {}: {e}",
+                conn.bootstrap
+            )),
+            Ok(results) => {
+                let refused: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|(t, code)| format!("{t}: {code}")))
+                    .collect();
+                (!refused.is_empty())
+                    .then(|| format!("CreatePartitions refused: {}", refused.join(", ")))
+            }
+        };
+        match failure {
+            Some(m) => outcome = TopicCheck::IncreaseFailed(m),
+            None => increased = raise,
+        }
+    }
+    // Verify on the broker rather than trusting the responses.
+    let counts = if create.is_empty() && increased.is_empty() {
+        existing
+    } else {
+        existing_partition_counts(conn, &plan.topics).await?
+    };
+    if outcome == TopicCheck::Ready {
+        let missing: Vec<&String> = plan
+            .topics
+            .iter()
+            .filter(|t| !counts.contains_key(*t))
+            .collect();
+        if !missing.is_empty() {
+            outcome = TopicCheck::BrokerRefused(format!(
+                "topics not visible after creation: {missing:?}"
+            ));
+        } else if let Some(m) = check_co_partitioning(plan, &counts) {
+            outcome = TopicCheck::NotCoPartitioned(m);
+        }
+    }
+    Ok(TopicReport {
+        partitions: counts,
+        created,
+        increased,
+        outcome,
+    })
+}
+
+/// Deletes `topics`; topics that do not exist are ignored.
+///
+/// # Errors
+/// [`AdminError`] when the broker cannot be reached or refuses a deletion.
+pub async fn delete_topics(
+    conn: &Connection,
+    topics: &[String],
+) -> Result<Vec<String>, AdminError> {
+    let existing = existing_partition_counts(conn, topics).await?;
+    let names: Vec<&str> = topics
+        .iter()
+        .filter(|t| existing.contains_key(*t))
+        .map(String::as_str)
+        .collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let admin = conn.admin()?;
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let results = admin
+        .delete_topics(&names, &opts)
+        .await
+        .map_err(kafka(format!("DeleteTopics on {}", conn.bootstrap)))?;
+    let mut deleted = Vec::new();
+    for r in results {
+        match r {
+            Ok(t) => deleted.push(t),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(AdminError::Topic {
+                    op: "DeleteTopics",
+                    topic,
+                    code,
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Consumer lag of `group` summed over every partition of `topics` (messages), with the
+/// partition counts already known ([`TopicReport::partitions`]); see [`group_lag`] for the
+/// definition.
+///
+/// # Errors
+/// [`AdminError`] when the broker cannot be reached or the offsets cannot be read.
+pub async fn stage_lag(
+    conn: &Connection,
+    group: &str,
+    topics: &[String],
+    partitions: &BTreeMap<String, i32>,
+) -> Result<u64, AdminError> {
+    let (config, group, topics, partitions) = (
+        conn.config(),
+        group.to_owned(),
+        topics.to_vec(),
+        partitions.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        lag_blocking(&config, &group, &refs, &partitions)
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(allow_increase: bool) -> TopicPlan {
+        TopicPlan {
+            topics: vec!["a".into(), "b".into(), "c".into()],
+            partitions: 100,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+            allow_increase,
+            co_partitioned: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn creates_missing_topics() {
+        let existing = BTreeMap::from([("a".to_owned(), 100)]);
+        let (create, raise, outcome) = plan_topics(&plan(false), &existing);
+        assert_eq!(create, vec!["b".to_owned(), "c".to_owned()]);
+        assert!(raise.is_empty());
+        assert_eq!(outcome, TopicCheck::Ready);
+    }
+
+    #[test]
+    fn refuses_decreases_and_holds_increases() {
+        let existing = BTreeMap::from([
+            ("a".to_owned(), 200),
+            ("b".to_owned(), 50),
+            ("c".to_owned(), 100),
+        ]);
+        let (_, _, outcome) = plan_topics(&plan(false), &existing);
+        assert!(matches!(outcome, TopicCheck::DecreaseRefused(m) if m.contains("a has 200")));
+        let existing = BTreeMap::from([
+            ("a".to_owned(), 100),
+            ("b".to_owned(), 50),
+            ("c".to_owned(), 100),
+        ]);
+        let (_, raise, outcome) = plan_topics(&plan(false), &existing);
+        assert!(raise.is_empty());
+        assert!(matches!(outcome, TopicCheck::IncreasePending(_)));
+        let (_, raise, outcome) = plan_topics(&plan(true), &existing);
+        assert_eq!(raise, vec![("b".to_owned(), 50, 100)]);
+        assert_eq!(outcome, TopicCheck::Ready);
+    }
+
+    #[test]
+    fn co_partitioning() {
+        let ok = BTreeMap::from([
+            ("a".to_owned(), 100),
+            ("b".to_owned(), 100),
+            ("c".to_owned(), 7),
+        ]);
+        assert_eq!(check_co_partitioning(&plan(false), &ok), None);
+        let bad = BTreeMap::from([("a".to_owned(), 100), ("b".to_owned(), 10)]);
+        assert!(
+            check_co_partitioning(&plan(false), &bad).is_some_and(|m| m.contains("a=100, b=10"))
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use clap::Args;
 use rdkafka::ClientConfig;
-use sensorflow_core::config::Topics;
+use sensorflow_api::{TopicNames, TopicRole, env};
 use sensorflow_core::wire::Framing;
 
 /// Broker connection flags (`KAFKA_*` environment variables).
@@ -14,27 +14,27 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(
         long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
+        env = env::KAFKA_BOOTSTRAP_SERVERS,
         default_value = "localhost:9092"
     )]
     pub bootstrap_servers: String,
     /// security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
-    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL")]
+    #[arg(long, env = env::KAFKA_SECURITY_PROTOCOL)]
     pub security_protocol: Option<String>,
     /// sasl.mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
-    #[arg(long, env = "KAFKA_SASL_MECHANISM")]
+    #[arg(long, env = env::KAFKA_SASL_MECHANISM)]
     pub sasl_mechanism: Option<String>,
     /// SASL user name.
-    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    #[arg(long, env = env::KAFKA_SASL_USERNAME)]
     pub sasl_username: Option<String>,
     /// SASL password (prefer the environment variable over the flag).
-    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = env::KAFKA_SASL_PASSWORD, hide_env_values = true)]
     pub sasl_password: Option<String>,
     /// Path to the CA certificate (PEM) for TLS.
-    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    #[arg(long, env = env::KAFKA_SSL_CA_LOCATION)]
     pub ssl_ca_location: Option<String>,
     /// Extra librdkafka properties as key=value (repeatable; env: comma-separated).
-    #[arg(short = 'X', long = "kafka-property", env = "SF_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_kv)]
+    #[arg(short = 'X', long = "kafka-property", env = env::KAFKA_PROPERTIES, value_delimiter = ',', value_parser = parse_kv)]
     pub properties: Vec<(String, String)>,
 }
 
@@ -127,42 +127,43 @@ impl KafkaArgs {
     }
 }
 
-/// Topic name flags (`SF_TOPIC_*`).
+/// Topic name flags (`SF_TOPIC_*`, one per [`TopicRole`]; defaults
+/// [`TopicRole::default_name`]).
 #[derive(Debug, Clone, Args)]
 pub struct TopicArgs {
     /// SX readings topic.
-    #[arg(long, env = "SF_TOPIC_SX", default_value = "SX")]
+    #[arg(long, env = env::TOPIC_SX, default_value = TopicRole::Sx.default_name())]
     pub topic_sx: String,
     /// SY readings topic.
-    #[arg(long, env = "SF_TOPIC_SY", default_value = "SY")]
+    #[arg(long, env = env::TOPIC_SY, default_value = TopicRole::Sy.default_name())]
     pub topic_sy: String,
     /// SZ readings topic.
-    #[arg(long, env = "SF_TOPIC_SZ", default_value = "SZ")]
+    #[arg(long, env = env::TOPIC_SZ, default_value = TopicRole::Sz.default_name())]
     pub topic_sz: String,
     /// FA features topic.
-    #[arg(long, env = "SF_TOPIC_FA", default_value = "FA")]
+    #[arg(long, env = env::TOPIC_FA, default_value = TopicRole::Fa.default_name())]
     pub topic_fa: String,
     /// FI features topic.
-    #[arg(long, env = "SF_TOPIC_FI", default_value = "FI")]
+    #[arg(long, env = env::TOPIC_FI, default_value = TopicRole::Fi.default_name())]
     pub topic_fi: String,
     /// FD features topic.
-    #[arg(long, env = "SF_TOPIC_FD", default_value = "FD")]
+    #[arg(long, env = env::TOPIC_FD, default_value = TopicRole::Fd.default_name())]
     pub topic_fd: String,
     /// Predictions topic.
-    #[arg(long, env = "SF_TOPIC_PREDICTIONS", default_value = "predictions")]
+    #[arg(long, env = env::TOPIC_PREDICTIONS, default_value = TopicRole::Predictions.default_name())]
     pub topic_predictions: String,
     /// Dead-letter topic for malformed records.
-    #[arg(long, env = "SF_TOPIC_DLQ", default_value = "dead-letter")]
+    #[arg(long, env = env::TOPIC_DLQ, default_value = TopicRole::DeadLetter.default_name())]
     pub topic_dlq: String,
     /// Topic for readings older than the watermark.
-    #[arg(long, env = "SF_TOPIC_LATE", default_value = "late")]
+    #[arg(long, env = env::TOPIC_LATE, default_value = TopicRole::Late.default_name())]
     pub topic_late: String,
 }
 
 impl TopicArgs {
     /// The topic names.
-    pub fn topics(&self) -> Topics {
-        Topics {
+    pub fn topics(&self) -> TopicNames {
+        TopicNames {
             sx: self.topic_sx.clone(),
             sy: self.topic_sy.clone(),
             sz: self.topic_sz.clone(),
@@ -177,7 +178,7 @@ impl TopicArgs {
 
     /// Topic args with every name prefixed (`<prefix>SX`, …): isolates test runs.
     pub fn prefixed(prefix: &str) -> Self {
-        let t = Topics::default();
+        let t = TopicNames::default();
         let p = |s: &str| format!("{prefix}{s}");
         Self {
             topic_sx: p(&t.sx),
@@ -197,10 +198,10 @@ impl TopicArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FramingArgs {
     /// Value framing: `plain` protobuf, or `confluent` (Schema Registry wire format).
-    #[arg(long, env = "SF_WIRE_FORMAT", default_value = "plain", value_parser = ["plain", "confluent"])]
+    #[arg(long, env = env::WIRE_FORMAT, default_value = "plain", value_parser = ["plain", "confluent"])]
     pub wire_format: String,
     /// Schema id written into produced records when --wire-format=confluent.
-    #[arg(long, env = "SF_SCHEMA_ID", default_value_t = 1)]
+    #[arg(long, env = env::SCHEMA_ID, default_value_t = 1)]
     pub schema_id: u32,
 }
 

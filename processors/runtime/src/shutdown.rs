@@ -1,4 +1,5 @@
-//! Graceful shutdown: SIGTERM or Ctrl-C cancels a token that every loop watches.
+//! Graceful shutdown for every binary (processors, tools, operator): SIGTERM or Ctrl-C cancels
+//! a token that every loop watches.
 
 use tokio_util::sync::CancellationToken;
 
@@ -8,7 +9,7 @@ pub fn on_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested: stopping intake, flushing and committing");
+        tracing::info!("shutdown requested: stopping intake, finishing in-flight work");
         t.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without a clean shutdown");
@@ -17,7 +18,8 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
-async fn wait_for_signal() {
+/// Completes on the next SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -10,7 +10,7 @@ use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sensorflow_core::config::Topics;
+use sensorflow_api::TopicNames as Topics;
 use sensorflow_core::proto::{Prediction, TriggerKind};
 use sensorflow_core::wire::Framing;
 use serde::Serialize;

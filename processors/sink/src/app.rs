@@ -10,11 +10,11 @@ use crate::store::{GcsConfig, GcsStore, LocalStore, ObjectStore};
 use anyhow::Context;
 use clap::Parser;
 use rdkafka::producer::{FutureProducer, Producer};
+use sensorflow_api::env;
+use sensorflow_runtime::apps::ServeArgs;
 use sensorflow_runtime::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use sensorflow_runtime::metrics::Metrics;
 use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, LoopContext, RetryPolicy};
-use sensorflow_runtime::telemetry::LogFormat;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,75 +36,72 @@ pub struct SinkArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub framing: FramingArgs,
-    /// Address for /metrics, /health and /ready.
-    #[arg(long, env = "SF_METRICS_ADDR", default_value = "0.0.0.0:9100")]
-    pub metrics_addr: SocketAddr,
-    /// Log format.
-    #[arg(long, env = "SF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serve: ServeArgs,
     /// Consumer group id.
-    #[arg(long, env = "SF_GROUP_ID", default_value = "sensorflow-sink")]
+    #[arg(long, env = env::GROUP_ID, default_value = "sensorflow-sink")]
     pub group_id: String,
     /// GCS bucket (required unless --local-dir is given).
-    #[arg(long, env = "SF_SINK_BUCKET", required_unless_present = "local_dir")]
+    #[arg(long, env = env::SINK_BUCKET, required_unless_present = "local_dir")]
     pub bucket: Option<String>,
     /// Write to this local directory instead of GCS (the embedded default).
-    #[arg(long, env = "SF_SINK_LOCAL_DIR", conflicts_with = "bucket")]
+    #[arg(long, env = env::SINK_LOCAL_DIR, conflicts_with = "bucket")]
     pub local_dir: Option<PathBuf>,
     /// Object name prefix inside the bucket or directory (`/` appended when missing).
-    #[arg(long, env = "SF_SINK_PREFIX", default_value = "")]
+    #[arg(long, env = env::SINK_PREFIX, default_value = "")]
     pub prefix: String,
     /// Topics to archive, comma-separated (default: every pipeline topic — SX, SY, SZ, FA, FI,
     /// FD, predictions, dead-letter and late).
-    #[arg(long = "sink-topics", env = "SF_SINK_TOPICS", value_delimiter = ',')]
+    #[arg(long = "sink-topics", env = env::SINK_TOPICS, value_delimiter = ',')]
     pub sink_topics: Vec<String>,
     /// Records per file.
-    #[arg(long, env = "SF_SINK_MAX_RECORDS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::SINK_MAX_RECORDS, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_records: u64,
     /// Input bytes (Kafka key + value) per file, before compression.
-    #[arg(long, env = "SF_SINK_MAX_BYTES", default_value_t = 134_217_728, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::SINK_MAX_BYTES, default_value_t = 134_217_728, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_bytes: u64,
     /// Seconds a file stays open before it is finalised (quiet topics still get files).
-    #[arg(long, env = "SF_SINK_MAX_AGE_SECONDS", default_value_t = 300.0)]
+    #[arg(long, env = env::SINK_MAX_AGE_SECONDS, default_value_t = 300.0)]
     pub max_age_seconds: f64,
     /// Input bytes buffered across all open files before the largest is finalised early.
-    #[arg(long, env = "SF_SINK_MAX_BUFFER_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = env::SINK_MAX_BUFFER_BYTES, default_value_t = 1 << 30)]
     pub max_buffer_bytes: u64,
     /// Open files per partition, one per hour bucket: records straddling an hour boundary do
     /// not cut a file at every flip; opening one more finalises the oldest.
-    #[arg(long, env = "SF_SINK_MAX_OPEN_HOURS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=24))]
+    #[arg(long, env = env::SINK_MAX_OPEN_HOURS, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=24))]
     pub max_open_hours: u64,
     /// Rows per Parquet row group.
-    #[arg(long, env = "SF_SINK_ROW_GROUP_ROWS", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::SINK_ROW_GROUP_ROWS, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
     pub row_group_rows: u64,
     /// Compression: `zstd`, `zstd:LEVEL` (1..=22) or `uncompressed`.
-    #[arg(long, env = "SF_SINK_COMPRESSION", default_value = "zstd")]
+    #[arg(long, env = env::SINK_COMPRESSION, default_value = "zstd")]
     pub compression: Codec,
     /// GCS endpoint override (e.g. fake-gcs-server `http://127.0.0.1:4443`); anonymous access
     /// unless credentials are given.
-    #[arg(long, env = "SF_SINK_ENDPOINT")]
+    #[arg(long, env = env::SINK_ENDPOINT)]
     pub endpoint: Option<String>,
     /// Service-account JSON key file. Unset: GOOGLE_APPLICATION_CREDENTIALS, else workload
     /// identity / the metadata server (or anonymous with --endpoint).
-    #[arg(long, env = "SF_SINK_CREDENTIALS")]
+    #[arg(long, env = env::SINK_CREDENTIALS)]
     pub credentials: Option<PathBuf>,
     /// Standard Google credentials variable (used when --credentials is unset).
-    #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS", hide = true)]
+    #[arg(long, env = env::GOOGLE_APPLICATION_CREDENTIALS, hide = true)]
     pub google_application_credentials: Option<PathBuf>,
     /// Time limit of one GCS request, seconds.
-    #[arg(long, env = "SF_SINK_REQUEST_TIMEOUT_SECONDS", default_value_t = 120)]
+    #[arg(long, env = env::SINK_REQUEST_TIMEOUT_SECONDS, default_value_t = 120)]
     pub request_timeout_seconds: u64,
     /// Retries of a failed store operation (exponential backoff with jitter, 0.2 s doubling
     /// up to 20 s) before the sink exits non-zero.
-    #[arg(long, env = "SF_SINK_RETRIES", default_value_t = 12)]
+    #[arg(long, env = env::SINK_RETRIES, default_value_t = 12)]
     pub retries: usize,
     /// Consecutive refused offset commits retried (backoff 0.2 s doubling to 10 s, about a
     /// minute in all) before the sink exits non-zero. Commits refused by a rebalance are
     /// retried without this limit.
-    #[arg(long, env = "SF_SINK_COMMIT_RETRIES", default_value_t = 10)]
+    #[arg(long, env = env::SINK_COMMIT_RETRIES, default_value_t = 10)]
     pub commit_retries: u32,
     /// Write the run summary as JSON to this file on exit.
-    #[arg(long, env = "SF_SINK_SUMMARY_JSON")]
+    #[arg(long, env = env::SINK_SUMMARY_JSON)]
     pub summary_json: Option<PathBuf>,
 }
 
@@ -248,11 +245,15 @@ pub async fn run_with_commit_fault<S: ObjectStore>(
 /// Start-up failures (bad credentials, clients) and unrecoverable sink errors: the process
 /// exits non-zero and a restart resumes from the last commit.
 pub async fn main(args: SinkArgs) -> anyhow::Result<()> {
-    sensorflow_runtime::telemetry::init(args.log_format);
+    sensorflow_runtime::telemetry::init(args.serve.log_format);
     let sm = SinkMetrics::default();
     let metrics = Metrics::new_with(|r| sm.register(r));
     let shutdown = sensorflow_runtime::shutdown::on_signal();
-    let server = tokio::spawn(metrics.clone().serve(args.metrics_addr, shutdown.clone()));
+    let server = tokio::spawn(
+        metrics
+            .clone()
+            .serve(args.serve.metrics_addr, shutdown.clone()),
+    );
     let cfg = args.config();
     tracing::info!(group = %args.group_id, topics = ?cfg.topics, rotation = ?cfg.rotation,
         encode = ?cfg.encode, "gcs-sink starting");

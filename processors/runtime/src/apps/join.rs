@@ -27,7 +27,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{ClientConfig, Message};
 use rustc_hash::FxHashMap;
-use sensorflow_core::config::Topics;
+use sensorflow_api::{TopicNames as Topics, env};
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::join::{
     Applied, InputKind, JoinConfig, JoinEvent, JoinInput, PartitionJoin, SzSource, Trigger,
@@ -64,54 +64,54 @@ pub struct JoinArgs {
     #[allow(missing_docs)]
     pub common: CommonArgs,
     /// Consumer group id.
-    #[arg(long, env = "SF_GROUP_ID", default_value = "sensorflow-join")]
+    #[arg(long, env = env::GROUP_ID, default_value = "sensorflow-join")]
     pub group_id: String,
     /// Model: `logistic` (weights and bias below) or `random` (uniform, seeded).
-    #[arg(long, env = "SF_MODEL", default_value = "logistic", value_parser = ["logistic", "random"])]
+    #[arg(long, env = env::MODEL, default_value = "logistic", value_parser = ["logistic", "random"])]
     pub model: String,
     /// Logistic weights for [SX, SY, FA, FI, FD], comma-separated.
     #[arg(
         long,
-        env = "SF_MODEL_WEIGHTS",
+        env = env::MODEL_WEIGHTS,
         value_delimiter = ',',
         default_value = "0.01,0.01,1.0,0.3,0.2",
         allow_hyphen_values = true
     )]
     pub model_weights: Vec<f64>,
     /// Logistic bias.
-    #[arg(long, env = "SF_MODEL_BIAS", default_value_t = model::DEFAULT_BIAS, allow_hyphen_values = true)]
+    #[arg(long, env = env::MODEL_BIAS, default_value_t = model::DEFAULT_BIAS, allow_hyphen_values = true)]
     pub model_bias: f64,
     /// Seed of the random model.
-    #[arg(long, env = "SF_MODEL_SEED", default_value_t = 42)]
+    #[arg(long, env = env::MODEL_SEED, default_value_t = 42)]
     pub model_seed: u64,
     /// Alert when probability ≥ threshold (0..1).
-    #[arg(long, env = "SF_THRESHOLD", default_value_t = 0.5)]
+    #[arg(long, env = env::THRESHOLD, default_value_t = 0.5)]
     pub threshold: f64,
     /// Largest SX/SY value accepted in a feature vector.
-    #[arg(long, env = "SF_CATEGORICAL_MAX", default_value_t = 100_000)]
+    #[arg(long, env = env::CATEGORICAL_MAX, default_value_t = 100_000)]
     pub categorical_max: i64,
     /// How far back (record timestamps, ms) to re-read inputs to rebuild join state on
     /// partition assignment, at least (2 × max staleness + join grace is always read).
-    #[arg(long, env = "SF_REBUILD_LOOKBACK_MS", default_value_t = 600_000)]
+    #[arg(long, env = env::REBUILD_LOOKBACK_MS, default_value_t = 600_000)]
     pub rebuild_lookback_ms: i64,
     /// Allowed out-of-orderness of each input partition, ms: the join watermark is the minimum
     /// over the five inputs of (max event time seen − grace). A prediction for t waits until
     /// every input has passed t + grace.
-    #[arg(long, env = "SF_JOIN_GRACE_MS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    #[arg(long, env = env::JOIN_GRACE_MS, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
     pub join_grace_ms: i64,
     /// Wall-clock ms without records on all five inputs of a partition after which everything
     /// seen is released (the tail of a stream). With the next flag, the only wall-clock
     /// dependence of the join's output.
-    #[arg(long, env = "SF_JOIN_IDLE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = env::JOIN_IDLE_TIMEOUT_MS, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub join_idle_timeout_ms: i64,
     /// Wall-clock ms without records after which one input partition stops holding the join
     /// watermark back while the others flow. Keep it above start-up skew and upstream
     /// restarts: records of an input declared idle can become late.
-    #[arg(long, env = "SF_JOIN_INPUT_IDLE_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = env::JOIN_INPUT_IDLE_TIMEOUT_MS, default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub join_input_idle_timeout_ms: i64,
     /// A value older than t − this is not used for a trigger at t (the trigger is counted as
     /// stale or missing and dead-lettered with that reason).
-    #[arg(long, env = "SF_MAX_STALENESS_MS", default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = env::MAX_STALENESS_MS, default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_staleness_ms: i64,
 }
 
@@ -729,7 +729,7 @@ impl Processor for JoinProcessor {
 /// Start-up errors (inputs not co-partitioned, invalid model) or unrecoverable processing
 /// errors.
 pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.common.log_format);
+    crate::telemetry::init(args.common.serve.log_format);
     let jm = JoinMetrics::default();
     let metrics = Metrics::new_with(|r| jm.register(r));
     let processor = JoinProcessor::new(&args, metrics.clone(), jm)?;

@@ -12,59 +12,69 @@ use anyhow::Context;
 use clap::Args;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
+use sensorflow_api::env;
 use sensorflow_core::input::ReadingBounds;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Flags every processor shares.
+/// Flags of every long-running binary (window-processor, join-predict, gcs-sink): where to
+/// serve `/metrics`, `/health` and `/ready`, and how to log.
 #[derive(Debug, Clone, Args)]
-pub struct CommonArgs {
+pub struct ServeArgs {
     /// Address for /metrics, /health and /ready.
-    #[arg(long, env = "SF_METRICS_ADDR", default_value = "0.0.0.0:9100")]
+    #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:9100")]
     pub metrics_addr: SocketAddr,
     /// Log format.
-    #[arg(long, env = "SF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = env::LOG_FORMAT, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Flags window-processor and join-predict share.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serve: ServeArgs,
     /// Flush outputs and commit offsets at least this often, ms.
-    #[arg(long, env = "SF_COMMIT_INTERVAL_MS", default_value_t = 200)]
+    #[arg(long, env = env::COMMIT_INTERVAL_MS, default_value_t = 200)]
     pub commit_interval_ms: u64,
     /// How long rebuilding state on partition assignment may go without progress (no record
     /// read, no partition finished) before it fails, ms. Not a total deadline: a rebuild that
     /// keeps reading runs as long as it needs.
-    #[arg(long, env = "SF_REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = env::REBUILD_TIMEOUT_MS, default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
     /// Largest number of records one state rebuild may re-read; past it the rebuild fails
     /// loudly (log, `sensorflow_rebuild_failures_total{reason="limit"}`) rather than build a
     /// partial state. 0: unlimited (memory stays bounded either way: records are streamed).
-    #[arg(long, env = "SF_REBUILD_MAX_RECORDS", default_value_t = 0)]
+    #[arg(long, env = env::REBUILD_MAX_RECORDS, default_value_t = 0)]
     pub rebuild_max_records: u64,
     /// `/health` fails (the liveness probe restarts the pod) when the consume loop has not
     /// advanced for this long, ms: no record processed, no flush tick, no rebuild progress, no
     /// transaction committed. 0: `/health` never fails.
-    #[arg(long, env = "SF_LIVENESS_TIMEOUT_MS", default_value_t = 120_000)]
+    #[arg(long, env = env::LIVENESS_TIMEOUT_MS, default_value_t = 120_000)]
     pub liveness_timeout_ms: u64,
     /// Exactly-once: commit outputs and consumed offsets atomically in Kafka transactions
     /// (KIP-98/KIP-447: needs a broker with transactions, Apache Kafka >= 2.5).
     /// Default: at-least-once with exact repeats.
-    #[arg(long, env = "SF_EXACTLY_ONCE", default_value_t = false)]
+    #[arg(long, env = env::EXACTLY_ONCE, default_value_t = false)]
     pub exactly_once: bool,
     /// transactional.id for --exactly-once: unique across live instances (default:
     /// `<processor>-$HOSTNAME`, the pod name on Kubernetes). It need not survive a pod: zombie
     /// instances are fenced through the consumer group's generation (KIP-447); a restarted
     /// container with the same id aborts its predecessor's open transaction at once.
-    #[arg(long, env = "SF_TRANSACTIONAL_ID")]
+    #[arg(long, env = env::TRANSACTIONAL_ID)]
     pub transactional_id: Option<String>,
     /// Readings with an event time more than this far ahead of the wall clock go to the
     /// dead-letter topic with reason `future`, ms (default 2 days).
-    #[arg(long, env = "SF_MAX_FUTURE_SKEW_MS", default_value_t = ReadingBounds::default().max_future_skew_ms)]
+    #[arg(long, env = env::MAX_FUTURE_SKEW_MS, default_value_t = ReadingBounds::default().max_future_skew_ms)]
     pub max_future_skew_ms: i64,
     /// Readings with an event time before this go to the dead-letter topic with reason
     /// `too-old`, ms since the Unix epoch (default 0, 1970-01-01).
-    #[arg(long, env = "SF_MIN_EVENT_TIME_MS", default_value_t = ReadingBounds::default().min_event_time_ms)]
+    #[arg(long, env = env::MIN_EVENT_TIME_MS, default_value_t = ReadingBounds::default().min_event_time_ms)]
     pub min_event_time_ms: i64,
     /// Readings whose |value| exceeds this go to the dead-letter topic with reason
     /// `out-of-range`.
-    #[arg(long, env = "SF_MAX_ABS_VALUE", default_value_t = ReadingBounds::default().max_abs_value)]
+    #[arg(long, env = env::MAX_ABS_VALUE, default_value_t = ReadingBounds::default().max_abs_value)]
     pub max_abs_value: f64,
 }
 
@@ -102,7 +112,11 @@ pub async fn run<P: Processor>(
     client_id: &str,
 ) -> anyhow::Result<()> {
     let shutdown = crate::shutdown::on_signal();
-    let server = tokio::spawn(metrics.clone().serve(common.metrics_addr, shutdown.clone()));
+    let server = tokio::spawn(
+        metrics
+            .clone()
+            .serve(common.serve.metrics_addr, shutdown.clone()),
+    );
     let consumer: LoopConsumer = consumer_cfg
         .create_with_context(LoopContext::new(metrics.clone()))
         .context("creating the consumer")?;

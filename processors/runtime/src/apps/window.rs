@@ -11,8 +11,9 @@ use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
+use sensorflow_api::{TopicNames as Topics, env};
 use sensorflow_core::binning::BinRange;
-use sensorflow_core::config::{FeatureRanges, Topics};
+use sensorflow_core::config::FeatureRanges;
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
 use sensorflow_core::window::{Outcome, Reading, WatermarkScope, WindowConfig, WindowEngine};
@@ -42,21 +43,21 @@ pub struct WindowArgs {
     #[allow(missing_docs)]
     pub common: CommonArgs,
     /// Consumer group id.
-    #[arg(long, env = "SF_GROUP_ID", default_value = "sensorflow-window")]
+    #[arg(long, env = env::GROUP_ID, default_value = "sensorflow-window")]
     pub group_id: String,
     /// Window length, ms.
-    #[arg(long, env = "SF_WINDOW_SIZE_MS", default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = env::WINDOW_SIZE_MS, default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub window_size_ms: i64,
     /// Grace period for out-of-order readings, ms (watermark = max event time − grace).
-    #[arg(long, env = "SF_GRACE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(i64).range(0..))]
+    #[arg(long, env = env::GRACE_MS, default_value_t = 30_000, value_parser = clap::value_parser!(i64).range(0..))]
     pub grace_ms: i64,
     /// Watermark scope: `partition` (max event time of the partition) or `client`.
-    #[arg(long, env = "SF_WATERMARK_SCOPE", default_value = "partition")]
+    #[arg(long, env = env::WATERMARK_SCOPE, default_value = "partition")]
     pub watermark_scope: WatermarkScope,
     /// FA bin range `lo,hi` (value units).
     #[arg(
         long,
-        env = "SF_FA_RANGE",
+        env = env::FA_RANGE,
         default_value = "0,5",
         allow_hyphen_values = true
     )]
@@ -64,7 +65,7 @@ pub struct WindowArgs {
     /// FI bin range `lo,hi` (value·seconds).
     #[arg(
         long,
-        env = "SF_FI_RANGE",
+        env = env::FI_RANGE,
         default_value = "0,3000",
         allow_hyphen_values = true
     )]
@@ -72,7 +73,7 @@ pub struct WindowArgs {
     /// FD bin range `lo,hi` (value per second).
     #[arg(
         long,
-        env = "SF_FD_RANGE",
+        env = env::FD_RANGE,
         default_value = "-0.01,0.01",
         allow_hyphen_values = true
     )]
@@ -310,7 +311,7 @@ pub fn rebuild_config_of(common: &CommonArgs) -> RebuildConfig {
 /// Start-up or unrecoverable processing errors (the process exits non-zero; a restart
 /// resumes from the last committed offset).
 pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.common.log_format);
+    crate::telemetry::init(args.common.serve.log_format);
     WindowConfig {
         size_ms: args.window_size_ms,
         grace_ms: args.grace_ms,

@@ -381,7 +381,7 @@ async fn pipeline_topics(
     prefix: &str,
     partitions: i32,
     clients: usize,
-) -> anyhow::Result<(TopicArgs, sensorflow_core::config::Topics)> {
+) -> anyhow::Result<(TopicArgs, sensorflow_api::TopicNames)> {
     let topics = TopicArgs::prefixed(prefix);
     let t = topics.topics();
     admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;

@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let bench = BenchArgs::parse_from(argv);
     let mut args = bench.sink;
-    sensorflow_runtime::telemetry::init(args.log_format);
+    sensorflow_runtime::telemetry::init(args.serve.log_format);
     let run_id = format!("{}-{}", std::process::id(), sensorflow_runtime::now_ms());
     if bench.generate > 0 {
         let topic = format!("sink-bench-{run_id}-SZ");

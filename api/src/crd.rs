@@ -20,6 +20,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::topics::TopicRole;
+
 /// Desired state of one sensor pipeline: its Kafka topics, the window and join processors, the
 /// model, scaling bounds and an optional GCS sink.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -52,7 +54,8 @@ pub struct SensorPipelineSpec {
     /// Topic names and settings. Every name defaults to `<pipeline>.<suffix>`.
     #[serde(default)]
     pub topics: TopicsSpec,
-    /// Tumbling-window settings for window-processor.
+    /// Sliding event-time window of window-processor: every SZ reading gets the features of its
+    /// client's readings over the preceding `sizeMs`.
     #[serde(default)]
     pub window: WindowSpec,
     /// The model join-predict applies to each joined window.
@@ -173,7 +176,7 @@ pub enum DeletionPolicy {
 }
 
 /// Topic names and settings. Unset names default to `<pipeline>.<suffix>` with the suffixes
-/// `sx sy sz fa fi fd predictions dead-letter late`.
+/// `sx sy sz fa fi fd predictions dead-letter late` ([`TopicRole`]).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicsSpec {
@@ -289,6 +292,24 @@ impl Default for TopicsSpec {
     }
 }
 
+impl TopicsSpec {
+    /// The explicitly configured topic name of `role`, if any.
+    pub fn explicit(&self, role: TopicRole) -> Option<&str> {
+        match role {
+            TopicRole::Sx => &self.sx,
+            TopicRole::Sy => &self.sy,
+            TopicRole::Sz => &self.sz,
+            TopicRole::Fa => &self.fa,
+            TopicRole::Fi => &self.fi,
+            TopicRole::Fd => &self.fd,
+            TopicRole::Predictions => &self.predictions,
+            TopicRole::DeadLetter => &self.dead_letter,
+            TopicRole::Late => &self.late,
+        }
+        .as_deref()
+    }
+}
+
 /// A half-open bin range `[lo, hi)`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new(cel::LO_BELOW_HI).message(cel::LO_BELOW_HI_MSG))]
@@ -299,14 +320,14 @@ pub struct BinRange {
     pub hi: f64,
 }
 
-/// Watermark tracking scope of window-processor.
+/// What a watermark of window-processor covers (watermark = max event time seen − grace).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum WatermarkScope {
-    /// One watermark per input partition (default).
+    /// One watermark per input partition: the partition's max event time − grace (default).
     #[default]
     Partition,
-    /// One watermark per consumer.
+    /// One watermark per client key: that client's max event time − grace.
     Client,
 }
 
@@ -314,15 +335,18 @@ pub enum WatermarkScope {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowSpec {
-    /// Tumbling window size in ms (default 600000 = 10 min).
+    /// Length of the sliding window in ms: a reading's features cover its client's readings
+    /// with event time in `(t − sizeMs, t]` (default 600000 = 10 min).
     #[serde(default = "default_window_ms")]
     #[schemars(range(min = 1000, max = 86400000))]
     pub size_ms: i64,
-    /// How long a window stays open for late records after it ends, in ms (default 30000).
+    /// How far a reading may trail the newest event time and still count, in ms (default
+    /// 30000): the watermark is the max event time seen − grace, and a reading older than the
+    /// watermark goes to the late topic.
     #[serde(default = "default_grace_ms")]
     #[schemars(range(min = 0, max = 86400000))]
     pub grace_ms: i64,
-    /// `partition` (default) or `client`.
+    /// `partition` (default): one watermark per input partition; `client`: one per client key.
     #[serde(default)]
     pub watermark_scope: WatermarkScope,
     /// FA bin range (default [0, 5)).
@@ -555,10 +579,12 @@ pub struct SinkSpec {
     /// When to close a file and start the next.
     #[serde(default)]
     pub rotation: RotationSpec,
-    /// Secret with a service-account JSON key; unset means anonymous access.
+    /// Secret with a service-account JSON key. Unset: application default credentials
+    /// (workload identity, the metadata server), or anonymous access when `endpoint` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretKeyRef>,
-    /// GCS endpoint override (for example a fake-gcs-server URL).
+    /// GCS endpoint override (for example a fake-gcs-server URL); without `credentialsSecret`
+    /// the sink accesses it anonymously.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), regex(pattern = r"^[hH][tT][tT][pP][sS]?://"))]
     pub endpoint: Option<String>,
@@ -571,31 +597,8 @@ pub struct SinkSpec {
     pub resources: Option<ResourceRequirements>,
 }
 
-/// A pipeline topic, by role.
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum SinkTopic {
-    /// SX.
-    Sx,
-    /// SY.
-    Sy,
-    /// SZ.
-    Sz,
-    /// FA.
-    Fa,
-    /// FI.
-    Fi,
-    /// FD.
-    Fd,
-    /// Predictions.
-    Predictions,
-    /// Dead letters.
-    DeadLetter,
-    /// Late records.
-    Late,
-}
+/// A pipeline topic, by role (the CRD's name for [`TopicRole`]).
+pub type SinkTopic = TopicRole;
 
 /// File rotation of the GCS sink; a file closes at whichever limit comes first.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -709,10 +712,12 @@ pub struct TopicStatus {
 
 /// The CEL rules of the CRD (`x-kubernetes-validations`), each with the message the API server
 /// returns when it refuses an object. Kept next to the operator's own checks in
-/// [`crate::validate`], which enforce the same conditions (tested against a real API server in
+/// the operator's `validate` step, which enforces the same conditions (tested against a real API server in
 /// `tests/operator/cel/`).
 pub mod cel {
     use kube::core::{Message, Rule};
+
+    use crate::topics::TopicRole;
 
     /// On `StageSpec`.
     pub const MIN_LE_MAX: &str = "self.minReplicas <= self.maxReplicas";
@@ -757,24 +762,12 @@ pub mod cel {
     pub const DISTINCT_TOPICS_MSG: &str =
         "the nine topic names (explicit or the <name>.<role> defaults) must all differ";
 
-    /// Topic roles and their default suffixes, in `TopicNames::all` order.
-    pub const ROLES: [(&str, &str); 9] = [
-        ("sx", "sx"),
-        ("sy", "sy"),
-        ("sz", "sz"),
-        ("fa", "fa"),
-        ("fi", "fi"),
-        ("fd", "fd"),
-        ("predictions", "predictions"),
-        ("deadLetter", "dead-letter"),
-        ("late", "late"),
-    ];
-
     /// The resolved topic names as a CEL list (explicit name, else `<metadata.name>.<suffix>`).
     pub fn resolved_topics_list() -> String {
-        let items: Vec<String> = ROLES
+        let items: Vec<String> = TopicRole::ALL
             .iter()
-            .map(|(field, suffix)| {
+            .map(|r| {
+                let (field, suffix) = (r.spec_field(), r.as_str());
                 format!(
                     "(has(self.spec.topics) && has(self.spec.topics.{field}) ? self.spec.topics.{field} : self.metadata.name + '.{suffix}')"
                 )
@@ -791,6 +784,13 @@ pub mod cel {
             ..Rule::new(format!("{list}.all(t, {list}.exists_one(u, u == t))"))
                 .message(Message::Message(DISTINCT_TOPICS_MSG.to_owned()))
         }
+    }
+}
+
+/// `lo,hi`, the form window-processor parses (`SF_FA_RANGE` and its siblings).
+impl std::fmt::Display for BinRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.lo, self.hi)
     }
 }
 
@@ -971,6 +971,33 @@ mod tests {
             spec["properties"]["topics"]["properties"]["partitions"]["default"],
             100
         );
+    }
+
+    #[test]
+    fn enum_spellings_are_their_serde_names() {
+        fn check<
+            T: Serialize + std::fmt::Display + std::str::FromStr + PartialEq + std::fmt::Debug + Copy,
+        >(
+            all: &[T],
+        ) where
+            T::Err: std::fmt::Debug,
+        {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).expect("json"), v.to_string());
+                assert_eq!(v.to_string().parse::<T>().expect("parse"), *v);
+            }
+        }
+        check(SecurityProtocol::ALL);
+        check(SaslMechanism::ALL);
+        check(WatermarkScope::ALL);
+        check(ModelKind::ALL);
+        check(LogFormat::ALL);
+        check(PullPolicy::ALL);
+        check(ScalingMode::ALL);
+        check(DeliveryGuarantee::ALL);
+        check(DeletionPolicy::ALL);
+        check(&TopicRole::ALL);
+        assert!("sasl_ssl".parse::<SecurityProtocol>().is_err());
     }
 
     #[test]

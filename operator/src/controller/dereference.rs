@@ -1,0 +1,235 @@
+//! The dereference step: every read of the cluster and the broker a reconcile makes.
+//!
+//! ```text
+//!   Secrets (Kafka credentials, CA, GCS key) ─▶ Connection + SecretVersions ─┐
+//!   Deployments <p>-window, <p>-join, <p>-sink ──────────────────────────────┼─▶ Observed
+//!   (topics step: TopicReport) ──────────────────────────────────────────────┤
+//!   committed offsets vs high watermarks per stage ─▶ lag ───────────────────┘
+//! ```
+//!
+//! Everything here only reads; the decisions are made by the pure [`super::plan`] and
+//! [`super::status`] steps from the [`Observed`] this step returns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use tracing::warn;
+
+use super::Error;
+use crate::build::{self, SecretVersions, Stage};
+use crate::conditions::Replicas;
+use crate::crd::SensorPipelineSpec;
+use crate::kafka::{self, Connection, TopicReport};
+use crate::validate::Validated;
+
+/// What the reconcile saw, the input of the pure steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The pipeline's Deployments that exist, by stage.
+    pub deployments: BTreeMap<Stage, Deployment>,
+    /// `resourceVersion` of every Secret the spec references.
+    pub secret_versions: SecretVersions,
+    /// What the topic step found and did on the broker.
+    pub topics: TopicReport,
+    /// Consumer lag per planner-scaled stage (messages); `None` when it could not be read.
+    pub lags: BTreeMap<Stage, Option<u64>>,
+}
+
+impl Observed {
+    /// `spec.replicas` of a stage's Deployment, if it exists and has one.
+    pub fn current_replicas(&self, stage: Stage) -> Option<i32> {
+        self.deployments
+            .get(&stage)
+            .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+    }
+
+    /// Desired and ready replicas of a stage's Deployment, if it exists.
+    pub fn replicas(&self, stage: Stage) -> Option<Replicas> {
+        replicas_of(self.deployments.get(&stage))
+    }
+
+    /// A stage's lag, if it was read.
+    pub fn lag(&self, stage: Stage) -> Option<u64> {
+        self.lags.get(&stage).copied().flatten()
+    }
+}
+
+/// Desired (default 1) and ready (default 0) replicas of `d`.
+pub fn replicas_of(d: Option<&Deployment>) -> Option<Replicas> {
+    let d = d?;
+    Some(Replicas {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ready: d
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    })
+}
+
+/// Reads `key` of Secret `name`: its bytes and the Secret's `resourceVersion`.
+async fn secret_key(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+) -> Result<(Vec<u8>, String), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let err = |reason: String| Error::Secret {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("not found".into()))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| err("key missing".into()))?;
+    Ok((
+        bytes.0.clone(),
+        secret.resource_version().unwrap_or_default(),
+    ))
+}
+
+async fn secret_string(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    versions: &mut SecretVersions,
+) -> Result<String, Error> {
+    let (bytes, rv) = secret_key(client, ns, name, key).await?;
+    versions.insert(name.to_owned(), rv);
+    String::from_utf8(bytes).map_err(|_| Error::Secret {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+        reason: "not UTF-8".into(),
+    })
+}
+
+/// The operator's own Kafka connection (credentials and CA read from Secrets) and the
+/// `resourceVersion` of every Secret the spec references (Kafka and, with `with_sink`, the GCS
+/// key), so a rotated Secret rolls the pods that use it.
+///
+/// # Errors
+/// [`Error::Secret`] when a referenced Secret or key is missing or not UTF-8.
+pub async fn secrets(
+    client: &Client,
+    ns: &str,
+    spec: &SensorPipelineSpec,
+    with_sink: bool,
+) -> Result<(Connection, SecretVersions), Error> {
+    let mut versions = SecretVersions::new();
+    let mut conn = Connection {
+        bootstrap: spec.kafka.bootstrap_servers.clone(),
+        ..Default::default()
+    };
+    if let Some(sec) = &spec.kafka.security {
+        conn.protocol = Some(sec.protocol.as_str().to_owned());
+        conn.sasl_mechanism = sec.sasl_mechanism.map(|m| m.as_str().to_owned());
+        if let Some(c) = &sec.credentials_secret {
+            let user = secret_string(client, ns, &c.name, &c.username_key, &mut versions).await?;
+            let pass = secret_string(client, ns, &c.name, &c.password_key, &mut versions).await?;
+            conn.sasl_credentials = Some((user, pass));
+        }
+        if let Some(ca) = &sec.ca_secret {
+            conn.ca_pem = Some(secret_string(client, ns, &ca.name, &ca.key, &mut versions).await?);
+        }
+    }
+    if with_sink
+        && let Some(c) = spec
+            .sink
+            .as_ref()
+            .and_then(|s| s.credentials_secret.as_ref())
+    {
+        let (_, rv) = secret_key(client, ns, &c.name, &c.key).await?;
+        versions.insert(c.name.clone(), rv);
+    }
+    Ok((conn, versions))
+}
+
+/// The pipeline's Deployments that exist, by stage.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server refuses a read.
+pub async fn deployments(
+    client: &Client,
+    ns: &str,
+    pipeline: &str,
+) -> Result<BTreeMap<Stage, Deployment>, Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let mut current = BTreeMap::new();
+    for stage in [Stage::Window, Stage::Join, Stage::Sink] {
+        let dn = build::deployment_name(pipeline, stage);
+        if let Some(d) = api.get_opt(&dn).await.map_err(|source| Error::Kube {
+            action: "get",
+            object: format!("Deployment/{ns}/{dn}"),
+            source,
+        })? {
+            current.insert(stage, d);
+        }
+    }
+    Ok(current)
+}
+
+/// Lag of the planner-scaled stages (window-processor on SZ, join-predict on its five inputs),
+/// each `None` when it cannot be read (logged; the planner then holds the replica count).
+pub async fn lags(
+    conn: &Connection,
+    v: &Validated,
+    partitions: &BTreeMap<String, i32>,
+) -> BTreeMap<Stage, Option<u64>> {
+    let mut lags = BTreeMap::new();
+    for (stage, group, inputs) in super::plan::stage_inputs(v) {
+        let lag = match kafka::stage_lag(conn, &group, &inputs, partitions).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, stage = stage.as_str(), "could not read lag");
+                None
+            }
+        };
+        lags.insert(stage, lag);
+    }
+    lags
+}
+
+/// Topics named by the other pipelines of `ns` that use the same bootstrap servers as `me`.
+///
+/// # Errors
+/// [`Error::Kube`] when the pipelines cannot be listed.
+pub async fn topics_of_other_pipelines(
+    client: &Client,
+    ns: &str,
+    me: &crate::crd::SensorPipeline,
+) -> Result<Vec<String>, Error> {
+    let api: Api<crate::crd::SensorPipeline> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|source| Error::Kube {
+            action: "list",
+            object: format!("SensorPipeline/{ns}"),
+            source,
+        })?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|o| o.uid() != me.uid())
+        .filter(|o| o.spec.kafka.bootstrap_servers == me.spec.kafka.bootstrap_servers)
+        .flat_map(|o| {
+            crate::validate::TopicNames::for_pipeline(&o.name_any(), &o.spec.topics)
+                .all()
+                .map(str::to_owned)
+        })
+        .collect())
+}

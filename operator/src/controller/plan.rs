@@ -1,0 +1,374 @@
+//! The plan step, pure: a validated spec and what was [`Observed`] in, the topic plan, the
+//! replica plan, the per-stage status and the Events to publish out. No I/O and no clock: the
+//! time is passed in.
+//!
+//! ```text
+//!   Validated ─▶ topics() ─▶ TopicPlan                      (topic step: create / raise)
+//!   Validated + Observed + previous status + now
+//!       ─▶ replicas() ─▶ ReplicaDecision { plan, stages, scaling notes, Events, gauges }
+//!   Validated + ReplicaPlan ─▶ build::build ─▶ Desired      (every owned object)
+//! ```
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::dereference::Observed;
+use crate::build::{ReplicaPlan, Stage};
+use crate::crd::{SensorPipelineStatus, StageStatus};
+use crate::kafka::TopicPlan;
+use crate::planner::{self, Bounds, Change};
+use crate::validate::Validated;
+
+/// Severity of a [`PlannedEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// `Normal`.
+    Normal,
+    /// `Warning`.
+    Warning,
+}
+
+/// An Event to publish on the SensorPipeline (the apply step publishes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// `Normal` or `Warning`.
+    pub severity: Severity,
+    /// CamelCase reason, for example `ScaledUp`.
+    pub reason: String,
+    /// CamelCase action, for example `Scale`.
+    pub action: &'static str,
+    /// Human-readable note.
+    pub note: String,
+}
+
+impl PlannedEvent {
+    /// A `Normal` Event.
+    pub fn normal(reason: &str, action: &'static str, note: String) -> Self {
+        Self {
+            severity: Severity::Normal,
+            reason: reason.to_owned(),
+            action,
+            note,
+        }
+    }
+    /// A `Warning` Event.
+    pub fn warning(reason: &str, action: &'static str, note: String) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::normal(reason, action, note)
+        }
+    }
+}
+
+/// The topics the spec asks for: the nine names, partitions, replication, config (with
+/// `retentionMs` as `retention.ms`), whether a raise is confirmed, the co-partitioned join inputs.
+pub fn topics(v: &Validated) -> TopicPlan {
+    let t = &v.spec.topics;
+    let mut config = t.config.clone();
+    if let Some(r) = t.retention_ms {
+        config.insert("retention.ms".into(), r.to_string());
+    }
+    TopicPlan {
+        topics: v.topics.all().map(str::to_owned).to_vec(),
+        partitions: t.partitions,
+        replication_factor: t.replication_factor,
+        config,
+        allow_increase: t.allow_partition_increase,
+        co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
+    }
+}
+
+/// The planner-scaled stages with their consumer group and input topics (lag is summed over
+/// these).
+pub fn stage_inputs(v: &Validated) -> [(Stage, String, Vec<String>); 2] {
+    [
+        (
+            Stage::Window,
+            v.window_group(),
+            v.topics.window_inputs().map(str::to_owned).to_vec(),
+        ),
+        (
+            Stage::Join,
+            v.join_group(),
+            v.topics.join_inputs().map(str::to_owned).to_vec(),
+        ),
+    ]
+}
+
+/// What [`replicas`] decided for the planner-scaled stages.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplicaDecision {
+    /// Replica counts to write (`None` with `scalingMode: External`).
+    pub plan: ReplicaPlan,
+    /// `status.window` and `status.join`.
+    pub stages: BTreeMap<Stage, StageStatus>,
+    /// Scaling activity this round, for the `Scaling` condition (empty when steady).
+    pub scaling: Vec<String>,
+    /// `ScaledUp` / `ScaledDown` Events.
+    pub events: Vec<PlannedEvent>,
+}
+
+/// Plans the replicas of window-processor and join-predict from their lag (see
+/// [`crate::planner`]), with the cooldown start carried in `previous` status.
+pub fn replicas(
+    v: &Validated,
+    observed: &Observed,
+    previous: &SensorPipelineStatus,
+    cooldown: SignedDuration,
+    now: Timestamp,
+) -> ReplicaDecision {
+    let mut out = ReplicaDecision::default();
+    for (stage, _, inputs) in stage_inputs(v) {
+        let (spec_stage, prev_stage) = match stage {
+            Stage::Window => (&v.spec.processors.window, previous.window.as_ref()),
+            _ => (&v.spec.processors.join, previous.join.as_ref()),
+        };
+        let partitions = inputs
+            .iter()
+            .filter_map(|t| observed.topics.partitions.get(t).copied())
+            .min()
+            .unwrap_or(v.spec.topics.partitions);
+        let lag = observed.lag(stage);
+        let p = planner::plan(&planner::Input {
+            current: observed.current_replicas(stage),
+            lag,
+            bounds: Bounds {
+                min: spec_stage.min_replicas,
+                max: spec_stage.max_replicas,
+                partitions,
+                lag_target: spec_stage.lag_target_per_replica,
+            },
+            cooldown,
+            now,
+            pending_since: prev_stage
+                .and_then(|s| s.scale_down_pending_since.as_deref())
+                .and_then(|s| s.parse::<Timestamp>().ok()),
+        });
+        let replicas = if v.planner_enabled() {
+            match p.change {
+                Change::Up(from, to) | Change::Down(from, to) => {
+                    let verb = if to > from { "up" } else { "down" };
+                    let note = format!(
+                        "scaled {} {verb} from {from} to {to} (lag {}, target {}/replica)",
+                        stage.binary(),
+                        lag.map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+                        spec_stage.lag_target_per_replica
+                    );
+                    out.scaling.push(note.clone());
+                    let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
+                    out.events.push(PlannedEvent::normal(reason, "Scale", note));
+                }
+                Change::CoolingDown(want) => out.scaling.push(format!(
+                    "{} wants {want} replicas; holding {} until the {}s cooldown ends",
+                    stage.binary(),
+                    p.replicas,
+                    cooldown.as_secs()
+                )),
+                Change::Steady | Change::LagUnknown => {}
+            }
+            Some(p.replicas)
+        } else {
+            None
+        };
+        match stage {
+            Stage::Window => out.plan.window = replicas,
+            _ => out.plan.join = replicas,
+        }
+        out.stages.insert(
+            stage,
+            StageStatus {
+                replicas: replicas
+                    .or_else(|| observed.current_replicas(stage))
+                    .unwrap_or(1),
+                ready_replicas: observed.replicas(stage).map_or(0, |r| r.ready),
+                lag: lag.map(saturating_i64),
+                scale_down_pending_since: if v.planner_enabled() {
+                    p.pending_since.map(cooldown_start_rfc3339)
+                } else {
+                    None
+                },
+            },
+        );
+    }
+    out
+}
+
+/// `u64` messages as the `i64` of the status, saturating.
+pub fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A cooldown start written to status: seconds precision like metav1.Time, rounded *up* so
+/// that the cooldown read back from status is never shorter than configured (truncating let a
+/// scale-down happen up to 1 s early).
+pub fn cooldown_start_rfc3339(since: Timestamp) -> String {
+    let up = i64::from(since.subsec_nanosecond() > 0);
+    Timestamp::from_second(since.as_second() + up)
+        .unwrap_or(since)
+        .to_string()
+}
+
+/// Which of the topics this pipeline created may be deleted, and which stay because another
+/// pipeline (on the same bootstrap servers) names them now.
+pub fn deletable_topics(
+    created: &[String],
+    in_use_elsewhere: &[String],
+) -> (Vec<String>, Vec<String>) {
+    created
+        .iter()
+        .cloned()
+        .partition(|t| !in_use_elsewhere.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ScalingMode;
+    use crate::kafka::{TopicCheck, TopicReport};
+    use crate::validate::{tests::spec, validate};
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+
+    fn deployment(replicas: i32, ready: i32) -> Deployment {
+        Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: Some(ready),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn observed(v: &Validated, window_lag: Option<u64>, join_lag: Option<u64>) -> Observed {
+        Observed {
+            deployments: BTreeMap::from([
+                (Stage::Window, deployment(1, 1)),
+                (Stage::Join, deployment(2, 2)),
+            ]),
+            secret_versions: Default::default(),
+            topics: TopicReport {
+                partitions: v
+                    .topics
+                    .all()
+                    .iter()
+                    .map(|t| ((*t).to_owned(), 100))
+                    .collect(),
+                created: vec![],
+                increased: vec![],
+                outcome: TopicCheck::Ready,
+            },
+            lags: BTreeMap::from([(Stage::Window, window_lag), (Stage::Join, join_lag)]),
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("time")
+    }
+
+    #[test]
+    fn topic_plan_carries_retention_and_the_join_inputs() {
+        let mut s = spec();
+        s.topics.retention_ms = Some(-1);
+        let v = validate("p", &s).expect("valid");
+        let plan = topics(&v);
+        assert_eq!(plan.topics.len(), 9);
+        assert_eq!(plan.config["retention.ms"], "-1");
+        assert_eq!(
+            plan.co_partitioned,
+            ["p.sx", "p.sy", "p.fa", "p.fi", "p.fd"]
+        );
+        assert_eq!(plan.partitions, 100);
+    }
+
+    #[test]
+    fn lag_above_target_scales_up_with_an_event_and_a_scaling_note() {
+        let v = validate("p", &spec()).expect("valid");
+        // 35 000 messages at 10 000 per replica: 4 window replicas; join steady at 2.
+        let obs = observed(&v, Some(35_000), Some(15_000));
+        let d = replicas(
+            &v,
+            &obs,
+            &Default::default(),
+            SignedDuration::from_secs(300),
+            t(1000),
+        );
+        assert_eq!(d.plan.window, Some(4));
+        assert_eq!(d.stages[&Stage::Window].replicas, 4);
+        assert_eq!(d.stages[&Stage::Window].ready_replicas, 1);
+        assert_eq!(d.stages[&Stage::Window].lag, Some(35_000));
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.events[0].reason, "ScaledUp");
+        assert!(d.events[0].note.contains("window-processor up from 1 to 4"));
+        assert_eq!(d.scaling.len(), 1);
+        assert_eq!(d.plan.join, Some(2));
+        assert_eq!(d.stages[&Stage::Join].scale_down_pending_since, None);
+    }
+
+    #[test]
+    fn a_scale_down_waits_for_the_cooldown_and_records_its_start() {
+        let v = validate("p", &spec()).expect("valid");
+        let obs = observed(&v, Some(0), Some(0));
+        let d = replicas(
+            &v,
+            &obs,
+            &Default::default(),
+            SignedDuration::from_secs(300),
+            t(1000),
+        );
+        // join has 2 replicas and no lag: wants 1, holds 2 during the cooldown.
+        assert_eq!(d.plan.join, Some(2));
+        assert!(d.events.is_empty());
+        let since = d.stages[&Stage::Join].scale_down_pending_since.clone();
+        assert_eq!(since.as_deref(), Some(t(1000).to_string().as_str()));
+        assert!(d.scaling[0].contains("holding 2 until the 300s cooldown ends"));
+        // Cooldown over: scales down.
+        let previous = SensorPipelineStatus {
+            join: d.stages.get(&Stage::Join).cloned(),
+            ..Default::default()
+        };
+        let later = replicas(&v, &obs, &previous, SignedDuration::from_secs(300), t(1300));
+        assert_eq!(later.plan.join, Some(1));
+        assert_eq!(later.events[0].reason, "ScaledDown");
+    }
+
+    #[test]
+    fn external_scaling_leaves_replicas_unset_and_reports_the_deployments() {
+        let mut s = spec();
+        s.processors.scaling_mode = ScalingMode::External;
+        let v = validate("p", &s).expect("valid");
+        let obs = observed(&v, Some(99_000), None);
+        let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
+        assert_eq!(d.plan, ReplicaPlan::default());
+        assert!(d.events.is_empty() && d.scaling.is_empty());
+        assert_eq!(d.stages[&Stage::Join].replicas, 2, "from the Deployment");
+        assert_eq!(d.stages[&Stage::Join].lag, None);
+        assert_eq!(d.stages[&Stage::Join].scale_down_pending_since, None);
+    }
+
+    #[test]
+    fn cooldown_start_rounds_up_to_whole_seconds() {
+        let t = |s: i64, ns: i32| Timestamp::new(s, ns).expect("time");
+        assert_eq!(cooldown_start_rfc3339(t(100, 0)), t(100, 0).to_string());
+        assert_eq!(cooldown_start_rfc3339(t(100, 1)), t(101, 0).to_string());
+        assert_eq!(
+            cooldown_start_rfc3339(t(100, 999_999_999)),
+            t(101, 0).to_string()
+        );
+        // Read back, the cooldown never starts before the moment it was decided.
+        let back: Timestamp = cooldown_start_rfc3339(t(100, 500)).parse().expect("time");
+        assert!(back >= t(100, 500));
+    }
+
+    #[test]
+    fn only_topics_not_named_by_another_pipeline_are_deleted() {
+        let created = vec!["p.fa".to_owned(), "p.sx".to_owned(), "shared".to_owned()];
+        let (delete, keep) = deletable_topics(&created, &["shared".to_owned(), "q.sx".to_owned()]);
+        assert_eq!(delete, ["p.fa", "p.sx"]);
+        assert_eq!(keep, ["shared"]);
+        assert_eq!(deletable_topics(&[], &[]), (vec![], vec![]));
+    }
+}

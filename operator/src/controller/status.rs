@@ -1,0 +1,389 @@
+//! The status step, pure: what was observed and decided in, `status` (conditions, phase, stage
+//! replicas and lag, topics) and the topic Events out. `lastTransitionTime` is kept while a
+//! condition's status does not change ([`crate::conditions::compute_conditions`]), so a round
+//! with nothing new writes nothing.
+//!
+//! ```text
+//!   invalid spec ───────────────────────▶ invalid()        ─▶ status Invalid (+ InvalidSpec Event)
+//!   Secret / broker failure ────────────▶ topic_failure()  ─▶ TopicsReady=False, Degraded (+ Warning)
+//!   TopicReport + previous status ──────▶ created_topics(), topic_events()
+//!   Observed + ReplicaDecision + previous ─▶ running()     ─▶ the full status
+//! ```
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+
+use super::dereference::{Observed, replicas_of};
+use super::plan::{PlannedEvent, ReplicaDecision, saturating_i64};
+use crate::build::Stage;
+use crate::conditions::{self, ConditionType, Observations, Replicas, TopicsOutcome};
+use crate::crd::{SensorPipelineSpec, SensorPipelineStatus, TopicStatus};
+use crate::kafka::TopicReport;
+
+/// `now` at seconds precision, like metav1.Time.
+pub fn now_rfc3339(now: Timestamp) -> String {
+    Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
+}
+
+/// The status of a spec that failed validation (`Invalid`, `Ready=False` and `Degraded=True`
+/// with reason `InvalidSpec`), and whether this generation's failure was already reported (so
+/// the `InvalidSpec` Warning is raised once per generation).
+pub fn invalid(
+    generation: Option<i64>,
+    spec: &SensorPipelineSpec,
+    previous: &SensorPipelineStatus,
+    message: &str,
+    now: &str,
+) -> (SensorPipelineStatus, bool) {
+    let obs = Observations {
+        generation,
+        invalid: Some(message.to_owned()),
+        topics: TopicsOutcome::Unknown,
+        window: None,
+        join: None,
+        sink: spec.sink.as_ref().map(|_| None),
+        scaling: vec![],
+    };
+    let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
+    let already_reported =
+        previous.observed_generation == generation && previous.phase.as_deref() == Some("Invalid");
+    (
+        SensorPipelineStatus {
+            observed_generation: generation,
+            phase: Some(phase),
+            conditions,
+            ..previous.clone()
+        },
+        already_reported,
+    )
+}
+
+/// The status after a failed topic step (a Secret or the broker unavailable):
+/// `TopicsReady=False`, `Degraded=True`, the rest of `previous` kept; and the Warning Event
+/// with the `TopicsReady` reason.
+pub fn topic_failure(
+    generation: Option<i64>,
+    spec: &SensorPipelineSpec,
+    previous: &SensorPipelineStatus,
+    outcome: TopicsOutcome,
+    deployments: Option<&BTreeMap<Stage, Deployment>>,
+    now: &str,
+) -> (SensorPipelineStatus, Option<PlannedEvent>) {
+    let get = |stage| deployments.and_then(|d| replicas_of(d.get(&stage)));
+    let obs = Observations {
+        generation,
+        invalid: None,
+        topics: outcome,
+        window: get(Stage::Window),
+        join: get(Stage::Join),
+        sink: spec.sink.as_ref().map(|_| get(Stage::Sink)),
+        scaling: vec![],
+    };
+    let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
+    let event = ConditionType::TopicsReady
+        .find(&conditions)
+        .map(|c| PlannedEvent::warning(&c.reason, "EnsureTopics", c.message.clone()));
+    (
+        SensorPipelineStatus {
+            observed_generation: generation,
+            phase: Some(phase),
+            conditions,
+            ..previous.clone()
+        },
+        event,
+    )
+}
+
+/// `status.createdTopics` after the topic step: the previous list plus the topics created now,
+/// sorted and without duplicates.
+pub fn created_topics(previous: &SensorPipelineStatus, report: &TopicReport) -> Vec<String> {
+    let mut created = previous.created_topics.clone();
+    created.extend(report.created.iter().cloned());
+    created.sort();
+    created.dedup();
+    created
+}
+
+/// Events of the topic step: `TopicsCreated`, one `PartitionsIncreased` Warning per raised
+/// topic, and a Warning with the `TopicsReady` reason when the outcome is a problem that
+/// differs (reason or message) from the previous `TopicsReady` condition.
+pub fn topic_events(
+    report: &TopicReport,
+    partitions: i32,
+    previous: &SensorPipelineStatus,
+) -> Vec<PlannedEvent> {
+    let mut events = Vec::new();
+    if !report.created.is_empty() {
+        events.push(PlannedEvent::normal(
+            "TopicsCreated",
+            "CreateTopics",
+            format!(
+                "created {} topics with {partitions} partitions: {}",
+                report.created.len(),
+                report.created.join(", ")
+            ),
+        ));
+    }
+    for (topic, from, to) in &report.increased {
+        events.push(PlannedEvent::warning(
+            "PartitionsIncreased",
+            "CreatePartitions",
+            format!(
+                "raised {topic} from {from} to {to} partitions (key → partition mapping changed)"
+            ),
+        ));
+    }
+    let outcome = TopicsOutcome::from(report.outcome.clone());
+    if outcome.is_problem() {
+        let (reason, message) = outcome.reason();
+        let unchanged = ConditionType::TopicsReady
+            .find(&previous.conditions)
+            .is_some_and(|c| c.reason == reason && c.message == message);
+        if !unchanged {
+            events.push(PlannedEvent::warning(reason, "EnsureTopics", message));
+        }
+    }
+    events
+}
+
+/// The status of a reconcile that got through the topic step: conditions and phase from the
+/// observed Deployments (with the planned replica counts), the topic outcome and the scaling
+/// notes; per-stage replicas and lag; the sum of both stages' lag when both are known; the
+/// partition count of every topic; `createdTopics`.
+pub fn running(
+    generation: Option<i64>,
+    spec: &SensorPipelineSpec,
+    observed: &Observed,
+    decision: &ReplicaDecision,
+    created_topics: Vec<String>,
+    previous: &SensorPipelineStatus,
+    now: &str,
+) -> SensorPipelineStatus {
+    let planned = |stage, plan: Option<i32>| {
+        Some(match observed.replicas(stage) {
+            Some(r) => Replicas {
+                desired: plan.unwrap_or(r.desired),
+                ..r
+            },
+            None => Replicas {
+                desired: plan.unwrap_or(1),
+                ready: 0,
+            },
+        })
+    };
+    let obs = Observations {
+        generation,
+        invalid: None,
+        topics: observed.topics.outcome.clone().into(),
+        window: planned(Stage::Window, decision.plan.window),
+        join: planned(Stage::Join, decision.plan.join),
+        sink: spec.sink.as_ref().map(|s| {
+            Some(observed.replicas(Stage::Sink).unwrap_or(Replicas {
+                desired: s.replicas,
+                ready: 0,
+            }))
+        }),
+        scaling: decision.scaling.clone(),
+    };
+    let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
+    let total_lag = match (observed.lag(Stage::Window), observed.lag(Stage::Join)) {
+        (Some(a), Some(b)) => Some(saturating_i64(a.saturating_add(b))),
+        _ => None,
+    };
+    SensorPipelineStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions,
+        window: decision.stages.get(&Stage::Window).cloned(),
+        join: decision.stages.get(&Stage::Join).cloned(),
+        total_lag,
+        topics: observed
+            .topics
+            .partitions
+            .iter()
+            .map(|(name, partitions)| TopicStatus {
+                name: name.clone(),
+                partitions: *partitions,
+            })
+            .collect(),
+        created_topics,
+        cleanup_attempts: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::ReplicaPlan;
+    use crate::controller::plan::Severity;
+    use crate::crd::StageStatus;
+    use crate::kafka::TopicCheck;
+    use crate::validate::tests::spec;
+
+    fn report(outcome: TopicCheck) -> TopicReport {
+        TopicReport {
+            partitions: BTreeMap::from([("p.sx".to_owned(), 100), ("p.sz".to_owned(), 100)]),
+            created: vec!["p.sz".into()],
+            increased: vec![("p.sx".into(), 50, 100)],
+            outcome,
+        }
+    }
+
+    fn cond(s: &SensorPipelineStatus, t: ConditionType) -> &crate::crd::Condition {
+        t.find(&s.conditions).expect("condition")
+    }
+
+    #[test]
+    fn an_invalid_spec_is_reported_once_per_generation() {
+        let (s, reported) = invalid(Some(2), &spec(), &Default::default(), "bad", "T1");
+        assert!(!reported);
+        assert_eq!(s.phase.as_deref(), Some("Invalid"));
+        assert_eq!(cond(&s, ConditionType::Ready).reason, "InvalidSpec");
+        let (again, reported) = invalid(Some(2), &spec(), &s, "bad", "T2");
+        assert!(reported);
+        assert_eq!(again, s, "nothing new: the same status, no write");
+        let (_, reported) = invalid(Some(3), &spec(), &s, "bad", "T3");
+        assert!(!reported, "a new generation is reported again");
+    }
+
+    #[test]
+    fn a_topic_failure_keeps_the_rest_of_the_status_and_warns() {
+        let previous = SensorPipelineStatus {
+            created_topics: vec!["p.sx".into()],
+            total_lag: Some(5),
+            ..Default::default()
+        };
+        let (s, ev) = topic_failure(
+            Some(1),
+            &spec(),
+            &previous,
+            TopicsOutcome::SecretUnavailable("secret ns/k key u: not found".into()),
+            None,
+            "T1",
+        );
+        assert_eq!(s.created_topics, ["p.sx"]);
+        assert_eq!(s.total_lag, Some(5));
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        assert_eq!(
+            cond(&s, ConditionType::TopicsReady).reason,
+            "SecretUnavailable"
+        );
+        let ev = ev.expect("event");
+        assert_eq!(
+            (ev.severity, ev.reason.as_str()),
+            (Severity::Warning, "SecretUnavailable")
+        );
+    }
+
+    #[test]
+    fn topic_events_name_created_and_raised_topics_and_new_problems_once() {
+        let r = report(TopicCheck::NotCoPartitioned("p.sx=100, p.sy=10".into()));
+        let events = topic_events(&r, 100, &Default::default());
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            ["TopicsCreated", "PartitionsIncreased", "NotCoPartitioned"]
+        );
+        assert!(
+            events[0]
+                .note
+                .contains("created 1 topics with 100 partitions: p.sz")
+        );
+        // The same problem already in the previous condition: no repeated Warning.
+        let previous = SensorPipelineStatus {
+            conditions: conditions::compute_conditions(
+                &Observations {
+                    generation: None,
+                    invalid: None,
+                    topics: r.outcome.clone().into(),
+                    window: None,
+                    join: None,
+                    sink: None,
+                    scaling: vec![],
+                },
+                &[],
+                "T0",
+            )
+            .0,
+            ..Default::default()
+        };
+        let again = topic_events(&r, 100, &previous);
+        assert!(again.iter().all(|e| e.reason != "NotCoPartitioned"));
+        assert!(topic_events(&report(TopicCheck::Ready), 100, &previous).len() == 2);
+    }
+
+    #[test]
+    fn created_topics_accumulate_sorted_and_unique() {
+        let previous = SensorPipelineStatus {
+            created_topics: vec!["p.sz".into(), "p.fa".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            created_topics(&previous, &report(TopicCheck::Ready)),
+            ["p.fa", "p.sz"]
+        );
+    }
+
+    #[test]
+    fn running_status_sums_lag_and_reports_the_plan() {
+        let observed = Observed {
+            deployments: BTreeMap::new(),
+            secret_versions: Default::default(),
+            topics: report(TopicCheck::Ready),
+            lags: BTreeMap::from([(Stage::Window, Some(7)), (Stage::Join, Some(5))]),
+        };
+        let decision = ReplicaDecision {
+            plan: ReplicaPlan {
+                window: Some(2),
+                join: Some(1),
+            },
+            stages: BTreeMap::from([(
+                Stage::Window,
+                StageStatus {
+                    replicas: 2,
+                    ..Default::default()
+                },
+            )]),
+            scaling: vec![],
+            events: vec![],
+        };
+        let s = running(
+            Some(4),
+            &spec(),
+            &observed,
+            &decision,
+            vec![],
+            &Default::default(),
+            "T1",
+        );
+        assert_eq!(s.total_lag, Some(12));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.window.as_ref().map(|w| w.replicas), Some(2));
+        assert_eq!(s.topics.len(), 2);
+        // No Deployment yet: processors are not ready, the pipeline is Pending.
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert!(
+            cond(&s, ConditionType::ProcessorsReady)
+                .message
+                .contains("0/2 ready")
+        );
+        let unknown = Observed {
+            lags: BTreeMap::from([(Stage::Window, Some(7)), (Stage::Join, None)]),
+            ..observed
+        };
+        let s = running(
+            Some(4),
+            &spec(),
+            &unknown,
+            &decision,
+            vec![],
+            &Default::default(),
+            "T1",
+        );
+        assert_eq!(s.total_lag, None);
+    }
+}
