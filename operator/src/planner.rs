@@ -47,11 +47,16 @@ pub fn recommend(lag: u64, b: &Bounds) -> i32 {
     let cap = b.cap();
     let floor = b.floor();
     let raw = i32::try_from(raw).unwrap_or(i32::MAX).clamp(floor, cap);
-    if raw == 0 || b.partitions <= 0 {
-        return raw;
+    round_to_divisor(raw, b)
+}
+
+/// The smallest divisor of the partition count in `[n, cap]`; `n` itself when there is none
+/// (or when `n` or the partition count is 0).
+fn round_to_divisor(n: i32, b: &Bounds) -> i32 {
+    if n == 0 || b.partitions <= 0 {
+        return n;
     }
-    // Smallest divisor of the partition count in [raw, cap]; keep raw when there is none.
-    (raw..=cap).find(|d| b.partitions % d == 0).unwrap_or(raw)
+    (n..=b.cap()).find(|d| b.partitions % d == 0).unwrap_or(n)
 }
 
 /// What the planner decided for a stage.
@@ -102,7 +107,13 @@ pub fn plan(i: &Input) -> Plan {
     let b = &i.bounds;
     let (floor, cap) = (b.floor(), b.cap());
     let Some(lag) = i.lag else {
-        let replicas = i.current.unwrap_or(floor).clamp(floor, cap);
+        // Without lag the count is only kept within bounds; a count the bounds move is rounded
+        // up to a divisor of the partitions like any recommendation (so the result of a bounds
+        // change does not depend on whether the lag read succeeded).
+        let replicas = match i.current {
+            Some(c) if (floor..=cap).contains(&c) => c,
+            other => round_to_divisor(other.unwrap_or(floor).clamp(floor, cap), b),
+        };
         return Plan {
             replicas,
             pending_since: i.pending_since,
@@ -244,6 +255,12 @@ mod tests {
         assert_eq!(p.replicas, 10);
         let p = plan(&input(None, None, 0, None));
         assert_eq!(p.replicas, 1);
+        // A raised minimum moves the count to the next divisor of 100, lag known or not.
+        let mut i = input(Some(2), None, 0, None);
+        i.bounds.min = 3;
+        assert_eq!(plan(&i).replicas, 4);
+        i.lag = Some(0);
+        assert_eq!(plan(&i).replicas, 4);
     }
 
     #[test]
