@@ -817,28 +817,48 @@ impl<P: Processor> LoopState<'_, P> {
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
     ) -> Result<(), PipelineError> {
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), off) in committed {
-            if let Some(o) = off {
-                let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-            }
-        }
-        if tpl.count() == 0 {
+        let wanted: Vec<(&TopicPartition, i64)> = committed
+            .iter()
+            .filter_map(|(tp, off)| off.map(|o| (tp, o)))
+            .collect();
+        if wanted.is_empty() {
             return Ok(());
         }
-        for e in tpl.elements() {
-            self.rewound.insert((e.topic().to_owned(), e.partition()));
-        }
         let consumer = self.consumer;
+        // Only partitions still assigned: the loop may handle an `Assigned` event whose
+        // partitions a later rebalance already took away (seen: 'Erroneous state' on every
+        // retry, then the process exited); their `Revoked` event follows in the same batch.
         let res = retry_blocking("seek to the rebuilt offsets", || {
-            let res = consumer.seek_partitions(tpl.clone(), Duration::from_secs(10))?;
+            let now: FxHashSet<TopicPartition> =
+                tpl_pairs(&consumer.assignment()?).into_iter().collect();
+            let mut tpl = TopicPartitionList::new();
+            for (tp, o) in &wanted {
+                if now.contains(*tp) {
+                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(*o));
+                }
+            }
+            if tpl.count() == 0 {
+                return Ok(Vec::new());
+            }
+            let res = consumer.seek_partitions(tpl, Duration::from_secs(10))?;
             match res.elements().iter().find_map(|e| e.error().err()) {
                 Some(e) => Err(e),
-                None => Ok(()),
+                None => Ok(tpl_pairs(&res)),
             }
         })
         .await;
-        res.map_err(PipelineError::Seek)
+        match res {
+            // A record of these partitions received before the seek is fetched again.
+            Ok(sought) => self.rewound.extend(sought),
+            // Not fatal: without the seek the partitions' floors (see `Assignment`) skip what
+            // librdkafka delivers below the rebuilt offsets; nothing is dropped as stale.
+            Err(e) => tracing::warn!(
+                error = %e,
+                "seeking assigned partitions to their rebuilt offsets failed; records below \
+                 those offsets are skipped instead"
+            ),
+        }
+        Ok(())
     }
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
