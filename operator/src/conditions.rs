@@ -24,6 +24,8 @@ pub enum TopicsOutcome {
     IncreaseFailed(String),
     /// A Secret the spec names (Kafka credentials, CA) is missing or lacks the key.
     SecretUnavailable(String),
+    /// The broker refused the SASL credentials from the spec's `credentialsSecret`.
+    AuthenticationFailed(String),
 }
 
 impl TopicsOutcome {
@@ -41,6 +43,7 @@ impl TopicsOutcome {
             TopicsOutcome::NotCoPartitioned(m) => ("NotCoPartitioned", m.clone()),
             TopicsOutcome::IncreaseFailed(m) => ("PartitionIncreaseFailed", m.clone()),
             TopicsOutcome::SecretUnavailable(m) => ("SecretUnavailable", m.clone()),
+            TopicsOutcome::AuthenticationFailed(m) => ("AuthenticationFailed", m.clone()),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Operator scenarios against a REAL kube-apiserver and a real Apache Kafka broker.
 //!
 //! Run through `tests/operator/run.sh`, which starts both, installs the CRD and sets:
-//! `KUBECONFIG`, `SF_TEST_BOOTSTRAP` (broker `host:port`) and `SF_TEST_KUBECTL` (kubectl path).
+//! `KUBECONFIG`, `SF_TEST_BOOTSTRAP` (broker `host:port`), `SF_TEST_KUBECTL` (kubectl path) and
+//! `SF_TEST_SASL_ENV` (the broker's SASL_SSL listener: `DIR/sasl.env` of `scripts/broker.sh`).
 //! Each test starts its own operator process(es) (the binary under test), watching only the
 //! test's own namespace; run them with `--test-threads=1` (they share the broker and CPU).
 //! Every API call has a client timeout, every wait a deadline, every kubectl a
@@ -1863,4 +1864,396 @@ async fn paused_leader_never_acts_next_to_its_successor() {
         (b.metric("sensorflow_operator_writes_total").await? > w).then_some(())
     })
     .await;
+}
+
+/// The test broker's SASL_SSL listener (`DIR/sasl.env` of `scripts/broker.sh`: bootstrap
+/// address, SCRAM-SHA-512 and PLAIN users, the test CA's path), read from the file
+/// `SF_TEST_SASL_ENV` names.
+fn sasl_env() -> BTreeMap<String, String> {
+    let path =
+        std::env::var("SF_TEST_SASL_ENV").expect("SF_TEST_SASL_ENV (run tests/operator/run.sh)");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Server-side applies an Opaque Secret with `data` as `stringData` (field manager `test`).
+async fn apply_secret(c: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    use k8s_openapi::api::core::v1::Secret;
+    let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+    let secret: Secret = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name}, "stringData": data}))
+    .unwrap();
+    Api::<Secret>::namespaced(c.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// A pipeline on the SASL_SSL listener: `mechanism`, credentials from Secret `creds` (keys
+/// `user_key` / `pass_key`), the CA from Secret `kafka-ca` key `ca.crt`; 3 partitions.
+fn sasl_spec(mechanism: &str, creds: &str, user_key: &str, pass_key: &str) -> Value {
+    json!({
+        "kafka": {"bootstrapServers": sasl_env()["KAFKA_BOOTSTRAP_SERVERS"],
+            "security": {"protocol": "SASL_SSL", "saslMechanism": mechanism,
+                "credentialsSecret": {"name": creds, "usernameKey": user_key, "passwordKey": pass_key},
+                "caSecret": {"name": "kafka-ca", "key": "ca.crt"}}},
+        "topics": {"partitions": 3},
+        "processors": {"window": {"maxReplicas": 3}, "join": {"maxReplicas": 3}},
+        "sink": {"bucket": "archive"}
+    })
+}
+
+/// Asserts that the container of `d` takes the SASL username and password from Secret `creds`
+/// (`secretKeyRef`, no inline value) and mounts the CA from Secret `kafka-ca`.
+fn assert_credentials_from_secrets(d: &Deployment, creds: &str, user_key: &str, pass_key: &str) {
+    let name = d.metadata.name.clone().unwrap();
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    let env = container.env.as_ref().expect("secret env");
+    for (var, key) in [
+        ("KAFKA_SASL_USERNAME", user_key),
+        ("KAFKA_SASL_PASSWORD", pass_key),
+    ] {
+        let e = env
+            .iter()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("{name}: no {var}"));
+        assert!(e.value.is_none(), "{name}: {var} inlined");
+        let r = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{name}: {var} not from a Secret"));
+        assert_eq!((r.name.as_str(), r.key.as_str()), (creds, key), "{name}");
+    }
+    let ca = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "kafka-ca")
+        .unwrap_or_else(|| panic!("{name}: no CA volume"));
+    assert_eq!(
+        ca.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("kafka-ca")
+    );
+    assert!(
+        container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "kafka-ca" && m.mount_path == "/etc/sensorflow/kafka-ca"),
+        "{name}: CA not mounted"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn sasl_ssl_listener_with_credentials_and_ca_from_secrets() {
+    let c = client().await;
+    let ns = "sf-sasl";
+    namespace(&c, ns).await;
+    let env = sasl_env();
+    let ca_pem = std::fs::read_to_string(&env["KAFKA_SSL_CA_LOCATION"]).unwrap();
+    let (scram_user, scram_pass) = (&env["KAFKA_SASL_USERNAME"], &env["KAFKA_SASL_PASSWORD"]);
+    let (plain_user, plain_pass) = (
+        &env["SENSORFLOW_BROKER_PLAIN_USERNAME"],
+        &env["SENSORFLOW_BROKER_PLAIN_PASSWORD"],
+    );
+    apply_secret(&c, ns, "kafka-ca", &[("ca.crt", &ca_pem)]).await;
+    apply_secret(
+        &c,
+        ns,
+        "kafka-scram",
+        &[("username", scram_user), ("password", scram_pass)],
+    )
+    .await;
+    // Confluent Cloud's shape: SASL_SSL + PLAIN (an API key and secret), other key names.
+    apply_secret(
+        &c,
+        ns,
+        "kafka-plain",
+        &[("api-key", plain_user), ("api-secret", plain_pass)],
+    )
+    .await;
+    let _op = Operator::start("sasl", 18197, ns);
+    apply_sp(
+        &c,
+        ns,
+        "sigma",
+        sasl_spec("SCRAM-SHA-512", "kafka-scram", "username", "password"),
+    )
+    .await
+    .unwrap();
+    apply_sp(
+        &c,
+        ns,
+        "rho",
+        sasl_spec("PLAIN", "kafka-plain", "api-key", "api-secret"),
+    )
+    .await
+    .unwrap();
+
+    for (name, creds, user_key, pass_key) in [
+        ("sigma", "kafka-scram", "username", "password"),
+        ("rho", "kafka-plain", "api-key", "api-secret"),
+    ] {
+        let sp = wait_condition(&c, ns, name, "TopicsReady", "True").await;
+        let status = sp.status.clone().unwrap();
+        assert_eq!(status.observed_generation, sp.metadata.generation);
+        assert_eq!(condition(&sp, "Degraded").unwrap().0, "False", "{name}");
+        // No nodes in this control plane: the pods stay Pending.
+        assert_eq!(
+            condition(&sp, "ProcessorsReady").unwrap(),
+            ("False".into(), "ReplicasNotReady".into())
+        );
+        assert_eq!(condition(&sp, "Ready").unwrap().0, "False");
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        assert_eq!(status.topics.len(), 9);
+        assert_eq!(
+            status.created_topics.len(),
+            9,
+            "{name}: created over SASL_SSL"
+        );
+        // On the broker itself (its PLAINTEXT listener; the pipeline only knows SASL_SSL).
+        let counts = broker_partitions(&topics_of(name));
+        assert_eq!(counts.len(), 9, "{name}: topics on broker: {counts:?}");
+        assert!(counts.values().all(|&n| n == 3), "{counts:?}");
+
+        for stage in ["window", "join", "sink"] {
+            let d = wait_for(
+                &format!("{name}-{stage}"),
+                Duration::from_secs(30),
+                || async { deployment(&c, ns, &format!("{name}-{stage}")).await },
+            )
+            .await;
+            assert_credentials_from_secrets(&d, creds, user_key, pass_key);
+        }
+    }
+
+    // What the processors read from their ConfigMaps: the listener, protocol, mechanism and
+    // the CA's mounted path; and no secret value anywhere in a Deployment or ConfigMap.
+    // The operator's ConfigMaps (not kube-root-ca.crt, which holds the cluster's own CA).
+    let cms = Api::<ConfigMap>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=sensorflow-operator"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        cms.len(),
+        8,
+        "common, window, join and sink ConfigMaps per pipeline"
+    );
+    let common = |p: &str| -> BTreeMap<String, String> {
+        cms.iter()
+            .filter(|cm| cm.name_any().starts_with(&format!("{p}-")))
+            .flat_map(|cm| cm.data.clone().unwrap_or_default())
+            .collect()
+    };
+    for (p, mechanism) in [("sigma", "SCRAM-SHA-512"), ("rho", "PLAIN")] {
+        let data = common(p);
+        assert_eq!(
+            data.get("KAFKA_BOOTSTRAP_SERVERS"),
+            Some(&env["KAFKA_BOOTSTRAP_SERVERS"])
+        );
+        assert_eq!(
+            data.get("KAFKA_SECURITY_PROTOCOL").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            data.get("KAFKA_SASL_MECHANISM").map(String::as_str),
+            Some(mechanism)
+        );
+        assert_eq!(
+            data.get("KAFKA_SSL_CA_LOCATION").map(String::as_str),
+            Some("/etc/sensorflow/kafka-ca/ca.crt")
+        );
+    }
+    let deployments = Api::<Deployment>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(deployments.len(), 6);
+    let rendered = serde_json::to_string(&(&deployments, &cms)).unwrap();
+    for secret in [scram_pass, plain_pass] {
+        assert!(!rendered.contains(secret.as_str()), "a password is inlined");
+    }
+    assert!(
+        !rendered.contains("BEGIN CERTIFICATE"),
+        "the CA is inlined instead of mounted"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn wrong_sasl_credentials_are_reported_without_hot_loop_and_recover() {
+    let c = client().await;
+    let ns = "sf-sasl-bad";
+    namespace(&c, ns).await;
+    let env = sasl_env();
+    let ca_pem = std::fs::read_to_string(&env["KAFKA_SSL_CA_LOCATION"]).unwrap();
+    apply_secret(&c, ns, "kafka-ca", &[("ca.crt", &ca_pem)]).await;
+    let user = env["KAFKA_SASL_USERNAME"].as_str();
+    apply_secret(
+        &c,
+        ns,
+        "kafka-scram",
+        &[("username", user), ("password", "not-the-password")],
+    )
+    .await;
+    let op = Operator::start("sasl-bad", 18198, ns);
+    apply_sp(
+        &c,
+        ns,
+        "omega",
+        sasl_spec("SCRAM-SHA-512", "kafka-scram", "username", "password"),
+    )
+    .await
+    .unwrap();
+
+    // A condition that names authentication and the Secret to fix, and a Warning Event.
+    let started = Instant::now();
+    let sp = wait_for("AuthenticationFailed", Duration::from_secs(60), || async {
+        let sp = get_sp(&c, ns, "omega").await?;
+        (condition(&sp, "TopicsReady")?.1 == "AuthenticationFailed").then_some(sp)
+    })
+    .await;
+    eprintln!(
+        "AuthenticationFailed reported {:?} after apply",
+        started.elapsed()
+    );
+    let topics_ready = sp
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "TopicsReady")
+        .unwrap()
+        .clone();
+    eprintln!("TopicsReady message: {}", topics_ready.message);
+    assert_eq!(topics_ready.status, "False");
+    let msg = topics_ready.message.to_lowercase();
+    assert!(msg.contains("authentication"), "{}", topics_ready.message);
+    assert!(
+        topics_ready.message.contains("sf-sasl-bad/kafka-scram"),
+        "names the Secret: {}",
+        topics_ready.message
+    );
+    assert!(
+        !topics_ready.message.contains("not-the-password"),
+        "the password leaks into the status"
+    );
+    assert_eq!(
+        condition(&sp, "Ready").unwrap(),
+        ("False".into(), "AuthenticationFailed".into())
+    );
+    assert_eq!(condition(&sp, "Degraded").unwrap().0, "True");
+    assert_eq!(
+        sp.status.as_ref().unwrap().phase.as_deref(),
+        Some("Degraded")
+    );
+    let warning = wait_for(
+        "AuthenticationFailed event",
+        Duration::from_secs(20),
+        || async {
+            let e = events(&c, ns, "AuthenticationFailed").await;
+            (!e.is_empty()).then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(warning[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        warning[0]
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("authentication"),
+        "{:?}",
+        warning[0].note
+    );
+    assert!(
+        broker_partitions(&topics_of("omega")).is_empty(),
+        "no topics without authentication"
+    );
+    assert!(
+        deployment(&c, ns, "omega-window").await.is_none(),
+        "no processors rolled out with credentials the broker refuses"
+    );
+
+    // Retried with backoff (1 s doubling to 5 s here), not in a hot loop: once the backoff
+    // has reached its maximum, at most one reconcile per 5 s (plus one in flight), and the
+    // status is not rewritten while nothing changes.
+    wait_for(
+        "backoff at its maximum",
+        Duration::from_secs(60),
+        || async {
+            let f = op
+                .metric("sensorflow_operator_reconcile_failures_total")
+                .await?;
+            (f >= 4.0).then_some(())
+        },
+    )
+    .await;
+    let r0 = op
+        .metric("sensorflow_operator_reconciles_total")
+        .await
+        .unwrap();
+    let rv = get_sp(&c, ns, "omega").await.unwrap().resource_version();
+    let window = Duration::from_secs(15);
+    tokio::time::sleep(window).await;
+    let r1 = op
+        .metric("sensorflow_operator_reconciles_total")
+        .await
+        .unwrap();
+    eprintln!(
+        "{} reconciles in {window:?} while the credentials are wrong",
+        r1 - r0
+    );
+    assert!(r1 > r0, "not retried");
+    assert!(
+        r1 - r0 <= 4.0,
+        "hot loop: {} reconciles in {window:?}",
+        r1 - r0
+    );
+    assert_eq!(
+        get_sp(&c, ns, "omega").await.unwrap().resource_version(),
+        rv,
+        "status rewritten on every retry"
+    );
+    assert!(op.child_alive(), "operator exited");
+
+    // Fixing the Secret recovers at the next retry, without touching the pipeline.
+    let fixed = Instant::now();
+    apply_secret(
+        &c,
+        ns,
+        "kafka-scram",
+        &[
+            ("username", user),
+            ("password", &env["KAFKA_SASL_PASSWORD"]),
+        ],
+    )
+    .await;
+    let sp = wait_condition(&c, ns, "omega", "TopicsReady", "True").await;
+    eprintln!("recovered {:?} after the Secret was fixed", fixed.elapsed());
+    assert_eq!(condition(&sp, "Degraded").unwrap().0, "False");
+    assert_eq!(broker_partitions(&topics_of("omega")).len(), 9);
+    let d = wait_for("omega-window", Duration::from_secs(30), || async {
+        deployment(&c, ns, "omega-window").await
+    })
+    .await;
+    assert_credentials_from_secrets(&d, "kafka-scram", "username", "password");
+    assert!(op.child_alive(), "operator exited");
 }

@@ -13,7 +13,7 @@
 #
 # Env: SENSORFLOW_OPERATOR_BROKER_PORT (default 19192), SENSORFLOW_K8S_PORT (default 16443),
 # SENSORFLOW_ETCD_PORT (12379), SENSORFLOW_KCM_PORT (10357), SF_TEST_PORT_OFFSET (added to the
-# operators' metrics ports 18181–18196, default 0: two runs side by side), KEEP=1 to leave
+# operators' metrics ports 18181–18198, default 0: two runs side by side), KEEP=1 to leave
 # broker and control plane running afterwards.
 . "$(dirname "$0")/../../scripts/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
@@ -69,6 +69,9 @@ mkdir -p "$logs"
 bootstrap="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
 export KUBECONFIG; KUBECONFIG="$("$REPO_ROOT/tests/cluster/control-plane.sh" up "$k8s_dir")"
 export SF_TEST_BOOTSTRAP="$bootstrap" SF_TEST_KUBECTL="$kubectl" SF_TEST_LOG_DIR="$logs"
+# The broker's SASL_SSL listener (bootstrap, SCRAM-SHA-512 and PLAIN users, test CA), which the
+# secured-listener scenarios put into Secrets.
+export SF_TEST_SASL_ENV="$broker_dir/sasl.env"
 log "broker $bootstrap, kubeconfig $KUBECONFIG, logs $logs"
 
 # --- steps ---
@@ -272,7 +275,7 @@ step "helm install against the API server (installs the CRD)" helm_install
 step "CRD established on the API server (structural)" install_crd
 step "example manifest accepted (kubectl apply --dry-run=server)" example_server_dry_run
 step "CEL rules refuse each violating manifest with the rule's message" cel_rules_refuse
-step "operator scenarios (real API server + Apache Kafka)" scenarios
+step "operator scenarios (real API server + Apache Kafka, PLAINTEXT and SASL_SSL listeners)" scenarios
 step "RBAC default: release namespace only, no cluster-wide Secrets (kubectl auth can-i)" rbac_namespaced_default
 step "RBAC watch.namespaces: a Role per listed namespace (kubectl auth can-i)" rbac_watch_list
 step "RBAC watch.clusterWide opt-in (kubectl auth can-i)" rbac_cluster_wide_opt_in

@@ -253,7 +253,11 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
     let report = match apply::topics(ctx, &conn, &plan::topics(&v)).await? {
         Ok(r) => r,
         Err(e) => {
-            let outcome = TopicsOutcome::BrokerUnavailable(e.to_string());
+            let outcome = if e.is_authentication() {
+                TopicsOutcome::AuthenticationFailed(authentication_hint(&e, &ns, &sp.spec))
+            } else {
+                TopicsOutcome::BrokerUnavailable(e.to_string())
+            };
             report_topic_failure(ctx, &sp, &previous, outcome, Some(&deployments), &now_s).await?;
             return Err(Error::Kafka {
                 pipeline: key(&sp),
@@ -333,6 +337,22 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
     );
     apply::status(ctx, &sp, &st).await?;
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// The `AuthenticationFailed` message: the broker's refusal and what to check (the Secret and
+/// keys the credentials come from, the mechanism). Never the credentials themselves.
+fn authentication_hint(e: &AdminError, ns: &str, spec: &crate::crd::SensorPipelineSpec) -> String {
+    let sec = spec.kafka.security.as_ref();
+    let mechanism = sec
+        .and_then(|s| s.sasl_mechanism)
+        .map_or("(none)", |m| m.as_str());
+    match sec.and_then(|s| s.credentials_secret.as_ref()) {
+        Some(c) => format!(
+            "{e}; check the username and password in Secret {ns}/{} (keys {}, {}) and saslMechanism {mechanism}",
+            c.name, c.username_key, c.password_key
+        ),
+        None => format!("{e}; no credentialsSecret is set (saslMechanism {mechanism})"),
+    }
 }
 
 /// Writes the status for a failed topic step (`TopicsReady=False`, `Degraded=True`) and raises a

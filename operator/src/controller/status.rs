@@ -280,6 +280,33 @@ mod tests {
     }
 
     #[test]
+    fn refused_credentials_make_ready_false_with_their_own_reason_and_a_warning() {
+        let (s, ev) = topic_failure(
+            Some(1),
+            &spec(),
+            &Default::default(),
+            TopicsOutcome::AuthenticationFailed("SASL authentication failed: x".into()),
+            None,
+            "T1",
+        );
+        assert_eq!(s.phase.as_deref(), Some("Degraded"));
+        for t in [ConditionType::Ready, ConditionType::TopicsReady] {
+            let c = cond(&s, t);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "AuthenticationFailed")
+            );
+            assert!(c.message.contains("SASL authentication failed"));
+        }
+        assert_eq!(cond(&s, ConditionType::Degraded).status, "True");
+        let ev = ev.expect("event");
+        assert_eq!(
+            (ev.severity, ev.reason.as_str()),
+            (Severity::Warning, "AuthenticationFailed")
+        );
+    }
+
+    #[test]
     fn topic_events_name_created_and_raised_topics_and_new_problems_once() {
         let r = report(TopicCheck::NotCoPartitioned("p.sx=100, p.sy=10".into()));
         let events = topic_events(&r, 100, &Default::default());

@@ -18,13 +18,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Timeout of one broker request.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +40,16 @@ pub enum AdminError {
         what: String,
         /// Cause.
         source: KafkaError,
+    },
+    /// The broker refused the client's SASL authentication (wrong username or password, or a
+    /// mechanism the listener does not enable). `detail` is librdkafka's report of the
+    /// refusal, which the failed request itself does not carry.
+    #[error("{what}: SASL authentication failed: {detail}")]
+    Authentication {
+        /// What was being done (with the bootstrap servers).
+        what: String,
+        /// The broker's refusal as librdkafka logged it.
+        detail: String,
     },
     /// A topic exists with another partition count.
     #[error("topic {topic} has {actual} partitions, expected {expected}")]
@@ -66,6 +77,13 @@ pub enum AdminError {
     /// The blocking task panicked or was cancelled.
     #[error("blocking kafka task: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl AdminError {
+    /// Whether the broker refused the client's SASL authentication.
+    pub fn is_authentication(&self) -> bool {
+        matches!(self, AdminError::Authentication { .. })
+    }
 }
 
 fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> AdminError {
@@ -316,6 +334,137 @@ impl Connection {
     }
 }
 
+/// Client context of the metadata client [`Connection`] reads topics with: remembers the last
+/// connection failure librdkafka reported (the broker refusing SASL authentication, a failed
+/// TLS handshake, a refused connection). A metadata request to a broker the client cannot use
+/// only fails with "broker transport failure"; this says why. librdkafka queues these reports
+/// (`log.queue`) until the client is polled, which [`metadata`] does after each failed slice.
+/// Log lines go on to `tracing` (target `librdkafka`).
+#[derive(Debug, Default)]
+pub struct ConnectionContext {
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl ConnectionContext {
+    /// The last connection failure logged, without librdkafka's varying
+    /// "(after N ms in state X…)" suffix, so a repeated failure reads the same each time.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Whether the last connection failure is the broker refusing SASL authentication.
+    pub fn authentication_failed(&self) -> bool {
+        self.last_failure()
+            .is_some_and(|f| is_authentication_failure(&f))
+    }
+
+    fn record(&self, message: &str) {
+        // "[thrd:sasl_ssl://b:1/bootstrap]: sasl_ssl://b:1/bootstrap: … (after 5ms in state X)"
+        let message = match message.strip_prefix("[thrd:") {
+            Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
+            None => message,
+        };
+        let stable = message
+            .split_once(" (after ")
+            .map_or(message, |(m, _)| m)
+            .trim();
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = Some(stable.to_owned());
+        }
+    }
+
+    /// The error for a failed request: [`AdminError::Authentication`] when the broker refused
+    /// the credentials, otherwise the request's error with the last connection failure (if
+    /// any) added to `what`.
+    fn failed(&self, what: String, source: KafkaError) -> AdminError {
+        match self.last_failure() {
+            Some(detail) if is_authentication_failure(&detail) => {
+                AdminError::Authentication { what, detail }
+            }
+            Some(detail) => AdminError::Kafka {
+                what: format!("{what} (last connection failure: {detail})"),
+                source,
+            },
+            None => AdminError::Kafka { what, source },
+        }
+    }
+}
+
+/// Whether a librdkafka connection failure is a SASL authentication refusal (librdkafka:
+/// "SASL authentication error: …"; the broker: "Authentication failed …").
+fn is_authentication_failure(message: &str) -> bool {
+    message.contains("SASL authentication error") || message.contains("Authentication failed")
+}
+
+impl rdkafka::producer::ProducerContext for ConnectionContext {
+    type DeliveryOpaque = ();
+    /// The metadata client produces nothing.
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+impl ClientContext for ConnectionContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{message}");
+                self.record(message);
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{message}");
+                if fac == "FAIL" {
+                    self.record(message);
+                }
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::trace!(target: "librdkafka", facility = fac, "{message}");
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+        self.record(reason);
+    }
+}
+
+/// Cluster metadata from `conn`'s brokers within [`TIMEOUT`], through a client whose
+/// [`ConnectionContext`] is polled between one-second slices: a broker refusing the
+/// credentials fails the call within a second or two with [`AdminError::Authentication`],
+/// instead of "broker transport failure" after the whole timeout.
+fn metadata(conn: &Connection, what: &str) -> Result<Metadata, AdminError> {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let client: BaseProducer<ConnectionContext> = conn
+        .config()
+        .create_with_context(ConnectionContext::default())
+        .map_err(kafka(format!("kafka client config for {}", conn.bootstrap)))?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match client
+            .client()
+            .fetch_metadata(None, left.min(Duration::from_secs(1)))
+        {
+            Ok(md) => return Ok(md),
+            Err(e) => {
+                // Hands the queued log lines and errors to the context.
+                client.poll(Duration::ZERO);
+                let ctx = client.context();
+                if ctx.authentication_failed() || std::time::Instant::now() >= deadline {
+                    return Err(ctx.failed(what.to_owned(), e));
+                }
+                // Some failures return at once: no tight loop.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// Desired topic settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPlan {
@@ -372,11 +521,7 @@ async fn existing_partition_counts(
     let conn = conn.clone();
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let admin = conn.admin()?;
-        let md = admin
-            .inner()
-            .fetch_metadata(None, TIMEOUT)
-            .map_err(kafka(format!("metadata from {}", conn.bootstrap)))?;
+        let md = metadata(&conn, &format!("metadata from {}", conn.bootstrap))?;
         let mut out = BTreeMap::new();
         for t in md.topics() {
             if topics.iter().any(|x| x == t.name()) && t.error().is_none() {
@@ -625,6 +770,54 @@ pub async fn stage_lag(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_authentication_is_recognised_and_reads_the_same_each_time() {
+        let ctx = ConnectionContext::default();
+        assert!(ctx.last_failure().is_none());
+        let e = ctx.failed("metadata from b:1".into(), KafkaError::Canceled);
+        assert!(matches!(e, AdminError::Kafka { ref what, .. } if what == "metadata from b:1"));
+
+        ctx.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "sasl_ssl://b:1/bootstrap: SSL handshake failed: certificate verify failed (after 12ms in state SSL_HANDSHAKE)",
+        );
+        assert!(!ctx.authentication_failed());
+        let e = ctx.failed("metadata from b:1".into(), KafkaError::Canceled);
+        assert!(!e.is_authentication());
+        assert!(
+            e.to_string().contains("(last connection failure: sasl_ssl://b:1/bootstrap: SSL handshake failed: certificate verify failed)"),
+            "{e}"
+        );
+
+        for after in [
+            "3ms in state AUTH_REQ",
+            "7ms in state AUTH_REQ, 2 identical error(s) suppressed",
+        ] {
+            ctx.log(
+                RDKafkaLogLevel::Error,
+                "FAIL",
+                &format!("[thrd:sasl_ssl://b:1/bootstrap]: sasl_ssl://b:1/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512 (after {after})"),
+            );
+            assert!(ctx.authentication_failed());
+            let e = ctx.failed("metadata from b:1".into(), KafkaError::Canceled);
+            assert!(e.is_authentication());
+            assert_eq!(
+                e.to_string(),
+                "metadata from b:1: SASL authentication failed: sasl_ssl://b:1/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512"
+            );
+        }
+        // Informational lines are not failures.
+        let quiet = ConnectionContext::default();
+        quiet.log(RDKafkaLogLevel::Info, "CONNECT", "connecting");
+        quiet.log(
+            RDKafkaLogLevel::Warning,
+            "CONFWARN",
+            "a configuration warning",
+        );
+        assert!(quiet.last_failure().is_none());
+    }
 
     fn plan(allow_increase: bool) -> TopicPlan {
         TopicPlan {
