@@ -118,6 +118,7 @@ fn engine(clients: usize, readings: usize, spacing_ms: i64) {
 async fn produce_sz(
     kafka: &KafkaArgs,
     topic: &str,
+    sx_sy: Option<(&str, &str)>,
     n: usize,
     clients: usize,
     rate: Option<f64>,
@@ -155,18 +156,37 @@ async fn produce_sz(
         }
         .encode(&mut buf)?;
         let key = format!("client-{c:05}");
-        loop {
-            let rec = rdkafka::producer::FutureRecord::to(topic)
-                .key(&key)
-                .payload(&buf)
-                .timestamp(t);
-            match p.send_result(rec) {
-                Ok(f) => {
-                    futs.push(f);
-                    break;
+        // The pipeline phases also write the client's SX and SY at the same event time, before
+        // its SZ: the as-of join needs them (without them every features trigger is
+        // dead-lettered as `missing-sx`, and SX/SY hold the join watermark back).
+        let mut records: Vec<(&str, Vec<u8>)> = Vec::with_capacity(3);
+        if let Some((sx, sy)) = sx_sy {
+            for (tp, sensor) in [(sx, Sensor::Sx), (sy, Sensor::Sy)] {
+                let v = SensorReading {
+                    event_time_ms: t,
+                    value: ((sent / clients) % 4) as f64,
+                    sensor: sensor as i32,
+                    ingest_time_ms: sensorflow_runtime::now_ms(),
                 }
-                Err(_) => {
-                    p.poll(Duration::from_millis(10));
+                .encode_to_vec();
+                records.push((tp, v));
+            }
+        }
+        records.push((topic, buf.clone()));
+        for (tp, v) in &records {
+            loop {
+                let rec = rdkafka::producer::FutureRecord::to(tp)
+                    .key(&key)
+                    .payload(v)
+                    .timestamp(t);
+                match p.send_result(rec) {
+                    Ok(f) => {
+                        futs.push(f);
+                        break;
+                    }
+                    Err(_) => {
+                        p.poll(Duration::from_millis(10));
+                    }
                 }
             }
         }
@@ -274,7 +294,7 @@ async fn broker(
         "producing {readings} SZ readings to {} ({partitions} partitions)…",
         t.sz
     );
-    produce_sz(&kafka, &t.sz, readings, clients, None, None).await?;
+    produce_sz(&kafka, &t.sz, None, readings, clients, None, None).await?;
     eprintln!("raw rdkafka consume…");
     let raw = tokio::task::block_in_place(|| raw_consume_rate(&kafka, &t.sz, readings))?;
     eprintln!("window-processor over the same topic…");
@@ -297,8 +317,17 @@ async fn broker(
     // The whole pipeline's maximum: a backlog of SZ readings through both processors (SX/SY
     // once per client, so every feature triple yields a prediction).
     let backlog = readings / 2;
-    let (topics, t) = pipeline_topics(&kafka, &format!("{run}max-"), partitions, clients).await?;
-    produce_sz(&kafka, &t.sz, backlog, clients, None, None).await?;
+    let (topics, t) = pipeline_topics(&kafka, &format!("{run}max-"), partitions).await?;
+    produce_sz(
+        &kafka,
+        &t.sz,
+        Some((&t.sx, &t.sy)),
+        backlog,
+        clients,
+        None,
+        None,
+    )
+    .await?;
     let started = Instant::now();
     let w = spawn(
         &bin_dir,
@@ -326,7 +355,7 @@ async fn broker(
 
     // Latency at half of the pipeline's maximum.
     let lat = format!("{run}lat-");
-    let (topics, t) = pipeline_topics(&kafka, &lat, partitions, clients).await?;
+    let (topics, t) = pipeline_topics(&kafka, &lat, partitions).await?;
     let _w = spawn(
         &bin_dir,
         "window-processor",
@@ -347,6 +376,7 @@ async fn broker(
     let sent = produce_sz(
         &kafka,
         &t.sz,
+        Some((&t.sx, &t.sy)),
         0,
         clients,
         Some(rate),
@@ -375,35 +405,16 @@ async fn broker(
     Ok(())
 }
 
-/// Creates a pipeline's topics under `prefix` and gives every client an SX and SY reading.
+/// Creates a pipeline's topics under `prefix` (`partitions` each); the readings come from
+/// `produce_sz` with SX and SY.
 async fn pipeline_topics(
     kafka: &KafkaArgs,
     prefix: &str,
     partitions: i32,
-    clients: usize,
 ) -> anyhow::Result<(TopicArgs, sensorflow_api::TopicNames)> {
     let topics = TopicArgs::prefixed(prefix);
     let t = topics.topics();
     admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
-    let p: FutureProducer = kafka.producer_config("bench").create()?;
-    for c in 0..clients {
-        let key = format!("client-{c:05}");
-        for (topic, sensor) in [(&t.sx, Sensor::Sx), (&t.sy, Sensor::Sy)] {
-            let v = SensorReading {
-                event_time_ms: 0,
-                value: 1.0,
-                sensor: sensor as i32,
-                ingest_time_ms: 0,
-            }
-            .encode_to_vec();
-            let rec = rdkafka::producer::FutureRecord::to(topic)
-                .key(&key)
-                .payload(&v);
-            p.send(rec, Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| e)?;
-        }
-    }
     Ok((topics, t))
 }
 
