@@ -13,59 +13,13 @@ use rdkafka::message::OwnedMessage;
 use sensorflow_core::binning::BinRange;
 use sensorflow_core::config::FeatureRanges;
 use sensorflow_core::model::{FeatureVector, Logistic, Predictor};
-use sensorflow_core::proto::{Feature, FeatureKind, Prediction, SensorReading, TriggerKind};
-use sensorflow_core::window::{
-    Aggregates, Reading, WatermarkScope, WindowConfig, reference_features,
-};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use sensorflow_core::proto::{Feature, FeatureKind, Prediction, TriggerKind};
+use sensorflow_core::window::{Aggregates, WatermarkScope, WindowConfig};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 const PARTITIONS: i32 = 12;
 const DRAIN: Duration = Duration::from_secs(240);
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
-}
-
-/// A bin is right if it matches, or the value sits within rounding of a bin edge.
-fn bin_ok(range: BinRange, value: f64, bin: u32) -> bool {
-    range.bin(value) == bin
-        || range.bin(value * (1.0 + 1e-12) + 1e-12) == bin
-        || range.bin(value * (1.0 - 1e-12) - 1e-12) == bin
-}
-
-/// The reference features of every SZ record, computed from the SZ topic as the processor saw
-/// it (per partition, in offset order), keyed by (partition, offset).
-fn reference(sz: &[OwnedMessage], cfg: WindowConfig) -> HashMap<(i32, i64), Option<Aggregates>> {
-    let mut by_part: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
-    for m in sz {
-        by_part.entry(m.partition()).or_default().push(m);
-    }
-    let mut out = HashMap::new();
-    for (p, msgs) in by_part {
-        let decoded: Vec<(String, Reading, i64)> = msgs
-            .iter()
-            .filter_map(|m| {
-                let key = std::str::from_utf8(m.key()?).ok()?.to_owned();
-                let r = SensorReading::decode(m.payload()?).ok()?;
-                r.value.is_finite().then_some((
-                    key,
-                    Reading {
-                        t: r.event_time_ms,
-                        v: r.value,
-                    },
-                    m.offset(),
-                ))
-            })
-            .collect();
-        let arrivals: Vec<(&str, Reading)> =
-            decoded.iter().map(|(k, r, _)| (k.as_str(), *r)).collect();
-        for ((_, _, off), agg) in decoded.iter().zip(reference_features(cfg, &arrivals)) {
-            out.insert((p, *off), agg);
-        }
-    }
-    out
-}
 
 fn features(topic: &str) -> Vec<Feature> {
     read_all(topic)
@@ -264,7 +218,7 @@ async fn run_pipeline_case(name: &str, scope: WatermarkScope, replay_args: &[&st
         scope,
         ..WindowConfig::default()
     };
-    let reference = reference(&sz, cfg);
+    let reference = reference(&sz, cfg, |v| v);
     let ranges = FeatureRanges::default();
     assert_eq!(
         check_all_features(&t, &reference, &ranges),
@@ -540,7 +494,7 @@ async fn kill_9_mid_stream_loses_nothing_and_repeats_exactly() {
     drain_pipeline(&t, &wg, &jg);
 
     let sz = read_all(&t.topic_sz);
-    let reference = reference(&sz, WindowConfig::default());
+    let reference = reference(&sz, WindowConfig::default(), |v| v);
     let ranges = FeatureRanges::default();
     let repeats = check_all_features(&t, &reference, &ranges);
     let clients: HashSet<_> = sz.iter().map(|m| m.key().unwrap().to_vec()).collect();

@@ -27,11 +27,10 @@ use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sensorflow_core::binning::BinRange;
 use sensorflow_core::config::FeatureRanges;
 use sensorflow_core::model::{FeatureVector, Logistic, Predictor, splitmix64};
 use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor, SensorReading};
-use sensorflow_core::window::{Reading, WindowConfig, reference_features};
+use sensorflow_core::window::{Aggregates, WindowConfig};
 use sensorflow_core::wire::Framing;
 use sensorflow_runtime::kafka::{KafkaArgs, TopicArgs};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -297,16 +296,6 @@ fn client(m: &OwnedMessage) -> String {
     String::from_utf8(m.key().unwrap().to_vec()).unwrap()
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
-}
-
-fn bin_ok(range: BinRange, value: f64, bin: u32) -> bool {
-    range.bin(value) == bin
-        || range.bin(value * (1.0 + 1e-12) + 1e-12) == bin
-        || range.bin(value * (1.0 - 1e-12) - 1e-12) == bin
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a broker: run ./run.sh test"]
 async fn poison_is_dead_lettered_with_its_reason_and_good_readings_stay_exact() {
@@ -520,28 +509,11 @@ async fn poison_is_dead_lettered_with_its_reason_and_good_readings_stay_exact() 
         .into_iter()
         .filter(|m| !is_poison(m))
         .collect();
-    let mut by_part: BTreeMap<i32, Vec<(String, Reading, i64)>> = BTreeMap::new();
-    for m in &sz {
-        let r = SensorReading::decode(unframe(m.payload().unwrap())).unwrap();
-        by_part.entry(m.partition()).or_default().push((
-            client(m),
-            Reading {
-                t: r.event_time_ms,
-                v: r.value,
-            },
-            m.offset(),
-        ));
-    }
-    let mut reference = HashMap::new();
-    for (p, rs) in &by_part {
-        let arrivals: Vec<(&str, Reading)> = rs.iter().map(|(c, r, _)| (c.as_str(), *r)).collect();
-        for ((_, _, off), agg) in rs
-            .iter()
-            .zip(reference_features(WindowConfig::default(), &arrivals))
-        {
-            reference.insert((*p, *off), agg.expect("no good reading is late"));
-        }
-    }
+    let reference: HashMap<(i32, i64), Aggregates> =
+        reference(&sz, WindowConfig::default(), unframe)
+            .into_iter()
+            .map(|(k, agg)| (k, agg.expect("no good reading is late")))
+            .collect();
     let ranges = FeatureRanges::default();
     // client → (t, SZ partition, SZ offset) → bins
     let mut triples: BTreeMap<String, BTreeMap<(i64, i32, i64), [Option<u32>; 3]>> =

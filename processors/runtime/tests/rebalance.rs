@@ -15,17 +15,13 @@ mod common;
 use common::*;
 use prost::Message as _;
 use rdkafka::Message;
-use sensorflow_core::proto::{Feature, SensorReading};
-use sensorflow_core::window::{Reading, WindowConfig, reference_features};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use sensorflow_core::proto::Feature;
+use sensorflow_core::window::{Aggregates, WindowConfig};
+use std::collections::{HashMap, HashSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a broker: run ./run.sh test"]
@@ -72,28 +68,10 @@ async fn members_joining_and_leaving_never_apply_a_reading_twice() {
 
     // The reference, per SZ partition in offset order.
     let sz = read_all(&t.topic_sz);
-    let mut by_part: BTreeMap<i32, Vec<(String, Reading, i64)>> = BTreeMap::new();
-    for m in &sz {
-        let r = SensorReading::decode(m.payload().unwrap()).unwrap();
-        by_part.entry(m.partition()).or_default().push((
-            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
-            Reading {
-                t: r.event_time_ms,
-                v: r.value,
-            },
-            m.offset(),
-        ));
-    }
-    let mut reference = HashMap::new();
-    for (p, rs) in &by_part {
-        let arrivals: Vec<(&str, Reading)> = rs.iter().map(|(c, r, _)| (c.as_str(), *r)).collect();
-        for ((_, _, off), agg) in rs
-            .iter()
-            .zip(reference_features(WindowConfig::default(), &arrivals))
-        {
-            reference.insert((*p, *off), agg.expect("in-order data is never late"));
-        }
-    }
+    let reference: HashMap<(i32, i64), Aggregates> = reference(&sz, WindowConfig::default(), |v| v)
+        .into_iter()
+        .map(|(k, agg)| (k, agg.expect("in-order data is never late")))
+        .collect();
     let mut repeats = 0;
     for topic in [&t.topic_fa, &t.topic_fi, &t.topic_fd] {
         let mut seen = HashSet::new();

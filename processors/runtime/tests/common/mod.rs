@@ -290,3 +290,58 @@ pub fn reading(t: i64, v: f64) -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+/// Equal within 1e-9 relative (the processors' f64 arithmetic against the reference's).
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
+}
+
+/// A bin is right if it matches, or the value sits within rounding of a bin edge.
+pub fn bin_ok(range: sensorflow_core::binning::BinRange, value: f64, bin: u32) -> bool {
+    range.bin(value) == bin
+        || range.bin(value * (1.0 + 1e-12) + 1e-12) == bin
+        || range.bin(value * (1.0 - 1e-12) - 1e-12) == bin
+}
+
+/// The reference features (`sensorflow_core::window::reference_features`) of every SZ record,
+/// computed from the SZ topic as the processor saw it (per partition, in offset order), keyed
+/// by (partition, offset). `unframe` strips the value's wire framing (identity for plain
+/// protobuf); records without a key, undecodable or non-finite are left out, as the processor
+/// dead-letters them. `None`: the reading was late.
+pub fn reference(
+    sz: &[OwnedMessage],
+    cfg: sensorflow_core::window::WindowConfig,
+    unframe: fn(&[u8]) -> &[u8],
+) -> HashMap<(i32, i64), Option<sensorflow_core::window::Aggregates>> {
+    use sensorflow_core::window::{Reading, reference_features};
+    let mut by_part: std::collections::BTreeMap<i32, Vec<&OwnedMessage>> =
+        std::collections::BTreeMap::new();
+    for m in sz {
+        by_part.entry(m.partition()).or_default().push(m);
+    }
+    let mut out = HashMap::new();
+    for (p, msgs) in by_part {
+        let decoded: Vec<(String, Reading, i64)> = msgs
+            .iter()
+            .filter_map(|m| {
+                let key = std::str::from_utf8(m.key()?).ok()?.to_owned();
+                let r =
+                    sensorflow_core::proto::SensorReading::decode(unframe(m.payload()?)).ok()?;
+                r.value.is_finite().then_some((
+                    key,
+                    Reading {
+                        t: r.event_time_ms,
+                        v: r.value,
+                    },
+                    m.offset(),
+                ))
+            })
+            .collect();
+        let arrivals: Vec<(&str, Reading)> =
+            decoded.iter().map(|(k, r, _)| (k.as_str(), *r)).collect();
+        for ((_, _, off), agg) in decoded.iter().zip(reference_features(cfg, &arrivals)) {
+            out.insert((p, *off), agg);
+        }
+    }
+    out
+}
