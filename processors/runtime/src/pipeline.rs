@@ -675,10 +675,6 @@ struct LoopState<'a, P: Processor> {
     /// new owner's `require_stable` offset fetch then waits for the transaction) or is refused
     /// with `ILLEGAL_GENERATION` (KIP-447 fencing) and the transaction is aborted.
     txn_metadata: Option<Arc<ConsumerGroupMetadata>>,
-    /// Partitions the last `handle_rebalance` call moved to their rebuilt offsets: a record of
-    /// theirs received before that seek is stale (re-delivered after it, or already in the
-    /// rebuilt state) and is dropped.
-    rewound: FxHashSet<TopicPartition>,
 }
 
 impl<P: Processor> LoopState<'_, P> {
@@ -811,8 +807,9 @@ impl<P: Processor> LoopState<'_, P> {
     ///
     /// librdkafka starts an assigned partition at the committed offset it read in the assign
     /// callback. When the loop handles a revocation after that callback (both run inside
-    /// `recv`), its flush can commit past that offset: without the seek the records between
-    /// the two offsets would be applied twice (once by the rebuild, once from the fetch).
+    /// `recv`), its flush can commit past that offset. The partition's floor (see
+    /// `Assignment::admit`) already keeps the records between the two offsets from being
+    /// applied twice; the seek spares fetching them again.
     async fn seek_to_rebuilt(
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
@@ -848,8 +845,9 @@ impl<P: Processor> LoopState<'_, P> {
         })
         .await;
         match res {
-            // A record of these partitions received before the seek is fetched again.
-            Ok(sought) => self.rewound.extend(sought),
+            // A record of these partitions received before the seek is fetched again; the
+            // floor admits it once either way.
+            Ok(_) => {}
             // Not fatal: without the seek the partitions' floors (see `Assignment`) skip what
             // librdkafka delivers below the rebuilt offsets; nothing is dropped as stale.
             Err(e) => tracing::warn!(
@@ -862,9 +860,6 @@ impl<P: Processor> LoopState<'_, P> {
     }
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
-        if !self.rewound.is_empty() {
-            self.rewound.clear();
-        }
         for ev in self.consumer.context().take_events() {
             match ev {
                 RebalanceEvent::Revoked(parts) => {
@@ -1058,7 +1053,6 @@ pub async fn run<P: Processor>(
         records_in: FxHashMap::default(),
         exactly_once: cfg.exactly_once,
         txn_metadata: None,
-        rewound: FxHashSet::default(),
     };
     metrics.set_ready(true);
     metrics.beat();
@@ -1082,13 +1076,6 @@ pub async fn run<P: Processor>(
             }
             msg = next_message(consumer, &mut recv_errors) => {
                 st.handle_rebalance().await?;
-                if !st.rewound.is_empty()
-                    && st.rewound.contains(&(msg.topic().to_owned(), msg.partition()))
-                {
-                    // Fetched before its partition was moved to the rebuilt offset (fetched
-                    // again after the seek). Checked before the floor, which it must not move.
-                    continue;
-                }
                 if !st.assigned.admit(msg.topic(), msg.partition(), msg.offset()) {
                     // Revoked since it was fetched (its new owner processes it), or below the
                     // offset the state was rebuilt to (already applied; see `Assignment`).
