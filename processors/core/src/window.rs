@@ -61,7 +61,7 @@
 //! [`reference_features`] is the naive O(n²) implementation of the same definition, used by
 //! the property tests and by the integration tests as an independent reference.
 
-use crate::exact::ExactSum;
+use crate::exact::{HybridSum, to_fixed};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -173,15 +173,23 @@ pub enum Outcome {
     },
 }
 
-/// Adds (`sign = 1.0`) or removes (`-1.0`) the trapezoid `(a.v + b.v) · (b.t − a.t)` (ms,
-/// without the ½ and the ms → s factor, applied once at the end) exactly.
-#[inline]
-fn trapezoid(area: &mut ExactSum, a: Reading, b: Reading, sign: f64) {
-    // Consecutive retained readings are < 2^31 ms apart: the f64 is exact.
-    let dt = b.t.saturating_sub(a.t) as f64;
-    if dt != 0.0 {
-        area.add_scaled(sign * a.v, dt);
-        area.add_scaled(sign * b.v, dt);
+/// Adds (`remove = false`) or removes the trapezoid `(a.v + b.v) · (b.t − a.t)` (ms, without
+/// the ½ and the ms → s factor, applied once at the end) exactly.
+#[inline(always)]
+fn trapezoid(area: &mut HybridSum, a: Reading, b: Reading, remove: bool) {
+    // Consecutive retained readings are < 2^31 ms apart (window + grace ≤ MAX_SPAN_MS).
+    let dt = b.t.saturating_sub(a.t);
+    if dt == 0 {
+        return;
+    }
+    if let (Some(fa), Some(fb)) = (to_fixed(a.v), to_fixed(b.v)) {
+        // Both in the fixed-point range (the common case): one multiply-add in integers.
+        let x = fa.wrapping_add(fb).wrapping_mul(i128::from(dt));
+        area.add_fixed(if remove { x.wrapping_neg() } else { x });
+    } else {
+        let s = if remove { -1.0 } else { 1.0 };
+        area.add_scaled(s * a.v, dt);
+        area.add_scaled(s * b.v, dt);
     }
 }
 
@@ -190,9 +198,6 @@ fn trapezoid(area: &mut ExactSum, a: Reading, b: Reading, sign: f64) {
 fn at_or_before(x: i64, t: i64, d: i64) -> bool {
     i128::from(x) <= i128::from(t) - i128::from(d)
 }
-
-/// The divisor turning `Σ (v + v') · Δt_ms` into value·seconds: ½ (trapezoid) × 1/1000.
-const AREA_DIVISOR: f64 = 2000.0;
 
 #[inline]
 fn derivative(first: Reading, last: Reading) -> f64 {
@@ -207,11 +212,12 @@ fn derivative(first: Reading, last: Reading) -> f64 {
 /// FA and FI from the exact sums of a window of `n ≥ 1` readings (`only` = the reading when
 /// `n = 1`, returned bit for bit).
 #[inline]
-fn mean_and_integral(sum_v: &ExactSum, area: &ExactSum, n: u32, only: f64) -> (f64, f64) {
+fn mean_and_integral(sum_v: &HybridSum, area: &HybridSum, n: u32, only: f64) -> (f64, f64) {
     if n == 1 {
         return (only, 0.0);
     }
-    (sum_v.round() / f64::from(n), area.div_round(AREA_DIVISOR))
+    // The divisor 2000 turns `Σ (v + v') · Δt_ms` into value·seconds: ½ (trapezoid) × 1/1000.
+    (sum_v.round() / f64::from(n), area.div2000_round())
 }
 
 /// A buffered reading: 12 bytes (`packed(4)` keeps the `f64` at 4-byte alignment; fields are
@@ -233,8 +239,8 @@ pub struct ClientWindow {
     buf: VecDeque<Slot>,
     base: i64,
     start: usize,
-    sum_v: ExactSum,
-    area: ExactSum,
+    sum_v: HybridSum,
+    area: HybridSum,
 }
 
 impl ClientWindow {
@@ -348,7 +354,7 @@ impl ClientWindow {
         }
         if self.buf.len() > self.start {
             let prev = self.at(self.buf.len() - 1);
-            trapezoid(&mut self.area, prev, r, 1.0);
+            trapezoid(&mut self.area, prev, r, false);
         }
         let dt = self.fit(r.t);
         self.reserve_one();
@@ -358,7 +364,7 @@ impl ClientWindow {
         let mut gone = self.at(self.start);
         while at_or_before(gone.t, r.t, size_ms) {
             let next = self.at(self.start + 1);
-            trapezoid(&mut self.area, gone, next, -1.0);
+            trapezoid(&mut self.area, gone, next, true);
             self.sum_v.add(-gone.v);
             self.start += 1;
             gone = next;
@@ -398,10 +404,10 @@ impl ClientWindow {
             let next = self.at(pos + 1);
             if pos > self.start {
                 let prev = self.at(pos - 1);
-                trapezoid(&mut self.area, prev, next, -1.0);
-                trapezoid(&mut self.area, prev, r, 1.0);
+                trapezoid(&mut self.area, prev, next, true);
+                trapezoid(&mut self.area, prev, r, false);
             }
-            trapezoid(&mut self.area, r, next, 1.0);
+            trapezoid(&mut self.area, r, next, false);
             self.sum_v.add(r.v);
         } else {
             // Before the live region: shift its start.
@@ -420,15 +426,15 @@ impl ClientWindow {
 /// from scratch with fresh exact sums.
 fn aggregates_of(readings: impl Iterator<Item = Reading>) -> Aggregates {
     let mut n = 0u32;
-    let mut sum = ExactSum::new();
-    let mut area = ExactSum::new();
+    let mut sum = HybridSum::new();
+    let mut area = HybridSum::new();
     let mut first: Option<Reading> = None;
     let mut prev: Option<Reading> = None;
     for r in readings {
         n = n.saturating_add(1);
         sum.add(r.v);
         if let Some(p) = prev {
-            trapezoid(&mut area, p, r, 1.0);
+            trapezoid(&mut area, p, r, false);
         }
         first.get_or_insert(r);
         prev = Some(r);
@@ -1039,6 +1045,16 @@ mod tests {
                     2 => (-100_000i64..100_000).prop_map(|k| k as f64 * 0.1),
                     1 => Just(0.0f64),
                     1 => prop_oneof![Just(1e12f64), Just(-1e12), Just(17.1), Just(1e-9)],
+                    // The edges of the fixed-point fast path (`exact::to_fixed`): values
+                    // beside 2^30 and 2^-64, tiny ones (down to the expansion's exact range,
+                    // 2^-960), -0 and large values that force the expansion while fixed-point
+                    // readings share the window.
+                    1 => prop_oneof![
+                        Just(1073741824.0f64), Just(1073741824.0f64.next_down()),
+                        Just(5.421010862427522e-20), Just(8.131516293641283e-20),
+                        Just(1e-280), Just(-1.2e-271), Just(-0.0),
+                        Just(1e12f64.next_down()), (-1e12f64..1e12), (-1.0f64..1.0).prop_map(|x| x * 1e-15),
+                    ],
                 ],
             ),
             1..200,
