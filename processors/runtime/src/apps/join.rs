@@ -597,9 +597,6 @@ impl Processor for JoinProcessor {
             })
             .collect();
         let now = crate::now_ms();
-        for ((_, p), _) in committed {
-            self.states.insert(*p, PartitionJoin::new(self.cfg, now));
-        }
         // Every record below the committed offsets had its outcome produced (commits never
         // pass a pending record). Replaying them in event-time order rebuilds the as-of
         // values, the watermark clocks and the repeat filter; a trigger pending at the crash
@@ -618,33 +615,43 @@ impl Processor for JoinProcessor {
         let mut states = std::mem::take(&mut self.states);
         let mut sink = Vec::new();
         let this = &*self;
-        let result = rebuild::replay(
-            &this.rebuild,
-            &requests,
-            &inputs,
-            &this.rebuild_cfg,
-            |last, (_, p)| {
-                inputs
-                    .iter()
-                    .filter_map(|t| last.get(&(t.clone(), *p)))
-                    .min()
-                    .map_or(0, |ts| ts.saturating_sub(lookback))
-            },
-            &this.metrics.rebuild_hook(),
-            |m| {
-                let client = input::client_id(m.key()).ok()?;
-                let (ji, ingest) = this.decode(m, now).ok()?;
-                Some((ji.event_time_ms(), (client.to_owned(), ji, ingest)))
-            },
-            |(_, p), offset, (client, ji, ingest)| {
-                let state = states
-                    .entry(*p)
-                    .or_insert_with(|| PartitionJoin::new(this.cfg, now));
-                // State only: the outcomes of these records were produced before the commit.
-                state.apply(&client, ji, offset, ingest, true, now, &mut sink);
-                sink.clear();
-            },
-        );
+        let result = {
+            let hook = this.metrics.rebuild_hook();
+            let retry = |e: &rebuild::RebuildError, n, wait| this.metrics.rebuild_retry(e, n, wait);
+            rebuild::with_retries(rebuild::ATTEMPTS, Duration::from_secs(1), retry, || {
+                // Every attempt starts from an empty state for these partitions.
+                for ((_, p), _) in committed {
+                    states.insert(*p, PartitionJoin::new(this.cfg, now));
+                }
+                rebuild::replay(
+                    &this.rebuild,
+                    &requests,
+                    &inputs,
+                    &this.rebuild_cfg,
+                    |last, (_, p)| {
+                        inputs
+                            .iter()
+                            .filter_map(|t| last.get(&(t.clone(), *p)))
+                            .min()
+                            .map_or(0, |ts| ts.saturating_sub(lookback))
+                    },
+                    &hook,
+                    |m| {
+                        let client = input::client_id(m.key()).ok()?;
+                        let (ji, ingest) = this.decode(m, now).ok()?;
+                        Some((ji.event_time_ms(), (client.to_owned(), ji, ingest)))
+                    },
+                    |(_, p), offset, (client, ji, ingest)| {
+                        let state = states
+                            .entry(*p)
+                            .or_insert_with(|| PartitionJoin::new(this.cfg, now));
+                        // State only: the outcomes of these records were produced before the commit.
+                        state.apply(&client, ji, offset, ingest, true, now, &mut sink);
+                        sink.clear();
+                    },
+                )
+            })
+        };
         self.states = states;
         let summary = result?;
         self.metrics
