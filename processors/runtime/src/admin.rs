@@ -329,26 +329,37 @@ impl GroupProgress {
         })
     }
 
-    /// The partitions on which the group has committed an offset below the partition's end
-    /// offset (it has records left to process), sorted. A partition the group never committed
-    /// is not in it: no commit says nothing about whether that stage runs at all. Blocking
-    /// (two round trips, each bounded by the admin timeout).
+    /// The partitions on which the group has records left to process, sorted: its committed
+    /// offset is below the partition's end offset, or it has members (it runs) but has not
+    /// committed on a non-empty partition yet (a stage still starting, e.g. its producer
+    /// waiting for a transaction coordinator). A group with neither commits nor members has
+    /// no backlog: nothing says that stage exists. Blocking (three round trips, each bounded by
+    /// the admin timeout).
     ///
     /// # Errors
-    /// [`AdminError`] when the offsets cannot be read.
+    /// [`AdminError`] when the offsets or the group cannot be read.
     pub fn backlog(&self) -> Result<Vec<i32>, AdminError> {
         let err = || kafka(format!("offsets of group {}", self.group));
         let committed = self
             .consumer
             .committed_offsets(self.tpl.clone(), TIMEOUT)
             .map_err(err())?;
+        let running = self
+            .consumer
+            .fetch_group_list(Some(&self.group), TIMEOUT)
+            .map_err(kafka(format!("describing group {}", self.group)))?
+            .groups()
+            .iter()
+            .any(|g| !g.members().is_empty());
         let mut q = self.tpl.clone();
         q.set_all_offsets(Offset::End).map_err(err())?;
         let end = self.consumer.offsets_for_times(q, TIMEOUT).map_err(err())?;
         let mut out = Vec::new();
         for e in committed.elements() {
-            let Some(c) = e.offset().to_raw().filter(|o| *o >= 0) else {
-                continue;
+            let c = match e.offset().to_raw().filter(|o| *o >= 0) {
+                Some(c) => c,
+                None if running => 0,
+                None => continue,
             };
             let hi = end
                 .find_partition(e.topic(), e.partition())

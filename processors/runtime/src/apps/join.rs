@@ -826,10 +826,11 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
 const UPSTREAM_CHECK: Duration = Duration::from_secs(1);
 
 /// Starts a thread that, every second, writes into `backlog` the SZ partitions (of
-/// `0..partitions`) on which consumer group `group` has committed offsets below the end (see
-/// [`crate::admin::GroupProgress`]), and their number into `gauge`. A partition the group never
-/// committed counts as no backlog. On a read error the set is emptied (the join falls back to
-/// its wall-clock rule) and the error logged once per outage.
+/// `0..partitions`) on which consumer group `group` has records left (see
+/// [`crate::admin::GroupProgress::backlog`]), and their number into `gauge`. On a read error
+/// (a fresh broker answers `NotLeaderForPartition` for a while) every partition counts as
+/// backlogged: the join waits rather than release by wall clock what the upstream may still
+/// change, for at most the input idle timeout; the error is logged once per outage.
 pub fn watch_upstream(
     config: ClientConfig,
     group: String,
@@ -861,10 +862,10 @@ pub fn watch_upstream(
                     }
                     Err(e) => {
                         if !failing {
-                            tracing::warn!(error = %e, %group, "cannot read the upstream group's lag; the join's all-quiet release falls back to wall-clock time alone");
+                            tracing::warn!(error = %e, %group, "cannot read the upstream group's lag; holding the all-quiet release (at most the input idle timeout) until it can");
                         }
                         failing = true;
-                        Vec::new()
+                        (0..partitions).collect()
                     }
                 };
                 gauge.set(now.len() as i64);
