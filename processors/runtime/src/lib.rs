@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod rebuild;
+pub mod record;
 pub mod replay;
 pub mod shutdown;
 pub mod summary;

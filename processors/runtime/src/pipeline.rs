@@ -15,6 +15,7 @@
 //! re-processed by the new owner.
 
 use crate::metrics::{Metrics, TopicLabel};
+use crate::record::ConsumedRecord;
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
@@ -472,10 +473,11 @@ pub trait Processor {
     ) -> Result<(), PipelineError>;
     /// Partitions were revoked: drop their state.
     fn on_revoked(&mut self, partitions: &[TopicPartition]);
-    /// Processes one record, enqueueing outputs on `emit`.
+    /// Processes one record, enqueueing outputs on `emit`. The record is transport-free, so a
+    /// processor can be driven without a broker (see the apps' unit tests).
     fn process(
         &mut self,
-        msg: &BorrowedMessage<'_>,
+        msg: &ConsumedRecord<'_>,
         emit: &mut Vec<Output>,
     ) -> Result<(), PipelineError>;
     /// Refreshes state gauges.
@@ -1090,7 +1092,7 @@ pub async fn run<P: Processor>(
                         st.records_in.insert(msg.topic().to_owned(), c);
                     }
                 }
-                st.processor.process(&msg, &mut outputs)?;
+                st.processor.process(&ConsumedRecord::from_kafka(&msg), &mut outputs)?;
                 st.offsets.mark(msg.topic(), msg.partition(), msg.offset());
                 drop(msg);
                 for o in outputs.drain(..) {

@@ -44,13 +44,13 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use sensorflow_core::wire::Framing;
 use sensorflow_runtime::dlq;
 use sensorflow_runtime::metrics::{Metrics, ReasonLabel, TopicLabel};
 use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, PipelineError, RebalanceEvent};
+use sensorflow_runtime::record::ConsumedRecord;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -274,23 +274,21 @@ fn now_ms() -> i64 {
     sensorflow_runtime::now_ms()
 }
 
-fn raw_headers(msg: &BorrowedMessage<'_>) -> RawHeaders {
+fn raw_headers(msg: &ConsumedRecord<'_>) -> RawHeaders {
     let mut h = RawHeaders::default();
-    if let Some(hs) = msg.headers() {
-        for hd in hs.iter() {
-            let Some(v) = hd.value.and_then(|v| std::str::from_utf8(v).ok()) else {
-                continue;
-            };
-            match hd.key {
-                dlq::REASON => h.reason = Some(v.to_owned()),
-                dlq::ERROR => h.error = Some(v.to_owned()),
-                dlq::SOURCE_TOPIC => h.source_topic = Some(v.to_owned()),
-                dlq::SOURCE_PARTITION => h.source_partition = v.parse().ok(),
-                dlq::SOURCE_OFFSET => h.source_offset = v.parse().ok(),
-                dlq::SOURCE_TIMESTAMP => h.source_timestamp_ms = v.parse().ok(),
-                dlq::PROCESSOR => h.processor = Some(v.to_owned()),
-                _ => {}
-            }
+    for hd in &msg.headers {
+        let Some(v) = hd.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+            continue;
+        };
+        match hd.key {
+            dlq::REASON => h.reason = Some(v.to_owned()),
+            dlq::ERROR => h.error = Some(v.to_owned()),
+            dlq::SOURCE_TOPIC => h.source_topic = Some(v.to_owned()),
+            dlq::SOURCE_PARTITION => h.source_partition = v.parse().ok(),
+            dlq::SOURCE_OFFSET => h.source_offset = v.parse().ok(),
+            dlq::SOURCE_TIMESTAMP => h.source_timestamp_ms = v.parse().ok(),
+            dlq::PROCESSOR => h.processor = Some(v.to_owned()),
+            _ => {}
         }
     }
     h
@@ -550,13 +548,13 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Handles one record (called right after the poll that returned it).
-    async fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), SinkError> {
+    async fn process(&mut self, msg: &ConsumedRecord<'_>) -> Result<(), SinkError> {
         let topic = msg.topic();
         let partition = msg.partition();
         let offset = msg.offset();
         self.count_in(topic);
         let (max_open, framing) = (self.cfg.max_open_per_partition.max(1), self.cfg.framing);
-        let ts = msg.timestamp().to_millis();
+        let ts = msg.timestamp_ms;
         let bucket = HourBucket::of(ts);
         let Some(st) = self.part(topic, partition) else {
             return Ok(()); // revoked since it was fetched: its new owner stores it
@@ -870,7 +868,7 @@ impl<S: ObjectStore> Sink<S> {
             self.last_poll = Instant::now();
             self.handle_rebalance(consumer);
             match polled {
-                Ok(Ok(msg)) => self.process(&msg).await?,
+                Ok(Ok(msg)) => self.process(&ConsumedRecord::from_kafka(&msg)).await?,
                 Ok(Err(e)) => tracing::warn!(error = %e, "consume error"),
                 Err(_) => {}
             }
@@ -895,7 +893,7 @@ impl<S: ObjectStore> Sink<S> {
             match polled {
                 Ok(Ok(msg)) => {
                     self.handle_rebalance(consumer);
-                    self.process(&msg).await?;
+                    self.process(&ConsumedRecord::from_kafka(&msg)).await?;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consume error");
@@ -1136,7 +1134,7 @@ impl<S: ObjectStore> Sink<S> {
                 msg = sensorflow_runtime::pipeline::next_message(consumer, &mut recv_errors) => {
                     self.last_poll = Instant::now();
                     self.handle_rebalance(consumer);
-                    self.process(&msg).await?;
+                    self.process(&ConsumedRecord::from_kafka(&msg)).await?;
                 }
                 // Polled after recv (biased): with uploads queued the turn goes on without
                 // waiting for a record.
