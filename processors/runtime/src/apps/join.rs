@@ -27,7 +27,7 @@ use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rustc_hash::FxHashMap;
-use sensorflow_api::{TopicNames as Topics, env};
+use sensorflow_api::{ModelKind, TopicNames as Topics, env};
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::join::{
     Applied, InputKind, JoinConfig, JoinEvent, JoinInput, PartitionJoin, SzSource, Trigger,
@@ -67,8 +67,8 @@ pub struct JoinArgs {
     #[arg(long, env = env::GROUP_ID, default_value = "sensorflow-join")]
     pub group_id: String,
     /// Model: `logistic` (weights and bias below) or `random` (uniform, seeded).
-    #[arg(long, env = env::MODEL, default_value = "logistic", value_parser = ["logistic", "random"])]
-    pub model: String,
+    #[arg(long, env = env::MODEL, default_value_t = ModelKind::Logistic)]
+    pub model: ModelKind,
     /// Logistic weights for [SX, SY, FA, FI, FD], comma-separated.
     #[arg(
         long,
@@ -218,11 +218,11 @@ impl JoinProcessor {
         metrics
             .liveness
             .set_timeout(Duration::from_millis(args.common.liveness_timeout_ms));
-        let model_cfg = match args.model.as_str() {
-            "random" => ModelConfig::Random {
+        let model_cfg = match args.model {
+            ModelKind::Random => ModelConfig::Random {
                 seed: args.model_seed,
             },
-            _ => ModelConfig::Logistic {
+            ModelKind::Logistic => ModelConfig::Logistic {
                 weights: args.model_weights.clone(),
                 bias: args.model_bias,
             },

@@ -10,12 +10,13 @@ use crate::record::ConsumedRecord;
 use clap::Parser;
 use prost::Message as _;
 use rdkafka::ClientConfig;
+use sensorflow_api::WatermarkScope;
 use sensorflow_api::{TopicNames as Topics, env};
 use sensorflow_core::binning::BinRange;
 use sensorflow_core::config::FeatureRanges;
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
-use sensorflow_core::window::{Outcome, Reading, WatermarkScope, WindowConfig, WindowEngine};
+use sensorflow_core::window::{self, Outcome, Reading, WindowConfig, WindowEngine};
 use sensorflow_core::wire::Framing;
 use std::time::Duration;
 
@@ -102,7 +103,7 @@ impl WindowProcessor {
             engine: WindowEngine::new(WindowConfig {
                 size_ms: args.window_size_ms,
                 grace_ms: args.grace_ms,
-                scope: args.watermark_scope,
+                scope: scope(args.watermark_scope),
             }),
             ranges: FeatureRanges {
                 fa: args.fa_range,
@@ -295,6 +296,15 @@ impl Processor for WindowProcessor {
     }
 }
 
+/// The engine's watermark scope for the one parsed from `SF_WATERMARK_SCOPE` (spelled once, in
+/// `sensorflow-api`).
+pub fn scope(s: WatermarkScope) -> window::WatermarkScope {
+    match s {
+        WatermarkScope::Partition => window::WatermarkScope::Partition,
+        WatermarkScope::Client => window::WatermarkScope::Client,
+    }
+}
+
 /// The rebuild settings of the common flags.
 pub fn rebuild_config_of(common: &CommonArgs) -> RebuildConfig {
     RebuildConfig {
@@ -314,7 +324,7 @@ pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
     WindowConfig {
         size_ms: args.window_size_ms,
         grace_ms: args.grace_ms,
-        scope: args.watermark_scope,
+        scope: scope(args.watermark_scope),
     }
     .validate()
     .map_err(anyhow::Error::msg)?;
