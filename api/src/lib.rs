@@ -25,7 +25,6 @@ pub mod crd;
 pub mod env;
 pub mod settings;
 pub mod topics;
-pub mod wire;
 
 use std::fmt;
 
@@ -35,7 +34,6 @@ pub use crd::{
     WatermarkScope,
 };
 pub use topics::{TopicNames, TopicRole};
-pub use wire::WireFormat;
 
 /// A string that names none of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,4 +116,3 @@ string_enum!(DeliveryGuarantee, "delivery guarantee", {
     AtLeastOnce => "AtLeastOnce", ExactlyOnce => "ExactlyOnce",
 });
 string_enum!(DeletionPolicy, "deletion policy", { Retain => "Retain", Delete => "Delete" });
-string_enum!(WireFormat, "wire format", { Plain => "plain", Confluent => "confluent" });

@@ -5,7 +5,7 @@
 
 use clap::Args;
 use rdkafka::ClientConfig;
-use sensorflow_api::{SaslMechanism, SecurityProtocol, TopicNames, TopicRole, WireFormat, env};
+use sensorflow_api::{SaslMechanism, SecurityProtocol, TopicNames, TopicRole, env};
 use sensorflow_core::wire::Framing;
 
 /// Broker connection flags (`KAFKA_*` environment variables).
@@ -212,8 +212,10 @@ impl TopicArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FramingArgs {
     /// Value framing: `plain` protobuf, or `confluent` (Schema Registry wire format).
-    #[arg(long, env = env::WIRE_FORMAT, default_value_t = WireFormat::Plain)]
-    pub wire_format: WireFormat,
+    // TODO(helper/knobs): `sensorflow_api::WireFormat` once that branch (which defines it in
+    // api/src/crd.rs) is on main.
+    #[arg(long, env = env::WIRE_FORMAT, default_value = "plain", value_parser = ["plain", "confluent"])]
+    pub wire_format: String,
     /// Schema id written into produced records when --wire-format=confluent.
     #[arg(long, env = env::SCHEMA_ID, default_value_t = 1)]
     pub schema_id: u32,
@@ -222,11 +224,11 @@ pub struct FramingArgs {
 impl FramingArgs {
     /// The framing.
     pub fn framing(&self) -> Framing {
-        match self.wire_format {
-            WireFormat::Confluent => Framing::Confluent {
+        match self.wire_format.as_str() {
+            "confluent" => Framing::Confluent {
                 schema_id: self.schema_id,
             },
-            WireFormat::Plain => Framing::Plain,
+            _ => Framing::Plain,
         }
     }
 }
