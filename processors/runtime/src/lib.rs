@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod apps;
 pub mod dlq;
+pub mod driver;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
