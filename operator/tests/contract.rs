@@ -205,8 +205,8 @@ fn window_processor_parses_what_the_operator_sets() {
         &container_env(&desired(&s), Stage::Window),
     );
     assert_eq!(a.kafka.bootstrap_servers, "k1:9093,k2:9093");
-    assert_eq!(a.kafka.security_protocol.as_deref(), Some("SASL_SSL"));
-    assert_eq!(a.kafka.sasl_mechanism.as_deref(), Some("SCRAM-SHA-512"));
+    assert_eq!(a.kafka.security_protocol, Some(SecurityProtocol::SaslSsl));
+    assert_eq!(a.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
     assert_eq!(
         a.kafka.ssl_ca_location.as_deref(),
         Some("/etc/sensorflow/kafka-ca/ca.pem")
@@ -220,10 +220,7 @@ fn window_processor_parses_what_the_operator_sets() {
     assert_eq!(a.topics.topics().fa, "features-a");
     assert_eq!(a.group_id, "p-window");
     assert_eq!((a.window_size_ms, a.grace_ms), (120_000, 5_000));
-    assert_eq!(
-        a.watermark_scope,
-        sensorflow_core::window::WatermarkScope::Client
-    );
+    assert_eq!(a.watermark_scope, WatermarkScope::Client);
     assert_eq!((a.fa_range.lo(), a.fa_range.hi()), (0.5, 7.25));
     assert_eq!((a.fi_range.lo(), a.fi_range.hi()), (0.0, 3000.0));
     assert_eq!((a.fd_range.lo(), a.fd_range.hi()), (-0.125, 0.1));
@@ -242,13 +239,13 @@ fn join_predict_parses_what_the_operator_sets() {
     let a: JoinArgs = parse("join-predict", &container_env(&desired(&s), Stage::Join));
     assert_eq!(a.topics.topics(), v.topics);
     assert_eq!(a.group_id, "p-join");
-    assert_eq!(a.model, "logistic");
+    assert_eq!(a.model, ModelKind::Logistic);
     assert_eq!(a.model_weights, [0.1, -0.2, 1.5, 0.3, 1e-3]);
     assert_eq!(a.model_bias, -2.75);
     assert_eq!(a.threshold, 0.3);
     assert_eq!(a.model_seed, 7);
     assert!(a.common.exactly_once);
-    assert_eq!(a.kafka.sasl_mechanism.as_deref(), Some("SCRAM-SHA-512"));
+    assert_eq!(a.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
 }
 
 #[test]
@@ -291,7 +288,7 @@ fn the_default_pipeline_parses_too() {
     assert_eq!(w.kafka.security_protocol, None);
     let j: JoinArgs = parse("join-predict", &container_env(&d, Stage::Join));
     assert_eq!(j.threshold, 0.5);
-    assert_eq!(j.model, "logistic");
+    assert_eq!(j.model, ModelKind::Logistic);
     assert_eq!(j.model_seed, 42, "no spec seed: the processor's default");
     assert!(
         d.deployments.len() == 2,

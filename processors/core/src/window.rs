@@ -97,19 +97,6 @@ pub enum WatermarkScope {
     Client,
 }
 
-impl std::str::FromStr for WatermarkScope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "partition" => Ok(Self::Partition),
-            "client" => Ok(Self::Client),
-            other => Err(format!(
-                "watermark scope must be `partition` or `client`, got {other:?}"
-            )),
-        }
-    }
-}
-
 /// Largest window + grace, ms (≈ 24.8 days): retained readings store their time as a `u32`
 /// offset, and the retained span is at most window + 2 × grace.
 pub const MAX_SPAN_MS: i64 = (u32::MAX / 2) as i64;

@@ -12,7 +12,7 @@
 //! | `sensorflow.processor` | which processor rejected it |
 
 use crate::pipeline::Output;
-use rdkafka::Message;
+use crate::record::ConsumedRecord;
 use rdkafka::message::{Header, OwnedHeaders};
 use sensorflow_core::input::Reject;
 
@@ -31,8 +31,14 @@ pub const SOURCE_TIMESTAMP: &str = "sensorflow.source.timestamp";
 /// Header name of the rejecting processor.
 pub const PROCESSOR: &str = "sensorflow.processor";
 
-/// Builds the dead-letter record for `msg` rejected with `reject`, to `topic`.
-pub fn dead_letter<M: Message>(msg: &M, reject: &Reject, topic: &str, processor: &str) -> Output {
+/// Builds the dead-letter record for `msg` rejected with `reject`, to `topic`: its key, value
+/// and timestamp, with the headers of the table above.
+pub fn dead_letter(
+    msg: &ConsumedRecord<'_>,
+    reject: &Reject,
+    topic: &str,
+    processor: &str,
+) -> Output {
     let mut h = OwnedHeaders::new();
     let mut add = |k: &str, v: &str| {
         h = std::mem::take(&mut h).insert(Header {
@@ -45,7 +51,7 @@ pub fn dead_letter<M: Message>(msg: &M, reject: &Reject, topic: &str, processor:
     add(SOURCE_TOPIC, msg.topic());
     add(SOURCE_PARTITION, &msg.partition().to_string());
     add(SOURCE_OFFSET, &msg.offset().to_string());
-    if let Some(ts) = msg.timestamp().to_millis() {
+    if let Some(ts) = msg.timestamp_ms {
         add(SOURCE_TIMESTAMP, &ts.to_string());
     }
     add(PROCESSOR, processor);
@@ -53,7 +59,7 @@ pub fn dead_letter<M: Message>(msg: &M, reject: &Reject, topic: &str, processor:
         topic: topic.to_owned(),
         key: msg.key().map(<[u8]>::to_vec),
         value: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        timestamp_ms: msg.timestamp().to_millis(),
+        timestamp_ms: msg.timestamp_ms,
         headers: Some(h),
     }
 }

@@ -5,7 +5,7 @@
 
 use clap::Args;
 use rdkafka::ClientConfig;
-use sensorflow_api::{TopicNames, TopicRole, env};
+use sensorflow_api::{SaslMechanism, SecurityProtocol, TopicNames, TopicRole, env};
 use sensorflow_core::wire::Framing;
 
 /// Broker connection flags (`KAFKA_*` environment variables).
@@ -18,12 +18,13 @@ pub struct KafkaArgs {
         default_value = "localhost:9092"
     )]
     pub bootstrap_servers: String,
-    /// security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    /// security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (the spellings of
+    /// [`SecurityProtocol`], shared with the operator).
     #[arg(long, env = env::KAFKA_SECURITY_PROTOCOL)]
-    pub security_protocol: Option<String>,
-    /// sasl.mechanism, e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    pub security_protocol: Option<SecurityProtocol>,
+    /// sasl.mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 ([`SaslMechanism`]).
     #[arg(long, env = env::KAFKA_SASL_MECHANISM)]
-    pub sasl_mechanism: Option<String>,
+    pub sasl_mechanism: Option<SaslMechanism>,
     /// SASL user name.
     #[arg(long, env = env::KAFKA_SASL_USERNAME)]
     pub sasl_username: Option<String>,
@@ -63,8 +64,21 @@ impl KafkaArgs {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
         let opt = [
-            ("security.protocol", &self.security_protocol),
-            ("sasl.mechanism", &self.sasl_mechanism),
+            (
+                "security.protocol",
+                self.security_protocol.map(SecurityProtocol::as_str),
+            ),
+            (
+                "sasl.mechanism",
+                self.sasl_mechanism.map(SaslMechanism::as_str),
+            ),
+        ];
+        for (k, v) in opt {
+            if let Some(v) = v {
+                c.set(k, v);
+            }
+        }
+        let opt = [
             ("sasl.username", &self.sasl_username),
             ("sasl.password", &self.sasl_password),
             ("ssl.ca.location", &self.ssl_ca_location),
@@ -198,6 +212,8 @@ impl TopicArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FramingArgs {
     /// Value framing: `plain` protobuf, or `confluent` (Schema Registry wire format).
+    // TODO(helper/knobs): `sensorflow_api::WireFormat` once that branch (which defines it in
+    // api/src/crd.rs) is on main.
     #[arg(long, env = env::WIRE_FORMAT, default_value = "plain", value_parser = ["plain", "confluent"])]
     pub wire_format: String,
     /// Schema id written into produced records when --wire-format=confluent.

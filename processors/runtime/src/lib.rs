@@ -23,10 +23,12 @@
 pub mod admin;
 pub mod apps;
 pub mod dlq;
+pub mod driver;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod rebuild;
+pub mod record;
 pub mod replay;
 pub mod shutdown;
 pub mod summary;

@@ -1,12 +1,16 @@
-//! The at-least-once consume → process → produce → commit loop shared by the processors.
+//! The processors' consume → process → produce → commit hooks on the shared consume-loop
+//! driver ([`crate::driver`], which also drives the GCS sink).
 //!
 //! ```text
-//!   select! { shutdown | flush tick | recv }
-//!      recv ─► rebalance events? ─► Processor::on_revoked / on_assigned (rebuild)
-//!           ─► Processor::process(msg, &mut Emitter)  (outputs enqueued, not awaited)
-//!           ─► OffsetTracker.mark(msg)
+//!   Driver (select! { shutdown | commit tick | recv }, rebalance events, floors, liveness)
+//!      on_revoked  ─► flush + commit their progress ─► Processor::on_revoked
+//!      on_assigned ─► committed offsets ─► Processor::on_assigned (rebuild) ─► seek ─► floors
+//!      on_message  ─► Processor::process(ConsumedRecord, outputs) ─► Emitter (enqueued, not awaited)
+//!                  ─► OffsetTracker.mark(record)
+//!      on_tick / on_shutdown ─► flush
 //!   flush: await every delivery (retry failures with exponential backoff + jitter, bounded)
-//!          ─► commit the marked offsets (sync) ─► only then are they considered done
+//!          ─► commit the marked offsets (sync, or in the transaction with --exactly-once)
+//!          ─► only then are they considered done
 //! ```
 //!
 //! A crash between produce and commit re-processes records since the last commit; outputs
@@ -14,18 +18,20 @@
 //! are exact. Revoked partitions' records still in flight are dropped (not committed) and
 //! re-processed by the new owner.
 
+use crate::driver::{Assignment, Driver, Hooks, SubscribeError};
 use crate::metrics::{Metrics, TopicLabel};
+use crate::record::ConsumedRecord;
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
     StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,6 +90,15 @@ pub enum PipelineError {
     /// A processor-specific fatal error.
     #[error("{0}")]
     Processor(String),
+}
+
+impl From<SubscribeError> for PipelineError {
+    fn from(e: SubscribeError) -> Self {
+        PipelineError::Subscribe {
+            topics: e.topics,
+            source: e.source,
+        }
+    }
 }
 
 /// How produce failures are retried.
@@ -472,10 +487,11 @@ pub trait Processor {
     ) -> Result<(), PipelineError>;
     /// Partitions were revoked: drop their state.
     fn on_revoked(&mut self, partitions: &[TopicPartition]);
-    /// Processes one record, enqueueing outputs on `emit`.
+    /// Processes one record, enqueueing outputs on `emit`. The record is transport-free, so a
+    /// processor can be driven without a broker (see the apps' unit tests).
     fn process(
         &mut self,
-        msg: &BorrowedMessage<'_>,
+        msg: &ConsumedRecord<'_>,
         emit: &mut Vec<Output>,
     ) -> Result<(), PipelineError>;
     /// Refreshes state gauges.
@@ -596,70 +612,16 @@ impl OffsetTracker {
     }
 }
 
-/// The assigned partitions, each with the next offset it may process.
-///
-/// The floor is what keeps a record from being applied twice to state. After an eager
-/// rebalance whose revoke and assign both land between two loop iterations (one commit tick),
-/// librdkafka has already fetched the committed offset `C0` and started fetching from it before
-/// the loop commits the revoked progress `C1 > C0` and rebuilds state from the topic up to `C1`;
-/// records in `[C0, C1)` (and records prefetched before the revoke) would then be replayed into
-/// the rebuilt state *and* processed again. `seek_to_rebuilt` moves the fetch position to `C1`;
-/// the floor makes the guarantee independent of what librdkafka still delivers: each partition
-/// starts at the committed offset the rebuild used, and a record below its floor (or a repeat
-/// of one already processed in this assignment) is skipped: its effect is in the state and its
-/// outputs were produced before the commit.
-#[derive(Default)]
-struct Assignment {
-    parts: FxHashMap<String, FxHashMap<i32, i64>>,
-}
-
-impl Assignment {
-    fn contains(&self, topic: &str, partition: i32) -> bool {
-        self.parts
-            .get(topic)
-            .is_some_and(|s| s.contains_key(&partition))
-    }
-
-    /// Assigns a partition whose processing starts at `from` (the committed offset the state
-    /// was rebuilt to; `None`: no commit, anything goes).
-    fn add(&mut self, (t, p): TopicPartition, from: Option<i64>) {
-        self.parts
-            .entry(t)
-            .or_default()
-            .insert(p, from.unwrap_or(i64::MIN));
-    }
-
-    fn remove(&mut self, (t, p): &TopicPartition) {
-        if let Some(s) = self.parts.get_mut(t.as_str()) {
-            s.remove(p);
-        }
-    }
-
-    /// True when the record at `offset` is to be processed now (assigned, not below the
-    /// floor); the floor then moves past it.
-    fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
-        match self
-            .parts
-            .get_mut(topic)
-            .and_then(|s| s.get_mut(&partition))
-        {
-            Some(floor) if offset >= *floor => {
-                *floor = offset + 1;
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
+/// The processors' hooks on the shared consume-loop driver ([`crate::driver`]).
 struct LoopState<'a, P: Processor> {
     consumer: &'a LoopConsumer,
     processor: &'a mut P,
     emitter: Emitter,
     offsets: OffsetTracker,
-    assigned: Assignment,
     metrics: Metrics,
-    records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
+    /// Outputs of the record (or tick) in hand, enqueued on the emitter right after.
+    outputs: Vec<Output>,
+    max_in_flight: usize,
     exactly_once: bool,
     /// Group metadata of the generation whose assignment the loop is processing: adopted when
     /// the loop handles an `Assigned` event, kept across a revocation.
@@ -716,12 +678,12 @@ impl<P: Processor> LoopState<'_, P> {
             .map_err(PipelineError::Transaction)
     }
 
-    async fn flush(&mut self) -> Result<(), PipelineError> {
-        self.flush_inner(false).await
+    async fn flush(&mut self, assigned: &Assignment) -> Result<(), PipelineError> {
+        self.flush_inner(assigned, false).await
     }
 
     /// The offsets to commit, clamped by the processor's commit limits.
-    fn take_offsets(&mut self) -> TopicPartitionList {
+    fn take_offsets(&mut self, assigned: &Assignment) -> TopicPartitionList {
         let positions: Vec<(String, i32, i64)> = match self.consumer.position() {
             Ok(tpl) => tpl
                 .elements()
@@ -737,9 +699,8 @@ impl<P: Processor> LoopState<'_, P> {
             }
         };
         let processor = &*self.processor;
-        self.offsets.take(&self.assigned, &positions, |t, p| {
-            processor.commit_limit(t, p)
-        })
+        self.offsets
+            .take(assigned, &positions, |t, p| processor.commit_limit(t, p))
     }
 
     /// Awaits deliveries and commits; `revoking` is true when the partitions' revocation is
@@ -752,7 +713,11 @@ impl<P: Processor> LoopState<'_, P> {
     /// `read_committed` readers and its offsets were not committed, so the partitions' next
     /// owner (this member again, or another) re-processes those records from the last commit.
     /// Exiting instead would restart every replica at every scale step.
-    async fn flush_inner(&mut self, revoking: bool) -> Result<(), PipelineError> {
+    async fn flush_inner(
+        &mut self,
+        assigned: &Assignment,
+        revoking: bool,
+    ) -> Result<(), PipelineError> {
         if let Err(e) = self.emitter.await_deliveries().await {
             if !(self.exactly_once && revoking) {
                 return Err(e);
@@ -760,11 +725,11 @@ impl<P: Processor> LoopState<'_, P> {
             tracing::warn!(error = %e, "delivery failed while partitions were revoked; aborting the transaction");
             let producer = self.emitter.producer.clone();
             let _ = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT));
-            self.take_offsets();
+            self.take_offsets(assigned);
             self.metrics.transactions_aborted.inc();
             return self.restart_transaction();
         }
-        let tpl = self.take_offsets();
+        let tpl = self.take_offsets(assigned);
         if tpl.count() == 0 {
             return Ok(());
         }
@@ -858,78 +823,122 @@ impl<P: Processor> LoopState<'_, P> {
         }
         Ok(())
     }
+}
 
-    async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
-        for ev in self.consumer.context().take_events() {
-            match ev {
-                RebalanceEvent::Revoked(parts) => {
-                    self.flush_inner(true).await?;
-                    for tp in &parts {
-                        self.assigned.remove(tp);
-                        self.offsets.forget(tp);
-                    }
-                    self.processor.on_revoked(&parts);
-                }
-                RebalanceEvent::Assigned(parts) => {
-                    let consumer = self.consumer;
-                    let mut tpl = TopicPartitionList::new();
-                    for (t, p) in &parts {
-                        tpl.add_partition(t, *p);
-                    }
-                    // A partition can come back with its own error, e.g. UNSTABLE_OFFSET_COMMIT
-                    // while a transaction that commits its offsets is still completing
-                    // (KIP-447): that is retried, never read as "nothing committed".
-                    let committed = retry_blocking("read committed offsets", || {
-                        let res =
-                            consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))?;
-                        match res.elements().iter().find_map(|e| e.error().err()) {
-                            Some(e) => Err(e),
-                            None => Ok(res),
-                        }
-                    })
-                    .await
-                    .map_err(PipelineError::Commit)?;
-                    let committed: Vec<_> = committed
-                        .elements()
-                        .iter()
-                        .map(|e| {
-                            let off = match e.offset() {
-                                Offset::Offset(o) => Some(o),
-                                _ => None,
-                            };
-                            ((e.topic().to_owned(), e.partition()), off)
-                        })
-                        .collect();
-                    tracing::info!(
-                        ?committed,
-                        "rebuilding assigned partitions from their committed offsets"
-                    );
-                    self.metrics.set_ready(false);
-                    self.metrics.beat();
-                    let processor = &mut *self.processor;
-                    self.metrics.rebuild_in_progress.set(1);
-                    let rebuilt = tokio::task::block_in_place(|| processor.on_assigned(&committed));
-                    self.metrics.rebuild_in_progress.set(0);
-                    if let Err(PipelineError::Rebuild(e)) = &rebuilt {
-                        self.metrics.rebuild_failed(e);
-                    }
-                    rebuilt?;
-                    self.metrics.beat();
-                    self.seek_to_rebuilt(&committed).await?;
-                    let from: FxHashMap<TopicPartition, i64> = committed
-                        .into_iter()
-                        .filter_map(|(tp, c)| c.map(|c| (tp, c)))
-                        .collect();
-                    for tp in parts {
-                        self.offsets.forget(&tp);
-                        let c = from.get(&tp).copied();
-                        self.assigned.add(tp, c);
-                    }
-                    self.txn_metadata = consumer.context().assignment_metadata();
-                    self.metrics.set_ready(true);
-                }
-            }
+impl<P: Processor> Hooks for LoopState<'_, P> {
+    type Error = PipelineError;
+
+    fn topics(&self) -> Vec<String> {
+        self.processor.topics()
+    }
+
+    /// Commits the revoked partitions' progress (they are still in the assignment), then
+    /// drops their state.
+    async fn on_revoked(
+        &mut self,
+        d: &mut Driver<'_>,
+        parts: &[TopicPartition],
+    ) -> Result<(), PipelineError> {
+        self.flush_inner(d.assignment(), true).await?;
+        for tp in parts {
+            self.offsets.forget(tp);
         }
+        self.processor.on_revoked(parts);
+        Ok(())
+    }
+
+    /// Reads the committed offsets (retrying a partition's own error, e.g.
+    /// UNSTABLE_OFFSET_COMMIT while a transaction that commits its offsets is still completing,
+    /// KIP-447), rebuilds state up to them, seeks there, and returns them as the floors. The
+    /// group metadata of this assignment is adopted for exactly-once commits only now.
+    async fn on_assigned(
+        &mut self,
+        _d: &mut Driver<'_>,
+        parts: &[TopicPartition],
+    ) -> Result<Vec<Option<i64>>, PipelineError> {
+        let consumer = self.consumer;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in parts {
+            tpl.add_partition(t, *p);
+        }
+        let committed = retry_blocking("read committed offsets", || {
+            let res = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))?;
+            match res.elements().iter().find_map(|e| e.error().err()) {
+                Some(e) => Err(e),
+                None => Ok(res),
+            }
+        })
+        .await
+        .map_err(PipelineError::Commit)?;
+        let committed: Vec<_> = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let off = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                ((e.topic().to_owned(), e.partition()), off)
+            })
+            .collect();
+        tracing::info!(
+            ?committed,
+            "rebuilding assigned partitions from their committed offsets"
+        );
+        self.metrics.set_ready(false);
+        self.metrics.beat();
+        let processor = &mut *self.processor;
+        self.metrics.rebuild_in_progress.set(1);
+        let rebuilt = tokio::task::block_in_place(|| processor.on_assigned(&committed));
+        self.metrics.rebuild_in_progress.set(0);
+        if let Err(PipelineError::Rebuild(e)) = &rebuilt {
+            self.metrics.rebuild_failed(e);
+        }
+        rebuilt?;
+        self.metrics.beat();
+        self.seek_to_rebuilt(&committed).await?;
+        let from: FxHashMap<TopicPartition, i64> = committed
+            .into_iter()
+            .filter_map(|(tp, c)| c.map(|c| (tp, c)))
+            .collect();
+        for tp in parts {
+            self.offsets.forget(tp);
+        }
+        self.txn_metadata = consumer.context().assignment_metadata();
+        self.metrics.set_ready(true);
+        Ok(parts.iter().map(|tp| from.get(tp).copied()).collect())
+    }
+
+    async fn on_message(
+        &mut self,
+        d: &mut Driver<'_>,
+        rec: &ConsumedRecord<'_>,
+    ) -> Result<(), PipelineError> {
+        self.processor.process(rec, &mut self.outputs)?;
+        self.offsets.mark(rec.topic, rec.partition, rec.offset);
+        for o in self.outputs.drain(..) {
+            self.emitter.send(o).await?;
+        }
+        if self.emitter.pending() >= self.max_in_flight {
+            self.flush(d.assignment()).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, d: &mut Driver<'_>) -> Result<(), PipelineError> {
+        self.processor.on_tick(&mut self.outputs)?;
+        for o in self.outputs.drain(..) {
+            self.emitter.send(o).await?;
+        }
+        self.flush(d.assignment()).await?;
+        self.processor.report(&self.metrics);
+        Ok(())
+    }
+
+    async fn on_shutdown(&mut self, d: &mut Driver<'_>) -> Result<(), PipelineError> {
+        self.flush(d.assignment()).await?;
+        self.processor.report(&self.metrics);
+        tracing::info!("flushed and committed; stopping");
         Ok(())
     }
 }
@@ -963,26 +972,6 @@ pub fn is_rebalance_commit_error(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::UnknownMemberId
         )
     )
-}
-
-/// The next record, waiting out consume errors (a broker outage, a fetch error) with
-/// exponential backoff from 200 ms up to 12.8 s; `errors` counts consecutive failures and is
-/// reset by a success. Cancel-safe: used as a `select!` branch beside shutdown.
-pub async fn next_message<'a>(consumer: &'a LoopConsumer, errors: &mut u32) -> BorrowedMessage<'a> {
-    loop {
-        match consumer.recv().await {
-            Ok(m) => {
-                *errors = 0;
-                return m;
-            }
-            Err(e) => {
-                *errors += 1;
-                let d = Duration::from_millis(100 * 2u64.pow((*errors).min(7)));
-                tracing::warn!(error = %e, retry_in = ?d, "consume error");
-                tokio::time::sleep(d).await;
-            }
-        }
-    }
 }
 
 /// Retries a blocking Kafka call with exponential backoff (bounded).
@@ -1021,15 +1010,6 @@ pub async fn run<P: Processor>(
     cfg: LoopConfig,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let topics = processor.topics();
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&refs)
-        .map_err(|source| PipelineError::Subscribe {
-            topics: topics.clone(),
-            source,
-        })?;
-    tracing::info!(?topics, "subscribed");
     let mut emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
     if cfg.exactly_once {
         emitter.set_transactional(true);
@@ -1048,89 +1028,13 @@ pub async fn run<P: Processor>(
         processor,
         emitter,
         offsets: OffsetTracker::default(),
-        assigned: Assignment::default(),
         metrics: metrics.clone(),
-        records_in: FxHashMap::default(),
+        outputs: Vec::with_capacity(8),
+        max_in_flight: cfg.max_in_flight,
         exactly_once: cfg.exactly_once,
         txn_metadata: None,
     };
-    metrics.set_ready(true);
-    metrics.beat();
-    let mut tick = tokio::time::interval(cfg.commit_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut outputs = Vec::with_capacity(8);
-    let mut recv_errors = 0u32;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                st.handle_rebalance().await?;
-                st.processor.on_tick(&mut outputs)?;
-                for o in outputs.drain(..) {
-                    st.emitter.send(o).await?;
-                }
-                st.flush().await?;
-                st.processor.report(&metrics);
-                metrics.beat();
-            }
-            msg = next_message(consumer, &mut recv_errors) => {
-                st.handle_rebalance().await?;
-                if !st.assigned.admit(msg.topic(), msg.partition(), msg.offset()) {
-                    // Revoked since it was fetched (its new owner processes it), or below the
-                    // offset the state was rebuilt to (already applied; see `Assignment`).
-                    st.metrics.skipped_below_floor.inc();
-                    continue;
-                }
-                match st.records_in.get(msg.topic()) {
-                    Some(c) => { c.inc(); }
-                    None => {
-                        let c = metrics.records_in.get_or_create(&TopicLabel { topic: msg.topic().to_owned() }).clone();
-                        c.inc();
-                        st.records_in.insert(msg.topic().to_owned(), c);
-                    }
-                }
-                st.processor.process(&msg, &mut outputs)?;
-                st.offsets.mark(msg.topic(), msg.partition(), msg.offset());
-                drop(msg);
-                for o in outputs.drain(..) {
-                    st.emitter.send(o).await?;
-                }
-                if st.emitter.pending() >= cfg.max_in_flight {
-                    st.flush().await?;
-                }
-                metrics.beat();
-            }
-        }
-    }
-    metrics.set_ready(false);
-    st.flush().await?;
-    st.processor.report(&metrics);
-    tracing::info!("flushed and committed; stopping");
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Assignment;
-
-    #[test]
-    fn a_partition_never_processes_below_its_floor() {
-        let mut a = Assignment::default();
-        a.add(("SZ".into(), 0), Some(100));
-        a.add(("SZ".into(), 1), None);
-        // librdkafka started at the older commit 90: 90..99 are in the rebuilt state.
-        assert!((90..100).all(|o| !a.admit("SZ", 0, o)));
-        assert!(a.admit("SZ", 0, 100));
-        // A record fetched again (prefetched before a revoke) is not applied twice.
-        assert!(!a.admit("SZ", 0, 100));
-        assert!(a.admit("SZ", 0, 101));
-        assert!(a.admit("SZ", 1, 0) && a.admit("SZ", 1, 5));
-        assert!(!a.admit("SZ", 2, 0) && !a.admit("FA", 0, 200));
-        a.remove(&("SZ".into(), 0));
-        assert!(!a.admit("SZ", 0, 500));
-        // Assigned again later: the new floor.
-        a.add(("SZ".into(), 0), Some(400));
-        assert!(!a.admit("SZ", 0, 399) && a.admit("SZ", 0, 400));
-    }
+    Driver::new(consumer, metrics)
+        .run(&mut st, cfg.commit_interval, shutdown)
+        .await
 }

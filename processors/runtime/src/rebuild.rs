@@ -45,6 +45,7 @@
 //! (a `read_committed` reader never receives transaction markers or aborted records, so `C − 1`
 //! may never arrive; the position moves past them).
 
+use crate::record::ConsumedRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -637,7 +638,7 @@ pub fn replay<T>(
     cfg: &RebuildConfig,
     start_ms: impl Fn(&LastTimestamps, &Key) -> i64,
     hook: &dyn Fn(u64),
-    mut decode: impl FnMut(&BorrowedMessage<'_>) -> Option<(i64, T)>,
+    mut decode: impl FnMut(&ConsumedRecord<'_>) -> Option<(i64, T)>,
     mut apply: impl FnMut(&Key, i64, T),
 ) -> Result<Summary, RebuildError> {
     let started = Instant::now();
@@ -713,7 +714,7 @@ pub fn replay<T>(
         hook,
         |ev, flows| match ev {
             Event::Record(i, m) => {
-                if let Some((t, item)) = decode(m) {
+                if let Some((t, item)) = decode(&ConsumedRecord::from_kafka(m)) {
                     merge.push(i, t, m.offset(), item, &mut sink, flows);
                 }
             }

@@ -11,14 +11,13 @@
 mod common;
 
 use common::*;
-use rdkafka::Message;
-use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
 use sensorflow_runtime::kafka::KafkaArgs;
 use sensorflow_runtime::metrics::Metrics;
 use sensorflow_runtime::pipeline::{
     self, LoopConfig, LoopConsumer, LoopContext, Output, PipelineError, Processor, TopicPartition,
 };
+use sensorflow_runtime::record::ConsumedRecord;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -41,7 +40,7 @@ impl Processor for Hanger {
     fn on_revoked(&mut self, _: &[TopicPartition]) {}
     fn process(
         &mut self,
-        msg: &BorrowedMessage<'_>,
+        msg: &ConsumedRecord<'_>,
         _: &mut Vec<Output>,
     ) -> Result<(), PipelineError> {
         if msg.payload() == Some(b"hang") {

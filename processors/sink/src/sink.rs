@@ -44,13 +44,14 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use sensorflow_core::wire::Framing;
 use sensorflow_runtime::dlq;
+use sensorflow_runtime::driver::{Driver, Hooks, Polled, SubscribeError};
 use sensorflow_runtime::metrics::{Metrics, ReasonLabel, TopicLabel};
-use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, PipelineError, RebalanceEvent};
+use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, PipelineError};
+use sensorflow_runtime::record::ConsumedRecord;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -107,6 +108,15 @@ pub enum SinkError {
     /// Dead-lettering failed after retries.
     #[error(transparent)]
     DeadLetter(#[from] PipelineError),
+}
+
+impl From<SubscribeError> for SinkError {
+    fn from(e: SubscribeError) -> Self {
+        SinkError::Subscribe {
+            topics: e.topics,
+            source: e.source,
+        }
+    }
 }
 
 /// How store errors are retried: exponential backoff with jitter, bounded in delay and count.
@@ -260,37 +270,32 @@ pub struct Sink<S: ObjectStore> {
     queue: VecDeque<Sealed>,
     /// Input bytes in `queue`.
     queued: u64,
-    /// When the consumer was last polled (a store operation starts only soon after one).
-    last_poll: Instant,
     /// Consecutive refused commits, and when the next attempt is due.
     commit_failures: u32,
     commit_retry_at: Option<Instant>,
     commit_fault: Option<CommitFault>,
     summary: Summary,
-    records_in: FxHashMap<String, prometheus_client::metrics::counter::Counter>,
 }
 
 fn now_ms() -> i64 {
     sensorflow_runtime::now_ms()
 }
 
-fn raw_headers(msg: &BorrowedMessage<'_>) -> RawHeaders {
+fn raw_headers(msg: &ConsumedRecord<'_>) -> RawHeaders {
     let mut h = RawHeaders::default();
-    if let Some(hs) = msg.headers() {
-        for hd in hs.iter() {
-            let Some(v) = hd.value.and_then(|v| std::str::from_utf8(v).ok()) else {
-                continue;
-            };
-            match hd.key {
-                dlq::REASON => h.reason = Some(v.to_owned()),
-                dlq::ERROR => h.error = Some(v.to_owned()),
-                dlq::SOURCE_TOPIC => h.source_topic = Some(v.to_owned()),
-                dlq::SOURCE_PARTITION => h.source_partition = v.parse().ok(),
-                dlq::SOURCE_OFFSET => h.source_offset = v.parse().ok(),
-                dlq::SOURCE_TIMESTAMP => h.source_timestamp_ms = v.parse().ok(),
-                dlq::PROCESSOR => h.processor = Some(v.to_owned()),
-                _ => {}
-            }
+    for hd in &msg.headers {
+        let Some(v) = hd.value.and_then(|v| std::str::from_utf8(v).ok()) else {
+            continue;
+        };
+        match hd.key {
+            dlq::REASON => h.reason = Some(v.to_owned()),
+            dlq::ERROR => h.error = Some(v.to_owned()),
+            dlq::SOURCE_TOPIC => h.source_topic = Some(v.to_owned()),
+            dlq::SOURCE_PARTITION => h.source_partition = v.parse().ok(),
+            dlq::SOURCE_OFFSET => h.source_offset = v.parse().ok(),
+            dlq::SOURCE_TIMESTAMP => h.source_timestamp_ms = v.parse().ok(),
+            dlq::PROCESSOR => h.processor = Some(v.to_owned()),
+            _ => {}
         }
     }
     h
@@ -323,12 +328,10 @@ impl<S: ObjectStore> Sink<S> {
             buffered: 0,
             queue: VecDeque::new(),
             queued: 0,
-            last_poll: Instant::now(),
             commit_failures: 0,
             commit_retry_at: None,
             commit_fault: None,
             summary,
-            records_in: FxHashMap::default(),
         }
     }
 
@@ -416,32 +419,29 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    /// Applies rebalance events: revoked partitions lose their open files (the next owner
-    /// re-reads them from the last commit); assigned ones start with a fresh ledger.
-    fn handle_rebalance(&mut self, consumer: &LoopConsumer) {
-        for ev in consumer.context().take_events() {
-            match ev {
-                RebalanceEvent::Revoked(parts) => {
-                    for (t, p) in parts {
-                        self.drop_partition(&t, p, "revoked");
-                    }
-                }
-                RebalanceEvent::Assigned(parts) => {
-                    for (t, p) in parts {
-                        let kind = self.kinds.get(&t).copied().unwrap_or(Kind::Raw);
-                        self.parts
-                            .entry(t)
-                            .or_default()
-                            .entry(p)
-                            .or_insert_with(|| PartState {
-                                kind,
-                                ledger: Ledger::default(),
-                                open: Vec::new(),
-                                committed: None,
-                            });
-                    }
-                }
-            }
+    /// A revoked partition loses its open and queued files (the next owner re-reads them from
+    /// the last commit).
+    fn revoke(&mut self, parts: &[(String, i32)]) {
+        for (t, p) in parts {
+            self.drop_partition(t, *p, "revoked");
+        }
+        self.update_gauges();
+    }
+
+    /// An assigned partition starts with a fresh ledger.
+    fn assign(&mut self, parts: &[(String, i32)]) {
+        for (t, p) in parts {
+            let kind = self.kinds.get(t).copied().unwrap_or(Kind::Raw);
+            self.parts
+                .entry(t.clone())
+                .or_default()
+                .entry(*p)
+                .or_insert_with(|| PartState {
+                    kind,
+                    ledger: Ledger::default(),
+                    open: Vec::new(),
+                    committed: None,
+                });
         }
         self.update_gauges();
     }
@@ -487,9 +487,14 @@ impl<S: ObjectStore> Sink<S> {
     /// Whether this member may still upload files of `topic`/`partition`: rebalance events
     /// seen by the last poll are applied first, and a lost assignment (evicted after
     /// `max.poll.interval.ms`, or the session expired) drops every partition at once.
-    fn owns(&mut self, consumer: &LoopConsumer, topic: &str, partition: i32) -> bool {
-        self.handle_rebalance(consumer);
-        if consumer.assignment_lost() && !self.parts.values().all(|m| m.is_empty()) {
+    async fn owns(
+        &mut self,
+        d: &mut Driver<'_>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<bool, SinkError> {
+        d.rebalance(self).await?;
+        if d.consumer().assignment_lost() && !self.parts.values().all(|m| m.is_empty()) {
             tracing::warn!(
                 "the group took this member's assignment away (no poll within \
                 max.poll.interval.ms, or the session expired): dropping every open and sealed file"
@@ -504,9 +509,10 @@ impl<S: ObjectStore> Sink<S> {
             }
             self.update_gauges();
         }
-        self.parts
+        Ok(self
+            .parts
             .get(topic)
-            .is_some_and(|m| m.contains_key(&partition))
+            .is_some_and(|m| m.contains_key(&partition)))
     }
 
     fn part(&mut self, topic: &str, partition: i32) -> Option<&mut PartState> {
@@ -529,34 +535,15 @@ impl<S: ObjectStore> Sink<S> {
         self.sm.queued_files.set(self.queue.len() as i64);
     }
 
-    fn count_in(&mut self, topic: &str) {
-        self.summary.records_in += 1;
-        match self.records_in.get(topic) {
-            Some(c) => {
-                c.inc();
-            }
-            None => {
-                let c = self
-                    .metrics
-                    .records_in
-                    .get_or_create(&TopicLabel {
-                        topic: topic.to_owned(),
-                    })
-                    .clone();
-                c.inc();
-                self.records_in.insert(topic.to_owned(), c);
-            }
-        }
-    }
-
     /// Handles one record (called right after the poll that returned it).
-    async fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), SinkError> {
+    async fn process(&mut self, msg: &ConsumedRecord<'_>) -> Result<(), SinkError> {
         let topic = msg.topic();
         let partition = msg.partition();
         let offset = msg.offset();
-        self.count_in(topic);
+        // `sensorflow_records_in_total` is counted by the driver.
+        self.summary.records_in += 1;
         let (max_open, framing) = (self.cfg.max_open_per_partition.max(1), self.cfg.framing);
-        let ts = msg.timestamp().to_millis();
+        let ts = msg.timestamp_ms;
         let bucket = HourBucket::of(ts);
         let Some(st) = self.part(topic, partition) else {
             return Ok(()); // revoked since it was fetched: its new owner stores it
@@ -740,11 +727,7 @@ impl<S: ObjectStore> Sink<S> {
     /// to back without a poll could exceed `max.poll.interval.ms`, get this member evicted
     /// while its upload is in flight, and let the next owner store the same offsets again.
     /// `stopping`: records polled now are left for the next run instead of being handled.
-    async fn upload_next(
-        &mut self,
-        consumer: &LoopConsumer,
-        stopping: bool,
-    ) -> Result<(), SinkError> {
+    async fn upload_next(&mut self, d: &mut Driver<'_>, stopping: bool) -> Result<(), SinkError> {
         let Some(front) = self.queue.front() else {
             return Ok(());
         };
@@ -780,8 +763,8 @@ impl<S: ObjectStore> Sink<S> {
             }
             None => None,
         };
-        self.poll_if_stale(consumer, stopping).await?;
-        let owned = self.owns(consumer, &topic, partition);
+        self.poll_if_stale(d, stopping).await?;
+        let owned = self.owns(d, &topic, partition).await?;
         let still_first = self.queue.front().is_some_and(|f| {
             (f.topic.as_str(), f.partition, f.first, f.last) == (&key.0[..], key.1, key.2, key.3)
         });
@@ -840,40 +823,14 @@ impl<S: ObjectStore> Sink<S> {
         Ok(())
     }
 
-    /// Polls the consumer once without waiting (keeps the membership alive and serves
-    /// rebalance events) while stopping: a record it returns is left unconsumed (it is read
-    /// again after the restart or by the next owner).
-    async fn poll_once(&mut self, consumer: &LoopConsumer) {
-        let polled = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
-        self.last_poll = Instant::now();
-        if let Ok(Ok(_)) = polled {
-            self.handle_rebalance(consumer);
-        }
-    }
-
     /// Polls until the last poll is younger than the keep-alive interval (usually once):
     /// a record a poll returns is handled at once (when `stopping`, left for the next run), so
     /// a poll that brings a record of a new hour, whose listing takes long, is followed by
     /// another poll. Records are handled even above the memory budget: one per poll, and only
     /// when the last poll is old.
-    async fn poll_if_stale(
-        &mut self,
-        consumer: &LoopConsumer,
-        stopping: bool,
-    ) -> Result<(), SinkError> {
-        while self.last_poll.elapsed() >= self.cfg.keepalive() {
-            if stopping {
-                self.poll_once(consumer).await;
-                continue;
-            }
-            let polled = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
-            self.last_poll = Instant::now();
-            self.handle_rebalance(consumer);
-            match polled {
-                Ok(Ok(msg)) => self.process(&msg).await?,
-                Ok(Err(e)) => tracing::warn!(error = %e, "consume error"),
-                Err(_) => {}
-            }
+    async fn poll_if_stale(&mut self, d: &mut Driver<'_>, stopping: bool) -> Result<(), SinkError> {
+        while d.since_poll() >= self.cfg.keepalive() {
+            d.poll_now(self, !stopping).await?;
         }
         Ok(())
     }
@@ -881,7 +838,7 @@ impl<S: ObjectStore> Sink<S> {
     /// Handles records the consumer has fetched already (no waiting), up to a batch, while
     /// the memory budget allows: with uploads queued, a turn then still moves the input on
     /// by more than one record.
-    async fn take_fetched(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+    async fn take_fetched(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         const BATCH: usize = 1000;
         let slice = Instant::now();
         for _ in 0..BATCH {
@@ -890,18 +847,8 @@ impl<S: ObjectStore> Sink<S> {
             {
                 break;
             }
-            let polled = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
-            self.last_poll = Instant::now();
-            match polled {
-                Ok(Ok(msg)) => {
-                    self.handle_rebalance(consumer);
-                    self.process(&msg).await?;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consume error");
-                    break;
-                }
-                Err(_) => break,
+            if d.poll_now(self, true).await? != Polled::Record {
+                break;
             }
         }
         Ok(())
@@ -911,14 +858,14 @@ impl<S: ObjectStore> Sink<S> {
     /// interval) is spent; before each upload, records fetched meanwhile move on if the last
     /// poll is older than that (and `upload_next` polls again right before the store
     /// operation if handling them took that long).
-    async fn upload_some(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+    async fn upload_some(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         let turn = Instant::now();
         let every = self.cfg.keepalive();
         while !self.queue.is_empty() && turn.elapsed() < every {
-            if self.last_poll.elapsed() >= every {
-                self.take_fetched(consumer).await?;
+            if d.since_poll() >= every {
+                self.take_fetched(d).await?;
             }
-            self.upload_next(consumer, false).await?;
+            self.upload_next(d, false).await?;
         }
         Ok(())
     }
@@ -928,7 +875,8 @@ impl<S: ObjectStore> Sink<S> {
     /// 10 s); after `commit_retries` consecutive refusals other than by a rebalance the sink
     /// fails. A commit refused by a rebalance is retried for the partitions still assigned
     /// after it (a revoked partition's next owner lists the objects and skips their records).
-    async fn commit(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
+    async fn commit(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        let consumer = d.consumer();
         if !self.dirty {
             return Ok(());
         }
@@ -1067,17 +1015,17 @@ impl<S: ObjectStore> Sink<S> {
     /// Stops: seals every open file, uploads the queue (polling between uploads so the
     /// member stays in its group; records polled now are left for the next run), and commits,
     /// retrying a refused commit within its bounds.
-    async fn flush(&mut self, consumer: &LoopConsumer) -> Result<(), SinkError> {
-        self.handle_rebalance(consumer);
+    async fn flush(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        d.rebalance(self).await?;
         for (t, p, b, _) in self.open_files() {
             self.seal(&t, p, b, Reason::Shutdown)?;
         }
         while !self.queue.is_empty() {
-            self.upload_next(consumer, true).await?;
+            self.upload_next(d, true).await?;
         }
         let mut attempts = 0u32;
         loop {
-            self.commit(consumer).await?;
+            self.commit(d).await?;
             if !self.dirty {
                 return Ok(());
             }
@@ -1092,12 +1040,12 @@ impl<S: ObjectStore> Sink<S> {
                 at.saturating_duration_since(Instant::now())
             });
             tokio::time::sleep(wait.min(self.cfg.keepalive())).await;
-            self.poll_once(consumer).await;
+            d.poll_now(self, false).await?;
         }
     }
 
-    /// Subscribes and runs until `shutdown` is cancelled; then finalises every open file,
-    /// uploads it and commits its offsets before returning.
+    /// Subscribes and runs the shared consume-loop driver until `shutdown` is cancelled; then
+    /// finalises every open file, uploads it and commits its offsets before returning.
     ///
     /// # Errors
     /// [`SinkError`] for failures that survive retries; offsets of records not in a finalised
@@ -1107,49 +1055,71 @@ impl<S: ObjectStore> Sink<S> {
         consumer: &LoopConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
-        let topics: Vec<String> = self.cfg.topics.iter().map(|(t, _)| t.clone()).collect();
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&refs)
-            .map_err(|source| SinkError::Subscribe {
-                topics: topics.clone(),
-                source,
-            })?;
-        tracing::info!(?topics, location = %self.summary.location,
-            keepalive = ?self.cfg.keepalive(), op_deadline = ?self.cfg.op_deadline(), "subscribed");
-        self.metrics.set_ready(true);
+        tracing::info!(location = %self.summary.location, keepalive = ?self.cfg.keepalive(),
+            op_deadline = ?self.cfg.op_deadline(), "starting");
         // Age rotation is checked a few times per max age (at least every second).
         let every =
             Duration::from_millis((self.cfg.rotation.max_age_ms / 4).clamp(20, 1000) as u64);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut recv_errors = 0u32;
-        loop {
-            let queued = !self.queue.is_empty();
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    self.handle_rebalance(consumer);
-                    self.seal_aged()?;
-                }
-                msg = sensorflow_runtime::pipeline::next_message(consumer, &mut recv_errors) => {
-                    self.last_poll = Instant::now();
-                    self.handle_rebalance(consumer);
-                    self.process(&msg).await?;
-                }
-                // Polled after recv (biased): with uploads queued the turn goes on without
-                // waiting for a record.
-                () = std::future::ready(()), if queued => {}
-            }
-            // Whatever woke the turn, records already fetched move on too (a tick would
-            // otherwise win every turn behind a slow store and starve the input).
-            self.take_fetched(consumer).await?;
-            self.upload_some(consumer).await?;
-            self.commit(consumer).await?;
-        }
-        self.metrics.set_ready(false);
-        self.flush(consumer).await?;
+        Driver::new(consumer, self.metrics.clone())
+            .run(self, every, shutdown)
+            .await
+    }
+}
+
+/// The sink on the shared consume-loop driver (see the module docs for the order of work).
+impl<S: ObjectStore> Hooks for Sink<S> {
+    type Error = SinkError;
+
+    fn topics(&self) -> Vec<String> {
+        self.cfg.topics.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    async fn on_assigned(
+        &mut self,
+        _d: &mut Driver<'_>,
+        parts: &[(String, i32)],
+    ) -> Result<Vec<Option<i64>>, SinkError> {
+        self.assign(parts);
+        // No floor: the ledger skips what objects already hold.
+        Ok(vec![None; parts.len()])
+    }
+
+    async fn on_revoked(
+        &mut self,
+        _d: &mut Driver<'_>,
+        parts: &[(String, i32)],
+    ) -> Result<(), SinkError> {
+        self.revoke(parts);
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        _d: &mut Driver<'_>,
+        rec: &ConsumedRecord<'_>,
+    ) -> Result<(), SinkError> {
+        self.process(rec).await
+    }
+
+    async fn on_tick(&mut self, _d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.seal_aged()
+    }
+
+    /// Whatever woke the turn, records already fetched move on too (a tick would otherwise win
+    /// every turn behind a slow store and starve the input); then uploads within the turn's
+    /// budget, then the commit.
+    async fn after_turn(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.take_fetched(d).await?;
+        self.upload_some(d).await?;
+        self.commit(d).await
+    }
+
+    fn busy(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    async fn on_shutdown(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.flush(d).await?;
         self.summary.retries = self.sm.upload_retries.get();
         tracing::info!(summary = ?self.summary, "flushed, uploaded and committed; stopping");
         Ok(())

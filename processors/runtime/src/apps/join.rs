@@ -16,6 +16,7 @@ use crate::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pipeline::{Output, PipelineError, Processor, TopicPartition};
 use crate::rebuild::{self, RebuildConfig, Request};
+use crate::record::ConsumedRecord;
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,11 +24,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::{ClientConfig, Message};
 use rustc_hash::FxHashMap;
-use sensorflow_api::{TopicNames as Topics, env};
+use sensorflow_api::{ModelKind, TopicNames as Topics, env};
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::join::{
     Applied, InputKind, JoinConfig, JoinEvent, JoinInput, PartitionJoin, SzSource, Trigger,
@@ -68,8 +68,8 @@ pub struct JoinArgs {
     #[arg(long, env = env::GROUP_ID, default_value = "sensorflow-join")]
     pub group_id: String,
     /// Model: `logistic` (weights and bias below) or `random` (uniform, seeded).
-    #[arg(long, env = env::MODEL, default_value = "logistic", value_parser = ["logistic", "random"])]
-    pub model: String,
+    #[arg(long, env = env::MODEL, default_value_t = ModelKind::Logistic)]
+    pub model: ModelKind,
     /// Logistic weights for [SX, SY, FA, FI, FD], comma-separated.
     #[arg(
         long,
@@ -237,11 +237,11 @@ impl JoinProcessor {
         metrics
             .liveness
             .set_timeout(Duration::from_millis(args.common.liveness_timeout_ms));
-        let model_cfg = match args.model.as_str() {
-            "random" => ModelConfig::Random {
+        let model_cfg = match args.model {
+            ModelKind::Random => ModelConfig::Random {
                 seed: args.model_seed,
             },
-            _ => ModelConfig::Logistic {
+            ModelKind::Logistic => ModelConfig::Logistic {
                 weights: args.model_weights.clone(),
                 bias: args.model_bias,
             },
@@ -295,7 +295,7 @@ impl JoinProcessor {
     /// features by event time (a feature dated far ahead would otherwise pin its input's
     /// offsets for ever as a triple that never completes). Dead-letter reasons `future`,
     /// `too-old`, `out-of-range`.
-    fn decode<M: Message>(&self, msg: &M, now_ms: i64) -> Result<(JoinInput, i64), Reject> {
+    fn decode(&self, msg: &ConsumedRecord<'_>, now_ms: i64) -> Result<(JoinInput, i64), Reject> {
         let which = *self
             .inputs
             .get(msg.topic())
@@ -548,7 +548,7 @@ impl JoinProcessor {
         });
     }
 
-    fn reject(&self, msg: &BorrowedMessage<'_>, r: &Reject, out: &mut Vec<Output>) {
+    fn reject(&self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
         self.metrics
             .dead_letter
             .get_or_create(&ReasonLabel {
@@ -668,7 +668,7 @@ impl Processor for JoinProcessor {
 
     fn process(
         &mut self,
-        msg: &BorrowedMessage<'_>,
+        msg: &ConsumedRecord<'_>,
         out: &mut Vec<Output>,
     ) -> Result<(), PipelineError> {
         let client = match input::client_id(msg.key()) {
@@ -875,5 +875,135 @@ pub fn watch_upstream(
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "not watching the upstream group's lag");
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    //! join-predict driven with transport-free records: no broker, no consumer loop.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::{JoinArgs, JoinMetrics, JoinProcessor};
+    use crate::metrics::Metrics;
+    use crate::pipeline::{Output, Processor};
+    use crate::record::ConsumedRecord;
+    use clap::Parser;
+    use prost::Message as _;
+    use rdkafka::message::Headers;
+    use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor, SensorReading};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn processor() -> JoinProcessor {
+        let argv = ["join-predict", "--bootstrap-servers", "127.0.0.1:1"];
+        let args = JoinArgs::try_parse_from(argv).unwrap();
+        JoinProcessor::new(&args, Metrics::new(), JoinMetrics::default()).unwrap()
+    }
+
+    fn reading(sensor: Sensor, t: i64, v: f64) -> Vec<u8> {
+        SensorReading {
+            event_time_ms: t,
+            value: v,
+            sensor: sensor as i32,
+            ingest_time_ms: 0,
+        }
+        .encode_to_vec()
+    }
+
+    fn feature(kind: FeatureKind, t: i64, sz_offset: i64) -> Vec<u8> {
+        Feature {
+            client_id: "c1".into(),
+            kind: kind as i32,
+            event_time_ms: t,
+            source_partition: 0,
+            source_offset: sz_offset,
+            bin: 3,
+            value: 0.5,
+            window_count: 1,
+            ingest_time_ms: 0,
+        }
+        .encode_to_vec()
+    }
+
+    /// The five inputs of client `c1` at event time `t`, in partition 0 at `offset`.
+    fn five(p: &mut JoinProcessor, t: i64, offset: i64, out: &mut Vec<Output>) {
+        let values = [
+            ("SX", reading(Sensor::Sx, t, 2.0)),
+            ("SY", reading(Sensor::Sy, t, 3.0)),
+            ("FA", feature(FeatureKind::Fa, t, offset)),
+            ("FI", feature(FeatureKind::Fi, t, offset)),
+            ("FD", feature(FeatureKind::Fd, t, offset)),
+        ];
+        for (topic, v) in &values {
+            let rec = ConsumedRecord::new(topic, 0, offset)
+                .with_key(b"c1")
+                .with_value(v)
+                .with_timestamp(t);
+            p.process(&rec, out).unwrap();
+        }
+    }
+
+    #[test]
+    fn triggers_are_predicted_once_the_watermark_passes_them() {
+        let mut p = processor();
+        let mut out = Vec::new();
+        five(&mut p, T0, 0, &mut out);
+        assert!(
+            out.is_empty(),
+            "held until the watermark passes T0: {out:?}"
+        );
+        assert_eq!(
+            p.commit_limit("SX", 0),
+            Some(0),
+            "pending triggers pin offsets"
+        );
+        five(&mut p, T0 + 1_000, 1, &mut out);
+        let preds: Vec<Prediction> = out
+            .iter()
+            .filter(|o| o.topic == "predictions")
+            .map(|o| Prediction::decode(&o.value[..]).unwrap())
+            .collect();
+        assert_eq!(
+            preds.len(),
+            3,
+            "SX, SY and the FA/FI/FD triple at T0: {out:?}"
+        );
+        let mut sources: Vec<&str> = preds.iter().map(|p| p.source_topic.as_str()).collect();
+        sources.sort_unstable();
+        assert_eq!(sources, ["FA", "SX", "SY"]);
+        for pr in &preds {
+            assert_eq!((pr.client_id.as_str(), pr.event_time_ms), ("c1", T0));
+            assert_eq!(pr.features[..2], [2, 3], "the as-of SX and SY values");
+            assert_eq!(pr.source_offset, 0);
+        }
+        assert!(
+            out.iter()
+                .all(|o| o.key.as_deref() == Some(b"c1".as_slice()))
+        );
+    }
+
+    #[test]
+    fn records_without_a_key_or_from_another_topic_are_dead_lettered() {
+        let mut p = processor();
+        let mut out = Vec::new();
+        let v = reading(Sensor::Sx, T0, 1.0);
+        p.process(&ConsumedRecord::new("SX", 1, 5).with_value(&v), &mut out)
+            .unwrap();
+        p.process(
+            &ConsumedRecord::new("elsewhere", 1, 6)
+                .with_key(b"c1")
+                .with_value(&v),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        let reason = |o: &Output| {
+            let h = o.headers.as_ref().unwrap();
+            let r = h.iter().find(|h| h.key == crate::dlq::REASON).unwrap();
+            String::from_utf8(r.value.unwrap().to_vec()).unwrap()
+        };
+        assert!(out.iter().all(|o| o.topic == "dead-letter"));
+        assert_eq!(reason(&out[0]), "missing-key");
+        assert_eq!(reason(&out[1]), "decode");
     }
 }

@@ -6,17 +6,17 @@ use crate::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pipeline::{Output, PipelineError, Processor, TopicPartition};
 use crate::rebuild::{self, RebuildConfig, Request};
+use crate::record::ConsumedRecord;
 use clap::Parser;
 use prost::Message as _;
 use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::message::BorrowedMessage;
+use sensorflow_api::WatermarkScope;
 use sensorflow_api::{TopicNames as Topics, env};
 use sensorflow_core::binning::BinRange;
 use sensorflow_core::config::FeatureRanges;
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
-use sensorflow_core::window::{Outcome, Reading, WatermarkScope, WindowConfig, WindowEngine};
+use sensorflow_core::window::{self, Outcome, Reading, WindowConfig, WindowEngine};
 use sensorflow_core::wire::Framing;
 use std::time::Duration;
 
@@ -103,7 +103,7 @@ impl WindowProcessor {
             engine: WindowEngine::new(WindowConfig {
                 size_ms: args.window_size_ms,
                 grace_ms: args.grace_ms,
-                scope: args.watermark_scope,
+                scope: scope(args.watermark_scope),
             }),
             ranges: FeatureRanges {
                 fa: args.fa_range,
@@ -120,7 +120,7 @@ impl WindowProcessor {
         }
     }
 
-    fn reject(&self, msg: &BorrowedMessage<'_>, r: &Reject, out: &mut Vec<Output>) {
+    fn reject(&self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
         self.metrics
             .dead_letter
             .get_or_create(&ReasonLabel {
@@ -212,7 +212,7 @@ impl Processor for WindowProcessor {
 
     fn process(
         &mut self,
-        msg: &BorrowedMessage<'_>,
+        msg: &ConsumedRecord<'_>,
         out: &mut Vec<Output>,
     ) -> Result<(), PipelineError> {
         let client = match input::client_id(msg.key()) {
@@ -302,6 +302,15 @@ impl Processor for WindowProcessor {
     }
 }
 
+/// The engine's watermark scope for the one parsed from `SF_WATERMARK_SCOPE` (spelled once, in
+/// `sensorflow-api`).
+pub fn scope(s: WatermarkScope) -> window::WatermarkScope {
+    match s {
+        WatermarkScope::Partition => window::WatermarkScope::Partition,
+        WatermarkScope::Client => window::WatermarkScope::Client,
+    }
+}
+
 /// The rebuild settings of the common flags.
 pub fn rebuild_config_of(common: &CommonArgs) -> RebuildConfig {
     RebuildConfig {
@@ -321,7 +330,7 @@ pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
     WindowConfig {
         size_ms: args.window_size_ms,
         grace_ms: args.grace_ms,
-        scope: args.watermark_scope,
+        scope: scope(args.watermark_scope),
     }
     .validate()
     .map_err(anyhow::Error::msg)?;
@@ -347,4 +356,198 @@ pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
         "window-processor",
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The window processor driven with transport-free records: no broker, no consumer loop.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::{WindowArgs, WindowProcessor};
+    use crate::dlq;
+    use crate::metrics::Metrics;
+    use crate::pipeline::{Output, Processor};
+    use crate::record::ConsumedRecord;
+    use clap::Parser;
+    use prost::Message as _;
+    use rdkafka::message::Headers;
+    use sensorflow_core::proto::{Feature, FeatureKind, Sensor, SensorReading};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn processor(extra: &[&str]) -> WindowProcessor {
+        let mut argv = vec!["window-processor", "--bootstrap-servers", "127.0.0.1:1"];
+        argv.extend_from_slice(extra);
+        WindowProcessor::new(&WindowArgs::try_parse_from(argv).unwrap(), Metrics::new())
+    }
+
+    fn sz(t: i64, v: f64) -> Vec<u8> {
+        SensorReading {
+            event_time_ms: t,
+            value: v,
+            sensor: Sensor::Sz as i32,
+            ingest_time_ms: t + 5,
+        }
+        .encode_to_vec()
+    }
+
+    fn feature(o: &Output) -> Feature {
+        Feature::decode(&o.value[..]).unwrap()
+    }
+
+    fn header<'a>(o: &'a Output, key: &str) -> Option<&'a str> {
+        o.headers
+            .as_ref()?
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    }
+
+    #[test]
+    fn each_reading_emits_its_windows_three_features_keyed_by_client() {
+        let mut p = processor(&["--window-size-ms", "60000"]);
+        let mut out = Vec::new();
+        let (a, b) = (sz(T0, 1.0), sz(T0 + 10_000, 3.0));
+        p.process(
+            &ConsumedRecord::new("SZ", 2, 40)
+                .with_key(b"c1")
+                .with_value(&a)
+                .with_timestamp(T0),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 3);
+        out.clear();
+        p.process(
+            &ConsumedRecord::new("SZ", 2, 41)
+                .with_key(b"c1")
+                .with_value(&b),
+            &mut out,
+        )
+        .unwrap();
+        let topics: Vec<&str> = out.iter().map(|o| o.topic.as_str()).collect();
+        assert_eq!(topics, ["FA", "FI", "FD"]);
+        for o in &out {
+            assert_eq!(o.key.as_deref(), Some(b"c1".as_slice()));
+            assert_eq!(o.timestamp_ms, Some(T0 + 10_000));
+            let f = feature(o);
+            assert_eq!((f.client_id.as_str(), f.event_time_ms), ("c1", T0 + 10_000));
+            assert_eq!((f.source_partition, f.source_offset), (2, 41));
+            assert_eq!((f.window_count, f.ingest_time_ms), (2, T0 + 10_005));
+        }
+        let (fa, fi, fd) = (feature(&out[0]), feature(&out[1]), feature(&out[2]));
+        assert_eq!(fa.kind, FeatureKind::Fa as i32);
+        assert!(
+            (fa.value - 2.0).abs() < 1e-12,
+            "mean of 1 and 3: {}",
+            fa.value
+        );
+        // Trapezoid over 10 s: (1 + 3) / 2 · 10 = 20 value·s.
+        assert!((fi.value - 20.0).abs() < 1e-9, "integral: {}", fi.value);
+        // (3 − 1) / 10 s.
+        assert!((fd.value - 0.2).abs() < 1e-12, "derivative: {}", fd.value);
+        // Another client has its own window.
+        out.clear();
+        let c = sz(T0 + 10_000, 7.0);
+        p.process(
+            &ConsumedRecord::new("SZ", 2, 42)
+                .with_key(b"c2")
+                .with_value(&c),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            (feature(&out[0]).value, feature(&out[0]).window_count),
+            (7.0, 1)
+        );
+    }
+
+    #[test]
+    fn malformed_and_late_records_are_routed_with_their_reason_and_source() {
+        let mut p = processor(&["--grace-ms", "1000"]);
+        let mut out = Vec::new();
+        // No key.
+        let v = sz(T0, 1.0);
+        p.process(
+            &ConsumedRecord::new("SZ", 0, 7)
+                .with_value(&v)
+                .with_timestamp(T0),
+            &mut out,
+        )
+        .unwrap();
+        // Not a reading.
+        p.process(
+            &ConsumedRecord::new("SZ", 0, 8)
+                .with_key(b"c1")
+                .with_value(b"\xff\xff\xff"),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| o.topic == "dead-letter"), "{out:?}");
+        assert_eq!(header(&out[0], dlq::REASON), Some("missing-key"));
+        assert_eq!(header(&out[0], dlq::SOURCE_OFFSET), Some("7"));
+        assert_eq!(
+            header(&out[0], dlq::SOURCE_TIMESTAMP),
+            Some(T0.to_string().as_str())
+        );
+        assert_eq!(header(&out[0], dlq::PROCESSOR), Some("window-processor"));
+        assert_eq!(out[0].value, v, "the dead letter keeps the original value");
+        assert_eq!(header(&out[1], dlq::REASON), Some("decode"));
+        assert_eq!(header(&out[1], dlq::SOURCE_OFFSET), Some("8"));
+        out.clear();
+        // The watermark of partition 0 moves to T0 + 10 s − 1 s; a reading at T0 is late.
+        let (now, old) = (sz(T0 + 10_000, 1.0), sz(T0, 2.0));
+        for (off, v) in [(9, &now), (10, &old)] {
+            p.process(
+                &ConsumedRecord::new("SZ", 0, off)
+                    .with_key(b"c1")
+                    .with_value(v),
+                &mut out,
+            )
+            .unwrap();
+        }
+        assert_eq!(out.len(), 4, "three features, then one late record");
+        assert_eq!(out[3].topic, "late");
+        assert_eq!(header(&out[3], dlq::REASON), Some("late"));
+        assert_eq!(header(&out[3], dlq::SOURCE_OFFSET), Some("10"));
+        // Another partition has its own watermark (partition scope).
+        out.clear();
+        p.process(
+            &ConsumedRecord::new("SZ", 1, 0)
+                .with_key(b"c9")
+                .with_value(&old),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn revoking_a_partition_drops_its_window_state() {
+        let mut p = processor(&[]);
+        let mut out = Vec::new();
+        let v = sz(T0, 4.0);
+        let w = sz(T0 + 1_000, 6.0);
+        p.process(
+            &ConsumedRecord::new("SZ", 3, 0)
+                .with_key(b"c1")
+                .with_value(&v),
+            &mut out,
+        )
+        .unwrap();
+        p.on_revoked(&[("SZ".to_owned(), 3)]);
+        out.clear();
+        p.process(
+            &ConsumedRecord::new("SZ", 3, 1)
+                .with_key(b"c1")
+                .with_value(&w),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            (feature(&out[0]).window_count, feature(&out[0]).value),
+            (1, 6.0)
+        );
+    }
 }
