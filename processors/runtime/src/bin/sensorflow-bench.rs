@@ -776,7 +776,7 @@ fn read_latency(
     partitions: i32,
     window: (i64, i64),
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, u64, (u64, u64))> {
+) -> anyhow::Result<Latency> {
     cfg.set("group.id", "bench-latency-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
@@ -812,11 +812,16 @@ fn read_latency(
             last_q.saturating_record(l);
         }
     }
-    let q = (
-        first_q.value_at_quantile(0.5),
-        last_q.value_at_quantile(0.5),
-    );
-    Ok((made, seen, n, q))
+    Ok(Latency {
+        made,
+        seen,
+        quarters: (
+            first_q.value_at_quantile(0.5),
+            last_q.value_at_quantile(0.5),
+        ),
+        predictions: n,
+        expected: 0,
+    })
 }
 
 /// One paced run through both processors on fresh topics: 3 s to start, 5 s of warm-up, then
@@ -886,17 +891,14 @@ async fn latency_run(
     })?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    let (made, seen, predictions, quarters) = reader
+    let measured = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the latency reader panicked"))??;
     drop((w, j));
     drop_topics(kafka, &t).await?;
     Ok(Latency {
-        made,
-        seen,
-        quarters,
-        predictions,
         expected: 3 * in_window as u64,
+        ..measured
     })
 }
 
