@@ -115,6 +115,9 @@ pub const JOIN_IDLE_TIMEOUT_MS: &str = "SF_JOIN_IDLE_TIMEOUT_MS";
 pub const JOIN_INPUT_IDLE_TIMEOUT_MS: &str = "SF_JOIN_INPUT_IDLE_TIMEOUT_MS";
 /// `SF_MAX_STALENESS_MS`: Oldest feature or reading a prediction may use, ms.
 pub const MAX_STALENESS_MS: &str = "SF_MAX_STALENESS_MS";
+/// `SF_UPSTREAM_GROUP_ID`: Consumer group of the window-processor that writes the join's
+/// features (its SZ lag holds the join's all-quiet release back); empty = not watched.
+pub const UPSTREAM_GROUP_ID: &str = "SF_UPSTREAM_GROUP_ID";
 
 // gcs-sink (`processors/sink/src/app.rs` `SinkArgs`)
 /// `SF_SINK_BUCKET`: GCS bucket.

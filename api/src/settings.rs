@@ -139,14 +139,18 @@ pub struct JoinSettings {
     pub threshold: f64,
     /// Seed of the `random` model; unset keeps the processor's default.
     pub seed: Option<i64>,
+    /// Consumer group of the pipeline's window-processor, whose lag on SZ the join watches.
+    pub upstream_group_id: String,
 }
 
 impl JoinSettings {
-    /// The environment: `SF_GROUP_ID`, `SF_EXACTLY_ONCE`, `SF_MODEL`, `SF_THRESHOLD` and, when
-    /// set, `SF_MODEL_WEIGHTS` (comma-separated), `SF_MODEL_BIAS`, `SF_MODEL_SEED`.
+    /// The environment: `SF_GROUP_ID`, `SF_UPSTREAM_GROUP_ID`, `SF_EXACTLY_ONCE`, `SF_MODEL`,
+    /// `SF_THRESHOLD` and, when set, `SF_MODEL_WEIGHTS` (comma-separated), `SF_MODEL_BIAS`,
+    /// `SF_MODEL_SEED`.
     pub fn env(&self) -> Env {
         let mut e = Env::new();
         put(&mut e, env::GROUP_ID, &self.group_id);
+        put(&mut e, env::UPSTREAM_GROUP_ID, &self.upstream_group_id);
         put(&mut e, env::EXACTLY_ONCE, self.exactly_once);
         put(&mut e, env::MODEL, self.model);
         if let Some(w) = &self.weights {

@@ -190,6 +190,7 @@ pub fn join_settings(v: &Validated) -> JoinSettings {
         bias: m.bias,
         threshold: m.threshold,
         seed: m.seed,
+        upstream_group_id: v.window_group(),
     }
 }
 
@@ -634,6 +635,7 @@ mod tests {
         assert_eq!(w["SF_FA_RANGE"], "0,5");
         let j = env_of(&d, "p-join");
         assert_eq!(j["SF_GROUP_ID"], "p-join");
+        assert_eq!(j["SF_UPSTREAM_GROUP_ID"], "p-window");
         assert_eq!(j["SF_THRESHOLD"], "0.5");
         assert_eq!(j["SF_MODEL"], "logistic");
         assert_eq!(w["SF_EXACTLY_ONCE"], "false");

@@ -456,6 +456,9 @@ pub struct PartitionJoin {
     /// Largest SZ source offset seen per feature kind and SZ partition.
     seen: [FxHashMap<i32, i64>; 3],
     since_sweep: u32,
+    /// The upstream stage that writes this partition's features has unprocessed input (set by
+    /// the runtime from that stage's consumer-group lag): see [`PartitionJoin::set_upstream_backlog`].
+    upstream_backlog: bool,
 }
 
 impl PartitionJoin {
@@ -474,7 +477,22 @@ impl PartitionJoin {
             pinned: Default::default(),
             seen: Default::default(),
             since_sweep: 0,
+            upstream_backlog: false,
         }
+    }
+
+    /// Tells the join whether the stage that writes this partition's FA/FI/FD (the
+    /// window-processor) still has unprocessed SZ input: its consumer group's committed offset
+    /// on the co-partitioned SZ partition is below that partition's end. While it has, the
+    /// feature inputs are not *all-quiet* idle after `idle_timeout_ms` (their silence means the
+    /// upstream lags, not that the stream ended); they count as idle only after
+    /// `input_idle_timeout_ms`, as when one input lags. Without it a window-processor more than
+    /// `idle_timeout_ms` behind made the join release SX/SY triggers before their features
+    /// existed (issue 10: a second demo run under load lost 33,120 features as late). The
+    /// runtime observes the lag on its flush tick; `false` (the default) keeps the wall-clock
+    /// rule alone.
+    pub fn set_upstream_backlog(&mut self, backlog: bool) {
+        self.upstream_backlog = backlog;
     }
 
     /// The current watermark, ms (`i64::MIN` before every input has a record).
@@ -676,10 +694,19 @@ impl PartitionJoin {
         let idle_for = |c: &Clock, to: Option<i64>| {
             to.is_some_and(|to| now_ms.saturating_sub(c.last_ms) >= to)
         };
-        let all_idle = self
-            .clocks
-            .iter()
-            .all(|c| idle_for(c, self.cfg.idle_timeout_ms));
+        let features_timeout = if self.upstream_backlog {
+            self.cfg.input_idle_timeout_ms
+        } else {
+            self.cfg.idle_timeout_ms
+        };
+        let all_idle = self.clocks.iter().enumerate().all(|(i, c)| {
+            let to = if i >= InputKind::Fa.idx() {
+                features_timeout
+            } else {
+                self.cfg.idle_timeout_ms
+            };
+            idle_for(c, to)
+        });
         let mut w = i64::MAX;
         let mut active = !all_idle;
         let mut max_seen: Option<i64> = None;
@@ -1254,6 +1281,66 @@ mod tests {
         // FA/FI/FD never had a record: idle since 0; SX/SY idle since 1 000.
         j.advance(6_000, &mut out);
         assert_eq!(j.watermark(), 101);
+        assert_eq!(out.len(), 2, "{out:?}");
+    }
+
+    #[test]
+    fn an_upstream_backlog_holds_the_tail_until_the_input_idle_timeout() {
+        let mut j = PartitionJoin::new(
+            JoinConfig {
+                idle_timeout_ms: Some(5_000),
+                input_idle_timeout_ms: Some(60_000),
+                ..cfg(0, 600_000)
+            },
+            0,
+        );
+        let mut out = vec![];
+        j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
+        j.apply("c", sy(1, 100), 0, 0, false, 1_000, &mut out);
+        j.set_upstream_backlog(true);
+        // All five quiet for 10 s, but the window-processor still has SZ to read: its
+        // features for t = 100 may come, so the SX/SY triggers wait.
+        j.advance(11_000, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(j.watermark(), i64::MIN);
+        // Its features arrive; the backlog clears; the ordinary all-quiet rule applies again.
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            j.apply("c", feat(kind, 1, 100, 0), 0, 0, false, 12_000, &mut out);
+        }
+        j.set_upstream_backlog(false);
+        j.advance(16_999, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        j.advance(17_000, &mut out);
+        assert_eq!(
+            out.len(),
+            3,
+            "SX, SY and the triple, each with features: {out:?}"
+        );
+        assert!(
+            out.iter()
+                .all(|e| matches!(e, JoinEvent::Prediction { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_backlog_holds_no_longer_than_the_input_idle_timeout() {
+        let mut j = PartitionJoin::new(
+            JoinConfig {
+                idle_timeout_ms: Some(5_000),
+                input_idle_timeout_ms: Some(60_000),
+                ..cfg(0, 600_000)
+            },
+            0,
+        );
+        let mut out = vec![];
+        j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
+        j.apply("c", sy(1, 100), 0, 0, false, 1_000, &mut out);
+        j.set_upstream_backlog(true);
+        j.advance(59_999, &mut out);
+        assert!(out.is_empty());
+        // An upstream that never catches up (stopped for good) holds the tail 60 s, not forever.
+        j.advance(60_000, &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
     }
 

@@ -290,6 +290,90 @@ fn lag_blocking(
     Ok(lag)
 }
 
+/// Per-partition progress of another consumer group on one topic, read again and again with
+/// one client (the join's view of its upstream window-processor; see
+/// `sensorflow_core::join::PartitionJoin::set_upstream_backlog`). Joins no group: it only
+/// fetches the group's committed offsets (OffsetFetch) and the topic's end offsets
+/// (ListOffsets), two requests per [`GroupProgress::backlog`] call.
+pub struct GroupProgress {
+    consumer: BaseConsumer,
+    group: String,
+    tpl: TopicPartitionList,
+}
+
+impl GroupProgress {
+    /// A probe of `group` over partitions `0..partitions` of `topic`.
+    ///
+    /// # Errors
+    /// [`AdminError`] when the client cannot be created.
+    pub fn new(
+        config: &ClientConfig,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Self, AdminError> {
+        let mut cfg = config.clone();
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = cfg.create().map_err(kafka(format!(
+            "creating a progress client for group {group}"
+        )))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        Ok(Self {
+            consumer,
+            group: group.to_owned(),
+            tpl,
+        })
+    }
+
+    /// The partitions on which the group has records left to process, sorted: its committed
+    /// offset is below the partition's end offset, or it has members (it runs) but has not
+    /// committed on a non-empty partition yet (a stage still starting, e.g. its producer
+    /// waiting for a transaction coordinator). A group with neither commits nor members has
+    /// no backlog: nothing says that stage exists. Blocking (three round trips, each bounded by
+    /// the admin timeout).
+    ///
+    /// # Errors
+    /// [`AdminError`] when the offsets or the group cannot be read.
+    pub fn backlog(&self) -> Result<Vec<i32>, AdminError> {
+        let err = || kafka(format!("offsets of group {}", self.group));
+        let committed = self
+            .consumer
+            .committed_offsets(self.tpl.clone(), TIMEOUT)
+            .map_err(err())?;
+        let running = self
+            .consumer
+            .fetch_group_list(Some(&self.group), TIMEOUT)
+            .map_err(kafka(format!("describing group {}", self.group)))?
+            .groups()
+            .iter()
+            .any(|g| !g.members().is_empty());
+        let mut q = self.tpl.clone();
+        q.set_all_offsets(Offset::End).map_err(err())?;
+        let end = self.consumer.offsets_for_times(q, TIMEOUT).map_err(err())?;
+        let mut out = Vec::new();
+        for e in committed.elements() {
+            let c = match e.offset().to_raw().filter(|o| *o >= 0) {
+                Some(c) => c,
+                None if running => 0,
+                None => continue,
+            };
+            let hi = end
+                .find_partition(e.topic(), e.partition())
+                .and_then(|x| x.offset().to_raw())
+                .filter(|o| *o >= 0);
+            if hi.is_some_and(|hi| c < hi) {
+                out.push(e.partition());
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
 /// Connection settings of the operator's clients (credentials already read from Secrets).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Connection {

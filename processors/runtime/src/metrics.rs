@@ -160,6 +160,9 @@ pub struct Metrics {
     /// moved for the stall timeout), `limit` (`SF_REBUILD_MAX_RECORDS` hit: no partial state
     /// is ever built), `consumer`.
     pub rebuild_failures: Family<ReasonLabel, Counter>,
+    /// `sensorflow_rebuild_retries_total`: failed rebuild attempts retried in process (see
+    /// [`crate::rebuild::with_retries`]).
+    pub rebuild_retries: Counter,
     /// `sensorflow_liveness_seconds_since_progress`: seconds since the consume loop last
     /// advanced (set when `/health` or `/metrics` is read).
     pub since_progress: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -208,6 +211,7 @@ impl Metrics {
             rebuilt_partitions: Counter::default(),
             rebuild_in_progress: Gauge::default(),
             rebuild_failures: Family::default(),
+            rebuild_retries: Counter::default(),
             since_progress: Gauge::default(),
             latency: Histogram::new([
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -307,6 +311,11 @@ impl Metrics {
             m.rebuild_failures.clone(),
         );
         r.register(
+            "rebuild_retries",
+            "Failed state-rebuild attempts retried in process",
+            m.rebuild_retries.clone(),
+        );
+        r.register(
             "liveness_seconds_since_progress",
             "Seconds since the consume loop last advanced",
             m.since_progress.clone(),
@@ -339,6 +348,14 @@ impl Metrics {
             self.rebuilt_records.inc_by(n);
             self.liveness.beat();
         }
+    }
+
+    /// Counts a failed rebuild attempt that will be retried after `wait`, logs it and beats
+    /// (the processor is acting on a known schedule, not stuck).
+    pub fn rebuild_retry(&self, e: &crate::rebuild::RebuildError, attempt: u32, wait: Duration) {
+        self.rebuild_retries.inc();
+        self.liveness.beat();
+        tracing::warn!(error = %e, reason = e.reason(), attempt, of = crate::rebuild::ATTEMPTS, retry_in = ?wait, "state rebuild attempt failed; retrying from scratch");
     }
 
     /// Counts a failed rebuild by its reason and logs it loudly.

@@ -25,6 +25,13 @@
 //! - **Progress** is logged every 5 s and metered (`sensorflow_rebuilt_records_total`,
 //!   `sensorflow_rebuilt_partitions_total`, `sensorflow_rebuild_in_progress`), and every step
 //!   calls the caller's progress hook (the liveness heartbeat).
+//! - **Retries in process.** A stalled or failed attempt (not the size limit: more attempts
+//!   would hit it again) is retried by [`with_retries`] up to [`ATTEMPTS`] times in all, with
+//!   exponential backoff (1 s, 2 s, 4 s, 8 s), each attempt from an empty state and counted in
+//!   `sensorflow_rebuild_retries_total`; the liveness heartbeat beats at every attempt. Only
+//!   then does the processor give up and exit, so a broker blip during an assignment costs
+//!   seconds, not a pod restart, and a broker that stays away ends in an error, not an
+//!   endless loop.
 //! - **Size limit.** With [`RebuildConfig::max_records`] set, a rebuild that would re-read more
 //!   records fails loudly ([`RebuildError::LimitExceeded`], `sensorflow_rebuild_failures_total
 //!   {reason="limit"}`, an error log) instead of building a partial — wrong — state.
@@ -128,6 +135,39 @@ impl RebuildError {
             RebuildError::Consumer(_) => "consumer",
             RebuildError::Stalled { .. } => "stalled",
             RebuildError::LimitExceeded { .. } => "limit",
+        }
+    }
+}
+
+/// Attempts of one rebuild by [`with_retries`] (the first one and four retries).
+pub const ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` until it succeeds, fails with [`RebuildError::LimitExceeded`] (never
+/// retried: the same input hits the same limit), or has been tried `attempts` times, sleeping
+/// `base`, 2·`base`, 4·`base`, … between tries. `attempt` must start from an empty state (it
+/// is the caller's job to drop what a failed try built). `on_retry(error, attempt number,
+/// wait)` is called before each sleep. Blocking. Returns the last error when every try failed.
+///
+/// # Errors
+/// The error of the last attempt.
+pub fn with_retries<T>(
+    attempts: u32,
+    base: Duration,
+    on_retry: impl Fn(&RebuildError, u32, Duration),
+    mut attempt: impl FnMut() -> Result<T, RebuildError>,
+) -> Result<T, RebuildError> {
+    let mut n = 1;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e @ RebuildError::LimitExceeded { .. }) => return Err(e),
+            Err(e) if n >= attempts.max(1) => return Err(e),
+            Err(e) => {
+                let wait = base.saturating_mul(1 << (n - 1).min(16));
+                on_retry(&e, n, wait);
+                std::thread::sleep(wait);
+                n += 1;
+            }
         }
     }
 }
@@ -754,6 +794,52 @@ mod tests {
         assert_eq!(start_offset(Offset::Offset(12), 9), 9);
         assert_eq!(start_offset(Offset::End, 9), 9);
         assert_eq!(start_offset(Offset::Offset(-1), 9), 9);
+    }
+
+    #[test]
+    fn retries_back_off_and_end() {
+        let stalled = || RebuildError::Stalled {
+            topic: "t".into(),
+            partition: 0,
+            stalled_for: Duration::from_secs(30),
+            at: -1,
+            until: 9,
+            records: 0,
+            elapsed: Duration::from_secs(30),
+        };
+        let waits = std::cell::RefCell::new(Vec::new());
+        let record = |_: &RebuildError, n: u32, w: Duration| waits.borrow_mut().push((n, w));
+        let ms = Duration::from_millis(1);
+        // Two stalls, then success: three attempts, waits 1 and 2 ms.
+        let mut calls = 0;
+        let r = with_retries(5, ms, record, || {
+            calls += 1;
+            if calls < 3 { Err(stalled()) } else { Ok(calls) }
+        });
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(*waits.borrow(), vec![(1, ms), (2, 2 * ms)]);
+        // Never succeeding: exactly `attempts` tries, then the last error.
+        waits.borrow_mut().clear();
+        let mut calls = 0;
+        let r: Result<(), _> = with_retries(5, ms, record, || {
+            calls += 1;
+            Err(stalled())
+        });
+        assert!(matches!(r, Err(RebuildError::Stalled { .. })));
+        assert_eq!(calls, 5);
+        assert_eq!(waits.borrow().len(), 4);
+        assert_eq!(waits.borrow()[3].1, 8 * ms);
+        // The size limit is never retried.
+        let mut calls = 0;
+        let r: Result<(), _> = with_retries(5, ms, record, || {
+            calls += 1;
+            Err(RebuildError::LimitExceeded {
+                limit: 1,
+                records: 2,
+            })
+        });
+        assert!(matches!(r, Err(RebuildError::LimitExceeded { .. })));
+        assert_eq!(calls, 1);
     }
 
     #[test]

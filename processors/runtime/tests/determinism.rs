@@ -1,6 +1,8 @@
 //! Results that depend on the data alone: one real-data slice through both processor binaries
 //! four ways — (a) at full speed, (b) join-predict started after the window-processor
-//! finished, (c) paced, (d) both processors killed -9 twice mid-stream — must give the same
+//! finished, (c) paced, (d) both processors killed -9 twice mid-stream, (e) the
+//! window-processor paused (SIGSTOP) for longer than the join's idle timeout while SX/SY
+//! keep flowing — must give the same
 //! predictions (after dropping exact repeats of one trigger record), each vector's SX/SY/
 //! features the as-of values, and every trigger accounted for (a prediction, or a dead-letter
 //! or late record saying why): nothing dropped silently.
@@ -312,7 +314,7 @@ fn wait_count(topic: &str, n: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a broker: run ./run.sh test"]
-async fn four_ways_one_set_of_predictions() {
+async fn five_ways_one_set_of_predictions() {
     let started = Instant::now();
     // Short idle timeout where nothing stops upstream; a long one where processors are
     // killed (a restart must not make the other inputs look idle).
@@ -364,7 +366,25 @@ async fn four_ways_one_set_of_predictions() {
     d.drain_join();
     drop((w, j));
 
-    let sets: Vec<(&str, BTreeSet<Key>)> = [&a, &b, &c, &d]
+    // (e) paced (10 s); the window-processor is stopped for 12 s once it has features out,
+    // three times the join's idle timeout: SX/SY run ahead and then go quiet with FA/FI/FD
+    // silent too. The join sees the window-processor's lag on SZ and keeps waiting for the
+    // features (an all-quiet release here used older triples and turned the features late).
+    let e = Run::new("upstream-paused").await;
+    let (we, _je) = (e.window(&quick), e.join(&quick));
+    let te = e.t.clone();
+    let replayer = thread::spawn(move || replay(&te, &[&SLICE[..], &["--speed", "1200"]].concat()));
+    wait_count(&e.t.topic_fd, 200);
+    we.signal("STOP");
+    eprintln!("window-processor stopped for 12 s");
+    thread::sleep(Duration::from_secs(12));
+    we.signal("CONT");
+    replayer.join().unwrap();
+    e.drain_window();
+    e.drain_join();
+    drop(we);
+
+    let sets: Vec<(&str, BTreeSet<Key>)> = [&a, &b, &c, &d, &e]
         .iter()
         .map(|r| (r.name, r.check()))
         .collect();
@@ -379,7 +399,7 @@ async fn four_ways_one_set_of_predictions() {
         );
     }
     eprintln!(
-        "four runs, {} identical predictions each, in {:.0} s",
+        "five runs, {} identical predictions each, in {:.0} s",
         want.len(),
         started.elapsed().as_secs_f64()
     );

@@ -268,3 +268,121 @@ async fn a_long_rebuild_completes_keeps_health_green_and_restores_the_window() {
     eprintln!("whole test {:.1} s", started.elapsed().as_secs_f64());
     drop(w);
 }
+
+/// Waits up to `within` for `cond`, polling every 100 ms; panics with `what` on timeout.
+fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a broker: run ./run.sh test"]
+async fn a_stalled_rebuild_is_retried_in_process_and_the_retries_end() {
+    let pre = prefix("rebuild-retry");
+    let t = topics(&pre);
+    create_topics(&t, 1).await;
+    let base = sensorflow_runtime::now_ms() - 86_400_000;
+    let p = producer();
+    let send = |i: i64| {
+        let ts = base + i * 1000;
+        let value = reading(ts, i as f64);
+        let f = p
+            .send_result(
+                FutureRecord::<str, [u8]>::to(&t.topic_sz)
+                    .key("client-a")
+                    .payload(&value)
+                    .timestamp(ts),
+            )
+            .unwrap();
+        (f, Reading { t: ts, v: i as f64 })
+    };
+    // Five readings, but the groups below committed offset 10 (as if a previous owner had
+    // processed ten): the rebuild waits for records 5..9 that are not there yet, and stalls.
+    let mut readings = Vec::new();
+    for i in 0..5 {
+        let (f, r) = send(i);
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+        readings.push(r);
+    }
+    let stall = [("SF_REBUILD_TIMEOUT_MS", "500")];
+
+    // Never satisfied: five attempts with backoff (1 + 2 + 4 + 8 s), then a clear exit.
+    let ended = format!("{pre}ended");
+    commit(&ended, &t.topic_sz, 10);
+    let started = Instant::now();
+    let mut e = spawn("window-processor", &t, &ended, &stall, &[]);
+    let mut status = None;
+    wait_for(Duration::from_secs(90), "the retries to end", || {
+        status = e.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let took = started.elapsed();
+    assert!(!status.unwrap().success());
+    let log = strip_ansi(
+        &std::fs::read_to_string(std::env::temp_dir().join(format!("{ended}window-processor.log")))
+            .unwrap(),
+    );
+    let retries = log.matches("retrying from scratch").count();
+    assert_eq!(retries, 4, "four retries after the first attempt: {log}");
+    assert!(log.contains("state rebuild failed"), "{log}");
+    assert!(
+        took >= Duration::from_secs(15),
+        "the backoff did not wait ({took:?})"
+    );
+    eprintln!("a rebuild that never can finish: 5 attempts, exit after {took:?}");
+
+    // Satisfied while retrying: the same process recovers, and its state is complete.
+    let group = format!("{pre}window");
+    commit(&group, &t.topic_sz, 10);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = spawn(
+        "window-processor",
+        &t,
+        &group,
+        // A longer stall timeout here: a fresh rebuild consumer's first fetch can take more
+        // than 500 ms on a busy machine, and this attempt must not stall once the data is in.
+        &[
+            ("SF_REBUILD_TIMEOUT_MS", "3000"),
+            ("SF_METRICS_ADDR", addr.as_str()),
+        ],
+        &[],
+    );
+    wait_for(Duration::from_secs(60), "a retried rebuild attempt", || {
+        http_get(port, "/metrics")
+            .is_some_and(|(_, m)| metric(&m, "sensorflow_rebuild_retries_total") >= 1.0)
+    });
+    for i in 5..=10 {
+        let (f, r) = send(i);
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+        readings.push(r);
+    }
+    wait_for(Duration::from_secs(60), "the features of offset 10", || {
+        assert!(
+            w.child.try_wait().unwrap().is_none(),
+            "window-processor exited ({})",
+            w.name
+        );
+        sensorflow_runtime::admin::message_count(&config(), &t.topic_fa).unwrap_or(0) >= 1
+    });
+    let fa = read_all(&t.topic_fa);
+    assert_eq!(fa.len(), 1, "only offset 10 is past the committed offset");
+    let f = Feature::decode(fa[0].payload().unwrap()).unwrap();
+    let arrivals: Vec<(&str, Reading)> = readings.iter().map(|r| ("client-a", *r)).collect();
+    let want = reference_features(WindowConfig::default(), &arrivals)
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.window_count, 11, "the rebuilt window holds offsets 0..9");
+    assert_eq!(f.window_count, want.count);
+    assert_eq!(f.value.to_bits(), want.mean.to_bits());
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    eprintln!(
+        "a rebuild stalled on missing records recovered in process after {} retries",
+        metric(&metrics, "sensorflow_rebuild_retries_total")
+    );
+    drop(w);
+}

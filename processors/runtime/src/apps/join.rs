@@ -37,6 +37,7 @@ use sensorflow_core::model::{
 };
 use sensorflow_core::proto::{FeatureKind, Prediction, Sensor, TriggerKind};
 use sensorflow_core::wire::Framing;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// join-predict: joins SX, SY and the FA/FI/FD triple by client, predicts, and alerts.
@@ -113,6 +114,13 @@ pub struct JoinArgs {
     /// stale or missing and dead-lettered with that reason).
     #[arg(long, env = env::MAX_STALENESS_MS, default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_staleness_ms: i64,
+    /// Consumer group of the window-processor that writes FA/FI/FD. Every second the join
+    /// reads that group's committed offsets on SZ; while a co-partitioned SZ partition has
+    /// records left, silent feature inputs mean "upstream lags", not "stream ended", so the
+    /// all-quiet release of that partition waits (up to the input idle timeout). Empty: not
+    /// watched (the wall-clock rule alone).
+    #[arg(long, env = env::UPSTREAM_GROUP_ID, default_value = "sensorflow-window")]
+    pub upstream_group_id: String,
 }
 
 impl JoinArgs {
@@ -150,6 +158,9 @@ pub struct JoinMetrics {
     pub values: Gauge,
     /// `sensorflow_join_state_bytes`: approximate heap bytes of the join state.
     pub bytes: Gauge,
+    /// `sensorflow_join_upstream_backlog_partitions`: SZ partitions on which the upstream
+    /// window-processor has records left (holding the all-quiet release back).
+    pub upstream_backlog: Gauge,
 }
 
 impl JoinMetrics {
@@ -185,6 +196,11 @@ impl JoinMetrics {
             "Approximate heap bytes of the join state",
             self.bytes.clone(),
         );
+        r.register(
+            "join_upstream_backlog_partitions",
+            "SZ partitions on which the upstream window-processor has records left",
+            self.upstream_backlog.clone(),
+        );
     }
 }
 
@@ -205,6 +221,9 @@ pub struct JoinProcessor {
     lookback_ms: i64,
     metrics: Metrics,
     reading_bounds: ReadingBounds,
+    /// SZ partitions on which the upstream window-processor has a backlog, sorted; written by
+    /// the [`watch_upstream`] thread.
+    upstream: Option<Arc<Mutex<Vec<i32>>>>,
 }
 
 impl JoinProcessor {
@@ -260,7 +279,15 @@ impl JoinProcessor {
             ),
             metrics,
             reading_bounds: args.common.reading_bounds(),
+            upstream: None,
         })
+    }
+
+    /// Uses `backlog` (sorted SZ partition numbers whose upstream has records left, kept up
+    /// to date by [`watch_upstream`]) on every flush tick.
+    pub fn with_upstream(mut self, backlog: Arc<Mutex<Vec<i32>>>) -> Self {
+        self.upstream = Some(backlog);
+        self
     }
 
     /// Decodes a record into a join input and the ingest time it carries, checked against the
@@ -570,9 +597,6 @@ impl Processor for JoinProcessor {
             })
             .collect();
         let now = crate::now_ms();
-        for ((_, p), _) in committed {
-            self.states.insert(*p, PartitionJoin::new(self.cfg, now));
-        }
         // Every record below the committed offsets had its outcome produced (commits never
         // pass a pending record). Replaying them in event-time order rebuilds the as-of
         // values, the watermark clocks and the repeat filter; a trigger pending at the crash
@@ -591,33 +615,43 @@ impl Processor for JoinProcessor {
         let mut states = std::mem::take(&mut self.states);
         let mut sink = Vec::new();
         let this = &*self;
-        let result = rebuild::replay(
-            &this.rebuild,
-            &requests,
-            &inputs,
-            &this.rebuild_cfg,
-            |last, (_, p)| {
-                inputs
-                    .iter()
-                    .filter_map(|t| last.get(&(t.clone(), *p)))
-                    .min()
-                    .map_or(0, |ts| ts.saturating_sub(lookback))
-            },
-            &this.metrics.rebuild_hook(),
-            |m| {
-                let client = input::client_id(m.key()).ok()?;
-                let (ji, ingest) = this.decode(m, now).ok()?;
-                Some((ji.event_time_ms(), (client.to_owned(), ji, ingest)))
-            },
-            |(_, p), offset, (client, ji, ingest)| {
-                let state = states
-                    .entry(*p)
-                    .or_insert_with(|| PartitionJoin::new(this.cfg, now));
-                // State only: the outcomes of these records were produced before the commit.
-                state.apply(&client, ji, offset, ingest, true, now, &mut sink);
-                sink.clear();
-            },
-        );
+        let result = {
+            let hook = this.metrics.rebuild_hook();
+            let retry = |e: &rebuild::RebuildError, n, wait| this.metrics.rebuild_retry(e, n, wait);
+            rebuild::with_retries(rebuild::ATTEMPTS, Duration::from_secs(1), retry, || {
+                // Every attempt starts from an empty state for these partitions.
+                for ((_, p), _) in committed {
+                    states.insert(*p, PartitionJoin::new(this.cfg, now));
+                }
+                rebuild::replay(
+                    &this.rebuild,
+                    &requests,
+                    &inputs,
+                    &this.rebuild_cfg,
+                    |last, (_, p)| {
+                        inputs
+                            .iter()
+                            .filter_map(|t| last.get(&(t.clone(), *p)))
+                            .min()
+                            .map_or(0, |ts| ts.saturating_sub(lookback))
+                    },
+                    &hook,
+                    |m| {
+                        let client = input::client_id(m.key()).ok()?;
+                        let (ji, ingest) = this.decode(m, now).ok()?;
+                        Some((ji.event_time_ms(), (client.to_owned(), ji, ingest)))
+                    },
+                    |(_, p), offset, (client, ji, ingest)| {
+                        let state = states
+                            .entry(*p)
+                            .or_insert_with(|| PartitionJoin::new(this.cfg, now));
+                        // State only: the outcomes of these records were produced before the commit.
+                        state.apply(&client, ji, offset, ingest, true, now, &mut sink);
+                        sink.clear();
+                    },
+                )
+            })
+        };
         self.states = states;
         let summary = result?;
         self.metrics
@@ -711,9 +745,19 @@ impl Processor for JoinProcessor {
         let now = crate::now_ms();
         let mut parts: Vec<i32> = self.states.keys().copied().collect();
         parts.sort_unstable();
+        let backlog = self
+            .upstream
+            .as_ref()
+            .map(|u| {
+                u.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })
+            .unwrap_or_default();
         for p in parts {
             let mut events = std::mem::take(&mut self.events);
             if let Some(s) = self.states.get_mut(&p) {
+                s.set_upstream_backlog(backlog.binary_search(&p).is_ok());
                 s.advance(now, &mut events);
             }
             self.events = events;
@@ -749,6 +793,20 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
             detail.join(", ")
         );
     }
+    let processor = if args.upstream_group_id.is_empty() {
+        processor
+    } else {
+        let backlog = Arc::new(Mutex::new(Vec::new()));
+        watch_upstream(
+            args.kafka.client_config(),
+            args.upstream_group_id.clone(),
+            topics.sz.clone(),
+            counts[0],
+            Arc::clone(&backlog),
+            processor.jm.upstream_backlog.clone(),
+        );
+        processor.with_upstream(backlog)
+    };
     let mut consumer_cfg = args.kafka.consumer_config(&args.group_id, "join-predict");
     // The range assignor gives one member the same partition numbers of every input topic,
     // which is what makes the co-partitioned join local.
@@ -762,4 +820,60 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
         "join-predict",
     )
     .await
+}
+
+/// How often [`watch_upstream`] reads the upstream group's progress.
+const UPSTREAM_CHECK: Duration = Duration::from_secs(1);
+
+/// Starts a thread that, every second, writes into `backlog` the SZ partitions (of
+/// `0..partitions`) on which consumer group `group` has records left (see
+/// [`crate::admin::GroupProgress::backlog`]), and their number into `gauge`. On a read error
+/// (a fresh broker answers `NotLeaderForPartition` for a while) every partition counts as
+/// backlogged: the join waits rather than release by wall clock what the upstream may still
+/// change, for at most the input idle timeout; the error is logged once per outage.
+pub fn watch_upstream(
+    config: ClientConfig,
+    group: String,
+    sz: String,
+    partitions: i32,
+    backlog: Arc<Mutex<Vec<i32>>>,
+    gauge: Gauge,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("upstream-progress".into())
+        .spawn(move || {
+            let probe = match crate::admin::GroupProgress::new(&config, &group, &sz, partitions) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, %group, "not watching the upstream group's lag");
+                    return;
+                }
+            };
+            tracing::info!(%group, topic = %sz, "watching the upstream group's lag");
+            let mut failing = false;
+            loop {
+                let now = match probe.backlog() {
+                    Ok(b) => {
+                        if failing {
+                            tracing::info!(%group, "upstream lag readable again");
+                        }
+                        failing = false;
+                        b
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, %group, "cannot read the upstream group's lag; holding the all-quiet release (at most the input idle timeout) until it can");
+                        }
+                        failing = true;
+                        (0..partitions).collect()
+                    }
+                };
+                gauge.set(now.len() as i64);
+                *backlog.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                std::thread::sleep(UPSTREAM_CHECK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "not watching the upstream group's lag");
+    }
 }

@@ -157,41 +157,47 @@ impl Processor for WindowProcessor {
                 })
             })
             .collect();
-        for ((_, p), _) in committed {
-            self.engine.revoke(*p);
-        }
         let lookback = cfg.size_ms.saturating_add(cfg.grace_ms.saturating_mul(2));
         let (framing, bounds, now) = (&self.framing, self.bounds, crate::now_ms());
         let engine = &mut self.engine;
-        let hook = self.metrics.rebuild_hook();
-        let summary = rebuild::replay(
-            &self.rebuild,
-            &requests,
-            &[],
-            &self.rebuild_cfg,
-            |last, k| last.get(k).map_or(0, |t| t.saturating_sub(lookback)),
-            &hook,
-            |m| {
-                let client = input::client_id(m.key()).ok()?;
-                let r = input::decode_reading(framing, m.payload(), Sensor::Sz).ok()?;
-                // Dead-lettered when first seen; never part of the state.
-                bounds.check(&r, now).ok()?;
-                Some((
-                    r.event_time_ms,
-                    (
-                        client.to_owned(),
-                        Reading {
-                            t: r.event_time_ms,
-                            v: r.value,
-                        },
-                    ),
-                ))
-            },
-            |(_, p), _, (client, reading)| {
-                // Replayed into state only: these outputs were emitted before the commit.
-                let _ = engine.process(*p, &client, reading);
-            },
-        )?;
+        let metrics = &self.metrics;
+        let hook = metrics.rebuild_hook();
+        let retry = |e: &rebuild::RebuildError, n, wait| metrics.rebuild_retry(e, n, wait);
+        let summary =
+            rebuild::with_retries(rebuild::ATTEMPTS, Duration::from_secs(1), retry, || {
+                // Every attempt starts from an empty state for these partitions.
+                for ((_, p), _) in committed {
+                    engine.revoke(*p);
+                }
+                rebuild::replay(
+                    &self.rebuild,
+                    &requests,
+                    &[],
+                    &self.rebuild_cfg,
+                    |last, k| last.get(k).map_or(0, |t| t.saturating_sub(lookback)),
+                    &hook,
+                    |m| {
+                        let client = input::client_id(m.key()).ok()?;
+                        let r = input::decode_reading(framing, m.payload(), Sensor::Sz).ok()?;
+                        // Dead-lettered when first seen; never part of the state.
+                        bounds.check(&r, now).ok()?;
+                        Some((
+                            r.event_time_ms,
+                            (
+                                client.to_owned(),
+                                Reading {
+                                    t: r.event_time_ms,
+                                    v: r.value,
+                                },
+                            ),
+                        ))
+                    },
+                    |(_, p), _, (client, reading)| {
+                        // Replayed into state only: these outputs were emitted before the commit.
+                        let _ = engine.process(*p, &client, reading);
+                    },
+                )
+            })?;
         self.metrics
             .rebuilt_partitions
             .inc_by(summary.partitions as u64);

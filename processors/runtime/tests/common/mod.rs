@@ -69,6 +69,16 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{signal} {}", self.name);
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -140,6 +150,13 @@ pub fn spawn_as(
                 .open(&log)
                 .unwrap(),
         );
+    if bin == "join-predict" {
+        // The tests name a pipeline's groups `<prefix>window` / `<prefix>join`: the join
+        // watches its window-processor's lag as the operator configures it.
+        if let Some(pre) = group.strip_suffix("join") {
+            cmd.env("SF_UPSTREAM_GROUP_ID", format!("{pre}window"));
+        }
+    }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
