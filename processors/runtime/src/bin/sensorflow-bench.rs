@@ -839,8 +839,9 @@ async fn latency_run(
     common_clock: bool,
 ) -> anyhow::Result<Latency> {
     let (topics, t) = pipeline_topics(kafka, prefix, partitions).await?;
-    let env: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.clone())).collect();
     let (wg, jg) = (format!("{prefix}window"), format!("{prefix}join"));
+    let mut env: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.clone())).collect();
+    env.push((env::UPSTREAM_GROUP_ID, wg.clone()));
     let w = spawn(
         &bin_dir.join("window-processor"),
         &[],
@@ -1010,10 +1011,15 @@ async fn throughput(
         (env::TOPIC_DLQ, &pt.dead_letter),
         (env::TOPIC_LATE, &pt.late),
     ]);
+    // join-predict watches the window-processor's group that wrote its features (its
+    // all-quiet release waits while that group has records left).
+    let upstream = format!("{prefix}p-window-0");
+    let join_here = redirect(&[(env::UPSTREAM_GROUP_ID, &upstream)]);
     let join_elsewhere = redirect(&[
         (env::TOPIC_PREDICTIONS, &pt.predictions),
         (env::TOPIC_DLQ, &pt.dead_letter),
         (env::TOPIC_LATE, &pt.late),
+        (env::UPSTREAM_GROUP_ID, &upstream),
     ]);
     let (mut pass_w, mut wp, mut pass_j, mut jp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
@@ -1075,7 +1081,7 @@ async fn throughput(
                 program: &bin_dir.join("join-predict"),
                 args: Vec::new(),
                 group: format!("{prefix}p-join-{r}"),
-                extra: if r == 0 { &[] } else { &join_elsewhere },
+                extra: if r == 0 { &join_here } else { &join_elsewhere },
                 inputs: &join_inputs,
                 total: 5 * n,
                 name: profiled("join-predict", r),
@@ -1123,10 +1129,10 @@ async fn throughput(
     );
 
     // 5. The whole pipeline's maximum: both processors at once on a fresh backlog, with the
-    //    join's default idle timeout (10 s): a shorter one releases partitions whose five inputs
-    //    wait in librdkafka's fetch queue longer than that while it works through a backlog,
-    //    and their later records are late (seen with 2 s: 425,514 of 600,000 predictions).
-    let idle: [(&str, String); 0] = [];
+    //    join's default idle timeout (10 s): a shorter one released partitions whose five inputs
+    //    waited in librdkafka's fetch queue longer than that while it worked through a backlog,
+    //    and their later records were late (seen with 2 s: 425,514 of 600,000 predictions).
+    let upstream_env = [(env::UPSTREAM_GROUP_ID, format!("{prefix}max-window"))];
     let backlog = readings / 2;
     let (topics, t) = pipeline_topics(&kafka, &format!("{prefix}max-"), partitions).await?;
     produce(
@@ -1153,7 +1159,7 @@ async fn throughput(
             &kafka,
             &topics,
             &format!("{prefix}max-window"),
-            &idle,
+            &upstream_env,
         )?;
         let mut j = spawn(
             &bin_dir.join("join-predict"),
@@ -1161,7 +1167,7 @@ async fn throughput(
             &kafka,
             &topics,
             &format!("{prefix}max-join"),
-            &idle,
+            &upstream_env,
         )?;
         let deadline = started + Duration::from_secs(1200);
         let first = loop {
@@ -1271,7 +1277,7 @@ async fn latency(
             l.expected,
             l.quarters.0,
             l.quarters.1,
-            if l.quarters.1 > 2 * l.quarters.0 + 100 {
+            if l.quarters.0 > 0 && l.quarters.1 > 2 * l.quarters.0 + 100 {
                 " (fell behind: the pipeline did not keep up with this rate)"
             } else {
                 ""
