@@ -9,7 +9,7 @@
 //!
 //! | setting | `latency` (default) | `throughput` | why |
 //! |---|---|---|---|
-//! | `linger.ms` | 1 | 20 | a record waits this long for others to share its batch; a prediction crosses two producers (SZ → features → prediction) |
+//! | `linger.ms` | 5 | 20 | a record waits this long for others to share its batch; a prediction crosses two producers (SZ → features → prediction) |
 //! | `batch.num.messages` | 10 000 | 10 000 | never the limit at these rates |
 //! | `compression.type` | none | lz4 | readings are ~30-byte protobufs: small batches barely compress; full ones do, cheaply |
 //! | `fetch.min.bytes` | 1 | 65 536 | the broker answers a fetch as soon as one record is there, or waits for a useful amount |
@@ -17,7 +17,11 @@
 //!
 //! `latency` is the default because the pipeline exists to raise alerts (the target:
 //! SZ → prediction p99 < 50 ms at half load); `throughput` is for backfills and replays of
-//! history, where whole batches matter and tens of ms do not. Every property is applied before
+//! history, where whole batches matter and tens of ms do not. `linger.ms` 1 was tried for
+//! `latency` and measured worse: librdkafka's broker thread then wakes every millisecond and
+//! scans every partition's queue (`rd_kafka_toppar_producer_serve` went from 3 % to 12 % of
+//! join-predict's samples in `perf`, 2026-11-29), CPU the 2-core machine did not have, for at
+//! most 8 ms over two hops that no run could show under load. Every property is applied before
 //! `SF_KAFKA_PROPERTIES` / `-X key=value`, so any of them can still be overridden one by one.
 
 use clap::Args;
@@ -65,7 +69,7 @@ pub const KAFKA_PROFILE_ENV: &str = "SF_KAFKA_PROFILE";
 /// What the batching and fetch settings favour (see the module docs for the values and why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum KafkaProfile {
-    /// Records move on at once: `linger.ms=1`, `fetch.min.bytes=1`, no compression.
+    /// Records move on almost at once: `linger.ms=5`, `fetch.min.bytes=1`, no compression.
     #[default]
     Latency,
     /// Fuller batches: `linger.ms=20`, lz4, `fetch.min.bytes=65536`, `fetch.wait.max.ms=100`.
@@ -77,7 +81,7 @@ impl KafkaProfile {
     pub fn producer(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::Latency => &[
-                ("linger.ms", "1"),
+                ("linger.ms", "5"),
                 ("batch.num.messages", "10000"),
                 ("compression.type", "none"),
             ],
@@ -299,7 +303,7 @@ mod tests {
         let mut a = KafkaArgs::plain("b:9092");
         assert_eq!(a.profile, KafkaProfile::Latency);
         let (p, c) = (a.producer_config("x"), a.consumer_config("g", "x"));
-        assert_eq!(p.get("linger.ms"), Some("1"));
+        assert_eq!(p.get("linger.ms"), Some("5"));
         assert_eq!(p.get("compression.type"), Some("none"));
         assert_eq!(c.get("fetch.min.bytes"), Some("1"));
         a.profile = KafkaProfile::Throughput;
