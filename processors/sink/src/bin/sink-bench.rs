@@ -1,5 +1,7 @@
-//! `sink-bench`: rows/s per core of the sink from consume to finalised object, next to
-//! parquet-rs encode-only rows/s on the same rows. Not a timed test: it prints figures.
+//! `sink-bench`: the sink from consume to finalised ZSTD Parquet object, next to the limits it
+//! is compared with in the same run: raw rdkafka consume of the same topics (the issue's
+//! target: sink ≥ 0.7× raw consume) and parquet-rs encode-only rows/s on the same rows. Not a
+//! timed test: it prints figures.
 //!
 //! Run it against topics that already hold data (e.g. after `replay`, `window-processor` and
 //! `join-predict`; `tests/sink/run.sh` does this):
@@ -9,6 +11,9 @@
 //! sink-bench --bootstrap-servers 127.0.0.1:19492 --generate 400000   # one hour, large files
 //! ```
 //!
+//! 0. *raw consume*: a plain librdkafka consumer in a fresh group counts every record of the
+//!    topics (no decode, no copy): records/s from its first record to its last (wall), and per
+//!    CPU-second of this process.
 //! 1. *sink*: the real sink loop (consumer, rows, Parquet ZSTD, local-directory store, commits)
 //!    reads every record of the topics with a fresh group and stops once all are stored.
 //!    Rows per CPU-second of this process (all its threads) = rows/s per core; the broker runs
@@ -52,6 +57,39 @@ fn cpu_seconds() -> f64 {
 /// CPU of the calling thread: the sink loop runs on the main thread (inside `block_on`).
 fn thread_cpu_seconds() -> f64 {
     cpu_seconds_of("/proc/thread-self/stat")
+}
+
+/// Raw consume: (records/s wall from the first record to the last, records per CPU-second).
+fn raw_consume(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result<(f64, f64)> {
+    let mut cfg = args.kafka.consumer_config(
+        &format!("sink-bench-raw-{}", std::process::id()),
+        "sink-bench",
+    );
+    cfg.set("statistics.interval.ms", "0");
+    let c: BaseConsumer = cfg.create()?;
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    c.subscribe(&refs)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut got = 0i64;
+    let mut first = None;
+    while got < total {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "raw consume timed out at {got}/{total}"
+        );
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m?;
+            if first.is_none() {
+                first = Some((Instant::now(), cpu_seconds()));
+            }
+            got += 1;
+        }
+    }
+    let (t, c0) = first.unwrap_or((Instant::now(), cpu_seconds()));
+    Ok((
+        total as f64 / t.elapsed().as_secs_f64(),
+        total as f64 / (cpu_seconds() - c0),
+    ))
 }
 
 fn read_all(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result<Vec<OwnedMessage>> {
@@ -163,6 +201,9 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(total > 0, "topics {topics:?} are empty: produce data first");
     eprintln!("sink-bench: {total} records in {topics:?}");
 
+    // 0. raw consume (the limit).
+    let (raw_wall, raw_cpu) = raw_consume(&args, &topics, total)?;
+
     // 1. consume → finalised object.
     let sm = SinkMetrics::default();
     let metrics = Metrics::new_with(|r| sm.register(r));
@@ -171,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         let topics = topics.clone();
         tokio::spawn(async move {
+            let mut first = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let text = metrics.encode();
@@ -180,9 +222,12 @@ async fn main() -> anyhow::Result<()> {
                     .filter(|l| topics.iter().any(|t| l.contains(&format!("topic=\"{t}\""))))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                     .sum();
+                if seen > 0.0 && first.is_none() {
+                    first = Some(Instant::now());
+                }
                 if seen as i64 >= total {
                     shutdown.cancel();
-                    return;
+                    return first;
                 }
             }
         })
@@ -194,7 +239,8 @@ async fn main() -> anyhow::Result<()> {
         thread_cpu_seconds() - l0,
         t0.elapsed().as_secs_f64(),
     );
-    watch.abort();
+    let first = watch.await.ok().flatten().unwrap_or(t0);
+    let from_first = first.elapsed().as_secs_f64();
     let rows = summary.rows_written as f64;
 
     // 2. consume only: the same records through a plain librdkafka consumer (the floor).
@@ -262,5 +308,18 @@ async fn main() -> anyhow::Result<()> {
         "  parquet-rs encode only:     {enc_rate:>10.0} rows/s per core  ({enc_rows} rows in {enc_files} files, {ecpu:.2} CPU-s, {ewall:.2} s wall, {enc_bytes} bytes)"
     );
     println!("  ratio sink / encode-only:   {:.2}", sink_rate / enc_rate);
+    println!(
+        "  raw rdkafka consume (limit): {raw_wall:>9.0} rows/s wall (first record -> last), {raw_cpu:.0} per core"
+    );
+    println!(
+        "  sink, first record -> last object finalised: {:>9.0} rows/s wall ({from_first:.2} s)",
+        rows / from_first
+    );
+    let ratio = rows / from_first / raw_wall;
+    println!(
+        "  ratio sink / raw consume:   {ratio:.2} wall (target >= 0.7: {}), {:.2} per core",
+        if ratio >= 0.7 { "met" } else { "MISSED" },
+        sink_rate / raw_cpu
+    );
     Ok(())
 }
