@@ -641,7 +641,7 @@ pub fn build(
             ns,
             owner,
             Stage::Sink,
-            Some(sink.replicas),
+            Some(if v.spec.suspend { 0 } else { sink.replicas }),
             [&common, &sink_cm],
             secrets,
         ));
