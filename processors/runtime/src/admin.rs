@@ -581,8 +581,10 @@ pub fn plan_config_changes(
 /// the current overrides with DescribeConfigs, merges the desired keys on top
 /// ([`plan_config_changes`]) and writes the merged set. The read-merge-write is not atomic: an
 /// override someone else sets between the describe and the alter is lost (the next
-/// reconcile does not restore it; it is not ours). Never fails the reconcile: a refusal is
-/// reported as [`ConfigCheck::Failed`].
+/// reconcile does not restore it; it is not ours). rdkafka 0.39 also drops AlterConfigs'
+/// per-topic error codes, so the outcome is read back with a second DescribeConfigs: a key
+/// still differing is a refusal. Never fails the reconcile: a refusal is reported as
+/// [`ConfigCheck::Failed`].
 async fn apply_topic_configs(
     admin: &AdminClient<DefaultClientContext>,
     bootstrap: &str,
@@ -598,38 +600,10 @@ async fn apply_topic_configs(
         return ConfigCheck::NotManaged;
     }
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    let specs: Vec<ResourceSpecifier<'_>> = desired
-        .keys()
-        .map(|t| ResourceSpecifier::Topic(t))
-        .collect();
-    let described = match admin.describe_configs(specs.iter(), &opts).await {
-        Ok(r) => r,
-        Err(e) => return ConfigCheck::Failed(format!("DescribeConfigs on {bootstrap}: {e}")),
+    let current = match describe_topic_configs(admin, bootstrap, desired.keys(), &opts).await {
+        Ok(c) => c,
+        Err(m) => return ConfigCheck::Failed(m),
     };
-    let mut current = BTreeMap::new();
-    let mut refused = Vec::new();
-    for r in described {
-        match r {
-            Ok(res) => {
-                let OwnedResourceSpecifier::Topic(topic) = res.specifier else {
-                    continue;
-                };
-                let mut tc = TopicConfig::default();
-                for e in res.entries {
-                    let Some(v) = e.value else { continue };
-                    if e.source == ConfigSource::DynamicTopic {
-                        tc.overrides.insert(e.name.clone(), v.clone());
-                    }
-                    tc.effective.insert(e.name, v);
-                }
-                current.insert(topic, tc);
-            }
-            Err(code) => refused.push(format!("DescribeConfigs: {code}")),
-        }
-    }
-    if !refused.is_empty() {
-        return ConfigCheck::Failed(refused.join(", "));
-    }
     let changes = plan_config_changes(&desired, &current);
     if changes.is_empty() {
         return ConfigCheck::InSync { altered: vec![] };
@@ -643,32 +617,76 @@ async fn apply_topic_configs(
             )
         })
         .collect();
-    let results = match admin.alter_configs(alters.iter(), &opts).await {
-        Ok(r) => r,
-        Err(e) => return ConfigCheck::Failed(format!("AlterConfigs on {bootstrap}: {e}")),
+    if let Err(e) = admin.alter_configs(alters.iter(), &opts).await {
+        return ConfigCheck::Failed(format!("AlterConfigs on {bootstrap}: {e}"));
+    }
+    // rdkafka 0.39 reports every resource of an AlterConfigs response as a success (it drops
+    // the per-resource error code), so the result is verified by reading the topics back.
+    let changed_topics: Vec<String> = changes.iter().map(|c| c.topic.clone()).collect();
+    let after = match describe_topic_configs(admin, bootstrap, changed_topics.iter(), &opts).await {
+        Ok(c) => c,
+        Err(m) => return ConfigCheck::Failed(m),
     };
-    let mut failed = Vec::new();
-    for r in results {
-        if let Err((spec, code)) = r {
-            let topic = match spec {
-                OwnedResourceSpecifier::Topic(t) => t,
-                other => format!("{other:?}"),
-            };
-            let keys = changes
-                .iter()
-                .find(|c| c.topic == topic)
-                .map(|c| c.changed.join(", "))
-                .unwrap_or_default();
-            failed.push(format!("{topic} ({keys}): {code}"));
-        }
-    }
-    if failed.is_empty() {
-        ConfigCheck::InSync {
+    let still = plan_config_changes(&desired, &after);
+    if still.is_empty() {
+        return ConfigCheck::InSync {
             altered: changes.into_iter().map(|c| (c.topic, c.changed)).collect(),
-        }
-    } else {
-        ConfigCheck::Failed(format!("AlterConfigs refused: {}", failed.join("; ")))
+        };
     }
+    let failed: Vec<String> = still
+        .iter()
+        .map(|c| {
+            let keys: Vec<String> = c
+                .changed
+                .iter()
+                .map(|k| {
+                    let want = desired.get(&c.topic).and_then(|d| d.get(k));
+                    let got = after.get(&c.topic).and_then(|a| a.effective.get(k));
+                    format!(
+                        "{k}={} (broker has {})",
+                        want.map_or("?", String::as_str),
+                        got.map_or("no value", String::as_str)
+                    )
+                })
+                .collect();
+            format!("{}: {}", c.topic, keys.join(", "))
+        })
+        .collect();
+    ConfigCheck::Failed(format!(
+        "AlterConfigs did not take effect (the broker refused the value or the key): {}",
+        failed.join("; ")
+    ))
+}
+
+/// DescribeConfigs of `topics`: each topic's effective values and its topic-level overrides.
+async fn describe_topic_configs<'a>(
+    admin: &AdminClient<DefaultClientContext>,
+    bootstrap: &str,
+    topics: impl Iterator<Item = &'a String>,
+    opts: &AdminOptions,
+) -> Result<BTreeMap<String, TopicConfig>, String> {
+    let specs: Vec<ResourceSpecifier<'_>> = topics.map(|t| ResourceSpecifier::Topic(t)).collect();
+    let described = admin
+        .describe_configs(specs.iter(), opts)
+        .await
+        .map_err(|e| format!("DescribeConfigs on {bootstrap}: {e}"))?;
+    let mut current = BTreeMap::new();
+    for r in described {
+        let res = r.map_err(|code| format!("DescribeConfigs on {bootstrap}: {code}"))?;
+        let OwnedResourceSpecifier::Topic(topic) = res.specifier else {
+            continue;
+        };
+        let mut tc = TopicConfig::default();
+        for e in res.entries {
+            let Some(v) = e.value else { continue };
+            if e.source == ConfigSource::DynamicTopic {
+                tc.overrides.insert(e.name.clone(), v.clone());
+            }
+            tc.effective.insert(e.name, v);
+        }
+        current.insert(topic, tc);
+    }
+    Ok(current)
 }
 
 /// What [`ensure_pipeline_topics`] concluded about a pipeline's topics.
