@@ -87,7 +87,7 @@ pub struct SensorPipelineSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
-    /// Comma-separated `host:port` list.
+    /// Comma-separated `host:port` list of the Kafka brokers. Required.
     #[schemars(length(min = 1), regex(pattern = r"^[^,\s]+(,[^,\s]+)*$"))]
     pub bootstrap_servers: String,
     /// Optional TLS / SASL settings. Credentials always come from Secrets, never inline.
@@ -156,7 +156,8 @@ pub enum SecurityProtocol {
     SaslSsl,
 }
 
-/// SASL mechanism.
+/// SASL mechanism (`sasl.mechanism`): `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with
+/// a `SASL_*` protocol, no default.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum SaslMechanism {
     /// `PLAIN`.
@@ -175,21 +176,23 @@ pub enum SaslMechanism {
 #[x_kube(validation = Rule::new(cel::SASL_PLAINTEXT_OPT_IN).message(cel::SASL_PLAINTEXT_OPT_IN_MSG))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSecurity {
-    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    /// `PLAINTEXT` (default), `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
     #[serde(default)]
     pub protocol: SecurityProtocol,
-    /// Required when `protocol` is `SASL_*`.
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`. Required when `protocol` is `SASL_*`;
+    /// no default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_mechanism: Option<SaslMechanism>,
     /// Secret holding the SASL username and password. Required when `protocol` is `SASL_*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
     /// Secret holding a PEM CA bundle, mounted into the processors at
-    /// `/etc/sensorflow/kafka-ca/<key>`.
+    /// `/etc/sensorflow/kafka-ca/<key>`. Default: none (the system's CA certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
     /// Explicit opt-in to send SASL credentials over an unencrypted `SASL_PLAINTEXT` listener
     /// (anyone on the path can read a PLAIN password). Without it `SASL_PLAINTEXT` is refused.
+    /// Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_plaintext_credentials: bool,
 }
@@ -198,7 +201,7 @@ pub struct KafkaSecurity {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
-    /// Secret name.
+    /// Secret name (in the pipeline's namespace); required.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key of the username (default `username`).
@@ -213,10 +216,10 @@ pub struct CredentialsSecretRef {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Secret name.
+    /// Secret name (in the pipeline's namespace); required.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Key inside the Secret.
+    /// Key inside the Secret; required.
     #[schemars(length(min = 1))]
     pub key: String,
 }
@@ -237,63 +240,63 @@ pub enum DeletionPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicsSpec {
-    /// Raw SX readings (join input).
+    /// Raw SX readings (join input); default `<pipeline>.sx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub sx: Option<String>,
-    /// Raw SY readings (join input).
+    /// Raw SY readings (join input); default `<pipeline>.sy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub sy: Option<String>,
-    /// Raw SZ readings (window input).
+    /// Raw SZ readings (window input); default `<pipeline>.sz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub sz: Option<String>,
-    /// FA window features (window output, join input).
+    /// FA window features (window output, join input); default `<pipeline>.fa`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub fa: Option<String>,
-    /// FI window features (window output, join input).
+    /// FI window features (window output, join input); default `<pipeline>.fi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub fi: Option<String>,
-    /// FD window features (window output, join input).
+    /// FD window features (window output, join input); default `<pipeline>.fd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub fd: Option<String>,
-    /// Predictions (join output).
+    /// Predictions (join output); default `<pipeline>.predictions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub predictions: Option<String>,
-    /// Dead-letter topic for records that cannot be parsed.
+    /// Dead-letter topic for records that cannot be parsed; default `<pipeline>.dead-letter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
         regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$")
     )]
     pub dead_letter: Option<String>,
-    /// Records that arrived after their window closed.
+    /// Records that arrived after their window closed; default `<pipeline>.late`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 249),
@@ -307,7 +310,7 @@ pub struct TopicsSpec {
     pub partitions: i32,
     /// Set to true to confirm an increase of `partitions` on existing topics. Increasing breaks
     /// the key → partition mapping of windowed state, so it is held back (condition
-    /// `TopicsReady=False`, reason `PartitionIncreasePending`) until confirmed.
+    /// `TopicsReady=False`, reason `PartitionIncreasePending`) until confirmed. Default false.
     #[serde(default)]
     pub allow_partition_increase: bool,
     /// Replication factor of created topics (default 1).
@@ -427,9 +430,9 @@ pub struct TopicOverride {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new(cel::LO_BELOW_HI).message(cel::LO_BELOW_HI_MSG))]
 pub struct BinRange {
-    /// Inclusive lower bound.
+    /// Inclusive lower bound (value units of the feature); required.
     pub lo: f64,
-    /// Exclusive upper bound; must be greater than `lo`.
+    /// Exclusive upper bound (value units of the feature); must be greater than `lo`; required.
     pub hi: f64,
 }
 
@@ -504,12 +507,13 @@ pub struct ModelSpec {
     /// `logistic` (default) or `random`.
     #[serde(default)]
     pub kind: ModelKind,
-    /// Five logistic weights; unset keeps the processor's built-in weights.
+    /// Five logistic weights for `[SX, SY, FA, FI, FD]`; unset keeps the processor's built-in
+    /// weights (0.01, 0.01, 1.0, 0.3, 0.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 5, max = 5))]
     #[x_kube(validation = Rule::new(cel::FIVE_WEIGHTS).message(cel::FIVE_WEIGHTS_MSG))]
     pub weights: Option<Vec<f64>>,
-    /// Logistic bias; unset keeps the processor's default.
+    /// Logistic bias; unset keeps the processor's default (-6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<f64>,
     /// Decision threshold in [0, 1] (default 0.5).
@@ -517,7 +521,7 @@ pub struct ModelSpec {
     #[schemars(range(min = 0.0, max = 1.0))]
     #[x_kube(validation = Rule::new(cel::THRESHOLD_IN_UNIT).message(cel::THRESHOLD_IN_UNIT_MSG))]
     pub threshold: f64,
-    /// Seed of the `random` model.
+    /// Seed of the `random` model; unset keeps the processor's default (42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub seed: Option<i64>,
@@ -861,7 +865,7 @@ impl Default for StageSpec {
 #[x_kube(validation = Rule::new(cel::NO_CREDENTIALS_OVER_HTTP).message(cel::NO_CREDENTIALS_OVER_HTTP_MSG))]
 #[serde(rename_all = "camelCase")]
 pub struct SinkSpec {
-    /// Bucket name.
+    /// GCS bucket name. Required.
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"))]
     pub bucket: String,
     /// Object name prefix (default `<pipeline>/`).
@@ -881,7 +885,7 @@ pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretKeyRef>,
     /// GCS endpoint override (for example a fake-gcs-server URL); without `credentialsSecret`
-    /// the sink accesses it anonymously.
+    /// the sink accesses it anonymously. Default: Google Cloud Storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), regex(pattern = r"^[hH][tT][tT][pP][sS]?://"))]
     pub endpoint: Option<String>,
@@ -1321,6 +1325,47 @@ mod tests {
             spec["properties"]["topics"]["properties"]["partitions"]["default"],
             100
         );
+    }
+
+    /// What `kubectl explain sensorpipeline.spec --recursive` shows: every field of our own
+    /// types has a description, and every leaf says its default (or that it is required / has
+    /// none). The Kubernetes types inside `podTemplate` and `resources` carry upstream's
+    /// descriptions and are not walked.
+    #[test]
+    fn every_spec_field_is_described_with_its_default() {
+        let crd = SensorPipeline::crd();
+        let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().expect("schema"))
+            .expect("json");
+        fn walk(v: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            let Some(props) = v["properties"].as_object() else {
+                return;
+            };
+            for (k, p) in props {
+                let path = format!("{path}.{k}");
+                let desc = p["description"].as_str().unwrap_or_default().to_lowercase();
+                if desc.is_empty() {
+                    missing.push(format!("{path}: no description"));
+                }
+                let leaf = p["properties"].as_object().is_none();
+                let says_default = ["default", "required", "unset"]
+                    .iter()
+                    .any(|w| desc.contains(w));
+                if leaf && !says_default && !path.contains(".podTemplate.") {
+                    missing.push(format!("{path}: no default stated"));
+                }
+                if path.ends_with(".podTemplate") || path.ends_with("resources") {
+                    continue;
+                }
+                walk(p, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &schema["openAPIV3Schema"]["properties"]["spec"],
+            "spec",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 
     #[test]
