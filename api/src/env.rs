@@ -18,6 +18,8 @@ pub const KAFKA_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
 pub const KAFKA_SSL_CA_LOCATION: &str = "KAFKA_SSL_CA_LOCATION";
 /// `SF_KAFKA_PROPERTIES`: Extra librdkafka properties, comma-separated `key=value`.
 pub const KAFKA_PROPERTIES: &str = "SF_KAFKA_PROPERTIES";
+/// `SF_KAFKA_PROFILE`: Client defaults, `latency` or `throughput` (see `processors/runtime/src/kafka.rs`).
+pub const KAFKA_PROFILE: &str = "SF_KAFKA_PROFILE";
 
 // Topic names (every processor; one per [`crate::TopicRole`], see [`crate::TopicRole::env`])
 /// `SF_TOPIC_SX`: Topic of role `sx`.
@@ -156,3 +158,80 @@ pub const SINK_RETRIES: &str = "SF_SINK_RETRIES";
 pub const SINK_COMMIT_RETRIES: &str = "SF_SINK_COMMIT_RETRIES";
 /// `SF_SINK_SUMMARY_JSON`: File the run summary is written to on exit.
 pub const SINK_SUMMARY_JSON: &str = "SF_SINK_SUMMARY_JSON";
+
+/// Every name above: the environment the processors' contract owns. A pod template overlay
+/// may not set any of them (the operator's validation refuses it).
+pub const ALL: [&str; 67] = [
+    KAFKA_BOOTSTRAP_SERVERS,
+    KAFKA_SECURITY_PROTOCOL,
+    KAFKA_SASL_MECHANISM,
+    KAFKA_SASL_USERNAME,
+    KAFKA_SASL_PASSWORD,
+    KAFKA_SSL_CA_LOCATION,
+    KAFKA_PROPERTIES,
+    TOPIC_SX,
+    TOPIC_SY,
+    TOPIC_SZ,
+    TOPIC_FA,
+    TOPIC_FI,
+    TOPIC_FD,
+    TOPIC_PREDICTIONS,
+    TOPIC_DLQ,
+    TOPIC_LATE,
+    WIRE_FORMAT,
+    SCHEMA_ID,
+    METRICS_ADDR,
+    LOG_FORMAT,
+    RUST_LOG,
+    GROUP_ID,
+    COMMIT_INTERVAL_MS,
+    REBUILD_TIMEOUT_MS,
+    REBUILD_MAX_RECORDS,
+    LIVENESS_TIMEOUT_MS,
+    EXACTLY_ONCE,
+    TRANSACTIONAL_ID,
+    MAX_FUTURE_SKEW_MS,
+    MIN_EVENT_TIME_MS,
+    MAX_ABS_VALUE,
+    WINDOW_SIZE_MS,
+    GRACE_MS,
+    WATERMARK_SCOPE,
+    FA_RANGE,
+    FI_RANGE,
+    FD_RANGE,
+    MODEL,
+    MODEL_WEIGHTS,
+    MODEL_BIAS,
+    MODEL_SEED,
+    THRESHOLD,
+    CATEGORICAL_MAX,
+    REBUILD_LOOKBACK_MS,
+    JOIN_GRACE_MS,
+    JOIN_IDLE_TIMEOUT_MS,
+    JOIN_INPUT_IDLE_TIMEOUT_MS,
+    MAX_STALENESS_MS,
+    UPSTREAM_GROUP_ID,
+    SINK_BUCKET,
+    SINK_LOCAL_DIR,
+    SINK_PREFIX,
+    SINK_TOPICS,
+    SINK_MAX_RECORDS,
+    SINK_MAX_BYTES,
+    SINK_MAX_AGE_SECONDS,
+    SINK_MAX_BUFFER_BYTES,
+    SINK_MAX_OPEN_HOURS,
+    SINK_ROW_GROUP_ROWS,
+    SINK_COMPRESSION,
+    SINK_ENDPOINT,
+    SINK_CREDENTIALS,
+    GOOGLE_APPLICATION_CREDENTIALS,
+    SINK_REQUEST_TIMEOUT_SECONDS,
+    SINK_RETRIES,
+    SINK_COMMIT_RETRIES,
+    SINK_SUMMARY_JSON,
+];
+
+/// Whether `name` is a variable of the processors' contract ([`ALL`]).
+pub fn is_contract(name: &str) -> bool {
+    ALL.contains(&name)
+}

@@ -31,7 +31,7 @@ use std::fmt;
 pub use crd::{
     DeletionPolicy, DeliveryGuarantee, LogFormat, ModelKind, PullPolicy, SaslMechanism,
     ScalingMode, SecurityProtocol, SensorPipeline, SensorPipelineSpec, SensorPipelineStatus,
-    WatermarkScope,
+    WatermarkScope, WireFormat,
 };
 pub use topics::{TopicNames, TopicRole};
 
@@ -116,3 +116,4 @@ string_enum!(DeliveryGuarantee, "delivery guarantee", {
     AtLeastOnce => "AtLeastOnce", ExactlyOnce => "ExactlyOnce",
 });
 string_enum!(DeletionPolicy, "deletion policy", { Retain => "Retain", Delete => "Delete" });
+string_enum!(WireFormat, "wire format", { Plain => "plain", Confluent => "confluent" });

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 
 use crate::crd::BinRange;
 use crate::env;
-use crate::{LogFormat, ModelKind, SaslMechanism, SecurityProtocol, TopicNames, WatermarkScope};
+use crate::{
+    LogFormat, ModelKind, SaslMechanism, SecurityProtocol, TopicNames, WatermarkScope, WireFormat,
+};
 
 /// Environment of one container: variable name → value (sorted, as in a ConfigMap).
 pub type Env = BTreeMap<String, String>;
@@ -44,6 +46,9 @@ pub struct KafkaSettings {
     pub sasl_mechanism: Option<SaslMechanism>,
     /// Path of the PEM CA bundle inside the container.
     pub ssl_ca_location: Option<String>,
+    /// Extra librdkafka properties (`SF_KAFKA_PROPERTIES`, comma-separated `key=value`;
+    /// keys and values free of `,`, keys free of `=`, checked by the operator's validation).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Settings every processor shares (the `<pipeline>-common` ConfigMap).
@@ -59,10 +64,15 @@ pub struct CommonSettings {
     pub log_format: LogFormat,
     /// `RUST_LOG` filter.
     pub log_filter: String,
+    /// Value framing of every record read and written.
+    pub wire_format: WireFormat,
+    /// Schema id written with [`WireFormat::Confluent`].
+    pub schema_id: u32,
 }
 
 impl CommonSettings {
-    /// The environment: `KAFKA_*`, `SF_TOPIC_*`, `SF_METRICS_ADDR`, `SF_LOG_FORMAT`, `RUST_LOG`.
+    /// The environment: `KAFKA_*`, `SF_KAFKA_PROPERTIES` (when set), `SF_TOPIC_*`,
+    /// `SF_METRICS_ADDR`, `SF_LOG_FORMAT`, `RUST_LOG`, `SF_WIRE_FORMAT`, `SF_SCHEMA_ID`.
     pub fn env(&self) -> Env {
         let mut e = Env::new();
         let k = &self.kafka;
@@ -74,13 +84,45 @@ impl CommonSettings {
             env::KAFKA_SSL_CA_LOCATION,
             k.ssl_ca_location.as_ref(),
         );
+        if !k.properties.is_empty() {
+            let kv: Vec<String> = k
+                .properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            put(&mut e, env::KAFKA_PROPERTIES, kv.join(","));
+        }
         for (role, topic) in self.topics.iter() {
             put(&mut e, role.env(), topic);
         }
         put(&mut e, env::METRICS_ADDR, &self.metrics_addr);
         put(&mut e, env::LOG_FORMAT, self.log_format);
         put(&mut e, env::RUST_LOG, &self.log_filter);
+        put(&mut e, env::WIRE_FORMAT, self.wire_format);
+        put(&mut e, env::SCHEMA_ID, self.schema_id);
         e
+    }
+}
+
+/// Loop settings window-processor and join-predict share (their `CommonArgs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopSettings {
+    /// Kafka transactions (KIP-447) instead of at-least-once.
+    pub exactly_once: bool,
+    /// Flush outputs and commit offsets at least this often, ms.
+    pub commit_interval_ms: i64,
+    /// A state rebuild fails after this long without progress, ms.
+    pub rebuild_timeout_ms: i64,
+    /// Most records one state rebuild may re-read (0: unlimited).
+    pub rebuild_max_records: i64,
+}
+
+impl LoopSettings {
+    fn put(&self, e: &mut Env) {
+        put(e, env::EXACTLY_ONCE, self.exactly_once);
+        put(e, env::COMMIT_INTERVAL_MS, self.commit_interval_ms);
+        put(e, env::REBUILD_TIMEOUT_MS, self.rebuild_timeout_ms);
+        put(e, env::REBUILD_MAX_RECORDS, self.rebuild_max_records);
     }
 }
 
@@ -89,8 +131,8 @@ impl CommonSettings {
 pub struct WindowSettings {
     /// Consumer group id.
     pub group_id: String,
-    /// Kafka transactions (KIP-447) instead of at-least-once.
-    pub exactly_once: bool,
+    /// Delivery, commit interval and rebuild limits.
+    pub run: LoopSettings,
     /// Length of the sliding event-time window, ms.
     pub size_ms: i64,
     /// Grace for out-of-order readings, ms (watermark = max event time − grace).
@@ -106,12 +148,14 @@ pub struct WindowSettings {
 }
 
 impl WindowSettings {
-    /// The environment: `SF_GROUP_ID`, `SF_EXACTLY_ONCE`, `SF_WINDOW_SIZE_MS`, `SF_GRACE_MS`,
-    /// `SF_WATERMARK_SCOPE`, `SF_FA_RANGE`, `SF_FI_RANGE`, `SF_FD_RANGE`.
+    /// The environment: `SF_GROUP_ID`, the [`LoopSettings`] (`SF_EXACTLY_ONCE`,
+    /// `SF_COMMIT_INTERVAL_MS`, `SF_REBUILD_TIMEOUT_MS`, `SF_REBUILD_MAX_RECORDS`),
+    /// `SF_WINDOW_SIZE_MS`, `SF_GRACE_MS`, `SF_WATERMARK_SCOPE`, `SF_FA_RANGE`, `SF_FI_RANGE`,
+    /// `SF_FD_RANGE`.
     pub fn env(&self) -> Env {
         let mut e = Env::new();
         put(&mut e, env::GROUP_ID, &self.group_id);
-        put(&mut e, env::EXACTLY_ONCE, self.exactly_once);
+        self.run.put(&mut e);
         put(&mut e, env::WINDOW_SIZE_MS, self.size_ms);
         put(&mut e, env::GRACE_MS, self.grace_ms);
         put(&mut e, env::WATERMARK_SCOPE, self.watermark_scope);
@@ -127,8 +171,8 @@ impl WindowSettings {
 pub struct JoinSettings {
     /// Consumer group id.
     pub group_id: String,
-    /// Kafka transactions (KIP-447) instead of at-least-once.
-    pub exactly_once: bool,
+    /// Delivery, commit interval and rebuild limits.
+    pub run: LoopSettings,
     /// Model kind.
     pub model: ModelKind,
     /// Five logistic weights; unset keeps the processor's built-in weights.
@@ -139,19 +183,39 @@ pub struct JoinSettings {
     pub threshold: f64,
     /// Seed of the `random` model; unset keeps the processor's default.
     pub seed: Option<i64>,
+    /// Join grace, ms.
+    pub grace_ms: i64,
+    /// Release everything after this long without records on all five inputs, ms.
+    pub idle_timeout_ms: i64,
+    /// One input stops holding the watermark back after this long without records, ms.
+    pub input_idle_timeout_ms: i64,
+    /// Oldest value a prediction may use, ms.
+    pub max_staleness_ms: i64,
+    /// How far back join state is re-read on assignment, ms.
+    pub rebuild_lookback_ms: i64,
     /// Consumer group of the pipeline's window-processor, whose lag on SZ the join watches.
     pub upstream_group_id: String,
 }
 
 impl JoinSettings {
-    /// The environment: `SF_GROUP_ID`, `SF_UPSTREAM_GROUP_ID`, `SF_EXACTLY_ONCE`, `SF_MODEL`,
-    /// `SF_THRESHOLD` and, when set, `SF_MODEL_WEIGHTS` (comma-separated), `SF_MODEL_BIAS`,
-    /// `SF_MODEL_SEED`.
+    /// The environment: `SF_GROUP_ID`, `SF_UPSTREAM_GROUP_ID`, the [`LoopSettings`], `SF_MODEL`, `SF_THRESHOLD`, the
+    /// join timings (`SF_JOIN_GRACE_MS`, `SF_JOIN_IDLE_TIMEOUT_MS`,
+    /// `SF_JOIN_INPUT_IDLE_TIMEOUT_MS`, `SF_MAX_STALENESS_MS`, `SF_REBUILD_LOOKBACK_MS`) and,
+    /// when set, `SF_MODEL_WEIGHTS` (comma-separated), `SF_MODEL_BIAS`, `SF_MODEL_SEED`.
     pub fn env(&self) -> Env {
         let mut e = Env::new();
         put(&mut e, env::GROUP_ID, &self.group_id);
         put(&mut e, env::UPSTREAM_GROUP_ID, &self.upstream_group_id);
-        put(&mut e, env::EXACTLY_ONCE, self.exactly_once);
+        self.run.put(&mut e);
+        put(&mut e, env::JOIN_GRACE_MS, self.grace_ms);
+        put(&mut e, env::JOIN_IDLE_TIMEOUT_MS, self.idle_timeout_ms);
+        put(
+            &mut e,
+            env::JOIN_INPUT_IDLE_TIMEOUT_MS,
+            self.input_idle_timeout_ms,
+        );
+        put(&mut e, env::MAX_STALENESS_MS, self.max_staleness_ms);
+        put(&mut e, env::REBUILD_LOOKBACK_MS, self.rebuild_lookback_ms);
         put(&mut e, env::MODEL, self.model);
         if let Some(w) = &self.weights {
             let w: Vec<String> = w.iter().map(f64::to_string).collect();
@@ -218,7 +282,12 @@ mod tests {
     fn window_env_spells_values_as_the_processors_parse_them() {
         let w = WindowSettings {
             group_id: "p-window".into(),
-            exactly_once: false,
+            run: LoopSettings {
+                exactly_once: false,
+                commit_interval_ms: 200,
+                rebuild_timeout_ms: 30_000,
+                rebuild_max_records: 0,
+            },
             size_ms: 600_000,
             grace_ms: 30_000,
             watermark_scope: WatermarkScope::Client,
@@ -237,6 +306,7 @@ mod tests {
         assert_eq!(e[env::FA_RANGE], "0,5");
         assert_eq!(e[env::FD_RANGE], "-0.01,0.01");
         assert_eq!(e[env::EXACTLY_ONCE], "false");
-        assert_eq!(e.len(), 8);
+        assert_eq!(e[env::COMMIT_INTERVAL_MS], "200");
+        assert_eq!(e.len(), 11);
     }
 }

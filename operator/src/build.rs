@@ -29,10 +29,10 @@ use sha2::{Digest, Sha256};
 
 use sensorflow_api::env;
 use sensorflow_api::settings::{
-    CommonSettings, Env, JoinSettings, KafkaSettings, SinkSettings, WindowSettings,
+    CommonSettings, Env, JoinSettings, KafkaSettings, LoopSettings, SinkSettings, WindowSettings,
 };
 
-use crate::crd::DeliveryGuarantee;
+use crate::crd::{DeliveryGuarantee, PodTemplateOverlay};
 use crate::validate::Validated;
 
 /// Label with the pipeline name on every owned object.
@@ -49,6 +49,21 @@ pub const METRICS_PORT: i32 = 9100;
 pub const KAFKA_CA_DIR: &str = "/etc/sensorflow/kafka-ca";
 /// Where the GCS credentials are mounted.
 pub const GCS_CREDENTIALS_DIR: &str = "/etc/sensorflow/gcs";
+/// Volumes the operator adds to a pod (a pod template overlay may not reuse the names).
+pub const OWNED_VOLUMES: [&str; 3] = ["tmp", "kafka-ca", "gcs-credentials"];
+/// Mount paths the operator owns: `/tmp` and everything under `/etc/sensorflow`.
+pub fn owned_mount_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    p == "/tmp" || p == "/etc/sensorflow" || p.starts_with("/etc/sensorflow/")
+}
+/// Label and annotation key prefixes the operator owns on pods (a pod template overlay may not
+/// set them).
+pub const OWNED_KEY_PREFIXES: [&str; 3] =
+    ["app.kubernetes.io/", "sensorflow.io/", "prometheus.io/"];
+/// Whether a pod label or annotation key is the operator's ([`OWNED_KEY_PREFIXES`]).
+pub fn owned_key(key: &str) -> bool {
+    OWNED_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
 
 /// A processor stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,8 +116,9 @@ pub struct ReplicaPlan {
 /// Every object a pipeline owns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
-    /// The processors' ServiceAccount.
-    pub service_account: ServiceAccount,
+    /// The processors' ServiceAccount `<p>-processor`, then one `<p>-<stage>` per stage with
+    /// `podTemplate.serviceAccountAnnotations`.
+    pub service_accounts: Vec<ServiceAccount>,
     /// Configuration, one ConfigMap per stage plus the common one.
     pub config_maps: Vec<ConfigMap>,
     /// One Deployment per stage.
@@ -152,16 +168,25 @@ pub fn common_settings(v: &Validated) -> CommonSettings {
             ssl_ca_location: security
                 .and_then(|sec| sec.ca_secret.as_ref())
                 .map(|ca| format!("{KAFKA_CA_DIR}/{}", ca.key)),
+            properties: s.kafka.properties.clone(),
         },
         topics: v.topics.clone(),
         metrics_addr: format!("0.0.0.0:{METRICS_PORT}"),
         log_format: s.processors.log_format,
         log_filter: s.processors.log_level.clone(),
+        wire_format: s.processors.wire_format,
+        schema_id: u32::try_from(s.processors.schema_id).unwrap_or(u32::MAX),
     }
 }
 
-fn exactly_once(v: &Validated) -> bool {
-    v.spec.processors.delivery_guarantee == DeliveryGuarantee::ExactlyOnce
+fn loop_settings(v: &Validated) -> LoopSettings {
+    let p = &v.spec.processors;
+    LoopSettings {
+        exactly_once: p.delivery_guarantee == DeliveryGuarantee::ExactlyOnce,
+        commit_interval_ms: p.commit_interval_ms,
+        rebuild_timeout_ms: p.rebuild.timeout_ms,
+        rebuild_max_records: p.rebuild.max_records,
+    }
 }
 
 /// window-processor settings of the validated pipeline.
@@ -169,7 +194,7 @@ pub fn window_settings(v: &Validated) -> WindowSettings {
     let w = &v.spec.window;
     WindowSettings {
         group_id: v.window_group(),
-        exactly_once: exactly_once(v),
+        run: loop_settings(v),
         size_ms: w.size_ms,
         grace_ms: w.grace_ms,
         watermark_scope: w.watermark_scope,
@@ -182,15 +207,21 @@ pub fn window_settings(v: &Validated) -> WindowSettings {
 /// join-predict settings of the validated pipeline.
 pub fn join_settings(v: &Validated) -> JoinSettings {
     let m = &v.spec.model;
+    let j = &v.spec.join;
     JoinSettings {
         group_id: v.join_group(),
-        exactly_once: exactly_once(v),
+        run: loop_settings(v),
         model: m.kind,
         weights: m.weights.clone(),
         bias: m.bias,
         threshold: m.threshold,
         seed: m.seed,
         upstream_group_id: v.window_group(),
+        grace_ms: j.grace_ms,
+        idle_timeout_ms: j.idle_timeout_ms,
+        input_idle_timeout_ms: j.input_idle_timeout_ms,
+        max_staleness_ms: j.max_staleness_ms,
+        rebuild_lookback_ms: j.rebuild_lookback_ms,
     }
 }
 
@@ -205,9 +236,9 @@ pub fn sink_settings(v: &Validated) -> Option<SinkSettings> {
             .clone()
             .unwrap_or_else(|| format!("{}/", v.name)),
         topics: sink
-            .topics
-            .iter()
-            .map(|r| v.topics.get(*r).to_owned())
+            .roles()
+            .into_iter()
+            .map(|r| v.topics.get(r).to_owned())
             .collect(),
         max_records: sink.rotation.max_records,
         max_bytes: sink.rotation.max_bytes,
@@ -218,6 +249,38 @@ pub fn sink_settings(v: &Validated) -> Option<SinkSettings> {
             .as_ref()
             .map(|c| format!("{GCS_CREDENTIALS_DIR}/{}", c.key)),
     })
+}
+
+/// The pod template overlay of `stage` (empty for the sink without `spec.sink`).
+pub fn pod_overlay(v: &Validated, stage: Stage) -> PodTemplateOverlay {
+    let p = &v.spec.processors;
+    match stage {
+        Stage::Window => p.window.pod_template.clone(),
+        Stage::Join => p.join.pod_template.clone(),
+        Stage::Sink => v
+            .spec
+            .sink
+            .as_ref()
+            .map(|k| k.pod_template.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Name of the operator's shared processor ServiceAccount: `<pipeline>-processor`.
+pub fn processor_service_account(pipeline: &str) -> String {
+    format!("{pipeline}-processor")
+}
+
+/// The ServiceAccount the pods of `stage` run as: the overlay's `serviceAccountName`, else
+/// `<pipeline>-<stage>` (created by the operator) when the overlay annotates one, else the
+/// shared `<pipeline>-processor`.
+pub fn service_account_of(v: &Validated, stage: Stage) -> String {
+    let o = pod_overlay(v, stage);
+    match o.service_account_name {
+        Some(name) => name,
+        None if !o.service_account_annotations.is_empty() => deployment_name(&v.name, stage),
+        None => processor_service_account(&v.name),
+    }
 }
 
 /// Environment shared by every processor ([`CommonSettings::env`]).
@@ -356,6 +419,49 @@ fn deployment(
         .iter()
         .filter_map(|cm| cm.data.as_ref())
         .collect();
+
+    // The pod template overlay, without anything the operator owns (validation refuses such
+    // a spec; this keeps the built object right even for one that skipped it).
+    let overlay = pod_overlay(v, stage);
+    let operator_env: Vec<String> = data
+        .iter()
+        .flat_map(|m| m.keys().cloned())
+        .chain(secret_env_vars.iter().map(|e| e.name.clone()))
+        .collect();
+    let mut env_vars = secret_env_vars;
+    for e in &overlay.env {
+        if !env::is_contract(&e.name)
+            && !operator_env.contains(&e.name)
+            && !env_vars.iter().any(|x| x.name == e.name)
+        {
+            env_vars.push(e.clone());
+        }
+    }
+    for vol in &overlay.volumes {
+        if !OWNED_VOLUMES.contains(&vol.name.as_str())
+            && !volumes.iter().any(|x| x.name == vol.name)
+        {
+            volumes.push(vol.clone());
+        }
+    }
+    for m in &overlay.volume_mounts {
+        if !OWNED_VOLUMES.contains(&m.name.as_str()) && !owned_mount_path(&m.mount_path) {
+            mounts.push(m.clone());
+        }
+    }
+    let mut pod_labels: BTreeMap<String, String> = overlay
+        .labels
+        .iter()
+        .filter(|(k, _)| !owned_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    pod_labels.extend(labels(&v.name, stage.as_str()));
+    let mut pod_annotations: BTreeMap<String, String> = overlay
+        .annotations
+        .iter()
+        .filter(|(k, _)| !owned_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let hash = config_hash(&data, &extra);
     let component = stage.as_str();
     let selector = BTreeMap::from([
@@ -381,7 +487,7 @@ fn deployment(
                 })
                 .collect(),
         ),
-        env: (!secret_env_vars.is_empty()).then_some(secret_env_vars),
+        env: (!env_vars.is_empty()).then_some(env_vars),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: METRICS_PORT,
@@ -415,16 +521,29 @@ fn deployment(
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(&v.name, component)),
-                    annotations: Some(BTreeMap::from([
-                        (CONFIG_HASH_ANNOTATION.to_owned(), hash),
-                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
-                    ])),
+                    labels: Some(pod_labels),
+                    annotations: Some({
+                        pod_annotations.extend([
+                            (CONFIG_HASH_ANNOTATION.to_owned(), hash),
+                            ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                            ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+                        ]);
+                        pod_annotations
+                    }),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    service_account_name: Some(format!("{}-processor", v.name)),
+                    service_account_name: Some(service_account_of(v, stage)),
+                    node_selector: (!overlay.node_selector.is_empty())
+                        .then(|| overlay.node_selector.clone()),
+                    tolerations: (!overlay.tolerations.is_empty())
+                        .then(|| overlay.tolerations.clone()),
+                    affinity: overlay.affinity.clone(),
+                    topology_spread_constraints: (!overlay.topology_spread_constraints.is_empty())
+                        .then(|| overlay.topology_spread_constraints.clone()),
+                    priority_class_name: overlay.priority_class_name.clone(),
+                    image_pull_secrets: (!overlay.image_pull_secrets.is_empty())
+                        .then(|| overlay.image_pull_secrets.clone()),
                     automount_service_account_token: Some(false),
                     // Processors commit offsets on SIGTERM after flushing; give them time.
                     termination_grace_period_seconds: Some(60),
@@ -523,16 +642,16 @@ pub fn build(
             ns,
             owner,
             Stage::Sink,
-            Some(sink.replicas),
+            Some(if v.spec.suspend { 0 } else { sink.replicas }),
             [&common, &sink_cm],
             secrets,
         ));
         config_maps.push(sink_cm);
     }
 
-    let service_account = ServiceAccount {
+    let mut service_accounts = vec![ServiceAccount {
         metadata: meta(
-            format!("{}-processor", v.name),
+            processor_service_account(&v.name),
             ns,
             &v.name,
             "processor",
@@ -540,7 +659,35 @@ pub fn build(
         ),
         automount_service_account_token: Some(false),
         ..Default::default()
-    };
+    }];
+    for d in &deployments {
+        let stage = match d
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(COMPONENT_LABEL))
+        {
+            Some(c) if c == "window" => Stage::Window,
+            Some(c) if c == "join" => Stage::Join,
+            _ => Stage::Sink,
+        };
+        let o = pod_overlay(v, stage);
+        if o.service_account_name.is_none() && !o.service_account_annotations.is_empty() {
+            let mut m = meta(
+                deployment_name(&v.name, stage),
+                ns,
+                &v.name,
+                stage.as_str(),
+                owner,
+            );
+            m.annotations = Some(o.service_account_annotations.clone());
+            service_accounts.push(ServiceAccount {
+                metadata: m,
+                automount_service_account_token: Some(false),
+                ..Default::default()
+            });
+        }
+    }
     let service = Service {
         metadata: meta(format!("{}-metrics", v.name), ns, &v.name, "metrics", owner),
         spec: Some(ServiceSpec {
@@ -561,7 +708,7 @@ pub fn build(
         status: None,
     };
     Desired {
-        service_account,
+        service_accounts,
         config_maps,
         deployments,
         service,
@@ -681,6 +828,7 @@ mod tests {
             endpoint: None,
             replicas: 1,
             resources: None,
+            pod_template: Default::default(),
         });
         let v = validate("p", &s).expect("valid");
         let with = |kafka_rv: &str, gcs_rv: &str| {
@@ -715,7 +863,8 @@ mod tests {
             .iter()
             .map(|c| &c.metadata)
             .chain(d.deployments.iter().map(|x| &x.metadata))
-            .chain([&d.service.metadata, &d.service_account.metadata]);
+            .chain(d.service_accounts.iter().map(|x| &x.metadata))
+            .chain([&d.service.metadata]);
         for m in metas {
             assert_eq!(m.owner_references.as_deref(), Some(&[owner()][..]));
             assert_eq!(m.labels.as_ref().expect("labels")[PIPELINE_LABEL], "p");
@@ -827,6 +976,106 @@ mod tests {
     }
 
     #[test]
+    fn the_pod_template_overlay_is_merged_and_cannot_override_the_operator() {
+        use k8s_openapi::api::core::v1::{EnvVar, Toleration};
+        let mut s = spec();
+        let o = &mut s.processors.join.pod_template;
+        o.labels = BTreeMap::from([
+            ("team".to_owned(), "sensors".to_owned()),
+            (COMPONENT_LABEL.to_owned(), "hijack".to_owned()),
+        ]);
+        o.annotations = BTreeMap::from([
+            ("note".to_owned(), "x".to_owned()),
+            (CONFIG_HASH_ANNOTATION.to_owned(), "forged".to_owned()),
+        ]);
+        o.node_selector = BTreeMap::from([("pool".to_owned(), "stream".to_owned())]);
+        o.tolerations = vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }];
+        o.priority_class_name = Some("high".into());
+        o.service_account_annotations = BTreeMap::from([(
+            "iam.gke.io/gcp-service-account".to_owned(),
+            "j@p.iam.gserviceaccount.com".to_owned(),
+        )]);
+        o.env = vec![
+            EnvVar {
+                name: "TZ".into(),
+                value: Some("UTC".into()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: env::THRESHOLD.into(),
+                value: Some("0.01".into()),
+                ..Default::default()
+            },
+        ];
+        // validate refuses the owned keys and the contract name ...
+        let e = validate("p", &s).expect_err("owned keys");
+        assert_eq!(e.0.len(), 3, "{e}");
+        // ... and build drops them for a spec that skipped validation.
+        let v = Validated {
+            name: "p".into(),
+            topics: crate::validate::TopicNames::for_pipeline("p", &s.topics),
+            spec: s.clone(),
+        };
+        let d = build(
+            &v,
+            "ns",
+            &owner(),
+            ReplicaPlan::default(),
+            &SecretVersions::new(),
+        );
+        let join = &d.deployments[1];
+        let tpl = &join.spec.as_ref().expect("spec").template;
+        let meta = tpl.metadata.as_ref().expect("meta");
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels["team"], "sensors");
+        assert_eq!(labels[COMPONENT_LABEL], "join");
+        let ann = meta.annotations.as_ref().expect("annotations");
+        assert_eq!(ann["note"], "x");
+        assert_ne!(ann[CONFIG_HASH_ANNOTATION], "forged");
+        let pod = tpl.spec.as_ref().expect("pod");
+        assert_eq!(pod.node_selector.as_ref().expect("ns")["pool"], "stream");
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(pod.service_account_name.as_deref(), Some("p-join"));
+        let c = &pod.containers[0];
+        let env = c.env.as_ref().expect("env");
+        assert!(env.iter().any(|e| e.name == "TZ"));
+        assert!(!env.iter().any(|e| e.name == env::THRESHOLD));
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["/usr/local/bin/join-predict".to_owned()][..])
+        );
+        // The window stage is untouched; the annotated ServiceAccount is created.
+        let wpod = d.deployments[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref());
+        assert_eq!(
+            wpod.and_then(|p| p.service_account_name.as_deref()),
+            Some("p-processor")
+        );
+        assert_eq!(wpod.and_then(|p| p.node_selector.as_ref()), None);
+        let names: Vec<_> = d
+            .service_accounts
+            .iter()
+            .filter_map(|a| a.metadata.name.as_deref())
+            .collect();
+        assert_eq!(names, ["p-processor", "p-join"]);
+        assert_eq!(
+            d.service_accounts[1]
+                .metadata
+                .annotations
+                .as_ref()
+                .expect("a")["iam.gke.io/gcp-service-account"],
+            "j@p.iam.gserviceaccount.com"
+        );
+    }
+
+    #[test]
     fn sink_adds_a_deployment_and_external_scaling_leaves_replicas_unset() {
         let mut s = spec();
         s.sink = Some(SinkSpec {
@@ -838,6 +1087,7 @@ mod tests {
             endpoint: Some("http://127.0.0.1:4443".into()),
             replicas: 1,
             resources: None,
+            pod_template: Default::default(),
         });
         let v = validate("p", &s).expect("valid");
         let d = build(

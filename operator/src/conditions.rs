@@ -68,6 +68,55 @@ impl From<crate::kafka::TopicCheck> for TopicsOutcome {
     }
 }
 
+/// Outcome of the topic configuration step (condition `TopicConfigApplied`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TopicConfigOutcome {
+    /// Not attempted (invalid spec, or the topic step failed before it).
+    #[default]
+    Unknown,
+    /// The spec sets no topic configuration: the broker's defaults apply.
+    NotManaged,
+    /// Every configured key has its value on every topic.
+    InSync,
+    /// DescribeConfigs or AlterConfigs failed or was refused.
+    Failed(String),
+}
+
+impl TopicConfigOutcome {
+    /// Status, reason and message of the `TopicConfigApplied` condition.
+    pub fn condition(&self) -> (bool, &'static str, String) {
+        match self {
+            TopicConfigOutcome::Unknown => (
+                false,
+                "NotChecked",
+                "topic configuration not checked yet".to_owned(),
+            ),
+            TopicConfigOutcome::NotManaged => (
+                true,
+                "NoTopicConfig",
+                "the spec sets no topic configuration (broker defaults)".to_owned(),
+            ),
+            TopicConfigOutcome::InSync => (
+                true,
+                "Applied",
+                "every topic has the configuration of the spec".to_owned(),
+            ),
+            TopicConfigOutcome::Failed(m) => (false, "AlterConfigsFailed", m.clone()),
+        }
+    }
+}
+
+impl From<&crate::kafka::ConfigCheck> for TopicConfigOutcome {
+    fn from(c: &crate::kafka::ConfigCheck) -> Self {
+        use crate::kafka::ConfigCheck;
+        match c {
+            ConfigCheck::NotManaged => TopicConfigOutcome::NotManaged,
+            ConfigCheck::InSync { .. } => TopicConfigOutcome::InSync,
+            ConfigCheck::Failed(m) => TopicConfigOutcome::Failed(m.clone()),
+        }
+    }
+}
+
 /// Replicas of one Deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
@@ -94,6 +143,10 @@ pub struct Observations {
     pub sink: Option<Option<Replicas>>,
     /// Human-readable scaling activity this round, empty when steady.
     pub scaling: Vec<String>,
+    /// Topic configuration step outcome.
+    pub topic_config: TopicConfigOutcome,
+    /// `spec.suspend`: every stage is scaled to 0.
+    pub suspended: bool,
 }
 
 /// The condition types of `status.conditions`, in the order they are written.
@@ -109,19 +162,25 @@ pub enum ConditionType {
     SinkReady,
     /// The planner changed or is holding back a replica count this round.
     Scaling,
-    /// Something needs attention (invalid spec, a topic problem).
+    /// Something needs attention (invalid spec, a topic problem, a refused topic config).
     Degraded,
+    /// The topic configuration of the spec is applied to every topic.
+    TopicConfigApplied,
+    /// `spec.suspend` is true: every stage is scaled to 0, topics and offsets kept.
+    Suspended,
 }
 
 impl ConditionType {
     /// Every type, in the order they are written.
-    pub const ALL: [ConditionType; 6] = [
+    pub const ALL: [ConditionType; 8] = [
         ConditionType::Ready,
         ConditionType::TopicsReady,
         ConditionType::ProcessorsReady,
         ConditionType::SinkReady,
         ConditionType::Scaling,
         ConditionType::Degraded,
+        ConditionType::TopicConfigApplied,
+        ConditionType::Suspended,
     ];
 
     /// The `type` string in `status.conditions`.
@@ -133,6 +192,8 @@ impl ConditionType {
             ConditionType::SinkReady => "SinkReady",
             ConditionType::Scaling => "Scaling",
             ConditionType::Degraded => "Degraded",
+            ConditionType::TopicConfigApplied => "TopicConfigApplied",
+            ConditionType::Suspended => "Suspended",
         }
     }
 
@@ -206,10 +267,14 @@ pub fn compute_conditions(
         }
     };
 
+    let (config_ok, config_reason, config_msg) = obs.topic_config.condition();
+    let config_failed = matches!(obs.topic_config, TopicConfigOutcome::Failed(_));
     let degraded_reason = if obs.invalid.is_some() {
         Some(("InvalidSpec", obs.invalid.clone().unwrap_or_default()))
     } else if obs.topics.is_problem() {
         Some((topics_reason, topics_msg.clone()))
+    } else if config_failed {
+        Some((config_reason, config_msg.clone()))
     } else {
         None
     };
@@ -218,6 +283,12 @@ pub fn compute_conditions(
         (false, "InvalidSpec", m.clone())
     } else if !topics_ok {
         (false, topics_reason, topics_msg.clone())
+    } else if obs.suspended {
+        (
+            false,
+            "Suspended",
+            "spec.suspend: every stage scaled to 0".to_owned(),
+        )
     } else if !procs_ok {
         (false, procs_reason, format!("{w_msg}; {j_msg}"))
     } else if !sink_ok {
@@ -283,6 +354,27 @@ pub fn compute_conditions(
         ),
     });
 
+    raw.push(cond(
+        ConditionType::TopicConfigApplied,
+        config_ok,
+        config_reason,
+        config_msg,
+    ));
+    raw.push(if obs.suspended {
+        cond(
+            ConditionType::Suspended,
+            true,
+            "Suspended",
+            "spec.suspend: window-processor, join-predict and gcs-sink scaled to 0; topics and committed offsets kept".into(),
+        )
+    } else {
+        cond(
+            ConditionType::Suspended,
+            false,
+            "Running",
+            "spec.suspend is false".into(),
+        )
+    });
     let conditions = raw
         .into_iter()
         .map(|(type_, ok, reason, message)| {
@@ -304,8 +396,10 @@ pub fn compute_conditions(
 
     let phase = if obs.invalid.is_some() {
         "Invalid"
-    } else if obs.topics.is_problem() {
+    } else if obs.topics.is_problem() || config_failed {
         "Degraded"
+    } else if obs.suspended {
+        "Suspended"
     } else if ready {
         "Running"
     } else {
@@ -334,6 +428,8 @@ mod tests {
             }),
             sink: None,
             scaling: vec![],
+            topic_config: TopicConfigOutcome::NotManaged,
+            suspended: false,
         }
     }
 
@@ -352,7 +448,9 @@ mod tests {
     fn all_ready() {
         let (c, phase) = compute_conditions(&ready_obs(), &[], "T1");
         assert_eq!(phase, "Running");
-        assert_eq!(c.len(), 6);
+        assert_eq!(c.len(), 8);
+        assert_eq!(get(&c, "TopicConfigApplied").status, "True");
+        assert_eq!(get(&c, "Suspended").status, "False");
         assert_eq!(get(&c, "Ready").status, "True");
         assert_eq!(get(&c, "Degraded").status, "False");
         assert_eq!(get(&c, "SinkReady").reason, "NotConfigured");
@@ -403,6 +501,41 @@ mod tests {
         assert_eq!(phase, "Degraded");
         assert_eq!(get(&c, "TopicsReady").reason, "PartitionDecreaseRefused");
         assert_eq!(get(&c, "Degraded").reason, "PartitionDecreaseRefused");
+    }
+
+    #[test]
+    fn a_refused_topic_config_is_degraded_but_not_unready() {
+        let obs = Observations {
+            topic_config: TopicConfigOutcome::Failed("p.late (retention.ms): InvalidConfig".into()),
+            ..ready_obs()
+        };
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(phase, "Degraded");
+        assert_eq!(get(&c, "TopicConfigApplied").status, "False");
+        assert_eq!(get(&c, "TopicConfigApplied").reason, "AlterConfigsFailed");
+        assert_eq!(get(&c, "Degraded").reason, "AlterConfigsFailed");
+        assert_eq!(get(&c, "Ready").status, "True");
+    }
+
+    #[test]
+    fn suspended_is_its_own_phase_and_not_ready() {
+        let obs = Observations {
+            suspended: true,
+            window: Some(Replicas {
+                desired: 0,
+                ready: 0,
+            }),
+            join: Some(Replicas {
+                desired: 0,
+                ready: 0,
+            }),
+            ..ready_obs()
+        };
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(phase, "Suspended");
+        assert_eq!(get(&c, "Suspended").status, "True");
+        assert_eq!(get(&c, "Ready").reason, "Suspended");
+        assert_eq!(get(&c, "Degraded").status, "False");
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!
 //! `recommend` = ceil(lag / target), clamped to [min, min(max, partitions)], then rounded up to
 //! the smallest divisor of the partition count within the bounds (100 partitions: 1 2 4 5 10 20
-//! 25 50 100), so every consumer gets the same number of partitions. Scale-ups happen at once;
+//! 25 50 100), so every consumer gets the same number of partitions. A lag-driven scale-up
+//! adds at most `max_step` replicas per plan (0: no limit), landing on the largest divisor of
+//! the partition count within the step when there is one (see [`limit_step`]); scale-ups
+//! otherwise happen at once;
 //! a scale-down happens only after the recommendation stayed below the current count for the
 //! whole cooldown (a stabilisation window, as the HPA does), which avoids rebalance storms.
 //! Time is passed in; nothing here reads a clock.
@@ -89,6 +92,25 @@ pub struct Input {
     pub now: Timestamp,
     /// Since when the recommendation has been below `current` (from the previous plan).
     pub pending_since: Option<Timestamp>,
+    /// Most replicas one lag-driven scale-up adds (`processors.maxScaleUpStep`); 0: no limit.
+    /// A count below the floor (a raised minimum, a resume from 0) goes to the floor at once.
+    pub max_step: i32,
+}
+
+/// A scale-up from `current` to `to` limited to `current + step` (no limit for `step` ≤ 0):
+/// the largest divisor of the partition count in `(current, current + step]`, else
+/// `current + step`.
+pub fn limit_step(current: i32, to: i32, step: i32, b: &Bounds) -> i32 {
+    let limit = current.saturating_add(step);
+    if step <= 0 || to <= limit {
+        return to;
+    }
+    if b.partitions > 0
+        && let Some(d) = (current + 1..=limit).rev().find(|d| b.partitions % d == 0)
+    {
+        return d;
+    }
+    limit
 }
 
 /// Planner output for one stage.
@@ -141,7 +163,11 @@ pub fn plan(i: &Input) -> Plan {
         };
     }
     if current < floor || want > current {
-        let to = want.max(floor);
+        let to = if current < floor {
+            want.max(floor)
+        } else {
+            limit_step(current, want, i.max_step, b)
+        };
         return Plan {
             replicas: to,
             pending_since: None,
@@ -198,6 +224,7 @@ mod tests {
             cooldown: SignedDuration::from_secs(60),
             now: t(now),
             pending_since: pending.map(t),
+            max_step: 0,
         }
     }
 
@@ -264,6 +291,27 @@ mod tests {
     }
 
     #[test]
+    fn the_scale_up_step_limits_a_lag_spike_to_divisors_within_the_step() {
+        let mut i = input(Some(1), Some(1_000_000), 0, None);
+        i.bounds.max = 100;
+        assert_eq!(plan(&i).replicas, 100, "no limit by default");
+        i.max_step = 4;
+        let p = plan(&i);
+        assert_eq!((p.replicas, p.change), (5, Change::Up(1, 5)));
+        i.current = Some(5);
+        assert_eq!(plan(&i).replicas, 5 + 4, "no divisor of 100 in (5, 9]: 9");
+        i.current = Some(20);
+        assert_eq!(plan(&i).replicas, 24);
+        i.current = Some(21);
+        assert_eq!(plan(&i).replicas, 25);
+        // Below the floor (a raised minimum, a resume from 0) the floor is reached at once.
+        i.current = Some(0);
+        i.bounds.min = 20;
+        i.lag = Some(0);
+        assert_eq!(plan(&i).replicas, 20);
+    }
+
+    #[test]
     fn lowered_max_applies_without_cooldown() {
         let p = plan(&input(Some(20), Some(1_000_000), 0, None));
         assert_eq!(p.replicas, 10);
@@ -302,6 +350,35 @@ mod tests {
             prop_assert!(r <= partitions);
             prop_assert!(r <= b.max);
             prop_assert!(r >= b.floor());
+        }
+
+        /// With a step limit, a scale-up from within the bounds adds at most `step` replicas,
+        /// never goes past what the unlimited plan would set, and a large enough step (or 0)
+        /// is the unlimited plan.
+        #[test]
+        fn a_scale_up_never_exceeds_the_step(
+            current in 1i32..100,
+            lag in 0u64..2_000_000,
+            step in 0i32..30,
+            partitions in 1i32..120,
+        ) {
+            let mut i = input(Some(current), Some(lag), 0, None);
+            i.bounds = bounds(1, 100, partitions, 1000);
+            let unlimited = plan(&i);
+            i.max_step = step;
+            let p = plan(&i);
+            if current <= i.bounds.cap() && unlimited.replicas > current {
+                prop_assert!(p.replicas > current);
+                prop_assert!(p.replicas <= unlimited.replicas);
+                if step > 0 {
+                    prop_assert!(p.replicas - current <= step);
+                }
+                if step == 0 || current + step >= unlimited.replicas {
+                    prop_assert_eq!(p.replicas, unlimited.replicas);
+                }
+            } else {
+                prop_assert_eq!(p, unlimited);
+            }
         }
 
         #[test]

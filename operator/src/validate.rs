@@ -12,9 +12,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::build::{OWNED_VOLUMES, owned_key, owned_mount_path};
 use crate::crd::{
-    BinRange, ModelKind, ScalingMode, SecurityProtocol, SensorPipelineSpec, StageSpec,
+    BinRange, ModelKind, PodTemplateOverlay, ScalingMode, SecurityProtocol, SensorPipelineSpec,
+    StageSpec, TopicOverride, kafka_property_refused,
 };
+use sensorflow_api::env;
 
 /// Longest pipeline name: `<name>-metrics` must stay a valid 63-character Service name.
 pub const MAX_NAME_LEN: usize = 55;
@@ -93,6 +96,76 @@ fn check_stage(errs: &mut Vec<String>, field: &str, s: &StageSpec, partitions: i
     }
 }
 
+/// The pod template overlay rules (see [`PodTemplateOverlay`]): nothing the operator owns.
+fn check_overlay(errs: &mut Vec<String>, field: &str, o: &PodTemplateOverlay) {
+    for k in o.labels.keys() {
+        if owned_key(k) {
+            errs.push(format!(
+                "{field}.labels: '{k}' is the operator's (app.kubernetes.io/*, sensorflow.io/*, prometheus.io/*)"
+            ));
+        }
+    }
+    for k in o.annotations.keys() {
+        if owned_key(k) {
+            errs.push(format!(
+                "{field}.annotations: '{k}' is the operator's (app.kubernetes.io/*, sensorflow.io/*, prometheus.io/*)"
+            ));
+        }
+    }
+    let mut names = BTreeSet::new();
+    for e in &o.env {
+        if env::is_contract(&e.name) {
+            errs.push(format!(
+                "{field}.env: '{}' is set by the operator (processor contract); use the spec field that sets it",
+                e.name
+            ));
+        } else if !names.insert(e.name.as_str()) {
+            errs.push(format!("{field}.env: '{}' listed twice", e.name));
+        }
+    }
+    let mut vols = BTreeSet::new();
+    for v in &o.volumes {
+        if OWNED_VOLUMES.contains(&v.name.as_str()) {
+            errs.push(format!(
+                "{field}.volumes: '{}' is the operator's volume name",
+                v.name
+            ));
+        } else if !vols.insert(v.name.as_str()) {
+            errs.push(format!("{field}.volumes: '{}' listed twice", v.name));
+        }
+    }
+    for m in &o.volume_mounts {
+        if owned_mount_path(&m.mount_path) {
+            errs.push(format!(
+                "{field}.volumeMounts: {} is the operator's mount path (/tmp, /etc/sensorflow)",
+                m.mount_path
+            ));
+        }
+        if !vols.contains(m.name.as_str()) {
+            errs.push(format!(
+                "{field}.volumeMounts: '{}' names no volume of {field}.volumes",
+                m.name
+            ));
+        }
+    }
+    if o.service_account_name.is_some() && !o.service_account_annotations.is_empty() {
+        errs.push(format!(
+            "{field}: serviceAccountAnnotations apply to the ServiceAccount the operator creates; with serviceAccountName annotate your own"
+        ));
+    }
+}
+
+fn check_override(errs: &mut Vec<String>, field: &str, o: Option<&TopicOverride>) {
+    if let Some(o) = o
+        && o.retention_ms.is_some()
+        && o.config.contains_key("retention.ms")
+    {
+        errs.push(format!(
+            "{field}.config: 'retention.ms' conflicts with {field}.retentionMs"
+        ));
+    }
+}
+
 /// Checks the cross-field rules of `spec` for the pipeline called `name` and resolves its topic
 /// names.
 ///
@@ -156,6 +229,19 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
         }
     }
 
+    for (k, v) in &spec.kafka.properties {
+        if kafka_property_refused(k) {
+            errs.push(format!(
+                "kafka.properties: '{k}' is refused (sasl.*, ssl.*, security.protocol come from kafka.security and Secrets; bootstrap.servers, group.id, transactional.id, enable.auto.commit, enable.auto.offset.store are the processors')"
+            ));
+        }
+        if k.contains(',') || k.contains('=') || v.contains(',') || k.trim().is_empty() {
+            errs.push(format!(
+                "kafka.properties: '{k}': keys must be non-empty without ',' or '=', values without ','"
+            ));
+        }
+    }
+
     let t = &spec.topics;
     let topics = TopicNames::for_pipeline(name, t);
     let mut seen = BTreeSet::new();
@@ -175,6 +261,22 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
             errs.push("topics.config: 'retention.ms' conflicts with topics.retentionMs".to_owned());
         }
     }
+
+    check_override(
+        &mut errs,
+        "topics.overrides.predictions",
+        t.overrides.predictions.as_ref(),
+    );
+    check_override(
+        &mut errs,
+        "topics.overrides.deadLetter",
+        t.overrides.dead_letter.as_ref(),
+    );
+    check_override(
+        &mut errs,
+        "topics.overrides.late",
+        t.overrides.late.as_ref(),
+    );
 
     let w = &spec.window;
     check_range(&mut errs, "window.faRange", &w.fa_range);
@@ -218,6 +320,19 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
     if p.log_level.trim().is_empty() {
         errs.push("processors.logLevel: must not be empty".to_owned());
     }
+    check_overlay(
+        &mut errs,
+        "processors.window.podTemplate",
+        &p.window.pod_template,
+    );
+    check_overlay(
+        &mut errs,
+        "processors.join.podTemplate",
+        &p.join.pod_template,
+    );
+    if u32::try_from(p.schema_id).is_err() {
+        errs.push("processors.schemaId: must be in [0, 2147483647]".to_owned());
+    }
 
     if let Some(sink) = &spec.sink {
         let mut roles = BTreeSet::new();
@@ -226,6 +341,7 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
                 errs.push(format!("sink.topics: {role} listed twice"));
             }
         }
+        check_overlay(&mut errs, "sink.podTemplate", &sink.pod_template);
         if sink.prefix.as_deref().is_some_and(|p| p.starts_with('/')) {
             errs.push("sink.prefix: must not start with '/'".to_owned());
         }
@@ -263,12 +379,15 @@ pub(crate) mod tests {
             kafka: KafkaSpec {
                 bootstrap_servers: "kafka:9092".into(),
                 security: None,
+                properties: Default::default(),
             },
             topics: Default::default(),
             window: Default::default(),
             model: Default::default(),
+            join: Default::default(),
             processors: Default::default(),
             sink: None,
+            suspend: false,
         }
     }
 
@@ -390,6 +509,7 @@ pub(crate) mod tests {
                 endpoint: Some(endpoint.into()),
                 replicas: 1,
                 resources: None,
+                pod_template: Default::default(),
             });
             validate("p", &s)
         };
@@ -423,6 +543,7 @@ pub(crate) mod tests {
             endpoint: None,
             replicas: 1,
             resources: None,
+            pod_template: Default::default(),
         });
         assert!(validate("p", &s).is_err());
     }

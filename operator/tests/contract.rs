@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use sensorflow_api::crd::{
     BinRange, CredentialsSecretRef, DeliveryGuarantee, KafkaSecurity, KafkaSpec, LogFormat,
     ModelKind, RotationSpec, SaslMechanism, SecretKeyRef, SecurityProtocol, SensorPipelineSpec,
-    SinkSpec, WatermarkScope,
+    SinkSpec, WatermarkScope, WireFormat,
 };
 use sensorflow_api::{TopicRole, env};
 use sensorflow_operator::build::{self, Desired, ReplicaPlan, SecretVersions, Stage};
@@ -66,6 +66,11 @@ fn container_env(d: &Desired, stage: Stage) -> BTreeMap<String, String> {
         out.extend(cm.data.clone().unwrap_or_default());
     }
     for e in c.env.iter().flatten() {
+        // A pod template overlay's own variables are the user's, not the processors' contract
+        // (validation refuses contract names there; `the_pod_template_adds_env_but_never_a_contract_name`).
+        if !env::is_contract(&e.name) {
+            continue;
+        }
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => v.clone(),
             (None, Some(_)) => format!("from-secret-{}", e.name.to_lowercase()),
@@ -146,7 +151,29 @@ fn full_spec() -> SensorPipelineSpec {
             }),
             allow_plaintext_credentials: false,
         }),
+        properties: [
+            ("fetch.max.bytes", "1048576"),
+            ("socket.keepalive.enable", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
     };
+    s.processors.commit_interval_ms = 750;
+    s.processors.wire_format = WireFormat::Confluent;
+    s.processors.schema_id = 42;
+    s.processors.rebuild.timeout_ms = 45_000;
+    s.processors.rebuild.max_records = 2_000_000;
+    s.join.grace_ms = 1_500;
+    s.join.idle_timeout_ms = 20_000;
+    s.join.input_idle_timeout_ms = 120_000;
+    s.join.max_staleness_ms = 900_000;
+    s.join.rebuild_lookback_ms = 1_200_000;
+    s.processors.window.pod_template.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "TZ".into(),
+        value: Some("UTC".into()),
+        ..Default::default()
+    }];
     s.topics.fa = Some("features-a".into());
     s.topics.dead_letter = Some("dlq".into());
     s.window.size_ms = 120_000;
@@ -181,6 +208,7 @@ fn full_spec() -> SensorPipelineSpec {
         endpoint: Some("https://storage.example:4443".into()),
         replicas: 1,
         resources: None,
+        pod_template: Default::default(),
     });
     s
 }
@@ -230,6 +258,59 @@ fn window_processor_parses_what_the_operator_sets() {
         build::METRICS_PORT as u16
     );
     assert_eq!(a.common.serve.log_format, LogFormat::Json);
+    assert_eq!(a.common.commit_interval_ms, 750);
+    assert_eq!(a.common.rebuild_timeout_ms, 45_000);
+    assert_eq!(a.common.rebuild_max_records, 2_000_000);
+    assert_eq!(
+        a.framing.framing(),
+        sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
+    );
+    assert_eq!(
+        a.kafka.properties,
+        [
+            ("fetch.max.bytes".to_owned(), "1048576".to_owned()),
+            ("socket.keepalive.enable".to_owned(), "true".to_owned())
+        ]
+    );
+    // The properties reach every client configuration the processor builds.
+    for cfg in [
+        a.kafka.client_config(),
+        a.kafka.consumer_config("g", "c"),
+        a.kafka.producer_config("c"),
+    ] {
+        assert_eq!(cfg.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(cfg.get("socket.keepalive.enable"), Some("true"));
+    }
+}
+
+#[test]
+fn the_pod_template_adds_env_but_never_a_contract_name() {
+    let mut s = full_spec();
+    let d = desired(&s);
+    let env_of = |d: &Desired, stage: Stage| {
+        let name = build::deployment_name("p", stage);
+        d.deployments
+            .iter()
+            .find(|x| x.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|x| x.spec.as_ref())
+            .and_then(|x| x.template.spec.as_ref())
+            .map(|p| p.containers[0].env.clone().unwrap_or_default())
+            .expect("pod")
+    };
+    let w = env_of(&d, Stage::Window);
+    assert!(
+        w.iter()
+            .any(|e| e.name == "TZ" && e.value.as_deref() == Some("UTC"))
+    );
+    assert!(!env_of(&d, Stage::Join).iter().any(|e| e.name == "TZ"));
+    // Validation refuses a contract name in the overlay.
+    s.processors.join.pod_template.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: env::GRACE_MS.into(),
+        value: Some("1".into()),
+        ..Default::default()
+    }];
+    let e = validate("p", &s).expect_err("a contract name in the overlay");
+    assert!(e.to_string().contains("SF_GRACE_MS"), "{e}");
 }
 
 #[test]
@@ -246,6 +327,32 @@ fn join_predict_parses_what_the_operator_sets() {
     assert_eq!(a.model_seed, 7);
     assert!(a.common.exactly_once);
     assert_eq!(a.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+
+    assert_eq!(a.common.commit_interval_ms, 750);
+    assert_eq!(
+        (a.common.rebuild_timeout_ms, a.common.rebuild_max_records),
+        (45_000, 2_000_000)
+    );
+    assert_eq!(
+        (
+            a.join_grace_ms,
+            a.join_idle_timeout_ms,
+            a.join_input_idle_timeout_ms,
+            a.max_staleness_ms,
+            a.rebuild_lookback_ms
+        ),
+        (1_500, 20_000, 120_000, 900_000, 1_200_000)
+    );
+    let cfg = a.join_config();
+    assert_eq!(
+        (cfg.grace_ms, cfg.max_staleness_ms, cfg.idle_timeout_ms),
+        (1_500, 900_000, Some(20_000))
+    );
+    assert_eq!(
+        a.framing.framing(),
+        sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
+    );
+    assert_eq!(a.kafka.properties.len(), 2);
 }
 
 #[test]
@@ -273,6 +380,23 @@ fn gcs_sink_parses_what_the_operator_sets() {
     assert_eq!(a.topics.topic_dlq, "dlq");
     assert_eq!(a.serve.log_format, LogFormat::Json);
     assert_eq!(a.serve.metrics_addr.port(), build::METRICS_PORT as u16);
+    assert_eq!(
+        a.framing.framing(),
+        sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
+    );
+    assert_eq!(a.kafka.properties.len(), 2);
+}
+
+#[test]
+fn the_sink_archives_all_nine_topics_by_default() {
+    let mut s = full_spec();
+    if let Some(sink) = s.sink.as_mut() {
+        sink.topics.clear();
+    }
+    let a: SinkArgs = parse("gcs-sink", &container_env(&desired(&s), Stage::Sink));
+    let v = validate("p", &s).expect("valid");
+    assert_eq!(a.sink_topics, v.topics.all().map(str::to_owned).to_vec());
+    assert_eq!(a.sink_topics.len(), 9);
 }
 
 #[test]

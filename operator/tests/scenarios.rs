@@ -377,7 +377,9 @@ async fn apply_creates_topics_owned_objects_and_status() {
             "ProcessorsReady",
             "SinkReady",
             "Scaling",
-            "Degraded"
+            "Degraded",
+            "TopicConfigApplied",
+            "Suspended"
         ]
     );
     // No nodes in this control plane: pods stay Pending, so processors are not ready.
@@ -2256,4 +2258,586 @@ async fn wrong_sasl_credentials_are_reported_without_hot_loop_and_recover() {
     .await;
     assert_credentials_from_secrets(&d, "kafka-scram", "username", "password");
     assert!(op.child_alive(), "operator exited");
+}
+
+/// The topic configuration of `topic` on the broker: (effective values, topic-level overrides).
+async fn broker_topic_config(topic: &str) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .await
+    .expect("DescribeConfigs timed out")
+    .unwrap();
+    let r = res.into_iter().next().unwrap().unwrap();
+    let mut effective = BTreeMap::new();
+    let mut overrides = BTreeMap::new();
+    for e in r.entries {
+        if let Some(v) = e.value {
+            if e.source == ConfigSource::DynamicTopic {
+                overrides.insert(e.name.clone(), v.clone());
+            }
+            effective.insert(e.name, v);
+        }
+    }
+    (effective, overrides)
+}
+
+fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
+    d.spec.as_ref().unwrap().template.spec.clone().unwrap()
+}
+
+fn pod_meta(d: &Deployment) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    d.spec.as_ref().unwrap().template.metadata.clone().unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn pod_template_and_processor_settings_reach_the_deployments() {
+    let c = client().await;
+    let ns = "sf-knobs";
+    namespace(&c, ns).await;
+    let _op = Operator::start("knobs", 18199, ns);
+    let overlay = json!({
+        "labels": {"team": "sensors"},
+        "annotations": {"example.com/owner": "ops"},
+        "nodeSelector": {"pool": "stream"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "stream", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+             "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "window"}}}}]}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "window"}}}],
+        "priorityClassName": "stream-high",
+        "imagePullSecrets": [{"name": "registry"}],
+        "env": [{"name": "TZ", "value": "UTC"}],
+        "volumes": [{"name": "extra", "emptyDir": {}}],
+        "volumeMounts": [{"name": "extra", "mountPath": "/var/extra"}]
+    });
+    apply_sp(
+        &c,
+        ns,
+        "knobs",
+        spec(json!({
+            "kafka": {"properties": {"fetch.max.bytes": "1048576", "socket.keepalive.enable": "true"}},
+            "topics": {"partitions": 2},
+            "join": {"graceMs": 1500, "idleTimeoutMs": 20000, "inputIdleTimeoutMs": 120000,
+                     "maxStalenessMs": 900000, "rebuildLookbackMs": 1200000},
+            "processors": {
+                "commitIntervalMs": 750, "wireFormat": "confluent", "schemaId": 42,
+                "rebuild": {"timeoutMs": 45000, "maxRecords": 2000000},
+                "window": {"maxReplicas": 2, "podTemplate": overlay},
+                "join": {"maxReplicas": 2, "podTemplate": {"serviceAccountName": "my-join-sa"}}
+            },
+            "sink": {"bucket": "archive", "endpoint": "http://127.0.0.1:1",
+                     "podTemplate": {"serviceAccountAnnotations":
+                        {"iam.gke.io/gcp-service-account": "sink@proj.iam.gserviceaccount.com"}}}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_condition(&c, ns, "knobs", "TopicsReady", "True").await;
+    let sink = wait_for("sink deployment", Duration::from_secs(30), || async {
+        deployment(&c, ns, "knobs-sink").await
+    })
+    .await;
+
+    // Settings: the ConfigMaps the processors load.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
+    let common = cms.get("knobs-common").await.unwrap().data.unwrap();
+    assert_eq!(
+        common["SF_KAFKA_PROPERTIES"],
+        "fetch.max.bytes=1048576,socket.keepalive.enable=true"
+    );
+    assert_eq!(common["SF_WIRE_FORMAT"], "confluent");
+    assert_eq!(common["SF_SCHEMA_ID"], "42");
+    for stage in ["knobs-window", "knobs-join"] {
+        let d = cms.get(stage).await.unwrap().data.unwrap();
+        assert_eq!(d["SF_COMMIT_INTERVAL_MS"], "750", "{stage}");
+        assert_eq!(d["SF_REBUILD_TIMEOUT_MS"], "45000", "{stage}");
+        assert_eq!(d["SF_REBUILD_MAX_RECORDS"], "2000000", "{stage}");
+    }
+    let join = cms.get("knobs-join").await.unwrap().data.unwrap();
+    for (k, v) in [
+        ("SF_JOIN_GRACE_MS", "1500"),
+        ("SF_JOIN_IDLE_TIMEOUT_MS", "20000"),
+        ("SF_JOIN_INPUT_IDLE_TIMEOUT_MS", "120000"),
+        ("SF_MAX_STALENESS_MS", "900000"),
+        ("SF_REBUILD_LOOKBACK_MS", "1200000"),
+    ] {
+        assert_eq!(join[k], v, "{k}");
+    }
+    // The sink archives all nine topics when sink.topics is unset.
+    let sink_env = cms.get("knobs-sink").await.unwrap().data.unwrap();
+    assert_eq!(sink_env["SF_SINK_TOPICS"], topics_of("knobs").join(","));
+
+    // The window pod template, merged.
+    let w = deployment(&c, ns, "knobs-window").await.unwrap();
+    let meta = pod_meta(&w);
+    let labels = meta.labels.unwrap();
+    assert_eq!(labels["team"], "sensors");
+    assert_eq!(labels["app.kubernetes.io/component"], "window");
+    let ann = meta.annotations.unwrap();
+    assert_eq!(ann["example.com/owner"], "ops");
+    assert!(ann.contains_key("sensorflow.io/config-hash"));
+    let pod = pod_spec(&w);
+    assert_eq!(pod.node_selector.unwrap()["pool"], "stream");
+    assert_eq!(
+        pod.tolerations.unwrap()[0].key.as_deref(),
+        Some("dedicated")
+    );
+    assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+    assert_eq!(pod.topology_spread_constraints.unwrap()[0].max_skew, 1);
+    assert_eq!(pod.priority_class_name.as_deref(), Some("stream-high"));
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+    assert_eq!(pod.service_account_name.as_deref(), Some("knobs-processor"));
+    assert!(pod.volumes.unwrap().iter().any(|v| v.name == "extra"));
+    let ctr = &pod.containers[0];
+    assert!(ctr.env.as_ref().unwrap().iter().any(|e| e.name == "TZ"));
+    assert!(
+        ctr.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/var/extra")
+    );
+    assert_eq!(
+        ctr.command.as_deref(),
+        Some(&["/usr/local/bin/window-processor".to_owned()][..])
+    );
+    assert_eq!(
+        ctr.security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true)
+    );
+    // join: its own ServiceAccount name; sink: the annotated one the operator created.
+    let j = deployment(&c, ns, "knobs-join").await.unwrap();
+    assert_eq!(
+        pod_spec(&j).service_account_name.as_deref(),
+        Some("my-join-sa")
+    );
+    assert_eq!(pod_spec(&j).node_selector, None);
+    assert_eq!(
+        pod_spec(&sink).service_account_name.as_deref(),
+        Some("knobs-sink")
+    );
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
+    let sink_sa = sas.get("knobs-sink").await.unwrap();
+    assert_eq!(
+        sink_sa.metadata.annotations.unwrap()["iam.gke.io/gcp-service-account"],
+        "sink@proj.iam.gserviceaccount.com"
+    );
+
+    // The CRD refuses credentials in kafka.properties (CEL), before the operator sees them.
+    let refused = apply_sp(
+        &c,
+        ns,
+        "knobs",
+        spec(json!({"kafka": {"properties": {"sasl.password": "inline"}},
+                    "topics": {"partitions": 2},
+                    "processors": {"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}}})),
+    )
+    .await;
+    match refused {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("must not set sasl.*"), "{}", e.message);
+        }
+        other => panic!("sasl.* in kafka.properties accepted: {other:?}"),
+    }
+
+    // An overlay naming an operator-owned variable: Invalid + Warning, Deployment unchanged.
+    let before = config_hash(&w);
+    apply_sp(
+        &c,
+        ns,
+        "knobs",
+        spec(json!({"topics": {"partitions": 2},
+            "processors": {"window": {"maxReplicas": 2, "podTemplate": {"env": [{"name": "SF_GRACE_MS", "value": "1"}]}},
+                           "join": {"maxReplicas": 2}},
+            "sink": {"bucket": "archive", "endpoint": "http://127.0.0.1:1"}})),
+    )
+    .await
+    .unwrap();
+    let sp = wait_for("Invalid phase", Duration::from_secs(60), || async {
+        let sp = get_sp(&c, ns, "knobs").await?;
+        (sp.status.as_ref()?.phase.as_deref() == Some("Invalid")).then_some(sp)
+    })
+    .await;
+    let ready = sp
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("SF_GRACE_MS"), "{}", ready.message);
+    assert!(!events(&c, ns, "InvalidSpec").await.is_empty());
+    assert_eq!(
+        config_hash(&deployment(&c, ns, "knobs-window").await.unwrap()),
+        before
+    );
+
+    // Fixed, and without serviceAccountAnnotations: the sink ServiceAccount is deleted.
+    apply_sp(
+        &c,
+        ns,
+        "knobs",
+        spec(json!({"topics": {"partitions": 2},
+            "processors": {"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}},
+            "sink": {"bucket": "archive", "endpoint": "http://127.0.0.1:1"}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "sink ServiceAccount deleted",
+        Duration::from_secs(60),
+        || async {
+            let gone = sas.get_opt("knobs-sink").await.ok()?.is_none();
+            let d = deployment(&c, ns, "knobs-sink").await?;
+            (gone && pod_spec(&d).service_account_name.as_deref() == Some("knobs-processor"))
+                .then_some(())
+        },
+    )
+    .await;
+    let w = deployment(&c, ns, "knobs-window").await.unwrap();
+    assert_eq!(pod_spec(&w).node_selector, None, "overlay removed");
+}
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let c = client().await;
+    let ns = "sf-topicconfig";
+    namespace(&c, ns).await;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // A clean start when the suite runs again on the same broker (KEEP=1).
+    let names = topics_of("tcfg");
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&refs, &opts)).await;
+    wait_for("old tcfg topics gone", Duration::from_secs(30), || async {
+        broker_partitions(&names).is_empty().then_some(())
+    })
+    .await;
+    // The dead-letter topic exists before the pipeline, with an override of someone else's.
+    create_topic_outside("tcfg.dead-letter", 2).await;
+    let alter = AlterConfig::new(ResourceSpecifier::Topic("tcfg.dead-letter"))
+        .set("max.message.bytes", "2000000");
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.alter_configs(&[alter], &opts),
+    )
+    .await
+    .expect("AlterConfigs timed out")
+    .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+
+    let _op = Operator::start("topicconfig", 18200, ns);
+    let base = json!({"topics": {"partitions": 2,
+        "overrides": {"deadLetter": {"retentionMs": 3600000},
+                      "late": {"config": {"cleanup.policy": "compact"}}}},
+        "processors": {"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}}});
+    apply_sp(&c, ns, "tcfg", spec(base.clone())).await.unwrap();
+    let sp = wait_condition(&c, ns, "tcfg", "TopicConfigApplied", "True").await;
+    assert_eq!(condition(&sp, "TopicConfigApplied").unwrap().1, "Applied");
+    // Applied to the existing topic, merged with the foreign override; set on creation for late.
+    let (_, dlq_overrides) = wait_for(
+        "dead-letter retention applied",
+        Duration::from_secs(30),
+        || async {
+            let (dlq, o) = broker_topic_config("tcfg.dead-letter").await;
+            (dlq.get("retention.ms").map(String::as_str) == Some("3600000")).then_some((dlq, o))
+        },
+    )
+    .await;
+    assert_eq!(
+        dlq_overrides["max.message.bytes"], "2000000",
+        "foreign override kept"
+    );
+    let (late, _) = broker_topic_config("tcfg.late").await;
+    assert_eq!(late["cleanup.policy"], "compact");
+    let (_, sz_overrides) = broker_topic_config("tcfg.sz").await;
+    assert!(
+        !sz_overrides.contains_key("retention.ms"),
+        "{sz_overrides:?}"
+    );
+    let applied = events(&c, ns, "TopicConfigApplied").await;
+    assert!(
+        applied.iter().any(|e| e
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("tcfg.dead-letter (retention.ms)")),
+        "{applied:?}"
+    );
+
+    // A change of the spec reaches the existing predictions topic.
+    let mut changed = base.clone();
+    merge(
+        &mut changed,
+        json!({"topics": {"overrides": {"predictions": {"retentionMs": 7200000}}}}),
+    );
+    apply_sp(&c, ns, "tcfg", spec(changed.clone()))
+        .await
+        .unwrap();
+    wait_for(
+        "predictions retention applied",
+        Duration::from_secs(60),
+        || async {
+            let (p, _) = broker_topic_config("tcfg.predictions").await;
+            (p.get("retention.ms").map(String::as_str) == Some("7200000")).then_some(())
+        },
+    )
+    .await;
+
+    // A value the broker refuses: TopicConfigApplied=False, Degraded, a Warning; not ignored.
+    let mut bad = changed.clone();
+    merge(
+        &mut bad,
+        json!({"topics": {"overrides": {"late": {"config": {"cleanup.policy": "bogus"}}}}}),
+    );
+    apply_sp(&c, ns, "tcfg", spec(bad)).await.unwrap();
+    let sp = wait_condition(&c, ns, "tcfg", "TopicConfigApplied", "False").await;
+    assert_eq!(
+        condition(&sp, "TopicConfigApplied").unwrap().1,
+        "AlterConfigsFailed"
+    );
+    assert_eq!(
+        condition(&sp, "Degraded").unwrap(),
+        ("True".into(), "AlterConfigsFailed".into())
+    );
+    assert_eq!(
+        sp.status.as_ref().unwrap().phase.as_deref(),
+        Some("Degraded")
+    );
+    wait_for(
+        "AlterConfigsFailed Warning",
+        Duration::from_secs(30),
+        || async { (!events(&c, ns, "AlterConfigsFailed").await.is_empty()).then_some(()) },
+    )
+    .await;
+    let (late, _) = broker_topic_config("tcfg.late").await;
+    assert_eq!(
+        late["cleanup.policy"], "compact",
+        "refused value not applied"
+    );
+
+    // Fixed: back to True.
+    apply_sp(&c, ns, "tcfg", spec(changed)).await.unwrap();
+    wait_condition(&c, ns, "tcfg", "TopicConfigApplied", "True").await;
+}
+
+/// Committed offsets of `group` on the partitions of `topic`.
+fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            got.find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1)
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets() {
+    let c = client().await;
+    let ns = "sf-suspend";
+    namespace(&c, ns).await;
+    let _op = Operator::start("suspend", 18201, ns);
+    let base = json!({"topics": {"partitions": 4},
+        "processors": {"window": {"maxReplicas": 4, "lagTargetPerReplica": 1000000},
+                       "join": {"maxReplicas": 4}},
+        "sink": {"bucket": "archive", "endpoint": "http://127.0.0.1:1"}});
+    apply_sp(&c, ns, "susp", spec(base.clone())).await.unwrap();
+    wait_condition(&c, ns, "susp", "TopicsReady", "True").await;
+    wait_for(
+        "three Deployments at 1",
+        Duration::from_secs(60),
+        || async {
+            for d in ["susp-window", "susp-join", "susp-sink"] {
+                if replicas(&deployment(&c, ns, d).await?) != 1 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+
+    // Records on SZ, half of them consumed and committed by the window group (as a running
+    // window-processor would; this control plane has no nodes to run one).
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..400u32 {
+        let key = format!("sensor-{}", i % 20);
+        producer
+            .send(BaseRecord::to("susp.sz").key(&key).payload("x"))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", "susp-window")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        let (_, high) = consumer
+            .fetch_watermarks("susp.sz", p, Duration::from_secs(10))
+            .unwrap();
+        tpl.add_partition_offset("susp.sz", p, Offset::Offset(high / 2))
+            .unwrap();
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    let offsets = committed("susp-window", "susp.sz", 4);
+    assert!(offsets.iter().all(|o| *o >= 0), "{offsets:?}");
+
+    let mut suspended = base.clone();
+    merge(&mut suspended, json!({"suspend": true}));
+    apply_sp(&c, ns, "susp", spec(suspended)).await.unwrap();
+    let sp = wait_for("every stage at 0", Duration::from_secs(60), || async {
+        for d in ["susp-window", "susp-join", "susp-sink"] {
+            if replicas(&deployment(&c, ns, d).await?) != 0 {
+                return None;
+            }
+        }
+        let sp = get_sp(&c, ns, "susp").await?;
+        (condition(&sp, "Suspended")?.0 == "True").then_some(sp)
+    })
+    .await;
+    let st = sp.status.clone().unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Suspended"));
+    assert_eq!(
+        condition(&sp, "Ready").unwrap(),
+        ("False".into(), "Suspended".into())
+    );
+    assert_eq!(st.window.as_ref().unwrap().replicas, 0);
+    // Topics and committed offsets kept; the lag is still read (the backlog waits).
+    assert_eq!(broker_partitions(&topics_of("susp")).len(), 9);
+    assert_eq!(committed("susp-window", "susp.sz", 4), offsets);
+    wait_for(
+        "lag reported while suspended",
+        Duration::from_secs(30),
+        || async {
+            let w = get_sp(&c, ns, "susp").await?.status?.window?;
+            (w.lag == Some(200)).then_some(())
+        },
+    )
+    .await;
+    // Held at 0 over several reconciles (resync 2 s), even with a backlog.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for d in ["susp-window", "susp-join", "susp-sink"] {
+        assert_eq!(replicas(&deployment(&c, ns, d).await.unwrap()), 0, "{d}");
+    }
+
+    // Resume: back to the planned counts, from the same committed offsets.
+    apply_sp(&c, ns, "susp", spec(base)).await.unwrap();
+    wait_for("stages resumed", Duration::from_secs(60), || async {
+        for d in ["susp-window", "susp-join", "susp-sink"] {
+            if replicas(&deployment(&c, ns, d).await?) != 1 {
+                return None;
+            }
+        }
+        let sp = get_sp(&c, ns, "susp").await?;
+        (condition(&sp, "Suspended")?.0 == "False").then_some(())
+    })
+    .await;
+    assert_eq!(committed("susp-window", "susp.sz", 4), offsets);
+}
+
+#[tokio::test]
+#[ignore = "needs API server; run tests/operator/run.sh"]
+async fn scale_up_step_limits_each_reconcile() {
+    let c = client().await;
+    let ns = "sf-step";
+    namespace(&c, ns).await;
+    let _op = Operator::start("step", 18202, ns);
+    apply_sp(
+        &c,
+        ns,
+        "step",
+        spec(json!({
+            "topics": {"partitions": 20},
+            "processors": {
+                "maxScaleUpStep": 3,
+                "window": {"minReplicas": 1, "maxReplicas": 20, "lagTargetPerReplica": 100},
+                "join": {"maxReplicas": 20, "lagTargetPerReplica": 1000000}
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    wait_condition(&c, ns, "step", "TopicsReady", "True").await;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..4000u32 {
+        let key = format!("sensor-{}", i % 40);
+        producer
+            .send(BaseRecord::to("step.sz").key(&key).payload("x"))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    // 4000 / 100 = 40 wanted, capped at 20; at most 3 more per reconcile: 1 → 4 → 5 → 5+3=8
+    // (no divisor of 20 in (5, 8]) → 10 → 10+3=13 → … → 20. Every count seen is recorded.
+    let mut seen = vec![1];
+    let started = Instant::now();
+    while *seen.last().unwrap() != 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "window not at 20 after 120 s: {seen:?}"
+        );
+        if let Some(d) = deployment(&c, ns, "step-window").await {
+            let r = replicas(&d);
+            if r != *seen.last().unwrap() {
+                seen.push(r);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("window replicas seen: {seen:?}");
+    assert!(seen.len() >= 5, "{seen:?}");
+    for w in seen.windows(2) {
+        assert!(
+            w[1] > w[0] && w[1] - w[0] <= 3,
+            "step {} → {}: {seen:?}",
+            w[0],
+            w[1]
+        );
+    }
+    assert_eq!(&seen[..3], &[1, 4, 5], "divisors of 20 within each step");
 }

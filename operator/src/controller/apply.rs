@@ -101,9 +101,9 @@ where
     Ok(deleted)
 }
 
-/// Server-side applies every object of `desired` (ServiceAccount, ConfigMaps, Service,
-/// Deployments), then deletes the pipeline's Deployments and ConfigMaps that are no longer
-/// desired (a removed sink).
+/// Server-side applies every object of `desired` (ServiceAccounts, ConfigMaps, Service,
+/// Deployments), then deletes the pipeline's Deployments, ConfigMaps and ServiceAccounts that
+/// are no longer desired (a removed sink, removed `serviceAccountAnnotations`).
 ///
 /// # Errors
 /// [`Error::Kube`] or [`Error::NotLeader`] from the first failing write.
@@ -114,12 +114,10 @@ pub async fn objects(
     desired: &build::Desired,
 ) -> Result<(), Error> {
     let c = &ctx.client;
-    ssa(
-        ctx,
-        &Api::<ServiceAccount>::namespaced(c.clone(), ns),
-        &desired.service_account,
-    )
-    .await?;
+    let sa_api = Api::<ServiceAccount>::namespaced(c.clone(), ns);
+    for sa in &desired.service_accounts {
+        ssa(ctx, &sa_api, sa).await?;
+    }
     let cm_api = Api::<ConfigMap>::namespaced(c.clone(), ns);
     for cm in &desired.config_maps {
         ssa(ctx, &cm_api, cm).await?;
@@ -144,8 +142,14 @@ pub async fn objects(
         .iter()
         .filter_map(|d| d.metadata.name.clone())
         .collect();
+    let keep_sa: Vec<String> = desired
+        .service_accounts
+        .iter()
+        .filter_map(|d| d.metadata.name.clone())
+        .collect();
     let mut gone = delete_orphans(ctx, &d_api, pipeline, &keep_d).await?;
     gone.extend(delete_orphans(ctx, &cm_api, pipeline, &keep_cm).await?);
+    gone.extend(delete_orphans(ctx, &sa_api, pipeline, &keep_sa).await?);
     if !gone.is_empty() {
         info!(deleted = ?gone, "deleted objects no longer in the spec");
     }

@@ -61,19 +61,40 @@ impl PlannedEvent {
     }
 }
 
-/// The topics the spec asks for: the nine names, partitions, replication, config (with
-/// `retentionMs` as `retention.ms`), whether a raise is confirmed, the co-partitioned join inputs.
+/// The configuration of each topic: `topics.config` with `topics.retentionMs` as
+/// `retention.ms`, then the topic's own `topics.overrides` entry on top (its `config`, then its
+/// `retentionMs`). Keyed by topic name; a topic with nothing configured maps to an empty map.
+pub fn topic_configs(v: &Validated) -> BTreeMap<String, BTreeMap<String, String>> {
+    let t = &v.spec.topics;
+    let mut base = t.config.clone();
+    if let Some(r) = t.retention_ms {
+        base.insert("retention.ms".into(), r.to_string());
+    }
+    v.topics
+        .iter()
+        .map(|(role, name)| {
+            let mut c = base.clone();
+            if let Some(o) = t.overrides.get(role) {
+                c.extend(o.config.clone());
+                if let Some(r) = o.retention_ms {
+                    c.insert("retention.ms".into(), r.to_string());
+                }
+            }
+            (name.to_owned(), c)
+        })
+        .collect()
+}
+
+/// The topics the spec asks for: the nine names, partitions, replication, each topic's
+/// configuration ([`topic_configs`]), whether a raise is confirmed, the co-partitioned join
+/// inputs.
 pub fn topics(v: &Validated) -> TopicPlan {
     let t = &v.spec.topics;
-    let mut config = t.config.clone();
-    if let Some(r) = t.retention_ms {
-        config.insert("retention.ms".into(), r.to_string());
-    }
     TopicPlan {
         topics: v.topics.all().map(str::to_owned).to_vec(),
         partitions: t.partitions,
         replication_factor: t.replication_factor,
-        config,
+        configs: topic_configs(v),
         allow_increase: t.allow_partition_increase,
         co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
     }
@@ -144,8 +165,17 @@ pub fn replicas(
             pending_since: prev_stage
                 .and_then(|s| s.scale_down_pending_since.as_deref())
                 .and_then(|s| s.parse::<Timestamp>().ok()),
+            max_step: v.spec.processors.max_scale_up_step,
         });
-        let replicas = if v.planner_enabled() {
+        let replicas = if v.spec.suspend {
+            // Suspended: every stage at 0 whoever scales it (an HPA does not scale a
+            // Deployment at 0 replicas); the cooldown starts afresh on resume.
+            if observed.current_replicas(stage).is_some_and(|c| c > 0) {
+                out.scaling
+                    .push(format!("{} suspended: scaled to 0", stage.binary()));
+            }
+            Some(0)
+        } else if v.planner_enabled() {
             match p.change {
                 Change::Up(from, to) | Change::Down(from, to) => {
                     let verb = if to > from { "up" } else { "down" };
@@ -183,7 +213,7 @@ pub fn replicas(
                     .unwrap_or(1),
                 ready_replicas: observed.replicas(stage).map_or(0, |r| r.ready),
                 lag: lag.map(saturating_i64),
-                scale_down_pending_since: if v.planner_enabled() {
+                scale_down_pending_since: if v.planner_enabled() && !v.spec.suspend {
                     p.pending_since.map(cooldown_start_rfc3339)
                 } else {
                     None
@@ -260,6 +290,7 @@ mod tests {
                 created: vec![],
                 increased: vec![],
                 outcome: TopicCheck::Ready,
+                config: Default::default(),
             },
             lags: BTreeMap::from([(Stage::Window, window_lag), (Stage::Join, join_lag)]),
         }
@@ -273,10 +304,30 @@ mod tests {
     fn topic_plan_carries_retention_and_the_join_inputs() {
         let mut s = spec();
         s.topics.retention_ms = Some(-1);
+        s.topics
+            .config
+            .insert("cleanup.policy".into(), "delete".into());
+        s.topics.overrides.dead_letter = Some(crate::crd::TopicOverride {
+            retention_ms: Some(86_400_000),
+            config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
+        });
+        s.topics.overrides.late = Some(crate::crd::TopicOverride {
+            retention_ms: None,
+            config: BTreeMap::from([("max.message.bytes".to_owned(), "2000000".to_owned())]),
+        });
         let v = validate("p", &s).expect("valid");
         let plan = topics(&v);
         assert_eq!(plan.topics.len(), 9);
-        assert_eq!(plan.config["retention.ms"], "-1");
+        assert_eq!(plan.configs.len(), 9);
+        assert_eq!(plan.configs["p.sz"]["retention.ms"], "-1");
+        assert_eq!(plan.configs["p.sz"]["cleanup.policy"], "delete");
+        let dlq = &plan.configs["p.dead-letter"];
+        assert_eq!(dlq["retention.ms"], "86400000");
+        assert_eq!(dlq["cleanup.policy"], "compact");
+        let late = &plan.configs["p.late"];
+        assert_eq!(late["retention.ms"], "-1");
+        assert_eq!(late["max.message.bytes"], "2000000");
+        assert_eq!(plan.configs["p.predictions"].len(), 2);
         assert_eq!(
             plan.co_partitioned,
             ["p.sx", "p.sy", "p.fa", "p.fi", "p.fd"]
@@ -333,6 +384,28 @@ mod tests {
         let later = replicas(&v, &obs, &previous, SignedDuration::from_secs(300), t(1300));
         assert_eq!(later.plan.join, Some(1));
         assert_eq!(later.events[0].reason, "ScaledDown");
+    }
+
+    #[test]
+    fn suspend_sets_every_planned_stage_to_zero_in_both_scaling_modes() {
+        for mode in [ScalingMode::Planner, ScalingMode::External] {
+            let mut s = spec();
+            s.suspend = true;
+            s.processors.scaling_mode = mode;
+            let v = validate("p", &s).expect("valid");
+            let obs = observed(&v, Some(99_000), Some(99_000));
+            let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
+            assert_eq!(
+                d.plan,
+                ReplicaPlan {
+                    window: Some(0),
+                    join: Some(0)
+                }
+            );
+            assert!(d.events.is_empty());
+            assert_eq!(d.stages[&Stage::Join].replicas, 0);
+            assert_eq!(d.stages[&Stage::Join].scale_down_pending_since, None);
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::plan::{PlannedEvent, ReplicaDecision, saturating_i64};
 use crate::build::Stage;
 use crate::conditions::{self, ConditionType, Observations, Replicas, TopicsOutcome};
 use crate::crd::{SensorPipelineSpec, SensorPipelineStatus, TopicStatus};
-use crate::kafka::TopicReport;
+use crate::kafka::{ConfigCheck, TopicReport};
 
 /// `now` at seconds precision, like metav1.Time.
 pub fn now_rfc3339(now: Timestamp) -> String {
@@ -47,6 +47,8 @@ pub fn invalid(
         join: None,
         sink: spec.sink.as_ref().map(|_| None),
         scaling: vec![],
+        topic_config: Default::default(),
+        suspended: spec.suspend,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
     let already_reported =
@@ -82,6 +84,8 @@ pub fn topic_failure(
         join: get(Stage::Join),
         sink: spec.sink.as_ref().map(|_| get(Stage::Sink)),
         scaling: vec![],
+        topic_config: Default::default(),
+        suspended: spec.suspend,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
     let event = ConditionType::TopicsReady
@@ -109,7 +113,8 @@ pub fn created_topics(previous: &SensorPipelineStatus, report: &TopicReport) -> 
 }
 
 /// Events of the topic step: `TopicsCreated`, one `PartitionsIncreased` Warning per raised
-/// topic, and a Warning with the `TopicsReady` reason when the outcome is a problem that
+/// topic, `TopicConfigApplied` naming the topics and keys altered, an `AlterConfigsFailed`
+/// Warning when the refusal is new, and a Warning with the `TopicsReady` reason when the outcome is a problem that
 /// differs (reason or message) from the previous `TopicsReady` condition.
 pub fn topic_events(
     report: &TopicReport,
@@ -136,6 +141,32 @@ pub fn topic_events(
                 "raised {topic} from {from} to {to} partitions (key → partition mapping changed)"
             ),
         ));
+    }
+    match &report.config {
+        ConfigCheck::InSync { altered } if !altered.is_empty() => {
+            let list: Vec<String> = altered
+                .iter()
+                .map(|(t, keys)| format!("{t} ({})", keys.join(", ")))
+                .collect();
+            events.push(PlannedEvent::normal(
+                "TopicConfigApplied",
+                "AlterConfigs",
+                format!("applied the spec's configuration to {}", list.join("; ")),
+            ));
+        }
+        ConfigCheck::Failed(m) => {
+            let unchanged = ConditionType::TopicConfigApplied
+                .find(&previous.conditions)
+                .is_some_and(|c| c.reason == "AlterConfigsFailed" && &c.message == m);
+            if !unchanged {
+                events.push(PlannedEvent::warning(
+                    "AlterConfigsFailed",
+                    "AlterConfigs",
+                    m.clone(),
+                ));
+            }
+        }
+        _ => {}
     }
     let outcome = TopicsOutcome::from(report.outcome.clone());
     if outcome.is_problem() {
@@ -188,6 +219,8 @@ pub fn running(
             }))
         }),
         scaling: decision.scaling.clone(),
+        topic_config: (&observed.topics.config).into(),
+        suspended: spec.suspend,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
     let total_lag = match (observed.lag(Stage::Window), observed.lag(Stage::Join)) {
@@ -230,6 +263,7 @@ mod tests {
             created: vec!["p.sz".into()],
             increased: vec![("p.sx".into(), 50, 100)],
             outcome,
+            config: Default::default(),
         }
     }
 
@@ -331,6 +365,8 @@ mod tests {
                     join: None,
                     sink: None,
                     scaling: vec![],
+                    topic_config: Default::default(),
+                    suspended: false,
                 },
                 &[],
                 "T0",

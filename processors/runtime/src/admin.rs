@@ -5,7 +5,9 @@
 //! ```text
 //!   ensure_pipeline_topics: Metadata ──▶ plan_topics (pure): create / raise / refuse
 //!                           ──▶ CreateTopics, CreatePartitions ──▶ Metadata again (verify)
-//!                           ──▶ check_co_partitioning (pure) ──▶ TopicReport
+//!                           ──▶ check_co_partitioning (pure)
+//!                           ──▶ DescribeConfigs ──▶ plan_config_changes (pure) ──▶ AlterConfigs
+//!                           ──▶ TopicReport
 //!   ensure_topics:          CreateTopics (existing kept) ──▶ wait for metadata ──▶ same count?
 //!   lag (one definition):   OffsetFetch(group) + ListOffsets(latest, earliest)
 //!                           ──▶ Σ max(0, high − max(committed, low)), low when never committed
@@ -18,7 +20,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -558,8 +563,9 @@ pub struct TopicPlan {
     pub partitions: i32,
     /// Replication factor of created topics.
     pub replication_factor: i32,
-    /// Topic configs of created topics.
-    pub config: BTreeMap<String, String>,
+    /// Topic configuration by topic name: set on creation, and applied to existing topics
+    /// whose values differ ([`plan_config_changes`]). A topic absent here is left alone.
+    pub configs: BTreeMap<String, BTreeMap<String, String>>,
     /// Whether raising the partition count of existing topics is confirmed.
     pub allow_increase: bool,
     /// Topics that must share one partition count (join inputs).
@@ -577,6 +583,194 @@ pub struct TopicReport {
     pub increased: Vec<(String, i32, i32)>,
     /// Overall outcome (the operator's `TopicsReady` condition).
     pub outcome: TopicCheck,
+    /// What the configuration step found and did (the operator's `TopicConfigApplied`
+    /// condition).
+    pub config: ConfigCheck,
+}
+
+/// Outcome of applying [`TopicPlan::configs`] to existing topics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConfigCheck {
+    /// Nothing to apply: no topic configuration in the plan (nothing was read).
+    #[default]
+    NotManaged,
+    /// Every configured key has its desired value on the broker; `altered` lists what this
+    /// step changed, as (topic, keys) (empty when everything already matched).
+    InSync {
+        /// Topics altered now, with the keys that changed.
+        altered: Vec<(String, Vec<String>)>,
+    },
+    /// DescribeConfigs or AlterConfigs failed or was refused (for example an unknown key or
+    /// a value out of range); the message names the topics and the broker's error.
+    Failed(String),
+}
+
+/// One topic whose configuration differs from the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Topic.
+    pub topic: String,
+    /// Keys whose value on the broker differs from the plan.
+    pub changed: Vec<String>,
+    /// The whole set of topic-level (dynamic) configuration to write: the topic's current
+    /// overrides with the plan's keys set on top. AlterConfigs replaces a topic's dynamic
+    /// configuration, so keys set by others are carried over here.
+    pub set: BTreeMap<String, String>,
+}
+
+/// Current configuration of one topic as DescribeConfigs reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicConfig {
+    /// Effective value of every key (defaults included).
+    pub effective: BTreeMap<String, String>,
+    /// The topic-level overrides (source `DYNAMIC_TOPIC_CONFIG`).
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// Pure: the topics whose effective configuration differs from `desired`, with the full set
+/// of overrides to write for each (see [`ConfigChange::set`]). Topics missing from `current`
+/// (not created yet, or not described) are skipped.
+pub fn plan_config_changes(
+    desired: &BTreeMap<String, BTreeMap<String, String>>,
+    current: &BTreeMap<String, TopicConfig>,
+) -> Vec<ConfigChange> {
+    let mut out = Vec::new();
+    for (topic, want) in desired {
+        let Some(cur) = current.get(topic) else {
+            continue;
+        };
+        let changed: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| cur.effective.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        let mut set = cur.overrides.clone();
+        set.extend(want.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out.push(ConfigChange {
+            topic: topic.clone(),
+            changed,
+            set,
+        });
+    }
+    out
+}
+
+/// Applies `desired` (topic → configuration) to the existing topics of `desired` whose values
+/// differ. rdkafka 0.39 offers only the legacy AlterConfigs, which *replaces* a topic's whole
+/// dynamic configuration (unlisted keys revert to their defaults), not KIP-339's
+/// IncrementalAlterConfigs (librdkafka has it, the safe Rust binding does not). So this reads
+/// the current overrides with DescribeConfigs, merges the desired keys on top
+/// ([`plan_config_changes`]) and writes the merged set. The read-merge-write is not atomic: an
+/// override someone else sets between the describe and the alter is lost (the next
+/// reconcile does not restore it; it is not ours). rdkafka 0.39 also drops AlterConfigs'
+/// per-topic error codes, so the outcome is read back with a second DescribeConfigs: a key
+/// still differing is a refusal. Never fails the reconcile: a refusal is reported as
+/// [`ConfigCheck::Failed`].
+async fn apply_topic_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    bootstrap: &str,
+    desired: &BTreeMap<String, BTreeMap<String, String>>,
+    existing: &BTreeMap<String, i32>,
+) -> ConfigCheck {
+    let desired: BTreeMap<String, BTreeMap<String, String>> = desired
+        .iter()
+        .filter(|(t, c)| existing.contains_key(*t) && !c.is_empty())
+        .map(|(t, c)| (t.clone(), c.clone()))
+        .collect();
+    if desired.is_empty() {
+        return ConfigCheck::NotManaged;
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let current = match describe_topic_configs(admin, bootstrap, desired.keys(), &opts).await {
+        Ok(c) => c,
+        Err(m) => return ConfigCheck::Failed(m),
+    };
+    let changes = plan_config_changes(&desired, &current);
+    if changes.is_empty() {
+        return ConfigCheck::InSync { altered: vec![] };
+    }
+    let alters: Vec<AlterConfig<'_>> = changes
+        .iter()
+        .map(|c| {
+            c.set.iter().fold(
+                AlterConfig::new(ResourceSpecifier::Topic(&c.topic)),
+                |a, (k, v)| a.set(k, v),
+            )
+        })
+        .collect();
+    if let Err(e) = admin.alter_configs(alters.iter(), &opts).await {
+        return ConfigCheck::Failed(format!("AlterConfigs on {bootstrap}: {e}"));
+    }
+    // rdkafka 0.39 reports every resource of an AlterConfigs response as a success (it drops
+    // the per-resource error code), so the result is verified by reading the topics back.
+    let changed_topics: Vec<String> = changes.iter().map(|c| c.topic.clone()).collect();
+    let after = match describe_topic_configs(admin, bootstrap, changed_topics.iter(), &opts).await {
+        Ok(c) => c,
+        Err(m) => return ConfigCheck::Failed(m),
+    };
+    let still = plan_config_changes(&desired, &after);
+    if still.is_empty() {
+        return ConfigCheck::InSync {
+            altered: changes.into_iter().map(|c| (c.topic, c.changed)).collect(),
+        };
+    }
+    let failed: Vec<String> = still
+        .iter()
+        .map(|c| {
+            let keys: Vec<String> = c
+                .changed
+                .iter()
+                .map(|k| {
+                    let want = desired.get(&c.topic).and_then(|d| d.get(k));
+                    let got = after.get(&c.topic).and_then(|a| a.effective.get(k));
+                    format!(
+                        "{k}={} (broker has {})",
+                        want.map_or("?", String::as_str),
+                        got.map_or("no value", String::as_str)
+                    )
+                })
+                .collect();
+            format!("{}: {}", c.topic, keys.join(", "))
+        })
+        .collect();
+    ConfigCheck::Failed(format!(
+        "AlterConfigs did not take effect (the broker refused the value or the key): {}",
+        failed.join("; ")
+    ))
+}
+
+/// DescribeConfigs of `topics`: each topic's effective values and its topic-level overrides.
+async fn describe_topic_configs<'a>(
+    admin: &AdminClient<DefaultClientContext>,
+    bootstrap: &str,
+    topics: impl Iterator<Item = &'a String>,
+    opts: &AdminOptions,
+) -> Result<BTreeMap<String, TopicConfig>, String> {
+    let specs: Vec<ResourceSpecifier<'_>> = topics.map(|t| ResourceSpecifier::Topic(t)).collect();
+    let described = admin
+        .describe_configs(specs.iter(), opts)
+        .await
+        .map_err(|e| format!("DescribeConfigs on {bootstrap}: {e}"))?;
+    let mut current = BTreeMap::new();
+    for r in described {
+        let res = r.map_err(|code| format!("DescribeConfigs on {bootstrap}: {code}"))?;
+        let OwnedResourceSpecifier::Topic(topic) = res.specifier else {
+            continue;
+        };
+        let mut tc = TopicConfig::default();
+        for e in res.entries {
+            let Some(v) = e.value else { continue };
+            if e.source == ConfigSource::DynamicTopic {
+                tc.overrides.insert(e.name.clone(), v.clone());
+            }
+            tc.effective.insert(e.name, v);
+        }
+        current.insert(topic, tc);
+    }
+    Ok(current)
 }
 
 /// What [`ensure_pipeline_topics`] concluded about a pipeline's topics.
@@ -704,7 +898,7 @@ pub async fn ensure_pipeline_topics(
                     plan.partitions,
                     TopicReplication::Fixed(plan.replication_factor),
                 );
-                for (k, v) in &plan.config {
+                for (k, v) in plan.configs.get(t).into_iter().flatten() {
                     nt = nt.set(k, v);
                 }
                 nt
@@ -778,11 +972,13 @@ pub async fn ensure_pipeline_topics(
             outcome = TopicCheck::NotCoPartitioned(m);
         }
     }
+    let config = apply_topic_configs(&admin, &conn.bootstrap, &plan.configs, &counts).await;
     Ok(TopicReport {
         partitions: counts,
         created,
         increased,
         outcome,
+        config,
     })
 }
 
@@ -908,7 +1104,7 @@ mod tests {
             topics: vec!["a".into(), "b".into(), "c".into()],
             partitions: 100,
             replication_factor: 1,
-            config: BTreeMap::new(),
+            configs: BTreeMap::new(),
             allow_increase,
             co_partitioned: vec!["a".into(), "b".into()],
         }
@@ -943,6 +1139,80 @@ mod tests {
         let (_, raise, outcome) = plan_topics(&plan(true), &existing);
         assert_eq!(raise, vec![("b".to_owned(), 50, 100)]);
         assert_eq!(outcome, TopicCheck::Ready);
+    }
+
+    fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn config_changes_keep_other_overrides_and_skip_matching_topics() {
+        let desired = BTreeMap::from([
+            ("a".to_owned(), cfg(&[("retention.ms", "1000")])),
+            ("b".to_owned(), cfg(&[("retention.ms", "-1")])),
+            ("c".to_owned(), cfg(&[("cleanup.policy", "compact")])),
+        ]);
+        let current = BTreeMap::from([
+            (
+                "a".to_owned(),
+                TopicConfig {
+                    effective: cfg(&[
+                        ("retention.ms", "604800000"),
+                        ("max.message.bytes", "2000000"),
+                    ]),
+                    overrides: cfg(&[("max.message.bytes", "2000000")]),
+                },
+            ),
+            (
+                "b".to_owned(),
+                TopicConfig {
+                    effective: cfg(&[("retention.ms", "-1")]),
+                    overrides: cfg(&[("retention.ms", "-1")]),
+                },
+            ),
+        ]);
+        let changes = plan_config_changes(&desired, &current);
+        assert_eq!(
+            changes,
+            vec![ConfigChange {
+                topic: "a".into(),
+                changed: vec!["retention.ms".into()],
+                set: cfg(&[("max.message.bytes", "2000000"), ("retention.ms", "1000")]),
+            }],
+            "b already matches; c is not described (does not exist yet)"
+        );
+    }
+
+    proptest::proptest! {
+        /// After writing each change's `set`, every desired key has its value and every other
+        /// override is kept; a topic that already matches is never altered.
+        #[test]
+        fn merged_set_reaches_the_plan_and_keeps_foreign_overrides(
+            want in proptest::collection::btree_map("[a-d]", "[0-2]", 0..4),
+            overrides in proptest::collection::btree_map("[a-f]", "[0-2]", 0..6),
+            defaults in proptest::collection::btree_map("[a-f]", "[0-2]", 0..6),
+        ) {
+            let mut effective = defaults.clone();
+            effective.extend(overrides.clone());
+            let current = BTreeMap::from([("t".to_owned(), TopicConfig { effective: effective.clone(), overrides: overrides.clone() })]);
+            let desired = BTreeMap::from([("t".to_owned(), want.clone())]);
+            let changes = plan_config_changes(&desired, &current);
+            let matches = want.iter().all(|(k, v)| effective.get(k) == Some(v));
+            proptest::prop_assert_eq!(changes.is_empty(), matches);
+            if let Some(c) = changes.first() {
+                for (k, v) in &want {
+                    proptest::prop_assert_eq!(c.set.get(k), Some(v));
+                }
+                for (k, v) in &overrides {
+                    if !want.contains_key(k) {
+                        proptest::prop_assert_eq!(c.set.get(k), Some(v));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

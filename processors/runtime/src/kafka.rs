@@ -65,7 +65,7 @@ pub struct KafkaArgs {
 }
 
 /// Environment variable of [`KafkaArgs::profile`].
-pub const KAFKA_PROFILE_ENV: &str = "SF_KAFKA_PROFILE";
+pub const KAFKA_PROFILE_ENV: &str = sensorflow_api::env::KAFKA_PROFILE;
 
 /// What the batching and fetch settings favour (see the module docs for the values and why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
