@@ -80,7 +80,7 @@ operator_bench() {
   kubeconfig="$("$REPO_ROOT/tests/cluster/control-plane.sh" up "$work/k8s")" || { echo "operator: NOT MEASURED: the control plane did not start"; return 0; }
   k() { timeout 60 "$kbin/kubectl" --kubeconfig "$kubeconfig" --request-timeout=30s "$@"; }
   k apply --server-side -f crds/sensorpipelines.yaml >/dev/null
-  k wait --for condition=established crd/sensorpipelines.sensorflow.io --timeout=60s >/dev/null
+  wait_crd_established 60 k
   k create namespace "$ns" >/dev/null
   KUBECONFIG="$kubeconfig" RUST_LOG=warn "$bin/sensorflow-operator" --metrics-addr "127.0.0.1:$mport" \
     --watch-namespaces "$ns" --leader-election false >"$work/operator.log" 2>&1 &

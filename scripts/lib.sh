@@ -11,6 +11,21 @@ die() { log "ERROR: $*"; exit 1; }
 # not a comment; shellcheck directives left out).
 usage_header() { awk 'NR == 1 { next } !/^#/ { exit } /^# shellcheck/ { next } { sub(/^# ?/, ""); print }' "$1"; }
 
+# wait_crd_established SECONDS KUBECTL...: waits until the SensorPipeline CRD is Established,
+# asking with the kubectl command line given (a command or function and its flags). `kubectl
+# wait --for condition=Established` fails at once, instead of waiting, while a CRD just
+# applied has no status.conditions yet ("accessor error: <nil>"), which a large CRD makes
+# likely.
+wait_crd_established() {
+  local timeout="$1"; shift
+  local deadline=$(( $(date +%s) + timeout ))
+  until [ "$("$@" get crd sensorpipelines.sensorflow.io \
+      -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { log "the SensorPipeline CRD is not Established after $timeout s"; return 1; }
+    sleep 0.5
+  done
+}
+
 # apt_install PKG...: installs the Debian packages that are missing (runs `apt-get update` once).
 apt_install() {
   local missing=()

@@ -228,7 +228,7 @@ patch_applies() {
     "$REPO_ROOT/tests/cluster/control-plane.sh" up "$k8s_dir")" || return 1
   local k=("$kubectl" --kubeconfig "$kubeconfig")
   "${k[@]}" apply --server-side -f crds/sensorpipelines.yaml >/dev/null || return 1
-  "${k[@]}" wait --for condition=established --timeout=60s crd/sensorpipelines.sensorflow.io >/dev/null || return 1
+  wait_crd_established 60 "${k[@]}" || return 1
   name=$(awk '/^  name:/ {print $2; exit}' "$report/model-patch.yaml")
   sed "s/^  name: demo$/  name: $name/" examples/sensorpipeline.yaml | "${k[@]}" create -f - >/dev/null || return 1
   "${k[@]}" apply --server-side --field-manager sensorflow-analysis --force-conflicts --dry-run=server \

@@ -89,7 +89,7 @@ crd_up_to_date() {
 }
 install_crd() {
   k apply --server-side -f crds/sensorpipelines.yaml >/dev/null \
-    && k wait --for condition=Established --timeout 30s crd/sensorpipelines.sensorflow.io >/dev/null \
+    && wait_crd_established 30 k \
     && ! k get crd sensorpipelines.sensorflow.io -o jsonpath='{.status.conditions[*].type}' | grep -q NonStructuralSchema
 }
 example_server_dry_run() {
