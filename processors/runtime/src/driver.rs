@@ -31,6 +31,7 @@ use crate::metrics::{Metrics, TopicLabel};
 use crate::pipeline::{LoopConsumer, RebalanceEvent, TopicPartition};
 use crate::record::ConsumedRecord;
 use prometheus_client::metrics::counter::Counter;
+use rdkafka::Message as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -141,6 +142,9 @@ pub enum Polled {
 #[derive(Debug, Default)]
 pub struct Assignment {
     parts: FxHashMap<String, FxHashMap<i32, i64>>,
+    /// The record the consumer has returned but the loop has not handled yet, while the
+    /// rebalance events of the same poll are handled first: see [`Assignment::in_hand`].
+    in_hand: Option<(String, i32, i64)>,
 }
 
 impl Assignment {
@@ -170,6 +174,24 @@ impl Assignment {
         if let Some(s) = self.parts.get_mut(t.as_str()) {
             s.remove(p);
         }
+    }
+
+    /// The record (topic, partition, offset) the consumer has returned but the loop has not
+    /// handled, while rebalance events are handed to the hooks.
+    ///
+    /// librdkafka moves a partition's position past a record when it returns it, so during
+    /// those hooks the position is one past a record that is not processed. A commit taken
+    /// from positions (past transaction markers, see `pipeline`) must stop at this offset:
+    /// committing the position lost the record when the partition came back to this member
+    /// (seen after a session timeout: the revocation's commit went through, the record was then
+    /// skipped as not assigned, and the new assignment started after it).
+    pub fn in_hand(&self) -> Option<(&str, i32, i64)> {
+        self.in_hand.as_ref().map(|(t, p, o)| (t.as_str(), *p, *o))
+    }
+
+    /// Sets (or clears) the record in hand.
+    pub(crate) fn hold(&mut self, record: Option<(String, i32, i64)>) {
+        self.in_hand = record;
     }
 
     /// True when the record at `offset` is to be processed now (assigned, not below the
@@ -239,7 +261,33 @@ impl<'c> Driver<'c> {
     /// # Errors
     /// The hooks' errors.
     pub async fn rebalance<H: Hooks>(&mut self, h: &mut H) -> Result<(), H::Error> {
-        for ev in self.consumer.context().take_events() {
+        self.rebalance_holding(h, None).await
+    }
+
+    /// [`Driver::rebalance`] while `held`, returned by the same poll, waits to be handled (or
+    /// is left unprocessed): the hooks see it as [`Assignment::in_hand`].
+    async fn rebalance_holding<H: Hooks>(
+        &mut self,
+        h: &mut H,
+        held: Option<&BorrowedMessage<'_>>,
+    ) -> Result<(), H::Error> {
+        let events = self.consumer.context().take_events();
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.assigned
+            .hold(held.map(|m| (m.topic().to_owned(), m.partition(), m.offset())));
+        let handled = self.handle_events(h, events).await;
+        self.assigned.hold(None);
+        handled
+    }
+
+    async fn handle_events<H: Hooks>(
+        &mut self,
+        h: &mut H,
+        events: Vec<RebalanceEvent>,
+    ) -> Result<(), H::Error> {
+        for ev in events {
             match ev {
                 RebalanceEvent::Revoked(parts) => {
                     h.on_revoked(self, &parts).await?;
@@ -264,7 +312,7 @@ impl<'c> Driver<'c> {
         h: &mut H,
         msg: &BorrowedMessage<'_>,
     ) -> Result<(), H::Error> {
-        self.rebalance(h).await?;
+        self.rebalance_holding(h, Some(msg)).await?;
         let rec = ConsumedRecord::from_kafka(msg);
         if !self.assigned.admit(rec.topic, rec.partition, rec.offset) {
             // Revoked since it was fetched (its new owner processes it), or below the offset
@@ -311,8 +359,8 @@ impl<'c> Driver<'c> {
                 self.deliver(h, &msg).await?;
                 Ok(Polled::Record)
             }
-            Ok(Ok(_)) => {
-                self.rebalance(h).await?;
+            Ok(Ok(msg)) => {
+                self.rebalance_holding(h, Some(&msg)).await?;
                 Ok(Polled::Record)
             }
             Ok(Err(e)) => {

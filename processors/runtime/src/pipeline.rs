@@ -562,8 +562,10 @@ impl OffsetTracker {
     /// position past transaction markers, which are never delivered: after the last record of
     /// a transaction, "last processed offset + 1" points at the marker, and a group that
     /// committed it would show a lag of 1 per partition for ever (seen with inputs written by
-    /// an exactly-once producer). Every delivered record is processed before the next is
-    /// received, so a position past the tracked offset is as safe to commit.
+    /// an exactly-once producer). A record is processed before the next is received, so a
+    /// position past the tracked offset is as safe to commit, except for the record in hand
+    /// while rebalance events are handled ([`Assignment::in_hand`]): the position is capped
+    /// at its offset.
     fn take(
         &mut self,
         assigned: &Assignment,
@@ -571,6 +573,10 @@ impl OffsetTracker {
         limit: impl Fn(&str, i32) -> Option<i64>,
     ) -> TopicPartitionList {
         for (t, p, pos) in positions {
+            let pos = match assigned.in_hand() {
+                Some((ht, hp, ho)) if ht == t && hp == *p => ho.min(*pos),
+                _ => *pos,
+            };
             // Only past what was processed here: a position alone (no record since the last
             // commit) moves the commit when it passed a marker after that commit.
             let known = self
@@ -580,9 +586,9 @@ impl OffsetTracker {
                 .copied()
                 .or_else(|| self.committed.get(&(t.clone(), *p)).copied());
             if let Some(k) = known
-                && *pos > k
+                && pos > k
             {
-                self.next.entry(t.clone()).or_default().insert(*p, *pos);
+                self.next.entry(t.clone()).or_default().insert(*p, pos);
             }
         }
         let mut tpl = TopicPartitionList::new();
@@ -1037,4 +1043,64 @@ pub async fn run<P: Processor>(
     Driver::new(consumer, metrics)
         .run(&mut st, cfg.commit_interval, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OffsetTracker;
+    use crate::driver::Assignment;
+
+    fn offsets(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32, i64)> {
+        tpl.elements()
+            .iter()
+            .map(|e| {
+                let o = e.offset().to_raw().unwrap_or(-1);
+                (e.topic().to_owned(), e.partition(), o)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_position_past_a_marker_is_committed_but_never_past_the_record_in_hand() {
+        let mut a = Assignment::default();
+        a.add(("SZ".into(), 0), Some(30));
+        let mut t = OffsetTracker::default();
+        for o in 30..=40 {
+            t.mark("SZ", 0, o);
+        }
+        // The position is past a transaction marker at 41: 42 is committed.
+        let pos = [("SZ".to_owned(), 0, 42)];
+        assert_eq!(
+            offsets(&t.take(&a, &pos, |_, _| None)),
+            [("SZ".into(), 0, 42)]
+        );
+
+        // Record 42 was returned by the poll that also served a revocation; the revocation's
+        // flush runs before it is handled. The position (43) is one past it: the commit must
+        // stop at 42, else the next owner starts after a record nobody processed.
+        let mut t = OffsetTracker::default();
+        for o in 30..=41 {
+            t.mark("SZ", 0, o);
+        }
+        a.hold(Some(("SZ".into(), 0, 42)));
+        let pos = [("SZ".to_owned(), 0, 43)];
+        assert_eq!(
+            offsets(&t.take(&a, &pos, |_, _| None)),
+            [("SZ".into(), 0, 42)]
+        );
+        // Another partition's position is not capped by it.
+        a.add(("SZ".into(), 1), None);
+        t.mark("SZ", 1, 7);
+        let pos = [("SZ".to_owned(), 0, 43), ("SZ".to_owned(), 1, 9)];
+        assert_eq!(
+            offsets(&t.take(&a, &pos, |_, _| None)),
+            [("SZ".into(), 1, 9)]
+        );
+        a.hold(None);
+        let pos = [("SZ".to_owned(), 0, 43)];
+        assert_eq!(
+            offsets(&t.take(&a, &pos, |_, _| None)),
+            [("SZ".into(), 0, 43)]
+        );
+    }
 }

@@ -268,6 +268,37 @@ impl Run {
                     m
                 });
         let readings = sx.len() + sy.len() + sz.len();
+        // Which triggers have neither a prediction nor a record saying why (named on failure):
+        // SX/SY by their record, SZ readings by the triple's source.
+        let predicted_sz: BTreeSet<(i32, i64)> = unique
+            .values()
+            .filter(|k| k.2 == "FA")
+            .map(|k| (k.5, k.6))
+            .collect();
+        let mut unaccounted: Vec<String> = sx
+            .iter()
+            .chain(&sy)
+            .map(|m| (role(t, m.topic()), m.partition(), m.offset()))
+            .filter(|id| !unique.contains_key(id) && !explained.contains(id))
+            .map(|id| format!("{id:?}"))
+            .collect();
+        unaccounted.extend(
+            sz.iter()
+                .filter(|m| {
+                    !predicted_sz.contains(&(m.partition(), m.offset()))
+                        && !explained.contains(&("SZ", m.partition(), m.offset()))
+                })
+                .map(|m| {
+                    let r = decode_reading(m);
+                    format!(
+                        "(\"SZ\", {}, {}) client {} t {}",
+                        m.partition(),
+                        m.offset(),
+                        client(m),
+                        r.event_time_ms - base
+                    )
+                }),
+        );
         eprintln!(
             "{}: {} readings, {} predictions ({repeats} exact repeats dropped), \
              records by reason {reasons:?}, triggers without prediction by input {late_roles:?}",
@@ -278,7 +309,8 @@ impl Run {
         assert_eq!(
             unique.len() + unexplained_late.len(),
             readings,
-            "{}: predictions + triggers explained in dead-letter/late = SX + SY + SZ readings",
+            "{}: predictions + triggers explained in dead-letter/late = SX + SY + SZ readings; \
+             without either: {unaccounted:?}",
             self.name
         );
         // And record by record: each SX/SY record, each FA record (one per SZ reading).
