@@ -282,10 +282,8 @@ impl TopicArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FramingArgs {
     /// Value framing: `plain` protobuf, or `confluent` (Schema Registry wire format).
-    // TODO(helper/knobs): `sensorflow_api::WireFormat` once that branch (which defines it in
-    // api/src/crd.rs) is on main.
-    #[arg(long, env = env::WIRE_FORMAT, default_value = "plain", value_parser = ["plain", "confluent"])]
-    pub wire_format: String,
+    #[arg(long, env = env::WIRE_FORMAT, default_value = "plain")]
+    pub wire_format: sensorflow_api::WireFormat,
     /// Schema id written into produced records when --wire-format=confluent.
     #[arg(long, env = env::SCHEMA_ID, default_value_t = 1)]
     pub schema_id: u32,
@@ -294,11 +292,11 @@ pub struct FramingArgs {
 impl FramingArgs {
     /// The framing.
     pub fn framing(&self) -> Framing {
-        match self.wire_format.as_str() {
-            "confluent" => Framing::Confluent {
+        match self.wire_format {
+            sensorflow_api::WireFormat::Confluent => Framing::Confluent {
                 schema_id: self.schema_id,
             },
-            _ => Framing::Plain,
+            sensorflow_api::WireFormat::Plain => Framing::Plain,
         }
     }
 }
