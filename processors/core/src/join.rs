@@ -1284,8 +1284,9 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
     }
 
-    #[test]
-    fn an_upstream_backlog_holds_the_tail_until_the_input_idle_timeout() {
+    /// A join with a 5 s all-quiet and a 60 s input idle timeout, SX and SY of client `c` at
+    /// t = 100 applied at wall time 1 s, and the upstream reported behind.
+    fn with_upstream_backlog() -> (PartitionJoin, Vec<JoinEvent>) {
         let mut j = PartitionJoin::new(
             JoinConfig {
                 idle_timeout_ms: Some(5_000),
@@ -1298,6 +1299,12 @@ mod tests {
         j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
         j.apply("c", sy(1, 100), 0, 0, false, 1_000, &mut out);
         j.set_upstream_backlog(true);
+        (j, out)
+    }
+
+    #[test]
+    fn an_upstream_backlog_holds_the_tail_until_the_input_idle_timeout() {
+        let (mut j, mut out) = with_upstream_backlog();
         // All five quiet for 10 s, but the window-processor still has SZ to read: its
         // features for t = 100 may come, so the SX/SY triggers wait.
         j.advance(11_000, &mut out);
@@ -1325,18 +1332,7 @@ mod tests {
 
     #[test]
     fn an_upstream_backlog_holds_no_longer_than_the_input_idle_timeout() {
-        let mut j = PartitionJoin::new(
-            JoinConfig {
-                idle_timeout_ms: Some(5_000),
-                input_idle_timeout_ms: Some(60_000),
-                ..cfg(0, 600_000)
-            },
-            0,
-        );
-        let mut out = vec![];
-        j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
-        j.apply("c", sy(1, 100), 0, 0, false, 1_000, &mut out);
-        j.set_upstream_backlog(true);
+        let (mut j, mut out) = with_upstream_backlog();
         j.advance(59_999, &mut out);
         assert!(out.is_empty());
         // An upstream that never catches up (stopped for good) holds the tail 60 s, not forever.
