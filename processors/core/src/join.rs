@@ -44,10 +44,13 @@
 //! - **Incomplete triples.** A partial triple whose event time `W` has passed is released as
 //!   [`JoinEvent::IncompleteTriple`] (dead-lettered by the runtime); a later feature of it is
 //!   late.
-//! - **Repeats.** A feature whose SZ source offset is not above the largest seen for its kind
-//!   and SZ partition is an exact repeat (the window-processor re-emits after a crash):
-//!   [`Applied::Duplicate`], ignored (checked before lateness: a repeat is not late data). Each feature topic carries one SZ partition's features in
-//!   source order, which is what makes this test exact.
+//! - **Repeats.** A feature whose SZ source offset was handled before for its kind and SZ
+//!   partition is an exact repeat (the window-processor re-emits after a crash):
+//!   [`Applied::Duplicate`], ignored (checked before lateness: a repeat is not late data). Each
+//!   feature topic carries one SZ partition's features in source order, so "handled" is the
+//!   largest offset seen minus the gaps below it: a feature that arrives after a later one (a
+//!   delivery retried after later records were acknowledged) fills its gap and is taken, or
+//!   routed as late, never dropped as a repeat (gaps are kept down to the `W − 2S` horizon).
 //! - **Determinism.** Given the records of each input in partition order, and no idle
 //!   timeout firing, every interleaving of the five inputs yields the same multiset of events
 //!   (property-tested against [`reference_join`]), provided each input is ordered within the
@@ -441,6 +444,73 @@ pub struct JoinStats {
 /// How many applied records between sweeps for idle clients.
 const SWEEP_EVERY: u32 = 4096;
 
+/// The SZ source offsets of one feature kind and SZ partition the join has handled: the
+/// largest, and the gaps below it (offsets passed over when a later one came first).
+///
+/// Each feature topic carries one SZ partition's features in source order, so an offset at
+/// or below the largest is normally a repeat (the window-processor re-emits after a restart).
+/// Not always: a record the producer could not deliver is sent again after later ones, and an
+/// upstream restart re-emits it after them. Such a feature fills a gap and is taken (or routed
+/// as late): it is never dropped as a repeat. A gap is forgotten once the event time of the
+/// feature that passed over it falls below the state's horizon (`W − 2S`, like evicted
+/// clients); offsets skipped for good (late or dead-lettered SZ readings, transaction
+/// markers) cost one entry until then.
+#[derive(Debug, Default, Clone)]
+struct SeenOffsets {
+    max: Option<i64>,
+    /// First offset of a gap → (end of the gap, exclusive; event time of the feature that
+    /// passed over it).
+    gaps: BTreeMap<i64, (i64, i64)>,
+}
+
+impl SeenOffsets {
+    /// The gap holding `offset`: (its first offset, end, event time).
+    fn gap(&self, offset: i64) -> Option<(i64, i64, i64)> {
+        self.gaps
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, (end, _))| offset < *end)
+            .map(|(&start, &(end, t))| (start, end, t))
+    }
+
+    /// True when the feature at `offset` was handled before: a repeat.
+    fn contains(&self, offset: i64) -> bool {
+        self.max
+            .is_some_and(|max| offset <= max && self.gap(offset).is_none())
+    }
+
+    /// Records the feature at `offset` (event time `t`) as handled.
+    fn insert(&mut self, offset: i64, t: i64) {
+        match self.max {
+            None => self.max = Some(offset),
+            Some(max) if offset > max => {
+                let next = max.saturating_add(1);
+                if offset > next {
+                    self.gaps.insert(next, (offset, t));
+                }
+                self.max = Some(offset);
+            }
+            Some(_) => {
+                if let Some((start, end, gt)) = self.gap(offset) {
+                    self.gaps.remove(&start);
+                    if start < offset {
+                        self.gaps.insert(start, (offset, gt));
+                    }
+                    let after = offset.saturating_add(1);
+                    if after < end {
+                        self.gaps.insert(after, (end, gt));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the gaps passed over at event times below `horizon`.
+    fn prune(&mut self, horizon: i64) {
+        self.gaps.retain(|_, (_, t)| *t >= horizon);
+    }
+}
+
 /// The join state of one partition number (all five inputs' partitions of that number).
 #[derive(Debug)]
 pub struct PartitionJoin {
@@ -453,8 +523,9 @@ pub struct PartitionJoin {
     /// Keyed by (event time, SZ source).
     partials: BTreeMap<(i64, SzSource), Partial>,
     pinned: [BTreeSet<i64>; 5],
-    /// Largest SZ source offset seen per feature kind and SZ partition.
-    seen: [FxHashMap<i32, i64>; 3],
+    /// SZ source offsets applied per feature kind and SZ partition (repeats told apart from
+    /// features that arrive after a later one).
+    seen: [FxHashMap<i32, SeenOffsets>; 3],
     since_sweep: u32,
     /// The upstream stage that writes this partition's features has unprocessed input (set by
     /// the runtime from that stage's consumer-group lag): see [`PartitionJoin::set_upstream_backlog`].
@@ -555,21 +626,22 @@ impl PartitionJoin {
         if let JoinInput::Feature { source, .. } = input
             && self.seen[kind.idx() - 2]
                 .get(&source.partition)
-                .is_some_and(|max| source.offset <= *max)
+                .is_some_and(|seen| seen.contains(source.offset))
         {
             return Applied::Duplicate;
+        }
+        if let JoinInput::Feature { source, .. } = input {
+            // Handled from here on (taken, or routed as late): a later copy is a repeat.
+            self.seen[kind.idx() - 2]
+                .entry(source.partition)
+                .or_default()
+                .insert(source.offset, t);
         }
         if t < self.watermark {
             self.advance(now_ms, out);
             return Applied::Late {
                 watermark: self.watermark,
             };
-        }
-        if let JoinInput::Feature { source, .. } = input {
-            let max = self.seen[kind.idx() - 2]
-                .entry(source.partition)
-                .or_insert(source.offset);
-            *max = (*max).max(source.offset);
         }
         let clock = &mut self.clocks[kind.idx()];
         clock.max_t = Some(clock.max_t.map_or(t, |m| m.max(t)));
@@ -859,6 +931,9 @@ impl PartitionJoin {
     fn sweep(&mut self) {
         let w = self.watermark;
         let h = self.horizon(w);
+        for seen in self.seen.iter_mut().flat_map(FxHashMap::values_mut) {
+            seen.prune(h);
+        }
         self.clients.retain(|_, c| {
             c.prune(w, h);
             c.open > 0
@@ -1265,6 +1340,94 @@ mod tests {
     }
 
     #[test]
+    fn a_feature_that_arrives_after_a_later_one_is_taken_not_dropped_as_a_repeat() {
+        let mut j = PartitionJoin::new(cfg(0, 600_000), NOW);
+        let mut ev = run(&mut j, &[("c", sx(1, 100), 0), ("c", sy(2, 100), 0)]);
+        // SZ offset 3's features, then offset 5's before offset 4's (its delivery was retried).
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            ev.extend(run(
+                &mut j,
+                &[
+                    ("c", feat(kind, 2, 50, 3), 3),
+                    ("c", feat(kind, 3, 200, 5), 5),
+                ],
+            ));
+        }
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            let mut out = vec![];
+            let a = j.apply("c", feat(kind, 4, 100, 4), 4, 0, false, NOW, &mut out);
+            assert_eq!(a, Applied::Accepted, "{kind:?} of SZ offset 4");
+            ev.extend(out);
+        }
+        ev.extend(run(&mut j, &[("c", sx(1, 200), 1), ("c", sy(2, 200), 1)]));
+        // A copy of either is a repeat.
+        for o in [4, 5] {
+            let mut out = vec![];
+            let a = j.apply(
+                "c",
+                feat(InputKind::Fa, 4, 100, o),
+                9,
+                0,
+                false,
+                NOW,
+                &mut out,
+            );
+            assert_eq!(a, Applied::Duplicate, "FA of SZ offset {o} again");
+        }
+        ev.extend(flush(&mut j));
+        let mut got = vectors(&ev);
+        got.sort_by_key(|(_, t, v)| (*t, *v));
+        // Each triple is the as-of one of its time: offset 4's at 100, offset 5's at 200.
+        assert!(
+            got.iter()
+                .all(|(_, t, v)| v[2..] == if *t == 100 { [4; 3] } else { [3; 3] }),
+            "{got:?}"
+        );
+        assert_eq!(
+            got.len(),
+            6,
+            "SX, SY and the triple at 100 and at 200: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_feature_that_arrives_after_the_watermark_passed_its_time_is_late_not_a_repeat() {
+        let mut j = PartitionJoin::new(cfg(0, 600_000), NOW);
+        let mut ev = run(&mut j, &[("c", sx(1, 300), 0), ("c", sy(2, 300), 0)]);
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            ev.extend(run(
+                &mut j,
+                &[
+                    ("c", feat(kind, 2, 50, 3), 3),
+                    ("c", feat(kind, 3, 300, 5), 5),
+                ],
+            ));
+        }
+        assert!(j.watermark() > 100);
+        let a = j.apply(
+            "c",
+            feat(InputKind::Fa, 4, 100, 4),
+            4,
+            0,
+            false,
+            NOW,
+            &mut ev,
+        );
+        assert!(matches!(a, Applied::Late { .. }), "{a:?}");
+        // Routed once; a copy of it is a repeat.
+        let a = j.apply(
+            "c",
+            feat(InputKind::Fa, 4, 100, 4),
+            6,
+            0,
+            false,
+            NOW,
+            &mut ev,
+        );
+        assert_eq!(a, Applied::Duplicate);
+    }
+
+    #[test]
     fn idle_inputs_release_the_tail() {
         let mut j = PartitionJoin::new(
             JoinConfig {
@@ -1470,6 +1633,30 @@ mod tests {
     fn sorted(mut v: Vec<JoinEvent>) -> Vec<JoinEvent> {
         v.sort();
         v
+    }
+
+    proptest! {
+        /// `SeenOffsets` answers "handled before?" exactly like the set of offsets inserted,
+        /// for any arrival order, as long as no gap has been pruned.
+        #[test]
+        fn seen_offsets_match_the_set_of_handled_offsets(
+            offsets in prop::collection::vec(0i64..60, 0..80),
+            probes in prop::collection::vec(0i64..70, 0..40),
+        ) {
+            // The first offset handled is the floor: anything below it was handled before the
+            // join started (a rebuild starts mid-stream), so the reference starts with 0.
+            let mut seen = SeenOffsets::default();
+            seen.insert(0, 0);
+            let mut naive = BTreeSet::from([0]);
+            for &o in &offsets {
+                prop_assert_eq!(seen.contains(o), naive.contains(&o), "before inserting {}", o);
+                seen.insert(o, 0);
+                naive.insert(o);
+            }
+            for &o in &probes {
+                prop_assert_eq!(seen.contains(o), naive.contains(&o), "probe {}", o);
+            }
+        }
     }
 
     proptest! {
