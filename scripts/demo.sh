@@ -9,7 +9,8 @@
 #                 KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CA_LOCATION variables
 #                 pass through to every binary; the nine topics are created if missing
 #                 (SENSORFLOW_DEMO_REPLICATION, default 1) and are NOT deleted afterwards.
-# Prints the wall time of each phase (Rust build, broker fetch, broker ready, pipeline) at the end.
+# Prints the wall time of each phase (Rust build, broker fetch, broker ready, pipeline) and the
+# peak RSS of each process (VmHWM, read once the groups have drained) at the end.
 . "$(dirname "$0")/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 clients=40; speed=0; keep=0; external=""
@@ -56,7 +57,9 @@ trap cleanup EXIT
 "$bin/sensorflow" create-topics --partitions 100 --replication "${SENSORFLOW_DEMO_REPLICATION:-1}"
 # Days replayed together share one event-time clock, so the per-partition watermark applies.
 SF_METRICS_ADDR=127.0.0.1:9101 "$bin/window-processor" >"$work/window-processor.log" 2>&1 & pids+=($!)
+window_pid=$!
 SF_METRICS_ADDR=127.0.0.1:9102 "$bin/join-predict" >"$work/join-predict.log" 2>&1 & pids+=($!)
+join_pid=$!
 # The sink archives SZ, FA, FI, FD and predictions as Parquet in a local directory.
 # Files close after 5 s so the sink's group drains with the others.
 SF_METRICS_ADDR=127.0.0.1:9103 "$bin/gcs-sink" --local-dir "$work/parquet" --max-age-seconds 5 \
@@ -70,10 +73,14 @@ log "replaying $([ "$clients" = 0 ] && echo all || echo "$clients") days of the 
 started_ms=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["started_at_ms"])' "$work/replay.json")
 drained_s=$(python3 -c "import time; print((time.time()*1000 - $started_ms)/1000)")
 "$bin/sensorflow" wait --group sensorflow-sink=SZ,FA,FI,FD,predictions --timeout-s 3600
+# Peak resident set of each process so far (VmHWM), MiB.
+peak_rss() { awk '/^VmHWM:/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+rss="window-processor $(peak_rss "$window_pid"), join-predict $(peak_rss "$join_pid"), gcs-sink $(peak_rss "$sink_pid")"
 # SIGTERM makes the sink finalise its open files, upload and commit.
 kill -TERM "$sink_pid"; wait "$sink_pid" || die "gcs-sink failed (log: $work/gcs-sink.log)"
 "$bin/sensorflow" summary --replay-summary "$work/replay.json" --drained-s "$drained_s" --json "$work/summary.json"
 grep -h 'gcs-sink:' "$work/gcs-sink.log" | tail -1 | sed 's/^.*gcs-sink:/parquet (gcs-sink):       /'
+echo "peak RSS (drained)         $rss"
 log "summary also in $work/summary.json; Parquet files under $work/parquet (query them with DuckDB: processors/sink/README.md)"
 t_end=$(date +%s)
 log "wall time: Rust build $((t_fetch - t_build)) s, broker fetch $((t_ready - t_fetch)) s, broker ready $((t_pipeline - t_ready)) s, pipeline $((t_end - t_pipeline)) s"
