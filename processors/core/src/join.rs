@@ -530,6 +530,9 @@ pub struct PartitionJoin {
     /// The upstream stage that writes this partition's features has unprocessed input (set by
     /// the runtime from that stage's consumer-group lag): see [`PartitionJoin::set_upstream_backlog`].
     upstream_backlog: bool,
+    /// Per input: this partition of it has records in the broker the join has not read yet
+    /// (set by the runtime from its consumer's position): see [`PartitionJoin::set_unread`].
+    unread: [bool; 5],
 }
 
 impl PartitionJoin {
@@ -549,6 +552,7 @@ impl PartitionJoin {
             seen: Default::default(),
             since_sweep: 0,
             upstream_backlog: false,
+            unread: [false; 5],
         }
     }
 
@@ -564,6 +568,17 @@ impl PartitionJoin {
     /// rule alone.
     pub fn set_upstream_backlog(&mut self, backlog: bool) {
         self.upstream_backlog = backlog;
+    }
+
+    /// Tells the join whether its own consumer has records of `input`'s partition left to read
+    /// (position below the partition's end). Such an input is not *all-quiet* idle after
+    /// `idle_timeout_ms`: its silence means the consumer has not fetched it yet (one of
+    /// hundreds of partitions behind a large backlog), not that the stream ended; it counts as
+    /// idle only after `input_idle_timeout_ms`. Without it, a full-speed replay of 6.1 M
+    /// readings sent 1.2 M SY records to the late topic: the join read the other four inputs of
+    /// a partition to the end, did not fetch its SY for 10 s, and released by wall clock.
+    pub fn set_unread(&mut self, input: InputKind, unread: bool) {
+        self.unread[input.idx()] = unread;
     }
 
     /// The current watermark, ms (`i64::MIN` before every input has a record).
@@ -772,7 +787,9 @@ impl PartitionJoin {
             self.cfg.idle_timeout_ms
         };
         let all_idle = self.clocks.iter().enumerate().all(|(i, c)| {
-            let to = if i >= InputKind::Fa.idx() {
+            let to = if self.unread[i] {
+                self.cfg.input_idle_timeout_ms
+            } else if i >= InputKind::Fa.idx() {
                 features_timeout
             } else {
                 self.cfg.idle_timeout_ms
@@ -1501,6 +1518,51 @@ mod tests {
         // An upstream that never catches up (stopped for good) holds the tail 60 s, not forever.
         j.advance(60_000, &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
+    }
+
+    #[test]
+    fn an_input_with_records_left_to_read_holds_the_tail_until_the_input_idle_timeout() {
+        let mut j = PartitionJoin::new(
+            JoinConfig {
+                idle_timeout_ms: Some(5_000),
+                input_idle_timeout_ms: Some(60_000),
+                ..cfg(0, 600_000)
+            },
+            0,
+        );
+        let mut out = vec![];
+        j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            j.apply("c", feat(kind, 1, 100, 0), 0, 0, false, 1_000, &mut out);
+        }
+        // SY of this partition is still in the broker: the all-quiet rule must not fire.
+        j.set_unread(InputKind::Sy, true);
+        j.advance(20_000, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // Its record arrives and is used; then everything is read and the tail is released.
+        let a = j.apply("c", sy(2, 100), 0, 0, false, 21_000, &mut out);
+        assert_eq!(a, Applied::Accepted);
+        j.set_unread(InputKind::Sy, false);
+        j.advance(26_000, &mut out);
+        let got = vectors(&out);
+        assert_eq!(got.len(), 3, "{out:?}");
+        assert!(got.iter().all(|(_, _, v)| v[..2] == [1, 2]), "{got:?}");
+        // Never read at all: held no longer than the input idle timeout.
+        let mut j = PartitionJoin::new(
+            JoinConfig {
+                idle_timeout_ms: Some(5_000),
+                input_idle_timeout_ms: Some(60_000),
+                ..cfg(0, 600_000)
+            },
+            0,
+        );
+        let mut out = vec![];
+        j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
+        j.set_unread(InputKind::Sy, true);
+        j.advance(59_999, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        j.advance(61_000, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
     }
 
     #[test]

@@ -375,6 +375,9 @@ pub enum RebalanceEvent {
 /// current assignment's generation, and turns librdkafka statistics into lag gauges.
 pub struct LoopContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Per (topic, partition): the end a reader can reach (the last stable offset, which is
+    /// the high watermark unless a transaction is open), from librdkafka's latest statistics.
+    ends: Mutex<FxHashMap<TopicPartition, i64>>,
     /// Group metadata (member id, generation) taken when the current assignment arrived.
     assignment_metadata: Mutex<Option<Arc<ConsumerGroupMetadata>>>,
     metrics: Metrics,
@@ -385,6 +388,7 @@ impl LoopContext {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             events: Mutex::new(Vec::new()),
+            ends: Mutex::new(FxHashMap::default()),
             assignment_metadata: Mutex::new(None),
             metrics,
         }
@@ -396,6 +400,16 @@ impl LoopContext {
     /// (see `LoopState::txn_metadata`), never from the consumer's current metadata.
     pub fn assignment_metadata(&self) -> Option<Arc<ConsumerGroupMetadata>> {
         self.assignment_metadata.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// The end offset of `topic`/`partition` in the latest statistics (at most
+    /// `statistics.interval.ms` old, so never past the true end).
+    pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends
+            .lock()
+            .ok()?
+            .get(&(topic.to_owned(), partition))
+            .copied()
     }
 
     /// Rebalance events since the last call, oldest first.
@@ -424,6 +438,20 @@ fn tpl_pairs(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
+        if let Ok(mut ends) = self.ends.lock() {
+            for (topic, t) in &statistics.topics {
+                for p in t.partitions.values().filter(|p| p.partition >= 0) {
+                    let end = if p.ls_offset >= 0 {
+                        p.ls_offset
+                    } else {
+                        p.hi_offset
+                    };
+                    if end >= 0 {
+                        ends.insert((topic.clone(), p.partition), end);
+                    }
+                }
+            }
+        }
         for (topic, t) in &statistics.topics {
             let lag: i64 = t
                 .partitions
@@ -502,6 +530,10 @@ pub trait Processor {
     fn commit_limit(&self, _topic: &str, _partition: i32) -> Option<i64> {
         None
     }
+    /// Called on every flush tick, before [`Processor::on_tick`]: for each assigned partition,
+    /// whether the consumer has records of it left to read (its position is below the end the
+    /// last fetch reported). The join does not count such an input as idle.
+    fn set_unread(&mut self, _topic: &str, _partition: i32, _unread: bool) {}
     /// Called on every flush tick (at least every commit interval), before the flush: outputs
     /// released by the passage of wall-clock time (the join's idle timeout).
     ///
@@ -932,6 +964,20 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
     }
 
     async fn on_tick(&mut self, d: &mut Driver<'_>) -> Result<(), PipelineError> {
+        // Positions against the ends in librdkafka's latest statistics (no request; a stale
+        // end is lower, never higher, than the true one). Under read_committed the position
+        // moves past transaction markers, so a partition read to the end shows nothing unread.
+        if let Ok(tpl) = self.consumer.position() {
+            let ctx = self.consumer.context();
+            for e in tpl.elements() {
+                if let Offset::Offset(pos) = e.offset()
+                    && let Some(end) = ctx.end_offset(e.topic(), e.partition())
+                {
+                    self.processor
+                        .set_unread(e.topic(), e.partition(), end > pos);
+                }
+            }
+        }
         self.processor.on_tick(&mut self.outputs)?;
         for o in self.outputs.drain(..) {
             self.emitter.send(o).await?;

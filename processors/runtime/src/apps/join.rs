@@ -741,6 +741,12 @@ impl Processor for JoinProcessor {
         self.states.get(&partition)?.commit_limit(input)
     }
 
+    fn set_unread(&mut self, topic: &str, partition: i32, unread: bool) {
+        if let (Some(&input), Some(s)) = (self.inputs.get(topic), self.states.get_mut(&partition)) {
+            s.set_unread(input, unread);
+        }
+    }
+
     fn on_tick(&mut self, out: &mut Vec<Output>) -> Result<(), PipelineError> {
         let now = crate::now_ms();
         let mut parts: Vec<i32> = self.states.keys().copied().collect();
