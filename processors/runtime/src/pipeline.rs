@@ -377,7 +377,7 @@ pub struct LoopContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Per (topic, partition): the end a reader can reach (the last stable offset, which is
     /// the high watermark unless a transaction is open), from librdkafka's latest statistics.
-    ends: Mutex<FxHashMap<TopicPartition, i64>>,
+    ends: Mutex<FxHashMap<String, FxHashMap<i32, i64>>>,
     /// Group metadata (member id, generation) taken when the current assignment arrived.
     assignment_metadata: Mutex<Option<Arc<ConsumerGroupMetadata>>>,
     metrics: Metrics,
@@ -405,11 +405,7 @@ impl LoopContext {
     /// The end offset of `topic`/`partition` in the latest statistics (at most
     /// `statistics.interval.ms` old, so never past the true end).
     pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.ends
-            .lock()
-            .ok()?
-            .get(&(topic.to_owned(), partition))
-            .copied()
+        self.ends.lock().ok()?.get(topic)?.get(&partition).copied()
     }
 
     /// Rebalance events since the last call, oldest first.
@@ -440,6 +436,7 @@ impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
         if let Ok(mut ends) = self.ends.lock() {
             for (topic, t) in &statistics.topics {
+                let of_topic = ends.entry(topic.clone()).or_default();
                 for p in t.partitions.values().filter(|p| p.partition >= 0) {
                     let end = if p.ls_offset >= 0 {
                         p.ls_offset
@@ -447,7 +444,7 @@ impl ClientContext for LoopContext {
                         p.hi_offset
                     };
                     if end >= 0 {
-                        ends.insert((topic.clone(), p.partition), end);
+                        of_topic.insert(p.partition, end);
                     }
                 }
             }
@@ -531,8 +528,8 @@ pub trait Processor {
         None
     }
     /// Called on every flush tick, before [`Processor::on_tick`]: for each assigned partition,
-    /// whether the consumer has records of it left to read (its position is below the end the
-    /// last fetch reported). The join does not count such an input as idle.
+    /// whether the consumer has records of it left to read (its position is below the end in
+    /// librdkafka's latest statistics). The join does not count such an input as idle.
     fn set_unread(&mut self, _topic: &str, _partition: i32, _unread: bool) {}
     /// Called on every flush tick (at least every commit interval), before the flush: outputs
     /// released by the passage of wall-clock time (the join's idle timeout).
