@@ -21,20 +21,23 @@
 use crate::driver::{Assignment, Driver, Hooks, SubscribeError};
 use crate::metrics::{Metrics, TopicLabel};
 use crate::record::ConsumedRecord;
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
     StreamConsumer,
 };
 use rdkafka::error::KafkaError;
+use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// A record to produce.
@@ -199,17 +202,122 @@ pub fn truncated(out: &Output) -> Output {
     }
 }
 
+/// The producer of every consume loop: librdkafka's producer with its own polling thread,
+/// whose delivery reports are counted by [`Deliveries`] (no future or allocation per record).
+pub type LoopProducer = ThreadedProducer<Deliveries>;
+
+/// Creates a [`LoopProducer`] from `cfg` (e.g. [`crate::kafka::KafkaArgs::producer_config`]).
+///
+/// # Errors
+/// librdkafka refuses the configuration.
+pub fn loop_producer(cfg: &ClientConfig) -> KafkaResult<LoopProducer> {
+    cfg.create_with_context(Deliveries::default())
+}
+
+/// Delivery opaque of records enqueued by [`Emitter::send`]: their reports are counted in
+/// bulk. Any other value names a retried record whose own report [`Emitter`] awaits.
+const BULK: usize = 0;
+
+/// The producer context of [`LoopProducer`]: counts delivery reports per topic and keeps the
+/// failed records for [`Emitter::await_deliveries`] to retry.
+///
+/// Delivery reports arrive on the producer's polling thread; the loop reads the counts when it
+/// flushes. Per record this costs one atomic decrement and one uncontended lock, where a
+/// `FutureProducer` allocated a boxed oneshot channel per record and the loop awaited each
+/// (the window-processor's profile: allocator ~25 %, delivery futures ~13 % of samples).
+#[derive(Default)]
+pub struct Deliveries {
+    /// Records enqueued in bulk and not yet reported.
+    in_flight: AtomicUsize,
+    reports: Mutex<Reports>,
+    /// Woken when `in_flight` reaches 0 and when a retried record's report arrives.
+    done: Notify,
+}
+
+#[derive(Default)]
+struct Reports {
+    /// Acknowledged records per topic since the last flush.
+    delivered: FxHashMap<String, u64>,
+    /// Bulk records librdkafka gave up on (after its own retries), rebuilt from the report.
+    failed: Vec<(Output, KafkaError)>,
+    /// Reports of retried records, by their opaque.
+    retried: FxHashMap<usize, Result<(), KafkaError>>,
+}
+
+impl Deliveries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reports> {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `ready` holds, re-checking it after every wake-up.
+    async fn wait_until(&self, mut ready: impl FnMut(&Self) -> bool) {
+        loop {
+            let woken = self.done.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if ready(self) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        if opaque != BULK {
+            self.lock().retried.insert(
+                opaque,
+                result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()),
+            );
+            self.done.notify_waiters();
+            return;
+        }
+        {
+            let mut r = self.lock();
+            match result {
+                Ok(m) => match r.delivered.get_mut(m.topic()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        r.delivered.insert(m.topic().to_owned(), 1);
+                    }
+                },
+                Err((e, m)) => {
+                    let out = Output {
+                        topic: m.topic().to_owned(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        headers: m.headers().map(rdkafka::message::BorrowedHeaders::detach),
+                    };
+                    r.failed.push((out, e.clone()));
+                }
+            }
+        }
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+}
+
 /// Enqueues outputs on the producer and awaits their acknowledgements on flush.
 pub struct Emitter {
-    producer: FutureProducer,
-    pending: Vec<(DeliveryFuture, Output)>,
+    producer: LoopProducer,
     metrics: Metrics,
     retry: RetryPolicy,
     transactional: bool,
+    /// Opaque of the next retried record (never [`BULK`]).
+    next_retry: usize,
 }
 
-fn record(o: &Output) -> FutureRecord<'_, [u8], [u8]> {
-    let mut r = FutureRecord::to(&o.topic).payload(&o.value[..]);
+fn record(o: &Output, opaque: usize) -> BaseRecord<'_, [u8], [u8], usize> {
+    let mut r = BaseRecord::with_opaque_to(&o.topic, opaque).payload(&o.value[..]);
     if let Some(k) = &o.key {
         r = r.key(&k[..]);
     }
@@ -224,13 +332,13 @@ fn record(o: &Output) -> FutureRecord<'_, [u8], [u8]> {
 
 impl Emitter {
     /// An emitter over `producer`.
-    pub fn new(producer: FutureProducer, metrics: Metrics, retry: RetryPolicy) -> Self {
+    pub fn new(producer: LoopProducer, metrics: Metrics, retry: RetryPolicy) -> Self {
         Self {
             producer,
-            pending: Vec::new(),
             metrics,
             retry,
             transactional: false,
+            next_retry: BULK + 1,
         }
     }
 
@@ -240,9 +348,23 @@ impl Emitter {
         self.transactional = on;
     }
 
-    /// Deliveries not yet awaited.
+    /// Deliveries not yet reported.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.producer.context().in_flight.load(Ordering::Acquire)
+    }
+
+    /// Enqueues `out` for bulk reporting; on failure hands the error back.
+    fn enqueue(&self, out: &Output) -> Result<(), KafkaError> {
+        let d = self.producer.context();
+        // Counted before the send: the report can arrive before `send` returns.
+        d.in_flight.fetch_add(1, Ordering::AcqRel);
+        match self.producer.send(record(out, BULK)) {
+            Ok(()) => Ok(()),
+            Err((e, _)) => {
+                d.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
     }
 
     /// Enqueues one record. When librdkafka's queue is full, waits for deliveries first.
@@ -252,20 +374,30 @@ impl Emitter {
     /// topic) after retries.
     pub async fn send(&mut self, out: Output) -> Result<(), PipelineError> {
         loop {
-            match self.producer.send_result(record(&out)) {
-                Ok(fut) => {
-                    self.pending.push((fut, out));
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            match self.enqueue(&out) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     self.await_deliveries().await?;
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(topic = %out.topic, error = %e, "enqueue failed; retrying with backoff");
                     return self.send_with_retry(out, e).await;
                 }
             }
         }
+    }
+
+    /// Sends one retried record and waits for its own delivery report.
+    async fn send_one(&mut self, out: &Output) -> Result<(), KafkaError> {
+        let id = self.next_retry;
+        self.next_retry = self.next_retry.checked_add(1).unwrap_or(BULK + 1);
+        self.producer.send(record(out, id)).map_err(|(e, _)| e)?;
+        let d = self.producer.context();
+        d.wait_until(|d| d.lock().retried.contains_key(&id)).await;
+        d.lock()
+            .retried
+            .remove(&id)
+            .unwrap_or(Err(KafkaError::Canceled))
     }
 
     async fn send_with_retry(
@@ -295,47 +427,40 @@ impl Emitter {
         if self.transactional {
             // Inside a transaction a failed delivery poisons it; a truncated record can still
             // be enqueued in the same transaction when librdkafka refused it at enqueue time.
-            return match self.producer.send_result(record(&out)) {
-                Ok(fut) => {
-                    self.pending.push((fut, out));
-                    Ok(())
-                }
+            return match self.enqueue(&out) {
+                Ok(()) => Ok(()),
                 Err(_) => Err(PipelineError::Transaction(first)),
             };
         }
-        let producer = self.producer.clone();
-        let metrics = self.metrics.clone();
-        let attempts = std::sync::atomic::AtomicUsize::new(1);
-        let res = (|| async {
-            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics.produce_retries.inc();
+        // The first re-send goes at once (a truncated record, or a delivery librdkafka's
+        // own retries gave up on); then transient failures back off, up to the policy's count.
+        let mut backoff = self.retry.builder().build();
+        let mut attempts = 1;
+        let last = loop {
+            attempts += 1;
+            self.metrics.produce_retries.inc();
             // A bounded retry is the loop at work, not a hang (see `Liveness`).
-            metrics.beat();
-            let fut = producer.send_result(record(&out)).map_err(|(e, _)| e)?;
-            match fut.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e),
-                Err(_) => Err(KafkaError::Canceled),
+            self.metrics.beat();
+            let e = match self.send_one(&out).await {
+                Ok(()) => {
+                    self.metrics.record_out(&out.topic, 1);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if classify_produce_error(&e) != ProduceErrorClass::Transient {
+                break e;
             }
+            let Some(wait) = backoff.next() else { break e };
+            tracing::warn!(topic = %out.topic, error = %e, retry_in = ?wait, "delivery failed; retrying");
+            tokio::time::sleep(wait).await;
+        };
+        tracing::error!(topic = %out.topic, first_error = %first, error = %last, attempts, "giving up");
+        Err(PipelineError::Produce {
+            topic: out.topic,
+            attempts,
+            source: last,
         })
-        .retry(self.retry.builder())
-        .when(|e| classify_produce_error(e) == ProduceErrorClass::Transient)
-        .notify(|e, d| tracing::warn!(topic = %out.topic, error = %e, retry_in = ?d, "delivery failed; retrying"))
-        .await;
-        match res {
-            Ok(()) => {
-                self.metrics.record_out(&out.topic, 1);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(topic = %out.topic, first_error = %first, "giving up");
-                Err(PipelineError::Produce {
-                    topic: out.topic,
-                    attempts: attempts.into_inner(),
-                    source: e,
-                })
-            }
-        }
     }
 
     /// Awaits every pending delivery, retrying failures with backoff.
@@ -343,17 +468,21 @@ impl Emitter {
     /// # Errors
     /// [`PipelineError::Produce`] when a record could not be delivered after retries.
     pub async fn await_deliveries(&mut self) -> Result<(), PipelineError> {
-        let pending = std::mem::take(&mut self.pending);
-        let mut counts: FxHashMap<String, u64> = FxHashMap::default();
-        for (fut, out) in pending {
-            match fut.await {
-                Ok(Ok(_)) => *counts.entry(out.topic).or_default() += 1,
-                Ok(Err((e, _))) => self.send_with_retry(out, e).await?,
-                Err(_) => self.send_with_retry(out, KafkaError::Canceled).await?,
-            }
-        }
-        for (topic, n) in counts {
+        let d = self.producer.context().clone();
+        d.wait_until(|d| d.in_flight.load(Ordering::Acquire) == 0)
+            .await;
+        let (delivered, failed) = {
+            let mut r = d.lock();
+            (
+                std::mem::take(&mut r.delivered),
+                std::mem::take(&mut r.failed),
+            )
+        };
+        for (topic, n) in delivered {
             self.metrics.record_out(&topic, n);
+        }
+        for (out, e) in failed {
+            self.send_with_retry(out, e).await?;
         }
         Ok(())
     }
@@ -1053,7 +1182,7 @@ pub async fn retry_blocking<T>(
 /// committed, so a restart re-processes it.
 pub async fn run<P: Processor>(
     consumer: &LoopConsumer,
-    producer: FutureProducer,
+    producer: LoopProducer,
     processor: &mut P,
     metrics: Metrics,
     cfg: LoopConfig,

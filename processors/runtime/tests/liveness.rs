@@ -11,7 +11,6 @@
 mod common;
 
 use common::*;
-use rdkafka::producer::FutureProducer;
 use sensorflow_runtime::kafka::KafkaArgs;
 use sensorflow_runtime::metrics::Metrics;
 use sensorflow_runtime::pipeline::{
@@ -84,7 +83,7 @@ async fn health_fails_while_the_loop_is_stuck_and_recovers() {
         .consumer_config(&format!("{pre}group"), "liveness-test")
         .create_with_context(LoopContext::new(metrics.clone()))
         .unwrap();
-    let out: FutureProducer = kafka.producer_config("liveness-test").create().unwrap();
+    let out = pipeline::loop_producer(&kafka.producer_config("liveness-test")).unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let mut proc = Hanger {
         topic: t.topic_sz.clone(),

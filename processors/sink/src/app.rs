@@ -9,12 +9,14 @@ use crate::sink::{CommitFault, RetryConfig, Sink, SinkConfig, Summary};
 use crate::store::{GcsConfig, GcsStore, LocalStore, ObjectStore};
 use anyhow::Context;
 use clap::Parser;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use sensorflow_api::env;
 use sensorflow_runtime::apps::ServeArgs;
 use sensorflow_runtime::kafka::{FramingArgs, KafkaArgs, TopicArgs};
 use sensorflow_runtime::metrics::Metrics;
-use sensorflow_runtime::pipeline::{Emitter, LoopConsumer, LoopContext, RetryPolicy};
+use sensorflow_runtime::pipeline::{
+    Emitter, LoopConsumer, LoopContext, RetryPolicy, loop_producer,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -223,10 +225,7 @@ pub async fn run_with_commit_fault<S: ObjectStore>(
         .consumer_config(&args.group_id, "gcs-sink")
         .create_with_context(LoopContext::new(metrics.clone()))
         .context("creating the consumer")?;
-    let producer: FutureProducer = args
-        .kafka
-        .producer_config("gcs-sink")
-        .create()
+    let producer = loop_producer(&args.kafka.producer_config("gcs-sink"))
         .context("creating the dead-letter producer")?;
     let emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
     let mut sink = Sink::new(args.config(), store, metrics, sm, emitter);

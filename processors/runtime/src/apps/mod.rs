@@ -11,7 +11,7 @@ use crate::telemetry::LogFormat;
 use anyhow::Context;
 use clap::Args;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use sensorflow_api::env;
 use sensorflow_core::input::ReadingBounds;
 use std::net::SocketAddr;
@@ -141,7 +141,7 @@ pub async fn run<P: Processor>(
             producer_cfg.set("delivery.timeout.ms", "10000");
         }
     }
-    let producer: FutureProducer = producer_cfg.create().context("creating the producer")?;
+    let producer = pipeline::loop_producer(&producer_cfg).context("creating the producer")?;
     let cfg = LoopConfig {
         commit_interval: Duration::from_millis(common.commit_interval_ms),
         exactly_once: common.exactly_once,

@@ -40,7 +40,7 @@ use rdkafka::producer::{
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sensorflow_api::env;
-use sensorflow_core::proto::{Prediction, Sensor, SensorReading};
+use sensorflow_core::proto::{Feature, Prediction, Sensor, SensorReading};
 use sensorflow_core::window::{Reading, WatermarkScope, WindowConfig, WindowEngine};
 use sensorflow_runtime::admin;
 use sensorflow_runtime::kafka::{KafkaArgs, TopicArgs};
@@ -591,6 +591,17 @@ impl Child {
         body.contains("sensorflow_").then_some(n as u64)
     }
 
+    /// CPU time the process has used (user + system, all threads), s (`/proc/<pid>/stat`
+    /// fields 14 and 15, in clock ticks of 10 ms: `CLK_TCK` is 100 on Linux).
+    fn cpu_s(&self) -> Option<f64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name, which may contain spaces.
+        let rest = &s[s.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0)
+    }
+
     /// Peak resident set size (VmHWM) of the process, bytes.
     fn peak_rss(&self) -> Option<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -714,6 +725,9 @@ struct Rate {
     first_s: f64,
     /// Seconds from the start to the last record processed.
     done_s: f64,
+    /// CPU time (user + system, every thread) per million records between the same two
+    /// samples, s: what the process costs, whatever else the machine runs meanwhile.
+    cpu_per_m: Option<f64>,
 }
 
 impl std::fmt::Display for Rate {
@@ -722,7 +736,11 @@ impl std::fmt::Display for Rate {
             f,
             "{:>9.0} records/s  (first record {:.1} s, last {:.1} s after start)",
             self.per_s, self.first_s, self.done_s
-        )
+        )?;
+        if let Some(c) = self.cpu_per_m {
+            write!(f, ", {c:.2} CPU-s per M records")?;
+        }
+        Ok(())
     }
 }
 
@@ -746,14 +764,18 @@ fn measure(
                 child.profile(Some(dir), name)?;
             }
         }
-        if c * 10 >= total {
-            lo.get_or_insert((t, c));
+        if c * 10 >= total && lo.is_none() {
+            lo = Some((t, c, child.cpu_s()));
         }
-        if c * 10 >= total * 9 {
-            hi.get_or_insert((t, c));
+        if c * 10 >= total * 9 && hi.is_none() {
+            hi = Some((t, c, child.cpu_s()));
         }
         if c >= total {
-            let (lo, hi) = (lo.unwrap_or((t, c)), hi.unwrap_or((t, c)));
+            let (lo, hi) = (lo.unwrap_or((t, c, None)), hi.unwrap_or((t, c, None)));
+            let cpu_per_m = match (lo.2, hi.2) {
+                (Some(a), Some(b)) if hi.1 > lo.1 => Some((b - a) / (hi.1 - lo.1) as f64 * 1e6),
+                _ => None,
+            };
             let per_s = if hi.0 > lo.0 {
                 (hi.1 - lo.1) as f64 / (hi.0 - lo.0)
             } else {
@@ -763,6 +785,7 @@ fn measure(
                 per_s,
                 first_s: first.unwrap_or(t),
                 done_s: t,
+                cpu_per_m,
             });
         }
         anyhow::ensure!(
@@ -844,6 +867,9 @@ fn run_measured(
 struct Latency {
     made: Histogram<u64>,
     seen: Histogram<u64>,
+    /// Arrival of the FA features at the same reader − ingest of their SZ reading: the
+    /// window-processor's hop alone (the rest of `seen` is the join's).
+    features: Histogram<u64>,
     /// `seen` p50 of the first and of the last quarter of the span (by ingest time): a run
     /// the pipeline cannot keep up with shows latency growing from one to the other.
     quarters: (u64, u64),
@@ -851,11 +877,12 @@ struct Latency {
     expected: u64,
 }
 
-/// Reads `topic` from the beginning with `read_committed` until `stop`, recording the latency
-/// of the predictions whose ingest time (ms) is in `[from, to)`.
+/// Reads `topic` (predictions) and `fa` from the beginning with `read_committed` until `stop`,
+/// recording the latency of the records whose ingest time (ms) is in `[from, to)`.
 fn read_latency(
     mut cfg: rdkafka::ClientConfig,
     topic: String,
+    fa: String,
     partitions: i32,
     window: (i64, i64),
     stop: Arc<AtomicBool>,
@@ -867,10 +894,12 @@ fn read_latency(
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+        tpl.add_partition_offset(&fa, p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
     let mut made = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut seen = made.clone();
+    let mut features = made.clone();
     let (mut first_q, mut last_q) = (made.clone(), made.clone());
     let quarter = (window.1 - window.0) / 4;
     let mut n = 0u64;
@@ -879,7 +908,16 @@ fn read_latency(
             continue;
         };
         let now = sensorflow_runtime::now_ms();
-        let Some(p) = m?.payload().and_then(|v| Prediction::decode(v).ok()) else {
+        let m = m?;
+        if m.topic() == fa {
+            if let Some(f) = m.payload().and_then(|v| Feature::decode(v).ok())
+                && (window.0..window.1).contains(&f.ingest_time_ms)
+            {
+                features.saturating_record((now - f.ingest_time_ms).max(1) as u64);
+            }
+            continue;
+        }
+        let Some(p) = m.payload().and_then(|v| Prediction::decode(v).ok()) else {
             continue;
         };
         if !(window.0..window.1).contains(&p.ingest_time_ms) {
@@ -898,6 +936,7 @@ fn read_latency(
     Ok(Latency {
         made,
         seen,
+        features,
         quarters: (
             first_q.value_at_quantile(0.5),
             last_q.value_at_quantile(0.5),
@@ -946,8 +985,13 @@ async fn latency_run(
     let window = (from, from + seconds as i64 * 1000);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (cfg, topic, stop) = (kafka.client_config(), t.predictions.clone(), stop.clone());
-        std::thread::spawn(move || read_latency(cfg, topic, partitions, window, stop))
+        let (cfg, topic, fa, stop) = (
+            kafka.client_config(),
+            t.predictions.clone(),
+            t.fa.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || read_latency(cfg, topic, fa, partitions, window, stop))
     };
     eprintln!(
         "latency {prefix}: {rate:.0} SZ readings/s for {} s…",
@@ -1181,6 +1225,14 @@ async fn throughput(
             .map(|m| m.rate.per_s)
             .unwrap_or(f64::NAN)
     };
+    // The cheapest run of each side: CPU per record is what scheduling noise on a shared
+    // machine disturbs least (wall rates of two runs of one side differed 4.7x on one day).
+    let least_cpu = |v: &[Measured]| {
+        v.iter()
+            .filter_map(|m| m.rate.cpu_per_m)
+            .min_by(f64::total_cmp)
+            .unwrap_or(f64::NAN)
+    };
     let predictions = admin::message_count(&kafka.client_config(), &t.predictions)?;
     drop_topics(&kafka, &pt).await?;
 
@@ -1201,11 +1253,19 @@ async fn throughput(
     rows("window-processor", &wp);
     let ratio_w = best(&wp) / best(&pass_w);
     println!("    ratio of the best         {ratio_w:.2}   (target >= 0.9)");
+    println!(
+        "    CPU per record, pass-through / processor (least of each)   {:.2}",
+        least_cpu(&pass_w) / least_cpu(&wp)
+    );
     println!("  join: consume SX, SY, FA, FI, FD, 1 output per trigger, commit ({rounds} rounds)");
     rows("pass-through (limit)", &pass_j);
     rows("join-predict", &jp);
     let ratio_j = best(&jp) / best(&pass_j);
     println!("    ratio of the best         {ratio_j:.2}   (target >= 0.9)");
+    println!(
+        "    CPU per record, pass-through / processor (least of each)   {:.2}",
+        least_cpu(&pass_j) / least_cpu(&jp)
+    );
     println!(
         "    predictions               {predictions} (expected {}: one per SX, SY and feature triple)",
         3 * n
@@ -1336,20 +1396,23 @@ async fn latency(
         }
     );
     println!(
-        "  ({clients} clients, each reporting SX, SY and SZ at one instant per event-time second, at its own offset\n   within the second: with join grace 0 a prediction at t waits until every input of its partition is\n   past t, i.e. for the partition's next reading, {:.1} ms later at this rate. 'common clock': every\n   client at the same instants, as the household replay's common day: the next reading past t comes\n   one event-time step later, {step_ms:.0} ms of wall time.)",
+        "  ({clients} clients, each reporting SX, SY and SZ at one instant per event-time second, at its own offset\n   within the second: with join grace 0 a prediction at t waits until every input of its partition is\n   past t, i.e. for the partition's next reading, {:.1} ms later at this rate. 'common clock': every\n   client at the same instants, as the household replay's common day: the next reading past t comes\n   one event-time step later, {step_ms:.0} ms of wall time. 'FA seen': the window-processor's FA record of
+   the same readings at the same reader, the first of the two hops.)",
         f64::from(partitions) / rate * 1000.0
     );
     println!(
-        "  {:<31} {:>22}   {:>28}   predictions     seen p50, first -> last quarter",
-        "", "made (predicted_at)", "seen (read_committed reader)"
+        "  {:<31} {:>15}   {:>22}   {:>28}   predictions     seen p50, first -> last quarter",
+        "", "FA seen", "made (predicted_at)", "seen (read_committed reader)"
     );
     println!(
-        "  {:<31} {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7} ms",
-        "", "p50", "p99", "", "p50", "p99", "max"
+        "  {:<31} {:>7} {:>7}   {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7} ms",
+        "", "p50", "p99", "p50", "p99", "", "p50", "p99", "max"
     );
     for (label, _, l) in &results {
         println!(
-            "  {label:<31} {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7}      {} of {}   {} -> {} ms{}",
+            "  {label:<31} {:>7} {:>7}   {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7}      {} of {}   {} -> {} ms{}",
+            l.features.value_at_quantile(0.5),
+            l.features.value_at_quantile(0.99),
             l.made.value_at_quantile(0.5),
             l.made.value_at_quantile(0.99),
             "",
