@@ -90,6 +90,8 @@ pub struct WindowProcessor {
     rebuild_cfg: RebuildConfig,
     metrics: Metrics,
     pb: Vec<u8>,
+    /// The feature being encoded, reused so its client id is not allocated per record.
+    feature: Feature,
     bounds: ReadingBounds,
 }
 
@@ -116,6 +118,7 @@ impl WindowProcessor {
             rebuild_cfg: rebuild_config_of(&args.common),
             metrics,
             pb: Vec::with_capacity(64),
+            feature: Feature::default(),
             bounds: args.common.reading_bounds(),
         }
     }
@@ -265,17 +268,17 @@ impl Processor for WindowProcessor {
                     ),
                 ];
                 for (kind, topic, value, range) in features {
-                    let f = Feature {
-                        client_id: client.to_owned(),
-                        kind: kind as i32,
-                        event_time_ms: t,
-                        source_partition: msg.partition(),
-                        source_offset: msg.offset(),
-                        bin: range.bin(value),
-                        value,
-                        window_count: agg.count,
-                        ingest_time_ms: reading.ingest_time_ms,
-                    };
+                    let f = &mut self.feature;
+                    f.client_id.clear();
+                    f.client_id.push_str(client);
+                    f.kind = kind as i32;
+                    f.event_time_ms = t;
+                    f.source_partition = msg.partition();
+                    f.source_offset = msg.offset();
+                    f.bin = range.bin(value);
+                    f.value = value;
+                    f.window_count = agg.count;
+                    f.ingest_time_ms = reading.ingest_time_ms;
                     self.pb.clear();
                     f.encode(&mut self.pb)
                         .map_err(|e| PipelineError::Processor(e.to_string()))?;
