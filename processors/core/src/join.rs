@@ -1466,15 +1466,21 @@ mod tests {
 
     /// A join with a 5 s all-quiet and a 60 s input idle timeout, SX and SY of client `c` at
     /// t = 100 applied at wall time 1 s, and the upstream reported behind.
-    fn with_upstream_backlog() -> (PartitionJoin, Vec<JoinEvent>) {
-        let mut j = PartitionJoin::new(
+    /// A join with grace 0, a 10-minute window, the all-quiet release after 5 s and one
+    /// input's own idle timeout of 60 s (the idle-rule tests' setting).
+    fn idle_5s_input_60s() -> PartitionJoin {
+        PartitionJoin::new(
             JoinConfig {
                 idle_timeout_ms: Some(5_000),
                 input_idle_timeout_ms: Some(60_000),
                 ..cfg(0, 600_000)
             },
             0,
-        );
+        )
+    }
+
+    fn with_upstream_backlog() -> (PartitionJoin, Vec<JoinEvent>) {
+        let mut j = idle_5s_input_60s();
         let mut out = vec![];
         j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
         j.apply("c", sy(1, 100), 0, 0, false, 1_000, &mut out);
@@ -1522,14 +1528,7 @@ mod tests {
 
     #[test]
     fn an_input_with_records_left_to_read_holds_the_tail_until_the_input_idle_timeout() {
-        let mut j = PartitionJoin::new(
-            JoinConfig {
-                idle_timeout_ms: Some(5_000),
-                input_idle_timeout_ms: Some(60_000),
-                ..cfg(0, 600_000)
-            },
-            0,
-        );
+        let mut j = idle_5s_input_60s();
         let mut out = vec![];
         j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
         for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
@@ -1548,14 +1547,7 @@ mod tests {
         assert_eq!(got.len(), 3, "{out:?}");
         assert!(got.iter().all(|(_, _, v)| v[..2] == [1, 2]), "{got:?}");
         // Never read at all: held no longer than the input idle timeout.
-        let mut j = PartitionJoin::new(
-            JoinConfig {
-                idle_timeout_ms: Some(5_000),
-                input_idle_timeout_ms: Some(60_000),
-                ..cfg(0, 600_000)
-            },
-            0,
-        );
+        let mut j = idle_5s_input_60s();
         let mut out = vec![];
         j.apply("c", sx(1, 100), 0, 0, false, 1_000, &mut out);
         j.set_unread(InputKind::Sy, true);
@@ -1567,14 +1559,7 @@ mod tests {
 
     #[test]
     fn one_lagging_input_holds_the_watermark_until_its_own_timeout() {
-        let mut j = PartitionJoin::new(
-            JoinConfig {
-                idle_timeout_ms: Some(5_000),
-                input_idle_timeout_ms: Some(60_000),
-                ..cfg(0, 600_000)
-            },
-            0,
-        );
+        let mut j = idle_5s_input_60s();
         let mut out = vec![];
         // SX and SY stream for 30 s of wall time; the features have not started yet.
         for k in 0..30 {
