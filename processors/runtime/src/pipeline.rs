@@ -468,7 +468,7 @@ impl Emitter {
     /// # Errors
     /// [`PipelineError::Produce`] when a record could not be delivered after retries.
     pub async fn await_deliveries(&mut self) -> Result<(), PipelineError> {
-        let d = self.producer.context().clone();
+        let d = self.producer.context();
         d.wait_until(|d| d.in_flight.load(Ordering::Acquire) == 0)
             .await;
         let (delivered, failed) = {
@@ -563,28 +563,27 @@ fn tpl_pairs(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
-        if let Ok(mut ends) = self.ends.lock() {
-            for (topic, t) in &statistics.topics {
-                let of_topic = ends.entry(topic.clone()).or_default();
-                for p in t.partitions.values().filter(|p| p.partition >= 0) {
-                    let end = if p.ls_offset >= 0 {
-                        p.ls_offset
-                    } else {
-                        p.hi_offset
-                    };
-                    if end >= 0 {
-                        of_topic.insert(p.partition, end);
-                    }
+        // One walk: each assigned partition's end (for the unread-input check) and its lag.
+        let mut ends = self
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (topic, t) in &statistics.topics {
+            let of_topic = ends.entry(topic.clone()).or_default();
+            let mut lag = 0;
+            for p in t.partitions.values().filter(|p| p.partition >= 0) {
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if end >= 0 {
+                    of_topic.insert(p.partition, end);
+                }
+                if p.consumer_lag >= 0 {
+                    lag += p.consumer_lag;
                 }
             }
-        }
-        for (topic, t) in &statistics.topics {
-            let lag: i64 = t
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
             self.metrics
                 .lag
                 .get_or_create(&TopicLabel {
