@@ -556,6 +556,17 @@ impl PartitionJoin {
         }
     }
 
+    /// Restarts every input's idle clock at wall time `now_ms`, ms. Call it when live
+    /// consumption of a rebuilt partition begins: the rebuild applied its records at the wall
+    /// time it started, and a rebuild longer than `idle_timeout_ms` would otherwise make every
+    /// input look all-quiet idle at the first [`PartitionJoin::advance`], jumping the watermark
+    /// past the lagging inputs and turning their next records late.
+    pub fn restart_idle_clocks(&mut self, now_ms: i64) {
+        for c in &mut self.clocks {
+            c.last_ms = now_ms;
+        }
+    }
+
     /// Tells the join whether the stage that writes this partition's FA/FI/FD (the
     /// window-processor) still has unprocessed SZ input: its consumer group's committed offset
     /// on the co-partitioned SZ partition is below that partition's end. While it has, the
@@ -1464,8 +1475,6 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
     }
 
-    /// A join with a 5 s all-quiet and a 60 s input idle timeout, SX and SY of client `c` at
-    /// t = 100 applied at wall time 1 s, and the upstream reported behind.
     /// A join with grace 0, a 10-minute window, the all-quiet release after 5 s and one
     /// input's own idle timeout of 60 s (the idle-rule tests' setting).
     fn idle_5s_input_60s() -> PartitionJoin {
@@ -1477,6 +1486,52 @@ mod tests {
             },
             0,
         )
+    }
+
+    /// A rebuild at wall time 0 replays SX and SY at t = 100 (the features lag: none yet);
+    /// live consumption starts 30 s later, after the rebuild, when `restart` says so.
+    fn rebuilt_30s_ago(restart: bool) -> (PartitionJoin, Vec<JoinEvent>) {
+        let mut j = idle_5s_input_60s();
+        let mut out = vec![];
+        j.apply("c", sx(1, 100), 0, 0, true, 0, &mut out);
+        j.apply("c", sy(1, 100), 0, 0, true, 0, &mut out);
+        if restart {
+            j.restart_idle_clocks(30_000);
+        }
+        j.advance(30_001, &mut out);
+        (j, out)
+    }
+
+    #[test]
+    fn a_rebuild_longer_than_the_idle_timeout_does_not_make_the_inputs_idle() {
+        // Without the restart, the 30 s rebuild reads as 30 s of all-quiet inputs: the
+        // watermark jumps past t = 100 and the lagging features for t = 100 are late.
+        let (mut stale, mut out) = rebuilt_30s_ago(false);
+        assert_eq!(stale.watermark(), 101);
+        let a = stale.apply(
+            "c",
+            feat(InputKind::Fa, 1, 100, 0),
+            0,
+            0,
+            false,
+            30_002,
+            &mut out,
+        );
+        assert!(matches!(a, Applied::Late { .. }), "{a:?}");
+        // With it, silence counts from 30 s: the features are taken and complete the triple.
+        let (mut j, mut out) = rebuilt_30s_ago(true);
+        assert_eq!(j.watermark(), i64::MIN);
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            let a = j.apply("c", feat(kind, 1, 100, 0), 0, 0, false, 30_002, &mut out);
+            assert_eq!(a, Applied::Accepted);
+        }
+        j.advance(35_002, &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "the triple's own prediction (SX/SY were replayed): {out:?}"
+        );
+        assert!(matches!(out[0], JoinEvent::Prediction { .. }), "{out:?}");
     }
 
     fn with_upstream_backlog() -> (PartitionJoin, Vec<JoinEvent>) {

@@ -8,7 +8,8 @@
 //! ```text
 //!   1. read the tail before C                 → timestamp T of the last record before C
 //!   2. offsets_for_times(start(T))            → start offset S  (KIP-79 ListOffsets by time)
-//!   3. read [S, C) of every partition          → decode ─► per-stream queue ─► merge ─► apply
+//!   3. read the late topic from start(T)      → source offsets it names: skipped in 4
+//!   4. read [S, C) of every partition          → decode ─► per-stream queue ─► merge ─► apply
 //!      streams of one partition number are merged by event time (each stream stays in
 //!      offset order); a stream whose queue is full is paused until the merge catches up
 //! ```
@@ -36,6 +37,12 @@
 //!   records fails loudly ([`RebuildError::LimitExceeded`], `sensorflow_rebuild_failures_total
 //!   {reason="limit"}`, an error log) instead of building a partial — wrong — state.
 //!
+//! - **Late records stay out.** A record the processor routed to the late topic when it first
+//!   saw it (its input had been declared idle, or it was behind the watermark) never entered
+//!   the previous owner's state. The rebuild reads the late topic's partitions first and skips
+//!   the records they name (see [`replay`]), so the rebuilt state, and every output after it, is
+//!   the one an uninterrupted run would have had.
+//!
 //! Record timestamps are the readings' event times (SensorFlow's producers set them so), so the
 //! lookback (window + grace for the window-processor) restores the state the previous owner
 //! had, provided the partition's timestamps are ordered within the grace period. The main
@@ -45,13 +52,14 @@
 //! (a `read_committed` reader never receives transaction markers or aborted records, so `C − 1`
 //! may never arrive; the position moves past them).
 
+use crate::dlq;
 use crate::record::ConsumedRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// One partition to read back.
@@ -612,10 +620,105 @@ fn last_timestamps(
     Ok(out)
 }
 
+/// Per stream of `keys`, the offsets that records of `late_topic` name as their source (the
+/// [`dlq::SOURCE_TOPIC`], [`dlq::SOURCE_PARTITION`] and [`dlq::SOURCE_OFFSET`] headers). Reads
+/// the late partition of each partition number of `keys` from the first record whose timestamp
+/// is ≥ the earliest `since_ms` (ms) of that number's streams to the end (the last stable
+/// offset: the consumer reads committed records only). An unknown late topic or partition
+/// holds nothing.
+///
+/// # Errors
+/// [`RebuildError::Consumer`] when offsets cannot be listed; stalls and the size limit as in
+/// [`replay`].
+fn late_offsets(
+    c: &BaseConsumer,
+    late_topic: &str,
+    keys: &[Key],
+    since_ms: impl Fn(&Key) -> i64,
+    call_timeout: Duration,
+    progress: &mut Progress,
+    hook: &dyn Fn(u64),
+) -> Result<Vec<FxHashSet<i64>>, RebuildError> {
+    let mut out = vec![FxHashSet::default(); keys.len()];
+    let mut since: BTreeMap<i32, i64> = BTreeMap::new();
+    for k in keys {
+        let s = since.entry(k.1).or_insert(i64::MAX);
+        *s = (*s).min(since_ms(k));
+    }
+    let mut q = TopicPartitionList::new();
+    for (n, s) in &since {
+        q.add_partition_offset(late_topic, *n, Offset::Offset(*s))?;
+    }
+    let answers = match c.offsets_for_times(q, call_timeout) {
+        Ok(a) => a,
+        Err(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    hook(0);
+    let (mut streams, mut from, mut end) = (Vec::new(), Vec::new(), Vec::new());
+    for e in answers.elements() {
+        if let Err(err) = e.error() {
+            if err.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                continue;
+            }
+            return Err(err.into());
+        }
+        let (low, high) = c.fetch_watermarks(late_topic, e.partition(), call_timeout)?;
+        let first = match e.offset() {
+            Offset::Offset(o) => o.clamp(low, high),
+            // No record at or after the start time.
+            _ => high,
+        };
+        streams.push((late_topic.to_owned(), e.partition()));
+        from.push(first);
+        end.push(high);
+    }
+    let index: FxHashMap<(&str, i32), usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (t, p))| ((t.as_str(), *p), i))
+        .collect();
+    read_streams(c, &streams, &from, &end, progress, hook, |ev, _| {
+        if let Event::Record(_, m) = ev
+            && let Some((topic, partition, offset)) = late_source(m)
+            && let Some(&i) = index.get(&(topic, partition))
+        {
+            out[i].insert(offset);
+        }
+    })?;
+    Ok(out)
+}
+
+/// The (topic, partition, offset) a late record's dead-letter headers name, if it has them.
+fn late_source<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m str, i32, i64)> {
+    let headers = m.headers()?;
+    let (mut topic, mut partition, mut offset) = (None, None, None);
+    for h in headers.iter() {
+        let v = || std::str::from_utf8(h.value?).ok();
+        match h.key {
+            dlq::SOURCE_TOPIC => topic = v(),
+            dlq::SOURCE_PARTITION => partition = v().and_then(|s| s.parse().ok()),
+            dlq::SOURCE_OFFSET => offset = v().and_then(|s| s.parse().ok()),
+            _ => {}
+        }
+    }
+    Some((topic?, partition?, offset?))
+}
+
 /// Reads back, for every request, the records in `[S, committed)` where `S` is the first
 /// offset whose timestamp is ≥ `start_ms(last timestamps, partition)`, and applies them in
 /// merge order (see [`Merge`]: streams of one partition number merged by the timestamp
 /// `decode` gives, each in offset order; `topic_order` breaks ties between topics).
+///
+/// `late_topic`: where the processor routes late records (dead-letter headers naming each
+/// source topic, partition and offset; see [`crate::dlq`]). Records of the requests that a
+/// late record names were *late* when first processed, so the live state never held them; the
+/// rebuild skips them too, since its own event-time merge would otherwise take them and the
+/// rebuilt state (and every later output) would differ from an uninterrupted run's. The late
+/// partitions with the requests' partition numbers are read from the first record at or
+/// after the partition's start time (a late record older than that cannot matter: the state
+/// drops values older than the lookback) to their end; a late topic that does not exist
+/// holds no late records. `None`: nothing is skipped.
 ///
 /// `decode` turns a record into its merge timestamp and what `apply` needs, or `None` for a
 /// record that is not part of the state (dead-lettered when first seen). `apply` gets the
@@ -635,6 +738,7 @@ pub fn replay<T>(
     config: &ClientConfig,
     requests: &[Request],
     topic_order: &[String],
+    late_topic: Option<&str>,
     cfg: &RebuildConfig,
     start_ms: impl Fn(&LastTimestamps, &Key) -> i64,
     hook: &dyn Fn(u64),
@@ -692,7 +796,21 @@ pub fn replay<T>(
         .map(|k| start.get(k).copied().unwrap_or(committed[k] - 1))
         .collect();
     let end: Vec<i64> = keys.iter().map(|k| committed[k]).collect();
-    // 3. read [S, C), merged per partition number
+    // 3. the records the live run routed to the late topic: never part of its state
+    let late = match late_topic {
+        Some(topic) => late_offsets(
+            &c,
+            topic,
+            &keys,
+            |k| start_ms(&ts, k).max(0),
+            call_timeout,
+            &mut progress,
+            hook,
+        )?,
+        None => vec![FxHashSet::default(); keys.len()],
+    };
+    let skipped_late: usize = late.iter().map(FxHashSet::len).sum();
+    // 4. read [S, C), merged per partition number
     let mut numbers: Vec<i32> = keys.iter().map(|k| k.1).collect();
     numbers.dedup();
     let groups: Vec<usize> = keys
@@ -714,6 +832,9 @@ pub fn replay<T>(
         hook,
         |ev, flows| match ev {
             Event::Record(i, m) => {
+                if late[i].contains(&m.offset()) {
+                    return;
+                }
                 if let Some((t, item)) = decode(&ConsumedRecord::from_kafka(m)) {
                     merge.push(i, t, m.offset(), item, &mut sink, flows);
                 }
@@ -730,6 +851,7 @@ pub fn replay<T>(
         partitions = summary.partitions,
         records = summary.records,
         applied = summary.applied,
+        skipped_late,
         elapsed = ?started.elapsed(),
         "state rebuilt from the topics"
     );

@@ -1,7 +1,8 @@
 //! State rebuild on the real broker: a rebuild that takes far longer than its stall timeout (the
 //! old fixed budget per phase) completes because it keeps moving, keeps `/health` green while
 //! it runs, and restores the exact window state; the same rebuild under a size limit it cannot
-//! meet fails loudly and emits nothing.
+//! meet fails loudly and emits nothing; a join rebuild leaves out what its predecessor routed
+//! to the late topic, as the predecessor's state did.
 //!
 //! Run with `cargo test --release -p sensorflow-runtime --test rebuild -- --ignored` against the
 //! broker in `SENSORFLOW_TEST_BOOTSTRAP` (see `scripts/test.sh`).
@@ -13,10 +14,12 @@ mod common;
 use common::*;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sensorflow_core::proto::Feature;
+use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor, SensorReading};
 use sensorflow_core::window::{Reading, WindowConfig, reference_features};
+use sensorflow_runtime::dlq;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -385,4 +388,122 @@ async fn a_stalled_rebuild_is_retried_in_process_and_the_retries_end() {
         metric(&metrics, "sensorflow_rebuild_retries_total")
     );
     drop(w);
+}
+
+/// One plain-protobuf feature of `kind` for client `c` at `t`, from SZ offset `src`.
+fn feature(kind: FeatureKind, t: i64, src: i64, bin: u32) -> Vec<u8> {
+    Feature {
+        client_id: "c".into(),
+        kind: kind as i32,
+        event_time_ms: t,
+        source_partition: 0,
+        source_offset: src,
+        bin,
+        value: 0.0,
+        window_count: 1,
+        ingest_time_ms: t,
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a broker: run ./run.sh test"]
+async fn a_join_rebuild_leaves_out_the_records_its_predecessor_routed_late() {
+    let pre = prefix("rebuild-late");
+    let t = topics(&pre);
+    create_topics(&t, 1).await;
+    let jg = format!("{pre}join");
+    let base = sensorflow_runtime::now_ms() - 86_400_000;
+    let p = producer();
+    let reading_of = |v: f64, t: i64, sensor: Sensor| {
+        SensorReading {
+            event_time_ms: t,
+            value: v,
+            sensor: sensor as i32,
+            ingest_time_ms: 0,
+        }
+        .encode_to_vec()
+    };
+    // 1. The previous owner's history, all processed and committed: SX 1 at `base`, SY 2 and
+    //    the triple (bins 3, 4, 5) at `base`, and SX 7 at base + 60 s, which arrived after its
+    //    input had been declared idle and went to the late topic, so it never entered the state.
+    let late_sx = reading_of(7.0, base + 60_000, Sensor::Sx);
+    for (topic, value, ts) in [
+        (&t.topic_sx, reading_of(1.0, base, Sensor::Sx), base),
+        (&t.topic_sx, late_sx.clone(), base + 60_000),
+        (&t.topic_sy, reading_of(2.0, base, Sensor::Sy), base),
+        (&t.topic_fa, feature(FeatureKind::Fa, base, 0, 3), base),
+        (&t.topic_fi, feature(FeatureKind::Fi, base, 0, 4), base),
+        (&t.topic_fd, feature(FeatureKind::Fd, base, 0, 5), base),
+    ] {
+        produce(&p, topic, Some("c"), &value, Some(ts)).await;
+    }
+    let headers = [
+        (dlq::REASON, "late".to_owned()),
+        (dlq::SOURCE_TOPIC, t.topic_sx.clone()),
+        (dlq::SOURCE_PARTITION, "0".to_owned()),
+        (dlq::SOURCE_OFFSET, "1".to_owned()),
+    ]
+    .iter()
+    .fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        })
+    });
+    p.send(
+        FutureRecord::<str, [u8]>::to(&t.topic_late)
+            .key("c")
+            .payload(&late_sx)
+            .timestamp(base + 60_000)
+            .headers(headers),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+    for (topic, offset) in [
+        (&t.topic_sx, 2),
+        (&t.topic_sy, 1),
+        (&t.topic_fa, 1),
+        (&t.topic_fi, 1),
+        (&t.topic_fd, 1),
+    ] {
+        commit(&jg, topic, offset);
+    }
+    // 2. After the commit: the triple of base + 90 s (bins 6). Its SX as of base + 90 s is the
+    //    one the previous owner held, SX 1; a rebuild that took the late SX 7 would use 7.
+    for (topic, kind) in [
+        (&t.topic_fa, FeatureKind::Fa),
+        (&t.topic_fi, FeatureKind::Fi),
+        (&t.topic_fd, FeatureKind::Fd),
+    ] {
+        let value = feature(kind, base + 90_000, 1, 6);
+        produce(&p, topic, Some("c"), &value, Some(base + 90_000)).await;
+    }
+    let env = [
+        ("SF_JOIN_IDLE_TIMEOUT_MS", "2000"),
+        ("SF_JOIN_INPUT_IDLE_TIMEOUT_MS", "5000"),
+    ];
+    let mut j = spawn("join-predict", &t, &jg, &env, &[]);
+    wait_for(Duration::from_secs(60), "the triple's prediction", || {
+        assert!(
+            j.child.try_wait().unwrap().is_none(),
+            "join-predict exited ({})",
+            j.name
+        );
+        sensorflow_runtime::admin::message_count(&config(), &t.topic_predictions).unwrap_or(0) >= 1
+    });
+    let preds: Vec<Prediction> = read_all(&t.topic_predictions)
+        .iter()
+        .map(|m| Prediction::decode(m.payload().unwrap()).unwrap())
+        .collect();
+    assert_eq!(preds.len(), 1, "one trigger after the commit: {preds:?}");
+    assert_eq!(preds[0].event_time_ms, base + 90_000);
+    assert_eq!(
+        preds[0].features,
+        vec![1, 2, 6, 6, 6],
+        "the as-of SX is the one the previous owner held, not the late one"
+    );
+    drop(j);
 }

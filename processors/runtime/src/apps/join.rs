@@ -627,6 +627,7 @@ impl Processor for JoinProcessor {
                     &this.rebuild,
                     &requests,
                     &inputs,
+                    Some(&this.topics.late),
                     &this.rebuild_cfg,
                     |last, (_, p)| {
                         inputs
@@ -654,6 +655,14 @@ impl Processor for JoinProcessor {
         };
         self.states = states;
         let summary = result?;
+        // Live consumption starts now: idle timeouts count from here, not from the rebuild's
+        // start (a rebuild longer than the all-quiet timeout would release the lagging inputs).
+        let resumed = crate::now_ms();
+        for ((_, p), _) in committed {
+            if let Some(s) = self.states.get_mut(p) {
+                s.restart_idle_clocks(resumed);
+            }
+        }
         self.metrics
             .rebuilt_partitions
             .inc_by(summary.partitions as u64);

@@ -176,6 +176,7 @@ impl Processor for WindowProcessor {
                     &self.rebuild,
                     &requests,
                     &[],
+                    Some(&self.topics.late),
                     &self.rebuild_cfg,
                     |last, k| last.get(k).map_or(0, |t| t.saturating_sub(lookback)),
                     &hook,
