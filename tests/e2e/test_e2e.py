@@ -121,13 +121,15 @@ def readings(topic, day):
 
 
 def features(kind, day):
-    """[(client, t, value, bin)] of feature topic `kind` for event times on `day`."""
+    """[(client, t, value, bin, (topic, partition, offset))] of feature topic `kind` for event
+    times on `day`."""
     out = []
-    for r in read_all(TOPICS[kind.lower()]):
+    topic = TOPICS[kind.lower()]
+    for r in read_all(topic):
         f = decode(r.value)
         t = signed(f.get(3, [0])[0])
         if in_day(t, day):
-            out.append((f[1][0].decode(), t, field_double(f, 7), f.get(6, [0])[0]))
+            out.append((f[1][0].decode(), t, field_double(f, 7), f.get(6, [0])[0], (topic, r.partition, r.offset)))
     return out
 
 
@@ -142,6 +144,7 @@ class Checked:
         self.want = {}
         self.bins = {}
         self.at = {(p, o): (client, t) for client, rs in sz_all.items() for t, _, p, o in rs}
+        self.feature_records = {}  # (client, t) → [(topic, partition, offset)] of its FA/FI/FD
         self.dups = 0
         self.pred_dups = 0
         self.dup_samples = {}  # trigger → [(source, first (partition, offset), repeat (partition, offset))]
@@ -162,9 +165,10 @@ def check_nothing_lost(day):
     for i, kind in enumerate(["FA", "FI", "FD"]):
         got = {}
         lo, hi = RANGES[kind]
-        for client, t, value, b in features(kind, None):
+        for client, t, value, b, at in features(kind, None):
             key = (client, t)
             c.bins.setdefault(key, [None, None, None])[i] = b
+            c.feature_records.setdefault(key, []).append(at)
             if not in_day(t, day):
                 continue
             assert key in c.want, f"{kind} for a reading that was never sent: {key}"
@@ -212,7 +216,9 @@ def check_predictions(day, c):
                     stores[kind].add(client, t, (part, off), int(x))
     for (part, off), (client, t) in c.at.items():
         bins = c.bins.get((client, t))
-        if bins and None not in bins:
+        # A triple with a feature routed late never completed in the join (it was released as
+        # incomplete): neither a trigger nor an as-of value.
+        if bins and None not in bins and not any(at in late for at in c.feature_records.get((client, t), [])):
             stores["features"].add(client, t, (part, off), ((part, off), bins))
     w, bias, threshold = MODEL["weights"], MODEL["bias"], MODEL["threshold"]
     seen = {}
@@ -251,11 +257,29 @@ def check_predictions(day, c):
             c.dup_samples.setdefault(trigger, []).append((key[1], where[key], (r.partition, r.offset)))
         where.setdefault(key, (r.partition, r.offset))
         assert seen.setdefault(key, v) == v, f"{client} {t}: a repeated prediction differs"
+    # Nothing lost: every trigger of `day` the join took (its record not late; for a triple, none
+    # of its features late) whose as-of inputs are there and fresh has its prediction. (The
+    # household rows carry SX, SY and SZ at the same minute, so only late inputs make a
+    # reference vector None.)
+    lost = []
+    for kind, rs_by in [("sx", sx), ("sy", sy)]:
+        for client, rs in rs_by.items():
+            for t, x, part, off in rs:
+                src = (TOPICS[kind], part, off)
+                if src in late or (kind, src) in seen:
+                    continue
+                if expected_vector(kind, t, int(x), client, stores["sx"], stores["sy"], stores["features"]) is not None:
+                    lost.append((kind, client, t, src))
     for client, rs in c.sz.items():
-        got = sum(1 for (trig, s) in seen if trig == "features" and s in c.at and c.at[s][0] == client)
-        # Exactly one per SZ reading, unless the join saw some of its inputs late (a restart
-        # longer than the idle timeout: then the late topic holds them).
-        assert len(rs) - len(late) <= got <= len(rs), f"{client}: {got} feature-triggered predictions for {len(rs)} SZ readings"
+        for t, _, part, off in rs:
+            if ("features", (part, off)) in seen:
+                continue
+            triple = stores["features"].at(client, t)
+            if triple is None or triple[0] != t or triple[1][0] != (part, off):
+                continue  # incomplete or late: no trigger
+            if expected_vector("features", t, triple[1], client, stores["sx"], stores["sy"], stores["features"]) is not None:
+                lost.append(("features", client, t, (part, off)))
+    assert not lost, f"{len(lost)} triggers with every input present have no prediction, e.g. {lost[:5]}"
     per_trigger = {k: sum(1 for (trig, _) in seen if trig == k) for k in TRIGGER_NAMES.values()}
     log(f"{len(seen)} predictions {per_trigger} for {len(c.want)} readings hold the exact as-of vectors; "
         f"{c.pred_dups} repeated prediction records, {len(late)} late inputs")
