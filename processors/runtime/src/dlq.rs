@@ -56,8 +56,8 @@ pub fn dead_letter(
     }
     add(PROCESSOR, processor);
     Output {
-        topic: topic.to_owned(),
-        key: msg.key().map(<[u8]>::to_vec),
+        topic: topic.into(),
+        key: msg.key().map(Into::into),
         value: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         timestamp_ms: msg.timestamp_ms,
         headers: Some(h),

@@ -43,10 +43,12 @@ use tokio_util::sync::CancellationToken;
 /// A record to produce.
 #[derive(Debug, Clone)]
 pub struct Output {
-    /// Destination topic.
-    pub topic: String,
-    /// Key (the client id for every SensorFlow topic).
-    pub key: Option<Vec<u8>>,
+    /// Destination topic (shared: the processors keep one `Arc` per output topic, so an
+    /// output costs no allocation for its topic name).
+    pub topic: Arc<str>,
+    /// Key (the client id for every SensorFlow topic; shared by the three features of one
+    /// reading).
+    pub key: Option<Arc<[u8]>>,
     /// Framed value.
     pub value: Vec<u8>,
     /// Kafka timestamp, ms (SensorFlow sets it to the event time).
@@ -290,8 +292,8 @@ impl ProducerContext for Deliveries {
                 },
                 Err((e, m)) => {
                     let out = Output {
-                        topic: m.topic().to_owned(),
-                        key: m.key().map(<[u8]>::to_vec),
+                        topic: m.topic().into(),
+                        key: m.key().map(Arc::from),
                         value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                         timestamp_ms: m.timestamp().to_millis(),
                         headers: m.headers().map(rdkafka::message::BorrowedHeaders::detach),
@@ -418,7 +420,7 @@ impl Emitter {
             _ => {
                 tracing::error!(topic = %out.topic, error = %first, "the broker refuses this record for good");
                 return Err(PipelineError::Produce {
-                    topic: out.topic,
+                    topic: out.topic.to_string(),
                     attempts: 1,
                     source: first,
                 });
@@ -457,7 +459,7 @@ impl Emitter {
         };
         tracing::error!(topic = %out.topic, first_error = %first, error = %last, attempts, "giving up");
         Err(PipelineError::Produce {
-            topic: out.topic,
+            topic: out.topic.to_string(),
             attempts,
             source: last,
         })

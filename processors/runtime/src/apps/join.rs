@@ -215,6 +215,9 @@ pub struct JoinProcessor {
     threshold: f64,
     bounds: FeatureBounds,
     topics: Topics,
+    /// `topics.predictions` and `topics.dead_letter`, shared by every output.
+    predictions_topic: Arc<str>,
+    dead_letter_topic: Arc<str>,
     framing: Framing,
     rebuild: ClientConfig,
     rebuild_cfg: RebuildConfig,
@@ -268,6 +271,8 @@ impl JoinProcessor {
                 categorical_min: 0,
                 categorical_max: args.categorical_max,
             },
+            predictions_topic: topics.predictions.as_str().into(),
+            dead_letter_topic: topics.dead_letter.as_str().into(),
             topics,
             framing: args.framing.framing(),
             rebuild: rebuild_config(&args.kafka, &args.group_id),
@@ -396,8 +401,8 @@ impl JoinProcessor {
             })
             .inc();
         Output {
-            topic: self.topics.dead_letter.clone(),
-            key: Some(client.as_bytes().to_vec()),
+            topic: self.dead_letter_topic.clone(),
+            key: Some(client.as_bytes().into()),
             value: Vec::new(),
             timestamp_ms: Some(event_time_ms),
             headers: Some(h),
@@ -540,8 +545,8 @@ impl JoinProcessor {
         let mut value = Vec::with_capacity(128);
         self.framing.encode_into(&pred.encode_to_vec(), &mut value);
         out.push(Output {
-            topic: self.topics.predictions.clone(),
-            key: Some(j.client.as_bytes().to_vec()),
+            topic: self.predictions_topic.clone(),
+            key: Some(j.client.as_bytes().into()),
             value,
             timestamp_ms: Some(j.event_time_ms),
             headers: None,
@@ -975,7 +980,7 @@ mod record_tests {
         five(&mut p, T0 + 1_000, 1, &mut out);
         let preds: Vec<Prediction> = out
             .iter()
-            .filter(|o| o.topic == "predictions")
+            .filter(|o| &*o.topic == "predictions")
             .map(|o| Prediction::decode(&o.value[..]).unwrap())
             .collect();
         assert_eq!(
@@ -1017,7 +1022,7 @@ mod record_tests {
             let r = h.iter().find(|h| h.key == crate::dlq::REASON).unwrap();
             String::from_utf8(r.value.unwrap().to_vec()).unwrap()
         };
-        assert!(out.iter().all(|o| o.topic == "dead-letter"));
+        assert!(out.iter().all(|o| &*o.topic == "dead-letter"));
         assert_eq!(reason(&out[0]), "missing-key");
         assert_eq!(reason(&out[1]), "decode");
     }

@@ -18,6 +18,7 @@ use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
 use sensorflow_core::window::{self, Outcome, Reading, WindowConfig, WindowEngine};
 use sensorflow_core::wire::Framing;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// window-processor: per client, a sliding event-time window over SZ readings.
@@ -85,6 +86,8 @@ pub struct WindowProcessor {
     engine: WindowEngine,
     ranges: FeatureRanges,
     topics: Topics,
+    /// `topics.fa`, `.fi`, `.fd`, shared by every output (no allocation per feature).
+    feature_topics: [Arc<str>; 3],
     framing: Framing,
     rebuild: ClientConfig,
     rebuild_cfg: RebuildConfig,
@@ -113,6 +116,14 @@ impl WindowProcessor {
                 fd: args.fd_range,
             },
             topics: args.topics.topics(),
+            feature_topics: {
+                let t = args.topics.topics();
+                [
+                    t.fa.as_str().into(),
+                    t.fi.as_str().into(),
+                    t.fd.as_str().into(),
+                ]
+            },
             framing: args.framing.framing(),
             rebuild: rebuild_config(&args.kafka, &args.group_id),
             rebuild_cfg: rebuild_config_of(&args.common),
@@ -254,21 +265,14 @@ impl Processor for WindowProcessor {
             }
             Outcome::Emit(agg) => {
                 let features = [
-                    (FeatureKind::Fa, &self.topics.fa, agg.mean, self.ranges.fa),
-                    (
-                        FeatureKind::Fi,
-                        &self.topics.fi,
-                        agg.integral,
-                        self.ranges.fi,
-                    ),
-                    (
-                        FeatureKind::Fd,
-                        &self.topics.fd,
-                        agg.derivative,
-                        self.ranges.fd,
-                    ),
+                    (FeatureKind::Fa, agg.mean, self.ranges.fa),
+                    (FeatureKind::Fi, agg.integral, self.ranges.fi),
+                    (FeatureKind::Fd, agg.derivative, self.ranges.fd),
                 ];
-                for (kind, topic, value, range) in features {
+                // One key for the three records.
+                let key: Arc<[u8]> = client.as_bytes().into();
+                for ((kind, value, range), topic) in features.into_iter().zip(&self.feature_topics)
+                {
                     let f = &mut self.feature;
                     f.client_id.clear();
                     f.client_id.push_str(client);
@@ -287,7 +291,7 @@ impl Processor for WindowProcessor {
                     self.framing.encode_into(&self.pb, &mut value);
                     out.push(Output {
                         topic: topic.clone(),
-                        key: Some(client.as_bytes().to_vec()),
+                        key: Some(key.clone()),
                         value,
                         timestamp_ms: Some(t),
                         headers: None,
@@ -429,7 +433,7 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        let topics: Vec<&str> = out.iter().map(|o| o.topic.as_str()).collect();
+        let topics: Vec<&str> = out.iter().map(|o| &*o.topic).collect();
         assert_eq!(topics, ["FA", "FI", "FD"]);
         for o in &out {
             assert_eq!(o.key.as_deref(), Some(b"c1".as_slice()));
@@ -488,7 +492,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|o| o.topic == "dead-letter"), "{out:?}");
+        assert!(out.iter().all(|o| &*o.topic == "dead-letter"), "{out:?}");
         assert_eq!(header(&out[0], dlq::REASON), Some("missing-key"));
         assert_eq!(header(&out[0], dlq::SOURCE_OFFSET), Some("7"));
         assert_eq!(
@@ -512,7 +516,7 @@ mod tests {
             .unwrap();
         }
         assert_eq!(out.len(), 4, "three features, then one late record");
-        assert_eq!(out[3].topic, "late");
+        assert_eq!(&*out[3].topic, "late");
         assert_eq!(header(&out[3], dlq::REASON), Some("late"));
         assert_eq!(header(&out[3], dlq::SOURCE_OFFSET), Some("10"));
         // Another partition has its own watermark (partition scope).
