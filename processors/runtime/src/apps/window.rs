@@ -104,6 +104,7 @@ impl WindowProcessor {
         metrics
             .liveness
             .set_timeout(Duration::from_millis(args.common.liveness_timeout_ms));
+        let topics = args.topics.topics();
         Self {
             engine: WindowEngine::new(WindowConfig {
                 size_ms: args.window_size_ms,
@@ -115,15 +116,12 @@ impl WindowProcessor {
                 fi: args.fi_range,
                 fd: args.fd_range,
             },
-            topics: args.topics.topics(),
-            feature_topics: {
-                let t = args.topics.topics();
-                [
-                    t.fa.as_str().into(),
-                    t.fi.as_str().into(),
-                    t.fd.as_str().into(),
-                ]
-            },
+            feature_topics: [
+                topics.fa.as_str().into(),
+                topics.fi.as_str().into(),
+                topics.fd.as_str().into(),
+            ],
+            topics,
             framing: args.framing.framing(),
             rebuild: rebuild_config(&args.kafka, &args.group_id),
             rebuild_cfg: rebuild_config_of(&args.common),
