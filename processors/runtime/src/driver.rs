@@ -30,6 +30,7 @@
 use crate::metrics::{Metrics, TopicLabel};
 use crate::pipeline::{LoopConsumer, RebalanceEvent, TopicPartition};
 use crate::record::ConsumedRecord;
+use futures::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer;
@@ -103,6 +104,17 @@ pub trait Hooks {
     async fn after_turn(&mut self, _d: &mut Driver<'_>) -> Result<(), Self::Error> {
         Ok(())
     }
+    /// Whether [`Hooks::on_message`] reads [`ConsumedRecord::headers`]; when false they are
+    /// left unparsed and the record's headers are empty.
+    fn reads_headers(&self) -> bool {
+        true
+    }
+    /// Whether the turn may hand over another record that is already fetched (checked before
+    /// each after the first; see [`TURN_RECORDS`]). A hook with a memory budget says no once
+    /// it is spent.
+    fn take_more(&self) -> bool {
+        true
+    }
     /// True when work is queued that the next turn should do without waiting for a record
     /// or a tick.
     fn busy(&self) -> bool {
@@ -114,6 +126,12 @@ pub trait Hooks {
     /// When flushing or committing fails.
     async fn on_shutdown(&mut self, d: &mut Driver<'_>) -> Result<(), Self::Error>;
 }
+
+/// The most records one turn of [`Driver::run`] hands to [`Hooks::on_message`]: the first
+/// received, then those already fetched (see `Driver::deliver_fetched`). librdkafka hands
+/// over a fetch response's records one by one; 500 is the default `max.poll.records` of the
+/// Java consumer, and bounds how long a turn keeps a tick (flush and commit) waiting.
+pub const TURN_RECORDS: usize = 500;
 
 /// What [`Driver::poll_now`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +331,11 @@ impl<'c> Driver<'c> {
         msg: &BorrowedMessage<'_>,
     ) -> Result<(), H::Error> {
         self.rebalance_holding(h, Some(msg)).await?;
-        let rec = ConsumedRecord::from_kafka(msg);
+        let rec = if h.reads_headers() {
+            ConsumedRecord::from_kafka(msg)
+        } else {
+            ConsumedRecord::from_kafka_without_headers(msg)
+        };
         if !self.assigned.admit(rec.topic, rec.partition, rec.offset) {
             // Revoked since it was fetched (its new owner processes it), or below the offset
             // the state was rebuilt to (already applied; see `Assignment`).
@@ -394,6 +416,36 @@ impl<'c> Driver<'c> {
         }
     }
 
+    /// Hands up to [`TURN_RECORDS`] − 1 more records that librdkafka has fetched already to
+    /// the hooks, without waiting, in the same turn as the record just received.
+    ///
+    /// One record per turn would pay the turn's fixed cost (the `select!` over shutdown, tick
+    /// and receive, a tokio timer check, the liveness beat) per record, and spread the
+    /// outputs of a fetched batch over more time, so the producer's broker thread wakes more
+    /// often for fewer records (librdkafka wakes it when a partition's queue goes from empty
+    /// to one message). A consume error ends the batch; the next turn's receive backs off.
+    async fn deliver_fetched<H: Hooks>(
+        &mut self,
+        h: &mut H,
+        shutdown: &CancellationToken,
+    ) -> Result<(), H::Error> {
+        let consumer = self.consumer;
+        for _ in 1..TURN_RECORDS {
+            if shutdown.is_cancelled() || !h.take_more() {
+                break;
+            }
+            match consumer.recv().now_or_never() {
+                Some(Ok(msg)) => self.deliver(h, &msg).await?,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Subscribes to the hooks' topics and runs the loop until `shutdown` is cancelled, then
     /// calls [`Hooks::on_shutdown`]. `tick` is the period of [`Hooks::on_tick`] (a late tick
     /// is delayed, never bunched).
@@ -432,8 +484,9 @@ impl<'c> Driver<'c> {
                     h.on_tick(&mut self).await?;
                 }
                 msg = Self::next(consumer, &mut recv_errors) => {
-                    self.last_poll = Instant::now();
                     self.deliver(h, &msg).await?;
+                    self.deliver_fetched(h, &shutdown).await?;
+                    self.last_poll = Instant::now();
                 }
                 // Polled after recv (biased): with work queued the turn goes on without
                 // waiting for a record.

@@ -98,13 +98,23 @@ impl<'a> ConsumedRecord<'a> {
                 .collect()
         });
         Self {
+            headers,
+            ..Self::from_kafka_without_headers(m)
+        }
+    }
+
+    /// [`ConsumedRecord::from_kafka`] with no headers: librdkafka parses a message's headers
+    /// (allocating a list) only when asked, so a reader that never looks at them skips that
+    /// (5.8 % of join-predict's CPU when its features carried headers).
+    pub fn from_kafka_without_headers<M: Message>(m: &'a M) -> Self {
+        Self {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key: m.key(),
             value: m.payload(),
-            headers,
+            headers: Vec::new(),
         }
     }
 

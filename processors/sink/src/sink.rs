@@ -1118,6 +1118,10 @@ impl<S: ObjectStore> Hooks for Sink<S> {
         !self.queue.is_empty()
     }
 
+    fn take_more(&self) -> bool {
+        self.buffered + self.queued <= self.cfg.max_buffer_bytes
+    }
+
     async fn on_shutdown(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         self.flush(d).await?;
         self.summary.retries = self.sm.upload_retries.get();
