@@ -227,6 +227,13 @@ pub struct JoinProcessor {
     /// SZ partitions on which the upstream window-processor has a backlog, sorted; written by
     /// the [`watch_upstream`] thread.
     upstream: Option<Arc<Mutex<Vec<i32>>>>,
+    /// `sensorflow_predictions_total` for `sx`, `sy` and `features`, looked up once.
+    predicted: [Counter; 3],
+    /// The prediction being made, reused: its strings and feature list keep their buffers
+    /// from one prediction to the next (model name, version and threshold are set once).
+    scratch: Prediction,
+    /// Protobuf bytes of `scratch`, reused.
+    encoded: Vec<u8>,
 }
 
 impl JoinProcessor {
@@ -259,14 +266,32 @@ impl JoinProcessor {
         ]
         .into_iter()
         .collect();
+        let model = model_cfg.build()?;
+        let threshold = model::check_threshold(args.threshold)?;
+        let predicted = ["sx", "sy", "features"].map(|t| {
+            jm.predictions
+                .get_or_create(&TriggerLabel {
+                    trigger: t.to_owned(),
+                })
+                .clone()
+        });
+        let scratch = Prediction {
+            model_name: model.name().to_owned(),
+            model_version: model.version().to_owned(),
+            threshold,
+            ..Prediction::default()
+        };
         Ok(Self {
+            predicted,
+            scratch,
+            encoded: Vec::with_capacity(128),
             states: FxHashMap::default(),
             cfg,
             inputs,
             jm,
             events: Vec::new(),
-            model: model_cfg.build()?,
-            threshold: model::check_threshold(args.threshold)?,
+            model,
+            threshold,
             bounds: FeatureBounds {
                 categorical_min: 0,
                 categorical_max: args.categorical_max,
@@ -354,13 +379,7 @@ impl JoinProcessor {
     }
 
     fn topic_of(&self, input: InputKind) -> &str {
-        match input {
-            InputKind::Sx => &self.topics.sx,
-            InputKind::Sy => &self.topics.sy,
-            InputKind::Fa => &self.topics.fa,
-            InputKind::Fi => &self.topics.fi,
-            InputKind::Fd => &self.topics.fd,
-        }
+        input_topic(&self.topics, input)
     }
 
     /// A dead-letter record for a join outcome (no single input record to copy): key = client,
@@ -409,10 +428,10 @@ impl JoinProcessor {
         }
     }
 
-    /// Turns released join events of `partition` into outputs.
-    fn emit_events(&mut self, partition: i32, out: &mut Vec<Output>) {
+    /// Turns released join events of `partition` into outputs; `now` (wall clock, ms) is
+    /// their `predicted_at_ms`.
+    fn emit_events(&mut self, partition: i32, now: i64, out: &mut Vec<Output>) {
         let events = std::mem::take(&mut self.events);
-        let now = crate::now_ms();
         for ev in &events {
             match ev {
                 JoinEvent::Prediction(j) => self.predict(partition, j, now, out),
@@ -474,13 +493,13 @@ impl JoinProcessor {
     }
 
     fn predict(
-        &self,
+        &mut self,
         partition: i32,
         j: &sensorflow_core::join::JoinOutput,
         now: i64,
         out: &mut Vec<Output>,
     ) {
-        let topic = self.topic_of(j.record.input).to_owned();
+        let topic = input_topic(&self.topics, j.record.input);
         let vector = match FeatureVector::new(&j.vector, &self.bounds) {
             Ok(v) => v,
             Err(e) => {
@@ -499,7 +518,7 @@ impl JoinProcessor {
         };
         let p = self
             .model
-            .predict(&vector, identity(&topic, partition, j.record.offset));
+            .predict(&vector, identity(topic, partition, j.record.offset));
         let alert = p >= self.threshold;
         if alert {
             self.metrics.alerts.inc();
@@ -509,41 +528,35 @@ impl JoinProcessor {
                 .latency
                 .observe((now - j.ingest_time_ms).max(0) as f64 / 1000.0);
         }
-        let trigger = match j.trigger {
-            Trigger::Sx => "sx",
-            Trigger::Sy => "sy",
-            Trigger::Features => "features",
+        let (slot, kind) = match j.trigger {
+            Trigger::Sx => (0, TriggerKind::TriggerSx),
+            Trigger::Sy => (1, TriggerKind::TriggerSy),
+            Trigger::Features => (2, TriggerKind::TriggerFeatures),
         };
-        self.jm
-            .predictions
-            .get_or_create(&TriggerLabel {
-                trigger: trigger.to_owned(),
-            })
-            .inc();
-        let pred = Prediction {
-            client_id: j.client.to_string(),
-            event_time_ms: j.event_time_ms,
-            features: vector.0.to_vec(),
-            probability: p,
-            alert,
-            model_name: self.model.name().to_owned(),
-            model_version: self.model.version().to_owned(),
-            trigger: match j.trigger {
-                Trigger::Sx => TriggerKind::TriggerSx,
-                Trigger::Sy => TriggerKind::TriggerSy,
-                Trigger::Features => TriggerKind::TriggerFeatures,
-            } as i32,
-            source_topic: topic,
-            source_partition: partition,
-            source_offset: j.record.offset,
-            features_source_partition: j.triple_source.partition,
-            features_source_offset: j.triple_source.offset,
-            ingest_time_ms: j.ingest_time_ms,
-            threshold: self.threshold,
-            predicted_at_ms: now,
-        };
-        let mut value = Vec::with_capacity(128);
-        self.framing.encode_into(&pred.encode_to_vec(), &mut value);
+        self.predicted[slot].inc();
+        let pred = &mut self.scratch;
+        pred.client_id.clear();
+        pred.client_id.push_str(&j.client);
+        pred.event_time_ms = j.event_time_ms;
+        pred.features.clear();
+        pred.features.extend_from_slice(&vector.0);
+        pred.probability = p;
+        pred.alert = alert;
+        pred.trigger = kind as i32;
+        pred.source_topic.clear();
+        pred.source_topic.push_str(topic);
+        pred.source_partition = partition;
+        pred.source_offset = j.record.offset;
+        pred.features_source_partition = j.triple_source.partition;
+        pred.features_source_offset = j.triple_source.offset;
+        pred.ingest_time_ms = j.ingest_time_ms;
+        pred.predicted_at_ms = now;
+        self.encoded.clear();
+        #[allow(clippy::expect_used)]
+        pred.encode(&mut self.encoded)
+            .expect("a Vec grows to any encoded length");
+        let mut value = Vec::with_capacity(self.encoded.len() + 6);
+        self.framing.encode_into(&self.encoded, &mut value);
         out.push(Output {
             topic: self.predictions_topic.clone(),
             key: Some(j.client.as_bytes().into()),
@@ -571,6 +584,17 @@ impl JoinProcessor {
 
 /// A stable 64-bit identity of a record (FxHash of the topic, mixed with partition and
 /// offset), so the random model gives a redelivered record the same probability.
+/// The topic of join input `input`.
+fn input_topic(topics: &Topics, input: InputKind) -> &str {
+    match input {
+        InputKind::Sx => &topics.sx,
+        InputKind::Sy => &topics.sy,
+        InputKind::Fa => &topics.fa,
+        InputKind::Fi => &topics.fi,
+        InputKind::Fd => &topics.fd,
+    }
+}
+
 fn identity(topic: &str, partition: i32, offset: i64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
@@ -700,7 +724,6 @@ impl Processor for JoinProcessor {
                 return Ok(());
             }
         };
-        let now = crate::now_ms();
         let cfg = self.cfg;
         let state = self
             .states
@@ -729,7 +752,7 @@ impl Processor for JoinProcessor {
                 out.push(dead_letter(msg, &r, &self.topics.late, "join-predict"));
             }
         }
-        self.emit_events(msg.partition(), out);
+        self.emit_events(msg.partition(), now, out);
         Ok(())
     }
 
@@ -781,7 +804,7 @@ impl Processor for JoinProcessor {
                 s.advance(now, &mut events);
             }
             self.events = events;
-            self.emit_events(p, out);
+            self.emit_events(p, now, out);
         }
         Ok(())
     }
@@ -910,7 +933,9 @@ mod record_tests {
     use clap::Parser;
     use prost::Message as _;
     use rdkafka::message::Headers;
-    use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor, SensorReading};
+    use sensorflow_core::proto::{
+        Feature, FeatureKind, Prediction, Sensor, SensorReading, TriggerKind,
+    };
 
     const T0: i64 = 1_700_000_000_000;
 
@@ -947,6 +972,11 @@ mod record_tests {
 
     /// The five inputs of client `c1` at event time `t`, in partition 0 at `offset`.
     fn five(p: &mut JoinProcessor, t: i64, offset: i64, out: &mut Vec<Output>) {
+        five_of(p, "c1", t, offset, out);
+    }
+
+    /// The five inputs of `client` at event time `t`, in partition 0 at `offset`.
+    fn five_of(p: &mut JoinProcessor, client: &str, t: i64, offset: i64, out: &mut Vec<Output>) {
         let values = [
             ("SX", reading(Sensor::Sx, t, 2.0)),
             ("SY", reading(Sensor::Sy, t, 3.0)),
@@ -956,7 +986,7 @@ mod record_tests {
         ];
         for (topic, v) in &values {
             let rec = ConsumedRecord::new(topic, 0, offset)
-                .with_key(b"c1")
+                .with_key(client.as_bytes())
                 .with_value(v)
                 .with_timestamp(t);
             p.process(&rec, out).unwrap();
@@ -1000,6 +1030,47 @@ mod record_tests {
             out.iter()
                 .all(|o| o.key.as_deref() == Some(b"c1".as_slice()))
         );
+    }
+
+    /// The processor reuses one `Prediction` for every prediction it makes: nothing of one
+    /// (a longer client id, its trigger) may show through in the next.
+    #[test]
+    fn each_prediction_carries_only_its_own_fields() {
+        let mut p = processor();
+        let mut out = Vec::new();
+        five_of(&mut p, "a-much-longer-client-id", T0, 0, &mut out);
+        five_of(&mut p, "c2", T0 + 500, 1, &mut out);
+        five_of(&mut p, "c3", T0 + 1_000, 2, &mut out);
+        let preds: Vec<(Option<&[u8]>, Prediction)> = out
+            .iter()
+            .filter(|o| &*o.topic == "predictions")
+            .map(|o| (o.key.as_deref(), Prediction::decode(&o.value[..]).unwrap()))
+            .collect();
+        assert_eq!(
+            preds.len(),
+            6,
+            "three triggers each of the first two: {out:?}"
+        );
+        for (key, pr) in &preds {
+            assert_eq!(Some(pr.client_id.as_bytes()), *key);
+            let (t, offset) = if pr.client_id == "c2" {
+                (T0 + 500, 1)
+            } else {
+                (T0, 0)
+            };
+            assert_eq!((pr.event_time_ms, pr.source_offset), (t, offset));
+            assert_eq!(pr.features.len(), 5);
+            assert_eq!(pr.features[..2], [2, 3]);
+            let expected = match pr.source_topic.as_str() {
+                "SX" => TriggerKind::TriggerSx,
+                "SY" => TriggerKind::TriggerSy,
+                "FA" => TriggerKind::TriggerFeatures,
+                other => panic!("source topic {other}"),
+            };
+            assert_eq!(pr.trigger, expected as i32);
+            assert_eq!(pr.alert, pr.probability >= pr.threshold);
+            assert!(!pr.model_name.is_empty() && !pr.model_version.is_empty());
+        }
     }
 
     #[test]
