@@ -511,6 +511,7 @@ impl ClientKey {
 }
 
 impl PartialEq for ClientKey {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         self.as_bytes() == other.as_bytes()
     }
@@ -520,22 +521,123 @@ impl Eq for ClientKey {}
 
 impl std::hash::Hash for ClientKey {
     // Must hash like the borrowed form, `[u8]`.
+    #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state);
     }
 }
 
 impl std::borrow::Borrow<[u8]> for ClientKey {
+    #[inline]
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
+/// The windows of one partition: a dense slab of client states, found through a map from the
+/// client key to the state's index. The index of a client never changes while it is held, so
+/// [`WindowEngine::process_batch`] can look a chunk's clients up once, ahead of processing.
 #[derive(Debug, Default)]
 struct PartitionWindows {
     max_t: Option<i64>,
-    clients: FxHashMap<ClientKey, ClientWindow>,
+    /// Client key → index in `windows`.
+    index: FxHashMap<ClientKey, usize>,
+    /// Client states; the entries listed in `free` belong to no client (and are empty).
+    windows: Vec<ClientWindow>,
+    free: Vec<usize>,
     since_sweep: usize,
+}
+
+impl PartitionWindows {
+    /// Index of `client`'s state, created empty when it has none.
+    #[inline]
+    fn slot(&mut self, client: &str) -> usize {
+        match self.index.get(client.as_bytes()) {
+            Some(&i) => i,
+            None => self.insert(client),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn insert(&mut self, client: &str) -> usize {
+        let i = self.free.pop().unwrap_or_else(|| {
+            self.windows.push(ClientWindow::default());
+            self.windows.len() - 1
+        });
+        self.index.insert(ClientKey::new(client), i);
+        i
+    }
+
+    /// Processes `r` for the client whose state is `windows[i]` (`client` is its key).
+    /// `removals` counts client states dropped (see [`WindowEngine::process_batch`]).
+    #[inline]
+    fn process_at(
+        &mut self,
+        cfg: WindowConfig,
+        i: usize,
+        client: &str,
+        r: Reading,
+        removals: &mut u64,
+    ) -> Outcome {
+        let cw = &mut self.windows[i];
+        let max_seen = match cfg.scope {
+            WatermarkScope::Partition => self.max_t,
+            WatermarkScope::Client => cw.max_t(),
+        };
+        if let Some(max_t) = max_seen {
+            let watermark = max_t.saturating_sub(cfg.grace_ms);
+            if r.t < watermark {
+                if cw.is_empty() && self.index.remove(client.as_bytes()).is_some() {
+                    self.free.push(i);
+                    *removals += 1;
+                }
+                return Outcome::Late { watermark };
+            }
+        }
+        let agg = cw.push(r, cfg.size_ms, cfg.grace_ms);
+        self.max_t = Some(self.max_t.map_or(r.t, |m| m.max(r.t)));
+        self.since_sweep += 1;
+        if cfg.scope == WatermarkScope::Partition
+            && self.since_sweep >= SWEEP_EVERY.max(4 * self.index.len())
+        {
+            self.since_sweep = 0;
+            if self.sweep(cfg) {
+                *removals += 1;
+            }
+        }
+        Outcome::Emit(agg)
+    }
+
+    /// Drops the clients that can no longer be in a window; true when any was dropped.
+    #[cold]
+    #[inline(never)]
+    fn sweep(&mut self, cfg: WindowConfig) -> bool {
+        let Some(max_t) = self.max_t else {
+            return false;
+        };
+        // A client whose newest reading is ≤ watermark − size can never be in a window of an
+        // accepted reading again (those have t ≥ watermark): dropping it is exact.
+        let span = cfg.grace_ms.saturating_add(cfg.size_ms);
+        let before = self.index.len();
+        let Self {
+            index,
+            windows,
+            free,
+            ..
+        } = self;
+        index.retain(|_, &mut i| {
+            let keep = windows[i]
+                .max_t()
+                .is_some_and(|t| !at_or_before(t, max_t, span));
+            if !keep {
+                windows[i] = ClientWindow::default();
+                free.push(i);
+            }
+            keep
+        });
+        self.index.len() != before
+    }
 }
 
 /// Per-partition, per-client window state for one window-processor instance.
@@ -545,15 +647,17 @@ struct PartitionWindows {
 pub struct WindowEngine {
     cfg: WindowConfig,
     partitions: FxHashMap<i32, PartitionWindows>,
+    /// Client states dropped so far (late first readings, sweeps, revocations): while it does
+    /// not change, an index looked up earlier still belongs to the same client.
+    removals: u64,
 }
 
 /// Readings per chunk of [`WindowEngine::process_batch`]: enough independent cache misses to
 /// keep the memory system busy, few enough that the touched lines stay in L1.
 pub const BATCH_CHUNK: usize = 32;
 
-/// Clients held above which [`WindowEngine::process_batch`] warms each chunk's state first
-/// (below it, a client's state is a few hundred bytes × clients: it stays in L2).
-const WARM_CLIENTS: usize = 4_096;
+/// No client state (in the look-ahead of [`WindowEngine::process_batch`]).
+const NO_SLOT: usize = usize::MAX;
 
 /// How many readings a partition takes at least between sweeps for idle clients; at least 4
 /// per client held, too, so a sweep (which visits every client, a cache miss each when the
@@ -568,6 +672,7 @@ impl WindowEngine {
         Self {
             cfg,
             partitions: FxHashMap::default(),
+            removals: 0,
         }
     }
 
@@ -580,79 +685,60 @@ impl WindowEngine {
     pub fn process(&mut self, partition: i32, client: &str, r: Reading) -> Outcome {
         let cfg = self.cfg;
         let p = self.partitions.entry(partition).or_default();
-        let cw = match p.clients.get_mut(client.as_bytes()) {
-            Some(cw) => cw,
-            None => p.clients.entry(ClientKey::new(client)).or_default(),
-        };
-        let max_seen = match cfg.scope {
-            WatermarkScope::Partition => p.max_t,
-            WatermarkScope::Client => cw.max_t(),
-        };
-        if let Some(max_t) = max_seen {
-            let watermark = max_t.saturating_sub(cfg.grace_ms);
-            if r.t < watermark {
-                if cw.is_empty() {
-                    p.clients.remove(client.as_bytes());
-                }
-                return Outcome::Late { watermark };
-            }
-        }
-        let agg = cw.push(r, cfg.size_ms, cfg.grace_ms);
-        p.max_t = Some(p.max_t.map_or(r.t, |m| m.max(r.t)));
-        p.since_sweep += 1;
-        if cfg.scope == WatermarkScope::Partition
-            && p.since_sweep >= SWEEP_EVERY.max(4 * p.clients.len())
-        {
-            p.since_sweep = 0;
-            if let Some(max_t) = p.max_t {
-                // A client whose newest reading is ≤ watermark − size can never be in a window
-                // of an accepted reading again (those have t ≥ watermark): dropping it is exact.
-                let span = cfg.grace_ms.saturating_add(cfg.size_ms);
-                p.clients
-                    .retain(|_, cw| cw.max_t().is_some_and(|t| !at_or_before(t, max_t, span)));
-            }
-        }
-        Outcome::Emit(agg)
+        let i = p.slot(client);
+        p.process_at(cfg, i, client, r, &mut self.removals)
     }
 
     /// Processes readings in order, exactly as [`WindowEngine::process`] on each in turn
     /// would, appending one [`Outcome`] per reading to `out`.
     ///
-    /// Faster when the window state is larger than the CPU caches (more than 4 096 clients): the
-    /// batch is taken in chunks of [`BATCH_CHUNK`]; before a chunk is processed, the state it will touch
-    /// (each client's map entry, its newest and its oldest live reading) is read in one pass of
-    /// independent loads, so the cache misses of a whole chunk overlap instead of being paid
-    /// one after another. That pass only reads: the results do not depend on it.
+    /// The batch is taken in chunks of [`BATCH_CHUNK`]. Before a chunk is processed, its
+    /// clients are looked up in one pass of independent loads that also touch the state each
+    /// will use (its newest and its oldest live reading), so the cache misses of a whole chunk
+    /// overlap instead of being paid one after another, and the processing pass reuses the
+    /// indices found (unless a client state was dropped in between: then it looks up again).
+    /// That pass only reads: the results do not depend on it.
     pub fn process_batch<K: AsRef<str>>(
         &mut self,
         batch: &[(i32, K, Reading)],
         out: &mut Vec<Outcome>,
     ) {
         out.reserve(batch.len());
-        // Cache-resident state gains nothing from the warm-up pass (it would only repeat the
-        // lookups): it runs when the clients held exceed `WARM_CLIENTS`.
-        let warm = self
-            .partitions
-            .values()
-            .map(|p| p.clients.len())
-            .sum::<usize>()
-            > WARM_CLIENTS;
+        let cfg = self.cfg;
+        let mut slots = [NO_SLOT; BATCH_CHUNK];
         for chunk in batch.chunks(BATCH_CHUNK) {
-            if warm {
-                self.warm(chunk);
-            }
-            for (partition, client, r) in chunk {
-                out.push(self.process(*partition, client.as_ref(), *r));
+            let removals = self.removals;
+            self.look_ahead(chunk, &mut slots);
+            for ((partition, client, r), &slot) in chunk.iter().zip(&slots) {
+                let client = client.as_ref();
+                let p = self.partitions.entry(*partition).or_default();
+                let i = if slot != NO_SLOT && self.removals == removals {
+                    slot
+                } else {
+                    p.slot(client)
+                };
+                out.push(p.process_at(cfg, i, client, *r, &mut self.removals));
             }
         }
     }
 
-    /// Touches the state `chunk` will use (see [`WindowEngine::process_batch`]).
+    /// Finds the state index of each reading of `chunk` (or [`NO_SLOT`]) and touches that
+    /// state (see [`WindowEngine::process_batch`]). Two passes, so each load depends on few
+    /// others and many are in flight at once: the map lookups (with the client's state
+    /// struct), then the readings each state will use.
     #[inline(never)]
-    fn warm<K: AsRef<str>>(&self, chunk: &[(i32, K, Reading)]) {
+    fn look_ahead<K: AsRef<str>>(
+        &self,
+        chunk: &[(i32, K, Reading)],
+        slots: &mut [usize; BATCH_CHUNK],
+    ) {
         let mut acc = 0u64;
+        let mut parts: [Option<&PartitionWindows>; BATCH_CHUNK] = [None; BATCH_CHUNK];
         let mut last: Option<(i32, &PartitionWindows)> = None;
-        for (partition, client, _) in chunk {
+        for (((partition, client, _), slot), part) in
+            chunk.iter().zip(slots.iter_mut()).zip(parts.iter_mut())
+        {
+            *slot = NO_SLOT;
             let p = match last {
                 Some((id, p)) if id == *partition => p,
                 _ => match self.partitions.get(partition) {
@@ -663,7 +749,16 @@ impl WindowEngine {
                     None => continue,
                 },
             };
-            if let Some(cw) = p.clients.get(client.as_ref().as_bytes()) {
+            if let Some(&i) = p.index.get(client.as_ref().as_bytes())
+                && let Some(cw) = p.windows.get(i)
+            {
+                *slot = i;
+                *part = Some(p);
+                acc = acc.wrapping_add(cw.start as u64);
+            }
+        }
+        for (&slot, part) in slots.iter().zip(&parts) {
+            if let Some(cw) = part.and_then(|p| p.windows.get(slot)) {
                 acc = acc.wrapping_add(cw.touch());
             }
         }
@@ -681,11 +776,13 @@ impl WindowEngine {
     /// Drops the state of a revoked partition.
     pub fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.removals += 1;
     }
 
     /// Drops all state (e.g. before a full rebuild).
     pub fn clear(&mut self) {
         self.partitions.clear();
+        self.removals += 1;
     }
 
     /// Current state size.
@@ -693,15 +790,19 @@ impl WindowEngine {
         let mut s = StateStats::default();
         for p in self.partitions.values() {
             s.partitions += 1;
-            for (k, cw) in &p.clients {
+            for (k, &i) in &p.index {
+                let cw = &p.windows[i];
                 s.clients += 1;
                 s.readings += cw.len();
                 s.reading_heap_bytes += cw.heap_bytes();
                 s.overhead_bytes += std::mem::size_of::<ClientWindow>()
-                    + std::mem::size_of::<ClientKey>()
+                    + std::mem::size_of::<(ClientKey, usize)>()
                     + k.heap_bytes()
                     + cw.sums_heap_bytes();
             }
+            // Free entries of the slab (and the free list) hold no readings.
+            s.overhead_bytes +=
+                p.free.len() * (std::mem::size_of::<ClientWindow>() + std::mem::size_of::<usize>());
         }
         s
     }
@@ -718,7 +819,8 @@ pub struct StateStats {
     pub readings: usize,
     /// Heap bytes of the reading buffers (capacity × 16 bytes).
     pub reading_heap_bytes: usize,
-    /// Per-client bookkeeping bytes (struct, key), excluding hash-table slack.
+    /// Per-client bookkeeping bytes (struct, key and index entry, free slab entries),
+    /// excluding hash-table and slab slack.
     pub overhead_bytes: usize,
 }
 
@@ -1006,7 +1108,7 @@ mod tests {
 
     #[test]
     fn batches_equal_one_call_per_reading() {
-        // Above WARM_CLIENTS so the warm-up pass runs; two partitions, out-of-order, late and
+        // Above 4 096 clients (state beyond L1/L2); two partitions, out-of-order, late and
         // idle (swept) clients, keys short (inline) and long (heap).
         let mut x: u64 = 7;
         let mut next = move || {
