@@ -311,13 +311,23 @@ fn pow2(k: i32) -> f64 {
 /// position, convert with one hardware rounding.
 #[inline(always)]
 fn u128_to_f64(a: u128) -> f64 {
-    if let Ok(small) = u64::try_from(a) {
+    if let Ok(small) = i64::try_from(a) {
         return small as f64;
     }
-    let lz = a.leading_zeros(); // < 64
+    let lz = a.leading_zeros(); // < 65
     let norm = a << lz;
     let top = (norm >> 64) as u64 | u64::from(norm as u64 != 0);
-    (top as f64) * pow2(64 - lz as i32)
+    u64_top_to_f64(top) * pow2(64 - lz as i32)
+}
+
+/// `x` rounded once to the nearest double (ties to even), for `x ≥ 2^63`: halved with the
+/// dropped bit folded into the sticky bit 0 (still 10 places below the rounding position),
+/// so it converts as a signed integer (one instruction; the unsigned conversion is a
+/// four-instruction sequence on baseline x86-64), then doubled exactly.
+#[inline(always)]
+fn u64_top_to_f64(x: u64) -> f64 {
+    debug_assert!(x >> 63 == 1);
+    ((((x >> 1) | (x & 1)) as i64) as f64) * 2.0
 }
 
 /// `f` rounded once to the nearest double (ties to even).
@@ -361,7 +371,8 @@ pub fn fixed_div2000_round(f: i128) -> f64 {
     let sticky = !t.is_multiple_of(125) || norm as u64 != 0;
     let q = (t / 125) | u64::from(sticky);
     // |f| = norm · 2^-lz, so |f| / 125 ≈ q · 2^(64 - lz); the value is that · 2^-64 / 16.
-    let mag = (q as f64) * pow2(-(4 + lz));
+    // q < 2^57: the signed conversion is exact in range (one instruction).
+    let mag = ((q as i64) as f64) * pow2(-(4 + lz));
     if f < 0 { -mag } else { mag }
 }
 
@@ -420,7 +431,14 @@ impl HybridSum {
     /// Adds `x` exactly.
     #[inline]
     pub fn add(&mut self, x: f64) {
-        match to_fixed(x) {
+        self.add_known(x, to_fixed(x));
+    }
+
+    /// Adds `x` exactly, given `fixed = to_fixed(x)` (for a caller that already has it).
+    #[inline(always)]
+    pub fn add_known(&mut self, x: f64, fixed: Option<i128>) {
+        debug_assert!(fixed == to_fixed(x));
+        match fixed {
             Some(f) => self.add_fixed(f),
             None => self.rest_mut().add(x),
         }
@@ -472,7 +490,7 @@ impl HybridSum {
     }
 
     /// The exact value rounded once to the nearest double (ties to even).
-    #[inline]
+    #[inline(always)]
     pub fn round(&self) -> f64 {
         if self.is_fixed_only() {
             fixed_round(self.fixed())
@@ -482,7 +500,7 @@ impl HybridSum {
     }
 
     /// The exact value divided by 2000, rounded once to the nearest double (ties to even).
-    #[inline]
+    #[inline(always)]
     pub fn div2000_round(&self) -> f64 {
         if self.is_fixed_only() {
             fixed_div2000_round(self.fixed())

@@ -174,12 +174,27 @@ pub enum Outcome {
 /// the ½ and the ms → s factor, applied once at the end) exactly.
 #[inline(always)]
 fn trapezoid(area: &mut HybridSum, a: Reading, b: Reading, remove: bool) {
+    trapezoid_fixed(area, a, to_fixed(a.v), b, to_fixed(b.v), remove);
+}
+
+/// [`trapezoid`] with the readings' fixed-point values already known (`fa = to_fixed(a.v)`,
+/// `fb = to_fixed(b.v)`), so a reading that enters two terms is converted once.
+#[inline(always)]
+fn trapezoid_fixed(
+    area: &mut HybridSum,
+    a: Reading,
+    fa: Option<i128>,
+    b: Reading,
+    fb: Option<i128>,
+    remove: bool,
+) {
+    debug_assert!(fa == to_fixed(a.v) && fb == to_fixed(b.v));
     // Consecutive retained readings are < 2^31 ms apart (window + grace ≤ MAX_SPAN_MS).
     let dt = b.t.saturating_sub(a.t);
     if dt == 0 {
         return;
     }
-    if let (Some(fa), Some(fb)) = (to_fixed(a.v), to_fixed(b.v)) {
+    if let (Some(fa), Some(fb)) = (fa, fb) {
         // Both in the fixed-point range (the common case): one multiply-add in integers.
         let x = fa.wrapping_add(fb).wrapping_mul(i128::from(dt));
         area.add_fixed(if remove { x.wrapping_neg() } else { x });
@@ -321,79 +336,94 @@ impl ClientWindow {
         self.sum_v.heap_bytes() + self.area.heap_bytes()
     }
 
-    fn region_aggregates(&self) -> Aggregates {
-        let n = self.buf.len() - self.start;
-        debug_assert!(n > 0);
-        let first = self.at(self.start);
-        let last = self.at(self.buf.len() - 1);
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        let (mean, integral) = mean_and_integral(&self.sum_v, &self.area, n, last.v);
-        Aggregates {
-            mean,
-            integral,
-            derivative: derivative(first, last),
-            count: n,
-        }
-    }
-
     /// Adds an accepted reading (the caller checked it is not late) and returns its window's
     /// aggregates. `size_ms > 0`, `grace_ms ≥ 0`.
     pub fn push(&mut self, r: Reading, size_ms: i64, grace_ms: i64) -> Aggregates {
-        match self.max_t() {
-            Some(max_t) if r.t < max_t => self.push_out_of_order(r, max_t, size_ms),
-            max_t => self.push_in_order(r, max_t, size_ms, grace_ms),
+        let last = self.buf.back().map(|s| Reading {
+            t: self.base + i64::from(s.dt),
+            v: s.v,
+        });
+        match last {
+            Some(last) if r.t < last.t => self.push_out_of_order(r, last.t, size_ms),
+            last => self.push_in_order(r, last, size_ms, grace_ms),
         }
     }
 
+    /// Appends `r`, which is at or after `last` (the newest reading held, if any).
+    #[inline]
     fn push_in_order(
         &mut self,
         r: Reading,
-        max_t: Option<i64>,
+        mut last: Option<Reading>,
         size_ms: i64,
         grace_ms: i64,
     ) -> Aggregates {
-        if max_t.is_some_and(|m| r.t.saturating_sub(m) >= size_ms.saturating_add(grace_ms)) {
+        if last.is_some_and(|l| r.t.saturating_sub(l.t) >= size_ms.saturating_add(grace_ms)) {
             // Everything held is outside this reading's window and below the retention
             // horizon: starting afresh is exactly equivalent (and keeps time offsets small).
             self.buf.clear();
             self.start = 0;
             self.sum_v.clear();
             self.area.clear();
+            last = None;
         }
         if self.buf.is_empty() {
             self.base = r.t;
         }
-        if self.buf.len() > self.start {
-            let prev = self.at(self.buf.len() - 1);
-            trapezoid(&mut self.area, prev, r, false);
+        let fr = to_fixed(r.v);
+        if self.buf.len() > self.start
+            && let Some(prev) = last
+        {
+            trapezoid_fixed(&mut self.area, prev, to_fixed(prev.v), r, fr, false);
         }
         let dt = self.fit(r.t);
         self.reserve_one();
         self.buf.push_back(Slot { dt, v: r.v });
-        self.sum_v.add(r.v);
-        // Evict from the live region everything at or before t − size.
-        let mut gone = self.at(self.start);
-        while at_or_before(gone.t, r.t, size_ms) {
-            let next = self.at(self.start + 1);
-            trapezoid(&mut self.area, gone, next, true);
-            self.sum_v.add(-gone.v);
-            self.start += 1;
-            gone = next;
+        self.sum_v.add_known(r.v, fr);
+        // Evict from the live region everything at or before t − size (nothing when that
+        // bound is below i64::MIN). `r` itself stays (size > 0), so `start + 1` exists.
+        if let Some(bound) = r.t.checked_sub(size_ms) {
+            let mut gone = self.at(self.start);
+            if gone.t <= bound {
+                let mut fg = to_fixed(gone.v);
+                loop {
+                    let next = self.at(self.start + 1);
+                    let fnext = to_fixed(next.v);
+                    trapezoid_fixed(&mut self.area, gone, fg, next, fnext, true);
+                    // to_fixed(−v) = −to_fixed(v).
+                    self.sum_v.add_known(-gone.v, fg.map(i128::wrapping_neg));
+                    self.start += 1;
+                    if next.t > bound {
+                        break;
+                    }
+                    gone = next;
+                    fg = fnext;
+                }
+            }
         }
         // Drop what no accepted reading can need any more: t ≤ max − grace − size.
         let horizon = i64::try_from(i128::from(size_ms) + i128::from(grace_ms)).unwrap_or(i64::MAX);
-        while self.start > 0
-            && self
-                .first()
-                .is_some_and(|f| at_or_before(f.t, r.t, horizon))
+        if self.start > 0
+            && let Some(bound) = r.t.checked_sub(horizon)
         {
-            self.buf.pop_front();
-            self.start -= 1;
+            while self.start > 0 && self.first().is_some_and(|f| f.t <= bound) {
+                self.buf.pop_front();
+                self.start -= 1;
+            }
         }
         if self.buf.capacity() > 2 * self.buf.len() + 64 {
             self.buf.shrink_to(self.buf.len() + self.buf.len() / 4 + 4);
         }
-        self.region_aggregates()
+        // The live region is `buf[start..]`, and `r` is its newest reading.
+        let n = u32::try_from(self.buf.len() - self.start).unwrap_or(u32::MAX);
+        let first = self.at(self.start);
+        let (mean, integral) = mean_and_integral(&self.sum_v, &self.area, n, r.v);
+        Aggregates {
+            mean,
+            integral,
+            derivative: derivative(first, r),
+            count: n,
+        }
     }
 
     /// First index whose event time is > `t` (readings are sorted by time).
