@@ -288,14 +288,20 @@ pub fn to_fixed(x: f64) -> Option<i128> {
     let m = frac | (1u64 << 52);
     let sh = exp - 1075 + FIXED_FRAC_BITS;
     let mag = if sh >= 0 {
-        // sh ≤ 1022 + 30 − 1075 + 64 = 41: m << sh < 2^94.
-        i128::from(m) << sh
+        // sh ≤ 1022 + 30 − 1075 + 64 = 41: m << sh < 2^94, as two 64-bit halves (cheaper
+        // than a general 128-bit shift): the high half is m >> (64 − sh), written so that
+        // no shift reaches 64.
+        let lo = m << sh;
+        let hi = (m >> 1) >> (63 - sh);
+        (i128::from(hi) << 64) | i128::from(lo)
     } else if sh > -53 && m.trailing_zeros() >= sh.unsigned_abs() {
         i128::from(m >> sh.unsigned_abs())
     } else {
         return None;
     };
-    Some(if bits >> 63 == 1 { -mag } else { mag })
+    // Branch-free sign: s = 0 or −1, (mag ^ s) − s = ±mag.
+    let s = i128::from((bits as i64) >> 63);
+    Some((mag ^ s) - s)
 }
 
 /// `2^k` for `−1022 ≤ k ≤ 1023`, exactly.
