@@ -648,6 +648,9 @@ struct PartitionWindows {
     index: ClientIndex,
     /// Client states; the entries listed in `free` belong to no client (and are empty).
     windows: Vec<ClientWindow>,
+    /// `newest[i]`: the newest event time held by `windows[i]` (its `max_t`), kept beside the
+    /// slab so a sweep reads this array instead of every client's reading buffer.
+    newest: Vec<i64>,
     free: Vec<usize>,
     since_sweep: usize,
 }
@@ -667,6 +670,7 @@ impl PartitionWindows {
     fn insert(&mut self, client: &str) -> usize {
         let i = self.free.pop().unwrap_or_else(|| {
             self.windows.push(ClientWindow::default());
+            self.newest.push(i64::MIN);
             self.windows.len() - 1
         });
         self.index.insert(client.as_bytes(), i);
@@ -700,6 +704,9 @@ impl PartitionWindows {
             }
         }
         let agg = cw.push(r, cfg.size_ms, cfg.grace_ms);
+        // The newest reading held is the newest accepted (eviction never drops it).
+        self.newest[i] = self.newest[i].max(r.t);
+        debug_assert_eq!(Some(self.newest[i]), self.windows[i].max_t());
         self.max_t = Some(self.max_t.map_or(r.t, |m| m.max(r.t)));
         self.since_sweep += 1;
         if cfg.scope == WatermarkScope::Partition
@@ -727,15 +734,17 @@ impl PartitionWindows {
         let Self {
             index,
             windows,
+            newest,
             free,
             ..
         } = self;
         index.retain(|i| {
-            let keep = windows[i]
-                .max_t()
-                .is_some_and(|t| !at_or_before(t, max_t, span));
+            // Every client in the index holds a reading: newest[i] is its max_t.
+            debug_assert_eq!(Some(newest[i]), windows[i].max_t());
+            let keep = !at_or_before(newest[i], max_t, span);
             if !keep {
                 windows[i] = ClientWindow::default();
+                newest[i] = i64::MIN;
                 free.push(i);
             }
             keep
@@ -899,6 +908,8 @@ impl WindowEngine {
 
     /// Current state size.
     pub fn stats(&self) -> StateStats {
+        // A client's state and its newest time.
+        const SLAB_ENTRY: usize = std::mem::size_of::<ClientWindow>() + std::mem::size_of::<i64>();
         let mut s = StateStats::default();
         for p in self.partitions.values() {
             s.partitions += 1;
@@ -907,12 +918,10 @@ impl WindowEngine {
                 s.clients += 1;
                 s.readings += cw.len();
                 s.reading_heap_bytes += cw.heap_bytes();
-                s.overhead_bytes +=
-                    std::mem::size_of::<ClientWindow>() + key_bytes + cw.sums_heap_bytes();
+                s.overhead_bytes += SLAB_ENTRY + key_bytes + cw.sums_heap_bytes();
             }
             // Free entries of the slab (and the free list) hold no readings.
-            s.overhead_bytes +=
-                p.free.len() * (std::mem::size_of::<ClientWindow>() + std::mem::size_of::<usize>());
+            s.overhead_bytes += p.free.len() * (SLAB_ENTRY + std::mem::size_of::<usize>());
         }
         s
     }
