@@ -389,6 +389,8 @@ impl ClientWindow {
         self.sum_v.add_known(r.v, fr);
         // Evict from the live region everything at or before t − size (nothing when that
         // bound is below i64::MIN). `r` itself stays (size > 0), so `start + 1` exists.
+        // The oldest live reading afterwards, when the eviction has read it.
+        let mut oldest = None;
         if let Some(bound) = r.t.checked_sub(size_ms) {
             let mut gone = self.at(self.start);
             if gone.t <= bound {
@@ -400,13 +402,14 @@ impl ClientWindow {
                     // to_fixed(−v) = −to_fixed(v).
                     self.sum_v.add_known(-gone.v, fg.map(i128::wrapping_neg));
                     self.start += 1;
+                    gone = next;
                     if next.t > bound {
                         break;
                     }
-                    gone = next;
                     fg = fnext;
                 }
             }
+            oldest = Some(gone);
         }
         // Drop what no accepted reading can need any more: t ≤ max − grace − size.
         let horizon = i64::try_from(i128::from(size_ms) + i128::from(grace_ms)).unwrap_or(i64::MAX);
@@ -421,9 +424,11 @@ impl ClientWindow {
         if self.buf.capacity() > 2 * self.buf.len() + 64 {
             self.buf.shrink_to(self.buf.len() + self.buf.len() / 4 + 4);
         }
-        // The live region is `buf[start..]`, and `r` is its newest reading.
+        // The live region is `buf[start..]`, and `r` is its newest reading (dropping readings
+        // before `start` does not change which reading is at `start`).
         let n = u32::try_from(self.buf.len() - self.start).unwrap_or(u32::MAX);
-        let first = self.at(self.start);
+        let first = oldest.unwrap_or_else(|| self.at(self.start));
+        debug_assert_eq!(first.t, self.at(self.start).t);
         let (mean, integral) = mean_and_integral(&self.sum_v, &self.area, n, r.v);
         Aggregates {
             mean,
@@ -595,7 +600,7 @@ struct ClientIndex {
 }
 
 impl ClientIndex {
-    #[inline]
+    #[inline(always)]
     fn get(&self, key: &[u8]) -> Option<usize> {
         match PackedKey::new(key) {
             Some(k) => self.short.get(&k).copied(),
@@ -769,6 +774,11 @@ pub struct WindowEngine {
 /// keep the memory system busy, few enough that the touched lines stay in L1.
 pub const BATCH_CHUNK: usize = 32;
 
+/// Clients held above which [`WindowEngine::process_batch`]'s look-ahead also touches each
+/// chunk's state (below it, a client's state is a few hundred bytes × clients: it stays in
+/// L2, and the run is bound by instructions, not by cache misses).
+const WARM_CLIENTS: usize = 4_096;
+
 /// No client state (in the look-ahead of [`WindowEngine::process_batch`]).
 const NO_SLOT: usize = usize::MAX;
 
@@ -806,8 +816,9 @@ impl WindowEngine {
     /// would, appending one [`Outcome`] per reading to `out`.
     ///
     /// The batch is taken in chunks of [`BATCH_CHUNK`]. Before a chunk is processed, its
-    /// clients are looked up in one pass of independent loads that also touch the state each
-    /// will use (its newest and its oldest live reading), so the cache misses of a whole chunk
+    /// clients are looked up in one pass of independent loads that, when the state outgrows
+    /// the caches (more than 4 096 clients), also touch the state each will use (its newest
+    /// and its oldest live reading), so the cache misses of a whole chunk
     /// overlap instead of being paid one after another, and the processing pass reuses the
     /// indices found (unless a client state was dropped in between: then it looks up again).
     /// That pass only reads: the results do not depend on it.
@@ -819,9 +830,17 @@ impl WindowEngine {
         out.reserve(batch.len());
         let cfg = self.cfg;
         let mut slots = [NO_SLOT; BATCH_CHUNK];
+        // Cache-resident state gains nothing from touching it ahead (that only adds
+        // instructions): the touches run when the clients held exceed `WARM_CLIENTS`.
+        let warm = self
+            .partitions
+            .values()
+            .map(|p| p.index.len())
+            .sum::<usize>()
+            > WARM_CLIENTS;
         for chunk in batch.chunks(BATCH_CHUNK) {
             let removals = self.removals;
-            self.look_ahead(chunk, &mut slots);
+            self.look_ahead(chunk, &mut slots, warm);
             // The partition of the previous reading (batches are mostly one partition's).
             let mut cur: Option<(i32, &mut PartitionWindows)> = None;
             for ((partition, client, r), &slot) in chunk.iter().zip(&slots) {
@@ -851,6 +870,7 @@ impl WindowEngine {
         &self,
         chunk: &[(i32, K, Reading)],
         slots: &mut [usize; BATCH_CHUNK],
+        warm: bool,
     ) {
         let mut acc = 0u64;
         let mut parts: [Option<&PartitionWindows>; BATCH_CHUNK] = [None; BATCH_CHUNK];
@@ -874,9 +894,14 @@ impl WindowEngine {
             {
                 *slot = i;
                 *part = Some(p);
-                // The struct spans two cache lines: read from both ends.
-                acc = acc.wrapping_add(cw.start as u64 ^ cw.base as u64 ^ cw.touch_sums());
+                if warm {
+                    // The struct spans two cache lines: read from both ends.
+                    acc = acc.wrapping_add(cw.start as u64 ^ cw.base as u64 ^ cw.touch_sums());
+                }
             }
+        }
+        if !warm {
+            return;
         }
         for (&slot, part) in slots.iter().zip(&parts) {
             if let Some(cw) = part.and_then(|p| p.windows.get(slot)) {
