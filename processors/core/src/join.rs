@@ -68,7 +68,7 @@
 
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 /// The five inputs, in the order used in vectors and reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -412,6 +412,51 @@ struct Pending {
     replay: bool,
 }
 
+/// The offsets of one input partition that pending triggers and partial triples pin: a set
+/// with insert, remove and least, like a `BTreeSet<i64>`, for offsets that arrive in order.
+///
+/// A consumer reads each partition in offset order, so an insert is almost always at the back
+/// (`push_back`, no allocation once grown); a removal marks its entry, found by binary search,
+/// and entries leave from the front once every one before them is gone. A `BTreeSet` paid a
+/// tree insert and a tree removal per record. An offset below the newest is still placed in
+/// order (binary search and insert), so the result never depends on the arrival order.
+#[derive(Debug, Default, Clone)]
+struct PinnedOffsets {
+    /// Sorted, unique offsets, each with whether it is still pinned; the front is pinned.
+    q: VecDeque<(i64, bool)>,
+}
+
+impl PinnedOffsets {
+    fn insert(&mut self, offset: i64) {
+        match self.q.back() {
+            Some(&(last, _)) if last >= offset => {
+                let i = self.q.partition_point(|&(o, _)| o < offset);
+                match self.q.get_mut(i) {
+                    Some(e) if e.0 == offset => e.1 = true,
+                    _ => self.q.insert(i, (offset, true)),
+                }
+            }
+            _ => self.q.push_back((offset, true)),
+        }
+    }
+
+    fn remove(&mut self, offset: i64) {
+        let i = self.q.partition_point(|&(o, _)| o < offset);
+        if let Some(e) = self.q.get_mut(i)
+            && e.0 == offset
+        {
+            e.1 = false;
+        }
+        while self.q.front().is_some_and(|&(_, pinned)| !pinned) {
+            self.q.pop_front();
+        }
+    }
+
+    fn first(&self) -> Option<i64> {
+        self.q.front().map(|&(o, _)| o)
+    }
+}
+
 /// Release order of a pending trigger: (event time, input, offset).
 type PendingKey = (i64, InputKind, i64);
 
@@ -578,7 +623,7 @@ pub struct PartitionJoin {
     pending: PendingQueue,
     /// Keyed by (event time, SZ source).
     partials: BTreeMap<(i64, SzSource), Partial>,
-    pinned: [BTreeSet<i64>; 5],
+    pinned: [PinnedOffsets; 5],
     /// SZ source offsets applied per feature kind and SZ partition (repeats told apart from
     /// features that arrive after a later one).
     seen: [FxHashMap<i32, SeenOffsets>; 3],
@@ -656,7 +701,7 @@ impl PartitionJoin {
     /// The smallest offset of `input` whose outcome is still pending (`None`: nothing pinned;
     /// everything consumed may be committed).
     pub fn commit_limit(&self, input: InputKind) -> Option<i64> {
-        self.pinned[input.idx()].first().copied()
+        self.pinned[input.idx()].first()
     }
 
     fn horizon(&self, w: i64) -> i64 {
@@ -683,7 +728,7 @@ impl PartitionJoin {
     }
 
     fn unpin(&mut self, r: RecordRef) {
-        self.pinned[r.input.idx()].remove(&r.offset);
+        self.pinned[r.input.idx()].remove(r.offset);
     }
 
     /// Applies one record at wall time `now_ms`, then releases what the watermark allows into
@@ -1246,6 +1291,7 @@ pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<Joi
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     const NOW: i64 = 0;
 
@@ -1856,6 +1902,41 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// `PinnedOffsets` answers like a `BTreeSet<i64>` for any mix of inserts (mostly in
+        /// order, some not, some repeated) and removals (present or not).
+        #[test]
+        fn pinned_offsets_behave_like_an_ordered_set(
+            ops in prop::collection::vec(prop_oneof![
+                3 => (0i64..4).prop_map(|d| (true, d)),
+                1 => (0i64..40).prop_map(|o| (true, -1 - o)),
+                3 => (0i64..40).prop_map(|o| (false, o)),
+            ], 0..300),
+        ) {
+            let mut pinned = PinnedOffsets::default();
+            let mut naive = BTreeSet::new();
+            let mut next = 0i64;
+            for (insert, x) in ops {
+                if insert {
+                    // x ≥ 0: the next offset in order (x apart); x < 0: an earlier one.
+                    let o = if x >= 0 { next += x; next } else { (next + 1 + x).max(0) };
+                    pinned.insert(o);
+                    naive.insert(o);
+                } else {
+                    pinned.remove(x);
+                    naive.remove(&x);
+                }
+                prop_assert_eq!(pinned.first(), naive.first().copied());
+            }
+            for o in naive.clone() {
+                pinned.remove(o);
+                naive.remove(&o);
+                prop_assert_eq!(pinned.first(), naive.first().copied());
+            }
+            prop_assert!(pinned.q.is_empty());
         }
     }
 
