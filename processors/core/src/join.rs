@@ -69,6 +69,7 @@
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 /// The five inputs, in the order used in vectors and reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -228,7 +229,7 @@ pub struct RecordRef {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JoinOutput {
     /// Client id.
-    pub client: Box<str>,
+    pub client: Arc<str>,
     /// `[SX, SY, FA bin, FI bin, FD bin]`.
     pub vector: [i64; 5],
     /// What triggered it.
@@ -292,7 +293,7 @@ pub enum JoinEvent {
     /// A trigger without a usable value of another input.
     Skipped {
         /// Client id.
-        client: Box<str>,
+        client: Arc<str>,
         /// What triggered it.
         trigger: Trigger,
         /// Event time, ms.
@@ -305,7 +306,7 @@ pub enum JoinEvent {
     /// A triple whose time the watermark passed with features still missing.
     IncompleteTriple {
         /// Client id.
-        client: Box<str>,
+        client: Arc<str>,
         /// Event time of the SZ reading, ms.
         event_time_ms: i64,
         /// The SZ reading.
@@ -379,6 +380,9 @@ impl<V: Copy> Store<V> {
 
 #[derive(Debug, Default)]
 struct ClientJoin {
+    /// The client id, shared by its pending triggers, partial triples and join events (one
+    /// allocation per client, not one per trigger).
+    id: Arc<str>,
     sx: Store<i64>,
     sy: Store<i64>,
     triples: Store<[u32; 3]>,
@@ -400,7 +404,7 @@ impl ClientJoin {
 
 #[derive(Debug, Clone)]
 struct Pending {
-    client: Box<str>,
+    client: Arc<str>,
     trigger: Trigger,
     /// SX/SY value, or the triple's bins.
     value: i64,
@@ -514,7 +518,7 @@ impl PendingQueue {
 
 #[derive(Debug, Clone)]
 struct Partial {
-    client: Box<str>,
+    client: Arc<str>,
     bins: [Option<u32>; 3],
     offsets: [Option<i64>; 3],
     ingest_time_ms: i64,
@@ -618,7 +622,7 @@ pub struct PartitionJoin {
     cfg: JoinConfig,
     clocks: [Clock; 5],
     watermark: i64,
-    clients: FxHashMap<Box<str>, ClientJoin>,
+    clients: FxHashMap<Arc<str>, ClientJoin>,
     /// Keyed by (event time, input, offset): release order.
     pending: PendingQueue,
     /// Keyed by (event time, SZ source).
@@ -710,7 +714,14 @@ impl PartitionJoin {
 
     fn client(&mut self, client: &str) -> &mut ClientJoin {
         if !self.clients.contains_key(client) {
-            self.clients.insert(client.into(), ClientJoin::default());
+            let id: Arc<str> = client.into();
+            self.clients.insert(
+                id.clone(),
+                ClientJoin {
+                    id,
+                    ..ClientJoin::default()
+                },
+            );
         }
         let w = self.watermark;
         let h = self.horizon(w);
@@ -790,11 +801,12 @@ impl PartitionJoin {
                     v: value,
                 });
                 c.open += 1;
+                let id = c.id.clone();
                 self.pin(me, replay);
                 self.pending.insert(
                     (t, kind, offset),
                     Pending {
-                        client: client.into(),
+                        client: id,
                         trigger: if kind == InputKind::Sx {
                             Trigger::Sx
                         } else {
@@ -816,11 +828,13 @@ impl PartitionJoin {
                 let slot = kind.idx() - 2;
                 let key = (t, source);
                 if !self.partials.contains_key(&key) {
-                    self.client(client).open += 1;
+                    let c = self.client(client);
+                    c.open += 1;
+                    let id = c.id.clone();
                     self.partials.insert(
                         key,
                         Partial {
-                            client: client.into(),
+                            client: id,
                             bins: [None; 3],
                             offsets: [None; 3],
                             ingest_time_ms,

@@ -559,7 +559,7 @@ impl JoinProcessor {
         self.framing.encode_into(&self.encoded, &mut value);
         out.push(Output {
             topic: self.predictions_topic.clone(),
-            key: Some(j.client.as_bytes().into()),
+            key: Some(Arc::<[u8]>::from(j.client.clone())),
             value,
             timestamp_ms: Some(j.event_time_ms),
             headers: None,
