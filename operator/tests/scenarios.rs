@@ -2575,15 +2575,25 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         !sz_overrides.contains_key("retention.ms"),
         "{sz_overrides:?}"
     );
-    let applied = events(&c, ns, "TopicConfigApplied").await;
-    assert!(
-        applied.iter().any(|e| e
-            .note
-            .as_deref()
-            .unwrap_or("")
-            .contains("tcfg.dead-letter (retention.ms)")),
-        "{applied:?}"
-    );
+    // The Event is published after the status: wait for it (read once, it was missing in a
+    // CI run on a slow host).
+    wait_for(
+        "a TopicConfigApplied event naming tcfg.dead-letter (retention.ms)",
+        Duration::from_secs(30),
+        || async {
+            events(&c, ns, "TopicConfigApplied")
+                .await
+                .iter()
+                .any(|e| {
+                    e.note
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("tcfg.dead-letter (retention.ms)")
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     // A change of the spec reaches the existing predictions topic.
     let mut changed = base.clone();
