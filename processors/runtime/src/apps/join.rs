@@ -582,8 +582,6 @@ impl JoinProcessor {
     }
 }
 
-/// A stable 64-bit identity of a record (FxHash of the topic, mixed with partition and
-/// offset), so the random model gives a redelivered record the same probability.
 /// The topic of join input `input`.
 fn input_topic(topics: &Topics, input: InputKind) -> &str {
     match input {
@@ -595,6 +593,8 @@ fn input_topic(topics: &Topics, input: InputKind) -> &str {
     }
 }
 
+/// A stable 64-bit identity of a record (FxHash of the topic, mixed with partition and
+/// offset), so the random model gives a redelivered record the same probability.
 fn identity(topic: &str, partition: i32, offset: i64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
