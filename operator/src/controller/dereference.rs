@@ -184,23 +184,35 @@ pub async fn deployments(
 
 /// Lag of the planner-scaled stages (window-processor on SZ, join-predict on its five inputs),
 /// each `None` when it cannot be read (logged; the planner then holds the replica count).
+///
+/// A stage whose input topics were all created by this reconcile (`report.created`) has lag 0
+/// without asking the broker: nothing consumed them yet, and they hold at most what was
+/// written in the moments since (read at the next resync). Asking would wait for nothing: the
+/// offset queries on topics created a moment ago fail on the broker's not-yet-propagated
+/// metadata, and their retries cost 1.3 s per stage (measured on a 100-partition pipeline, the
+/// bulk of the time from `kubectl apply` to Deployments). The other stages are read
+/// concurrently.
 pub async fn lags(
     conn: &Connection,
     v: &Validated,
-    partitions: &BTreeMap<String, i32>,
+    report: &TopicReport,
 ) -> BTreeMap<Stage, Option<u64>> {
-    let mut lags = BTreeMap::new();
-    for (stage, group, inputs) in super::plan::stage_inputs(v) {
-        let lag = match kafka::stage_lag(conn, &group, &inputs, partitions).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!(error = %e, stage = stage.as_str(), "could not read lag");
-                None
+    let reads = super::plan::stage_inputs(v)
+        .into_iter()
+        .map(|(stage, group, inputs)| async move {
+            if inputs.iter().all(|t| report.created.contains(t)) {
+                return (stage, Some(0));
             }
-        };
-        lags.insert(stage, lag);
-    }
-    lags
+            let lag = match kafka::stage_lag(conn, &group, &inputs, &report.partitions).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!(error = %e, stage = stage.as_str(), "could not read lag");
+                    None
+                }
+            };
+            (stage, lag)
+        });
+    futures::future::join_all(reads).await.into_iter().collect()
 }
 
 /// Topics named by the other pipelines of `ns` that use the same bootstrap servers as `me`.

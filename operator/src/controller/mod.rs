@@ -279,7 +279,7 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
     apply::events(ctx, &sp, &events).await;
 
     // 4. dereference: lag per stage (None when it cannot be read)
-    let lags = dereference::lags(&conn, &v, &report.partitions).await;
+    let lags = dereference::lags(&conn, &v, &report).await;
     let observed = Observed {
         deployments,
         secret_versions,
