@@ -12,16 +12,19 @@
 #   4. the operator: SensorPipeline applied -> 9 topics + Deployments on a real kube-apiserver,
 #      and its RSS (only when the test control plane's binaries are already built:
 #      tests/cluster/build-k8s.sh)
-# Usage: scripts/bench.sh [--engine-only] [--readings N] [--latency-seconds S] [--perf]
+# Usage: scripts/bench.sh [--engine-only | --operator-only] [--readings N] [--latency-seconds S] [--perf]
+#   --operator-only   only 4 (with its broker); SENSORFLOW_BENCH_OPERATOR_LOG sets the
+#            operator's RUST_LOG (default warn; its log is .sensorflow/bench/operator.log)
 #   --perf   attach `perf record -g` to each processor while it is measured; prints the top
 #            entries and leaves the data in .sensorflow/bench/perf/
 . "$(dirname "$0")/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
-engine_only=0; readings=200000; latency_seconds=20; perf=0
+engine_only=0; operator_only=0; readings=200000; latency_seconds=20; perf=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --engine-only) engine_only=1; shift ;;
+    --operator-only) operator_only=1; shift ;;
     --readings) readings="$2"; shift 2 ;;
     --latency-seconds) latency_seconds="$2"; shift 2 ;;
     --perf) perf=1; shift ;;
@@ -31,7 +34,9 @@ done
 cargo build --release --quiet -p sensorflow-runtime -p sensorflow-sink --bins
 bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 echo "== sensorflow-bench on $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg) =="
-"$bin/sensorflow-bench" engine
+# Pinned to the last core: the engine is one thread, and a thread that migrates between cores
+# pays for cold caches.
+[ "$operator_only" = 1 ] || taskset -c "$(( $(nproc) - 1 ))" "$bin/sensorflow-bench" engine
 [ "$engine_only" = 1 ] && exit 0
 work="$REPO_ROOT/.sensorflow/bench"
 "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" >/dev/null 2>&1 || true
@@ -48,16 +53,18 @@ trap '"$REPO_ROOT/scripts/broker.sh" stop "$work/broker"' EXIT
 perf_args=()
 [ "$perf" = 1 ] && perf_args=(--perf-dir "$work/perf")
 prefix=bench-
-"$bin/sensorflow-bench" broker --bootstrap-servers "$bootstrap" --bin-dir "$bin" \
-  --readings "$readings" --latency-seconds "$latency_seconds" --prefix "$prefix" "${perf_args[@]}"
+if [ "$operator_only" = 0 ]; then
+  "$bin/sensorflow-bench" broker --bootstrap-servers "$bootstrap" --bin-dir "$bin" \
+    --readings "$readings" --latency-seconds "$latency_seconds" --prefix "$prefix" "${perf_args[@]}"
 
-# The sink over the throughput phase's pipeline topics (readings, features, predictions).
-p="${prefix}p-"
-SF_TOPIC_SX="${p}SX" SF_TOPIC_SY="${p}SY" SF_TOPIC_SZ="${p}SZ" SF_TOPIC_FA="${p}FA" \
-SF_TOPIC_FI="${p}FI" SF_TOPIC_FD="${p}FD" SF_TOPIC_PREDICTIONS="${p}predictions" \
-SF_TOPIC_DLQ="${p}dead-letter" SF_TOPIC_LATE="${p}late" RUST_LOG=warn SF_METRICS_ADDR=127.0.0.1:0 \
-  "$bin/sink-bench" --bootstrap-servers "$bootstrap" \
-  --sink-topics "${p}SX,${p}SY,${p}SZ,${p}FA,${p}FI,${p}FD,${p}predictions"
+  # The sink over the throughput phase's pipeline topics (readings, features, predictions).
+  p="${prefix}p-"
+  SF_TOPIC_SX="${p}SX" SF_TOPIC_SY="${p}SY" SF_TOPIC_SZ="${p}SZ" SF_TOPIC_FA="${p}FA" \
+  SF_TOPIC_FI="${p}FI" SF_TOPIC_FD="${p}FD" SF_TOPIC_PREDICTIONS="${p}predictions" \
+  SF_TOPIC_DLQ="${p}dead-letter" SF_TOPIC_LATE="${p}late" RUST_LOG=warn SF_METRICS_ADDR=127.0.0.1:0 \
+    "$bin/sink-bench" --bootstrap-servers "$bootstrap" \
+    --sink-topics "${p}SX,${p}SY,${p}SZ,${p}FA,${p}FI,${p}FD,${p}predictions"
+fi
 
 # The operator on a real kube-apiserver (the operator tests' control plane), when its binaries
 # are built: SensorPipeline applied -> its 9 topics on the broker and its 3 Deployments created.
@@ -82,7 +89,7 @@ operator_bench() {
   k apply --server-side -f crds/sensorpipelines.yaml >/dev/null
   wait_crd_established 60 k
   k create namespace "$ns" >/dev/null
-  KUBECONFIG="$kubeconfig" RUST_LOG=warn "$bin/sensorflow-operator" --metrics-addr "127.0.0.1:$mport" \
+  KUBECONFIG="$kubeconfig" RUST_LOG="${SENSORFLOW_BENCH_OPERATOR_LOG:-warn}" "$bin/sensorflow-operator" --metrics-addr "127.0.0.1:$mport" \
     --watch-namespaces "$ns" --leader-election false >"$work/operator.log" 2>&1 &
   local opid=$!
   local deadline=$(( $(date +%s) + 60 ))
