@@ -319,6 +319,21 @@ async fn events(c: &Client, ns: &str, reason: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The Events of `reason` once there is at least one, waiting up to 30 s. The operator
+/// publishes an Event after the status write a test waits for, so reading the Events once
+/// right after the status races it (an Event was missing so in CI runs on a slow host).
+async fn wait_events(c: &Client, ns: &str, reason: &str) -> Vec<Event> {
+    wait_for(
+        &format!("a {reason} Event"),
+        Duration::from_secs(30),
+        || async {
+            let e = events(c, ns, reason).await;
+            (!e.is_empty()).then_some(e)
+        },
+    )
+    .await
+}
+
 fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
     let bin = std::env::var("SF_TEST_KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let mut child = Command::new(bin)
@@ -427,7 +442,7 @@ async fn apply_creates_topics_owned_objects_and_status() {
         .unwrap();
     assert!(owned(svc.metadata.owner_references.as_ref()));
     assert!(sp.finalizers().iter().any(|f| f == "sensorflow.io/topics"));
-    assert!(!events(&c, ns, "TopicsCreated").await.is_empty());
+    wait_events(&c, ns, "TopicsCreated").await;
 
     // Printer columns through a real client.
     let table = kubectl(&["get", "sp", "-n", ns], None);
@@ -618,7 +633,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
         1,
         "join lag is 0"
     );
-    assert!(!events(&c, ns, "ScaledUp").await.is_empty());
+    wait_events(&c, ns, "ScaledUp").await;
     assert!(
         op.metric("sensorflow_operator_stage_lag_messages")
             .await
@@ -670,7 +685,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
         down_after >= Duration::from_secs(8),
         "scaled down after {down_after:?}, before the cooldown"
     );
-    assert!(!events(&c, ns, "ScaledDown").await.is_empty());
+    wait_events(&c, ns, "ScaledDown").await;
     eprintln!("scale-up after {up_after:?}, scale-down {down_after:?} after catching up");
 }
 
@@ -981,7 +996,7 @@ async fn delete_garbage_collects_and_deletes_exactly_the_topics_it_created() {
         9,
         "Retain keeps topics (and another pipeline's topics are not touched)"
     );
-    let deleted = events(&c, ns, "TopicsDeleted").await;
+    let deleted = wait_events(&c, ns, "TopicsDeleted").await;
     assert_eq!(deleted.len(), 1);
     assert!(
         deleted[0]
@@ -990,7 +1005,7 @@ async fn delete_garbage_collects_and_deletes_exactly_the_topics_it_created() {
             .unwrap_or("")
             .contains("deleted 8 topics")
     );
-    assert!(!events(&c, ns, "TopicsRetained").await.is_empty());
+    wait_events(&c, ns, "TopicsRetained").await;
 }
 
 #[tokio::test]
@@ -1275,7 +1290,7 @@ async fn partition_increase_waits_for_confirmation() {
         (condition(&sp, "TopicsReady")?.1 == "PartitionIncreasePending").then_some(())
     })
     .await;
-    assert!(!events(&c, ns, "PartitionIncreasePending").await.is_empty());
+    wait_events(&c, ns, "PartitionIncreasePending").await;
     assert!(
         broker_partitions(&topics_of("eta"))
             .values()
@@ -1299,14 +1314,25 @@ async fn partition_increase_waits_for_confirmation() {
     let status = sp.status.clone().unwrap();
     assert!(status.topics.iter().all(|t| t.partitions == 20));
     assert_eq!(condition(&sp, "Degraded").unwrap().0, "False");
-    let raised = events(&c, ns, "PartitionsIncreased").await;
     // kube's Recorder folds events with the same type, reason, action and object into one
-    // Event with a series (events.k8s.io/v1): nine raised topics are nine occurrences.
-    let occurrences: i32 = raised
-        .iter()
-        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-        .sum();
-    assert_eq!(occurrences, 9, "one Warning per raised topic");
+    // Event with a series (events.k8s.io/v1): nine raised topics are nine occurrences. They
+    // are published after the status: wait for all nine (more would fail the test at once).
+    let occurrences = |raised: &[Event]| -> i32 {
+        raised
+            .iter()
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum()
+    };
+    let raised = wait_for(
+        "nine PartitionsIncreased occurrences",
+        Duration::from_secs(30),
+        || async {
+            let raised = events(&c, ns, "PartitionsIncreased").await;
+            assert!(occurrences(&raised) <= 9, "{raised:?}");
+            (occurrences(&raised) == 9).then_some(raised)
+        },
+    )
+    .await;
     assert!(raised.iter().all(|e| e.type_.as_deref() == Some("Warning")));
     assert!(events(&c, ns, "PartitionIncreaseFailed").await.is_empty());
 
@@ -1661,6 +1687,21 @@ async fn fuzzed_manifests_are_refused_or_reported_and_never_hot_loop() {
                 let ready = condition(&sp, "Ready")?;
                 (sp.status.as_ref()?.phase.as_deref() == Some("Invalid")
                     && ready == ("False".to_owned(), "InvalidSpec".to_owned()))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // The Event is published after the status: wait for each one before counting them.
+    for (i, name, applied) in &accepted {
+        wait_for(
+            &format!("case {i} {name} {applied:?}: an InvalidSpec event"),
+            Duration::from_secs(30),
+            || async {
+                events(&c, ns, "InvalidSpec")
+                    .await
+                    .iter()
+                    .any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
                     .then_some(())
             },
         )
@@ -2481,7 +2522,7 @@ async fn pod_template_and_processor_settings_reach_the_deployments() {
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert!(ready.message.contains("SF_GRACE_MS"), "{}", ready.message);
-    assert!(!events(&c, ns, "InvalidSpec").await.is_empty());
+    wait_events(&c, ns, "InvalidSpec").await;
     assert_eq!(
         config_hash(&deployment(&c, ns, "knobs-window").await.unwrap()),
         before
