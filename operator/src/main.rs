@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
         leadership.clone(),
     ));
 
-    if let Some(held) = leadership.clone() {
+    let keeper = leadership.clone().map(|held| {
         let (c, l, m) = (client.clone(), lease.clone(), metrics.clone());
         tokio::spawn(async move {
             leader::keep(&c, &l, &mut observer, &held).await;
@@ -170,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
             m.leader.set(0);
             error!("lost leadership; exiting");
             std::process::exit(1);
-        });
-    }
+        })
+    });
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -186,6 +186,13 @@ async fn main() -> anyhow::Result<()> {
 
     server.abort();
     if let Some(held) = leadership {
+        // Stop renewing first: `keep` would take the `lose` below for a lost lease and exit
+        // the process before the release is written (seen in CI: the standby then waited
+        // for the lease to expire). Awaited, so it is gone before `lose`.
+        if let Some(k) = keeper {
+            k.abort();
+            let _ = k.await;
+        }
         held.lose();
         metrics.leader.set(0);
         if let Err(e) = leader::release(&client, &lease).await {
