@@ -791,11 +791,7 @@ async fn invalid_manifests_are_refused_or_reported_without_hot_loop() {
         "{}",
         ready.message
     );
-    let warning = wait_for("InvalidSpec event", Duration::from_secs(20), || async {
-        let e = events(&c, ns, "InvalidSpec").await;
-        (!e.is_empty()).then_some(e)
-    })
-    .await;
+    let warning = wait_events(&c, ns, "InvalidSpec").await;
     assert_eq!(warning[0].type_.as_deref(), Some("Warning"));
     assert!(
         deployment(&c, ns, "delta-window").await.is_none(),
@@ -1208,12 +1204,7 @@ async fn unreachable_broker_is_reported_and_retried_without_crashing() {
     .await;
     assert_eq!(condition(&sp, "Degraded").unwrap().0, "True");
     assert_eq!(sp.status.unwrap().phase.as_deref(), Some("Degraded"));
-    wait_for(
-        "BrokerUnavailable event",
-        Duration::from_secs(20),
-        || async { (!events(&c, ns, "BrokerUnavailable").await.is_empty()).then_some(()) },
-    )
-    .await;
+    wait_events(&c, ns, "BrokerUnavailable").await;
     // Retried (failure counted), and the process is still alive.
     wait_for("a counted failure", Duration::from_secs(30), || async {
         let f = op
@@ -1250,12 +1241,7 @@ async fn unreachable_broker_is_reported_and_retried_without_crashing() {
         .unwrap()
         .message;
     assert!(msg.contains("no-such-secret"), "{msg}");
-    wait_for(
-        "SecretUnavailable event",
-        Duration::from_secs(20),
-        || async { (!events(&c, ns, "SecretUnavailable").await.is_empty()).then_some(()) },
-    )
-    .await;
+    wait_events(&c, ns, "SecretUnavailable").await;
 
     // Pointing it at the real broker recovers.
     apply_sp(&c, ns, "zeta", spec(json!({}))).await.unwrap();
@@ -2675,12 +2661,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         sp.status.as_ref().unwrap().phase.as_deref(),
         Some("Degraded")
     );
-    wait_for(
-        "AlterConfigsFailed Warning",
-        Duration::from_secs(30),
-        || async { (!events(&c, ns, "AlterConfigsFailed").await.is_empty()).then_some(()) },
-    )
-    .await;
+    wait_events(&c, ns, "AlterConfigsFailed").await;
     let (late, _) = broker_topic_config("tcfg.late").await;
     assert_eq!(
         late["cleanup.policy"], "compact",
