@@ -165,6 +165,18 @@ fn thread_sched_ns() -> Option<(u64, u64)> {
     Some((f.next()??, f.next()??))
 }
 
+/// This thread's CPU seconds and seconds spent waiting for a CPU since `start` (a
+/// [`thread_sched_ns`] reading); `(wall, 0)` where schedstat does not exist.
+fn sched_secs_since(start: Option<(u64, u64)>, wall: f64) -> (f64, f64) {
+    match (start, thread_sched_ns()) {
+        (Some((c0, w0)), Some((c1, w1))) => (
+            c1.saturating_sub(c0) as f64 * 1e-9,
+            w1.saturating_sub(w0) as f64 * 1e-9,
+        ),
+        _ => (wall, 0.0),
+    }
+}
+
 /// Which engine call the engine phase times.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum EngineApi {
@@ -209,10 +221,7 @@ fn calibration(runs: usize) -> f64 {
             x = z ^ (z >> 31);
         }
         black_box(x);
-        let secs = match (sched0, thread_sched_ns()) {
-            (Some((c0, _)), Some((c1, _))) => c1.saturating_sub(c0) as f64 * 1e-9,
-            _ => started.elapsed().as_secs_f64(),
-        };
+        let (secs, _) = sched_secs_since(sched0, started.elapsed().as_secs_f64());
         best = best.max(CALIBRATION_STEPS as f64 / secs / 1e6);
     }
     println!(
@@ -280,13 +289,7 @@ fn engine(
             }
         }
         let wall = started.elapsed().as_secs_f64();
-        let (cpu, wait) = match (sched0, thread_sched_ns()) {
-            (Some((c0, w0)), Some((c1, w1))) => (
-                c1.saturating_sub(c0) as f64 * 1e-9,
-                w1.saturating_sub(w0) as f64 * 1e-9,
-            ),
-            _ => (wall, 0.0),
-        };
+        let (cpu, wait) = sched_secs_since(sched0, wall);
         runs_s.push((cpu, wall, wait));
         stats = Some(e.stats());
     }
