@@ -319,18 +319,31 @@ async fn events(c: &Client, ns: &str, reason: &str) -> Vec<Event> {
         .collect()
 }
 
-/// The Events of `reason` once there is at least one, waiting up to 30 s. The operator
+/// The Events of `reason` once one of them `matches`, waiting up to `within` (`what` names the
+/// Event awaited in the timeout's message). The operator
 /// publishes an Event after the status write a test waits for, so reading the Events once
 /// right after the status races it (an Event was missing so in CI runs on a slow host).
-async fn wait_events(c: &Client, ns: &str, reason: &str) -> Vec<Event> {
-    wait_for(
-        &format!("a {reason} Event"),
-        Duration::from_secs(30),
-        || async {
-            let e = events(c, ns, reason).await;
-            (!e.is_empty()).then_some(e)
-        },
-    )
+async fn wait_event_matching(
+    c: &Client,
+    ns: &str,
+    what: &str,
+    reason: &str,
+    within: Duration,
+    matches: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    wait_for(what, within, || async {
+        let e = events(c, ns, reason).await;
+        e.iter().any(&matches).then_some(e)
+    })
+    .await
+}
+
+/// The Events of `reason` once there is at least one, waiting up to `within`
+/// ([`wait_event_matching`]).
+async fn wait_events(c: &Client, ns: &str, reason: &str, within: Duration) -> Vec<Event> {
+    wait_event_matching(c, ns, &format!("a {reason} Event"), reason, within, |_| {
+        true
+    })
     .await
 }
 
@@ -442,7 +455,7 @@ async fn apply_creates_topics_owned_objects_and_status() {
         .unwrap();
     assert!(owned(svc.metadata.owner_references.as_ref()));
     assert!(sp.finalizers().iter().any(|f| f == "sensorflow.io/topics"));
-    wait_events(&c, ns, "TopicsCreated").await;
+    wait_events(&c, ns, "TopicsCreated", Duration::from_secs(30)).await;
 
     // Printer columns through a real client.
     let table = kubectl(&["get", "sp", "-n", ns], None);
@@ -633,7 +646,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
         1,
         "join lag is 0"
     );
-    wait_events(&c, ns, "ScaledUp").await;
+    wait_events(&c, ns, "ScaledUp", Duration::from_secs(30)).await;
     assert!(
         op.metric("sensorflow_operator_stage_lag_messages")
             .await
@@ -685,7 +698,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
         down_after >= Duration::from_secs(8),
         "scaled down after {down_after:?}, before the cooldown"
     );
-    wait_events(&c, ns, "ScaledDown").await;
+    wait_events(&c, ns, "ScaledDown", Duration::from_secs(30)).await;
     eprintln!("scale-up after {up_after:?}, scale-down {down_after:?} after catching up");
 }
 
@@ -791,7 +804,7 @@ async fn invalid_manifests_are_refused_or_reported_without_hot_loop() {
         "{}",
         ready.message
     );
-    let warning = wait_events(&c, ns, "InvalidSpec").await;
+    let warning = wait_events(&c, ns, "InvalidSpec", Duration::from_secs(20)).await;
     assert_eq!(warning[0].type_.as_deref(), Some("Warning"));
     assert!(
         deployment(&c, ns, "delta-window").await.is_none(),
@@ -992,7 +1005,7 @@ async fn delete_garbage_collects_and_deletes_exactly_the_topics_it_created() {
         9,
         "Retain keeps topics (and another pipeline's topics are not touched)"
     );
-    let deleted = wait_events(&c, ns, "TopicsDeleted").await;
+    let deleted = wait_events(&c, ns, "TopicsDeleted", Duration::from_secs(30)).await;
     assert_eq!(deleted.len(), 1);
     assert!(
         deleted[0]
@@ -1001,7 +1014,7 @@ async fn delete_garbage_collects_and_deletes_exactly_the_topics_it_created() {
             .unwrap_or("")
             .contains("deleted 8 topics")
     );
-    wait_events(&c, ns, "TopicsRetained").await;
+    wait_events(&c, ns, "TopicsRetained", Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -1204,7 +1217,7 @@ async fn unreachable_broker_is_reported_and_retried_without_crashing() {
     .await;
     assert_eq!(condition(&sp, "Degraded").unwrap().0, "True");
     assert_eq!(sp.status.unwrap().phase.as_deref(), Some("Degraded"));
-    wait_events(&c, ns, "BrokerUnavailable").await;
+    wait_events(&c, ns, "BrokerUnavailable", Duration::from_secs(20)).await;
     // Retried (failure counted), and the process is still alive.
     wait_for("a counted failure", Duration::from_secs(30), || async {
         let f = op
@@ -1241,7 +1254,7 @@ async fn unreachable_broker_is_reported_and_retried_without_crashing() {
         .unwrap()
         .message;
     assert!(msg.contains("no-such-secret"), "{msg}");
-    wait_events(&c, ns, "SecretUnavailable").await;
+    wait_events(&c, ns, "SecretUnavailable", Duration::from_secs(20)).await;
 
     // Pointing it at the real broker recovers.
     apply_sp(&c, ns, "zeta", spec(json!({}))).await.unwrap();
@@ -1276,7 +1289,7 @@ async fn partition_increase_waits_for_confirmation() {
         (condition(&sp, "TopicsReady")?.1 == "PartitionIncreasePending").then_some(())
     })
     .await;
-    wait_events(&c, ns, "PartitionIncreasePending").await;
+    wait_events(&c, ns, "PartitionIncreasePending", Duration::from_secs(30)).await;
     assert!(
         broker_partitions(&topics_of("eta"))
             .values()
@@ -1680,17 +1693,10 @@ async fn fuzzed_manifests_are_refused_or_reported_and_never_hot_loop() {
     }
     // The Event is published after the status: wait for each one before counting them.
     for (i, name, applied) in &accepted {
-        wait_for(
-            &format!("case {i} {name} {applied:?}: an InvalidSpec event"),
-            Duration::from_secs(30),
-            || async {
-                events(&c, ns, "InvalidSpec")
-                    .await
-                    .iter()
-                    .any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-                    .then_some(())
-            },
-        )
+        let what = format!("case {i} {name} {applied:?}: an InvalidSpec event");
+        wait_event_matching(&c, ns, &what, "InvalidSpec", Duration::from_secs(30), |e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+        })
         .await;
     }
     let all_events: Vec<Event> = Api::<Event>::namespaced(c.clone(), ns)
@@ -2508,7 +2514,7 @@ async fn pod_template_and_processor_settings_reach_the_deployments() {
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert!(ready.message.contains("SF_GRACE_MS"), "{}", ready.message);
-    wait_events(&c, ns, "InvalidSpec").await;
+    wait_events(&c, ns, "InvalidSpec", Duration::from_secs(30)).await;
     assert_eq!(
         config_hash(&deployment(&c, ns, "knobs-window").await.unwrap()),
         before
@@ -2604,20 +2610,18 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
     );
     // The Event is published after the status: wait for it (read once, it was missing in a
     // CI run on a slow host).
-    wait_for(
-        "a TopicConfigApplied event naming tcfg.dead-letter (retention.ms)",
+    let what = "a TopicConfigApplied event naming tcfg.dead-letter (retention.ms)";
+    wait_event_matching(
+        &c,
+        ns,
+        what,
+        "TopicConfigApplied",
         Duration::from_secs(30),
-        || async {
-            events(&c, ns, "TopicConfigApplied")
-                .await
-                .iter()
-                .any(|e| {
-                    e.note
-                        .as_deref()
-                        .unwrap_or("")
-                        .contains("tcfg.dead-letter (retention.ms)")
-                })
-                .then_some(())
+        |e| {
+            e.note
+                .as_deref()
+                .unwrap_or("")
+                .contains("tcfg.dead-letter (retention.ms)")
         },
     )
     .await;
@@ -2661,7 +2665,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         sp.status.as_ref().unwrap().phase.as_deref(),
         Some("Degraded")
     );
-    wait_events(&c, ns, "AlterConfigsFailed").await;
+    wait_events(&c, ns, "AlterConfigsFailed", Duration::from_secs(30)).await;
     let (late, _) = broker_topic_config("tcfg.late").await;
     assert_eq!(
         late["cleanup.policy"], "compact",
