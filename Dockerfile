@@ -26,8 +26,10 @@ WORKDIR /src
 # Only what cargo reads: changes to charts, tests or docs do not invalidate the build.
 COPY Cargo.toml Cargo.lock ./
 COPY api api
+COPY crates crates
 COPY operator operator
 COPY processors processors
+COPY tools tools
 # The target directory is a cache mount, so the binaries are copied out in the same step.
 # ldd guard: the runtime image has glibc, libgcc_s and libssl3 but no zlib (copied below); a
 # new shared library dependency fails the build here instead of at the pod's start.
@@ -36,7 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
     cargo build --release --locked \
-      -p sensorflow-operator -p sensorflow-runtime -p sensorflow-sink \
+      -p sensorflow-operator -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink \
       --bin sensorflow-operator --bin window-processor --bin join-predict \
       --bin gcs-sink --bin replay --bin sensorflow; \
     mkdir -p /out/usr/local/bin; \

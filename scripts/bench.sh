@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1" ;;
   esac
 done
-cargo build --release --quiet -p sensorflow-runtime -p sensorflow-sink --bins
+cargo build --release --quiet -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink --bins
 bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 echo "== sensorflow-bench on $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg) =="
 # Pinned to the last core: the engine is one thread, and a thread that migrates between cores

@@ -64,7 +64,7 @@ archive="$out_dir/sensorflow-$tag.tar"
 # The binaries of the image and the packages that hold them (the operator's Deployment, the
 # pipeline Deployments it builds and the demo use these paths).
 bins=(sensorflow-operator window-processor join-predict gcs-sink replay sensorflow)
-packages=(sensorflow-operator sensorflow-runtime sensorflow-sink)
+packages=(sensorflow-operator sensorflow-apps sensorflow-tools sensorflow-sink)
 apt_install binutils ca-certificates python3
 
 t0=$SECONDS

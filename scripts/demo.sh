@@ -30,7 +30,7 @@ work="$REPO_ROOT/.sensorflow/demo"
 "$REPO_ROOT/scripts/fetch-data.sh"
 t_build=$(date +%s)
 log "building the processors (release)"
-cargo build --release --quiet -p sensorflow-runtime -p sensorflow-sink --bins
+cargo build --release --quiet -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink --bins
 bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 t_fetch=$(date +%s)
 "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" 2>/dev/null || true

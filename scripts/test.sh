@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, against real components (nothing mocked):
 #   1. unit + property tests (cargo test --workspace)
-#   2. integration tests of the processors against a real Apache Kafka broker (processors/runtime/tests)
+#   2. integration tests of the processors against a real Apache Kafka broker (processors/apps/tests)
 #   3. an independent, non-librdkafka client (kafka-python) driving the real binaries
 #   4. the GCS sink against a real broker and fake-gcs-server, read back with pyarrow/DuckDB
 #      (tests/sink/run.sh)
@@ -61,14 +61,15 @@ if [ "$run_core" = 1 ]; then
   count_cargo "$work/unit.log"; suite "unit + property tests" "$st"
 
   log "2/7 integration tests against a real broker"
-  # The secured-listener test runs gcs-sink too (another crate's binary).
-  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" --quiet -p sensorflow-sink --bins
+  # The integration tests run replay (sensorflow-tools) and, in the secured-listener test,
+  # gcs-sink: other crates' binaries, built beside the apps'.
+  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" --quiet -p sensorflow-sink -p sensorflow-tools --bins
   cleanup; rm -rf "$broker_dir"
   export SENSORFLOW_BROKER_PORT="${SENSORFLOW_TEST_BROKER_PORT:-19292}"
   SENSORFLOW_TEST_BOOTSTRAP="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
   export SENSORFLOW_TEST_BOOTSTRAP SENSORFLOW_TEST_SASL_ENV="$broker_dir/sasl.env"
   set +e
-  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --no-fail-fast -p sensorflow-runtime --test broker --test exactly_once --test secured --test determinism --test poison --test rebalance --test rebuild --test liveness \
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --no-fail-fast -p sensorflow-apps --test broker --test exactly_once --test secured --test determinism --test poison --test rebalance --test rebuild --test liveness \
     -- --ignored --test-threads=2 2>&1 | tee "$work/broker.log"
   st=${PIPESTATUS[0]}
   set -e
@@ -78,7 +79,7 @@ if [ "$run_core" = 1 ]; then
   venv="$SENSORFLOW_CACHE/venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/independent/requirements.txt
-  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" --quiet -p sensorflow-runtime --bins
+  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" --quiet -p sensorflow-apps -p sensorflow-tools --bins
   set +e
   SENSORFLOW_BIN_DIR="$SENSORFLOW_TARGET_BIN" \
     "$venv/bin/python" -m pytest -q tests/independent 2>&1 | tee "$work/independent.log"

@@ -3,7 +3,7 @@
 //! is defined here once; `operator/tests/contract.rs` builds every Deployment's environment
 //! with the operator's code and parses it with each processor's real argument parser.
 
-// Kafka connection (every processor; `processors/runtime/src/kafka.rs` `KafkaArgs`)
+// Kafka connection (every processor; `crates/kafka/src/config.rs` `KafkaArgs`)
 /// `KAFKA_BOOTSTRAP_SERVERS`: `bootstrap.servers`: comma-separated `host:port`.
 pub const KAFKA_BOOTSTRAP_SERVERS: &str = "KAFKA_BOOTSTRAP_SERVERS";
 /// `KAFKA_SECURITY_PROTOCOL`: `security.protocol`: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
@@ -18,7 +18,7 @@ pub const KAFKA_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
 pub const KAFKA_SSL_CA_LOCATION: &str = "KAFKA_SSL_CA_LOCATION";
 /// `SF_KAFKA_PROPERTIES`: Extra librdkafka properties, comma-separated `key=value`.
 pub const KAFKA_PROPERTIES: &str = "SF_KAFKA_PROPERTIES";
-/// `SF_KAFKA_PROFILE`: Client defaults, `latency` or `throughput` (see `processors/runtime/src/kafka.rs`).
+/// `SF_KAFKA_PROFILE`: Client defaults, `latency` or `throughput` (see `crates/kafka/src/config.rs`).
 pub const KAFKA_PROFILE: &str = "SF_KAFKA_PROFILE";
 
 // Topic names (every processor; one per [`crate::TopicRole`], see [`crate::TopicRole::env`])
@@ -57,7 +57,7 @@ pub const RUST_LOG: &str = "RUST_LOG";
 /// `SF_GROUP_ID`: Consumer group id.
 pub const GROUP_ID: &str = "SF_GROUP_ID";
 
-// window-processor and join-predict (`processors/runtime/src/apps/mod.rs` `CommonArgs`)
+// window-processor and join-predict (`processors/runtime/src/runner.rs` `CommonArgs`)
 /// `SF_COMMIT_INTERVAL_MS`: Flush outputs and commit offsets at least this often, ms.
 pub const COMMIT_INTERVAL_MS: &str = "SF_COMMIT_INTERVAL_MS";
 /// `SF_REBUILD_TIMEOUT_MS`: how long a state rebuild on partition assignment may go without
@@ -80,7 +80,7 @@ pub const MIN_EVENT_TIME_MS: &str = "SF_MIN_EVENT_TIME_MS";
 /// `SF_MAX_ABS_VALUE`: Readings with a larger |value| are dead-lettered (`out-of-range`).
 pub const MAX_ABS_VALUE: &str = "SF_MAX_ABS_VALUE";
 
-// window-processor (`processors/runtime/src/apps/window.rs` `WindowArgs`)
+// window-processor (`processors/apps/src/window.rs` `WindowArgs`)
 /// `SF_WINDOW_SIZE_MS`: Length of the sliding event-time window, ms.
 pub const WINDOW_SIZE_MS: &str = "SF_WINDOW_SIZE_MS";
 /// `SF_GRACE_MS`: Grace for out-of-order readings, ms (watermark = max event time − grace).
@@ -94,7 +94,7 @@ pub const FI_RANGE: &str = "SF_FI_RANGE";
 /// `SF_FD_RANGE`: FD bin range `lo,hi` (value per second).
 pub const FD_RANGE: &str = "SF_FD_RANGE";
 
-// join-predict (`processors/runtime/src/apps/join.rs` `JoinArgs`)
+// join-predict (`processors/apps/src/join.rs` `JoinArgs`)
 /// `SF_MODEL`: `logistic` or `random` ([`crate::ModelKind`]).
 pub const MODEL: &str = "SF_MODEL";
 /// `SF_MODEL_WEIGHTS`: Five comma-separated logistic weights.

@@ -54,9 +54,9 @@ impl TopicsOutcome {
     }
 }
 
-impl From<crate::kafka::TopicCheck> for TopicsOutcome {
-    fn from(c: crate::kafka::TopicCheck) -> Self {
-        use crate::kafka::TopicCheck;
+impl From<sensorflow_kafka::TopicCheck> for TopicsOutcome {
+    fn from(c: sensorflow_kafka::TopicCheck) -> Self {
+        use sensorflow_kafka::TopicCheck;
         match c {
             TopicCheck::Ready => TopicsOutcome::Ready,
             TopicCheck::BrokerRefused(m) => TopicsOutcome::BrokerUnavailable(m),
@@ -106,9 +106,9 @@ impl TopicConfigOutcome {
     }
 }
 
-impl From<&crate::kafka::ConfigCheck> for TopicConfigOutcome {
-    fn from(c: &crate::kafka::ConfigCheck) -> Self {
-        use crate::kafka::ConfigCheck;
+impl From<&sensorflow_kafka::ConfigCheck> for TopicConfigOutcome {
+    fn from(c: &sensorflow_kafka::ConfigCheck) -> Self {
+        use sensorflow_kafka::ConfigCheck;
         match c {
             ConfigCheck::NotManaged => TopicConfigOutcome::NotManaged,
             ConfigCheck::InSync { .. } => TopicConfigOutcome::InSync,

@@ -11,9 +11,6 @@
 /// The CRD types live in the `sensorflow-api` crate, shared with the processors.
 pub use sensorflow_api::crd;
 
-/// Topics and lag on the broker: the runtime's admin module, shared with the processors' tools.
-pub use sensorflow_runtime::admin as kafka;
-
 pub mod build;
 pub mod conditions;
 pub mod controller;

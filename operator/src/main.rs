@@ -9,8 +9,8 @@ use clap::Parser;
 use kube::runtime::events::Reporter;
 use sensorflow_operator::controller::{self, Context, Scope, Settings};
 use sensorflow_operator::leader::{self, LeaseConfig, Observer};
-use sensorflow_operator::metrics::{self, Metrics};
-use sensorflow_runtime::{shutdown, telemetry};
+use sensorflow_operator::metrics::Metrics;
+use sensorflow_process::{shutdown, telemetry};
 use tracing::{error, info};
 
 /// Command line; every flag can also be set through the environment variable shown.
@@ -101,7 +101,13 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let metrics = Arc::new(Metrics::default());
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    // Serves until the end of `main` (aborted there), so the probes answer during the graceful
+    // stop too.
+    let server = tokio::spawn(sensorflow_process::server::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
 
     let client = kube::Client::try_default()
         .await

@@ -1,14 +1,8 @@
 //! Prometheus metrics and the `/metrics`, `/health`, `/ready` HTTP endpoints.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -133,35 +127,23 @@ impl Metrics {
     }
 }
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> (StatusCode, String) {
-    match m.render() {
-        Ok(body) => (StatusCode::OK, body),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+/// The operator's probes: `/health` answers while the process runs; `/ready` once it holds
+/// the caches it needs ([`Metrics::set_ready`]).
+impl sensorflow_process::server::Probes for Metrics {
+    fn metrics(&self) -> String {
+        // Encoding into a String cannot fail; an empty body would be the worst case.
+        self.render().unwrap_or_default()
     }
-}
 
-async fn health() -> &'static str {
-    "ok"
-}
-
-async fn ready(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    fn health(&self) -> Result<(), String> {
+        Ok(())
     }
-}
 
-/// Serves `/metrics`, `/health` and `/ready` on `addr` until the process ends.
-///
-/// # Errors
-/// When `addr` cannot be bound or the server fails.
-pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .with_state(m);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("starting")
+        }
+    }
 }

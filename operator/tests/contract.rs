@@ -26,10 +26,10 @@ use sensorflow_api::crd::{
     SinkSpec, WatermarkScope, WireFormat,
 };
 use sensorflow_api::{TopicRole, env};
+use sensorflow_apps::join::JoinArgs;
+use sensorflow_apps::window::WindowArgs;
 use sensorflow_operator::build::{self, Desired, ReplicaPlan, SecretVersions, Stage};
 use sensorflow_operator::validate::validate;
-use sensorflow_runtime::apps::join::JoinArgs;
-use sensorflow_runtime::apps::window::WindowArgs;
 use sensorflow_sink::app::SinkArgs;
 
 /// The environment a Deployment's container starts with: its ConfigMaps' data (`envFrom`, in
@@ -82,7 +82,7 @@ fn container_env(d: &Desired, stage: Stage) -> BTreeMap<String, String> {
 }
 
 /// Variables every processor reads outside its argument parser: `RUST_LOG` is read by
-/// `sensorflow_runtime::telemetry::init`.
+/// `sensorflow_process::telemetry::init`.
 const READ_OUTSIDE_THE_PARSER: [&str; 1] = [env::RUST_LOG];
 
 /// Parses `env` with `P`'s parser (see the module docs).

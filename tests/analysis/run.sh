@@ -101,7 +101,7 @@ if [ "${SENSORFLOW_ANALYSIS_NO_BUILD:-0}" = 1 ]; then
   log "SENSORFLOW_ANALYSIS_NO_BUILD=1: using the binaries in $target as they are"
 else
   log "building the processors and gcs-sink ($SENSORFLOW_CARGO_PROFILE)"
-  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-runtime -p sensorflow-sink --bins
+  cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink --bins
 fi
 job=(env SF_GCS_CONNECTOR_JAR="$GCS_CONNECTOR_JAR" "$PYTHON" analysis/sensorflow_analysis.py)
 check=("$PYTHON" tests/analysis/check.py)

@@ -55,9 +55,9 @@ log "e2e: Python venv, dataset, host binaries"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 "$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
 # The same package set as scripts/build-images.sh, so cargo resolves the same features and this
-# is a no-op after the image build (with `-p sensorflow-runtime` alone it rebuilt the runtime
-# crate with other features: ~3 min on this machine).
-cargo build --release --quiet -p sensorflow-operator -p sensorflow-runtime -p sensorflow-sink --bin replay
+# is a no-op after the image build (with one package alone cargo rebuilt shared crates with
+# other features: ~3 min on this machine).
+cargo build --release --quiet -p sensorflow-operator -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink --bin replay
 
 declare -A pids=()
 teardown() {

@@ -79,7 +79,7 @@ fake_gcs="$(find "$venv" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f |
 "$REPO_ROOT/scripts/install-kafka.sh" >/dev/null
 log "building gcs-sink, its tests and the processors"
 cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-sink --bins --tests
-cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-runtime --bin replay --bin window-processor --bin join-predict --bin sensorflow
+cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-apps -p sensorflow-tools --bin replay --bin window-processor --bin join-predict --bin sensorflow
 
 # --- fresh broker and GCS server ---
 "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true

@@ -22,7 +22,7 @@ use super::plan::{PlannedEvent, Severity};
 use super::{Context, Error, FIELD_MANAGER};
 use crate::build::{self, MANAGED_BY, PIPELINE_LABEL};
 use crate::crd::{SensorPipeline, SensorPipelineStatus};
-use crate::kafka::{self, AdminError, Connection, TopicPlan, TopicReport};
+use sensorflow_kafka::{self as kafka, AdminError, Connection, TopicPlan, TopicReport};
 
 /// Creates missing topics and raises confirmed partition increases on the broker, then reads
 /// the result back ([`kafka::ensure_pipeline_topics`]).

@@ -22,8 +22,8 @@ use super::Error;
 use crate::build::{self, SecretVersions, Stage};
 use crate::conditions::Replicas;
 use crate::crd::SensorPipelineSpec;
-use crate::kafka::{self, Connection, TopicReport};
 use crate::validate::Validated;
+use sensorflow_kafka::{self as kafka, Connection, TopicReport};
 
 /// What the reconcile saw, the input of the pure steps.
 #[derive(Debug, Clone, PartialEq)]

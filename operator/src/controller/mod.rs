@@ -20,8 +20,8 @@
 //! [`dereference`] is the only step that reads the cluster or the broker; [`plan`] and
 //! [`status`] are pure functions of what it observed (unit-tested without a cluster);
 //! [`apply`] does every write. The topic step is the one place where a broker read and its
-//! write sit together ([`crate::kafka::ensure_pipeline_topics`] reads the partition counts, decides
-//! with the pure [`crate::kafka::plan_topics`] and verifies after writing), so it runs in
+//! write sit together ([`sensorflow_kafka::ensure_pipeline_topics`] reads the partition counts, decides
+//! with the pure [`sensorflow_kafka::plan_topics`] and verifies after writing), so it runs in
 //! [`apply`].
 //!
 //! Every write (server-side apply, status, topics, finalizer, Events) first asks
@@ -53,12 +53,12 @@ use tracing::{info, instrument, warn};
 use crate::build::{self, MANAGED_BY, Stage};
 use crate::conditions::TopicsOutcome;
 use crate::crd::{DeletionPolicy, SensorPipeline, SensorPipelineStatus};
-use crate::kafka::{self, AdminError};
 use crate::leader::Leadership;
 use crate::metrics::{ErrorLabels, Metrics, StageLabels};
 use crate::validate;
 use dereference::Observed;
 use plan::PlannedEvent;
+use sensorflow_kafka::{self as kafka, AdminError};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "sensorflow-operator";

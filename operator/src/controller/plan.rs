@@ -16,9 +16,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::dereference::Observed;
 use crate::build::{ReplicaPlan, Stage};
 use crate::crd::{SensorPipelineStatus, StageStatus};
-use crate::kafka::TopicPlan;
 use crate::planner::{self, Bounds, Change};
 use crate::validate::Validated;
+use sensorflow_kafka::TopicPlan;
 
 /// Severity of a [`PlannedEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,9 +255,9 @@ pub fn deletable_topics(
 mod tests {
     use super::*;
     use crate::crd::ScalingMode;
-    use crate::kafka::{TopicCheck, TopicReport};
     use crate::validate::{tests::spec, validate};
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+    use sensorflow_kafka::{TopicCheck, TopicReport};
 
     fn deployment(replicas: i32, ready: i32) -> Deployment {
         Deployment {

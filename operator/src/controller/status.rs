@@ -20,7 +20,7 @@ use super::plan::{PlannedEvent, ReplicaDecision, saturating_i64};
 use crate::build::Stage;
 use crate::conditions::{self, ConditionType, Observations, Replicas, TopicsOutcome};
 use crate::crd::{SensorPipelineSpec, SensorPipelineStatus, TopicStatus};
-use crate::kafka::{ConfigCheck, TopicReport};
+use sensorflow_kafka::{ConfigCheck, TopicReport};
 
 /// `now` at seconds precision, like metav1.Time.
 pub fn now_rfc3339(now: Timestamp) -> String {
@@ -254,8 +254,8 @@ mod tests {
     use crate::build::ReplicaPlan;
     use crate::controller::plan::Severity;
     use crate::crd::StageStatus;
-    use crate::kafka::TopicCheck;
     use crate::validate::tests::spec;
+    use sensorflow_kafka::TopicCheck;
 
     fn report(outcome: TopicCheck) -> TopicReport {
         TopicReport {

@@ -11,7 +11,7 @@
 //! | `sensorflow.source.timestamp` | its Kafka timestamp, ms (when it had one) |
 //! | `sensorflow.processor` | which processor rejected it |
 
-use crate::pipeline::Output;
+use crate::output::Output;
 use crate::record::ConsumedRecord;
 use rdkafka::message::{Header, OwnedHeaders};
 use sensorflow_core::input::Reject;

@@ -27,8 +27,8 @@
 //! (the sink polls right before every upload) calls [`Driver::poll_now`], which handles what
 //! the poll returns through the same hooks.
 
+use crate::consumer::{LoopConsumer, RebalanceEvent, TopicPartition};
 use crate::metrics::{Metrics, TopicLabel};
-use crate::pipeline::{LoopConsumer, RebalanceEvent, TopicPartition};
 use crate::record::ConsumedRecord;
 use futures::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;

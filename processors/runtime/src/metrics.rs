@@ -5,14 +5,12 @@
 //! answers 200 once the consumer loop is running (assigned, state rebuilt) and 503 before that
 //! or while shutting down.
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -350,24 +348,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed rebuild attempt that will be retried after `wait`, logs it and beats
-    /// (the processor is acting on a known schedule, not stuck).
-    pub fn rebuild_retry(&self, e: &crate::rebuild::RebuildError, attempt: u32, wait: Duration) {
-        self.rebuild_retries.inc();
-        self.liveness.beat();
-        tracing::warn!(error = %e, reason = e.reason(), attempt, of = crate::rebuild::ATTEMPTS, retry_in = ?wait, "state rebuild attempt failed; retrying from scratch");
-    }
-
-    /// Counts a failed rebuild by its reason and logs it loudly.
-    pub fn rebuild_failed(&self, e: &crate::rebuild::RebuildError) {
-        self.rebuild_failures
-            .get_or_create(&ReasonLabel {
-                reason: e.reason().to_owned(),
-            })
-            .inc();
-        tracing::error!(error = %e, reason = e.reason(), "state rebuild failed");
-    }
-
     /// The `/health` answer: `Err(message)` when the loop is judged stuck.
     ///
     /// # Errors
@@ -422,74 +402,31 @@ impl Metrics {
         };
         self.since_progress.set(idle as f64 / 1000.0);
     }
-
-    /// Serves `/metrics`, `/health` and `/ready` on `addr` until `shutdown` is cancelled.
-    ///
-    /// # Errors
-    /// When the address cannot be bound.
-    pub async fn serve(
-        self,
-        addr: SocketAddr,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        self.serve_on(listener, shutdown).await
-    }
-
-    /// Like [`Metrics::serve`], on a bound listener (tests bind port 0 and read it back).
-    ///
-    /// # Errors
-    /// When serving fails.
-    pub async fn serve_on(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> std::io::Result<()> {
-        let app = Router::new()
-            .route("/metrics", get(metrics_handler))
-            .route("/health", get(health_handler))
-            .route("/ready", get(ready_handler))
-            .with_state(self);
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "serving /metrics, /health, /ready");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    }
 }
 
-async fn metrics_handler(State(m): State<Metrics>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
-}
+impl sensorflow_process::server::Probes for Metrics {
+    fn metrics(&self) -> String {
+        self.encode()
+    }
 
-async fn health_handler(State(m): State<Metrics>) -> impl IntoResponse {
-    m.update_since_progress();
-    match m.health() {
-        Ok(()) => (StatusCode::OK, "ok".to_owned()),
-        Err(msg) => {
-            tracing::warn!("{msg}");
-            (StatusCode::SERVICE_UNAVAILABLE, msg)
+    fn health(&self) -> Result<(), String> {
+        self.update_since_progress();
+        Metrics::health(self)
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("not ready")
         }
-    }
-}
-
-async fn ready_handler(State(m): State<Metrics>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn liveness_judgement() {
@@ -533,7 +470,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn(m.clone().serve_on(listener, stop.clone()));
+        let server = tokio::spawn(sensorflow_process::server::serve_on(
+            listener,
+            Arc::new(m.clone()),
+            stop.clone(),
+        ));
         assert_eq!(get(addr, "/health").await, (200, "ok".to_owned()));
         tokio::time::sleep(Duration::from_millis(450)).await;
         let (code, body) = get(addr, "/health").await;

@@ -53,6 +53,7 @@
 //! may never arrive; the position moves past them).
 
 use crate::dlq;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::record::ConsumedRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -145,6 +146,25 @@ impl RebuildError {
             RebuildError::Stalled { .. } => "stalled",
             RebuildError::LimitExceeded { .. } => "limit",
         }
+    }
+
+    /// Counts this failed attempt, to be retried after `wait`, in `metrics`, logs it and beats
+    /// the liveness (the processor is acting on a known schedule, not stuck).
+    pub fn count_retry(&self, metrics: &Metrics, attempt: u32, wait: Duration) {
+        metrics.rebuild_retries.inc();
+        metrics.beat();
+        tracing::warn!(error = %self, reason = self.reason(), attempt, of = ATTEMPTS, retry_in = ?wait, "state rebuild attempt failed; retrying from scratch");
+    }
+
+    /// Counts this failed rebuild by its reason in `metrics` and logs it loudly.
+    pub fn count_failure(&self, metrics: &Metrics) {
+        metrics
+            .rebuild_failures
+            .get_or_create(&ReasonLabel {
+                reason: self.reason().to_owned(),
+            })
+            .inc();
+        tracing::error!(error = %self, reason = self.reason(), "state rebuild failed");
     }
 }
 

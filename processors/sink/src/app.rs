@@ -11,12 +11,12 @@ use anyhow::Context;
 use clap::Parser;
 use rdkafka::producer::Producer;
 use sensorflow_api::env;
-use sensorflow_runtime::apps::ServeArgs;
-use sensorflow_runtime::kafka::{FramingArgs, KafkaArgs, TopicArgs};
+use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
+use sensorflow_runtime::args::FramingArgs;
+use sensorflow_runtime::consumer::{LoopConsumer, LoopContext};
+use sensorflow_runtime::emitter::{Emitter, RetryPolicy, loop_producer};
 use sensorflow_runtime::metrics::Metrics;
-use sensorflow_runtime::pipeline::{
-    Emitter, LoopConsumer, LoopContext, RetryPolicy, loop_producer,
-};
+use sensorflow_runtime::runner::ServeArgs;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -244,15 +244,15 @@ pub async fn run_with_commit_fault<S: ObjectStore>(
 /// Start-up failures (bad credentials, clients) and unrecoverable sink errors: the process
 /// exits non-zero and a restart resumes from the last commit.
 pub async fn main(args: SinkArgs) -> anyhow::Result<()> {
-    sensorflow_runtime::telemetry::init(args.serve.log_format);
+    sensorflow_process::telemetry::init(args.serve.log_format);
     let sm = SinkMetrics::default();
     let metrics = Metrics::new_with(|r| sm.register(r));
-    let shutdown = sensorflow_runtime::shutdown::on_signal();
-    let server = tokio::spawn(
-        metrics
-            .clone()
-            .serve(args.serve.metrics_addr, shutdown.clone()),
-    );
+    let shutdown = sensorflow_process::shutdown::on_signal();
+    let server = tokio::spawn(sensorflow_process::server::serve(
+        args.serve.metrics_addr,
+        std::sync::Arc::new(metrics.clone()),
+        shutdown.clone(),
+    ));
     let cfg = args.config();
     tracing::info!(group = %args.group_id, topics = ?cfg.topics, rotation = ?cfg.rotation,
         encode = ?cfg.encode, "gcs-sink starting");

@@ -29,7 +29,7 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig as KafkaConfig, Message};
 use sensorflow_core::proto::{Sensor, SensorReading};
-use sensorflow_runtime::kafka::{KafkaArgs, TopicArgs};
+use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
 use sensorflow_runtime::metrics::Metrics;
 use sensorflow_sink::app::{SinkArgs, run_with};
 use sensorflow_sink::encode::{EncodeConfig, encode};
@@ -105,7 +105,7 @@ async fn download(name: &str) -> Vec<RecordBatch> {
 
 async fn create_topics(t: &TopicArgs, partitions: i32) {
     let names = t.topics();
-    sensorflow_runtime::admin::ensure_topics(&kafka(), &names.all(), partitions, 1)
+    sensorflow_kafka::admin::ensure_topics(&kafka(), &names.all(), partitions, 1)
         .await
         .unwrap();
 }
@@ -611,9 +611,9 @@ async fn produce_hours(topic: &str, partitions: i32, per: i64, hours: i64, every
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs broker + GCS: run tests/sink/run.sh"]
 async fn a_store_slower_than_the_poll_interval_allows_keeps_one_copy_of_every_record() {
-    sensorflow_runtime::telemetry::init_with_filter(
+    sensorflow_process::telemetry::init_with_filter(
         &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        sensorflow_runtime::telemetry::LogFormat::Text,
+        sensorflow_process::telemetry::LogFormat::Text,
     );
     use tracing::Instrument as _;
     const PARTS: i32 = 6;

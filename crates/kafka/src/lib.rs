@@ -1,0 +1,26 @@
+//! # sensorflow-kafka
+//!
+//! The Kafka edge that the operator and the data plane share, with no consume loop in it:
+//!
+//! ```text
+//!   config      flags / env (KafkaArgs, TopicArgs, profiles) ──► rdkafka ClientConfig
+//!   connection  the operator's Connection (typed settings + Secrets) ──► ClientConfig,
+//!               and a client context that remembers why the broker refused
+//!   plan        pure: topics to create / raise / refuse, configs to alter, co-partitioning
+//!   admin       metadata, CreateTopics, AlterConfigs, DeleteTopics, lag, group progress
+//!   error       AdminError
+//! ```
+//!
+//! Only standard Kafka client settings and admin requests are used, so everything works
+//! against Apache Kafka or any other Kafka-protocol broker.
+
+pub mod admin;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod plan;
+
+pub use admin::*;
+pub use connection::{Connection, ConnectionContext};
+pub use error::AdminError;
+pub use plan::*;

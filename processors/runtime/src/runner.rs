@@ -1,0 +1,168 @@
+//! The shared `main` of a processor: the flags every long-running binary has ([`ServeArgs`],
+//! [`CommonArgs`]) and [`run`], which wires the consumer, the producer, the metrics server
+//! and the consume loop around a [`crate::processor::Processor`]. The apps
+//! (`sensorflow-apps`: window-processor, join-predict) and the sink call it.
+
+use crate::consumer::{LoopConsumer, LoopContext};
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::processor::{LoopConfig, Processor};
+use anyhow::Context;
+use clap::Args;
+use rdkafka::ClientConfig;
+use rdkafka::producer::Producer;
+use sensorflow_api::env;
+use sensorflow_core::input::ReadingBounds;
+use sensorflow_kafka::config::KafkaArgs;
+use sensorflow_process::telemetry::LogFormat;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Flags of every long-running binary (window-processor, join-predict, gcs-sink): where to
+/// serve `/metrics`, `/health` and `/ready`, and how to log.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address for /metrics, /health and /ready.
+    #[arg(long, env = env::METRICS_ADDR, default_value = "0.0.0.0:9100")]
+    pub metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = env::LOG_FORMAT, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Flags window-processor and join-predict share.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serve: ServeArgs,
+    /// Flush outputs and commit offsets at least this often, ms.
+    #[arg(long, env = env::COMMIT_INTERVAL_MS, default_value_t = 200)]
+    pub commit_interval_ms: u64,
+    /// How long rebuilding state on partition assignment may go without progress (no record
+    /// read, no partition finished) before it fails, ms. Not a total deadline: a rebuild that
+    /// keeps reading runs as long as it needs.
+    #[arg(long, env = env::REBUILD_TIMEOUT_MS, default_value_t = 30_000)]
+    pub rebuild_timeout_ms: u64,
+    /// Largest number of records one state rebuild may re-read; past it the rebuild fails
+    /// loudly (log, `sensorflow_rebuild_failures_total{reason="limit"}`) rather than build a
+    /// partial state. 0: unlimited (memory stays bounded either way: records are streamed).
+    #[arg(long, env = env::REBUILD_MAX_RECORDS, default_value_t = 0)]
+    pub rebuild_max_records: u64,
+    /// `/health` fails (the liveness probe restarts the pod) when the consume loop has not
+    /// advanced for this long, ms: no record processed, no flush tick, no rebuild progress, no
+    /// transaction committed. 0: `/health` never fails.
+    #[arg(long, env = env::LIVENESS_TIMEOUT_MS, default_value_t = 120_000)]
+    pub liveness_timeout_ms: u64,
+    /// Exactly-once: commit outputs and consumed offsets atomically in Kafka transactions
+    /// (KIP-98/KIP-447: needs a broker with transactions, Apache Kafka >= 2.5).
+    /// Default: at-least-once with exact repeats.
+    #[arg(long, env = env::EXACTLY_ONCE, default_value_t = false)]
+    pub exactly_once: bool,
+    /// transactional.id for --exactly-once: unique across live instances (default:
+    /// `<processor>-$HOSTNAME`, the pod name on Kubernetes). It need not survive a pod: zombie
+    /// instances are fenced through the consumer group's generation (KIP-447); a restarted
+    /// container with the same id aborts its predecessor's open transaction at once.
+    #[arg(long, env = env::TRANSACTIONAL_ID)]
+    pub transactional_id: Option<String>,
+    /// Readings with an event time more than this far ahead of the wall clock go to the
+    /// dead-letter topic with reason `future`, ms (default 2 days).
+    #[arg(long, env = env::MAX_FUTURE_SKEW_MS, default_value_t = ReadingBounds::default().max_future_skew_ms)]
+    pub max_future_skew_ms: i64,
+    /// Readings with an event time before this go to the dead-letter topic with reason
+    /// `too-old`, ms since the Unix epoch (default 0, 1970-01-01).
+    #[arg(long, env = env::MIN_EVENT_TIME_MS, default_value_t = ReadingBounds::default().min_event_time_ms)]
+    pub min_event_time_ms: i64,
+    /// Readings whose |value| exceeds this go to the dead-letter topic with reason
+    /// `out-of-range`.
+    #[arg(long, env = env::MAX_ABS_VALUE, default_value_t = ReadingBounds::default().max_abs_value)]
+    pub max_abs_value: f64,
+}
+
+impl CommonArgs {
+    /// The reading bounds these flags set.
+    pub fn reading_bounds(&self) -> ReadingBounds {
+        ReadingBounds {
+            max_future_skew_ms: self.max_future_skew_ms,
+            min_event_time_ms: self.min_event_time_ms,
+            max_abs_value: self.max_abs_value,
+        }
+    }
+}
+
+/// Configuration of the group-less consumer that reads state back on assignment.
+pub fn rebuild_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
+    let mut c = kafka.client_config();
+    c.set("group.id", format!("{group}.rebuild"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    c
+}
+
+/// Serves metrics, runs the consume loop until SIGTERM, then flushes the producer.
+///
+/// # Errors
+/// When clients cannot be created or the loop fails after its retries.
+pub async fn run<P: Processor>(
+    kafka: &KafkaArgs,
+    consumer_cfg: ClientConfig,
+    common: &CommonArgs,
+    metrics: Metrics,
+    mut processor: P,
+    client_id: &str,
+) -> anyhow::Result<()> {
+    let shutdown = sensorflow_process::shutdown::on_signal();
+    let server = tokio::spawn(sensorflow_process::server::serve(
+        common.serve.metrics_addr,
+        std::sync::Arc::new(metrics.clone()),
+        shutdown.clone(),
+    ));
+    let consumer: LoopConsumer = consumer_cfg
+        .create_with_context(LoopContext::new(metrics.clone()))
+        .context("creating the consumer")?;
+    let mut producer_cfg = kafka.producer_config(client_id);
+    if common.exactly_once {
+        let id = common.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+            format!("{client_id}-{host}")
+        });
+        producer_cfg.set("transactional.id", id);
+        // A pod that dies with a transaction open blocks `read_committed` readers of its
+        // output partitions until the broker aborts it: after `transaction.timeout.ms`, or at
+        // once when an instance with the same id (the restarted container) starts. 10 s, as
+        // Kafka Streams sets for exactly-once; `-X transaction.timeout.ms=…` overrides it.
+        // librdkafka requires delivery.timeout.ms <= transaction.timeout.ms.
+        if !kafka
+            .properties
+            .iter()
+            .any(|(k, _)| k == "transaction.timeout.ms")
+        {
+            producer_cfg.set("transaction.timeout.ms", "10000");
+            producer_cfg.set("delivery.timeout.ms", "10000");
+        }
+    }
+    let producer = crate::emitter::loop_producer(&producer_cfg).context("creating the producer")?;
+    let cfg = LoopConfig {
+        commit_interval: Duration::from_millis(common.commit_interval_ms),
+        exactly_once: common.exactly_once,
+        ..LoopConfig::default()
+    };
+    let result = pipeline::run(
+        &consumer,
+        producer.clone(),
+        &mut processor,
+        metrics,
+        cfg,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(30)));
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
+        Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result.context("processing loop")
+}

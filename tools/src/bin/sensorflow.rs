@@ -1,0 +1,141 @@
+//! `sensorflow`: operations on a pipeline's topics (create, wait for drain, summary).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sensorflow_kafka::admin;
+use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
+use sensorflow_runtime::args::FramingArgs;
+use sensorflow_tools::summary;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// sensorflow: tools for a SensorFlow pipeline's topics.
+#[derive(Parser)]
+#[command(name = "sensorflow", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    topics: TopicArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the pipeline's nine topics (or check their partition counts).
+    CreateTopics {
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 100)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+    /// Wait until consumer groups have no lag on their inputs.
+    Wait {
+        /// `group=topic,topic` pairs, e.g. `sensorflow-window=SZ`.
+        #[arg(long = "group", required = true, value_parser = parse_group)]
+        groups: Vec<(String, Vec<String>)>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Print the pipeline summary (counts, alerts, latency) after a replay.
+    Summary {
+        /// The replay's --summary-json file.
+        #[arg(long)]
+        replay_summary: PathBuf,
+        /// Seconds from replay start until the pipeline drained (for throughput).
+        #[arg(long)]
+        drained_s: Option<f64>,
+        #[command(flatten)]
+        framing: FramingArgs,
+        /// Also write the summary as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn parse_group(s: &str) -> Result<(String, Vec<String>), String> {
+    let (g, t) = s.split_once('=').ok_or("expected group=topic,topic")?;
+    Ok((g.to_owned(), t.split(',').map(str::to_owned).collect()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sensorflow_process::telemetry::init(sensorflow_process::telemetry::LogFormat::Text);
+    let cli = Cli::parse();
+    let cfg = cli.kafka.client_config();
+    let topics = cli.topics.topics();
+    match cli.cmd {
+        Cmd::CreateTopics {
+            partitions,
+            replication,
+        } => {
+            admin::ensure_topics(&cfg, &topics.all(), partitions, replication).await?;
+            println!(
+                "{} topics ready with {partitions} partitions",
+                topics.all().len()
+            );
+        }
+        Cmd::Wait { groups, timeout_s } => {
+            let started = Instant::now();
+            let mut last_log = Instant::now();
+            loop {
+                let mut total = 0;
+                for (g, ts) in &groups {
+                    let refs: Vec<&str> = ts.iter().map(String::as_str).collect();
+                    match tokio::task::block_in_place(|| admin::group_lag(&cfg, g, &refs)) {
+                        Ok(lag) => total += lag,
+                        // A broker busy with leader or metadata changes answers a watermark
+                        // query with a retriable error (seen: NotLeaderForPartition under a
+                        // full-speed replay): ask again, until the timeout.
+                        Err(e) => {
+                            tracing::warn!(group = %g, error = %e, "lag unknown this time; retrying");
+                            total += 1;
+                        }
+                    }
+                }
+                if total == 0 {
+                    println!("drained after {:.1} s", started.elapsed().as_secs_f64());
+                    break;
+                }
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(timeout_s),
+                    "still {total} messages of lag after {timeout_s} s"
+                );
+                if last_log.elapsed() > Duration::from_secs(5) {
+                    tracing::info!(lag = total, "waiting for the consumer groups to catch up");
+                    last_log = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Cmd::Summary {
+            replay_summary,
+            drained_s,
+            framing,
+            json,
+        } => {
+            let replay: sensorflow_tools::replay::ReplaySummary = serde_json::from_slice(
+                &std::fs::read(&replay_summary)
+                    .with_context(|| format!("reading {}", replay_summary.display()))?,
+            )?;
+            let drained = drained_s.unwrap_or(replay.elapsed_s);
+            let s = tokio::task::block_in_place(|| {
+                summary::summarize(&cfg, &topics, framing.framing())
+            })?;
+            print!("{}", summary::render(&replay, &s, drained));
+            if let Some(path) = json {
+                std::fs::write(
+                    path,
+                    serde_json::to_vec_pretty(
+                        &serde_json::json!({"replay": replay, "pipeline": s, "drained_s": drained}),
+                    )?,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
