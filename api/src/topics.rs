@@ -149,7 +149,7 @@ impl FromStr for TopicRole {
 /// The resolved topic name of each of the nine roles.
 ///
 /// [`Default`] gives the processors' stand-alone names ([`TopicRole::default_name`]);
-/// [`TopicNames::for_pipeline`] gives the operator's `<pipeline>.<suffix>` names with the
+/// `TopicNames::for_pipeline` (beside [`crate::crd::TopicsSpec`]) gives the operator's `<pipeline>.<suffix>` names with the
 /// spec's explicit names taking precedence.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TopicNames {
@@ -193,15 +193,6 @@ impl TopicNames {
             dead_letter: name(TopicRole::DeadLetter),
             late: name(TopicRole::Late),
         }
-    }
-
-    /// The names of pipeline `pipeline`: the explicit name of `spec.topics.<role>` where set,
-    /// else `<pipeline>.<role>` (for example `demo.dead-letter`).
-    pub fn for_pipeline(pipeline: &str, spec: &crate::crd::TopicsSpec) -> Self {
-        Self::from_fn(|r| {
-            spec.explicit(r)
-                .map_or_else(|| format!("{pipeline}.{r}"), str::to_owned)
-        })
     }
 
     /// The topic of `role`.
@@ -257,24 +248,5 @@ mod tests {
             assert_eq!(json, r.as_str());
         }
         assert!("dead_letter".parse::<TopicRole>().is_err());
-    }
-
-    #[test]
-    fn pipeline_names_default_to_name_dot_role_and_explicit_names_win() {
-        let spec = crate::crd::TopicsSpec {
-            fa: Some("features-a".into()),
-            ..Default::default()
-        };
-        let t = TopicNames::for_pipeline("demo", &spec);
-        assert_eq!(t.dead_letter, "demo.dead-letter");
-        assert_eq!(t.fa, "features-a");
-        assert_eq!(
-            t.join_inputs(),
-            ["demo.sx", "demo.sy", "features-a", "demo.fi", "demo.fd"]
-        );
-        assert_eq!(t.role_of("demo.late"), Some(TopicRole::Late));
-        let d = TopicNames::default();
-        assert_eq!(d.all()[0], "SX");
-        assert_eq!(d.dead_letter, "dead-letter");
     }
 }

@@ -28,8 +28,8 @@ use sensorflow_api::crd::{
 use sensorflow_api::{TopicRole, env};
 use sensorflow_apps::join::JoinArgs;
 use sensorflow_apps::window::WindowArgs;
-use sensorflow_operator::build::{self, Desired, ReplicaPlan, SecretVersions, Stage};
-use sensorflow_operator::validate::validate;
+use sensorflow_operator::controller::build::{self, Desired, ReplicaPlan, SecretVersions, Stage};
+use sensorflow_operator::controller::validate::validate;
 use sensorflow_sink::app::SinkArgs;
 
 /// The environment a Deployment's container starts with: its ConfigMaps' data (`envFrom`, in

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::plan::{PlannedEvent, Severity};
 use super::{Context, Error, FIELD_MANAGER};
-use crate::build::{self, MANAGED_BY, PIPELINE_LABEL};
+use crate::controller::build::{self, MANAGED_BY, PIPELINE_LABEL};
 use crate::crd::{SensorPipeline, SensorPipelineStatus};
 use sensorflow_kafka::{self as kafka, AdminError, Connection, TopicPlan, TopicReport};
 

@@ -19,10 +19,10 @@ use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use super::Error;
-use crate::build::{self, SecretVersions, Stage};
-use crate::conditions::Replicas;
+use crate::controller::build::{self, SecretVersions, Stage};
+use crate::controller::status::conditions::Replicas;
+use crate::controller::validate::Validated;
 use crate::crd::SensorPipelineSpec;
-use crate::validate::Validated;
 use sensorflow_kafka::{self as kafka, Connection, TopicReport};
 
 /// What the reconcile saw, the input of the pure steps.
@@ -197,21 +197,22 @@ pub async fn lags(
     v: &Validated,
     report: &TopicReport,
 ) -> BTreeMap<Stage, Option<u64>> {
-    let reads = super::plan::stage_inputs(v)
-        .into_iter()
-        .map(|(stage, group, inputs)| async move {
-            if inputs.iter().all(|t| report.created.contains(t)) {
-                return (stage, Some(0));
-            }
-            let lag = match kafka::stage_lag(conn, &group, &inputs, &report.partitions).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    warn!(error = %e, stage = stage.as_str(), "could not read lag");
-                    None
+    let reads =
+        super::plan::topics::stage_inputs(v)
+            .into_iter()
+            .map(|(stage, group, inputs)| async move {
+                if inputs.iter().all(|t| report.created.contains(t)) {
+                    return (stage, Some(0));
                 }
-            };
-            (stage, lag)
-        });
+                let lag = match kafka::stage_lag(conn, &group, &inputs, &report.partitions).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        warn!(error = %e, stage = stage.as_str(), "could not read lag");
+                        None
+                    }
+                };
+                (stage, lag)
+            });
     futures::future::join_all(reads).await.into_iter().collect()
 }
 
@@ -239,7 +240,7 @@ pub async fn topics_of_other_pipelines(
         .filter(|o| o.uid() != me.uid())
         .filter(|o| o.spec.kafka.bootstrap_servers == me.spec.kafka.bootstrap_servers)
         .flat_map(|o| {
-            crate::validate::TopicNames::for_pipeline(&o.name_any(), &o.spec.topics)
+            crate::controller::validate::TopicNames::for_pipeline(&o.name_any(), &o.spec.topics)
                 .all()
                 .map(str::to_owned)
         })

@@ -29,9 +29,11 @@
 //! a paused-then-resumed former leader never acts next to its successor.
 
 pub mod apply;
+pub mod build;
 pub mod dereference;
 pub mod plan;
 pub mod status;
+pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -50,12 +52,11 @@ use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::build::{self, MANAGED_BY, Stage};
-use crate::conditions::TopicsOutcome;
+use crate::controller::status::conditions::TopicsOutcome;
 use crate::crd::{DeletionPolicy, SensorPipeline, SensorPipelineStatus};
 use crate::leader::Leadership;
 use crate::metrics::{ErrorLabels, Metrics, StageLabels};
-use crate::validate;
+use build::{MANAGED_BY, Stage};
 use dereference::Observed;
 use plan::PlannedEvent;
 use sensorflow_kafka::{self as kafka, AdminError};
@@ -293,7 +294,7 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
         |d| SignedDuration::try_from(d).unwrap_or(SignedDuration::ZERO),
     );
     let decision = plan::replicas(&v, &observed, &previous, cooldown, now);
-    for (stage, _, _) in plan::stage_inputs(&v) {
+    for (stage, _, _) in plan::topics::stage_inputs(&v) {
         let labels = StageLabels {
             namespace: ns.clone(),
             pipeline: name.clone(),

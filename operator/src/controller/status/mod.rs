@@ -1,6 +1,6 @@
 //! The status step, pure: what was observed and decided in, `status` (conditions, phase, stage
 //! replicas and lag, topics) and the topic Events out. `lastTransitionTime` is kept while a
-//! condition's status does not change ([`crate::conditions::compute_conditions`]), so a round
+//! condition's status does not change ([`crate::controller::status::conditions::compute_conditions`]), so a round
 //! with nothing new writes nothing.
 //!
 //! ```text
@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 
+pub mod conditions;
+
 use super::dereference::{Observed, replicas_of};
 use super::plan::{PlannedEvent, ReplicaDecision, saturating_i64};
-use crate::build::Stage;
-use crate::conditions::{self, ConditionType, Observations, Replicas, TopicsOutcome};
+use crate::controller::build::Stage;
 use crate::crd::{SensorPipelineSpec, SensorPipelineStatus, TopicStatus};
+use conditions::{ConditionType, Observations, Replicas, TopicsOutcome};
 use sensorflow_kafka::{ConfigCheck, TopicReport};
 
 /// `now` at seconds precision, like metav1.Time.
@@ -251,10 +253,10 @@ pub fn running(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::ReplicaPlan;
+    use crate::controller::build::ReplicaPlan;
     use crate::controller::plan::Severity;
+    use crate::controller::validate::tests::spec;
     use crate::crd::StageStatus;
-    use crate::validate::tests::spec;
     use sensorflow_kafka::TopicCheck;
 
     fn report(outcome: TopicCheck) -> TopicReport {

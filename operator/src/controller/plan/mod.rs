@@ -13,12 +13,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+pub mod replicas;
+pub mod topics;
+
 use super::dereference::Observed;
-use crate::build::{ReplicaPlan, Stage};
+use crate::controller::build::{ReplicaPlan, Stage};
+use crate::controller::validate::Validated;
 use crate::crd::{SensorPipelineStatus, StageStatus};
-use crate::planner::{self, Bounds, Change};
-use crate::validate::Validated;
-use sensorflow_kafka::TopicPlan;
+use replicas::{Bounds, Change};
+pub use topics::{deletable_topics, stage_inputs, topic_configs, topics};
 
 /// Severity of a [`PlannedEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,62 +64,6 @@ impl PlannedEvent {
     }
 }
 
-/// The configuration of each topic: `topics.config` with `topics.retentionMs` as
-/// `retention.ms`, then the topic's own `topics.overrides` entry on top (its `config`, then its
-/// `retentionMs`). Keyed by topic name; a topic with nothing configured maps to an empty map.
-pub fn topic_configs(v: &Validated) -> BTreeMap<String, BTreeMap<String, String>> {
-    let t = &v.spec.topics;
-    let mut base = t.config.clone();
-    if let Some(r) = t.retention_ms {
-        base.insert("retention.ms".into(), r.to_string());
-    }
-    v.topics
-        .iter()
-        .map(|(role, name)| {
-            let mut c = base.clone();
-            if let Some(o) = t.overrides.get(role) {
-                c.extend(o.config.clone());
-                if let Some(r) = o.retention_ms {
-                    c.insert("retention.ms".into(), r.to_string());
-                }
-            }
-            (name.to_owned(), c)
-        })
-        .collect()
-}
-
-/// The topics the spec asks for: the nine names, partitions, replication, each topic's
-/// configuration ([`topic_configs`]), whether a raise is confirmed, the co-partitioned join
-/// inputs.
-pub fn topics(v: &Validated) -> TopicPlan {
-    let t = &v.spec.topics;
-    TopicPlan {
-        topics: v.topics.all().map(str::to_owned).to_vec(),
-        partitions: t.partitions,
-        replication_factor: t.replication_factor,
-        configs: topic_configs(v),
-        allow_increase: t.allow_partition_increase,
-        co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
-    }
-}
-
-/// The planner-scaled stages with their consumer group and input topics (lag is summed over
-/// these).
-pub fn stage_inputs(v: &Validated) -> [(Stage, String, Vec<String>); 2] {
-    [
-        (
-            Stage::Window,
-            v.window_group(),
-            v.topics.window_inputs().map(str::to_owned).to_vec(),
-        ),
-        (
-            Stage::Join,
-            v.join_group(),
-            v.topics.join_inputs().map(str::to_owned).to_vec(),
-        ),
-    ]
-}
-
 /// What [`replicas`] decided for the planner-scaled stages.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ReplicaDecision {
@@ -131,7 +78,7 @@ pub struct ReplicaDecision {
 }
 
 /// Plans the replicas of window-processor and join-predict from their lag (see
-/// [`crate::planner`]), with the cooldown start carried in `previous` status.
+/// [`crate::controller::plan::replicas`]), with the cooldown start carried in `previous` status.
 pub fn replicas(
     v: &Validated,
     observed: &Observed,
@@ -151,7 +98,7 @@ pub fn replicas(
             .min()
             .unwrap_or(v.spec.topics.partitions);
         let lag = observed.lag(stage);
-        let p = planner::plan(&planner::Input {
+        let p = replicas::plan(&replicas::Input {
             current: observed.current_replicas(stage),
             lag,
             bounds: Bounds {
@@ -239,23 +186,11 @@ pub fn cooldown_start_rfc3339(since: Timestamp) -> String {
         .to_string()
 }
 
-/// Which of the topics this pipeline created may be deleted, and which stay because another
-/// pipeline (on the same bootstrap servers) names them now.
-pub fn deletable_topics(
-    created: &[String],
-    in_use_elsewhere: &[String],
-) -> (Vec<String>, Vec<String>) {
-    created
-        .iter()
-        .cloned()
-        .partition(|t| !in_use_elsewhere.contains(t))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::validate::{tests::spec, validate};
     use crate::crd::ScalingMode;
-    use crate::validate::{tests::spec, validate};
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
     use sensorflow_kafka::{TopicCheck, TopicReport};
 
@@ -298,41 +233,6 @@ mod tests {
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).expect("time")
-    }
-
-    #[test]
-    fn topic_plan_carries_retention_and_the_join_inputs() {
-        let mut s = spec();
-        s.topics.retention_ms = Some(-1);
-        s.topics
-            .config
-            .insert("cleanup.policy".into(), "delete".into());
-        s.topics.overrides.dead_letter = Some(crate::crd::TopicOverride {
-            retention_ms: Some(86_400_000),
-            config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
-        });
-        s.topics.overrides.late = Some(crate::crd::TopicOverride {
-            retention_ms: None,
-            config: BTreeMap::from([("max.message.bytes".to_owned(), "2000000".to_owned())]),
-        });
-        let v = validate("p", &s).expect("valid");
-        let plan = topics(&v);
-        assert_eq!(plan.topics.len(), 9);
-        assert_eq!(plan.configs.len(), 9);
-        assert_eq!(plan.configs["p.sz"]["retention.ms"], "-1");
-        assert_eq!(plan.configs["p.sz"]["cleanup.policy"], "delete");
-        let dlq = &plan.configs["p.dead-letter"];
-        assert_eq!(dlq["retention.ms"], "86400000");
-        assert_eq!(dlq["cleanup.policy"], "compact");
-        let late = &plan.configs["p.late"];
-        assert_eq!(late["retention.ms"], "-1");
-        assert_eq!(late["max.message.bytes"], "2000000");
-        assert_eq!(plan.configs["p.predictions"].len(), 2);
-        assert_eq!(
-            plan.co_partitioned,
-            ["p.sx", "p.sy", "p.fa", "p.fi", "p.fd"]
-        );
-        assert_eq!(plan.partitions, 100);
     }
 
     #[test]
@@ -434,14 +334,5 @@ mod tests {
         // Read back, the cooldown never starts before the moment it was decided.
         let back: Timestamp = cooldown_start_rfc3339(t(100, 500)).parse().expect("time");
         assert!(back >= t(100, 500));
-    }
-
-    #[test]
-    fn only_topics_not_named_by_another_pipeline_are_deleted() {
-        let created = vec!["p.fa".to_owned(), "p.sx".to_owned(), "shared".to_owned()];
-        let (delete, keep) = deletable_topics(&created, &["shared".to_owned(), "q.sx".to_owned()]);
-        assert_eq!(delete, ["p.fa", "p.sx"]);
-        assert_eq!(keep, ["shared"]);
-        assert_eq!(deletable_topics(&[], &[]), (vec![], vec![]));
     }
 }

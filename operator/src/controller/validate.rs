@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::build::{OWNED_VOLUMES, owned_key, owned_mount_path};
+use crate::controller::build::owned::{OWNED_VOLUMES, owned_key, owned_mount_path};
 use crate::crd::{
     BinRange, ModelKind, PodTemplateOverlay, ScalingMode, SecurityProtocol, SensorPipelineSpec,
     StageSpec, TopicOverride, kafka_property_refused,

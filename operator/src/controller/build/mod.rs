@@ -32,73 +32,11 @@ use sensorflow_api::settings::{
     CommonSettings, Env, JoinSettings, KafkaSettings, LoopSettings, SinkSettings, WindowSettings,
 };
 
+use crate::controller::validate::Validated;
 use crate::crd::{DeliveryGuarantee, PodTemplateOverlay};
-use crate::validate::Validated;
 
-/// Label with the pipeline name on every owned object.
-pub const PIPELINE_LABEL: &str = "sensorflow.io/pipeline";
-/// Label naming the component (`window`, `join`, `sink`, `common`, `metrics`, `processor`).
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// `app.kubernetes.io/managed-by` value of owned objects.
-pub const MANAGED_BY: &str = "sensorflow-operator";
-/// Pod-template annotation that rolls pods on configuration changes.
-pub const CONFIG_HASH_ANNOTATION: &str = "sensorflow.io/config-hash";
-/// Port of every processor's `/metrics`, `/health` and `/ready`.
-pub const METRICS_PORT: i32 = 9100;
-/// Where the Kafka CA bundle is mounted.
-pub const KAFKA_CA_DIR: &str = "/etc/sensorflow/kafka-ca";
-/// Where the GCS credentials are mounted.
-pub const GCS_CREDENTIALS_DIR: &str = "/etc/sensorflow/gcs";
-/// Volumes the operator adds to a pod (a pod template overlay may not reuse the names).
-pub const OWNED_VOLUMES: [&str; 3] = ["tmp", "kafka-ca", "gcs-credentials"];
-/// Mount paths the operator owns: `/tmp` and everything under `/etc/sensorflow`.
-pub fn owned_mount_path(path: &str) -> bool {
-    let p = path.trim_end_matches('/');
-    p == "/tmp" || p == "/etc/sensorflow" || p.starts_with("/etc/sensorflow/")
-}
-/// Label and annotation key prefixes the operator owns on pods (a pod template overlay may not
-/// set them).
-pub const OWNED_KEY_PREFIXES: [&str; 3] =
-    ["app.kubernetes.io/", "sensorflow.io/", "prometheus.io/"];
-/// Whether a pod label or annotation key is the operator's ([`OWNED_KEY_PREFIXES`]).
-pub fn owned_key(key: &str) -> bool {
-    OWNED_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
-}
-
-/// A processor stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    /// window-processor.
-    Window,
-    /// join-predict.
-    Join,
-    /// gcs-sink.
-    Sink,
-}
-
-impl Stage {
-    /// Short name used in object names and labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Window => "window",
-            Stage::Join => "join",
-            Stage::Sink => "sink",
-        }
-    }
-    /// Binary in `/usr/local/bin` of the image.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Stage::Window => "window-processor",
-            Stage::Join => "join-predict",
-            Stage::Sink => "gcs-sink",
-        }
-    }
-}
-
-/// Name of a stage's Deployment: `<pipeline>-<stage>`.
-pub fn deployment_name(pipeline: &str, stage: Stage) -> String {
-    format!("{pipeline}-{}", stage.as_str())
-}
+pub mod owned;
+pub use owned::*;
 
 /// `resourceVersion` of every Secret the spec references, by Secret name (read in the
 /// dereference step; a changed version rolls the Deployments that use the Secret).
@@ -718,10 +656,10 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::validate::validate;
     use crate::crd::{KafkaSecurity, SecurityProtocol, SensorPipelineSpec, SinkSpec, SinkTopic};
-    use crate::validate::validate;
 
-    use crate::validate::tests::spec;
+    use crate::controller::validate::tests::spec;
 
     fn owner() -> OwnerReference {
         OwnerReference {
@@ -1017,7 +955,7 @@ mod tests {
         // ... and build drops them for a spec that skipped validation.
         let v = Validated {
             name: "p".into(),
-            topics: crate::validate::TopicNames::for_pipeline("p", &s.topics),
+            topics: crate::controller::validate::TopicNames::for_pipeline("p", &s.topics),
             spec: s.clone(),
         };
         let d = build(

@@ -1,0 +1,128 @@
+//! The topic plan, pure: the pipeline's topics with their partitions, configs and
+//! co-partitioned inputs ([`topics`]), each planner-scaled stage's consumer group and inputs
+//! ([`stage_inputs`]), and which topics a deletion may remove ([`deletable_topics`]).
+
+use std::collections::BTreeMap;
+
+use crate::controller::build::Stage;
+use crate::controller::validate::Validated;
+use sensorflow_kafka::TopicPlan;
+
+/// The configuration of each topic: `topics.config` with `topics.retentionMs` as
+/// `retention.ms`, then the topic's own `topics.overrides` entry on top (its `config`, then its
+/// `retentionMs`). Keyed by topic name; a topic with nothing configured maps to an empty map.
+pub fn topic_configs(v: &Validated) -> BTreeMap<String, BTreeMap<String, String>> {
+    let t = &v.spec.topics;
+    let mut base = t.config.clone();
+    if let Some(r) = t.retention_ms {
+        base.insert("retention.ms".into(), r.to_string());
+    }
+    v.topics
+        .iter()
+        .map(|(role, name)| {
+            let mut c = base.clone();
+            if let Some(o) = t.overrides.get(role) {
+                c.extend(o.config.clone());
+                if let Some(r) = o.retention_ms {
+                    c.insert("retention.ms".into(), r.to_string());
+                }
+            }
+            (name.to_owned(), c)
+        })
+        .collect()
+}
+
+/// The topics the spec asks for: the nine names, partitions, replication, each topic's
+/// configuration ([`topic_configs`]), whether a raise is confirmed, the co-partitioned join
+/// inputs.
+pub fn topics(v: &Validated) -> TopicPlan {
+    let t = &v.spec.topics;
+    TopicPlan {
+        topics: v.topics.all().map(str::to_owned).to_vec(),
+        partitions: t.partitions,
+        replication_factor: t.replication_factor,
+        configs: topic_configs(v),
+        allow_increase: t.allow_partition_increase,
+        co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
+    }
+}
+
+/// The planner-scaled stages with their consumer group and input topics (lag is summed over
+/// these).
+pub fn stage_inputs(v: &Validated) -> [(Stage, String, Vec<String>); 2] {
+    [
+        (
+            Stage::Window,
+            v.window_group(),
+            v.topics.window_inputs().map(str::to_owned).to_vec(),
+        ),
+        (
+            Stage::Join,
+            v.join_group(),
+            v.topics.join_inputs().map(str::to_owned).to_vec(),
+        ),
+    ]
+}
+
+/// Which of the topics this pipeline created may be deleted, and which stay because another
+/// pipeline (on the same bootstrap servers) names them now.
+pub fn deletable_topics(
+    created: &[String],
+    in_use_elsewhere: &[String],
+) -> (Vec<String>, Vec<String>) {
+    created
+        .iter()
+        .cloned()
+        .partition(|t| !in_use_elsewhere.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::controller::validate::{tests::spec, validate};
+
+    #[test]
+    fn topic_plan_carries_retention_and_the_join_inputs() {
+        let mut s = spec();
+        s.topics.retention_ms = Some(-1);
+        s.topics
+            .config
+            .insert("cleanup.policy".into(), "delete".into());
+        s.topics.overrides.dead_letter = Some(crate::crd::TopicOverride {
+            retention_ms: Some(86_400_000),
+            config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
+        });
+        s.topics.overrides.late = Some(crate::crd::TopicOverride {
+            retention_ms: None,
+            config: BTreeMap::from([("max.message.bytes".to_owned(), "2000000".to_owned())]),
+        });
+        let v = validate("p", &s).expect("valid");
+        let plan = topics(&v);
+        assert_eq!(plan.topics.len(), 9);
+        assert_eq!(plan.configs.len(), 9);
+        assert_eq!(plan.configs["p.sz"]["retention.ms"], "-1");
+        assert_eq!(plan.configs["p.sz"]["cleanup.policy"], "delete");
+        let dlq = &plan.configs["p.dead-letter"];
+        assert_eq!(dlq["retention.ms"], "86400000");
+        assert_eq!(dlq["cleanup.policy"], "compact");
+        let late = &plan.configs["p.late"];
+        assert_eq!(late["retention.ms"], "-1");
+        assert_eq!(late["max.message.bytes"], "2000000");
+        assert_eq!(plan.configs["p.predictions"].len(), 2);
+        assert_eq!(
+            plan.co_partitioned,
+            ["p.sx", "p.sy", "p.fa", "p.fi", "p.fd"]
+        );
+        assert_eq!(plan.partitions, 100);
+    }
+
+    #[test]
+    fn only_topics_not_named_by_another_pipeline_are_deleted() {
+        let created = vec!["p.fa".to_owned(), "p.sx".to_owned(), "shared".to_owned()];
+        let (delete, keep) = deletable_topics(&created, &["shared".to_owned(), "q.sx".to_owned()]);
+        assert_eq!(delete, ["p.fa", "p.sx"]);
+        assert_eq!(keep, ["shared"]);
+        assert_eq!(deletable_topics(&[], &[]), (vec![], vec![]));
+    }
+}
