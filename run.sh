@@ -9,7 +9,7 @@
 #                     against a real Apache Kafka broker, an independent (non-librdkafka)
 #                     client, the GCS sink, operator scenarios against a real kube-apiserver,
 #                     end to end on a real Kubernetes node, the analysis (see --help).
-#   ./run.sh bench    Prints the benchmark figures quoted in the README.
+#   ./run.sh bench    Prints the benchmark figures of docs/benchmarks.md.
 #   ./run.sh analyze [--archive DIR|gs://…] [--output DIR]
 #                     After `demo`: the PySpark analysis of its Parquet archive, a model trained
 #                     from it and a report (analysis/README.md).

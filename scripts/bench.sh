@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the benchmark figures quoted in the README, on this machine, each next to the limit it
+# Prints the benchmark figures of docs/benchmarks.md, on this machine, each next to the limit it
 # is compared with, measured in the same run (the machine is shared: absolute figures vary, the
 # ratios much less):
 #   1. the pure window engine (readings/s on one core, state bytes per buffered reading)

@@ -21,7 +21,7 @@
 # test CA made here (DIR/pki/ca.crt) and one user for each of SCRAM-SHA-512 and PLAIN, written
 # to DIR/sasl.env (KAFKA_* variables the SensorFlow binaries read) and DIR/bootstrap-sasl.
 #
-# Settings for a single local node, and why (see README "The broker"):
+# Settings for a single local node, and why (see docs/broker.md):
 # - replication factors and min ISR 1 for the internal topics (one broker), 10 partitions for the
 #   offsets and transaction logs (50 by default; created at the first group), transactions on
 #   (KIP-98/447: the exactly-once mode), group.initial.rebalance.delay.ms=0 (no 3 s wait per group);

@@ -2,7 +2,7 @@
 # The main job: the whole pipeline on the real household dataset through a real broker.
 # Usage: scripts/demo.sh [--clients N | --full] [--speed S] [--keep] [--bootstrap HOST:PORT]
 #   --clients N   days (clients) to replay, evenly spaced over the dataset (default 40)
-#   --full        replay the whole dataset: 1,433 days with data, 6.1 M readings (README, Scale)
+#   --full        replay the whole dataset: 1,433 days with data, 6.1 M readings (docs/benchmarks.md, Scale)
 #   --speed S     time compression (0 = full speed, default; 60 = one event-minute per second)
 #   --keep        leave the broker running afterwards (data in .sensorflow/demo)
 #   --bootstrap B use an existing Kafka cluster at B instead of starting the local broker; the

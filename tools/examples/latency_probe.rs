@@ -5,10 +5,10 @@
 //! `latency` profile) records arrival − send time, ms.
 //!
 //! Run it beside a latency run of `sensorflow-bench broker` to see how much of that run's
-//! latency is the broker's (README, "What the latency runs measure is the broker"):
+//! latency is the broker's (docs/benchmarks.md, "Latency: what the runs measure"):
 //!
 //! ```text
-//! cargo run --release -p sensorflow-runtime --example latency_probe -- \
+//! cargo run --release -p sensorflow-tools --example latency_probe -- \
 //!     BOOTSTRAP TOPIC PARTITIONS RATE SECONDS [consumer.property=value ...]
 //! ```
 //!

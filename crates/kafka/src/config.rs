@@ -5,7 +5,7 @@
 //!
 //! ## Defaults and the two profiles (`SF_KAFKA_PROFILE`, `--kafka-profile`)
 //! Batching and fetch sizing trade latency for work per record, so they come in two profiles,
-//! chosen by what `./run.sh bench` measured (`scripts/bench.sh`; figures in the README):
+//! chosen by what `./run.sh bench` measured (`scripts/bench.sh`; figures in docs/benchmarks.md):
 //!
 //! | setting | `latency` (default) | `throughput` | why |
 //! |---|---|---|---|

@@ -1,4 +1,4 @@
-//! `sensorflow-bench`: prints the benchmark figures quoted in the README, each next to the
+//! `sensorflow-bench`: prints the benchmark figures of docs/benchmarks.md, each next to the
 //! limit it is compared with, measured in the same run on the same machine (a shared 2-core
 //! machine makes absolute figures meaningless; a ratio to a limit measured minutes apart is not).
 //!
