@@ -232,20 +232,26 @@ fn window_processor_parses_what_the_operator_sets() {
         "window-processor",
         &container_env(&desired(&s), Stage::Window),
     );
-    assert_eq!(a.kafka.bootstrap_servers, "k1:9093,k2:9093");
-    assert_eq!(a.kafka.security_protocol, Some(SecurityProtocol::SaslSsl));
-    assert_eq!(a.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+    assert_eq!(a.client.kafka.bootstrap_servers, "k1:9093,k2:9093");
     assert_eq!(
-        a.kafka.ssl_ca_location.as_deref(),
+        a.client.kafka.security_protocol,
+        Some(SecurityProtocol::SaslSsl)
+    );
+    assert_eq!(
+        a.client.kafka.sasl_mechanism,
+        Some(SaslMechanism::ScramSha512)
+    );
+    assert_eq!(
+        a.client.kafka.ssl_ca_location.as_deref(),
         Some("/etc/sensorflow/kafka-ca/ca.pem")
     );
     assert_eq!(
-        a.kafka.sasl_username.as_deref(),
+        a.client.kafka.sasl_username.as_deref(),
         Some("from-secret-kafka_sasl_username")
     );
-    assert!(a.kafka.sasl_password.is_some());
-    assert_eq!(a.topics.topics(), v.topics);
-    assert_eq!(a.topics.topics().fa, "features-a");
+    assert!(a.client.kafka.sasl_password.is_some());
+    assert_eq!(a.client.topics.topics(), v.topics);
+    assert_eq!(a.client.topics.topics().fa, "features-a");
     assert_eq!(a.group_id, "p-window");
     assert_eq!((a.window_size_ms, a.grace_ms), (120_000, 5_000));
     assert_eq!(a.watermark_scope, WatermarkScope::Client);
@@ -262,11 +268,11 @@ fn window_processor_parses_what_the_operator_sets() {
     assert_eq!(a.common.rebuild_timeout_ms, 45_000);
     assert_eq!(a.common.rebuild_max_records, 2_000_000);
     assert_eq!(
-        a.framing.framing(),
+        a.client.framing.framing(),
         sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
     );
     assert_eq!(
-        a.kafka.properties,
+        a.client.kafka.properties,
         [
             ("fetch.max.bytes".to_owned(), "1048576".to_owned()),
             ("socket.keepalive.enable".to_owned(), "true".to_owned())
@@ -274,9 +280,9 @@ fn window_processor_parses_what_the_operator_sets() {
     );
     // The properties reach every client configuration the processor builds.
     for cfg in [
-        a.kafka.client_config(),
-        a.kafka.consumer_config("g", "c"),
-        a.kafka.producer_config("c"),
+        a.client.kafka.client_config(),
+        a.client.kafka.consumer_config("g", "c"),
+        a.client.kafka.producer_config("c"),
     ] {
         assert_eq!(cfg.get("fetch.max.bytes"), Some("1048576"));
         assert_eq!(cfg.get("socket.keepalive.enable"), Some("true"));
@@ -318,7 +324,7 @@ fn join_predict_parses_what_the_operator_sets() {
     let s = full_spec();
     let v = validate("p", &s).expect("valid");
     let a: JoinArgs = parse("join-predict", &container_env(&desired(&s), Stage::Join));
-    assert_eq!(a.topics.topics(), v.topics);
+    assert_eq!(a.client.topics.topics(), v.topics);
     assert_eq!(a.group_id, "p-join");
     assert_eq!(a.model, ModelKind::Logistic);
     assert_eq!(a.model_weights, [0.1, -0.2, 1.5, 0.3, 1e-3]);
@@ -326,7 +332,10 @@ fn join_predict_parses_what_the_operator_sets() {
     assert_eq!(a.threshold, 0.3);
     assert_eq!(a.model_seed, 7);
     assert!(a.common.exactly_once);
-    assert_eq!(a.kafka.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+    assert_eq!(
+        a.client.kafka.sasl_mechanism,
+        Some(SaslMechanism::ScramSha512)
+    );
 
     assert_eq!(a.common.commit_interval_ms, 750);
     assert_eq!(
@@ -349,10 +358,10 @@ fn join_predict_parses_what_the_operator_sets() {
         (1_500, 900_000, Some(20_000))
     );
     assert_eq!(
-        a.framing.framing(),
+        a.client.framing.framing(),
         sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
     );
-    assert_eq!(a.kafka.properties.len(), 2);
+    assert_eq!(a.client.kafka.properties.len(), 2);
 }
 
 #[test]
@@ -377,14 +386,14 @@ fn gcs_sink_parses_what_the_operator_sets() {
         a.credentials.as_deref(),
         Some(std::path::Path::new("/etc/sensorflow/gcs/key.json"))
     );
-    assert_eq!(a.topics.topic_dlq, "dlq");
+    assert_eq!(a.client.topics.topic_dlq, "dlq");
     assert_eq!(a.serve.log_format, LogFormat::Json);
     assert_eq!(a.serve.metrics_addr.port(), build::METRICS_PORT as u16);
     assert_eq!(
-        a.framing.framing(),
+        a.client.framing.framing(),
         sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
     );
-    assert_eq!(a.kafka.properties.len(), 2);
+    assert_eq!(a.client.kafka.properties.len(), 2);
 }
 
 #[test]
@@ -408,8 +417,8 @@ fn the_default_pipeline_parses_too() {
     let w: WindowArgs = parse("window-processor", &container_env(&d, Stage::Window));
     assert!(!w.common.exactly_once);
     assert_eq!(w.window_size_ms, 600_000);
-    assert_eq!(w.topics.topics().dead_letter, "p.dead-letter");
-    assert_eq!(w.kafka.security_protocol, None);
+    assert_eq!(w.client.topics.topics().dead_letter, "p.dead-letter");
+    assert_eq!(w.client.kafka.security_protocol, None);
     let j: JoinArgs = parse("join-predict", &container_env(&d, Stage::Join));
     assert_eq!(j.threshold, 0.5);
     assert_eq!(j.model, ModelKind::Logistic);

@@ -22,8 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use sensorflow_core::household::{self, RowError};
 use sensorflow_core::proto::{Sensor, SensorReading};
-use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
-use sensorflow_runtime::args::FramingArgs;
+use sensorflow_runtime::args::ClientArgs;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -33,15 +32,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "replay", version, about, long_about)]
 pub struct ReplayArgs {
+    /// The broker connection, topic names and record framing.
     #[command(flatten)]
-    #[allow(missing_docs)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub topics: TopicArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub framing: FramingArgs,
+    pub client: ClientArgs,
     /// Input file: household dataset (.csv or .csv.xz) or generic `client,ts_ms,sensor,value` CSV.
     #[arg(
         long,
@@ -276,11 +269,12 @@ pub async fn send(
     planned: &[Planned],
     mut summary: ReplaySummary,
 ) -> anyhow::Result<ReplaySummary> {
-    let mut cfg = args.kafka.producer_config("replay");
+    let mut cfg = args.client.kafka.producer_config("replay");
     // A full-speed replay queues a whole backlog at once; on a busy broker the last batches
     // wait longer than the processors' 30 s bound. A record still undelivered after 2 min
     // fails the replay (exit 1, counted), as before.
     if !args
+        .client
         .kafka
         .properties
         .iter()
@@ -289,8 +283,8 @@ pub async fn send(
         cfg.set("delivery.timeout.ms", "120000");
     }
     let producer: FutureProducer = cfg.create().context("creating the producer")?;
-    let topics = args.topics.topics();
-    let framing = args.framing.framing();
+    let topics = args.client.topics.topics();
+    let framing = args.client.framing.framing();
     let bar = ProgressBar::new(planned.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -428,9 +422,9 @@ impl ReplaySummary {
 pub async fn main(args: ReplayArgs) -> anyhow::Result<()> {
     sensorflow_process::telemetry::init(sensorflow_process::telemetry::LogFormat::Text);
     if args.create_topics {
-        let t = args.topics.topics();
+        let t = args.client.topics.topics();
         sensorflow_kafka::admin::ensure_topics(
-            &args.kafka.client_config(),
+            &args.client.kafka.client_config(),
             &t.all(),
             args.partitions,
             1,

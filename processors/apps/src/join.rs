@@ -30,8 +30,7 @@ use sensorflow_core::model::{
 };
 use sensorflow_core::proto::{FeatureKind, Prediction, Sensor, TriggerKind};
 use sensorflow_core::wire::Framing;
-use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
-use sensorflow_runtime::args::FramingArgs;
+use sensorflow_runtime::args::ClientArgs;
 use sensorflow_runtime::consumer::TopicPartition;
 use sensorflow_runtime::dlq::{self, dead_letter};
 use sensorflow_runtime::error::PipelineError;
@@ -56,15 +55,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "join-predict", version, about, long_about)]
 pub struct JoinArgs {
+    /// The broker connection, topic names and record framing.
     #[command(flatten)]
-    #[allow(missing_docs)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub topics: TopicArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub framing: FramingArgs,
+    pub client: ClientArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -260,7 +253,7 @@ impl JoinProcessor {
                 bias: args.model_bias,
             },
         };
-        let topics = args.topics.topics();
+        let topics = args.client.topics.topics();
         let inputs = [
             (topics.sx.clone(), InputKind::Sx),
             (topics.sy.clone(), InputKind::Sy),
@@ -303,8 +296,8 @@ impl JoinProcessor {
             predictions_topic: topics.predictions.as_str().into(),
             dead_letter_topic: topics.dead_letter.as_str().into(),
             topics,
-            framing: args.framing.framing(),
-            rebuild: rebuild_config(&args.kafka, &args.group_id),
+            framing: args.client.framing.framing(),
+            rebuild: rebuild_config(&args.client.kafka, &args.group_id),
             rebuild_cfg: crate::window::rebuild_config_of(&args.common),
             lookback_ms: args.rebuild_lookback_ms.max(
                 cfg.max_staleness_ms
@@ -825,10 +818,11 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new_with(|r| jm.register(r));
     let processor = JoinProcessor::new(&args, metrics.clone(), jm)?;
     tracing::info!(group = %args.group_id, model = processor.model.name(), version = processor.model.version(), threshold = args.threshold, "join-predict starting");
-    let topics = args.topics.topics();
+    let topics = args.client.topics.topics();
     let inputs = topics.join_inputs();
-    let counts = sensorflow_kafka::admin::partition_counts(&args.kafka.client_config(), &inputs)
-        .context("reading the partition counts of the join inputs")?;
+    let counts =
+        sensorflow_kafka::admin::partition_counts(&args.client.kafka.client_config(), &inputs)
+            .context("reading the partition counts of the join inputs")?;
     if counts.windows(2).any(|w| w[0] != w[1]) {
         let detail: Vec<String> = inputs
             .iter()
@@ -845,7 +839,7 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
     } else {
         let backlog = Arc::new(Mutex::new(Vec::new()));
         watch_upstream(
-            args.kafka.client_config(),
+            args.client.kafka.client_config(),
             args.upstream_group_id.clone(),
             topics.sz.clone(),
             counts[0],
@@ -854,12 +848,15 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
         );
         processor.with_upstream(backlog)
     };
-    let mut consumer_cfg = args.kafka.consumer_config(&args.group_id, "join-predict");
+    let mut consumer_cfg = args
+        .client
+        .kafka
+        .consumer_config(&args.group_id, "join-predict");
     // The range assignor gives one member the same partition numbers of every input topic,
     // which is what makes the co-partitioned join local.
     consumer_cfg.set("partition.assignment.strategy", "range");
     sensorflow_runtime::runner::run(
-        &args.kafka,
+        &args.client.kafka,
         consumer_cfg,
         &args.common,
         metrics,

@@ -11,8 +11,7 @@ use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
 use sensorflow_core::window::{self, Outcome, Reading, WindowConfig, WindowEngine};
 use sensorflow_core::wire::Framing;
-use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
-use sensorflow_runtime::args::FramingArgs;
+use sensorflow_runtime::args::ClientArgs;
 use sensorflow_runtime::consumer::TopicPartition;
 use sensorflow_runtime::dlq::dead_letter;
 use sensorflow_runtime::error::PipelineError;
@@ -35,15 +34,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "window-processor", version, about, long_about)]
 pub struct WindowArgs {
+    /// The broker connection, topic names and record framing.
     #[command(flatten)]
-    #[allow(missing_docs)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub topics: TopicArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub framing: FramingArgs,
+    pub client: ClientArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -108,7 +101,7 @@ impl WindowProcessor {
         metrics
             .liveness
             .set_timeout(Duration::from_millis(args.common.liveness_timeout_ms));
-        let topics = args.topics.topics();
+        let topics = args.client.topics.topics();
         Self {
             engine: WindowEngine::new(WindowConfig {
                 size_ms: args.window_size_ms,
@@ -126,8 +119,8 @@ impl WindowProcessor {
                 topics.fd.as_str().into(),
             ],
             topics,
-            framing: args.framing.framing(),
-            rebuild: rebuild_config(&args.kafka, &args.group_id),
+            framing: args.client.framing.framing(),
+            rebuild: rebuild_config(&args.client.kafka, &args.group_id),
             rebuild_cfg: rebuild_config_of(&args.common),
             metrics,
             pb: Vec::with_capacity(64),
@@ -358,10 +351,11 @@ pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let processor = WindowProcessor::new(&args, metrics.clone());
     let consumer_cfg = args
+        .client
         .kafka
         .consumer_config(&args.group_id, "window-processor");
     sensorflow_runtime::runner::run(
-        &args.kafka,
+        &args.client.kafka,
         consumer_cfg,
         &args.common,
         metrics,

@@ -1,9 +1,26 @@
-//! Flags every data-plane binary shares beside the broker connection and topic names
-//! ([`sensorflow_kafka::config`]): the record framing.
+//! The client flags every data-plane binary shares ([`ClientArgs`]): the broker connection and
+//! the topic names ([`sensorflow_kafka::config`]), and the record framing.
 
 use clap::Args;
 use sensorflow_api::env;
 use sensorflow_core::wire::Framing;
+use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
+
+/// The flags of a client of a pipeline's topics (window-processor, join-predict, gcs-sink,
+/// replay): `KAFKA_*` for the broker, `SF_TOPIC_*` for the nine topic names, `SF_WIRE_FORMAT`
+/// and `SF_SCHEMA_ID` for the framing.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub framing: FramingArgs,
+}
 
 /// Record framing flags.
 #[derive(Debug, Clone, Args)]

@@ -11,8 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use rdkafka::producer::Producer;
 use sensorflow_api::env;
-use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
-use sensorflow_runtime::args::FramingArgs;
+use sensorflow_runtime::args::ClientArgs;
 use sensorflow_runtime::consumer::{LoopConsumer, LoopContext};
 use sensorflow_runtime::emitter::{Emitter, RetryPolicy, loop_producer};
 use sensorflow_runtime::metrics::Metrics;
@@ -29,15 +28,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gcs-sink", version, about, long_about)]
 pub struct SinkArgs {
+    /// The broker connection, topic names and record framing.
     #[command(flatten)]
-    #[allow(missing_docs)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub topics: TopicArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub framing: FramingArgs,
+    pub client: ClientArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub serve: ServeArgs,
@@ -112,7 +105,7 @@ impl SinkArgs {
     /// anything else (dead-letter, late, foreign topics) is stored raw (key and value bytes
     /// with the dead-letter headers as columns). Without `--sink-topics`, every pipeline topic.
     pub fn topic_kinds(&self) -> Vec<(String, Kind)> {
-        let t = self.topics.topics();
+        let t = self.client.topics.topics();
         let names: Vec<String> = if self.sink_topics.iter().all(|s| s.trim().is_empty()) {
             [
                 &t.sx,
@@ -156,7 +149,7 @@ impl SinkArgs {
     pub fn config(&self) -> SinkConfig {
         SinkConfig {
             topics: self.topic_kinds(),
-            framing: self.framing.framing(),
+            framing: self.client.framing.framing(),
             layout: Layout::new(&self.prefix),
             rotation: Rotation {
                 max_records: self.max_records,
@@ -168,7 +161,7 @@ impl SinkArgs {
                 row_group_rows: self.row_group_rows as usize,
             },
             max_buffer_bytes: self.max_buffer_bytes,
-            dead_letter_topic: self.topics.topic_dlq.clone(),
+            dead_letter_topic: self.client.topics.topic_dlq.clone(),
             retry: RetryConfig {
                 max_retries: self.retries,
                 ..RetryConfig::default()
@@ -182,6 +175,7 @@ impl SinkArgs {
     /// The consumer's `max.poll.interval.ms` (`-X max.poll.interval.ms=…`, default 300 s).
     pub fn max_poll_interval(&self) -> Duration {
         let ms = self
+            .client
             .kafka
             .properties
             .iter()
@@ -221,11 +215,12 @@ pub async fn run_with_commit_fault<S: ObjectStore>(
     fault: Option<CommitFault>,
 ) -> anyhow::Result<Summary> {
     let consumer: LoopConsumer = args
+        .client
         .kafka
         .consumer_config(&args.group_id, "gcs-sink")
         .create_with_context(LoopContext::new(metrics.clone()))
         .context("creating the consumer")?;
-    let producer = loop_producer(&args.kafka.producer_config("gcs-sink"))
+    let producer = loop_producer(&args.client.kafka.producer_config("gcs-sink"))
         .context("creating the dead-letter producer")?;
     let emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
     let mut sink = Sink::new(args.config(), store, metrics, sm, emitter);

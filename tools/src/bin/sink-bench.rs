@@ -61,7 +61,7 @@ fn thread_cpu_seconds() -> f64 {
 
 /// Raw consume: (records/s wall from the first record to the last, records per CPU-second).
 fn raw_consume(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result<(f64, f64)> {
-    let mut cfg = args.kafka.consumer_config(
+    let mut cfg = args.client.kafka.consumer_config(
         &format!("sink-bench-raw-{}", std::process::id()),
         "sink-bench",
     );
@@ -93,7 +93,7 @@ fn raw_consume(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result
 }
 
 fn read_all(args: &SinkArgs, topics: &[String], total: i64) -> anyhow::Result<Vec<OwnedMessage>> {
-    let mut cfg = args.kafka.consumer_config(
+    let mut cfg = args.client.kafka.consumer_config(
         &format!("sink-bench-read-{}", std::process::id()),
         "sink-bench",
     );
@@ -130,9 +130,9 @@ struct BenchArgs {
 async fn generate(args: &SinkArgs, topic: &str, n: u64, partitions: i32) -> anyhow::Result<()> {
     use prost::Message as _;
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let client = args.kafka.client_config();
+    let client = args.client.kafka.client_config();
     sensorflow_kafka::admin::ensure_topics(&client, &[topic], partitions, 1).await?;
-    let producer: FutureProducer = args.kafka.producer_config("sink-bench").create()?;
+    let producer: FutureProducer = args.client.kafka.producer_config("sink-bench").create()?;
     let hour = sensorflow_runtime::now_ms() / 3_600_000 * 3_600_000;
     let mut pending = std::collections::VecDeque::new();
     for i in 0..n {
@@ -183,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
             bench.generate
         );
         generate(&args, &topic, bench.generate, bench.generate_partitions).await?;
-        args.topics.topic_sz = topic.clone();
+        args.client.topics.topic_sz = topic.clone();
         args.sink_topics = vec![topic];
     }
     let dir = std::env::temp_dir().join(format!("sink-bench-{run_id}"));
@@ -192,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
     args.bucket = None;
     let cfg = args.config();
     let topics: Vec<String> = cfg.topics.iter().map(|(t, _)| t.clone()).collect();
-    let client = args.kafka.client_config();
+    let client = args.client.kafka.client_config();
     let mut total = 0i64;
     for t in &topics {
         total += sensorflow_kafka::admin::message_count(&client, t)
