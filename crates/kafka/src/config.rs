@@ -127,30 +127,15 @@ impl KafkaArgs {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
-        let opt = [
-            (
-                "security.protocol",
-                self.security_protocol.map(SecurityProtocol::as_str),
-            ),
-            (
-                "sasl.mechanism",
-                self.sasl_mechanism.map(SaslMechanism::as_str),
-            ),
-        ];
-        for (k, v) in opt {
-            if let Some(v) = v {
-                c.set(k, v);
-            }
-        }
-        let opt = [
-            ("sasl.username", &self.sasl_username),
-            ("sasl.password", &self.sasl_password),
-            ("ssl.ca.location", &self.ssl_ca_location),
-        ];
-        for (k, v) in opt {
-            if let Some(v) = v {
-                c.set(k, v);
-            }
+        set_security(
+            &mut c,
+            self.security_protocol,
+            self.sasl_mechanism,
+            self.sasl_username.as_deref(),
+            self.sasl_password.as_deref(),
+        );
+        if let Some(ca) = &self.ssl_ca_location {
+            c.set("ssl.ca.location", ca);
         }
         for (k, v) in &self.properties {
             c.set(k, v);
@@ -273,6 +258,31 @@ impl TopicArgs {
             topic_predictions: p(&t.predictions),
             topic_dlq: p(&t.dead_letter),
             topic_late: p(&t.late),
+        }
+    }
+}
+
+/// Sets the security keys every SensorFlow client shares, each only when given:
+/// `security.protocol`, `sasl.mechanism` (the spellings of [`SecurityProtocol`] and
+/// [`SaslMechanism`]), `sasl.username` and `sasl.password`. Used by the processors' flags
+/// ([`KafkaArgs::client_config`]) and the operator's [`crate::Connection`], so both spell a
+/// connection the same way.
+pub fn set_security(
+    c: &mut ClientConfig,
+    protocol: Option<SecurityProtocol>,
+    mechanism: Option<SaslMechanism>,
+    username: Option<&str>,
+    password: Option<&str>,
+) {
+    let keys = [
+        ("security.protocol", protocol.map(SecurityProtocol::as_str)),
+        ("sasl.mechanism", mechanism.map(SaslMechanism::as_str)),
+        ("sasl.username", username),
+        ("sasl.password", password),
+    ];
+    for (k, v) in keys {
+        if let Some(v) = v {
+            c.set(k, v);
         }
     }
 }

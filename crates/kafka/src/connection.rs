@@ -9,6 +9,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
+use sensorflow_api::{SaslMechanism, SecurityProtocol};
 
 /// Connection settings of the operator's clients (credentials already read from Secrets).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,9 +17,9 @@ pub struct Connection {
     /// `bootstrap.servers`.
     pub bootstrap: String,
     /// `security.protocol`, when set.
-    pub protocol: Option<String>,
+    pub protocol: Option<SecurityProtocol>,
     /// `sasl.mechanism`, when set.
-    pub sasl_mechanism: Option<String>,
+    pub sasl_mechanism: Option<SaslMechanism>,
     /// SASL username and password.
     pub sasl_credentials: Option<(String, String)>,
     /// PEM CA bundle (`ssl.ca.pem`).
@@ -32,15 +33,11 @@ impl Connection {
         c.set("bootstrap.servers", &self.bootstrap)
             .set("socket.timeout.ms", "10000")
             .set("client.id", "sensorflow-operator");
-        if let Some(p) = &self.protocol {
-            c.set("security.protocol", p);
-        }
-        if let Some(m) = &self.sasl_mechanism {
-            c.set("sasl.mechanism", m);
-        }
-        if let Some((u, p)) = &self.sasl_credentials {
-            c.set("sasl.username", u).set("sasl.password", p);
-        }
+        let (user, pass) = match &self.sasl_credentials {
+            Some((u, p)) => (Some(u.as_str()), Some(p.as_str())),
+            None => (None, None),
+        };
+        crate::config::set_security(&mut c, self.protocol, self.sasl_mechanism, user, pass);
         if let Some(ca) = &self.ca_pem {
             c.set("ssl.ca.pem", ca);
         }

@@ -135,8 +135,8 @@ pub async fn secrets(
         ..Default::default()
     };
     if let Some(sec) = &spec.kafka.security {
-        conn.protocol = Some(sec.protocol.as_str().to_owned());
-        conn.sasl_mechanism = sec.sasl_mechanism.map(|m| m.as_str().to_owned());
+        conn.protocol = Some(sec.protocol);
+        conn.sasl_mechanism = sec.sasl_mechanism;
         if let Some(c) = &sec.credentials_secret {
             let user = secret_string(client, ns, &c.name, &c.username_key, &mut versions).await?;
             let pass = secret_string(client, ns, &c.name, &c.password_key, &mut versions).await?;
