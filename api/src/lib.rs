@@ -23,6 +23,7 @@
 
 pub mod crd;
 pub mod env;
+pub mod processors;
 pub mod settings;
 pub mod topics;
 

@@ -403,7 +403,7 @@ impl JoinProcessor {
             (dlq::SOURCE_PARTITION, partition.as_str()),
             (dlq::SOURCE_OFFSET, offset.as_str()),
             (dlq::SOURCE_TIMESTAMP, ts.as_str()),
-            (dlq::PROCESSOR, "join-predict"),
+            (dlq::PROCESSOR, sensorflow_api::processors::JOIN_PREDICT),
         ] {
             h = h.insert(Header {
                 key: k,
@@ -574,7 +574,7 @@ impl JoinProcessor {
             msg,
             r,
             &self.topics.dead_letter,
-            "join-predict",
+            sensorflow_api::processors::JOIN_PREDICT,
         ));
     }
 }
@@ -746,7 +746,12 @@ impl Processor for JoinProcessor {
                     event_time_ms: ji.event_time_ms(),
                     watermark_ms: watermark,
                 };
-                out.push(dead_letter(msg, &r, &self.topics.late, "join-predict"));
+                out.push(dead_letter(
+                    msg,
+                    &r,
+                    &self.topics.late,
+                    sensorflow_api::processors::JOIN_PREDICT,
+                ));
             }
         }
         self.emit_events(msg.partition(), now, out);
@@ -851,7 +856,7 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
     let mut consumer_cfg = args
         .client
         .kafka
-        .consumer_config(&args.group_id, "join-predict");
+        .consumer_config(&args.group_id, sensorflow_api::processors::JOIN_PREDICT);
     // The range assignor gives one member the same partition numbers of every input topic,
     // which is what makes the co-partitioned join local.
     consumer_cfg.set("partition.assignment.strategy", "range");
@@ -861,7 +866,7 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
         &args.common,
         metrics,
         processor,
-        "join-predict",
+        sensorflow_api::processors::JOIN_PREDICT,
     )
     .await
 }

@@ -141,7 +141,7 @@ impl WindowProcessor {
             msg,
             r,
             &self.topics.dead_letter,
-            "window-processor",
+            sensorflow_api::processors::WINDOW_PROCESSOR,
         ));
     }
 }
@@ -259,7 +259,12 @@ impl Processor for WindowProcessor {
                     event_time_ms: t,
                     watermark_ms: watermark,
                 };
-                out.push(dead_letter(msg, &r, &self.topics.late, "window-processor"));
+                out.push(dead_letter(
+                    msg,
+                    &r,
+                    &self.topics.late,
+                    sensorflow_api::processors::WINDOW_PROCESSOR,
+                ));
             }
             Outcome::Emit(agg) => {
                 let features = [
@@ -353,14 +358,14 @@ pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
     let consumer_cfg = args
         .client
         .kafka
-        .consumer_config(&args.group_id, "window-processor");
+        .consumer_config(&args.group_id, sensorflow_api::processors::WINDOW_PROCESSOR);
     sensorflow_runtime::runner::run(
         &args.client.kafka,
         consumer_cfg,
         &args.common,
         metrics,
         processor,
-        "window-processor",
+        sensorflow_api::processors::WINDOW_PROCESSOR,
     )
     .await
 }

@@ -217,11 +217,16 @@ pub async fn run_with_commit_fault<S: ObjectStore>(
     let consumer: LoopConsumer = args
         .client
         .kafka
-        .consumer_config(&args.group_id, "gcs-sink")
+        .consumer_config(&args.group_id, sensorflow_api::processors::GCS_SINK)
         .create_with_context(LoopContext::new(metrics.clone()))
         .context("creating the consumer")?;
-    let producer = loop_producer(&args.client.kafka.producer_config("gcs-sink"))
-        .context("creating the dead-letter producer")?;
+    let producer = loop_producer(
+        &args
+            .client
+            .kafka
+            .producer_config(sensorflow_api::processors::GCS_SINK),
+    )
+    .context("creating the dead-letter producer")?;
     let emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
     let mut sink = Sink::new(args.config(), store, metrics, sm, emitter);
     if let Some(f) = fault {

@@ -640,7 +640,12 @@ impl<S: ObjectStore> Sink<S> {
                 })
                 .inc();
             tracing::debug!(%topic, partition, offset, reason = %reject, "dead-lettered");
-            let out = dlq::dead_letter(msg, &reject, &self.cfg.dead_letter_topic, "gcs-sink");
+            let out = dlq::dead_letter(
+                msg,
+                &reject,
+                &self.cfg.dead_letter_topic,
+                sensorflow_api::processors::GCS_SINK,
+            );
             self.emitter.send(out).await?;
         }
         if let Some(reason) = full {

@@ -54,9 +54,9 @@ impl Stage {
     /// Binary in `/usr/local/bin` of the image.
     pub fn binary(self) -> &'static str {
         match self {
-            Stage::Window => "window-processor",
-            Stage::Join => "join-predict",
-            Stage::Sink => "gcs-sink",
+            Stage::Window => sensorflow_api::processors::WINDOW_PROCESSOR,
+            Stage::Join => sensorflow_api::processors::JOIN_PREDICT,
+            Stage::Sink => sensorflow_api::processors::GCS_SINK,
         }
     }
 }
