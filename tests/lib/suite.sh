@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers of the test scripts (tests/*/run.sh, tests/e2e/node.sh).
+# Shared helpers of the test scripts (tests/*/run.sh, tests/e2e/node.sh, tests/cluster/*.sh).
 # Source it: `. "$(dirname "$0")/../lib/suite.sh"`; it sources scripts/lib.sh (log, die,
 # apt_install, REPO_ROOT, `set -euo pipefail`). Each helper is defined here once; a script that
 # needs a variant passes an argument instead of copying it.
@@ -77,6 +77,28 @@ stop_pids() {
     for spared in "$@"; do [ "$name" = "$spared" ] && continue 2; done
     stop_pid "$name"
   done
+}
+
+# alive PID: the process exists and is not a zombie (this VM's init reaps orphans only every ~2 s).
+alive() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/^.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+# shellcheck disable=SC2154 # pid_dir is the caller's
+# running NAME: the process whose PID is in $pid_dir/NAME.pid is alive (the cluster scripts
+# record their daemons in PID files, which outlive the script that started them).
+running() { [ -f "$pid_dir/$1.pid" ] && alive "$(cat "$pid_dir/$1.pid")"; }
+
+# stop_one NAME [GRACE_S]: SIGTERM to the process of $pid_dir/NAME.pid, SIGKILL after GRACE_S
+# seconds (default 10) if it is still alive; the PID file is removed.
+stop_one() {
+  local f="$pid_dir/$1.pid" pid
+  [ -f "$f" ] || return 0
+  pid="$(cat "$f")"
+  if alive "$pid"; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $(( ${2:-10} * 10 ))); do alive "$pid" || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
 }
 
 # die_tail LOG LINES MESSAGE: prints the last LINES lines of LOG on stderr, then dies with
