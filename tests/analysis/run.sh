@@ -31,8 +31,8 @@
 #      SENSORFLOW_ANALYSIS_GCS_PORT (19643), SENSORFLOW_ANALYSIS_K8S_PORT (16643; etcd 12679,
 #      controller-manager 10657), KEEP=1 leaves the broker and GCS server running,
 #      SENSORFLOW_ANALYSIS_NO_BUILD=1 skips `cargo build` (binaries already in the target dir).
-# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 # shellcheck source=SCRIPTDIR/../../scripts/rust-env.sh
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
@@ -49,37 +49,15 @@ target="$SENSORFLOW_TARGET_BIN"
 # The label of the tests: an SZ reading above 3 kW within the next 10 minutes. The household
 # replay's split is by client (day) order, its real chronological order (analysis/README.md).
 exceed=3.0
-t_start=$(date +%s)
 
-passed=0; failed=0; failures=()
-step() {
-  local name="$1"; shift
-  local t0; t0=$(date +%s)
-  log "▶ $name"
-  if "$@"; then
-    passed=$((passed + 1)); log "✔ $name ($(( $(date +%s) - t0 )) s)"
-  else
-    failed=$((failed + 1)); failures+=("$name"); log "✘ $name ($(( $(date +%s) - t0 )) s)"
-  fi
-}
-
-declare -A pids=()
-stop_pid() { # stop_pid NAME [SIGNAL]
-  local pid="${pids[$1]:-}"
-  [ -n "$pid" ] || return 0
-  kill "-${2:-TERM}" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "pids[$1]"
-}
+# Every process this script starts is recorded in pids (tests/lib/suite.sh) and stopped by PID
+# on exit.
 k8s_up=0
 teardown() {
-  for name in "${!pids[@]}"; do
-    [ "${KEEP:-0}" = 1 ] && [ "$name" = gcs ] && continue
-    stop_pid "$name"
-  done
-  if [ "${KEEP:-0}" != 1 ]; then
+  if [ "${KEEP:-0}" = 1 ]; then
+    stop_pids gcs
+  else
+    stop_pids
     "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true
   fi
   if [ "$k8s_up" = 1 ]; then
@@ -94,9 +72,7 @@ rm -rf "$work"; mkdir -p "$logs"
 apt_install curl
 "$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
 eval "$("$REPO_ROOT/analysis/install.sh")"   # PYTHON, GCS_CONNECTOR_JAR
-fake_gcs="$(find "$(dirname "$(dirname "$PYTHON")")" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f | head -1)"
-[ -n "$fake_gcs" ] || die "fake-gcs-server binary not found next to $PYTHON"
-[ -x "$fake_gcs" ] || chmod +x "$fake_gcs"
+fake_gcs="$(fake_gcs_bin "$(dirname "$(dirname "$PYTHON")")")"
 if [ "${SENSORFLOW_ANALYSIS_NO_BUILD:-0}" = 1 ]; then
   log "SENSORFLOW_ANALYSIS_NO_BUILD=1: using the binaries in $target as they are"
 else
@@ -112,8 +88,8 @@ set +e
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/analysis/test_unit.py >"$logs/unit.log" 2>&1; st_unit=$?
 set -e
 tail -3 "$logs/unit.log"
-p=$({ grep -Eo '[0-9]+ passed' "$logs/unit.log" || true; } | awk '{s+=$1} END {print s+0}')
-f=$({ grep -Eo '[0-9]+ (failed|error)' "$logs/unit.log" || true; } | awk '{s+=$1} END {print s+0}')
+pytest_counts "$logs/unit.log"
+p=$pytest_passed f=$pytest_failed
 passed=$((passed + p)); failed=$((failed + f))
 if [ "$f" != 0 ] || { [ "$st_unit" != 0 ] && [ "$p" = 0 ]; }; then
   [ "$f" != 0 ] || failed=$((failed + 1))
@@ -140,21 +116,13 @@ start_gcs() {
   if curl -s -o /dev/null "$endpoint/storage/v1/b" 2>/dev/null; then
     log "something already listens on 127.0.0.1:$gcs_port (SENSORFLOW_ANALYSIS_GCS_PORT)"; return 1
   fi
-  "$fake_gcs" -scheme http -host 127.0.0.1 -port "$gcs_port" -backend memory \
-    -public-host "127.0.0.1:$gcs_port" -external-url "$endpoint" >>"$logs/fake-gcs.log" 2>&1 &
-  pids[gcs]=$!
-  for _ in $(seq 1 100); do
-    kill -0 "${pids[gcs]}" 2>/dev/null || { log "fake-gcs-server exited (log: $logs/fake-gcs.log)"; return 1; }
-    curl -sf "$endpoint/storage/v1/b" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  log "fake-gcs-server did not start on $gcs_port (log: $logs/fake-gcs.log)"; return 1
+  start_fake_gcs "$fake_gcs" 127.0.0.1 "$gcs_port" "127.0.0.1:$gcs_port" "$logs/fake-gcs.log" \
+    -backend memory || return 1
 }
 sink_topics="SZ,FA,FI,FD,predictions,dead-letter,late"
 pipeline() {
   start_gcs || return 1
-  curl -sf -X POST -H 'Content-Type: application/json' -d "{\"name\":\"$bucket\"}" \
-    "$endpoint/storage/v1/b" >/dev/null || { log "creating bucket $bucket failed"; return 1; }
+  create_bucket "$endpoint" "$bucket" || { log "creating bucket $bucket failed"; return 1; }
   local bootstrap
   bootstrap="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")" || return 1
   export KAFKA_BOOTSTRAP_SERVERS="$bootstrap" RUST_LOG=info
@@ -255,7 +223,4 @@ step "model-patch.yaml: kubectl apply --server-side / patch --dry-run=server, th
 
 teardown
 trap - EXIT
-echo
-if [ ${#failures[@]} -gt 0 ]; then printf 'failed: %s\n' "${failures[@]}"; fi
-echo "analysis: $passed passed, $failed failed ($(( $(date +%s) - t_start )) s)"
-[ "$failed" = 0 ]
+suite_summary analysis

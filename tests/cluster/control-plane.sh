@@ -31,8 +31,8 @@
 # https://kubernetes.default.svc); no token Secrets are created any more (since 1.24): get one
 # with `kubectl create token SA`.
 # Binaries, etcd included, come from tests/cluster/build-k8s.sh (built once, cached).
-# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 cmd="${1:-}"; dir="${2:-$REPO_ROOT/.sensorflow/k8s}"
 api_port="${SENSORFLOW_K8S_PORT:-16443}"
 etcd_port="${SENSORFLOW_ETCD_PORT:-12379}"
@@ -40,24 +40,8 @@ kcm_port="${SENSORFLOW_KCM_PORT:-10357}"
 bind_addr="${SENSORFLOW_K8S_BIND_ADDRESS:-127.0.0.1}"
 advertise="${SENSORFLOW_K8S_ADVERTISE_ADDRESS:-127.0.0.1}"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
-pids="$dir/pids"
+pid_dir="$dir/pids"  # running / stop_one (tests/lib/suite.sh) read the PID files here
 pki="$dir/pki"
-
-# alive PID: exists and is not a zombie (this VM's init reaps orphans only every ~2 s).
-alive() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/^.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-running() { [ -f "$pids/$1.pid" ] && alive "$(cat "$pids/$1.pid")"; }
-
-stop_one() {
-  local f="$pids/$1.pid"
-  [ -f "$f" ] || return 0
-  local pid; pid="$(cat "$f")"
-  if alive "$pid"; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
-}
 
 api() { curl -fsS --max-time 5 --cacert "$pki/ca.crt" -H "Authorization: Bearer $(cat "$dir/token")" "https://127.0.0.1:$api_port$1"; }
 
@@ -115,7 +99,7 @@ case "$cmd" in
   up)
     apt_install openssl curl ca-certificates
     bindir="$("$REPO_ROOT/tests/cluster/build-k8s.sh")"
-    mkdir -p "$pids" "$pki" "$dir/logs"
+    mkdir -p "$pid_dir" "$pki" "$dir/logs"
     if [ ! -f "$dir/token" ]; then
       openssl rand -hex 24 > "$dir/token"
       openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
@@ -134,10 +118,10 @@ case "$cmd" in
         --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
         --initial-cluster "sensorflow=http://127.0.0.1:$((etcd_port + 1))" \
         --quota-backend-bytes 2147483648 --unsafe-no-fsync --log-level warn >>"$dir/logs/etcd.log" 2>&1 &
-      echo $! > "$pids/etcd.pid"
+      echo $! > "$pid_dir/etcd.pid"
       for _ in $(seq 1 100); do
         curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1 && break
-        running etcd || { tail -20 "$dir/logs/etcd.log" >&2; die "etcd exited"; }
+        running etcd || die_tail "$dir/logs/etcd.log" 20 "etcd exited"
         sleep 0.1
       done
     fi
@@ -175,11 +159,11 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
         --endpoint-reconciler-type "$reconciler" \
         --allow-privileged=true \
         --v 1 >>"$dir/logs/kube-apiserver.log" 2>&1 &
-      echo $! > "$pids/kube-apiserver.pid"
+      echo $! > "$pid_dir/kube-apiserver.pid"
     fi
     for _ in $(seq 1 300); do
       [ "$(api /readyz 2>/dev/null)" = ok ] && break
-      running kube-apiserver || { tail -30 "$dir/logs/kube-apiserver.log" >&2; die "kube-apiserver exited"; }
+      running kube-apiserver || die_tail "$dir/logs/kube-apiserver.log" 30 "kube-apiserver exited"
       sleep 0.2
     done
     [ "$(api /readyz 2>/dev/null)" = ok ] || die "kube-apiserver not ready after 60 s"
@@ -203,12 +187,12 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
         --use-service-account-credentials=false \
         --controllers '*' \
         --v 1 >>"$dir/logs/kube-controller-manager.log" 2>&1 &
-      echo $! > "$pids/kube-controller-manager.pid"
+      echo $! > "$pid_dir/kube-controller-manager.pid"
     fi
     # Ready when the controller-manager works: it creates the default ServiceAccount.
     for _ in $(seq 1 300); do
       api /api/v1/namespaces/default/serviceaccounts/default >/dev/null 2>&1 && break
-      running kube-controller-manager || { tail -30 "$dir/logs/kube-controller-manager.log" >&2; die "kube-controller-manager exited"; }
+      running kube-controller-manager || die_tail "$dir/logs/kube-controller-manager.log" 30 "kube-controller-manager exited"
       sleep 0.2
     done
     api /api/v1/namespaces/default/serviceaccounts/default >/dev/null 2>&1 \
@@ -233,7 +217,7 @@ IP:127.0.0.1,IP:10.96.0.1,IP:$advertise"
     echo "$pki/$name.crt"
     ;;
   down)
-    for c in kube-controller-manager kube-apiserver etcd; do stop_one "$c"; done
+    for c in kube-controller-manager kube-apiserver etcd; do stop_one "$c" 5; done
     log "control plane stopped ($dir)"
     ;;
   status)

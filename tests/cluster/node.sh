@@ -63,8 +63,8 @@
 # few s later; containerd, kubelet & co. start while the control plane does), `down` 10-12 s.
 # Cold adds build-k8s.sh --node (see tests/cluster/README.md, "Timings") and the pause image
 # (1 s). RSS of the whole node ~760 MB (apiserver 285 MB).
-# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 cmd="${1:-}"; dir="${2:-}"
 if [ -z "$cmd" ] || [ -z "$dir" ]; then sed -n '4,19p' "$0" >&2; exit 2; fi
 cannot() { log "node.sh: this machine cannot run a kubelet: $*"; exit 3; }
@@ -97,7 +97,8 @@ dns_ip=10.96.0.10 dns_port=10053
 bridge=sfbr0
 run=/run/sensorflow-node           # short: unix socket paths are limited to 108 bytes
 sock="$run/containerd.sock"
-pids="$dir/pids" logs="$dir/logs" pki="$dir/pki"
+# (pid_dir: where running / stop_one of tests/lib/suite.sh read the PID files)
+pid_dir="$dir/pids" logs="$dir/logs" pki="$dir/pki"
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/modules/kubernetes/go.mod")"
 pause_image="sensorflow.test/pause:$k8s_version"
 pause_archive="$SENSORFLOW_CACHE/images/pause-$k8s_version.tar"
@@ -114,22 +115,6 @@ sysctls=(net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.ipv4.conf.default.
   net.netfilter.nf_conntrack_max net.netfilter.nf_conntrack_tcp_timeout_established
   net.netfilter.nf_conntrack_tcp_timeout_close_wait net.netfilter.nf_conntrack_tcp_be_liberal)
 
-# alive PID: exists and is not a zombie (this VM's init reaps orphans only every ~2 s).
-alive() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/^.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-running() { [ -f "$pids/$1.pid" ] && alive "$(cat "$pids/$1.pid")"; }
-
-stop_one() {  # NAME [SECONDS]: SIGTERM, then SIGKILL after SECONDS (default 10)
-  local f="$pids/$1.pid" pid
-  [ -f "$f" ] || return 0
-  pid="$(cat "$f")"
-  if alive "$pid"; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 $(( ${2:-10} * 10 ))); do alive "$pid" || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
-}
-
 any_alive() {  # DIR: is any process recorded in DIR/pids alive?
   local f
   for f in "$1"/pids/*.pid; do [ -f "$f" ] && alive "$(cat "$f")" && return 0; done
@@ -141,7 +126,7 @@ start() {  # NAME CMD...: runs CMD in the background, output to DIR/logs/NAME.lo
   running "$name" && return 0
   log "starting $name (log: $logs/$name.log)"
   "$@" </dev/null >>"$logs/$name.log" 2>&1 &
-  echo $! > "$pids/$name.pid"
+  echo $! > "$pid_dir/$name.pid"
 }
 
 node_ip() {
@@ -350,7 +335,7 @@ up() {
     busybox-static umoci skopeo dnsmasq-base gcc libc6-dev python3 iproute2 curl openssl kmod
   bindir="$("$here/build-k8s.sh" --node)"
   ip="$(node_ip)"
-  mkdir -p "$run" "$pids" "$logs"
+  mkdir -p "$run" "$pid_dir" "$logs"
   owner="$(cat "$run/owner" 2>/dev/null || true)"
   if [ -n "$owner" ] && [ "$owner" != "$dir" ] && any_alive "$owner"; then
     die "another node is up from $owner (one per machine): node.sh down $owner"
@@ -383,7 +368,7 @@ up() {
   PATH="$bindir:$PATH" start containerd "$bindir/containerd" --config "$dir/containerd/config.toml"
   for _ in $(seq 1 100); do
     ctr_ version >/dev/null 2>&1 && break
-    running containerd || { tail -20 "$logs/containerd.log" >&2; die "containerd exited"; }
+    running containerd || die_tail "$logs/containerd.log" 20 "containerd exited"
     sleep 0.1
   done
   ctr_ version >/dev/null 2>&1 || die "containerd not answering on $sock"
@@ -412,7 +397,7 @@ up() {
   local ready=""
   for _ in $(seq 1 240); do
     for c in kube-scheduler containerd kubelet kube-proxy dnsmasq dns-sync; do
-      running "$c" || { tail -30 "$logs/$c.log" >&2; die "$c exited (log: $logs/$c.log)"; }
+      running "$c" || die_tail "$logs/$c.log" 30 "$c exited (log: $logs/$c.log)"
     done
     # Ready as reported by this kubelet: a heartbeat newer than this `up` (a Node object can
     # outlive a crashed run's kubelet with Ready=True).

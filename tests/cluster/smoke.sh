@@ -22,8 +22,8 @@
 # Prints "smoke: N passed, M failed"; exit 1 on any failure, 3 when node.sh cannot run here.
 # Uses host port 28080 for the HTTP server. Measured (2 cores, busy): --cycles 2 in ~61 s
 # (each: up 10-11 s, pods Ready 1-2 s after creation, checks ~3 s, down 10-12 s).
-# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 here="$REPO_ROOT/tests/cluster"
 kbin="$("$here/build-k8s.sh" --dir)"
 cycles=1 checks_only=0
@@ -42,12 +42,13 @@ k8s_version="$(basename "$(dirname "$kbin")")"; k8s_version="${k8s_version#k8s-}
 image="sensorflow/smoke:busybox-1.35-kubectl-$k8s_version"
 archive="$SENSORFLOW_CACHE/images/smoke-busybox-1.35-kubectl-$k8s_version.tar"
 work="$(mktemp -d)"
-http_pid=""
-cleanup() { [ -z "$http_pid" ] || kill "$http_pid" 2>/dev/null || true; rm -rf "$work"; }
+# The HTTP server on the host is recorded in pids (tests/lib/suite.sh) and stopped by PID.
+cleanup() { stop_pids; rm -rf "$work"; }
 trap cleanup EXIT
 
-passed=0 failed=0
-check() {  # NAME CMD...
+# check NAME CMD...: one check counted in tests/lib/suite.sh's passed/failed, its output kept
+# quiet unless it fails (step logs more: the node's checks are many and quick).
+check() {
   local name="$1"; shift
   if "$@" >"$work/out" 2>&1; then
     passed=$((passed + 1)); log "✔ $name"
@@ -128,12 +129,12 @@ pod_checks() {
   mkdir -p "$work/www"; echo host-ok > "$work/www/marker"
   port=28080
   python3 -m http.server "$port" --bind 0.0.0.0 --directory "$work/www" >/dev/null 2>&1 &
-  http_pid=$!
+  pids[http]=$!
 
   kc delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
   # Pods are refused until the namespace's default ServiceAccount exists.
   kc create namespace "$ns" >/dev/null
-  for _ in $(seq 1 100); do kc -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
+  wait_for 20 0.2 kc -n "$ns" get serviceaccount default >/dev/null 2>&1 || true
   manifest | kc apply -f - >/dev/null
   local t0; t0=$(date +%s)
   check "pods Running and Ready" kc -n "$ns" wait --for=condition=Ready pod/client pod/web --timeout=120s
@@ -157,7 +158,7 @@ pod_checks() {
   check "host reaches the Service ClusterIP (kube-proxy OUTPUT rules)" \
     sh -c "curl -fsS --max-time 5 http://\$(\"$kbin/kubectl\" --kubeconfig '$kubeconfig' -n $ns get svc web -o jsonpath='{.spec.clusterIP}')/ | grep -qx smoke-web-ok"
   check "kubectl logs (apiserver → kubelet, TLS verified)" sh -c "\"$kbin/kubectl\" --kubeconfig '$kubeconfig' -n $ns logs web | grep -qx serving"
-  kill "$http_pid" 2>/dev/null || true; http_pid=""
+  stop_pid http
   kc delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
 }
 
@@ -216,5 +217,4 @@ else
     host_checks "$work/before" "$work/pids"
   done
 fi
-echo "smoke: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+suite_summary smoke

@@ -16,7 +16,10 @@ import urllib.request
 
 import pytest
 
+# sfref (the independent reference) and sfproto (the hand-written protobuf decoder), imported
+# by test_e2e.py.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "independent"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: E402
 

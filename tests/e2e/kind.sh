@@ -13,14 +13,14 @@
 # host-side replay). Env: SENSORFLOW_KIND_CLUSTER (default sensorflow-e2e),
 # SENSORFLOW_KIND_NODE_IMAGE (a kindest/node image, default kind's own), KEEP_CLUSTER=1 keeps
 # the cluster afterwards (it is deleted otherwise, if this script created it).
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 cd "$REPO_ROOT"
 for tool in docker kind kubectl helm; do
   command -v "$tool" >/dev/null || die "$tool not found on PATH (kind e2e needs docker, kind, kubectl, helm)"
 done
 cluster="${SENSORFLOW_KIND_CLUSTER:-sensorflow-e2e}"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
-image="sensorflow/sensorflow:$version"
+image="sensorflow/sensorflow:$(workspace_version)"
 created=0
 if ! kind get clusters 2>/dev/null | grep -qx "$cluster"; then
   log "creating kind cluster $cluster from kind-config.yaml"

@@ -10,7 +10,8 @@
 # not root); otherwise the suite's status. The node is torn down at the end (KEEP=1 keeps it,
 # and the broker/GCS server). Env: as tests/e2e/run.sh, plus SENSORFLOW_E2E_NODE_DIR (default
 # .sensorflow/e2e-node).
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 cd "$REPO_ROOT"
 node_dir="${SENSORFLOW_E2E_NODE_DIR:-$REPO_ROOT/.sensorflow/e2e-node}"
 t0=$(date +%s)
@@ -29,7 +30,7 @@ fi
 down() { [ "${KEEP:-0}" = 1 ] && { log "KEEP=1: node left running ($node_dir)"; return; }; tests/cluster/node.sh down "$node_dir" || true; }
 trap down EXIT
 [ "$st" = 0 ] || { wait "$p_img" || true; die "the single-node cluster did not come up (exit $st)"; }
-wait "$p_img" || { tail -30 "$node_dir/build-images.log" >&2; die "building the image failed"; }
+wait "$p_img" || die_tail "$node_dir/build-images.log" 30 "building the image failed"
 archive="$(tail -1 "$node_dir/image-archive")"
 tests/cluster/node.sh load "$node_dir" "$archive"
 log "node and image ready in $(( $(date +%s) - t0 )) s"

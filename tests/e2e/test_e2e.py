@@ -19,8 +19,8 @@ import yaml
 from conftest import (BOOT, GCS, IMAGE, NS, OP_NS, RELEASE, REPO, condition, count, gcs, gcs_buckets, gcs_list,
                       gcs_read, group_lag, helm, kjson, kubectl, list_topics, log, partitions_of, pods_ready,
                       read_all, replay, wait_for)
-from sfref import (RANGES, WINDOW_MS, AsOf, bin_of, decode, expected_features, expected_vector, field_double, near,
-                   packed_varints, signed)
+from sfproto import decode, field_double, packed_varints, signed
+from sfref import RANGES, WINDOW_MS, AsOf, bin_of, expected_features, expected_vector, near
 
 pytestmark = pytest.mark.skipif(not BOOT or not GCS, reason="run through tests/e2e/run.sh")
 

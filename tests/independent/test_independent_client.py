@@ -1,7 +1,7 @@
 """The real SensorFlow binaries, driven and checked by code that shares nothing with them.
 
 - Kafka client: kafka-python (pure Python), not librdkafka.
-- Protobuf: encoded and decoded by hand (sfref.py) from the field numbers in
+- Protobuf: encoded and decoded by hand (tests/lib/sfproto.py) from the field numbers in
   processors/core/proto/sensorflow/v1/messages.proto, not with prost.
 - Expected features: a from-scratch Python implementation of the window definition
   (sfref.py: mean, trapezoidal integral in value*s, derivative in value/s, uniform 10-bin binning).
@@ -14,13 +14,16 @@ import math
 import os
 import random
 import subprocess
+import sys
 import time
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from sfref import (RANGES, bin_of, decode, encode_reading, expected_features, field_double, near,
-                   packed_varints, signed)
+from sfref import RANGES, bin_of, expected_features, near
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from sfproto import decode, encode_reading, field_double, packed_varints, signed  # noqa: E402
 
 BOOT = os.environ.get("SENSORFLOW_TEST_BOOTSTRAP", "")
 BIN = os.environ.get("SENSORFLOW_BIN_DIR", "")

