@@ -47,6 +47,7 @@ pub mod encode;
 pub mod layout;
 pub mod ledger;
 pub mod metrics;
+pub mod partition;
 pub mod rotation;
 pub mod rows;
 pub mod sink;
