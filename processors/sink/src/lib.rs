@@ -11,9 +11,12 @@
 //!        commit ledger offset ◄── object created (or found) ◄── create-only put (GCS | local dir)
 //! ```
 //!
-//! The pure parts (object names, rotation decisions, row building, encoding) live in
-//! [`layout`], [`rotation`], [`rows`] and [`encode`] and are tested without I/O; [`store`] and
-//! [`sink`] are the edges.
+//! The pure parts are tested without I/O: [`partition`], one partition's writer (records in;
+//! listings to make, skips, dead letters, sealed files with their object names and the
+//! offset to commit out), built on [`layout`] (object names), [`rotation`] (when a file
+//! closes), [`ledger`] (offset bookkeeping) and [`rows`] (typed columns); [`encode`] makes
+//! the Parquet bytes. [`store`] and [`sink`] are the edges: the sink executes the writers'
+//! decisions against the store and the consumer.
 //!
 //! ## Exactly one copy of every record
 //!
@@ -26,7 +29,8 @@
 //!    is free; the local store hard-links a synced temporary file). An upload refused because
 //!    the name exists counts as stored: same name, same records. The partition's commit offset
 //!    is `min(first of its open and sealed files)`, or the next offset to read when none is
-//!    left ([`ledger::Ledger`]): every record below it is in a finished object.
+//!    left ([`ledger::Ledger`], through [`partition::PartitionWriter::committable`]): every
+//!    record below it is in a finished object.
 //! 3. The object name is a function of `(topic, partition, bucket, first, last)`.
 //! 4. After a restart or rebalance, the first record of each hour bucket makes the sink list
 //!    `…/topic=T/date=…/hour=HH/T-P-`: objects uploaded by a run that died before committing.
@@ -39,7 +43,9 @@
 //! A crash before an upload completes leaves no object (the records are re-read and written,
 //! possibly cut differently); a crash between upload and commit leaves an object that step 4
 //! finds; a crash after the commit loses nothing. `ledger`'s property test drives the same
-//! bookkeeping through random crash points and checks one copy of every record. Dead letters
+//! bookkeeping through random crash points and checks one copy of every record; `partition`'s
+//! drive the writer itself (real rows, object names, listings) the same way, and against a
+//! naive reference of the rotation rules. Dead letters
 //! are at-least-once: a crash between their acknowledgement and the upload repeats them.
 
 pub mod app;
@@ -47,6 +53,7 @@ pub mod encode;
 pub mod layout;
 pub mod ledger;
 pub mod metrics;
+pub mod partition;
 pub mod rotation;
 pub mod rows;
 pub mod sink;

@@ -1,21 +1,26 @@
 //! The sink loop: consume → rows → Parquet object → commit, and recovery after a crash.
 //!
+//! Every per-partition decision is made by the pure [`PartitionWriter`] (see `partition`);
+//! this module executes them: listings and uploads through the store, dead letters through
+//! the emitter, commits through the driver's consumer, with the bounds below.
+//!
 //! ```text
 //!   select! { shutdown | tick (seal aged files) | recv | uploads queued }
 //!     recv ─► rebalance events ─► revoked: drop open and queued files (never uploaded)
-//!                                 assigned: fresh ledger (see `ledger`)
-//!          ─► hour bucket seen first? list PREFIX/topic=T/date/hour/T-P- into the ledger
-//!          ─► in a listed object?  ─► skip (stored by a run that died before committing)
-//!          ─► no open file for the bucket? (seal the oldest if max open) open one
-//!          ─► decode ─► rows (or dead-letter topic with the reason)
-//!          ─► full (records/bytes/memory)? ─► seal: queue the upload
+//!                                 assigned: a fresh writer (see `partition`)
+//!          ─► writer: hour bucket seen first? ─► list PREFIX/topic=T/date/hour/T-P- into it
+//!          ─► writer: in a listed object?  ─► skip (stored by a run that died before committing)
+//!          ─► writer: no open file for the bucket? (seal the oldest if max open) open one
+//!          ─► writer: decode ─► rows (or rejected: dead-letter topic with the reason)
+//!          ─► writer: full (records/bytes)? ─► sealed;  memory over budget? seal the largest
+//!          ─► queue the sealed files' uploads
 //!   then, bounded per turn: for each queued file, while the turn's budget lasts:
 //!     records fetched meanwhile move on if the last poll is older than the keep-alive
 //!     await dead letters ─► encode
 //!     ─► poll (handling what it returns) until the last poll is younger than the keep-alive
 //!     ─► still assigned (no revoke, assignment not lost)? else drop it
-//!     ─► create-only upload (retried; "exists" = stored)
-//!   then commit the ledger offsets (a refused commit is retried with backoff)
+//!     ─► create-only upload (retried; "exists" = stored) ─► writer: stored
+//!   then commit each writer's committable offset (a refused commit is retried with backoff)
 //! ```
 //!
 //! **Why the bounds.** A consumer that does not poll for `max.poll.interval.ms` leaves its
@@ -33,13 +38,12 @@
 //! stored instead of overwriting it.
 
 use crate::encode::{EncodeConfig, EncodeError, encode};
-use crate::layout::{HourBucket, Layout, parse_object};
-use crate::ledger::Ledger;
+use crate::layout::{HourBucket, Layout};
 use crate::metrics::{DropLabel, FileLabel, ObjectLabel, SinkMetrics};
-use crate::rotation::{FileStats, Reason, Rotation, over_budget};
-use crate::rows::{Kind, RawHeaders, Record, Rows};
+use crate::partition::{Outcome, PartitionWriter, SealError, SealedFile, WriterConfig};
+use crate::rotation::{Reason, Rotation, over_budget};
+use crate::rows::{Kind, RawHeaders, Record};
 use crate::store::{ObjectStore, StoreError};
-use arrow_array::RecordBatch;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -222,37 +226,6 @@ pub struct Summary {
     pub location: String,
 }
 
-/// An open file: its rows and counters.
-struct OpenFile {
-    rows: Rows,
-    stats: FileStats,
-    first: i64,
-    last: i64,
-    opened: Instant,
-}
-
-/// A sealed file waiting for its upload.
-struct Sealed {
-    topic: String,
-    partition: i32,
-    bucket: HourBucket,
-    first: i64,
-    last: i64,
-    /// `None` when every record of the range was dead-lettered.
-    batch: Option<RecordBatch>,
-    bytes_in: u64,
-    reason: Reason,
-    opened: Instant,
-}
-
-struct PartState {
-    kind: Kind,
-    ledger: Ledger,
-    open: Vec<OpenFile>,
-    /// Offset last committed (or found committed), to skip redundant commits.
-    committed: Option<i64>,
-}
-
 /// The sink: owns the open files, the store and the dead-letter emitter.
 pub struct Sink<S: ObjectStore> {
     cfg: SinkConfig,
@@ -261,7 +234,10 @@ pub struct Sink<S: ObjectStore> {
     sm: SinkMetrics,
     emitter: Emitter,
     kinds: FxHashMap<String, Kind>,
-    parts: FxHashMap<String, FxHashMap<i32, PartState>>,
+    /// What every partition's writer shares.
+    writer: WriterConfig,
+    /// The pure writer of each assigned partition (see `partition`).
+    parts: FxHashMap<String, FxHashMap<i32, PartitionWriter>>,
     /// Objects finalised since the last commit: (topic, partition, url), logged once committed.
     uncommitted: Vec<(String, i32, String)>,
     /// Something changed that may advance a commit.
@@ -269,7 +245,7 @@ pub struct Sink<S: ObjectStore> {
     /// Input bytes in open files.
     buffered: u64,
     /// Sealed files, uploaded in this order.
-    queue: VecDeque<Sealed>,
+    queue: VecDeque<SealedFile>,
     /// Input bytes in `queue`.
     queued: u64,
     /// Consecutive refused commits, and when the next attempt is due.
@@ -313,6 +289,12 @@ impl<S: ObjectStore> Sink<S> {
         emitter: Emitter,
     ) -> Self {
         let kinds = cfg.topics.iter().cloned().collect();
+        let writer = WriterConfig {
+            layout: cfg.layout.clone(),
+            rotation: cfg.rotation,
+            max_open: cfg.max_open_per_partition.max(1),
+            framing: cfg.framing,
+        };
         let summary = Summary {
             location: store.url(cfg.layout.prefix()),
             ..Summary::default()
@@ -324,6 +306,7 @@ impl<S: ObjectStore> Sink<S> {
             sm,
             emitter,
             kinds,
+            writer,
             parts: FxHashMap::default(),
             uncommitted: Vec::new(),
             dirty: false,
@@ -430,20 +413,16 @@ impl<S: ObjectStore> Sink<S> {
         self.update_gauges();
     }
 
-    /// An assigned partition starts with a fresh ledger.
+    /// An assigned partition starts with a fresh writer (nothing open, listed or committed).
     fn assign(&mut self, parts: &[(String, i32)]) {
         for (t, p) in parts {
             let kind = self.kinds.get(t).copied().unwrap_or(Kind::Raw);
+            let cfg = &self.writer;
             self.parts
                 .entry(t.clone())
                 .or_default()
                 .entry(*p)
-                .or_insert_with(|| PartState {
-                    kind,
-                    ledger: Ledger::default(),
-                    open: Vec::new(),
-                    committed: None,
-                });
+                .or_insert_with(|| PartitionWriter::new(t, *p, kind, cfg.clone()));
         }
         self.update_gauges();
     }
@@ -452,8 +431,8 @@ impl<S: ObjectStore> Sink<S> {
     /// owner re-reads them from the last commit).
     fn drop_partition(&mut self, t: &str, p: i32, reason: &str) {
         let mut dropped = 0u64;
-        if let Some(st) = self.parts.get_mut(t).and_then(|m| m.remove(&p)) {
-            for f in st.open {
+        if let Some(w) = self.parts.get_mut(t).and_then(|m| m.remove(&p)) {
+            for f in w.open_spans() {
                 self.buffered -= f.stats.bytes;
                 dropped += 1;
                 tracing::info!(topic = %t, partition = p, first = f.first, last = f.last, reason,
@@ -517,7 +496,7 @@ impl<S: ObjectStore> Sink<S> {
             .is_some_and(|m| m.contains_key(&partition)))
     }
 
-    fn part(&mut self, topic: &str, partition: i32) -> Option<&mut PartState> {
+    fn part(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionWriter> {
         self.parts
             .get_mut(topic)
             .and_then(|m| m.get_mut(&partition))
@@ -528,7 +507,7 @@ impl<S: ObjectStore> Sink<S> {
             .parts
             .values()
             .flat_map(|m| m.values())
-            .map(|s| s.open.len())
+            .map(PartitionWriter::open_count)
             .sum();
         self.sm.open_files.set(open as i64);
         self.sm
@@ -537,119 +516,92 @@ impl<S: ObjectStore> Sink<S> {
         self.sm.queued_files.set(self.queue.len() as i64);
     }
 
-    /// Handles one record (called right after the poll that returned it).
+    /// Handles one record (called right after the poll that returned it): the partition's
+    /// writer decides, this executes — list the record's hour first when asked, count a
+    /// skip, dead-letter a rejected record, queue the files it sealed, then apply the memory
+    /// budget across partitions.
     async fn process(&mut self, msg: &ConsumedRecord<'_>) -> Result<(), SinkError> {
         let topic = msg.topic();
         let partition = msg.partition();
         let offset = msg.offset();
         // `sensorflow_records_in_total` is counted by the driver.
         self.summary.records_in += 1;
-        let (max_open, framing) = (self.cfg.max_open_per_partition.max(1), self.cfg.framing);
-        let ts = msg.timestamp_ms;
-        let bucket = HourBucket::of(ts);
-        let Some(st) = self.part(topic, partition) else {
+        let Some(w) = self.part(topic, partition) else {
             return Ok(()); // revoked since it was fetched: its new owner stores it
         };
-        if st.ledger.needs_listing(bucket) {
-            // Objects of this partition and hour from runs that died before committing.
-            let prefix = self.cfg.layout.partition_in(topic, partition, bucket);
-            let found = self.list_with_retry(&prefix).await?;
-            let ranges: Vec<(i64, i64)> = found
-                .iter()
-                .filter_map(|n| parse_object(n))
-                .filter(|o| o.partition == partition && o.topic == topic)
-                .map(|o| (o.first_offset, o.last_offset))
-                .collect();
-            let Some(st) = self.part(topic, partition) else {
-                return Ok(());
-            };
-            st.ledger.add_listing(bucket, ranges);
-        }
-        let Some(st) = self.part(topic, partition) else {
-            return Ok(());
-        };
-        if st.ledger.is_stored(bucket, offset) {
-            st.ledger.consumed(offset);
-            self.dirty = true;
-            self.summary.skipped += 1;
-            self.sm
-                .skipped
-                .get_or_create(&TopicLabel {
-                    topic: topic.to_owned(),
-                })
-                .inc();
-            if self.summary.skipped.is_power_of_two() {
-                tracing::info!(%topic, partition, offset, skipped = self.summary.skipped,
-                    "skipping records already stored by a run that died before committing");
-            }
-            return Ok(());
-        }
-        if st.ledger.open_first(bucket).is_none() {
-            if st.open.len() >= max_open {
-                let oldest = st.ledger.open_buckets()[0];
-                self.seal(topic, partition, oldest, Reason::HourChange)?;
-            }
-            let Some(st) = self.part(topic, partition) else {
-                return Ok(());
-            };
-            st.ledger.open(bucket, offset);
-            st.open.push(OpenFile {
-                rows: Rows::new(st.kind, framing),
-                stats: FileStats {
-                    bucket,
-                    records: 0,
-                    bytes: 0,
-                    opened_at_ms: now_ms(),
-                },
-                first: offset,
-                last: offset,
-                opened: Instant::now(),
-            });
-            self.update_gauges();
-        }
-        let rotation = self.cfg.rotation;
-        let size = (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
-        let Some(st) = self.part(topic, partition) else {
-            return Ok(());
-        };
-        let raw = st.kind == Kind::Raw;
-        st.ledger.consumed(offset);
-        let Some(f) = st.open.iter_mut().find(|f| f.stats.bucket == bucket) else {
-            return Ok(()); // opened above
-        };
-        let headers = raw.then(|| raw_headers(msg));
-        let appended = f.rows.append(&Record {
+        let headers = (w.kind() == Kind::Raw).then(|| raw_headers(msg));
+        let record = Record {
             key: msg.key(),
             value: msg.payload(),
             partition,
             offset,
-            timestamp_ms: ts,
+            timestamp_ms: msg.timestamp_ms,
             headers: headers.as_ref(),
-        });
-        f.last = offset;
-        f.stats.records += 1;
-        f.stats.bytes += size;
-        let full = rotation.after_append(&f.stats);
-        self.buffered += size;
-        if let Err(reject) = appended {
-            self.summary.dead_lettered += 1;
-            self.metrics
-                .dead_letter
-                .get_or_create(&ReasonLabel {
-                    reason: reject.code().to_owned(),
-                })
-                .inc();
-            tracing::debug!(%topic, partition, offset, reason = %reject, "dead-lettered");
-            let out = dlq::dead_letter(
-                msg,
-                &reject,
-                &self.cfg.dead_letter_topic,
-                sensorflow_api::processors::GCS_SINK,
-            );
-            self.emitter.send(out).await?;
+        };
+        let size = (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
+        let (written, gauges) = loop {
+            let Some(w) = self.part(topic, partition) else {
+                return Ok(());
+            };
+            let before = w.open_count();
+            let written = w
+                .write(&record, size, now_ms())
+                .map_err(|e| self.seal_error(e))?;
+            let Outcome::NeedsListing(listing) = &written.outcome else {
+                let gauges = self
+                    .part(topic, partition)
+                    .is_some_and(|w| w.open_count() != before)
+                    || !written.sealed.is_empty();
+                break (written, gauges);
+            };
+            // Objects of this partition and hour from runs that died before committing.
+            let found = self.list_with_retry(&listing.prefix).await?;
+            let Some(w) = self.part(topic, partition) else {
+                return Ok(());
+            };
+            w.add_listing(listing.bucket, &found);
+        };
+        self.buffered += written.buffered;
+        match written.outcome {
+            Outcome::Skipped => {
+                self.dirty = true;
+                self.summary.skipped += 1;
+                self.sm
+                    .skipped
+                    .get_or_create(&TopicLabel {
+                        topic: topic.to_owned(),
+                    })
+                    .inc();
+                if self.summary.skipped.is_power_of_two() {
+                    tracing::info!(%topic, partition, offset, skipped = self.summary.skipped,
+                        "skipping records already stored by a run that died before committing");
+                }
+                return Ok(());
+            }
+            Outcome::Rejected(reject) => {
+                self.summary.dead_lettered += 1;
+                self.metrics
+                    .dead_letter
+                    .get_or_create(&ReasonLabel {
+                        reason: reject.code().to_owned(),
+                    })
+                    .inc();
+                tracing::debug!(%topic, partition, offset, reason = %reject, "dead-lettered");
+                let out = dlq::dead_letter(
+                    msg,
+                    &reject,
+                    &self.cfg.dead_letter_topic,
+                    sensorflow_api::processors::GCS_SINK,
+                );
+                self.emitter.send(out).await?;
+            }
+            Outcome::Appended | Outcome::NeedsListing(_) => {}
         }
-        if let Some(reason) = full {
-            self.seal(topic, partition, bucket, reason)?;
+        for f in written.sealed {
+            self.enqueue(f);
+        }
+        if gauges {
+            self.update_gauges();
         }
         if self.buffered + self.queued > self.cfg.max_buffer_bytes {
             // Sealing moves bytes from open files to the upload queue; what the queue holds
@@ -659,9 +611,8 @@ impl<S: ObjectStore> Sink<S> {
                 .parts
                 .iter()
                 .flat_map(|(t, m)| {
-                    m.iter().flat_map(move |(p, s)| {
-                        s.open
-                            .iter()
+                    m.iter().flat_map(move |(p, w)| {
+                        w.open_spans()
                             .map(move |f| ((t.clone(), *p, f.stats.bucket), f.stats.bytes))
                     })
                 })
@@ -673,6 +624,16 @@ impl<S: ObjectStore> Sink<S> {
         Ok(())
     }
 
+    fn seal_error(&self, e: SealError) -> SinkError {
+        SinkError::Encode {
+            object: self.store.url(&e.object),
+            source: EncodeError::Parquet {
+                rows: e.rows,
+                source: e.source.into(),
+            },
+        }
+    }
+
     /// Closes the open file of `bucket` in `topic`/`partition` and queues its upload. Nothing
     /// is stored or committed here: the file holds the commit back until it is uploaded.
     fn seal(
@@ -682,45 +643,21 @@ impl<S: ObjectStore> Sink<S> {
         bucket: HourBucket,
         reason: Reason,
     ) -> Result<(), SinkError> {
-        let Some(st) = self.part(topic, partition) else {
+        let Some(w) = self.part(topic, partition) else {
             return Ok(());
         };
-        let Some(i) = st.open.iter().position(|f| f.stats.bucket == bucket) else {
-            return Ok(());
-        };
-        let mut f = st.open.swap_remove(i);
-        st.ledger.seal(bucket, f.first, f.last);
-        self.buffered -= f.stats.bytes;
-        let rows = f.rows.len();
-        let batch = if rows > 0 {
-            let name = self
-                .cfg
-                .layout
-                .object(topic, partition, bucket, f.first, f.last);
-            Some(f.rows.finish().map_err(|e| SinkError::Encode {
-                object: self.store.url(&name),
-                source: EncodeError::Parquet {
-                    rows,
-                    source: e.into(),
-                },
-            })?)
-        } else {
-            None
-        };
-        self.queued += f.stats.bytes;
-        self.queue.push_back(Sealed {
-            topic: topic.to_owned(),
-            partition,
-            bucket,
-            first: f.first,
-            last: f.last,
-            batch,
-            bytes_in: f.stats.bytes,
-            reason,
-            opened: f.opened,
-        });
-        self.update_gauges();
+        if let Some(f) = w.seal(bucket, reason).map_err(|e| self.seal_error(e))? {
+            self.enqueue(f);
+            self.update_gauges();
+        }
         Ok(())
+    }
+
+    /// Queues the upload of a sealed file: its input bytes move from open to queued.
+    fn enqueue(&mut self, f: SealedFile) {
+        self.buffered -= f.bytes_in;
+        self.queued += f.bytes_in;
+        self.queue.push_back(f);
     }
 
     /// Uploads the oldest sealed file, if its partition is still assigned (else drops it):
@@ -745,10 +682,7 @@ impl<S: ObjectStore> Sink<S> {
             front.last,
         );
         let (topic, partition) = (key.0.clone(), key.1);
-        let name = self
-            .cfg
-            .layout
-            .object(&topic, partition, front.bucket, front.first, front.last);
+        let name = front.name.clone();
         let url = self.store.url(&name);
         // Dead letters of this range must be durable before the object exists: recovery skips
         // every offset an object's range covers.
@@ -811,8 +745,10 @@ impl<S: ObjectStore> Sink<S> {
                 self.summary.rows_written += rows;
                 self.summary.files_written += 1;
                 self.summary.bytes_written += size;
+                let open_for =
+                    Duration::from_millis(now_ms().saturating_sub(f.opened_at_ms).max(0) as u64);
                 tracing::info!(object = %url, rows, bytes = size, first = f.first, last = f.last,
-                    reason = f.reason.as_str(), attempts, open_for = ?f.opened.elapsed(), "object finalised");
+                    reason = f.reason.as_str(), attempts, ?open_for, "object finalised");
             } else {
                 // Same name, same records: stored by an earlier attempt or another writer.
                 self.sm.already_stored.get_or_create(&label).inc();
@@ -822,8 +758,8 @@ impl<S: ObjectStore> Sink<S> {
             }
             self.uncommitted.push((f.topic.clone(), f.partition, url));
         }
-        if let Some(st) = self.part(&f.topic, f.partition) {
-            st.ledger.stored(f.bucket, f.first, f.last);
+        if let Some(w) = self.part(&f.topic, f.partition) {
+            w.stored(&f);
         }
         self.dirty = true;
         self.update_gauges();
@@ -894,10 +830,8 @@ impl<S: ObjectStore> Sink<S> {
         let mut tpl = TopicPartitionList::new();
         let mut advanced = Vec::new();
         for (t, m) in &self.parts {
-            for (p, st) in m {
-                if let Some(o) = st.ledger.commit_offset()
-                    && st.committed.is_none_or(|c| o > c)
-                {
+            for (p, w) in m {
+                if let Some(o) = w.committable() {
                     let _ = tpl.add_partition_offset(t, *p, Offset::Offset(o));
                     advanced.push((t.clone(), *p, o));
                 }
@@ -925,9 +859,8 @@ impl<S: ObjectStore> Sink<S> {
                 self.commit_retry_at = None;
                 self.metrics.commits.inc();
                 for (t, p, o) in &advanced {
-                    if let Some(st) = self.part(t, *p) {
-                        st.committed = Some(*o);
-                        st.ledger.committed(*o);
+                    if let Some(w) = self.part(t, *p) {
+                        w.committed(*o);
                     }
                 }
                 let now = now_ms() / 1000;
@@ -983,19 +916,6 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    fn open_files(&self) -> Vec<(String, i32, HourBucket, i64)> {
-        self.parts
-            .iter()
-            .flat_map(|(t, m)| {
-                m.iter().flat_map(move |(p, s)| {
-                    s.open
-                        .iter()
-                        .map(move |f| (t.clone(), *p, f.stats.bucket, f.stats.opened_at_ms))
-                })
-            })
-            .collect()
-    }
-
     /// Seals files open for `max_age`, unless uploads are queued: behind a slow store, files
     /// then grow (up to their record, byte and memory limits) instead of queueing many small
     /// ones.
@@ -1004,19 +924,36 @@ impl<S: ObjectStore> Sink<S> {
             return Ok(());
         }
         let now = now_ms();
-        let rotation = self.cfg.rotation;
-        for (t, p, b, opened_at_ms) in self.open_files() {
-            let stats = FileStats {
-                bucket: b,
-                records: 0,
-                bytes: 0,
-                opened_at_ms,
-            };
-            if rotation.on_tick(&stats, now).is_some() {
-                self.seal(&t, p, b, Reason::Age)?;
+        self.seal_every(|w| w.seal_aged(now))
+    }
+
+    /// Seals what `f` seals in every partition and queues it.
+    fn seal_every(
+        &mut self,
+        mut f: impl FnMut(&mut PartitionWriter) -> Result<Vec<SealedFile>, SealError>,
+    ) -> Result<(), SinkError> {
+        let mut sealed = Vec::new();
+        let mut failed = None;
+        for w in self.parts.values_mut().flat_map(|m| m.values_mut()) {
+            match f(w) {
+                Ok(files) => sealed.extend(files),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(())
+        let any = !sealed.is_empty();
+        for file in sealed {
+            self.enqueue(file);
+        }
+        if any {
+            self.update_gauges();
+        }
+        match failed {
+            Some(e) => Err(self.seal_error(e)),
+            None => Ok(()),
+        }
     }
 
     /// Stops: seals every open file, uploads the queue (polling between uploads so the
@@ -1024,9 +961,7 @@ impl<S: ObjectStore> Sink<S> {
     /// retrying a refused commit within its bounds.
     async fn flush(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         d.rebalance(self).await?;
-        for (t, p, b, _) in self.open_files() {
-            self.seal(&t, p, b, Reason::Shutdown)?;
-        }
+        self.seal_every(|w| w.seal_all(Reason::Shutdown))?;
         while !self.queue.is_empty() {
             self.upload_next(d, true).await?;
         }
