@@ -49,9 +49,44 @@ pub async fn serve<P: Probes>(
 
 /// Like [`serve`], on a bound listener (tests bind port 0 and read the port back).
 ///
+/// The server runs on a thread of its own with its own single-threaded runtime, not on the
+/// caller's workers: a consume loop stuck in a blocking call (what `/health` exists to report)
+/// must not be able to hold the very worker the probe's connection was scheduled on. On
+/// tokio's multi-threaded runtime a task woken on a worker can wait in that worker's LIFO slot
+/// until the worker is free again, and the liveness test saw `/health` answer only after a 4 s
+/// hang had ended. The returned future completes when the server stops.
+///
 /// # Errors
-/// When serving fails.
+/// When the listener cannot be moved to the server's thread, the thread or its runtime cannot
+/// be started, or serving fails.
 pub async fn serve_on<P: Probes>(
+    listener: tokio::net::TcpListener,
+    probes: Arc<P>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("probes".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        serve_here(listener, probes, shutdown).await
+                    })
+                });
+            let _ = done.send(result);
+        })?;
+    finished
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the probe server's thread ended")))
+}
+
+/// Serves on the current runtime until `shutdown` is cancelled.
+async fn serve_here<P: Probes>(
     listener: tokio::net::TcpListener,
     probes: Arc<P>,
     shutdown: CancellationToken,
@@ -162,6 +197,45 @@ mod tests {
         let h = get(addr, "/health").await;
         assert!(h.starts_with("HTTP/1.1 503") && h.ends_with("stuck"), "{h}");
 
+        stop.cancel();
+        server.await.expect("join").expect("serve");
+    }
+
+    /// The probes answer while the caller's only worker is blocked (the consume loop stuck in
+    /// a blocking call): the server has a thread of its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_while_the_callers_runtime_is_blocked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_on(listener, Arc::new(Fake::default()), stop.clone()));
+        // Let the server task move the listener to its thread, then block this runtime's only
+        // thread while a plain std client asks.
+        tokio::task::yield_now().await;
+        let asked = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            s.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+                .expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            (std::time::Instant::now(), out)
+        });
+        let blocked_at = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let (answered_at, out) = asked.join().expect("client");
+        assert!(
+            out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+            "{out}"
+        );
+        assert!(
+            answered_at.duration_since(blocked_at) < std::time::Duration::from_millis(1500),
+            "answered only after the caller's runtime was free again"
+        );
         stop.cancel();
         server.await.expect("join").expect("serve");
     }
