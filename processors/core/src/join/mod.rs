@@ -2,7 +2,7 @@
 //! by watermark. Pure: no transport, no clock (wall time is passed in, for the idle timeout).
 //!
 //! ```text
-//!   SX ─┐  late? (t < W) ─► Late          per client, sorted by (t, offset):
+//!   SX ─┐  late? (t < own bound) ─► Late  per client, sorted by (t, offset):
 //!   SY ─┤  repeat? ──────► Duplicate        SX values, SY values, complete triples
 //!   FA ─┤  ─► as-of stores ─┬─ trigger (SX, SY, completed triple) ─► pending, ordered by t
 //!   FI ─┤     partial triples by SZ (partition, offset) ──┘
@@ -26,18 +26,26 @@
 //!   and as `missing-<input>` when there is none in `[t − 2S, t]` (inputs checked in the order
 //!   SX, SY, features; the first failing one names the reason). The `2S` horizon makes the
 //!   stale/missing distinction a function of the data although idle clients are evicted.
+//! - **Lateness.** A record is **late** ([`Applied::Late`]; the runtime routes it to the late
+//!   topic, and it changes nothing) when its event time is below its *own input partition's*
+//!   bound: the largest event time of the records before it in that partition, minus the
+//!   grace. That is a function of the partition's order alone, so whether a record is late
+//!   does not depend on how the five inputs interleave, on restarts, or on how far another
+//!   input has been read: a record re-read after a crash gets the same outcome again (an
+//!   earlier rule, `t < W`, made the same record late in one run and predicted in the next).
 //! - **Watermark.** `W = min over the five inputs of (max event time seen − grace)`, never
-//!   decreasing. A record with event time `< W` is **late** ([`Applied::Late`]; the runtime
-//!   routes it to the late topic) and changes nothing. A pending trigger at `t` is released
-//!   once `W > t`: from then on no record with event time `≤ t` can be accepted, so the
-//!   lookup sees every value it may use. (Strictly greater, not `≥`: readings of other
-//!   clients or inputs with the very same timestamp may still arrive at `W = t`.)
+//!   decreasing; `W` is at most every input's own bound, so an accepted record is never
+//!   below it. A pending trigger at `t` is released once `W > t`: from then on no record with
+//!   event time `≤ t` can be accepted, so the lookup sees every value it may use. (Strictly
+//!   greater, not `≥`: readings of other clients or inputs with the very same timestamp may
+//!   still arrive at `W = t`.)
 //! - **Idle inputs.** When all five inputs of the partition have had no record for
 //!   `idle_timeout_ms` of wall time (passed in as `now_ms`), `W` becomes the largest event time
 //!   seen + 1, so the last triggers of a stream are released. A single input with no record for
 //!   the (longer) `input_idle_timeout_ms` stops holding `W` back while the others go on. These
 //!   are the only dependences on wall-clock time: a record arriving after its input was
-//!   declared idle may be late where an uninterrupted run would have used it. The per-input
+//!   declared idle is late when below the `W` that moved (its lateness bound is then the larger
+//!   of its own and `W`), where an uninterrupted run might have used it. The per-input
 //!   timeout is long on purpose: at start-up, and while an upstream processor restarts, one
 //!   input legitimately lags the others by seconds to tens of seconds, and declaring it idle
 //!   then would turn its records late.
@@ -52,9 +60,9 @@
 //!   delivery retried after later records were acknowledged) fills its gap and is taken, or
 //!   routed as late, never dropped as a repeat (gaps are kept down to the `W − 2S` horizon).
 //! - **Determinism.** Given the records of each input in partition order, and no idle
-//!   timeout firing, every interleaving of the five inputs yields the same multiset of events
-//!   (property-tested against [`reference_join`]), provided each input is ordered within the
-//!   grace (then nothing is late in any interleaving).
+//!   timeout firing, every interleaving of the five inputs yields the same multiset of
+//!   outcomes, events and late records, whatever the disorder within each input
+//!   (property-tested against [`reference_outcomes`] with jittered inputs).
 //!
 //! ## State and offsets
 //! Per client and input the state keeps the values with event time `≥ W` plus the latest one
@@ -62,21 +70,28 @@
 //! need. A client with nothing pending and nothing newer than `W − 2S` is evicted. Pending
 //! triggers and partial triples *pin* the offsets of their records; [`PartitionJoin::commit_limit`]
 //! is the smallest pinned offset of an input, so the runtime never commits past a record
-//! whose outcome is not yet produced. Records applied with `replay = true` (state rebuilt
-//! from the topics after a restart; their outcomes were produced before the commit) neither
-//! pin nor produce events.
+//! whose outcome is not yet produced. The watermark releases in event-time order, so with
+//! inputs out of order a later offset can be released before a pinned earlier one: the
+//! runtime passes every outcome through an [`Outbox`], which holds it until its records are
+//! below their inputs' commit limits. Outcomes out are then exactly those of the records
+//! below the commit points, and a restart that re-reads from them produces each missing
+//! outcome once (property-tested: `a_restart_from_the_commit_points_gives_each_record_one_outcome`).
+//! Records applied with `replay = true` (state rebuilt from the topics after a restart; their
+//! outcomes were produced before the commit) neither pin nor produce events.
 
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod outbox;
 mod reference;
 mod state;
 #[cfg(test)]
 mod tests;
 mod types;
 
-pub use reference::{RefRecord, reference_join};
+pub use outbox::Outbox;
+pub use reference::{RefRecord, reference_join, reference_outcomes};
 use state::*;
 pub use types::*;
 
@@ -242,11 +257,16 @@ impl PartitionJoin {
                 .or_default()
                 .insert(source.offset, t);
         }
-        if t < self.watermark {
+        // Late by its own input partition's order (max event time before it − grace), which
+        // no interleaving of the five inputs changes; or below a watermark that idle inputs
+        // moved further (the wall-clock rules).
+        let bound = self.clocks[kind.idx()]
+            .max_t
+            .map_or(i64::MIN, |m| m.saturating_sub(self.cfg.grace_ms))
+            .max(self.watermark);
+        if t < bound {
             self.advance(now_ms, out);
-            return Applied::Late {
-                watermark: self.watermark,
-            };
+            return Applied::Late { watermark: bound };
         }
         let clock = &mut self.clocks[kind.idx()];
         clock.max_t = Some(clock.max_t.map_or(t, |m| m.max(t)));
@@ -517,6 +537,7 @@ impl PartitionJoin {
                 trigger: p.trigger,
                 event_time_ms: t,
                 record,
+                records: p.records,
                 triple_source: SzSource {
                     partition: tr.tie.0,
                     offset: tr.tie.1,
@@ -528,6 +549,7 @@ impl PartitionJoin {
                 trigger: p.trigger,
                 event_time_ms: t,
                 record,
+                records: p.records,
                 reason: verdict.err().unwrap_or(SkipReason::MissingSx),
             },
         }

@@ -17,9 +17,50 @@ type RefTriple = ([Option<u32>; 3], [Option<i64>; 3]);
 /// A trigger in the reference: client, kind, time, record, own value, triple source and bins.
 type RefTrigger<'a> = (&'a str, Trigger, i64, RecordRef, i64, SzSource, [u32; 3]);
 
-/// Naive as-of reference over one partition's complete input (no lateness, no idleness, no
-/// repeats): every trigger's event by scanning all records. O(n²).
+/// Naive as-of reference over one partition's complete input (no idleness, no repeats):
+/// every trigger's event by scanning all records. O(n²). Late records (see
+/// [`reference_outcomes`]) are left out.
 pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<JoinEvent> {
+    reference_outcomes(cfg, records).0
+}
+
+/// The reference's events and its late records: a record is late when its event time is below
+/// the largest event time of the records before it (by offset) in its own input, minus the
+/// grace; it then takes no part in the join.
+pub fn reference_outcomes(
+    cfg: JoinConfig,
+    records: &[(&str, RefRecord)],
+) -> (Vec<JoinEvent>, Vec<RecordRef>) {
+    let mut by_input: Vec<&(&str, RefRecord)> = records.iter().collect();
+    by_input.sort_by_key(|(_, r)| (r.input.kind(), r.offset));
+    let mut late = Vec::new();
+    let mut max: [Option<i64>; 5] = [None; 5];
+    for (_, r) in by_input {
+        let k = r.input.kind() as usize;
+        let t = r.input.event_time_ms();
+        if max[k].is_some_and(|m| t < m.saturating_sub(cfg.grace_ms)) {
+            late.push(RecordRef {
+                input: r.input.kind(),
+                offset: r.offset,
+            });
+        } else {
+            max[k] = Some(max[k].map_or(t, |m| m.max(t)));
+        }
+    }
+    let kept: Vec<(&str, RefRecord)> = records
+        .iter()
+        .filter(|(_, r)| {
+            !late.contains(&RecordRef {
+                input: r.input.kind(),
+                offset: r.offset,
+            })
+        })
+        .copied()
+        .collect();
+    (join_in_time(cfg, &kept), late)
+}
+
+fn join_in_time(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<JoinEvent> {
     let s = cfg.max_staleness_ms;
     let mut out = Vec::new();
     // Complete triples: (client, t, source) → bins and FA offset.
@@ -69,6 +110,20 @@ pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<Joi
         _ => Err(missing),
     };
     let mut triggers: Vec<RefTrigger<'_>> = Vec::new();
+    let mut triple_records: BTreeMap<(&str, i64, SzSource), [Option<RecordRef>; 3]> =
+        BTreeMap::new();
+    for (key, (_, o)) in &triples {
+        triple_records.insert(
+            *key,
+            [InputKind::Fa, InputKind::Fi, InputKind::Fd]
+                .into_iter()
+                .zip(o)
+                .map(|(input, o)| o.map(|offset| RecordRef { input, offset }))
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap_or([None; 3]),
+        );
+    }
     for &(c, r) in records {
         match r.input {
             JoinInput::Sx {
@@ -175,6 +230,14 @@ pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<Joi
             )
         });
         let ingest = 0;
+        let records = if trig == Trigger::Features {
+            triple_records
+                .get(&(c, t, src))
+                .copied()
+                .unwrap_or([None; 3])
+        } else {
+            [Some(record), None, None]
+        };
         out.push(match (verdict, sx, sy, tr) {
             (Ok(()), Some(sx), Some(sy), Some(tr)) => JoinEvent::Prediction(JoinOutput {
                 client: c.into(),
@@ -188,6 +251,7 @@ pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<Joi
                 trigger: trig,
                 event_time_ms: t,
                 record,
+                records,
                 triple_source: tr.1,
                 ingest_time_ms: ingest,
             }),
@@ -196,6 +260,7 @@ pub fn reference_join(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<Joi
                 trigger: trig,
                 event_time_ms: t,
                 record,
+                records,
                 reason: v.err().unwrap_or(SkipReason::MissingSx),
             },
         });

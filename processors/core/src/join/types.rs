@@ -30,8 +30,9 @@ impl InputKind {
 /// Join configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinConfig {
-    /// Allowed out-of-orderness per input, ms (≥ 0). Default 0: producers send each partition
-    /// in event-time order, and a trigger is released as soon as every input has moved past it.
+    /// Allowed out-of-orderness per input partition, ms (≥ 0): a record is late when its event
+    /// time is below the largest event time of its input partition before it minus this, a
+    /// function of that partition's order alone. Default [`DEFAULT_GRACE_MS`].
     pub grace_ms: i64,
     /// `S`: values older than `t − S` are not used (≥ 1).
     pub max_staleness_ms: i64,
@@ -43,10 +44,15 @@ pub struct JoinConfig {
     pub input_idle_timeout_ms: Option<i64>,
 }
 
+/// Default join grace, ms: covers the clock jitter of gateways that stamp readings of many
+/// clients into one partition (hundreds of ms), at the price of that much event time before a
+/// trigger is released.
+pub const DEFAULT_GRACE_MS: i64 = 2_000;
+
 impl Default for JoinConfig {
     fn default() -> Self {
         Self {
-            grace_ms: 0,
+            grace_ms: DEFAULT_GRACE_MS,
             max_staleness_ms: 600_000,
             idle_timeout_ms: Some(10_000),
             input_idle_timeout_ms: Some(300_000),
@@ -170,6 +176,10 @@ pub struct JoinOutput {
     pub event_time_ms: i64,
     /// The triggering record (for a triple: its FA record).
     pub record: RecordRef,
+    /// Every input record this prediction is the outcome of: the SX or SY reading, or the
+    /// triple's FA, FI and FD records ([`Outbox`](super::Outbox) releases it once each is
+    /// clear of its input's commit point).
+    pub records: [Option<RecordRef>; 3],
     /// The SZ reading behind the triple used.
     pub triple_source: SzSource,
     /// Ingest time carried by the triggering record (0 = unknown).
@@ -232,6 +242,8 @@ pub enum JoinEvent {
         event_time_ms: i64,
         /// The triggering record.
         record: RecordRef,
+        /// Every input record this skip is the outcome of (as [`JoinOutput::records`]).
+        records: [Option<RecordRef>; 3],
         /// Why.
         reason: SkipReason,
     },
@@ -248,14 +260,34 @@ pub enum JoinEvent {
     },
 }
 
+impl JoinEvent {
+    /// The input records this event is the outcome of: one SX or SY reading, or the features
+    /// of one SZ reading (all three, or those that arrived for an incomplete triple).
+    pub fn records(&self) -> [Option<RecordRef>; 3] {
+        match self {
+            Self::Prediction(p) => p.records,
+            Self::Skipped { records, .. } => *records,
+            Self::IncompleteTriple { present, .. } => {
+                let mut r = [None; 3];
+                for (slot, p) in r.iter_mut().zip(present) {
+                    *slot = Some(*p);
+                }
+                r
+            }
+        }
+    }
+}
+
 /// What happened to one applied record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// Taken into the state.
     Accepted,
-    /// Event time below the watermark: not used; route to the late topic.
+    /// Event time below its input's lateness bound (its partition's max event time before it
+    /// − grace, or the watermark when idle inputs moved it further): not used; route to the
+    /// late topic.
     Late {
-        /// The watermark, ms.
+        /// The bound it missed, ms.
         watermark: i64,
     },
     /// An exact repeat of a feature already seen: ignored.
