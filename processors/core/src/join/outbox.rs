@@ -33,6 +33,10 @@ pub struct Outbox<T> {
     /// Per input: (offset, arrival number) of every held outcome's record of that input.
     by_input: [BTreeSet<(i64, u64)>; 5],
     next: u64,
+    /// The limits under which everything held was last found not clear (set by
+    /// [`Outbox::drain`], kept by an [`Outbox::offer`] under the same limits): while they stay
+    /// the same, nothing held can be ready, and the drain is skipped.
+    drained_at: Option<[Option<i64>; 5]>,
 }
 
 impl<T> Default for Outbox<T> {
@@ -41,6 +45,7 @@ impl<T> Default for Outbox<T> {
             held: BTreeMap::new(),
             by_input: Default::default(),
             next: 0,
+            drained_at: None,
         }
     }
 }
@@ -74,6 +79,10 @@ impl<T> Outbox<T> {
             out.push(item);
             return;
         }
+        // Held under these limits: the drain may skip them only while they stay the same.
+        if self.drained_at != Some(InputKind::ALL.map(&limit)) {
+            self.drained_at = None;
+        }
         let id = self.next;
         self.next += 1;
         for r in records {
@@ -85,12 +94,16 @@ impl<T> Outbox<T> {
     /// Pushes on `out`, in the order they were offered, the held outcomes whose records are
     /// all clear of their inputs' `limit` now.
     pub fn drain(&mut self, limit: impl Fn(InputKind) -> Option<i64>, out: &mut Vec<T>) {
-        if self.held.is_empty() {
+        let limits = InputKind::ALL.map(&limit);
+        if self.held.is_empty() || self.drained_at == Some(limits) {
+            self.drained_at = Some(limits);
             return;
         }
+        self.drained_at = Some(limits);
+        let limit = |k: InputKind| limits[k as usize];
         let mut ready: Vec<u64> = Vec::new();
         for (i, idx) in self.by_input.iter().enumerate() {
-            let below = limit(InputKind::ALL[i]).unwrap_or(i64::MAX);
+            let below = limits[i].unwrap_or(i64::MAX);
             for &(_, id) in idx.range(..(below, 0)) {
                 let all_clear = self
                     .held
@@ -120,6 +133,7 @@ impl<T> Outbox<T> {
         for idx in &mut self.by_input {
             idx.clear();
         }
+        self.drained_at = None;
     }
 }
 
