@@ -167,9 +167,9 @@ impl KafkaArgs {
         c
     }
 
-    /// Producer configuration: idempotent, acks=all, the profile's batching, a bounded
-    /// delivery timeout so broker outages surface (and are retried by us) instead of hanging;
-    /// `SF_KAFKA_PROPERTIES` last.
+    /// Producer configuration: idempotent, acks=all, the profile's batching, a 30 s delivery
+    /// timeout (the processors' loop replaces it: unbounded in AtLeastOnce, 10 s, within the
+    /// transaction timeout, in ExactlyOnce); `SF_KAFKA_PROPERTIES` last.
     ///
     /// `partitioner=murmur2_random` is the Java client's (and Kafka Streams') key → partition
     /// mapping. librdkafka's default (CRC32) differs, so without it a client's SX from a Java or

@@ -1,7 +1,16 @@
 //! The producer side of the loop: [`Emitter`] enqueues a turn's outputs on librdkafka's
 //! threaded producer, counts delivery reports in bulk ([`Deliveries`]), and on flush awaits
-//! every acknowledgement, retrying failed deliveries with exponential backoff and jitter
-//! (bounded by [`RetryPolicy`]).
+//! every acknowledgement.
+//!
+//! A record is never sent again after later records were acknowledged: that reorders a
+//! partition (a feature behind the ones after it arrives at the join as late data). librdkafka
+//! retries a delivery in order inside `delivery.timeout.ms` (unbounded by default in
+//! AtLeastOnce, see `runner`); a delivery it gives up on fails the flush, and the loop stops
+//! without committing, so the restart re-processes from the last commit, in order. Only two
+//! cases are sent again: a refusal when enqueueing (nothing after it was sent; retried with
+//! exponential backoff and jitter, bounded by [`RetryPolicy`]), and a record too large for
+//! the broker, sent again cut to [`TRUNCATED_VALUE_BYTES`] (dead letters, whose order does not
+//! matter).
 
 use crate::error::PipelineError;
 use crate::metrics::Metrics;
@@ -348,14 +357,55 @@ impl Emitter {
         })
     }
 
-    /// Awaits every pending delivery, retrying failures with backoff.
+    /// Waits until every enqueued record has its delivery report. librdkafka retries inside
+    /// `delivery.timeout.ms`, which may be unbounded: while it does (a broker outage), the
+    /// wait beats the liveness clock (waiting on the broker is not a stuck loop; a restart
+    /// would not deliver sooner) and logs the count every 10 s.
+    async fn wait_for_reports(&self) {
+        let d = self.producer.context();
+        let started = std::time::Instant::now();
+        let mut logged = started;
+        loop {
+            let done = d.wait_until(|d| d.in_flight.load(Ordering::Acquire) == 0);
+            if tokio::time::timeout(Duration::from_secs(1), done)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            self.metrics.beat();
+            if logged.elapsed() >= Duration::from_secs(10) {
+                logged = std::time::Instant::now();
+                tracing::warn!(
+                    in_flight = d.in_flight.load(Ordering::Acquire),
+                    waited = ?started.elapsed(),
+                    "deliveries not acknowledged yet; librdkafka keeps retrying them in order"
+                );
+            }
+        }
+    }
+
+    /// After an aborted transaction: waits for the reports of the records the abort purged
+    /// and forgets them, so none is sent again in the next transaction.
+    pub async fn discard_aborted(&mut self) {
+        self.wait_for_reports().await;
+        let mut r = self.producer.context().lock();
+        r.failed.clear();
+        r.delivered.clear();
+    }
+
+    /// Awaits every pending delivery.
     ///
     /// # Errors
-    /// [`PipelineError::Produce`] when a record could not be delivered after retries.
+    /// [`PipelineError::Produce`] when librdkafka gave up on a delivery (its own in-order
+    /// retries ran out of `delivery.timeout.ms`, or the broker refused it for good): the
+    /// record is not sent again (later ones may be acknowledged already; see the module docs),
+    /// so the caller stops without committing. In a transaction, any failed delivery is
+    /// [`PipelineError::Transaction`]: the caller aborts it. Outside one, a record too large
+    /// for the broker is sent again truncated.
     pub async fn await_deliveries(&mut self) -> Result<(), PipelineError> {
         let d = self.producer.context();
-        d.wait_until(|d| d.in_flight.load(Ordering::Acquire) == 0)
-            .await;
+        self.wait_for_reports().await;
         let (delivered, failed) = {
             let mut r = d.lock();
             (
@@ -367,6 +417,23 @@ impl Emitter {
             self.metrics.record_out(&topic, n);
         }
         for (out, e) in failed {
+            let too_large = classify_produce_error(&e) == ProduceErrorClass::TooLarge
+                && out.value.len() > TRUNCATED_VALUE_BYTES;
+            // In a transaction a failed delivery leaves it abortable only: nothing more
+            // commits in it.
+            if !too_large || self.transactional {
+                tracing::error!(topic = %out.topic, error = %e, transactional = self.transactional,
+                    "delivery failed; not sending it again out of order: stopping without committing");
+                return Err(if self.transactional {
+                    PipelineError::Transaction(e)
+                } else {
+                    PipelineError::Produce {
+                        topic: out.topic.to_string(),
+                        attempts: 1,
+                        source: e,
+                    }
+                });
+            }
             self.send_with_retry(out, e).await?;
         }
         Ok(())

@@ -76,9 +76,9 @@ struct LoopState<'a, P: Processor> {
 impl<P: Processor> LoopState<'_, P> {
     /// Exactly-once commit: the consumed offsets join the open transaction, which commits
     /// atomically with every output produced in it; then the next transaction begins. On
-    /// failure the transaction is aborted and the loop stops (a restart rebuilds state from
-    /// the last committed offsets).
-    fn commit_transaction(&mut self, tpl: &TopicPartitionList) -> Result<(), PipelineError> {
+    /// failure the transaction is aborted (its purged records forgotten) and the error
+    /// returned.
+    async fn commit_transaction(&mut self, tpl: &TopicPartitionList) -> Result<(), PipelineError> {
         let producer = self.emitter.producer.clone();
         let txn_metadata = self.txn_metadata.clone();
         let res = tokio::task::block_in_place(|| -> Result<(), KafkaError> {
@@ -98,10 +98,21 @@ impl<P: Processor> LoopState<'_, P> {
             }
             Err(e) => {
                 tracing::debug!(offsets = ?tpl_offsets(tpl), error = %e, "transaction failed; aborting");
-                let _ = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT));
+                self.abort_transaction().await;
                 Err(PipelineError::Transaction(e))
             }
         }
+    }
+
+    /// Aborts the open transaction: none of its outputs becomes visible and its offsets are
+    /// not committed. The records the abort purged from the producer's queues come back as
+    /// failed deliveries; they are forgotten, never sent in the next transaction.
+    async fn abort_transaction(&mut self) {
+        let producer = self.emitter.producer.clone();
+        if let Err(e) = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT)) {
+            tracing::warn!(error = %e, "aborting the transaction failed");
+        }
+        self.emitter.discard_aborted().await;
     }
 
     /// After an aborted transaction: a new one, so the loop can carry on.
@@ -171,14 +182,17 @@ impl<P: Processor> LoopState<'_, P> {
     ) -> Result<(), PipelineError> {
         self.send_outputs().await?;
         if let Err(e) = self.emitter.await_deliveries().await {
-            if !(self.exactly_once && revoking) {
+            if !self.exactly_once {
+                // Not sent again out of order: the restart re-processes from the last commit.
                 return Err(e);
             }
-            tracing::warn!(error = %e, "delivery failed while partitions were revoked; aborting the transaction");
-            let producer = self.emitter.producer.clone();
-            let _ = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT));
-            self.take_offsets(assigned);
+            self.abort_transaction().await;
             self.metrics.transactions_aborted.inc();
+            if !revoking {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "delivery failed while partitions were revoked; transaction aborted");
+            self.take_offsets(assigned);
             return self.restart_transaction();
         }
         let tpl = self.take_offsets(assigned);
@@ -186,7 +200,7 @@ impl<P: Processor> LoopState<'_, P> {
             return Ok(());
         }
         if self.exactly_once {
-            return match self.commit_transaction(&tpl) {
+            return match self.commit_transaction(&tpl).await {
                 Err(PipelineError::Transaction(e))
                     if revoking && !is_fatal_transaction_error(&e) =>
                 {

@@ -141,6 +141,16 @@ pub async fn run<P: Processor>(
             producer_cfg.set("transaction.timeout.ms", "10000");
             producer_cfg.set("delivery.timeout.ms", "10000");
         }
+    } else if !kafka
+        .properties
+        .iter()
+        .any(|(k, _)| k == "delivery.timeout.ms" || k == "message.timeout.ms")
+    {
+        // AtLeastOnce: librdkafka retries a delivery in order for as long as it takes (0 is
+        // infinite). A delivery it gave up on could only be sent again behind records acked
+        // after it, out of order (see `emitter`); a broker outage is waited out instead, the
+        // wait logged every 10 s and beating the liveness clock.
+        producer_cfg.set("delivery.timeout.ms", "0");
     }
     let producer = crate::emitter::loop_producer(&producer_cfg).context("creating the producer")?;
     let cfg = LoopConfig {
