@@ -347,10 +347,12 @@ impl Default for ModelSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinSpec {
-    /// Allowed out-of-orderness of each input partition, ms (default 0): the join watermark is
-    /// the minimum over the five inputs of (max event time seen − grace); a prediction for
-    /// event time t waits until every input has passed t + grace.
-    #[serde(default)]
+    /// Allowed out-of-orderness of each input partition, ms (default 2000): a record whose
+    /// event time is below the largest earlier event time of its partition minus this goes to
+    /// the late topic; the join watermark is the minimum over the five inputs of (max event
+    /// time seen − grace), so a prediction for event time t waits until every input has passed
+    /// t + grace.
+    #[serde(default = "default_join_grace_ms")]
     #[schemars(range(min = 0, max = 86400000))]
     pub grace_ms: i64,
     /// Wall-clock ms without records on all five inputs of a partition after which everything
@@ -379,7 +381,7 @@ pub struct JoinSpec {
 impl Default for JoinSpec {
     fn default() -> Self {
         Self {
-            grace_ms: 0,
+            grace_ms: default_join_grace_ms(),
             idle_timeout_ms: default_join_idle_ms(),
             input_idle_timeout_ms: default_join_input_idle_ms(),
             max_staleness_ms: default_max_staleness_ms(),
@@ -841,6 +843,10 @@ fn default_window_ms() -> i64 {
 }
 fn default_grace_ms() -> i64 {
     30_000
+}
+/// The join grace default, as join-predict's (`sensorflow_core::join::DEFAULT_GRACE_MS`).
+fn default_join_grace_ms() -> i64 {
+    2_000
 }
 fn default_fa() -> BinRange {
     BinRange { lo: 0.0, hi: 5.0 }

@@ -23,7 +23,8 @@ use rustc_hash::FxHashMap;
 use sensorflow_api::{ModelKind, TopicNames as Topics, env};
 use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::join::{
-    Applied, InputKind, JoinConfig, JoinEvent, JoinInput, PartitionJoin, SzSource, Trigger,
+    Applied, InputKind, JoinConfig, JoinEvent, JoinInput, Outbox, PartitionJoin, RecordRef,
+    SzSource, Trigger,
 };
 use sensorflow_core::model::{
     self, FeatureBounds, FeatureVector, ModelConfig, Predictor, splitmix64,
@@ -92,10 +93,11 @@ pub struct JoinArgs {
     /// partition assignment, at least (2 × max staleness + join grace is always read).
     #[arg(long, env = env::REBUILD_LOOKBACK_MS, default_value_t = 600_000)]
     pub rebuild_lookback_ms: i64,
-    /// Allowed out-of-orderness of each input partition, ms: the join watermark is the minimum
-    /// over the five inputs of (max event time seen − grace). A prediction for t waits until
-    /// every input has passed t + grace.
-    #[arg(long, env = env::JOIN_GRACE_MS, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    /// Allowed out-of-orderness of each input partition, ms: a record whose event time is below
+    /// the largest earlier event time of its partition minus this is late (late topic). The
+    /// join watermark is the minimum over the five inputs of (max event time seen − grace): a
+    /// prediction for t waits until every input has passed t + grace.
+    #[arg(long, env = env::JOIN_GRACE_MS, default_value_t = sensorflow_core::join::DEFAULT_GRACE_MS, value_parser = clap::value_parser!(i64).range(0..))]
     pub join_grace_ms: i64,
     /// Wall-clock ms without records on all five inputs of a partition after which everything
     /// seen is released (the tail of a stream). With the next flag, the only wall-clock
@@ -158,6 +160,9 @@ pub struct JoinMetrics {
     /// `sensorflow_join_upstream_backlog_partitions`: SZ partitions on which the upstream
     /// window-processor has records left (holding the all-quiet release back).
     pub upstream_backlog: Gauge,
+    /// `sensorflow_join_held_outcomes`: outcomes made but held until every record below theirs
+    /// has its own (see [`Outbox`]).
+    pub held: Gauge,
 }
 
 impl JoinMetrics {
@@ -198,12 +203,21 @@ impl JoinMetrics {
             "SZ partitions on which the upstream window-processor has records left",
             self.upstream_backlog.clone(),
         );
+        r.register(
+            "join_held_outcomes",
+            "Join outcomes held until every record below theirs in the same input has its own",
+            self.held.clone(),
+        );
     }
 }
 
 /// The join-predict's [`Processor`].
 pub struct JoinProcessor {
     states: FxHashMap<i32, PartitionJoin>,
+    /// Per partition, the outcomes made but held until they are below the commit points.
+    outboxes: FxHashMap<i32, Outbox<Output>>,
+    /// Outputs of one join event, before they go through its partition's outbox (reused).
+    made: Vec<Output>,
     cfg: JoinConfig,
     inputs: FxHashMap<String, InputKind>,
     jm: JoinMetrics,
@@ -283,6 +297,8 @@ impl JoinProcessor {
             scratch,
             encoded: Vec::with_capacity(128),
             states: FxHashMap::default(),
+            outboxes: FxHashMap::default(),
+            made: Vec::new(),
             cfg,
             inputs,
             jm,
@@ -425,11 +441,56 @@ impl JoinProcessor {
         }
     }
 
-    /// Turns released join events of `partition` into outputs; `now` (wall clock, ms) is
-    /// their `predicted_at_ms`.
+    /// Turns released join events of `partition` into outputs, each through the partition's
+    /// outbox (out at once when its records are below their commit limits, else held); `now`
+    /// (wall clock, ms) is their `predicted_at_ms`.
     fn emit_events(&mut self, partition: i32, now: i64, out: &mut Vec<Output>) {
         let events = std::mem::take(&mut self.events);
+        let mut made = std::mem::take(&mut self.made);
         for ev in &events {
+            made.clear();
+            self.outputs_of(ev, partition, now, &mut made);
+            let rs = ev.records();
+            let n = rs.iter().take_while(|r| r.is_some()).count();
+            let filler = RecordRef {
+                input: InputKind::ALL[0],
+                offset: -1,
+            };
+            let records = rs.map(|r| r.unwrap_or(filler));
+            for o in made.drain(..) {
+                self.release(partition, &records[..n], o, out);
+            }
+        }
+        self.made = made;
+        self.events = events;
+        self.events.clear();
+        self.drain(partition, out);
+    }
+
+    /// Sends `o`, the outcome of `records` of `partition`, through the partition's outbox.
+    fn release(&mut self, partition: i32, records: &[RecordRef], o: Output, out: &mut Vec<Output>) {
+        let state = self.states.get(&partition);
+        let limit = |k: InputKind| state.and_then(|s| s.commit_limit(k));
+        self.outboxes
+            .entry(partition)
+            .or_default()
+            .offer(records, o, limit, out);
+    }
+
+    /// Outputs every held outcome of `partition` that is below the commit limits now.
+    fn drain(&mut self, partition: i32, out: &mut Vec<Output>) {
+        if let (Some(ob), state) = (
+            self.outboxes.get_mut(&partition),
+            self.states.get(&partition),
+        ) && !ob.is_empty()
+        {
+            ob.drain(|k| state.and_then(|s| s.commit_limit(k)), out);
+        }
+    }
+
+    /// The outputs of one join event.
+    fn outputs_of(&mut self, ev: &JoinEvent, partition: i32, now: i64, out: &mut Vec<Output>) {
+        {
             match ev {
                 JoinEvent::Prediction(j) => self.predict(partition, j, now, out),
                 JoinEvent::Skipped {
@@ -438,6 +499,7 @@ impl JoinProcessor {
                     event_time_ms,
                     record,
                     reason,
+                    ..
                 } => {
                     let err = format!(
                         "{trigger:?} trigger at {event_time_ms} ms: {} (max staleness {} ms)",
@@ -461,7 +523,7 @@ impl JoinProcessor {
                     present,
                 } => {
                     let Some(first) = present.first() else {
-                        continue;
+                        return;
                     };
                     let have: Vec<String> = present
                         .iter()
@@ -485,8 +547,6 @@ impl JoinProcessor {
                 }
             }
         }
-        self.events = events;
-        self.events.clear();
     }
 
     fn predict(
@@ -563,19 +623,36 @@ impl JoinProcessor {
         });
     }
 
-    fn reject(&self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
+    /// Dead-letters `msg` with reason `r`, through its partition's outbox when it is a record
+    /// of one of the five inputs.
+    fn reject(&mut self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
         self.metrics
             .dead_letter
             .get_or_create(&ReasonLabel {
                 reason: r.code().to_owned(),
             })
             .inc();
-        out.push(dead_letter(
+        let o = dead_letter(
             msg,
             r,
             &self.topics.dead_letter,
             sensorflow_api::processors::JOIN_PREDICT,
-        ));
+        );
+        self.route_for(msg, o, out);
+    }
+
+    /// Sends `o`, the outcome of input record `msg`, through its partition's outbox.
+    fn route_for(&mut self, msg: &ConsumedRecord<'_>, o: Output, out: &mut Vec<Output>) {
+        match self.inputs.get(msg.topic()) {
+            Some(&input) => {
+                let r = RecordRef {
+                    input,
+                    offset: msg.offset(),
+                };
+                self.release(msg.partition(), &[r], o, out);
+            }
+            None => out.push(o),
+        }
     }
 }
 
@@ -680,6 +757,9 @@ impl Processor for JoinProcessor {
             })
         };
         self.states = states;
+        for ((_, p), _) in committed {
+            self.outboxes.remove(p);
+        }
         let summary = result?;
         // Live consumption starts now: idle timeouts count from here, not from the rebuild's
         // start (a rebuild longer than the all-quiet timeout would release the lagging inputs).
@@ -698,6 +778,9 @@ impl Processor for JoinProcessor {
     fn on_revoked(&mut self, partitions: &[TopicPartition]) {
         for (_, p) in partitions {
             self.states.remove(p);
+            // Held outcomes were never produced, and the commit points stayed below their
+            // records: the partition's next owner makes them again.
+            self.outboxes.remove(p);
         }
     }
 
@@ -746,12 +829,13 @@ impl Processor for JoinProcessor {
                     event_time_ms: ji.event_time_ms(),
                     watermark_ms: watermark,
                 };
-                out.push(dead_letter(
+                let o = dead_letter(
                     msg,
                     &r,
                     &self.topics.late,
                     sensorflow_api::processors::JOIN_PREDICT,
-                ));
+                );
+                self.route_for(msg, o, out);
             }
         }
         self.emit_events(msg.partition(), now, out);
@@ -773,6 +857,9 @@ impl Processor for JoinProcessor {
         self.jm.pending.set(total.pending as i64);
         self.jm.values.set(total.values as i64);
         self.jm.bytes.set(total.bytes as i64);
+        self.jm
+            .held
+            .set(self.outboxes.values().map(Outbox::len).sum::<usize>() as i64);
     }
 
     fn commit_limit(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -946,6 +1033,8 @@ mod record_tests {
 
     const T0: i64 = 1_700_000_000_000;
 
+    use sensorflow_core::join::DEFAULT_GRACE_MS;
+
     fn processor() -> JoinProcessor {
         let argv = ["join-predict", "--bootstrap-servers", "127.0.0.1:1"];
         let args = JoinArgs::try_parse_from(argv).unwrap();
@@ -1014,7 +1103,8 @@ mod record_tests {
             Some(0),
             "pending triggers pin offsets"
         );
-        five(&mut p, T0 + 1_000, 1, &mut out);
+        // The watermark is the slowest input's max event time minus the default grace.
+        five(&mut p, T0 + DEFAULT_GRACE_MS + 1, 1, &mut out);
         let preds: Vec<Prediction> = out
             .iter()
             .filter(|o| &*o.topic == "predictions")
@@ -1047,7 +1137,7 @@ mod record_tests {
         let mut out = Vec::new();
         five_of(&mut p, "a-much-longer-client-id", T0, 0, &mut out);
         five_of(&mut p, "c2", T0 + 500, 1, &mut out);
-        five_of(&mut p, "c3", T0 + 1_000, 2, &mut out);
+        five_of(&mut p, "c3", T0 + DEFAULT_GRACE_MS + 501, 2, &mut out);
         let preds: Vec<(Option<&[u8]>, Prediction)> = out
             .iter()
             .filter(|o| &*o.topic == "predictions")
