@@ -333,11 +333,20 @@ pub(crate) async fn latency(
     // (label, topic tag, extra environment, common clock)
     type LatencyCase<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, bool);
     let runs: [LatencyCase<'_>; 4] = [
-        ("at-least-once, join grace 0", "alo", Vec::new(), false),
+        // Grace 0 (the default is 2 s): the floor of the release rule itself.
+        (
+            "at-least-once, join grace 0",
+            "alo",
+            vec![(env::JOIN_GRACE_MS, "0".to_owned())],
+            false,
+        ),
         (
             "exactly-once,  join grace 0",
             "eos",
-            vec![(env::EXACTLY_ONCE, "true".to_owned())],
+            vec![
+                (env::EXACTLY_ONCE, "true".to_owned()),
+                (env::JOIN_GRACE_MS, "0".to_owned()),
+            ],
             false,
         ),
         (
@@ -346,7 +355,12 @@ pub(crate) async fn latency(
             vec![(env::JOIN_GRACE_MS, "1000".to_owned())],
             false,
         ),
-        ("at-least-once, common clock", "common", Vec::new(), true),
+        (
+            "at-least-once, common clock",
+            "common",
+            vec![(env::JOIN_GRACE_MS, "0".to_owned())],
+            true,
+        ),
     ];
     let mut results = Vec::new();
     for (label, tag, extra, common_clock) in &runs {
