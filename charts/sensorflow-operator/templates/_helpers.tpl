@@ -51,4 +51,7 @@ included by deployment.yaml, so `helm lint`, `helm template` and `helm install` 
 {{- if and $le.enabled (not (lt (int $le.renewDeadlineSeconds) (int $le.leaseSeconds))) -}}
 {{- fail (printf "leaderElection.renewDeadlineSeconds (%v) must be less than leaderElection.leaseSeconds (%v)" $le.renewDeadlineSeconds $le.leaseSeconds) -}}
 {{- end -}}
+{{- if and .Values.monitoring.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
+{{- fail "monitoring.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor selects the operator's metrics Service" -}}
+{{- end -}}
 {{- end -}}
