@@ -16,11 +16,13 @@ The registered names are read from the Rust sources, not written down here: ever
 that site's registry and the exposition suffixes prometheus-client gives the field's type (a
 counter is exposed as NAME_total, a histogram as NAME_bucket, NAME_sum and NAME_count). A
 registration site missing from the table, or a site whose prefix evidence is gone, fails the
-check instead of being skipped. Exit status 1 with one line per problem on any failure.
+check instead of being skipped. A `container` matcher (kube-state-metrics series) must name
+SensorFlow's containers: the processors' binaries (api/src/processors.rs) or the operator's. Exit status 1 with one line per problem on any failure.
 """
 import json
 import pathlib
 import re
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -38,6 +40,7 @@ SITES = {
 EXTERNAL = {
     "kube_pod_container_status_restarts_total": "kube-state-metrics",
 }
+CONTAINERS = set()
 REGISTER = re.compile(
     r'\bregister\(\s*"([a-z_][a-z0-9_]*)"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*(?:[a-z_]+\.)?([a-z_][a-z0-9_]*)\.clone\(\)\s*,?\s*\)',
     re.S)
@@ -55,9 +58,13 @@ def field_type(src, field):
 def registered():
     """{exposition name: 'file: registered name (kind)'}, or exits listing the problems."""
     names, problems = {}, []
-    for path in sorted(ROOT.glob("**/src/**/*.rs")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(("target/", ".sensorflow/")) or "/target/" in rel:
+    # The repository's Rust files (tracked, or new and not ignored): never a target directory.
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others",
+                            "--exclude-standard", "*.rs"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    for rel in sorted(set(files)):
+        path = ROOT / rel
+        if "/tests/" in f"/{rel}" or "/benches/" in f"/{rel}" or not path.is_file():
             continue
         src = path.read_text()
         calls = len(CALL.findall(src))
@@ -115,7 +122,24 @@ def grafana_to_promql(expr):
     return re.sub(r'\$\{?[A-Za-z_][A-Za-z0-9_]*(?::[a-z]+)?\}?', '.*', e)
 
 
+def containers():
+    """Container names a query may select: the processors' (their binaries' names in
+    api/src/processors.rs, which the operator names its containers after) and the chart's
+    operator container (templates/deployment.yaml)."""
+    names = set(re.findall(r'pub const [A-Z_]+: &str = "([a-z-]+)";',
+                           (ROOT / "api/src/processors.rs").read_text()))
+    dep = (ROOT / "charts/sensorflow-operator/templates/deployment.yaml").read_text()
+    names.update(re.findall(r'^\s+- name: ([a-z-]+)\n\s+image:', dep, re.M))
+    if len(names) < 4:
+        sys.exit(f"container names not found in api/src/processors.rs and the chart: {names}")
+    return names
+
+
 def check_names(where, expr, known, problems):
+    for m in re.finditer(r'\bcontainer\s*(=~|=)\s*"([^"]*)"', expr):
+        for c in m.group(2).split("|") if m.group(1) == "=~" else [m.group(2)]:
+            if c not in CONTAINERS:
+                problems.append(f"{where}: container {c!r} is none of SensorFlow's {sorted(CONTAINERS)}")
     names = metric_names(expr)
     if not names:
         problems.append(f"{where}: no metric name found in {expr!r}")
@@ -219,6 +243,8 @@ def rules(rendered, rules_out, bare_out=None):
 
 
 def main(argv):
+    global CONTAINERS
+    CONTAINERS = containers()
     if argv[:1] == ["metrics"]:
         for name, where in sorted(registered().items()):
             print(f"{name}\t{where}")
