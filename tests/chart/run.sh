@@ -54,7 +54,8 @@ lint_all_on() {
     && h lint --strict "$chart" "${all_on[@]}" --set watch.clusterWide=true \
          --set monitoring.grafanaDashboard.namespace=monitoring \
          --set monitoring.prometheusRule.additionalAlertLabels.team=data \
-         --set monitoring.serviceMonitor.labels.release=kube-prometheus-stack
+         --set monitoring.serviceMonitor.labels.release=kube-prometheus-stack \
+         --set image.tag=20261207 --set monitoring.prometheusRule.alerts.deadLetterRate.ratio=0.05
 }
 # kinds FILE: the "kind name" of every object in a rendered file, sorted.
 kinds() { awk '/^kind: /{k=$2} /^  name: /{if (k) print k, $2; k=""}' "$1" | sort; }
@@ -182,7 +183,7 @@ unregistered_caught() {
 }
 
 step "helm lint --strict (default values)" lint_default
-step "helm lint --strict (ServiceMonitors, PrometheusRule, dashboard, HA; listed and cluster-wide namespaces)" lint_all_on
+step "helm lint --strict (ServiceMonitors, PrometheusRule, dashboard, HA; listed and cluster-wide namespaces; numbers as --set gives them)" lint_all_on
 step "each monitoring switch renders its objects, and only when on" switches_render
 sm=monitoring.serviceMonitor
 alerts=monitoring.prometheusRule.alerts
