@@ -10,6 +10,8 @@
                                           spec (the rule groups) to RULES_OUT for promtool, and
                                           to BARE_OUT without annotations (for promtool's alert
                                           unit tests, which would otherwise compare the texts)
+    check.py objects RENDERED OUT         the rendered monitoring.coreos.com objects as a JSON
+                                          array, for models/check-objects.mjs
 
 The registered names are read from the Rust sources, not written down here: every
 `register("name", "help", field.clone())` in the registration sites below, with the prefix of
@@ -242,6 +244,17 @@ def rules(rendered, rules_out, bare_out=None):
     print(f"{rendered}: {n} rules, every metric registered by the code or one of {sorted(EXTERNAL)}")
 
 
+def objects(rendered, out):
+    """Writes the rendered monitoring.coreos.com objects as a JSON array (for
+    models/check-objects.mjs)."""
+    import yaml  # PyYAML: reads the chart's rendered output
+    docs = [doc for doc in yaml.safe_load_all(pathlib.Path(rendered).read_text()) if doc]
+    mon = [doc for doc in docs if str(doc.get("apiVersion", "")).startswith("monitoring.coreos.com/")]
+    if not mon:
+        sys.exit(f"{rendered}: no monitoring.coreos.com objects")
+    pathlib.Path(out).write_text(json.dumps(mon, indent=2) + "\n")
+
+
 def main(argv):
     global CONTAINERS
     CONTAINERS = containers()
@@ -250,6 +263,8 @@ def main(argv):
             print(f"{name}\t{where}")
     elif argv[:1] == ["dashboard"] and len(argv) == 3:
         dashboard(argv[1], argv[2])
+    elif argv[:1] == ["objects"] and len(argv) == 3:
+        objects(argv[1], argv[2])
     elif argv[:1] == ["rules"] and len(argv) in (3, 4):
         rules(*argv[1:])
     else:

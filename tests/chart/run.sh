@@ -4,11 +4,15 @@
 #   tests/chart/run.sh       everything below; exit 1 on any failure
 #
 # Steps: install what is missing (Helm, promtool built from the Go module once per cache,
-# PyYAML) → helm lint --strict with the default values and with every optional part on →
+# PyYAML, the Prometheus Operator's types from npm) → helm lint --strict with the default
+# values and with every optional part on →
 # what each values switch renders → bad values, each refused by helm lint and helm template
 # with the message that names it (values.schema.json), or refused by helm template and logged
 # by helm lint (the cross-field checks in _helpers.tpl: lint mode only logs a template's fail)
-# → the metric names the code registers (read from the Rust sources by tests/chart/check.py) →
+# → the ServiceMonitors and the PrometheusRule against the Prometheus Operator's
+# monitoring.coreos.com/v1 types (tests/chart/models: tsc for unknown fields and types, the
+# models' validate() for the CRD's required fields and patterns), and a typo that must be
+# caught → the metric names the code registers (read from the Rust sources by tests/chart/check.py) →
 # the PrometheusRule: its metrics registered, `promtool check rules`, and the alerts' unit tests
 # (tests/chart/alerts.test.yaml, `promtool test rules`) which a loosened threshold fails → the
 # Grafana dashboard: valid JSON of the expected shape, its metrics registered, its queries
@@ -38,6 +42,22 @@ if ! "$python" -c 'import yaml' 2>/dev/null; then
   timeout 600 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/chart/requirements.txt
   python="$venv/bin/python"
 fi
+# The Prometheus Operator's v1 types (npm: @kubernetes-models/prometheus-operator and
+# TypeScript, pinned by tests/chart/models/package-lock.json), installed once per lockfile.
+models_dir() {
+  local key dir
+  key="$(cat tests/chart/models/package.json tests/chart/models/package-lock.json | sha256sum | cut -c1-12)"
+  dir="$SENSORFLOW_CACHE/chart-models-$key"
+  if [ ! -x "$dir/node_modules/.bin/tsc" ]; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    cp tests/chart/models/package.json tests/chart/models/package-lock.json "$dir.tmp/"
+    (cd "$dir.tmp" && timeout 600 npm ci --no-audit --no-fund --silent >&2) || return 1
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+models="$(models_dir)" || { log "the Prometheus Operator models could not be installed: their check fails"; models=""; }
 h() { timeout 60 "$helm_bin" "$@"; }
 promtool() { [ -n "$promtool_bin" ] && timeout 60 "$promtool_bin" "$@"; }
 check() { timeout 60 "$python" tests/chart/check.py "$@"; }
@@ -122,6 +142,40 @@ metrics_from_code() {
   log "$(wc -l < "$work/registered.tsv") exposition names registered by the code ($work/registered.tsv)"
   return $ok
 }
+monitoring_objects() {
+  # OUT_DIR: the ServiceMonitors (listed namespaces and cluster-wide) and the PrometheusRule,
+  # checked by tests/chart/models/check-objects.mjs in OUT_DIR.
+  local d="$1"
+  [ -n "$models" ] || return 1
+  mkdir -p "$d" && ln -sfn "$models/node_modules" "$d/node_modules" \
+    && cp tests/chart/models/check-objects.mjs "$d/"
+}
+objects_typed() {
+  local d="$work/objects"
+  monitoring_objects "$d" \
+    && { render "${all_on[@]}"; echo "---"; render "${all_on[@]}" --set watch.clusterWide=true; } > "$d/rendered.yaml" \
+    && check objects "$d/rendered.yaml" "$d/objects.json" \
+    && timeout 180 node "$d/check-objects.mjs" "$d/objects.json" "$d"
+}
+objects_typo_caught() {
+  # Negative control: a misspelt field (which the API server would silently prune) and a wrong
+  # type are each reported, one object file each (tsc reports one error per literal).
+  local d="$work/objects-bad" out ok=0
+  monitoring_objects "$d" && [ -f "$work/objects/objects.json" ] || return 1
+  sed '0,/"scrapeTimeout"/s//"scrapeTimout"/' "$work/objects/objects.json" > "$d/objects.json"
+  if out="$(timeout 180 node "$d/check-objects.mjs" "$d/objects.json" "$d" 2>&1)"; then
+    log "a ServiceMonitor with scrapeTimout passed"; ok=1
+  else
+    grep -q "'\"scrapeTimout\"' does not exist in type 'IEndpoint'" <<<"$out" || { log "scrapeTimout not reported: $out"; ok=1; }
+  fi
+  sed '0,/"honorLabels": true/s//"honorLabels": "yes"/' "$work/objects/objects.json" > "$d/objects.json"
+  if out="$(timeout 180 node "$d/check-objects.mjs" "$d/objects.json" "$d" 2>&1)"; then
+    log "a ServiceMonitor with honorLabels: \"yes\" passed"; ok=1
+  else
+    grep -q 'honorLabels must be boolean' <<<"$out" || { log "honorLabels type not reported: $out"; ok=1; }
+  fi
+  return $ok
+}
 rules_metrics() {
   render --set monitoring.prometheusRule.enabled=true \
       --set monitoring.prometheusRule.additionalAlertLabels.team=data > "$work/rule.yaml" \
@@ -201,6 +255,8 @@ step "refused: an alert severity outside its enum" refused "value must be one of
 step "refused: dead-letter ratio above 1" refused "at '/monitoring/prometheusRule/alerts/deadLetterRate/ratio'" --set $alerts.deadLetterRate.ratio=1.5
 step "refused at render: retryPeriodSeconds not below renewDeadlineSeconds" refused_cross_field "leaderElection.retryPeriodSeconds (10) must be less than leaderElection.renewDeadlineSeconds (10)" --set leaderElection.retryPeriodSeconds=10
 step "refused at render: ServiceMonitor without the metrics Service" refused_cross_field "monitoring.serviceMonitor.enabled needs metrics.service.enabled" --set $sm.enabled=true --set metrics.service.enabled=false
+step "ServiceMonitors and PrometheusRule match the Prometheus Operator's v1 types (tsc, validate)" objects_typed
+step "negative control: a misspelt or mistyped ServiceMonitor field is caught" objects_typo_caught
 step "metric names read from the code (registration sites, prefixes, _total)" metrics_from_code
 step "PrometheusRule: every metric is one the code registers" rules_metrics
 step "PrometheusRule: promtool check rules --lint=all" rules_promtool
