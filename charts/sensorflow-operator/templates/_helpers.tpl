@@ -38,3 +38,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+Cross-field checks values.schema.json cannot express (JSON Schema compares no two fields);
+included by deployment.yaml, so `helm lint`, `helm template` and `helm install` refuse them.
+*/ -}}
+{{- define "sensorflow-operator.validate" -}}
+{{- $le := .Values.leaderElection -}}
+{{- if and $le.enabled (not (lt (int $le.retryPeriodSeconds) (int $le.renewDeadlineSeconds))) -}}
+{{- fail (printf "leaderElection.retryPeriodSeconds (%v) must be less than leaderElection.renewDeadlineSeconds (%v)" $le.retryPeriodSeconds $le.renewDeadlineSeconds) -}}
+{{- end -}}
+{{- if and $le.enabled (not (lt (int $le.renewDeadlineSeconds) (int $le.leaseSeconds))) -}}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%v) must be less than leaderElection.leaseSeconds (%v)" $le.renewDeadlineSeconds $le.leaseSeconds) -}}
+{{- end -}}
+{{- if and .Values.monitoring.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
+{{- fail "monitoring.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor selects the operator's metrics Service" -}}
+{{- end -}}
+{{- end -}}
