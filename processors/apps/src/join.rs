@@ -450,15 +450,9 @@ impl JoinProcessor {
         for ev in &events {
             made.clear();
             self.outputs_of(ev, partition, now, &mut made);
-            let rs = ev.records();
-            let n = rs.iter().take_while(|r| r.is_some()).count();
-            let filler = RecordRef {
-                input: InputKind::ALL[0],
-                offset: -1,
-            };
-            let records = rs.map(|r| r.unwrap_or(filler));
+            let records = ev.records().into_iter().flatten();
             for o in made.drain(..) {
-                self.release(partition, &records[..n], o, out);
+                self.release(partition, records.clone(), o, out);
             }
         }
         self.made = made;
@@ -468,7 +462,13 @@ impl JoinProcessor {
     }
 
     /// Sends `o`, the outcome of `records` of `partition`, through the partition's outbox.
-    fn release(&mut self, partition: i32, records: &[RecordRef], o: Output, out: &mut Vec<Output>) {
+    fn release(
+        &mut self,
+        partition: i32,
+        records: impl IntoIterator<Item = RecordRef, IntoIter: Clone>,
+        o: Output,
+        out: &mut Vec<Output>,
+    ) {
         let state = self.states.get(&partition);
         let limit = |k: InputKind| state.and_then(|s| s.commit_limit(k));
         self.outboxes
@@ -490,61 +490,59 @@ impl JoinProcessor {
 
     /// The outputs of one join event.
     fn outputs_of(&mut self, ev: &JoinEvent, partition: i32, now: i64, out: &mut Vec<Output>) {
-        {
-            match ev {
-                JoinEvent::Prediction(j) => self.predict(partition, j, now, out),
-                JoinEvent::Skipped {
+        match ev {
+            JoinEvent::Prediction(j) => self.predict(partition, j, now, out),
+            JoinEvent::Skipped {
+                client,
+                trigger,
+                event_time_ms,
+                record,
+                reason,
+                ..
+            } => {
+                let err = format!(
+                    "{trigger:?} trigger at {event_time_ms} ms: {} (max staleness {} ms)",
+                    reason.code(),
+                    self.cfg.max_staleness_ms
+                );
+                out.push(self.outcome_record(
                     client,
-                    trigger,
-                    event_time_ms,
-                    record,
-                    reason,
-                    ..
-                } => {
-                    let err = format!(
-                        "{trigger:?} trigger at {event_time_ms} ms: {} (max staleness {} ms)",
-                        reason.code(),
-                        self.cfg.max_staleness_ms
-                    );
-                    out.push(self.outcome_record(
-                        client,
-                        reason.code(),
-                        &err,
-                        record.input,
-                        partition,
-                        record.offset,
-                        *event_time_ms,
-                    ));
-                }
-                JoinEvent::IncompleteTriple {
+                    reason.code(),
+                    &err,
+                    record.input,
+                    partition,
+                    record.offset,
+                    *event_time_ms,
+                ));
+            }
+            JoinEvent::IncompleteTriple {
+                client,
+                event_time_ms,
+                source,
+                present,
+            } => {
+                let Some(first) = present.first() else {
+                    return;
+                };
+                let have: Vec<String> = present
+                    .iter()
+                    .map(|r| format!("{}@{}", self.topic_of(r.input), r.offset))
+                    .collect();
+                let err = format!(
+                    "features of SZ {}/{} at {event_time_ms} ms incomplete when the watermark passed: only {}",
+                    source.partition,
+                    source.offset,
+                    have.join(", ")
+                );
+                out.push(self.outcome_record(
                     client,
-                    event_time_ms,
-                    source,
-                    present,
-                } => {
-                    let Some(first) = present.first() else {
-                        return;
-                    };
-                    let have: Vec<String> = present
-                        .iter()
-                        .map(|r| format!("{}@{}", self.topic_of(r.input), r.offset))
-                        .collect();
-                    let err = format!(
-                        "features of SZ {}/{} at {event_time_ms} ms incomplete when the watermark passed: only {}",
-                        source.partition,
-                        source.offset,
-                        have.join(", ")
-                    );
-                    out.push(self.outcome_record(
-                        client,
-                        "incomplete-triple",
-                        &err,
-                        first.input,
-                        partition,
-                        first.offset,
-                        *event_time_ms,
-                    ));
-                }
+                    "incomplete-triple",
+                    &err,
+                    first.input,
+                    partition,
+                    first.offset,
+                    *event_time_ms,
+                ));
             }
         }
     }
@@ -649,7 +647,7 @@ impl JoinProcessor {
                     input,
                     offset: msg.offset(),
                 };
-                self.release(msg.partition(), &[r], o, out);
+                self.release(msg.partition(), [r], o, out);
             }
             None => out.push(o),
         }

@@ -66,16 +66,18 @@ impl<T> Outbox<T> {
         self.held.is_empty()
     }
 
-    /// The outcome `item` of `records` (1 to 3 records; none: released at once): pushed on
-    /// `out` when every record is clear of its input's `limit`, else held for [`Outbox::drain`].
+    /// The outcome `item` of `records` (1 to 3 records, e.g. `JoinEvent::records()` flattened;
+    /// none: released at once): pushed on `out` when every record is clear of its input's
+    /// `limit`, else held for [`Outbox::drain`].
     pub fn offer(
         &mut self,
-        records: &[RecordRef],
+        records: impl IntoIterator<Item = RecordRef, IntoIter: Clone>,
         item: T,
         limit: impl Fn(InputKind) -> Option<i64>,
         out: &mut Vec<T>,
     ) {
-        if records.iter().all(|r| clear(r, &limit)) {
+        let records = records.into_iter();
+        if records.clone().all(|r| clear(&r, &limit)) {
             out.push(item);
             return;
         }
@@ -85,10 +87,10 @@ impl<T> Outbox<T> {
         }
         let id = self.next;
         self.next += 1;
-        for r in records {
+        for r in records.clone() {
             self.by_input[r.input as usize].insert((r.offset, id));
         }
-        self.held.insert(id, (records.to_vec(), item));
+        self.held.insert(id, (records.collect(), item));
     }
 
     /// Pushes on `out`, in the order they were offered, the held outcomes whose records are
@@ -152,13 +154,13 @@ mod tests {
         let mut out = Vec::new();
         let mut pinned = [Some(42i64), None, Some(7), None, None];
         ob.offer(
-            &[r(InputKind::Sx, 40)],
+            [r(InputKind::Sx, 40)],
             "sx40",
             |k| pinned[k as usize],
             &mut out,
         );
         ob.offer(
-            &[r(InputKind::Sx, 43)],
+            [r(InputKind::Sx, 43)],
             "sx43",
             |k| pinned[k as usize],
             &mut out,
@@ -168,7 +170,7 @@ mod tests {
             r(InputKind::Fi, 9),
             r(InputKind::Fd, 9),
         ];
-        ob.offer(&triple, "triple9", |k| pinned[k as usize], &mut out);
+        ob.offer(triple, "triple9", |k| pinned[k as usize], &mut out);
         assert_eq!(out, ["sx40"], "below the pin: out at once");
         assert_eq!(ob.len(), 2);
         pinned[0] = Some(44);
@@ -197,7 +199,7 @@ mod tests {
                 let recs: Vec<RecordRef> = recs.iter().map(|&(i, o)| r(InputKind::ALL[i], o)).collect();
                 let lim = |k: InputKind| limits[k as usize];
                 ob.drain(lim, &mut out);
-                ob.offer(&recs, n, lim, &mut out);
+                ob.offer(recs.iter().copied(), n, lim, &mut out);
                 offered.push(recs);
                 let ok = |rs: &Vec<RecordRef>| rs.iter().all(|x| lim(x.input).is_none_or(|l| x.offset < l));
                 for (i, rs) in offered.iter().enumerate() {

@@ -826,7 +826,7 @@ impl Harness {
             };
             let j = &self.j;
             self.ob
-                .offer(&[r], Outcome::Late(r), |k| j.commit_limit(k), &mut self.out);
+                .offer([r], Outcome::Late(r), |k| j.commit_limit(k), &mut self.out);
         }
         let j = &self.j;
         self.ob.drain(|k| j.commit_limit(k), &mut self.out);
@@ -835,9 +835,9 @@ impl Harness {
     fn route(&mut self, ev: Vec<JoinEvent>) {
         let j = &self.j;
         for e in ev {
-            let records: Vec<RecordRef> = e.records().into_iter().flatten().collect();
+            let records = e.records().into_iter().flatten();
             self.ob.offer(
-                &records,
+                records,
                 Outcome::Event(e),
                 |k| j.commit_limit(k),
                 &mut self.out,
