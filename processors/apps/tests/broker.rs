@@ -104,17 +104,7 @@ fn check_all_features(
 /// Waits until the window group has consumed SZ and the join group its five inputs.
 fn drain_pipeline(t: &sensorflow_kafka::config::TopicArgs, window_group: &str, join_group: &str) {
     wait_drained(window_group, &[&t.topic_sz], DRAIN);
-    wait_drained(
-        join_group,
-        &[
-            &t.topic_sx,
-            &t.topic_sy,
-            &t.topic_fa,
-            &t.topic_fi,
-            &t.topic_fd,
-        ],
-        DRAIN,
-    );
+    wait_drained(join_group, &join_inputs(t), DRAIN);
 }
 
 fn predictions(topic: &str) -> Vec<(OwnedMessage, Prediction)> {

@@ -94,17 +94,7 @@ impl Run {
 
     fn drain_join(&self) {
         let t = &self.t;
-        wait_drained(
-            &self.jg,
-            &[
-                &t.topic_sx,
-                &t.topic_sy,
-                &t.topic_fa,
-                &t.topic_fi,
-                &t.topic_fd,
-            ],
-            DRAIN,
-        );
+        wait_drained(&self.jg, &join_inputs(t), DRAIN);
     }
 
     /// Checks the run against its own inputs and returns its predictions without repeats.

@@ -136,17 +136,7 @@ async fn exactly_once_survives_kill_9_and_a_scale_step() {
     let status = replay.child.wait().unwrap();
     assert!(status.success(), "replay failed: {status}");
     wait_drained(&wg, &[&t.topic_sz], DRAIN);
-    wait_drained(
-        &jg,
-        &[
-            &t.topic_sx,
-            &t.topic_sy,
-            &t.topic_fa,
-            &t.topic_fi,
-            &t.topic_fd,
-        ],
-        DRAIN,
-    );
+    wait_drained(&jg, &join_inputs(&t), DRAIN);
     assert_running(&mut w);
     assert_running(&mut j);
     assert!(w.terminate().success());

@@ -49,15 +49,14 @@ fn minutes() -> i64 {
         .unwrap_or(60)
 }
 
-/// A small deterministic generator (splitmix64), so every run sends the same stream.
+/// A small deterministic generator (the SplitMix64 sequence of `sensorflow_core::model`), so
+/// every run sends the same stream.
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
+        let z = sensorflow_core::model::splitmix64(self.0);
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        z
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
@@ -380,21 +379,7 @@ async fn scenario(name: &str, f: Faults) {
     loop {
         w.keep_running(&t);
         j.keep_running(&t);
-        let lag = |g: &str, topics: &[&str]| {
-            sensorflow_kafka::admin::group_lag(&config(), g, topics).unwrap_or(-1)
-        };
-        if lag(&wg, &[&t.topic_sz]) == 0
-            && lag(
-                &jg,
-                &[
-                    &t.topic_sx,
-                    &t.topic_sy,
-                    &t.topic_fa,
-                    &t.topic_fi,
-                    &t.topic_fd,
-                ],
-            ) == 0
-        {
+        if group_lag(&wg, &[&t.topic_sz]) == 0 && group_lag(&jg, &join_inputs(&t)) == 0 {
             break;
         }
         assert!(

@@ -100,17 +100,7 @@ async fn pipeline_runs_over_sasl_ssl() {
     let _j = spawn("join-predict", &t, &jg, &refs(&plain), &[]);
     let drain = Duration::from_secs(120);
     wait_drained(&wg, &[&t.topic_sz], drain);
-    wait_drained(
-        &jg,
-        &[
-            &t.topic_sx,
-            &t.topic_sy,
-            &t.topic_fa,
-            &t.topic_fi,
-            &t.topic_fd,
-        ],
-        drain,
-    );
+    wait_drained(&jg, &join_inputs(&t), drain);
     let sz = read_all(&t.topic_sz).len();
     assert_eq!(sz, 300);
     for topic in [&t.topic_fa, &t.topic_fi, &t.topic_fd] {

@@ -196,13 +196,28 @@ pub fn replay(t: &TopicArgs, args: &[&str]) {
     assert!(status.success(), "replay failed: {status}");
 }
 
+/// The five inputs of join-predict: SX, SY, FA, FI, FD.
+pub fn join_inputs(t: &TopicArgs) -> [&str; 5] {
+    [
+        &t.topic_sx,
+        &t.topic_sy,
+        &t.topic_fa,
+        &t.topic_fi,
+        &t.topic_fd,
+    ]
+}
+
+/// `group`'s lag on `topics`, records; -1 when the broker could not answer (a busy broker can
+/// answer a watermark query with a retriable error, NotLeaderForPartition: ask again).
+pub fn group_lag(group: &str, topics: &[&str]) -> i64 {
+    sensorflow_kafka::admin::group_lag(&config(), group, topics).unwrap_or(-1)
+}
+
 /// Waits until `group` has no lag on `topics`.
 pub fn wait_drained(group: &str, topics: &[&str], timeout: Duration) {
     let started = Instant::now();
     loop {
-        // A busy broker can answer a watermark query with a retriable error
-        // (NotLeaderForPartition): ask again until the timeout.
-        let lag = sensorflow_kafka::admin::group_lag(&config(), group, topics).unwrap_or(-1);
+        let lag = group_lag(group, topics);
         if lag == 0 {
             return;
         }
