@@ -50,6 +50,17 @@ count_summary() {
 suite() { # suite NAME STATUS
   if [ "$2" = 0 ]; then suites+=("ok      $1"); else suites+=("FAILED  $1"); failed=$((failed + 1)); fi
 }
+# script_suite HEADING PREFIX SCRIPT NAME: runs a suite script (log in $work/PREFIX.log),
+# counts its last "PREFIX: N passed, M failed" line and records it as suite NAME.
+script_suite() {
+  local st
+  log "$1"
+  set +e
+  "$3" 2>&1 | tee "$work/$2.log"; st=${PIPESTATUS[0]}
+  set -e
+  count_summary "$2" "$work/$2.log"
+  suite "$4" "$st"
+}
 
 broker_dir="$work/broker"
 cleanup() { "$REPO_ROOT/scripts/broker.sh" stop "$broker_dir" >/dev/null 2>&1 || true; }
@@ -94,40 +105,18 @@ if [ "$run_core" = 1 ]; then
   suite "independent client (kafka-python)" "$st"
   cleanup
 
-  log "4/8 GCS sink against a real broker and fake-gcs-server"
-  set +e
-  tests/sink/run.sh 2>&1 | tee "$work/sink.log"; st=${PIPESTATUS[0]}
-  set -e
-  count_summary sink "$work/sink.log"
-  suite "GCS sink (fake-gcs-server, pyarrow/DuckDB)" "$st"
+  script_suite "4/8 GCS sink against a real broker and fake-gcs-server" \
+    sink tests/sink/run.sh "GCS sink (fake-gcs-server, pyarrow/DuckDB)"
 fi
 
 if [ "$run_operator" = 1 ]; then
-  log "5/8 operator scenarios against a real kube-apiserver"
-  set +e
-  tests/operator/run.sh 2>&1 | tee "$work/operator.log"; st=${PIPESTATUS[0]}
-  set -e
-  count_summary operator "$work/operator.log"
-  suite "operator (real kube-apiserver)" "$st"
-fi
-
-if [ "$run_operator" = 1 ]; then
-  log "8/8 the Helm chart: values schema, alert rules (promtool), dashboard"
-  set +e
-  tests/chart/run.sh 2>&1 | tee "$work/chart.log"; st=${PIPESTATUS[0]}
-  set -e
-  count_summary chart "$work/chart.log"
-  suite "chart (helm lint/template, promtool)" "$st"
-fi
-
-if [ "$run_operator" = 1 ]; then
+  script_suite "5/8 operator scenarios against a real kube-apiserver" \
+    operator tests/operator/run.sh "operator (real kube-apiserver)"
+  script_suite "8/8 the Helm chart: values schema, alert rules (promtool), dashboard" \
+    chart tests/chart/run.sh "chart (helm lint/template, promtool)"
   # Needs the Kubernetes binaries (the model patch is dry-run against a real kube-apiserver).
-  log "7/8 analysis: PySpark over a real pipeline's archive, model training, patch against a real kube-apiserver"
-  set +e
-  tests/analysis/run.sh 2>&1 | tee "$work/analysis.log"; st=${PIPESTATUS[0]}
-  set -e
-  count_summary analysis "$work/analysis.log"
-  suite "analysis (PySpark + GCS connector, kube-apiserver)" "$st"
+  script_suite "7/8 analysis: PySpark over a real pipeline's archive, model training, patch against a real kube-apiserver" \
+    analysis tests/analysis/run.sh "analysis (PySpark + GCS connector, kube-apiserver)"
 fi
 
 if [ "$run_e2e" = 1 ]; then

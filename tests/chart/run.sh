@@ -107,21 +107,22 @@ refused() { refused_by_template "$@" && refused_by_lint "$@"; }
 # refused_by_template MESSAGE ARGS...: helm template (as helm install) refuses ARGS saying
 # MESSAGE. The cross-field checks of _helpers.tpl are `fail`s, which Helm's lint mode turns into
 # a log line: for those, helm lint only has to print MESSAGE.
-refused_by_template() {
-  local expect="$1"; shift
-  local out
-  if out="$(h template sensorflow "$chart" "$@" 2>&1)"; then
-    log "helm template accepted $*"; return 1
+refused_by_template() { refused_by template "$@"; }
+refused_by_lint() { refused_by lint "$@"; }
+# refused_by template|lint MESSAGE ARGS...: that helm command refuses the values ARGS saying
+# MESSAGE.
+refused_by() {
+  local cmd="$1" expect="$2"; shift 2
+  local out; local -a call
+  case "$cmd" in
+    template) call=(template sensorflow "$chart") ;;
+    lint) call=(lint --strict "$chart") ;;
+    *) die "refused_by: unknown helm command $cmd" ;;
+  esac
+  if out="$(h "${call[@]}" "$@" 2>&1)"; then
+    log "helm $cmd accepted $*"; return 1
   fi
-  grep -qF -- "$expect" <<<"$out" || { log "helm template refused $* without '$expect': $out"; return 1; }
-}
-refused_by_lint() {
-  local expect="$1"; shift
-  local out
-  if out="$(h lint --strict "$chart" "$@" 2>&1)"; then
-    log "helm lint accepted $*"; return 1
-  fi
-  grep -qF -- "$expect" <<<"$out" || { log "helm lint refused $* without '$expect': $out"; return 1; }
+  grep -qF -- "$expect" <<<"$out" || { log "helm $cmd refused $* without '$expect': $out"; return 1; }
 }
 logged_by_lint() {
   local expect="$1"; shift
