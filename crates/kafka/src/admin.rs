@@ -19,6 +19,7 @@
 
 use crate::connection::*;
 use crate::error::*;
+use crate::limits::{OutputLimits, TopicLimits};
 use crate::plan::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -575,6 +576,34 @@ async fn apply_topic_configs(
         "AlterConfigs did not take effect (the broker refused the value or the key): {}",
         failed.join("; ")
     ))
+}
+
+/// What each of `topics` accepts ([`TopicLimits`]: timestamp bounds, largest batch), from
+/// their effective configuration (DescribeConfigs, within 10 s). A processor reads this at
+/// start-up for its output topics.
+///
+/// # Errors
+/// [`AdminError::Configs`] when DescribeConfigs fails or is refused (for example without
+/// `DescribeConfigs` permission on a topic).
+pub async fn topic_limits(
+    config: &ClientConfig,
+    topics: &[&str],
+) -> Result<OutputLimits, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(kafka("creating the admin client"))?;
+    let bootstrap = config.get("bootstrap.servers").unwrap_or("?").to_owned();
+    let names: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    let opts = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let described = describe_topic_configs(&admin, &bootstrap, names.iter(), &opts)
+        .await
+        .map_err(AdminError::Configs)?;
+    Ok(OutputLimits {
+        topics: described
+            .into_iter()
+            .map(|(t, c)| (t, TopicLimits::from_config(&c.effective)))
+            .collect(),
+    })
 }
 
 /// DescribeConfigs of `topics`: each topic's effective values and its topic-level overrides.

@@ -47,6 +47,9 @@ pub enum AdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+    /// DescribeConfigs failed or was refused (the message names the broker and the error).
+    #[error("{0}")]
+    Configs(String),
     /// The blocking task panicked or was cancelled.
     #[error("blocking kafka task: {0}")]
     Join(#[from] tokio::task::JoinError),

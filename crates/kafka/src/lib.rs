@@ -7,6 +7,7 @@
 //!   connection  the operator's Connection (typed settings + Secrets) ──► ClientConfig,
 //!               and a client context that remembers why the broker refused
 //!   plan        pure: topics to create / raise / refuse, configs to alter, co-partitioning
+//!   limits      pure: what a topic accepts (timestamp bounds, batch size), checked per record
 //!   admin       metadata, CreateTopics, AlterConfigs, DeleteTopics, lag, group progress
 //!   error       AdminError
 //! ```
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod limits;
 pub mod plan;
 
 pub use admin::*;
