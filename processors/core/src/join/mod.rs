@@ -130,6 +130,7 @@ impl PartitionJoin {
             clocks: [Clock {
                 max_t: None,
                 last_ms: now_ms,
+                paused: false,
             }; 5],
             watermark: i64::MIN,
             clients: FxHashMap::default(),
@@ -177,6 +178,71 @@ impl PartitionJoin {
     /// a partition to the end, did not fetch its SY for 10 s, and released by wall clock.
     pub fn set_unread(&mut self, input: InputKind, unread: bool) {
         self.unread[input.idx()] = unread;
+    }
+
+    /// Tells the join whether the runtime paused fetching `input`'s partition (watermark
+    /// alignment, see [`PartitionJoin::ahead`]). A paused input is never idle: its silence is
+    /// ours, and declaring it idle would let the watermark pass records it has not fetched.
+    /// Resumed at wall time `now_ms`, its idle clock starts again there (it was silent because
+    /// it was paused).
+    pub fn set_paused(&mut self, input: InputKind, paused: bool, now_ms: i64) {
+        let c = &mut self.clocks[input.idx()];
+        if c.paused && !paused {
+            c.last_ms = now_ms;
+        }
+        c.paused = paused;
+    }
+
+    /// Triggers and partial triples held until the watermark passes them.
+    pub fn held(&self) -> usize {
+        self.pending.len() + self.partials.len()
+    }
+
+    /// Per input: whether it runs ahead of the watermark (its own bound, max event time −
+    /// grace, is above it). Pausing such an input cannot hold the watermark back, and stops
+    /// the triggers it adds while a slower input holds the watermark: the join's watermark
+    /// alignment (as Flink's FLIP-182 pauses splits whose watermark drifts ahead).
+    pub fn ahead(&self) -> [bool; 5] {
+        let w = self.watermark;
+        self.clocks.map(|c| {
+            c.max_t
+                .is_some_and(|m| m.saturating_sub(self.cfg.grace_ms) > w)
+        })
+    }
+
+    /// Releases the `n` oldest held triggers before the watermark passed them, each as
+    /// [`SkipReason::Overflow`], and moves the watermark past them (so a record at or below
+    /// their event time that arrives later is late, as after any release); partial triples
+    /// the watermark then passed are released as incomplete. The runtime calls it when the
+    /// join holds more than its budget although the inputs that run ahead are paused.
+    pub fn force_release(&mut self, n: usize, now_ms: i64, out: &mut Vec<JoinEvent>) {
+        let mut last = None;
+        for _ in 0..n {
+            let Some(((t, _, _), p)) = self.pending.pop_below(i64::MAX) else {
+                break;
+            };
+            for r in p.records.iter().flatten() {
+                self.unpin(*r);
+            }
+            self.close(&p.client);
+            last = Some(t);
+            if !p.replay {
+                #[allow(clippy::expect_used)]
+                let record = p.records[0].expect("every trigger has its record");
+                out.push(JoinEvent::Skipped {
+                    client: p.client.clone(),
+                    trigger: p.trigger,
+                    event_time_ms: t,
+                    record,
+                    records: p.records,
+                    reason: SkipReason::Overflow,
+                });
+            }
+        }
+        if let Some(t) = last {
+            self.watermark = self.watermark.max(t.saturating_add(1));
+        }
+        self.advance(now_ms, out);
     }
 
     /// The current watermark, ms (`i64::MIN` before every input has a record).
@@ -240,7 +306,6 @@ impl PartitionJoin {
     ) -> Applied {
         let kind = input.kind();
         let t = input.event_time_ms();
-        self.clocks[kind.idx()].last_ms = now_ms;
         // A repeat first: a feature re-emitted after an upstream restart is below the
         // watermark by then, and it is a repeat, not late data.
         if let JoinInput::Feature { source, .. } = input
@@ -268,7 +333,11 @@ impl PartitionJoin {
             self.advance(now_ms, out);
             return Applied::Late { watermark: bound };
         }
+        // Only an accepted record is activity: an input that receives nothing but repeats or
+        // late records goes idle (and stops holding the watermark) like a silent one, instead
+        // of freezing the watermark while every trigger of the partition piles up.
         let clock = &mut self.clocks[kind.idx()];
+        clock.last_ms = now_ms;
         clock.max_t = Some(clock.max_t.map_or(t, |m| m.max(t)));
         let me = RecordRef {
             input: kind,
@@ -392,7 +461,7 @@ impl PartitionJoin {
 
     fn compute_watermark(&self, now_ms: i64) -> i64 {
         let idle_for = |c: &Clock, to: Option<i64>| {
-            to.is_some_and(|to| now_ms.saturating_sub(c.last_ms) >= to)
+            !c.paused && to.is_some_and(|to| now_ms.saturating_sub(c.last_ms) >= to)
         };
         let features_timeout = if self.upstream_backlog {
             self.cfg.input_idle_timeout_ms

@@ -206,6 +206,8 @@ pub(super) struct Partial {
 pub(super) struct Clock {
     pub(super) max_t: Option<i64>,
     pub(super) last_ms: i64,
+    /// The runtime paused fetching this input: never idle meanwhile.
+    pub(super) paused: bool,
 }
 
 /// The SZ source offsets of one feature kind and SZ partition the join has handled: the

@@ -456,6 +456,126 @@ fn one_lagging_input_holds_the_watermark_until_its_own_timeout() {
     assert!(j.watermark() > 0);
 }
 
+/// SX, SY and the three features of one client at `t`, offset `o`, applied at wall time `now`.
+fn all_five(j: &mut PartitionJoin, t: i64, o: i64, now: i64, out: &mut Vec<JoinEvent>) {
+    j.apply("c", sx(1, t), o, 0, false, now, out);
+    j.apply("c", sy(1, t), o, 0, false, now, out);
+    for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+        j.apply("c", feat(kind, 1, t, o), o, 0, false, now, out);
+    }
+}
+
+#[test]
+fn an_input_with_only_late_records_goes_idle_and_stops_holding_the_watermark() {
+    let mut j = idle_5s_input_60s();
+    let mut out = vec![];
+    // Everything flows for 10 s; then SY receives only records far behind (late), once a
+    // second, while the other four go on.
+    for k in 0..10 {
+        all_five(&mut j, k * 1000, k, k * 1000, &mut out);
+    }
+    let held_at = j.watermark();
+    for k in 10..200 {
+        let now = k * 1000;
+        j.apply("c", sx(1, k * 1000), k, 0, false, now, &mut out);
+        for kind in [InputKind::Fa, InputKind::Fi, InputKind::Fd] {
+            j.apply("c", feat(kind, 1, k * 1000, k), k, 0, false, now, &mut out);
+        }
+        let late = j.apply("c", sy(1, 0), 1000 + k, 0, false, now, &mut out);
+        assert!(matches!(late, Applied::Late { .. }), "{late:?}");
+        j.advance(now, &mut out);
+    }
+    // A late record is no activity: SY went idle after 60 s, and the watermark went on
+    // (before, each late record refreshed SY's idle clock and the watermark stayed put for
+    // ever, with every trigger of the partition held).
+    assert!(
+        j.watermark() > held_at + 100_000,
+        "{} vs {held_at}",
+        j.watermark()
+    );
+    assert!(j.held() < 70 * 2, "held {}", j.held());
+}
+
+#[test]
+fn a_paused_input_is_never_idle_and_inputs_ahead_are_named() {
+    let mut j = idle_5s_input_60s();
+    let mut out = vec![];
+    for k in 0..10 {
+        all_five(&mut j, k * 1000, k, k * 1000, &mut out);
+    }
+    // SX runs 100 s ahead; the others stay at 9 s.
+    j.apply("c", sx(1, 109_000), 10, 0, false, 10_000, &mut out);
+    j.advance(10_000, &mut out);
+    assert_eq!(j.ahead(), [true, false, false, false, false]);
+    // Paused, SX is not idle however long it stays silent: the others are, all-quiet after
+    // 5 s, and without the pause the watermark would jump past SX's unfetched records.
+    for k in InputKind::ALL {
+        j.set_paused(k, true, 10_000);
+    }
+    let w = j.watermark();
+    j.advance(1_000_000, &mut out);
+    assert_eq!(j.watermark(), w, "paused inputs hold the watermark");
+    // Resumed, each idle clock starts again: not idle at once.
+    for k in InputKind::ALL {
+        j.set_paused(k, false, 1_000_000);
+    }
+    j.advance(1_001_000, &mut out);
+    assert_eq!(j.watermark(), w, "just resumed: not idle yet");
+    j.advance(1_010_000, &mut out);
+    assert!(j.watermark() > 109_000, "resumed and silent: idle");
+}
+
+#[test]
+fn force_release_dead_letters_the_oldest_triggers_and_frees_their_offsets() {
+    let mut j = PartitionJoin::new(cfg(0, 600_000), NOW);
+    let mut out = vec![];
+    // SX and SY at 0..10 s; no features: every trigger is held.
+    for k in 0..10 {
+        j.apply("c", sx(1, k * 1000), k, 0, false, NOW, &mut out);
+        j.apply("c", sy(1, k * 1000), k, 0, false, NOW, &mut out);
+    }
+    assert_eq!((j.held(), out.len()), (20, 0));
+    assert_eq!(j.commit_limit(InputKind::Sx), Some(0));
+    j.force_release(4, NOW, &mut out);
+    let reasons: Vec<(SkipReason, i64)> = out
+        .iter()
+        .map(|e| match e {
+            JoinEvent::Skipped {
+                reason,
+                event_time_ms,
+                ..
+            } => (*reason, *event_time_ms),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (SkipReason::Overflow, 0),
+            (SkipReason::Overflow, 0),
+            (SkipReason::Overflow, 1000),
+            (SkipReason::Overflow, 1000)
+        ]
+    );
+    assert_eq!(j.held(), 16);
+    assert_eq!(
+        j.commit_limit(InputKind::Sx),
+        Some(2),
+        "released offsets may be committed"
+    );
+    // The watermark moved past them: a record at their time is late now.
+    let late = j.apply(
+        "c",
+        feat(InputKind::Fa, 1, 1000, 7),
+        0,
+        0,
+        false,
+        NOW,
+        &mut out,
+    );
+    assert!(matches!(late, Applied::Late { .. }), "{late:?}");
+}
+
 #[test]
 fn idle_clients_are_evicted() {
     let mut j = PartitionJoin::new(cfg(0, 10), NOW);

@@ -201,6 +201,9 @@ pub enum SkipReason {
     MissingFeatures,
     /// The latest triple is older than `t − S`.
     StaleFeatures,
+    /// Released before the watermark passed it: the join held more triggers than its budget
+    /// even with the inputs that run ahead paused ([`crate::join::PartitionJoin::force_release`]).
+    Overflow,
 }
 
 impl SkipReason {
@@ -213,17 +216,19 @@ impl SkipReason {
             Self::StaleSy => "stale-sy",
             Self::MissingFeatures => "missing-features",
             Self::StaleFeatures => "stale-features",
+            Self::Overflow => "join-overflow",
         }
     }
 
     /// Every reason, for metrics and summaries.
-    pub const ALL: [SkipReason; 6] = [
+    pub const ALL: [SkipReason; 7] = [
         Self::MissingSx,
         Self::StaleSx,
         Self::MissingSy,
         Self::StaleSy,
         Self::MissingFeatures,
         Self::StaleFeatures,
+        Self::Overflow,
     ];
 }
 
