@@ -115,6 +115,8 @@ pub const JOIN_GRACE_MS: &str = "SF_JOIN_GRACE_MS";
 pub const JOIN_IDLE_TIMEOUT_MS: &str = "SF_JOIN_IDLE_TIMEOUT_MS";
 /// `SF_JOIN_INPUT_IDLE_TIMEOUT_MS`: Idle timeout of one join input, ms.
 pub const JOIN_INPUT_IDLE_TIMEOUT_MS: &str = "SF_JOIN_INPUT_IDLE_TIMEOUT_MS";
+/// `SF_JOIN_MAX_HELD_RECORDS`: Triggers the join may hold before pausing inputs that run ahead.
+pub const JOIN_MAX_HELD_RECORDS: &str = "SF_JOIN_MAX_HELD_RECORDS";
 /// `SF_MAX_STALENESS_MS`: Oldest feature or reading a prediction may use, ms.
 pub const MAX_STALENESS_MS: &str = "SF_MAX_STALENESS_MS";
 /// `SF_UPSTREAM_GROUP_ID`: Consumer group of the window-processor that writes the join's
@@ -161,7 +163,7 @@ pub const SINK_SUMMARY_JSON: &str = "SF_SINK_SUMMARY_JSON";
 
 /// Every name above: the environment the processors' contract owns. A pod template overlay
 /// may not set any of them (the operator's validation refuses it).
-pub const ALL: [&str; 67] = [
+pub const ALL: [&str; 68] = [
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_SECURITY_PROTOCOL,
     KAFKA_SASL_MECHANISM,
@@ -209,6 +211,7 @@ pub const ALL: [&str; 67] = [
     JOIN_GRACE_MS,
     JOIN_IDLE_TIMEOUT_MS,
     JOIN_INPUT_IDLE_TIMEOUT_MS,
+    JOIN_MAX_HELD_RECORDS,
     MAX_STALENESS_MS,
     UPSTREAM_GROUP_ID,
     SINK_BUCKET,

@@ -115,6 +115,8 @@ pub struct LoopSettings {
     pub rebuild_timeout_ms: i64,
     /// Most records one state rebuild may re-read (0: unlimited).
     pub rebuild_max_records: i64,
+    /// Readings further ahead of the clock are dead-lettered `future`, ms.
+    pub max_future_skew_ms: i64,
 }
 
 impl LoopSettings {
@@ -123,6 +125,7 @@ impl LoopSettings {
         put(e, env::COMMIT_INTERVAL_MS, self.commit_interval_ms);
         put(e, env::REBUILD_TIMEOUT_MS, self.rebuild_timeout_ms);
         put(e, env::REBUILD_MAX_RECORDS, self.rebuild_max_records);
+        put(e, env::MAX_FUTURE_SKEW_MS, self.max_future_skew_ms);
     }
 }
 
@@ -149,7 +152,8 @@ pub struct WindowSettings {
 
 impl WindowSettings {
     /// The environment: `SF_GROUP_ID`, the [`LoopSettings`] (`SF_EXACTLY_ONCE`,
-    /// `SF_COMMIT_INTERVAL_MS`, `SF_REBUILD_TIMEOUT_MS`, `SF_REBUILD_MAX_RECORDS`),
+    /// `SF_COMMIT_INTERVAL_MS`, `SF_REBUILD_TIMEOUT_MS`, `SF_REBUILD_MAX_RECORDS`,
+    /// `SF_MAX_FUTURE_SKEW_MS`),
     /// `SF_WINDOW_SIZE_MS`, `SF_GRACE_MS`, `SF_WATERMARK_SCOPE`, `SF_FA_RANGE`, `SF_FI_RANGE`,
     /// `SF_FD_RANGE`.
     pub fn env(&self) -> Env {
@@ -189,6 +193,8 @@ pub struct JoinSettings {
     pub idle_timeout_ms: i64,
     /// One input stops holding the watermark back after this long without records, ms.
     pub input_idle_timeout_ms: i64,
+    /// Triggers and outcomes the join holds before pausing inputs that run ahead.
+    pub max_held_records: i64,
     /// Oldest value a prediction may use, ms.
     pub max_staleness_ms: i64,
     /// How far back join state is re-read on assignment, ms.
@@ -200,7 +206,8 @@ pub struct JoinSettings {
 impl JoinSettings {
     /// The environment: `SF_GROUP_ID`, `SF_UPSTREAM_GROUP_ID`, the [`LoopSettings`], `SF_MODEL`, `SF_THRESHOLD`, the
     /// join timings (`SF_JOIN_GRACE_MS`, `SF_JOIN_IDLE_TIMEOUT_MS`,
-    /// `SF_JOIN_INPUT_IDLE_TIMEOUT_MS`, `SF_MAX_STALENESS_MS`, `SF_REBUILD_LOOKBACK_MS`) and,
+    /// `SF_JOIN_INPUT_IDLE_TIMEOUT_MS`, `SF_JOIN_MAX_HELD_RECORDS`, `SF_MAX_STALENESS_MS`,
+    /// `SF_REBUILD_LOOKBACK_MS`) and,
     /// when set, `SF_MODEL_WEIGHTS` (comma-separated), `SF_MODEL_BIAS`, `SF_MODEL_SEED`.
     pub fn env(&self) -> Env {
         let mut e = Env::new();
@@ -214,6 +221,7 @@ impl JoinSettings {
             env::JOIN_INPUT_IDLE_TIMEOUT_MS,
             self.input_idle_timeout_ms,
         );
+        put(&mut e, env::JOIN_MAX_HELD_RECORDS, self.max_held_records);
         put(&mut e, env::MAX_STALENESS_MS, self.max_staleness_ms);
         put(&mut e, env::REBUILD_LOOKBACK_MS, self.rebuild_lookback_ms);
         put(&mut e, env::MODEL, self.model);
@@ -287,6 +295,7 @@ mod tests {
                 commit_interval_ms: 200,
                 rebuild_timeout_ms: 30_000,
                 rebuild_max_records: 0,
+                max_future_skew_ms: 300_000,
             },
             size_ms: 600_000,
             grace_ms: 30_000,
@@ -307,6 +316,7 @@ mod tests {
         assert_eq!(e[env::FD_RANGE], "-0.01,0.01");
         assert_eq!(e[env::EXACTLY_ONCE], "false");
         assert_eq!(e[env::COMMIT_INTERVAL_MS], "200");
-        assert_eq!(e.len(), 11);
+        assert_eq!(e[env::MAX_FUTURE_SKEW_MS], "300000");
+        assert_eq!(e.len(), 12);
     }
 }

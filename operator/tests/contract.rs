@@ -167,6 +167,8 @@ fn full_spec() -> SensorPipelineSpec {
     s.join.grace_ms = 1_500;
     s.join.idle_timeout_ms = 20_000;
     s.join.input_idle_timeout_ms = 120_000;
+    s.join.max_held_records = 40_000;
+    s.processors.max_future_skew_ms = 90_000;
     s.join.max_staleness_ms = 900_000;
     s.join.rebuild_lookback_ms = 1_200_000;
     s.processors.window.pod_template.env = vec![k8s_openapi::api::core::v1::EnvVar {
@@ -267,6 +269,7 @@ fn window_processor_parses_what_the_operator_sets() {
     assert_eq!(a.common.commit_interval_ms, 750);
     assert_eq!(a.common.rebuild_timeout_ms, 45_000);
     assert_eq!(a.common.rebuild_max_records, 2_000_000);
+    assert_eq!(a.common.max_future_skew_ms, 90_000);
     assert_eq!(
         a.client.framing.framing(),
         sensorflow_core::wire::Framing::Confluent { schema_id: 42 }
@@ -342,6 +345,8 @@ fn join_predict_parses_what_the_operator_sets() {
         (a.common.rebuild_timeout_ms, a.common.rebuild_max_records),
         (45_000, 2_000_000)
     );
+    assert_eq!(a.common.max_future_skew_ms, 90_000);
+    assert_eq!(a.max_held_records, 40_000);
     assert_eq!(
         (
             a.join_grace_ms,

@@ -366,6 +366,14 @@ pub struct JoinSpec {
     #[serde(default = "default_join_input_idle_ms")]
     #[schemars(range(min = 1, max = 86400000))]
     pub input_idle_timeout_ms: i64,
+    /// Triggers, partial triples and outcomes join-predict holds (waiting for the watermark,
+    /// or for earlier records' outcomes) before it pauses fetching the inputs that run ahead
+    /// of the watermark (watermark alignment), default 500000 (≈ 75 MB at ≈ 150 bytes each);
+    /// above twice this it releases the oldest triggers at once, dead-lettered
+    /// `join-overflow`. Resumes below half of it.
+    #[serde(default = "default_join_max_held")]
+    #[schemars(range(min = 1000, max = 100000000))]
+    pub max_held_records: i64,
     /// Oldest value a prediction for event time t may use: a reading or feature older than
     /// t − this is stale and the trigger is dead-lettered, ms (default 600000 = 10 min).
     #[serde(default = "default_max_staleness_ms")]
@@ -384,6 +392,7 @@ impl Default for JoinSpec {
             grace_ms: default_join_grace_ms(),
             idle_timeout_ms: default_join_idle_ms(),
             input_idle_timeout_ms: default_join_input_idle_ms(),
+            max_held_records: default_join_max_held(),
             max_staleness_ms: default_max_staleness_ms(),
             rebuild_lookback_ms: default_max_staleness_ms(),
         }
@@ -572,6 +581,15 @@ pub struct ProcessorsSpec {
     #[serde(default = "default_commit_interval_ms")]
     #[schemars(range(min = 10, max = 600000))]
     pub commit_interval_ms: i64,
+    /// Readings (and features) with an event time more than this far ahead of the processor's
+    /// clock go to the dead-letter topic with reason `future`, ms (default 300000 = 5 min;
+    /// `SF_MAX_FUTURE_SKEW_MS`). It is also the most one client with a skewed clock can move
+    /// its partition's watermark ahead of the others. The processors never allow more than
+    /// their output topics' `message.timestamp.after.max.ms` less a tenth of it (at most
+    /// 1 min): Kafka 4 refuses records more than 1 h ahead by default.
+    #[serde(default = "default_max_future_skew_ms")]
+    #[schemars(range(min = 0, max = 604800000))]
+    pub max_future_skew_ms: i64,
     /// Value framing of every processor: `plain` protobuf (default) or `confluent` (Schema
     /// Registry wire format; `SF_WIRE_FORMAT`).
     #[serde(default)]
@@ -615,6 +633,7 @@ impl Default for ProcessorsSpec {
             scaling_mode: ScalingMode::Planner,
             delivery_guarantee: DeliveryGuarantee::AtLeastOnce,
             commit_interval_ms: default_commit_interval_ms(),
+            max_future_skew_ms: default_max_future_skew_ms(),
             wire_format: WireFormat::Plain,
             schema_id: default_schema_id(),
             rebuild: RebuildSpec::default(),
@@ -889,6 +908,10 @@ fn default_lag_target() -> i64 {
 fn default_one() -> i32 {
     1
 }
+/// As join-predict's `--max-held-records` default.
+fn default_join_max_held() -> i64 {
+    500_000
+}
 fn default_join_idle_ms() -> i64 {
     10_000
 }
@@ -900,6 +923,10 @@ fn default_max_staleness_ms() -> i64 {
 }
 fn default_rebuild_timeout_ms() -> i64 {
     30_000
+}
+/// As the processors' own default (`sensorflow_core::input::DEFAULT_MAX_FUTURE_SKEW_MS`).
+fn default_max_future_skew_ms() -> i64 {
+    300_000
 }
 fn default_commit_interval_ms() -> i64 {
     200

@@ -34,6 +34,7 @@ use sensorflow_core::wire::Framing;
 use sensorflow_runtime::args::ClientArgs;
 use sensorflow_runtime::consumer::TopicPartition;
 use sensorflow_runtime::dlq::{self, dead_letter};
+use sensorflow_runtime::emitter::OutputGuard;
 use sensorflow_runtime::error::PipelineError;
 use sensorflow_runtime::metrics::{Metrics, ReasonLabel};
 use sensorflow_runtime::output::Output;
@@ -109,6 +110,14 @@ pub struct JoinArgs {
     /// restarts: records of an input declared idle can become late.
     #[arg(long, env = env::JOIN_INPUT_IDLE_TIMEOUT_MS, default_value_t = 300_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub join_input_idle_timeout_ms: i64,
+    /// Triggers, partial triples and outcomes the join may hold (waiting for the watermark,
+    /// or for earlier records' outcomes) before it pauses fetching the input partitions that
+    /// run ahead of their watermark (watermark alignment, as Flink's FLIP-182 or Kafka
+    /// Streams' `buffered.records.per.partition`); it resumes them below half of this. Above
+    /// twice this the oldest triggers are released at once, dead-lettered `join-overflow`.
+    /// ≈ 150 bytes each.
+    #[arg(long, env = env::JOIN_MAX_HELD_RECORDS, default_value_t = 500_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_held_records: i64,
     /// A value older than t − this is not used for a trigger at t (the trigger is counted as
     /// stale or missing and dead-lettered with that reason).
     #[arg(long, env = env::MAX_STALENESS_MS, default_value_t = 600_000, value_parser = clap::value_parser!(i64).range(1..))]
@@ -211,9 +220,21 @@ impl JoinMetrics {
     }
 }
 
+/// Records processed between two checks of the held-records budget ([`JoinProcessor::align`]).
+const ALIGN_EVERY: u32 = 256;
+
 /// The join-predict's [`Processor`].
 pub struct JoinProcessor {
     states: FxHashMap<i32, PartitionJoin>,
+    /// Held triggers, partial triples and outcomes before the inputs that run ahead are
+    /// paused (`--max-held-records`).
+    max_held: usize,
+    /// Input partitions paused for the watermark alignment (see
+    /// [`Processor::pause_changes`]), sorted, and whether that changed since the loop asked.
+    paused: Vec<TopicPartition>,
+    paused_changed: bool,
+    /// Records processed since the last [`JoinProcessor::align`].
+    since_align: u32,
     /// Per partition, the outcomes made but held until they are below the commit points.
     outboxes: FxHashMap<i32, Outbox<Output>>,
     /// Outputs of one join event, before they go through its partition's outbox (reused).
@@ -235,6 +256,10 @@ pub struct JoinProcessor {
     lookback_ms: i64,
     metrics: Metrics,
     reading_bounds: ReadingBounds,
+    /// The bounds as configured (`reading_bounds` is them within the output topics' limits).
+    configured_bounds: ReadingBounds,
+    /// What the outputs are checked against before sending (see [`OutputGuard`]).
+    guard: Option<OutputGuard>,
     /// SZ partitions on which the upstream window-processor has a backlog, sorted; written by
     /// the [`watch_upstream`] thread.
     upstream: Option<Arc<Mutex<Vec<i32>>>>,
@@ -298,6 +323,10 @@ impl JoinProcessor {
             encoded: Vec::with_capacity(128),
             states: FxHashMap::default(),
             outboxes: FxHashMap::default(),
+            max_held: usize::try_from(args.max_held_records).unwrap_or(usize::MAX),
+            paused: Vec::new(),
+            paused_changed: false,
+            since_align: 0,
             made: Vec::new(),
             cfg,
             inputs,
@@ -322,8 +351,24 @@ impl JoinProcessor {
             ),
             metrics,
             reading_bounds: args.common.reading_bounds(),
+            configured_bounds: args.common.reading_bounds(),
+            guard: None,
             upstream: None,
         })
+    }
+
+    /// Checks outputs against `guard`, and accepts no event time further ahead than the
+    /// predictions and late topics take ([`sensorflow_runtime::runner::bounds_within`]).
+    pub fn with_guard(mut self, guard: OutputGuard) -> Self {
+        self.set_guard(guard);
+        self
+    }
+
+    fn set_guard(&mut self, guard: OutputGuard) {
+        let outputs = [self.topics.predictions.as_str(), self.topics.late.as_str()];
+        self.reading_bounds =
+            sensorflow_runtime::runner::bounds_within(self.configured_bounds, &guard, &outputs);
+        self.guard = Some(guard);
     }
 
     /// Uses `backlog` (sorted SZ partition numbers whose upstream has records left, kept up
@@ -438,6 +483,73 @@ impl JoinProcessor {
             value: Vec::new(),
             timestamp_ms: Some(event_time_ms),
             headers: Some(h),
+        }
+    }
+
+    /// Triggers, partial triples and outcomes held, over every partition.
+    fn held(&self) -> usize {
+        self.states.values().map(PartitionJoin::held).sum::<usize>()
+            + self.outboxes.values().map(Outbox::len).sum::<usize>()
+    }
+
+    /// Watermark alignment with a memory budget: above `max_held` held records, the input
+    /// partitions that run ahead of their partition's watermark are paused (they add triggers
+    /// while a slower input holds the watermark; pausing them never holds it back), until
+    /// fewer than half are held. Above twice the budget (the paused inputs' records already
+    /// fetched, or triggers of the slow input itself), each partition releases its oldest
+    /// triggers at once, dead-lettered `join-overflow`, in proportion to what it holds.
+    fn align(&mut self, now: i64, out: &mut Vec<Output>) {
+        self.since_align = 0;
+        let held = self.held();
+        let pausing = if held > self.max_held {
+            true
+        } else if held <= self.max_held / 2 {
+            false
+        } else {
+            !self.paused.is_empty()
+        };
+        let topics: [String; 5] = InputKind::ALL.map(|k| self.topic_of(k).to_owned());
+        let mut paused = Vec::new();
+        for (p, s) in &mut self.states {
+            let ahead = if pausing { s.ahead() } else { [false; 5] };
+            for ((k, a), topic) in InputKind::ALL.into_iter().zip(ahead).zip(&topics) {
+                s.set_paused(k, a, now);
+                if a {
+                    paused.push((topic.clone(), *p));
+                }
+            }
+        }
+        paused.sort_unstable();
+        if paused != self.paused {
+            tracing::info!(
+                held,
+                budget = self.max_held,
+                paused = paused.len(),
+                "join watermark alignment: pausing the input partitions that run ahead"
+            );
+            self.paused = paused;
+            self.paused_changed = true;
+        }
+        if held > self.max_held.saturating_mul(2) {
+            let excess = held - self.max_held;
+            let mut parts: Vec<(i32, usize)> =
+                self.states.iter().map(|(p, s)| (*p, s.held())).collect();
+            parts.sort_unstable();
+            tracing::warn!(
+                held,
+                budget = self.max_held,
+                excess,
+                "join holds more than twice its budget: releasing the oldest triggers as join-overflow"
+            );
+            for (p, n) in parts {
+                let release = (n * excess).div_ceil(held);
+                let mut events = std::mem::take(&mut self.events);
+                if let Some(s) = self.states.get_mut(&p) {
+                    s.force_release(release, now, &mut events);
+                }
+                self.events = events;
+                self.emit_events(p, now, out);
+            }
         }
     }
 
@@ -675,6 +787,20 @@ fn identity(topic: &str, partition: i32, offset: i64) -> u64 {
 }
 
 impl Processor for JoinProcessor {
+    fn output_guard(&self) -> Option<OutputGuard> {
+        self.guard.clone()
+    }
+
+    fn resume_with(&mut self, guard: Option<OutputGuard>) {
+        // Held outcomes were never produced and the commit points stayed below their records:
+        // the rebuilt partitions make them again.
+        self.states.clear();
+        self.outboxes.clear();
+        if let Some(g) = guard {
+            self.set_guard(g);
+        }
+    }
+
     fn topics(&self) -> Vec<String> {
         self.topics
             .join_inputs()
@@ -837,6 +963,12 @@ impl Processor for JoinProcessor {
             }
         }
         self.emit_events(msg.partition(), now, out);
+        // The budget is checked every few hundred records, not only on the flush tick: a
+        // tick's worth of records (200 ms at full speed) is many times any sane budget.
+        self.since_align += 1;
+        if self.since_align >= ALIGN_EVERY {
+            self.align(now, out);
+        }
         Ok(())
     }
 
@@ -871,8 +1003,17 @@ impl Processor for JoinProcessor {
         }
     }
 
+    fn pause_changes(&mut self) -> Option<Vec<TopicPartition>> {
+        if !self.paused_changed {
+            return None;
+        }
+        self.paused_changed = false;
+        Some(self.paused.clone())
+    }
+
     fn on_tick(&mut self, out: &mut Vec<Output>) -> Result<(), PipelineError> {
         let now = sensorflow_runtime::now_ms();
+        self.align(now, out);
         let mut parts: Vec<i32> = self.states.keys().copied().collect();
         parts.sort_unstable();
         let backlog = self
@@ -907,8 +1048,16 @@ pub async fn main(args: JoinArgs) -> anyhow::Result<()> {
     let jm = JoinMetrics::default();
     let metrics = Metrics::new_with(|r| jm.register(r));
     let processor = JoinProcessor::new(&args, metrics.clone(), jm)?;
-    tracing::info!(group = %args.group_id, model = processor.model.name(), version = processor.model.version(), threshold = args.threshold, "join-predict starting");
     let topics = args.client.topics.topics();
+    let guard = sensorflow_runtime::runner::output_guard(
+        &args.client.kafka,
+        &[&topics.predictions, &topics.late, &topics.dead_letter],
+        &topics.dead_letter,
+        sensorflow_api::processors::JOIN_PREDICT,
+    )
+    .await;
+    let processor = processor.with_guard(guard);
+    tracing::info!(group = %args.group_id, model = processor.model.name(), version = processor.model.version(), threshold = args.threshold, "join-predict starting");
     let inputs = topics.join_inputs();
     let counts =
         sensorflow_kafka::admin::partition_counts(&args.client.kafka.client_config(), &inputs)

@@ -11,9 +11,11 @@ use sensorflow_core::input::{self, ReadingBounds, Reject};
 use sensorflow_core::proto::{Feature, FeatureKind, Sensor};
 use sensorflow_core::window::{self, Outcome, Reading, WindowConfig, WindowEngine};
 use sensorflow_core::wire::Framing;
+use sensorflow_kafka::limits::TopicLimits;
 use sensorflow_runtime::args::ClientArgs;
 use sensorflow_runtime::consumer::TopicPartition;
 use sensorflow_runtime::dlq::dead_letter;
+use sensorflow_runtime::emitter::OutputGuard;
 use sensorflow_runtime::error::PipelineError;
 use sensorflow_runtime::metrics::{Metrics, ReasonLabel};
 use sensorflow_runtime::output::Output;
@@ -93,6 +95,12 @@ pub struct WindowProcessor {
     /// The feature being encoded, reused so its client id is not allocated per record.
     feature: Feature,
     bounds: ReadingBounds,
+    /// The bounds as configured (`bounds` is them within the output topics' limits).
+    configured_bounds: ReadingBounds,
+    /// What the outputs are checked against before sending (see [`OutputGuard`]).
+    guard: Option<OutputGuard>,
+    /// The feature topics' limits (from `guard`), checked per reading.
+    feature_limits: Vec<(String, TopicLimits)>,
 }
 
 impl WindowProcessor {
@@ -126,7 +134,56 @@ impl WindowProcessor {
             pb: Vec::with_capacity(64),
             feature: Feature::default(),
             bounds: args.common.reading_bounds(),
+            configured_bounds: args.common.reading_bounds(),
+            guard: None,
+            feature_limits: Vec::new(),
         }
+    }
+
+    /// The topics whose records carry a reading's event time as their timestamp: the
+    /// features and the late topic.
+    pub fn event_time_outputs(&self) -> [&str; 4] {
+        [
+            &self.topics.fa,
+            &self.topics.fi,
+            &self.topics.fd,
+            &self.topics.late,
+        ]
+    }
+
+    /// Checks outputs against `guard`, and accepts no reading further ahead than the
+    /// feature and late topics take ([`sensorflow_runtime::runner::bounds_within`]).
+    pub fn with_guard(mut self, guard: OutputGuard) -> Self {
+        self.set_guard(guard);
+        self
+    }
+
+    fn set_guard(&mut self, guard: OutputGuard) {
+        self.bounds = sensorflow_runtime::runner::bounds_within(
+            self.configured_bounds,
+            &guard,
+            &self.event_time_outputs(),
+        );
+        self.feature_limits = self
+            .feature_topics
+            .iter()
+            .map(|t| (t.to_string(), guard.limits.of(t)))
+            .collect();
+        self.guard = Some(guard);
+    }
+
+    /// Why a feature topic would refuse features stamped `t` now (a feature is far below any
+    /// size limit: only the timestamp is checked), if one would.
+    fn refused_features(&self, t: i64, now: i64) -> Option<Reject> {
+        self.feature_limits.iter().find_map(|(topic, limits)| {
+            limits
+                .check(topic, Some(t), 0, now)
+                .err()
+                .map(|e| Reject::Refused {
+                    code: e.code(),
+                    detail: e.to_string(),
+                })
+        })
     }
 
     fn reject(&self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
@@ -147,6 +204,10 @@ impl WindowProcessor {
 }
 
 impl Processor for WindowProcessor {
+    fn output_guard(&self) -> Option<OutputGuard> {
+        self.guard.clone()
+    }
+
     fn topics(&self) -> Vec<String> {
         vec![self.topics.sz.clone()]
     }
@@ -220,6 +281,13 @@ impl Processor for WindowProcessor {
         }
     }
 
+    fn resume_with(&mut self, guard: Option<OutputGuard>) {
+        self.engine = WindowEngine::new(self.engine.config());
+        if let Some(g) = guard {
+            self.set_guard(g);
+        }
+    }
+
     fn process(
         &mut self,
         msg: &ConsumedRecord<'_>,
@@ -232,12 +300,10 @@ impl Processor for WindowProcessor {
                 return Ok(());
             }
         };
+        let now = sensorflow_runtime::now_ms();
         let reading = match input::decode_reading(&self.framing, msg.payload(), Sensor::Sz)
-            .and_then(|r| {
-                self.bounds
-                    .check(&r, sensorflow_runtime::now_ms())
-                    .map(|()| r)
-            }) {
+            .and_then(|r| self.bounds.check(&r, now).map(|()| r))
+        {
             Ok(r) => r,
             Err(r) => {
                 self.reject(msg, &r, out);
@@ -272,6 +338,13 @@ impl Processor for WindowProcessor {
                     (FeatureKind::Fi, agg.integral, self.ranges.fi),
                     (FeatureKind::Fd, agg.derivative, self.ranges.fd),
                 ];
+                // Outputs carry the reading's event time; one a feature topic would refuse
+                // (its `message.timestamp.before.max.ms`, say) makes the reading a dead letter
+                // rather than a partial triple.
+                if let Some(r) = self.refused_features(t, now) {
+                    self.reject(msg, &r, out);
+                    return Ok(());
+                }
                 // One key for the three records.
                 let key: Arc<[u8]> = client.as_bytes().into();
                 for ((kind, value, range), topic) in features.into_iter().zip(&self.feature_topics)
@@ -355,6 +428,21 @@ pub async fn main(args: WindowArgs) -> anyhow::Result<()> {
     );
     let metrics = Metrics::new();
     let processor = WindowProcessor::new(&args, metrics.clone());
+    let topics = args.client.topics.topics();
+    let guard = sensorflow_runtime::runner::output_guard(
+        &args.client.kafka,
+        &[
+            &topics.fa,
+            &topics.fi,
+            &topics.fd,
+            &topics.late,
+            &topics.dead_letter,
+        ],
+        &topics.dead_letter,
+        sensorflow_api::processors::WINDOW_PROCESSOR,
+    )
+    .await;
+    let processor = processor.with_guard(guard);
     let consumer_cfg = args
         .client
         .kafka

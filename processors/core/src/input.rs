@@ -82,6 +82,16 @@ pub enum Reject {
         /// The floor, ms since the Unix epoch.
         min_event_time_ms: i64,
     },
+    /// An output of the record would be refused by its topic (a timestamp outside the topic's
+    /// `message.timestamp.*.max.ms`, a record above its `max.message.bytes`): the record is
+    /// dead-lettered instead of producing part of its outputs.
+    #[error("{detail}")]
+    Refused {
+        /// `refused-timestamp` or `refused-size`.
+        code: &'static str,
+        /// Which topic refuses what, and why.
+        detail: String,
+    },
     /// |value| exceeds the configured bound.
     #[error("|value| of {value} exceeds the bound {max_abs}")]
     OutOfRange {
@@ -111,6 +121,7 @@ impl Reject {
             Reject::Future { .. } => "future",
             Reject::TooOld { .. } => "too-old",
             Reject::OutOfRange { .. } => "out-of-range",
+            Reject::Refused { code, .. } => code,
         }
     }
 }
@@ -123,8 +134,10 @@ impl Reject {
 /// reason `future`, `too-old` or `out-of-range`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReadingBounds {
-    /// Largest allowed event time ahead of the wall clock, ms (default 2 days: generous for
-    /// replays placed on a common clock, far below what would stall a partition for long).
+    /// Largest allowed event time ahead of the wall clock, ms (default 5 min: far above a
+    /// clock kept by NTP, and the most one skewed client can move its partition's watermark
+    /// ahead of the others, so the most it can push them into `late`). The processors never
+    /// allow more than their output topics accept ([`ReadingBounds::within_topic_bound`]).
     pub max_future_skew_ms: i64,
     /// Earliest allowed event time, ms since the Unix epoch (default 0, 1970-01-01).
     pub min_event_time_ms: i64,
@@ -133,10 +146,13 @@ pub struct ReadingBounds {
     pub max_abs_value: f64,
 }
 
+/// Default of [`ReadingBounds::max_future_skew_ms`]: 5 min, ms.
+pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 300_000;
+
 impl Default for ReadingBounds {
     fn default() -> Self {
         Self {
-            max_future_skew_ms: 2 * 86_400_000,
+            max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS,
             min_event_time_ms: 0,
             max_abs_value: 1e12,
         }
@@ -162,6 +178,22 @@ impl ReadingBounds {
 }
 
 impl ReadingBounds {
+    /// These bounds with the future skew no looser than what an output topic accepts:
+    /// outputs carry their reading's event time as their timestamp, and a broker refuses a
+    /// timestamp more than `message.timestamp.after.max.ms` (`topic_after_max_ms`, Kafka 4's
+    /// default 1 h, KIP-1030) ahead of its clock. A margin of a tenth of that bound (at most
+    /// 1 min) covers the difference between the processor's clock and the broker's.
+    pub fn within_topic_bound(self, topic_after_max_ms: Option<i64>) -> Self {
+        let Some(bound) = topic_after_max_ms else {
+            return self;
+        };
+        let margin = (bound / 10).min(60_000);
+        Self {
+            max_future_skew_ms: self.max_future_skew_ms.min(bound - margin),
+            ..self
+        }
+    }
+
     /// Checks an event time alone (features carry their SZ reading's event time) at
     /// wall-clock time `now_ms`.
     ///
@@ -356,12 +388,9 @@ mod tests {
             ..Default::default()
         };
         assert!(b.check(&at(now, 1.0), now).is_ok());
-        assert!(b.check(&at(now + 2 * 86_400_000, 1.0), now).is_ok());
+        assert!(b.check(&at(now + 300_000, 1.0), now).is_ok());
         let code = |r: Result<(), Reject>| r.unwrap_err().code();
-        assert_eq!(
-            code(b.check(&at(now + 2 * 86_400_000 + 1, 1.0), now)),
-            "future"
-        );
+        assert_eq!(code(b.check(&at(now + 300_001, 1.0), now)), "future");
         assert_eq!(code(b.check(&at(i64::MAX, 1.0), now)), "future");
         assert_eq!(code(b.check(&at(i64::MIN, 1.0), now)), "too-old");
         assert_eq!(code(b.check(&at(-1, 1.0), now)), "too-old");
@@ -374,6 +403,33 @@ mod tests {
         assert!(b.check_time(now, now).is_ok());
         assert_eq!(code(b.check_time(i64::MIN, now)), "too-old");
         assert_eq!(code(b.check_time(now + 3 * 86_400_000, now)), "future");
+        assert_eq!(
+            code(b.check_time(now + DEFAULT_MAX_FUTURE_SKEW_MS + 1, now)),
+            "future"
+        );
+        assert!(b.check_time(now + DEFAULT_MAX_FUTURE_SKEW_MS, now).is_ok());
+    }
+
+    #[test]
+    fn the_future_bound_is_never_looser_than_the_output_topics() {
+        let loose = ReadingBounds {
+            max_future_skew_ms: 2 * 86_400_000,
+            ..ReadingBounds::default()
+        };
+        // Kafka 4's 1 h default, less a minute for the clocks' difference.
+        assert_eq!(
+            loose.within_topic_bound(Some(3_600_000)).max_future_skew_ms,
+            3_540_000
+        );
+        // A small topic bound keeps nine tenths of it; no bound changes nothing.
+        assert_eq!(
+            loose.within_topic_bound(Some(10_000)).max_future_skew_ms,
+            9_000
+        );
+        assert_eq!(loose.within_topic_bound(None), loose);
+        // A tighter own bound stays.
+        let d = ReadingBounds::default();
+        assert_eq!(d.within_topic_bound(Some(3_600_000)), d);
     }
 
     #[test]

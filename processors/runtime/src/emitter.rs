@@ -6,12 +6,18 @@
 //! partition (a feature behind the ones after it arrives at the join as late data). librdkafka
 //! retries a delivery in order inside `delivery.timeout.ms` (unbounded by default in
 //! AtLeastOnce, see `runner`); a delivery it gives up on fails the flush, and the loop stops
-//! without committing, so the restart re-processes from the last commit, in order. Only two
-//! cases are sent again: a refusal when enqueueing (nothing after it was sent; retried with
-//! exponential backoff and jitter, bounded by [`RetryPolicy`]), and a record too large for
-//! the broker, sent again cut to [`TRUNCATED_VALUE_BYTES`] (dead letters, whose order does not
-//! matter).
+//! without committing, so the restart re-processes from the last commit, in order. Only these
+//! are sent again: a refusal when enqueueing (nothing after it was sent; retried with
+//! exponential backoff and jitter, bounded by [`RetryPolicy`]), and a record the broker
+//! refuses for good: sent to the dead-letter topic instead ([`OutputGuard`]; a dead letter
+//! itself is stamped anew or cut to [`TRUNCATED_VALUE_BYTES`]). Dead letters' order does not
+//! matter, and the refused record is not sent to its own topic again.
+//!
+//! Before that, every output is checked against what its topic accepts (read at start-up,
+//! [`OutputGuard`]): one its topic would refuse goes to the dead-letter topic at once, so a
+//! transaction (exactly-once) is not aborted by a refusal the limits predict.
 
+use crate::dlq;
 use crate::error::PipelineError;
 use crate::metrics::Metrics;
 use crate::output::{Output, TRUNCATED_VALUE_BYTES, truncated};
@@ -22,6 +28,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Message as _};
 use rustc_hash::FxHashMap;
+use sensorflow_kafka::limits::{OutputLimits, Refusal, TopicLimits, batch_bytes};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,11 +71,18 @@ pub enum ProduceErrorClass {
     /// A broker outage, leader change, timeout…: retry with backoff.
     Transient,
     /// The record is larger than the producer's `message.max.bytes` or the topic's
-    /// `max.message.bytes`: retrying cannot help; the record is sent again with its value cut
-    /// to [`TRUNCATED_VALUE_BYTES`] and its original size in a header.
+    /// `max.message.bytes`: retrying cannot help. A dead letter is sent again with its value
+    /// cut to [`TRUNCATED_VALUE_BYTES`] and its original size in a header; any other record
+    /// goes to the dead-letter topic (see [`OutputGuard`]).
     TooLarge,
-    /// Anything else the broker refuses for good (authorization, an invalid record): retrying
-    /// cannot help; the loop stops with a clear error rather than retry for ever.
+    /// The broker refuses this record for good (its timestamp is outside the topic's
+    /// `message.timestamp.*.max.ms`, it is invalid, or a policy refuses it): retrying cannot
+    /// help, other records are unaffected; it goes to the dead-letter topic with the broker's
+    /// error (see [`OutputGuard`]).
+    Refused,
+    /// Anything else the broker refuses for good (authorization, an unknown topic): retrying
+    /// cannot help and every record would fail alike; the loop stops with a clear error
+    /// rather than retry for ever.
     Permanent,
 }
 
@@ -81,18 +95,55 @@ pub fn classify_produce_error(e: &KafkaError) -> ProduceErrorClass {
             ProduceErrorClass::TooLarge
         }
         Some(
+            C::InvalidTimestamp
+            | C::InvalidRecord
+            | C::InvalidMessage
+            | C::UnsupportedForMessageFormat
+            | C::PolicyViolation,
+        ) => ProduceErrorClass::Refused,
+        Some(
             C::TopicAuthorizationFailed
             | C::ClusterAuthorizationFailed
             | C::TransactionalIdAuthorizationFailed
             | C::SaslAuthenticationFailed
-            | C::InvalidRecord
             | C::InvalidTopic
             | C::UnknownTopic
-            | C::InvalidRequiredAcks
-            | C::UnsupportedForMessageFormat
-            | C::PolicyViolation,
+            | C::InvalidRequiredAcks,
         ) => ProduceErrorClass::Permanent,
         _ => ProduceErrorClass::Transient,
+    }
+}
+
+/// What the emitter checks every output against before sending it, and where a record its
+/// topic would refuse goes instead.
+///
+/// An output its topic's [`TopicLimits`] refuse (a timestamp outside
+/// `message.timestamp.*.max.ms`, a batch above `max.message.bytes`) is not sent there: it goes
+/// to the dead-letter topic with reason `refused-timestamp` or `refused-size`
+/// ([`dlq::refused`]), and so does one the broker refuses in its delivery report
+/// (reason `refused`, with the broker's error) in at-least-once mode. A dead letter is itself
+/// made acceptable: stamped with the clock when the dead-letter topic would refuse its
+/// timestamp (the original stays in `sensorflow.source.timestamp`), its value cut when too
+/// large. So a refused record never stops the loop, and a restart never meets it again.
+#[derive(Debug, Clone)]
+pub struct OutputGuard {
+    /// The output topics.
+    pub topics: Vec<String>,
+    /// What each output topic accepts (read at start-up with DescribeConfigs).
+    pub limits: OutputLimits,
+    /// The dead-letter topic.
+    pub dead_letter_topic: Arc<str>,
+    /// The processor's name (`sensorflow.processor` header of the dead letters).
+    pub processor: &'static str,
+}
+
+/// The error of a record the broker refuses for good and nothing can cure.
+fn refused_for_good(out: &Output, e: KafkaError) -> PipelineError {
+    tracing::error!(topic = %out.topic, error = %e, "the broker refuses this record for good");
+    PipelineError::Produce {
+        topic: out.topic.to_string(),
+        attempts: 1,
+        source: e,
     }
 }
 
@@ -208,6 +259,10 @@ pub struct Emitter {
     transactional: bool,
     /// Opaque of the next retried record (never [`BULK`]).
     next_retry: usize,
+    /// Output checks and the dead-letter topic (none: outputs are sent unchecked).
+    guard: Option<OutputGuard>,
+    /// The guard's limits by topic, for a lookup per output without allocating.
+    limits: FxHashMap<Arc<str>, TopicLimits>,
 }
 
 fn record(o: &Output, opaque: usize) -> BaseRecord<'_, [u8], [u8], usize> {
@@ -233,7 +288,115 @@ impl Emitter {
             retry,
             transactional: false,
             next_retry: BULK + 1,
+            guard: None,
+            limits: FxHashMap::default(),
         }
+    }
+
+    /// Checks every output against `guard` from now on (see [`OutputGuard`]).
+    pub fn set_guard(&mut self, guard: OutputGuard) {
+        self.limits = guard
+            .limits
+            .topics
+            .iter()
+            .map(|(t, l)| (Arc::from(t.as_str()), *l))
+            .collect();
+        self.guard = Some(guard);
+    }
+
+    /// Why `out`'s topic would refuse it now, if it would.
+    fn refusal(&self, out: &Output, now_ms: i64) -> Option<Refusal> {
+        let limits = self.limits.get(&out.topic)?;
+        let headers = out.headers.iter().flat_map(|h| {
+            use rdkafka::message::Headers as _;
+            h.iter()
+                .map(|x| (x.key.len(), x.value.map_or(0, <[u8]>::len)))
+        });
+        let bytes = batch_bytes(
+            out.key.as_ref().map_or(0, |k| k.len()),
+            out.value.len(),
+            headers,
+        );
+        limits
+            .check(&out.topic, out.timestamp_ms, bytes, now_ms)
+            .err()
+    }
+
+    /// `out`, or what goes instead when its topic would refuse it: a dead letter (see
+    /// [`OutputGuard`]); a dead letter the dead-letter topic would refuse is stamped with the
+    /// clock or cut.
+    fn admit(&self, out: Output) -> Output {
+        let Some(g) = &self.guard else { return out };
+        let now = crate::now_ms();
+        let Some(refusal) = self.refusal(&out, now) else {
+            return out;
+        };
+        let dead = if out.topic == g.dead_letter_topic {
+            out
+        } else {
+            tracing::warn!(topic = %out.topic, reason = refusal.code(), error = %refusal,
+                "output refused by its topic's limits; dead-lettered");
+            self.metrics.record_refused(refusal.code());
+            dlq::refused(
+                &out,
+                refusal.code(),
+                &refusal.to_string(),
+                &g.dead_letter_topic,
+                g.processor,
+            )
+        };
+        self.acceptable_dead_letter(dead, now)
+    }
+
+    /// A dead letter the dead-letter topic accepts: stamped with the clock when its timestamp
+    /// is refused, its value cut when too large.
+    fn acceptable_dead_letter(&self, mut dead: Output, now_ms: i64) -> Output {
+        if let Some(r) = self.refusal(&dead, now_ms)
+            && r.is_timestamp()
+        {
+            dead.timestamp_ms = Some(now_ms);
+        }
+        if let Some(r) = self.refusal(&dead, now_ms)
+            && !r.is_timestamp()
+            && dead.value.len() > TRUNCATED_VALUE_BYTES
+        {
+            self.metrics.records_truncated.inc();
+            dead = truncated(&dead);
+        }
+        dead
+    }
+
+    /// The dead letter of `out`, which the broker refused for good with `e` (at enqueue or in
+    /// its delivery report); `None` without a guard, or when `out` is itself a dead letter
+    /// whose refusal a new stamp or cut cannot cure.
+    fn dead_letter_for(&self, out: &Output, e: &KafkaError) -> Option<Output> {
+        let g = self.guard.as_ref()?;
+        let now = crate::now_ms();
+        if out.topic == g.dead_letter_topic {
+            let class = classify_produce_error(e);
+            let timestamp = e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTimestamp);
+            return match class {
+                ProduceErrorClass::Refused if timestamp => {
+                    let mut d = out.clone();
+                    d.timestamp_ms = Some(now);
+                    Some(d)
+                }
+                ProduceErrorClass::TooLarge if out.value.len() > TRUNCATED_VALUE_BYTES => {
+                    self.metrics.records_truncated.inc();
+                    Some(truncated(out))
+                }
+                _ => None,
+            };
+        }
+        self.metrics.record_refused("refused");
+        let d = dlq::refused(
+            out,
+            "refused",
+            &format!("{} refused it: {e}", out.topic),
+            &g.dead_letter_topic,
+            g.processor,
+        );
+        Some(self.acceptable_dead_letter(d, now))
     }
 
     /// In a transaction a failed delivery aborts the transaction instead of being retried
@@ -267,6 +430,7 @@ impl Emitter {
     /// [`PipelineError::Produce`] when enqueueing fails for another reason (e.g. an unknown
     /// topic) after retries.
     pub async fn send(&mut self, out: Output) -> Result<(), PipelineError> {
+        let out = self.admit(out);
         loop {
             match self.enqueue(&out) {
                 Ok(()) => return Ok(()),
@@ -299,24 +463,30 @@ impl Emitter {
         out: Output,
         first: KafkaError,
     ) -> Result<(), PipelineError> {
-        let out = match classify_produce_error(&first) {
-            ProduceErrorClass::TooLarge if out.value.len() > TRUNCATED_VALUE_BYTES => {
-                tracing::warn!(
-                    topic = %out.topic, bytes = out.value.len(), error = %first,
-                    "record too large for the broker; sending it with its value truncated"
-                );
-                self.metrics.records_truncated.inc();
-                truncated(&out)
+        let class = classify_produce_error(&first);
+        let out = match class {
+            ProduceErrorClass::TooLarge | ProduceErrorClass::Refused => {
+                match self.dead_letter_for(&out, &first) {
+                    Some(d) => {
+                        tracing::warn!(topic = %out.topic, error = %first, dead_letter_topic = %d.topic,
+                            "the broker refuses this record for good; dead-lettered");
+                        d
+                    }
+                    None if class == ProduceErrorClass::TooLarge
+                        && out.value.len() > TRUNCATED_VALUE_BYTES =>
+                    {
+                        tracing::warn!(
+                            topic = %out.topic, bytes = out.value.len(), error = %first,
+                            "record too large for the broker; sending it with its value truncated"
+                        );
+                        self.metrics.records_truncated.inc();
+                        truncated(&out)
+                    }
+                    None => return Err(refused_for_good(&out, first)),
+                }
             }
             ProduceErrorClass::Transient => out,
-            _ => {
-                tracing::error!(topic = %out.topic, error = %first, "the broker refuses this record for good");
-                return Err(PipelineError::Produce {
-                    topic: out.topic.to_string(),
-                    attempts: 1,
-                    source: first,
-                });
-            }
+            ProduceErrorClass::Permanent => return Err(refused_for_good(&out, first)),
         };
         if self.transactional {
             // Inside a transaction a failed delivery poisons it; a truncated record can still
@@ -417,11 +587,30 @@ impl Emitter {
             self.metrics.record_out(&topic, n);
         }
         for (out, e) in failed {
-            let too_large = classify_produce_error(&e) == ProduceErrorClass::TooLarge
-                && out.value.len() > TRUNCATED_VALUE_BYTES;
-            // In a transaction a failed delivery leaves it abortable only: nothing more
-            // commits in it.
-            if !too_large || self.transactional {
+            // Not sent again out of order. A record refused for good for a reason the limits
+            // did not predict stops the loop without committing ([`PipelineError::Refused`]:
+            // the runner resumes from the last commit with the limits read anew); a dead
+            // letter is stamped anew or cut and sent again (their order does not matter);
+            // anything else (librdkafka gave up retrying, an authorization error) stops the
+            // loop. In a transaction any failed delivery leaves it abortable only.
+            let class = classify_produce_error(&e);
+            let curable = matches!(
+                class,
+                ProduceErrorClass::TooLarge | ProduceErrorClass::Refused
+            );
+            let dead_letter = self
+                .guard
+                .as_ref()
+                .is_some_and(|g| out.topic == g.dead_letter_topic);
+            if curable && !dead_letter {
+                tracing::warn!(topic = %out.topic, error = %e, transactional = self.transactional,
+                    "the broker refused an output for good; resuming from the last commit");
+                return Err(PipelineError::Refused {
+                    topic: out.topic.to_string(),
+                    source: e,
+                });
+            }
+            if !curable || self.transactional {
                 tracing::error!(topic = %out.topic, error = %e, transactional = self.transactional,
                     "delivery failed; not sending it again out of order: stopping without committing");
                 return Err(if self.transactional {

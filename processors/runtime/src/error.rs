@@ -38,6 +38,18 @@ pub enum PipelineError {
     /// Rebuilding state failed.
     #[error(transparent)]
     Rebuild(#[from] crate::rebuild::RebuildError),
+    /// The broker refused an output for good in its delivery report (a timestamp or size its
+    /// topic does not accept, an invalid record) although the topic limits read at start-up
+    /// did not predict it (they changed since, or the broker's clock differs). Nothing after
+    /// it is committed; [`crate::runner::run`] re-reads the limits and resumes from the last
+    /// commit in process, so the record is dead-lettered with its reason this time.
+    #[error("the broker refused a record for {topic} for good: {source}")]
+    Refused {
+        /// The output's topic.
+        topic: String,
+        /// The broker's error.
+        source: KafkaError,
+    },
     /// A processor-specific fatal error.
     #[error("{0}")]
     Processor(String),

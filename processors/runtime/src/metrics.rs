@@ -141,6 +141,12 @@ pub struct Metrics {
     /// `sensorflow_transactions_aborted_total`: exactly-once transactions aborted during a
     /// partition revocation (their records are re-processed by the next owner).
     pub transactions_aborted: Counter,
+    /// `sensorflow_paused_partitions`: assigned partitions the loop paused for the processor
+    /// (the join's watermark alignment).
+    pub paused_partitions: Gauge,
+    /// `sensorflow_loop_resumes_total`: in-process resumes from the last commit after the
+    /// broker refused an output the topic limits did not predict (see `runner::run`).
+    pub loop_resumes: Counter,
     /// `sensorflow_records_truncated_total`: outputs too large for the broker, sent with their
     /// value cut to 64 KiB and the original size in a header.
     pub records_truncated: Counter,
@@ -204,6 +210,8 @@ impl Metrics {
             produce_retries: Counter::default(),
             transactions_aborted: Counter::default(),
             records_truncated: Counter::default(),
+            loop_resumes: Counter::default(),
+            paused_partitions: Gauge::default(),
             rebuilt_records: Counter::default(),
             skipped_below_floor: Counter::default(),
             rebuilt_partitions: Counter::default(),
@@ -272,6 +280,16 @@ impl Metrics {
             "transactions_aborted",
             "Exactly-once transactions aborted during a partition revocation",
             m.transactions_aborted.clone(),
+        );
+        r.register(
+            "paused_partitions",
+            "Assigned partitions paused by the processor (the join's watermark alignment)",
+            m.paused_partitions.clone(),
+        );
+        r.register(
+            "loop_resumes",
+            "In-process resumes from the last commit after the broker refused an unpredicted output",
+            m.loop_resumes.clone(),
         );
         r.register(
             "records_truncated",
@@ -369,6 +387,16 @@ impl Metrics {
         self.records_in
             .get_or_create(&TopicLabel {
                 topic: topic.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one output its topic refuses (or would refuse), dead-lettered with `reason`
+    /// (`refused-timestamp`, `refused-size`, `refused`) in `sensorflow_dead_letter_total`.
+    pub fn record_refused(&self, reason: &str) {
+        self.dead_letter
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
             })
             .inc();
     }

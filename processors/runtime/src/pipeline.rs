@@ -71,6 +71,10 @@ struct LoopState<'a, P: Processor> {
     /// new owner's `require_stable` offset fetch then waits for the transaction) or is refused
     /// with `ILLEGAL_GENERATION` (KIP-447 fencing) and the transaction is aborted.
     txn_metadata: Option<Arc<ConsumerGroupMetadata>>,
+    /// Partitions this loop paused for the processor ([`Processor::pause_changes`]), and
+    /// those the processor last asked to have paused.
+    paused: FxHashSet<TopicPartition>,
+    want_paused: FxHashSet<TopicPartition>,
 }
 
 impl<P: Processor> LoopState<'_, P> {
@@ -308,6 +312,9 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
         self.flush_inner(d.assignment(), true).await?;
         for tp in parts {
             self.offsets.forget(tp);
+            // A partition assigned again starts unpaused (librdkafka's new assignment).
+            self.paused.remove(tp);
+            self.want_paused.remove(tp);
         }
         self.processor.on_revoked(parts);
         Ok(())
@@ -395,7 +402,8 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
         self.processor.reads_headers()
     }
 
-    async fn after_turn(&mut self, _d: &mut Driver<'_>) -> Result<(), PipelineError> {
+    async fn after_turn(&mut self, d: &mut Driver<'_>) -> Result<(), PipelineError> {
+        self.follow_pauses(d.assignment());
         self.send_outputs().await
     }
 
@@ -415,6 +423,7 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
             }
         }
         self.processor.on_tick(&mut self.outputs)?;
+        self.follow_pauses(d.assignment());
         self.flush(d.assignment()).await?;
         self.processor.report(&self.metrics);
         Ok(())
@@ -425,6 +434,59 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
         self.processor.report(&self.metrics);
         tracing::info!("flushed and committed; stopping");
         Ok(())
+    }
+}
+
+impl<P: Processor> LoopState<'_, P> {
+    /// Pauses the assigned partitions the processor lists ([`Processor::pause_changes`]) and
+    /// resumes those it no longer lists. librdkafka drops what it fetched of a paused partition and
+    /// fetches again from the position (the last record handed to the loop + 1) on resume, so
+    /// nothing is skipped. A failed call is logged and tried again after the next turn.
+    fn follow_pauses(&mut self, assigned: &Assignment) {
+        if let Some(listed) = self.processor.pause_changes() {
+            self.want_paused = listed.into_iter().collect();
+        }
+        let want: FxHashSet<TopicPartition> = self
+            .want_paused
+            .iter()
+            .filter(|(t, p)| assigned.contains(t, *p))
+            .cloned()
+            .collect();
+        if want == self.paused {
+            return;
+        }
+        let list = |tps: &mut dyn Iterator<Item = &TopicPartition>| {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in tps {
+                tpl.add_partition(t, *p);
+            }
+            tpl
+        };
+        let pause = list(&mut want.difference(&self.paused));
+        let resume = list(&mut self.paused.difference(&want));
+        if pause.count() > 0 {
+            match self.consumer.pause(&pause) {
+                Ok(()) => {
+                    tracing::info!(partitions = ?tpl_pairs(&pause), "paused (watermark alignment)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pausing partitions failed; trying again after the next turn");
+                    return;
+                }
+            }
+        }
+        if resume.count() > 0 {
+            match self.consumer.resume(&resume) {
+                Ok(()) => tracing::info!(partitions = ?tpl_pairs(&resume), "resumed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "resuming partitions failed; trying again after the next turn");
+                    self.paused.extend(tpl_pairs(&pause));
+                    return;
+                }
+            }
+        }
+        self.metrics.paused_partitions.set(want.len() as i64);
+        self.paused = want;
     }
 }
 
@@ -496,6 +558,9 @@ pub async fn run<P: Processor>(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     let mut emitter = Emitter::new(producer.clone(), metrics.clone(), RetryPolicy::default());
+    if let Some(guard) = processor.output_guard() {
+        emitter.set_guard(guard);
+    }
     if cfg.exactly_once {
         emitter.set_transactional(true);
         retry_blocking("init transactions", || {
@@ -518,6 +583,8 @@ pub async fn run<P: Processor>(
         max_in_flight: cfg.max_in_flight,
         exactly_once: cfg.exactly_once,
         txn_metadata: None,
+        paused: FxHashSet::default(),
+        want_paused: FxHashSet::default(),
     };
     Driver::new(consumer, metrics)
         .run(&mut st, cfg.commit_interval, shutdown)

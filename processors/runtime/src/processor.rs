@@ -42,6 +42,22 @@ pub trait Processor {
     /// whether the consumer has records of it left to read (its position is below the end in
     /// librdkafka's latest statistics). The join does not count such an input as idle.
     fn set_unread(&mut self, _topic: &str, _partition: i32, _unread: bool) {}
+    /// What the emitter checks this processor's outputs against, and its dead-letter topic
+    /// (see [`crate::emitter::OutputGuard`]); `None` (default): outputs are sent unchecked.
+    fn output_guard(&self) -> Option<crate::emitter::OutputGuard> {
+        None
+    }
+    /// The loop resumes from the last commit in process (see [`crate::runner::run`]): drop
+    /// every partition's state (the next assignment rebuilds it) and check outputs against
+    /// `guard`, read anew, from now on.
+    fn resume_with(&mut self, _guard: Option<crate::emitter::OutputGuard>) {}
+    /// The assigned partitions the loop must not fetch from for now, when that changed since
+    /// the last call (the join's watermark alignment pauses inputs that run ahead while it
+    /// holds more than its budget); `None`: unchanged. Asked after every turn and flush tick:
+    /// the loop pauses what is listed and resumes what no longer is. Default: never any.
+    fn pause_changes(&mut self) -> Option<Vec<TopicPartition>> {
+        None
+    }
     /// Whether [`Processor::process`] reads the records' headers. False by default: the
     /// window-processor and join-predict read key, value and timestamp only, and the loop
     /// then leaves headers unparsed (see [`ConsumedRecord::from_kafka_without_headers`]).

@@ -4,6 +4,7 @@
 //! (`sensorflow-apps`: window-processor, join-predict) and the sink call it.
 
 use crate::consumer::{LoopConsumer, LoopContext};
+use crate::emitter::OutputGuard;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::processor::{LoopConfig, Processor};
@@ -14,6 +15,7 @@ use rdkafka::producer::Producer;
 use sensorflow_api::env;
 use sensorflow_core::input::ReadingBounds;
 use sensorflow_kafka::config::KafkaArgs;
+use sensorflow_kafka::limits::OutputLimits;
 use sensorflow_process::telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -65,8 +67,10 @@ pub struct CommonArgs {
     /// container with the same id aborts its predecessor's open transaction at once.
     #[arg(long, env = env::TRANSACTIONAL_ID)]
     pub transactional_id: Option<String>,
-    /// Readings with an event time more than this far ahead of the wall clock go to the
-    /// dead-letter topic with reason `future`, ms (default 2 days).
+    /// Readings (and features) with an event time more than this far ahead of the wall clock
+    /// go to the dead-letter topic with reason `future`, ms (default 5 min). Never looser than
+    /// the output topics' `message.timestamp.after.max.ms` (read at start-up) less a tenth of
+    /// it (at most 1 min): outputs carry their reading's event time.
     #[arg(long, env = env::MAX_FUTURE_SKEW_MS, default_value_t = ReadingBounds::default().max_future_skew_ms)]
     pub max_future_skew_ms: i64,
     /// Readings with an event time before this go to the dead-letter topic with reason
@@ -90,6 +94,58 @@ impl CommonArgs {
     }
 }
 
+/// Reads what the processor's output topics accept (DescribeConfigs) for its
+/// [`OutputGuard`]. Without an answer (no `DescribeConfigs` permission, a broker that does not
+/// answer within 10 s) the guard has no limits: outputs are not checked before sending, and
+/// the broker's own refusals still reach the dead-letter topic (at-least-once) — logged as a
+/// warning.
+pub async fn output_guard(
+    kafka: &KafkaArgs,
+    outputs: &[&str],
+    dead_letter_topic: &str,
+    processor: &'static str,
+) -> OutputGuard {
+    let limits = match sensorflow_kafka::admin::topic_limits(&kafka.client_config(), outputs).await
+    {
+        Ok(l) => {
+            for (t, l) in &l.topics {
+                tracing::info!(topic = %t, after_max_ms = ?l.after_max_ms, before_max_ms = ?l.before_max_ms,
+                    max_message_bytes = ?l.max_message_bytes, "output topic limits");
+            }
+            l
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, ?outputs,
+                "could not read the output topics' limits; outputs are sent unchecked");
+            OutputLimits::default()
+        }
+    };
+    OutputGuard {
+        topics: outputs.iter().map(|t| (*t).to_owned()).collect(),
+        limits,
+        dead_letter_topic: dead_letter_topic.into(),
+        processor,
+    }
+}
+
+/// `bounds` no looser than the output topics `outputs` accept
+/// ([`ReadingBounds::within_topic_bound`]), logged when the topics tighten them.
+pub fn bounds_within(
+    bounds: ReadingBounds,
+    guard: &OutputGuard,
+    outputs: &[&str],
+) -> ReadingBounds {
+    let within = bounds.within_topic_bound(guard.limits.min_after_max_ms(outputs.iter().copied()));
+    if within != bounds {
+        tracing::info!(
+            configured_ms = bounds.max_future_skew_ms,
+            max_future_skew_ms = within.max_future_skew_ms,
+            "future skew bound tightened to what the output topics accept (message.timestamp.after.max.ms)"
+        );
+    }
+    within
+}
+
 /// Configuration of the group-less consumer that reads state back on assignment.
 pub fn rebuild_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
     let mut c = kafka.client_config();
@@ -101,6 +157,15 @@ pub fn rebuild_config(kafka: &KafkaArgs, group: &str) -> ClientConfig {
 }
 
 /// Serves metrics, runs the consume loop until SIGTERM, then flushes the producer.
+///
+/// When the broker refuses an output for good that the topic limits read at start-up did not
+/// predict ([`crate::error::PipelineError::Refused`]: the topic's configuration changed, or
+/// the broker's clock differs from ours), nothing after the last commit was committed: the
+/// loop resumes in process instead of exiting (no container restart, no crash loop). The
+/// limits are read anew, the processor drops its state ([`Processor::resume_with`]), and a new
+/// consumer (rejoining the group, state rebuilt from the committed offsets) and producer
+/// start; the refused record is now dead-lettered with its reason. Consecutive resumes back
+/// off from 1 s to 30 s.
 ///
 /// # Errors
 /// When clients cannot be created or the loop fails after its retries.
@@ -118,9 +183,66 @@ pub async fn run<P: Processor>(
         std::sync::Arc::new(metrics.clone()),
         shutdown.clone(),
     ));
-    let consumer: LoopConsumer = consumer_cfg
-        .create_with_context(LoopContext::new(metrics.clone()))
-        .context("creating the consumer")?;
+    let producer_cfg = producer_config(kafka, common, client_id);
+    let cfg = LoopConfig {
+        commit_interval: Duration::from_millis(common.commit_interval_ms),
+        exactly_once: common.exactly_once,
+        ..LoopConfig::default()
+    };
+    let mut resumes: u32 = 0;
+    let result = loop {
+        let consumer: LoopConsumer = consumer_cfg
+            .create_with_context(LoopContext::new(metrics.clone()))
+            .context("creating the consumer")?;
+        let producer =
+            crate::emitter::loop_producer(&producer_cfg).context("creating the producer")?;
+        let result = pipeline::run(
+            &consumer,
+            producer.clone(),
+            &mut processor,
+            metrics.clone(),
+            cfg,
+            shutdown.clone(),
+        )
+        .await;
+        let Err(crate::error::PipelineError::Refused { topic, source }) = &result else {
+            let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(30)));
+            break result;
+        };
+        if shutdown.is_cancelled() {
+            break result;
+        }
+        resumes += 1;
+        metrics.loop_resumes.inc();
+        let wait =
+            Duration::from_secs(1 << resumes.min(5).saturating_sub(1)).min(Duration::from_secs(30));
+        tracing::warn!(%topic, error = %source, resumes, retry_in = ?wait,
+            "the broker refused an output the topic limits did not predict: reading the limits \
+             anew and resuming from the last commit");
+        drop(consumer);
+        drop(producer);
+        tokio::time::sleep(wait).await;
+        let guard = match processor.output_guard() {
+            Some(g) => {
+                let topics: Vec<&str> = g.topics.iter().map(String::as_str).collect();
+                Some(output_guard(kafka, &topics, &g.dead_letter_topic, g.processor).await)
+            }
+            None => None,
+        };
+        processor.resume_with(guard);
+    };
+    shutdown.cancel();
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
+        Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result.context("processing loop")
+}
+
+/// The loop producer's configuration: `transactional.id` and transaction timeouts for
+/// exactly-once, or in-order unbounded delivery retries for at-least-once.
+fn producer_config(kafka: &KafkaArgs, common: &CommonArgs, client_id: &str) -> ClientConfig {
     let mut producer_cfg = kafka.producer_config(client_id);
     if common.exactly_once {
         let id = common.transactional_id.clone().unwrap_or_else(|| {
@@ -152,27 +274,5 @@ pub async fn run<P: Processor>(
         // wait logged every 10 s and beating the liveness clock.
         producer_cfg.set("delivery.timeout.ms", "0");
     }
-    let producer = crate::emitter::loop_producer(&producer_cfg).context("creating the producer")?;
-    let cfg = LoopConfig {
-        commit_interval: Duration::from_millis(common.commit_interval_ms),
-        exactly_once: common.exactly_once,
-        ..LoopConfig::default()
-    };
-    let result = pipeline::run(
-        &consumer,
-        producer.clone(),
-        &mut processor,
-        metrics,
-        cfg,
-        shutdown.clone(),
-    )
-    .await;
-    shutdown.cancel();
-    let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(30)));
-    match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
-        Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
-        Ok(Ok(())) => {}
-    }
-    result.context("processing loop")
+    producer_cfg
 }

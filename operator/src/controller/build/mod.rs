@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
@@ -124,6 +125,34 @@ fn loop_settings(v: &Validated) -> LoopSettings {
         commit_interval_ms: p.commit_interval_ms,
         rebuild_timeout_ms: p.rebuild.timeout_ms,
         rebuild_max_records: p.rebuild.max_records,
+        max_future_skew_ms: p.max_future_skew_ms,
+    }
+}
+
+/// Container resources of a stage whose spec sets none (neither its own `resources` nor
+/// `processors.resources`): requests a scheduler can place on a small node, and a memory limit
+/// above what each stage holds by its own defaults, so a leak is an OOM kill, not a node's
+/// memory. No CPU limit (throttling a stream processor only builds lag). window-processor:
+/// 10-minute windows of ~10⁴ clients (tens of MB); join-predict: its held-records budget
+/// (`join.maxHeldRecords`, 500,000 ≈ 75 MB) plus as-of state; both plus librdkafka's fetch
+/// queues (≤ 64 MiB). gcs-sink: its buffer budget (`--max-buffer-bytes`, 1 GiB) plus Parquet
+/// encoding.
+pub fn default_resources(stage: Stage) -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_owned());
+    let (request_memory, limit_memory) = match stage {
+        Stage::Window | Stage::Join => ("256Mi", "1Gi"),
+        Stage::Sink => ("512Mi", "2Gi"),
+    };
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), q("250m")),
+                ("memory".to_owned(), q(request_memory)),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_owned(), q(limit_memory))].into()),
+        ..Default::default()
     }
 }
 
@@ -158,6 +187,7 @@ pub fn join_settings(v: &Validated) -> JoinSettings {
         grace_ms: j.grace_ms,
         idle_timeout_ms: j.idle_timeout_ms,
         input_idle_timeout_ms: j.input_idle_timeout_ms,
+        max_held_records: j.max_held_records,
         max_staleness_ms: j.max_staleness_ms,
         rebuild_lookback_ms: j.rebuild_lookback_ms,
     }
@@ -304,7 +334,8 @@ fn deployment(
         Stage::Join => p.join.resources.clone(),
         Stage::Sink => s.sink.as_ref().and_then(|k| k.resources.clone()),
     }
-    .or_else(|| p.resources.clone());
+    .or_else(|| p.resources.clone())
+    .or_else(|| Some(default_resources(stage)));
 
     let mut secret_env_vars = Vec::new();
     let mut volumes = vec![Volume {
@@ -725,6 +756,41 @@ mod tests {
         assert_eq!(j["SF_MODEL"], "logistic");
         assert_eq!(w["SF_EXACTLY_ONCE"], "false");
         assert_eq!(j["SF_EXACTLY_ONCE"], "false");
+    }
+
+    #[test]
+    fn a_stage_without_resources_gets_the_defaults_and_a_set_one_keeps_its_own() {
+        let containers = |d: &Desired| -> Vec<ResourceRequirements> {
+            d.deployments
+                .iter()
+                .map(|dep| {
+                    let pod = dep.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+                    pod.expect("pod").containers[0]
+                        .resources
+                        .clone()
+                        .expect("resources")
+                })
+                .collect()
+        };
+        let d = built(&spec());
+        let r = containers(&d);
+        assert_eq!(
+            r,
+            [
+                default_resources(Stage::Window),
+                default_resources(Stage::Join)
+            ]
+        );
+        let limit = r[1].limits.as_ref().expect("limits");
+        assert_eq!(limit["memory"], Quantity("1Gi".into()));
+        assert!(!limit.contains_key("cpu"), "no CPU limit");
+        let mut s = spec();
+        let own = ResourceRequirements {
+            requests: Some([("memory".to_owned(), Quantity("64Mi".into()))].into()),
+            ..Default::default()
+        };
+        s.processors.resources = Some(own.clone());
+        assert_eq!(containers(&built(&s)), [own.clone(), own]);
     }
 
     #[test]

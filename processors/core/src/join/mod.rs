@@ -48,7 +48,16 @@
 //!   of its own and `W`), where an uninterrupted run might have used it. The per-input
 //!   timeout is long on purpose: at start-up, and while an upstream processor restarts, one
 //!   input legitimately lags the others by seconds to tens of seconds, and declaring it idle
-//!   then would turn its records late.
+//!   then would turn its records late. Only an *accepted* record is activity: an input that
+//!   receives nothing but late records or repeats goes idle like a silent one (otherwise it
+//!   froze `W`, and every trigger of the partition piled up in memory with commits stopped).
+//!   An input the runtime paused ([`PartitionJoin::set_paused`]) is never idle.
+//! - **Memory budget.** The runtime bounds what the join holds (pending triggers, partial
+//!   triples, and its outboxes): above its budget it pauses fetching the inputs that run
+//!   ahead of `W` ([`PartitionJoin::ahead`]: pausing them never holds `W` back), which does not
+//!   change any outcome; above twice the budget it releases the oldest triggers at once as
+//!   [`SkipReason::Overflow`] ([`PartitionJoin::force_release`]), moving `W` past them: a
+//!   wall-clock and load dependence, like the idle rules, counted and dead-lettered.
 //! - **Incomplete triples.** A partial triple whose event time `W` has passed is released as
 //!   [`JoinEvent::IncompleteTriple`] (dead-lettered by the runtime); a later feature of it is
 //!   late.
