@@ -686,6 +686,7 @@ impl Processor for JoinProcessor {
     fn on_assigned(
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
+        keep_alive: &dyn Fn(),
     ) -> Result<(), PipelineError> {
         let requests: Vec<Request> = committed
             .iter()
@@ -738,6 +739,7 @@ impl Processor for JoinProcessor {
                             .map_or(0, |ts| ts.saturating_sub(lookback))
                     },
                     &hook,
+                    keep_alive,
                     |m| {
                         let client = input::client_id(m.key()).ok()?;
                         let (ji, ingest) = this.decode(m, now).ok()?;

@@ -23,6 +23,15 @@
 //!   only when no record arrived and no partition finished for [`RebuildConfig::stall_timeout`]
 //!   (a broker that does not answer), so a rebuild of any length succeeds while it moves, and a
 //!   restart never loops on a rebuild that was making progress.
+//! - **The group membership is kept.** The rebuild runs inside the loop's handling of the
+//!   assignment; the caller's `keep_alive` is called at every turn of the read loops and
+//!   around every broker call, and polls the loop's consumer with the partitions paused
+//!   ([`crate::keepalive`]), so a rebuild of any length does not exceed
+//!   `max.poll.interval.ms`. Without it the member was evicted after 300 s, rejoined, got the
+//!   same partitions and began the same rebuild again, for ever, with `/health` green.
+//!   Rebalances those polls serve are handled by the driver after the rebuild, in order
+//!   (a partition revoked meanwhile drops its rebuilt state before any record); a rebuild
+//!   repeated from the same committed offsets is counted (`sensorflow_rebuild_repeats_total`).
 //! - **Progress** is logged every 5 s and metered (`sensorflow_rebuilt_records_total`,
 //!   `sensorflow_rebuilt_partitions_total`, `sensorflow_rebuild_in_progress`), and every step
 //!   calls the caller's progress hook (the liveness heartbeat).
@@ -467,7 +476,8 @@ enum Event<'a, 'm> {
 /// Reads `[from, end)` of the streams `keys` (each with its own from/end) until every stream
 /// reached its end, reporting records and ends to `on`, which returns through `flows` the
 /// pauses and resumes to apply. Stall detection and the size limit through `progress`; `hook`
-/// is called with the records read whenever something moved.
+/// is called with the records read whenever something moved, `keep_alive` at every turn.
+#[allow(clippy::too_many_arguments)]
 fn read_streams(
     c: &BaseConsumer,
     keys: &[Key],
@@ -475,6 +485,7 @@ fn read_streams(
     end: &[i64],
     progress: &mut Progress,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
     mut on: impl FnMut(Event<'_, '_>, &mut Vec<Flow>),
 ) -> Result<(), RebuildError> {
     let index: FxHashMap<&Key, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
@@ -503,6 +514,7 @@ fn read_streams(
     let mut since_check = 0u32;
     let mut last_log = Instant::now();
     while open > 0 {
+        keep_alive();
         let mut read = 0u64;
         let mut moved = false;
         let polled = c.poll(Duration::from_millis(100));
@@ -604,6 +616,7 @@ fn last_timestamps(
     want: &[(Key, i64, i64)],
     progress: &mut Progress,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
 ) -> Result<LastTimestamps, RebuildError> {
     let mut out = LastTimestamps::default();
     let mut todo: Vec<(Key, i64, i64)> = want.to_vec();
@@ -616,13 +629,22 @@ fn last_timestamps(
             .collect();
         let end: Vec<i64> = todo.iter().map(|(_, c, _)| *c).collect();
         let mut found: Vec<Option<i64>> = vec![None; keys.len()];
-        read_streams(c, &keys, &from, &end, progress, hook, |ev, _| {
-            if let Event::Record(i, m) = ev
-                && let Some(t) = m.timestamp().to_millis()
-            {
-                found[i] = Some(t);
-            }
-        })?;
+        read_streams(
+            c,
+            &keys,
+            &from,
+            &end,
+            progress,
+            hook,
+            keep_alive,
+            |ev, _| {
+                if let Event::Record(i, m) = ev
+                    && let Some(t) = m.timestamp().to_millis()
+                {
+                    found[i] = Some(t);
+                }
+            },
+        )?;
         let mut next = Vec::new();
         for (((k, committed, low), f), from) in todo.into_iter().zip(found).zip(from) {
             match f {
@@ -650,6 +672,7 @@ fn last_timestamps(
 /// # Errors
 /// [`RebuildError::Consumer`] when offsets cannot be listed; stalls and the size limit as in
 /// [`replay`].
+#[allow(clippy::too_many_arguments)]
 fn late_offsets(
     c: &BaseConsumer,
     late_topic: &str,
@@ -658,6 +681,7 @@ fn late_offsets(
     call_timeout: Duration,
     progress: &mut Progress,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
 ) -> Result<Vec<FxHashSet<i64>>, RebuildError> {
     let mut out = vec![FxHashSet::default(); keys.len()];
     let mut since: BTreeMap<i32, i64> = BTreeMap::new();
@@ -669,6 +693,7 @@ fn late_offsets(
     for (n, s) in &since {
         q.add_partition_offset(late_topic, *n, Offset::Offset(*s))?;
     }
+    keep_alive();
     let answers = match c.offsets_for_times(q, call_timeout) {
         Ok(a) => a,
         Err(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => return Ok(out),
@@ -680,8 +705,10 @@ fn late_offsets(
     // offset, as this consumer reads committed records only).
     let mut q = answers.clone();
     q.set_all_offsets(Offset::End)?;
+    keep_alive();
     let ends = c.offsets_for_times(q, call_timeout)?;
     hook(0);
+    keep_alive();
     let (mut streams, mut from, mut end) = (Vec::new(), Vec::new(), Vec::new());
     for (e, last) in answers.elements().iter().zip(ends.elements()) {
         if let Err(err) = e.error().and(last.error()) {
@@ -707,14 +734,23 @@ fn late_offsets(
         .enumerate()
         .map(|(i, (t, p))| ((t.as_str(), *p), i))
         .collect();
-    read_streams(c, &streams, &from, &end, progress, hook, |ev, _| {
-        if let Event::Record(_, m) = ev
-            && let Some((topic, partition, offset)) = late_source(m)
-            && let Some(&i) = index.get(&(topic, partition))
-        {
-            out[i].insert(offset);
-        }
-    })?;
+    read_streams(
+        c,
+        &streams,
+        &from,
+        &end,
+        progress,
+        hook,
+        keep_alive,
+        |ev, _| {
+            if let Event::Record(_, m) = ev
+                && let Some((topic, partition, offset)) = late_source(m)
+                && let Some(&i) = index.get(&(topic, partition))
+            {
+                out[i].insert(offset);
+            }
+        },
+    )?;
     Ok(out)
 }
 
@@ -753,8 +789,9 @@ fn late_source<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m str, i32, i64)> {
 /// record that is not part of the state (dead-lettered when first seen). `apply` gets the
 /// stream's (topic, partition), the record's offset and the decoded item. `hook` is called
 /// with the number of records read whenever the rebuild moved (the liveness heartbeat and
-/// metrics). Requests with nothing before their committed offset (or whose tail was deleted by
-/// retention) read nothing.
+/// metrics); `keep_alive` at every turn of the read loops and around every broker call (the
+/// caller's group poll: see [`crate::keepalive`]). Requests with nothing before their
+/// committed offset (or whose tail was deleted by retention) read nothing.
 ///
 /// Blocking: call it from a blocking context.
 ///
@@ -771,6 +808,7 @@ pub fn replay<T>(
     cfg: &RebuildConfig,
     start_ms: impl Fn(&LastTimestamps, &Key) -> i64,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
     mut decode: impl FnMut(&ConsumedRecord<'_>) -> Option<(i64, T)>,
     mut apply: impl FnMut(&Key, i64, T),
 ) -> Result<Summary, RebuildError> {
@@ -779,6 +817,7 @@ pub fn replay<T>(
     // One broker request (metadata, watermarks, offsets by time) may take longer than a short
     // stall timeout on a fresh connection; it is bounded on its own.
     let call_timeout = cfg.stall_timeout.max(BROKER_CALL_TIMEOUT);
+    keep_alive();
     let c: BaseConsumer = config.create()?;
     // Only partitions with something before the committed offset, still retained.
     let mut tails: Vec<(Key, i64, i64)> = Vec::new();
@@ -786,6 +825,7 @@ pub fn replay<T>(
         if r.committed <= 0 {
             continue;
         }
+        keep_alive();
         let (low, _high) = c.fetch_watermarks(&r.topic, r.partition, call_timeout)?;
         // The broker answered: the rebuild moves (a heartbeat, no records).
         hook(0);
@@ -797,7 +837,7 @@ pub fn replay<T>(
         return Ok(Summary::default());
     }
     // 1. the timestamp of the last processed record per partition
-    let ts = last_timestamps(&c, &tails, &mut progress, hook)?;
+    let ts = last_timestamps(&c, &tails, &mut progress, hook, keep_alive)?;
     // 2. offsets for the start times
     let mut q = TopicPartitionList::new();
     let mut keys: Vec<Key> = ts.keys().cloned().collect();
@@ -811,7 +851,9 @@ pub fn replay<T>(
     for k in &keys {
         q.add_partition_offset(&k.0, k.1, Offset::Offset(start_ms(&ts, k).max(0)))?;
     }
+    keep_alive();
     let starts = c.offsets_for_times(q, call_timeout)?;
+    keep_alive();
     let committed: FxHashMap<&Key, i64> = tails.iter().map(|(k, c, _)| (k, *c)).collect();
     let mut start: FxHashMap<Key, i64> = FxHashMap::default();
     for e in starts.elements() {
@@ -835,6 +877,7 @@ pub fn replay<T>(
             call_timeout,
             &mut progress,
             hook,
+            keep_alive,
         )?,
         None => vec![FxHashSet::default(); keys.len()],
     };
@@ -859,6 +902,7 @@ pub fn replay<T>(
         &end,
         &mut progress,
         hook,
+        keep_alive,
         |ev, flows| match ev {
             Event::Record(i, m) => {
                 if late[i].contains(&m.offset()) {
