@@ -6,7 +6,8 @@
 //! them back with a separate, group-less consumer and hands them to the processor one by one:
 //!
 //! ```text
-//!   1. read the tail before C                 → timestamp T of the last record before C
+//!   1. read the tail before C                 → timestamp T of the last record before C that
+//!                                                the processor decodes (dead letters skipped)
 //!   2. offsets_for_times(start(T))            → start offset S  (KIP-79 ListOffsets by time)
 //!   3. read the late topic from start(T)      → source offsets it names: skipped in 4
 //!   4. read [S, C) of every partition          → decode ─► per-stream queue ─► merge ─► apply
@@ -54,8 +55,12 @@
 //!
 //! Record timestamps are the readings' event times (SensorFlow's producers set them so), so the
 //! lookback (window + grace for the window-processor) restores the state the previous owner
-//! had, provided the partition's timestamps are ordered within the grace period. The main
-//! consumer then resumes at `C`.
+//! had, provided the partition's timestamps are ordered within the grace period. The start of
+//! each partition's range is the caller's (`start_ms`): the window-processor's is its own last
+//! record minus the lookback; join-predict's is the *latest* of its five inputs' last records
+//! minus its lookback (the watermark had passed it; see `join::rebuild_start_ms` in
+//! sensorflow-apps), so an input silent for days does not make it re-read days of the others.
+//! The main consumer then resumes at `C`.
 //!
 //! End of a stream: its record `C − 1` was delivered, or the consumer's position reached `C`
 //! (a `read_committed` reader never receives transaction markers or aborted records, so `C − 1`
@@ -609,14 +614,17 @@ const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// widens ×8 when only transaction markers or aborted records lie there.
 const TAIL: i64 = 32;
 
-/// Timestamps of the last record before the committed offset of every partition in `last`
-/// (key → committed offset, low watermark).
+/// Timestamps (`ts_of`, ms) of the last record before the committed offset of every partition
+/// in `want` (key → committed offset, low watermark) that has one: `ts_of` says `None` for a
+/// record that is not part of the state (dead-lettered when first seen), and the tail read
+/// widens past those as past transaction markers.
 fn last_timestamps(
     c: &BaseConsumer,
     want: &[(Key, i64, i64)],
     progress: &mut Progress,
     hook: &dyn Fn(u64),
     keep_alive: &dyn Fn(),
+    mut ts_of: impl FnMut(&BorrowedMessage<'_>) -> Option<i64>,
 ) -> Result<LastTimestamps, RebuildError> {
     let mut out = LastTimestamps::default();
     let mut todo: Vec<(Key, i64, i64)> = want.to_vec();
@@ -639,7 +647,7 @@ fn last_timestamps(
             keep_alive,
             |ev, _| {
                 if let Event::Record(i, m) = ev
-                    && let Some(t) = m.timestamp().to_millis()
+                    && let Some(t) = ts_of(m)
                 {
                     found[i] = Some(t);
                 }
@@ -651,7 +659,7 @@ fn last_timestamps(
                 Some(t) => {
                     out.insert(k, t);
                 }
-                // Only markers or aborted records in the tail: look further back.
+                // Only markers, aborted or dead-lettered records in the tail: look further back.
                 None if from > low => next.push((k, committed, low)),
                 None => {}
             }
@@ -793,6 +801,10 @@ fn late_source<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m str, i32, i64)> {
 /// caller's group poll: see [`crate::keepalive`]). Requests with nothing before their
 /// committed offset (or whose tail was deleted by retention) read nothing.
 ///
+/// `start_ms` gets the *decoded* timestamp of each partition's last record before its
+/// committed offset that `decode` accepts (records it refuses were dead-lettered when first
+/// seen and say nothing about the state); a partition without one is absent.
+///
 /// Blocking: call it from a blocking context.
 ///
 /// # Errors
@@ -837,7 +849,9 @@ pub fn replay<T>(
         return Ok(Summary::default());
     }
     // 1. the timestamp of the last processed record per partition
-    let ts = last_timestamps(&c, &tails, &mut progress, hook, keep_alive)?;
+    let ts = last_timestamps(&c, &tails, &mut progress, hook, keep_alive, |m| {
+        decode(&ConsumedRecord::from_kafka(m)).map(|(t, _)| t)
+    })?;
     // 2. offsets for the start times
     let mut q = TopicPartitionList::new();
     let mut keys: Vec<Key> = ts.keys().cloned().collect();
