@@ -91,7 +91,8 @@ pub struct JoinArgs {
     #[arg(long, env = env::CATEGORICAL_MAX, default_value_t = 100_000)]
     pub categorical_max: i64,
     /// How far back (record timestamps, ms) to re-read inputs to rebuild join state on
-    /// partition assignment, at least (2 × max staleness + join grace is always read).
+    /// partition assignment, at least (2 × max staleness + join grace is always read),
+    /// counted from the latest of the five inputs' last processed records.
     #[arg(long, env = env::REBUILD_LOOKBACK_MS, default_value_t = 600_000)]
     pub rebuild_lookback_ms: i64,
     /// Allowed out-of-orderness of each input partition, ms: a record whose event time is below
@@ -779,6 +780,36 @@ fn input_topic(topics: &Topics, input: InputKind) -> &str {
 
 /// A stable 64-bit identity of a record (FxHash of the topic, mixed with partition and
 /// offset), so the random model gives a redelivered record the same probability.
+/// Where the rebuild of one partition number's five inputs starts, ms of event time: the
+/// latest of the inputs' last processed timestamps `last` (one per input with a record below
+/// its commit point, decoded: dead-lettered records left out) minus `lookback_ms`, which is at
+/// least 2 × staleness + grace; `0` (everything) with no input at all.
+///
+/// Why the latest, and why a silent input's old timestamp does not extend the range. Let `W`
+/// be the join watermark when the commit points were taken, and `L` this latest timestamp.
+/// 1. `W > L`: every record below a commit point has its outcome produced. An accepted record
+///    at `t` was released only once `W > t`; a late one lay below its own input's bound (a
+///    record before it, below the commit too, released, so `W` passed that one) or below
+///    `W`. Idle inputs only raise `W`. So a silent input's old timestamp says nothing
+///    about `W`, and the others' newer ones do.
+/// 2. Every record the uninterrupted run accepts after the commit has `t ≥ W − grace`: one
+///    processed later meets `t ≥ W` (the watermark never goes back); one above a commit point
+///    that was processed before it comes after that input's first pinned record (pending, so
+///    at or above `W`) and is within the grace of it, or it would be late.
+/// 3. Its as-of lookups use values with event time in `[t − 2S, t]` (older ones are missing
+///    either way), so nothing older than `W − grace − 2S > L − grace − 2S` is needed.
+/// 4. Each input's tail is read regardless (`rebuild::start_offset`): its lateness bound, and
+///    the repeat filter's largest SZ offset, come back as before.
+///
+/// Records older than the start are thus late in the uninterrupted run, or never looked up.
+/// What stays as before: the rebuilt watermark is recomputed from fresh idle clocks, so a
+/// silent input holds it back again for `input_idle_timeout_ms` after a restart.
+pub fn rebuild_start_ms(last: impl IntoIterator<Item = i64>, lookback_ms: i64) -> i64 {
+    last.into_iter()
+        .max()
+        .map_or(0, |l| l.saturating_sub(lookback_ms).max(0))
+}
+
 fn identity(topic: &str, partition: i32, offset: i64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
@@ -812,6 +843,7 @@ impl Processor for JoinProcessor {
     fn on_assigned(
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
+        keep_alive: &dyn Fn(),
     ) -> Result<(), PipelineError> {
         let requests: Vec<Request> = committed
             .iter()
@@ -826,9 +858,9 @@ impl Processor for JoinProcessor {
         let now = sensorflow_runtime::now_ms();
         // Every record below the committed offsets had its outcome produced (commits never
         // pass a pending record). Replaying them in event-time order rebuilds the as-of
-        // values, the watermark clocks and the repeat filter; a trigger pending at the crash
-        // has t ≥ (oldest of the five last processed timestamps) − grace, and its lookups need
-        // values from t − 2 × staleness: hence the lookback from the oldest of the five.
+        // values, the watermark clocks and the repeat filter, from the latest of the five
+        // last processed timestamps minus the lookback (`rebuild_start_ms`: the watermark had
+        // passed that timestamp, so one input silent for days does not extend the range).
         let inputs: Vec<String> = self
             .topics
             .join_inputs()
@@ -857,13 +889,15 @@ impl Processor for JoinProcessor {
                     Some(&this.topics.late),
                     &this.rebuild_cfg,
                     |last, (_, p)| {
-                        inputs
-                            .iter()
-                            .filter_map(|t| last.get(&(t.clone(), *p)))
-                            .min()
-                            .map_or(0, |ts| ts.saturating_sub(lookback))
+                        rebuild_start_ms(
+                            inputs
+                                .iter()
+                                .filter_map(|t| last.get(&(t.clone(), *p)).copied()),
+                            lookback,
+                        )
                     },
                     &hook,
+                    keep_alive,
                     |m| {
                         let client = input::client_id(m.key()).ok()?;
                         let (ji, ingest) = this.decode(m, now).ok()?;
@@ -1343,5 +1377,58 @@ mod record_tests {
         assert!(out.iter().all(|o| &*o.topic == "dead-letter"));
         assert_eq!(reason(&out[0]), "missing-key");
         assert_eq!(reason(&out[1]), "decode");
+    }
+}
+
+#[cfg(test)]
+mod rebuild_range_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::rebuild_start_ms;
+    use proptest::prelude::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn a_silent_input_does_not_extend_the_range() {
+        let lookback = 2 * 600_000 + 2_000;
+        let now = 100 * DAY;
+        // SX silent for three days; the others at `now`.
+        let last = [now - 3 * DAY, now, now - 1_000, now - 500, now - 200];
+        assert_eq!(rebuild_start_ms(last, lookback), now - lookback);
+        assert_eq!(rebuild_start_ms([], lookback), 0);
+        assert_eq!(rebuild_start_ms([lookback / 2], lookback), 0);
+    }
+
+    /// The naive reading of the rule: every input's own start (its last timestamp minus the
+    /// lookback) is a valid start, and the range is the shortest of them.
+    fn naive(last: &[i64], lookback: i64) -> i64 {
+        let mut best = None;
+        for &l in last {
+            let s = (l - lookback).max(0);
+            if best.is_none_or(|b| s > b) {
+                best = Some(s);
+            }
+        }
+        best.unwrap_or(0)
+    }
+
+    proptest! {
+        #[test]
+        fn the_start_follows_the_latest_input_only(
+            last in prop::collection::vec(0i64..1_000 * DAY, 0..6),
+            lookback in 1_202_000i64..10 * DAY,
+            silent in 0i64..1_000 * DAY,
+        ) {
+            let start = rebuild_start_ms(last.iter().copied(), lookback);
+            prop_assert_eq!(start, naive(&last, lookback));
+            if let Some(&max) = last.iter().max() {
+                // What the as-of lookups and the grace need is inside the range.
+                prop_assert!(start <= max - 1_202_000 || start == 0);
+                // Another input, silent since any time up to the latest, changes nothing.
+                let with = last.iter().copied().chain([silent.min(max)]);
+                prop_assert_eq!(rebuild_start_ms(with, lookback), start);
+            }
+        }
     }
 }

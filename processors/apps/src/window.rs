@@ -215,6 +215,7 @@ impl Processor for WindowProcessor {
     fn on_assigned(
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
+        keep_alive: &dyn Fn(),
     ) -> Result<(), PipelineError> {
         let cfg = self.engine.config();
         let requests: Vec<Request> = committed
@@ -247,6 +248,7 @@ impl Processor for WindowProcessor {
                     &self.rebuild_cfg,
                     |last, k| last.get(k).map_or(0, |t| t.saturating_sub(lookback)),
                     &hook,
+                    keep_alive,
                     |m| {
                         let client = input::client_id(m.key()).ok()?;
                         let r = input::decode_reading(framing, m.payload(), Sensor::Sz).ok()?;

@@ -35,7 +35,11 @@ impl Processor for Hanger {
     fn topics(&self) -> Vec<String> {
         vec![self.topic.clone()]
     }
-    fn on_assigned(&mut self, _: &[(TopicPartition, Option<i64>)]) -> Result<(), PipelineError> {
+    fn on_assigned(
+        &mut self,
+        _: &[(TopicPartition, Option<i64>)],
+        _: &dyn Fn(),
+    ) -> Result<(), PipelineError> {
         Ok(())
     }
     fn on_revoked(&mut self, _: &[TopicPartition]) {}

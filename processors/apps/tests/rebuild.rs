@@ -2,7 +2,9 @@
 //! old fixed budget per phase) completes because it keeps moving, keeps `/health` green while
 //! it runs, and restores the exact window state; the same rebuild under a size limit it cannot
 //! meet fails loudly and emits nothing; a join rebuild leaves out what its predecessor routed
-//! to the late topic, as the predecessor's state did.
+//! to the late topic, as the predecessor's state did; a rebuild longer than
+//! `max.poll.interval.ms` keeps its member in the group (it polls, partitions paused) and runs
+//! once; a join rebuild with one input silent for days reads from the watermark, not from it.
 //!
 //! Run with `cargo test --release -p sensorflow-runtime --test rebuild -- --ignored` against the
 //! broker in `SENSORFLOW_TEST_BOOTSTRAP` (see `scripts/test.sh`).
@@ -15,10 +17,11 @@ use common::*;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor, SensorReading};
 use sensorflow_core::window::{Reading, WindowConfig, reference_features};
+use sensorflow_kafka::config::KafkaArgs;
 use sensorflow_runtime::dlq;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -504,6 +507,305 @@ async fn a_join_rebuild_leaves_out_the_records_its_predecessor_routed_late() {
         preds[0].features,
         vec![1, 2, 6, 6, 6],
         "the as-of SX is the one the previous owner held, not the late one"
+    );
+    drop(j);
+}
+
+/// `max.poll.interval.ms` of the member under test, and the session timeout under it (the
+/// broker's `group.min.session.timeout.ms` is 6 s).
+const MAX_POLL_MS: u64 = 6_000;
+
+/// The whole of `log`, colours stripped.
+fn log_of(group: &str, bin: &str) -> String {
+    strip_ansi(
+        &std::fs::read_to_string(std::env::temp_dir().join(format!("{group}{bin}.log")))
+            .unwrap_or_default(),
+    )
+}
+
+/// The `elapsed=` of the rebuild's summary line, seconds.
+fn rebuild_secs(log: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("state rebuilt from the topics"))
+        .unwrap_or_else(|| panic!("no rebuild in the log: {log}"));
+    let elapsed = line
+        .split("elapsed=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default();
+    if let Some(ms) = elapsed.strip_suffix("ms") {
+        ms.parse::<f64>().unwrap() / 1000.0
+    } else {
+        elapsed.trim_end_matches('s').parse::<f64>().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a broker: run ./run.sh test"]
+async fn a_rebuild_longer_than_max_poll_interval_keeps_the_member_in_its_group() {
+    const BATCHES: usize = 30;
+    const PER_BATCH: usize = 1000;
+    const LIVE: usize = 200;
+    let started = Instant::now();
+    let pre = prefix("rebuild-poll");
+    let t = topics(&pre);
+    create_topics(&t, 1).await;
+    // Whole batches of 1,000 readings (a long linger, a flush after each): the member below
+    // fetches one batch per 500 ms, so the rebuild of 30 takes ~15 s, 2.5 × max.poll.interval.
+    let mut pc = KafkaArgs::plain(&bootstrap()).producer_config("test");
+    pc.set("linger.ms", "1000");
+    let p: rdkafka::producer::FutureProducer = pc.create().unwrap();
+    let base = sensorflow_runtime::now_ms() - 86_400_000;
+    let mut n = 0i64;
+    let mut send_batch = |size: usize| {
+        let futs: Vec<_> = (0..size)
+            .map(|_| {
+                let ts = base + n * 10;
+                let key = format!("client-{:03}", n % 100);
+                let value = reading(ts, (n % 37) as f64);
+                n += 1;
+                p.send_result(
+                    FutureRecord::<str, [u8]>::to(&t.topic_sz)
+                        .key(&key)
+                        .payload(&value)
+                        .timestamp(ts),
+                )
+                .unwrap()
+            })
+            .collect();
+        p.flush(Duration::from_secs(30)).unwrap();
+        futs
+    };
+    for _ in 0..BATCHES {
+        for f in send_batch(PER_BATCH) {
+            f.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+    }
+    let committed = (BATCHES * PER_BATCH) as i64;
+    for f in send_batch(LIVE) {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let group = format!("{pre}window");
+    commit(&group, &t.topic_sz, committed);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let props = format!(
+        "max.poll.interval.ms={MAX_POLL_MS},session.timeout.ms={MAX_POLL_MS},\
+         fetch.min.bytes=100000000,fetch.wait.max.ms=500,max.partition.fetch.bytes=1"
+    );
+    let mut w = spawn(
+        "window-processor",
+        &t,
+        &group,
+        &[
+            ("SF_METRICS_ADDR", addr.as_str()),
+            ("SF_KAFKA_PROPERTIES", props.as_str()),
+        ],
+        &[],
+    );
+    let rebuilds = || {
+        log_of(&group, "window-processor")
+            .matches("rebuilding assigned partitions from their committed offsets")
+            .count()
+    };
+    wait_for(
+        Duration::from_secs(120),
+        "the live readings' features",
+        || {
+            assert!(
+                w.child.try_wait().unwrap().is_none(),
+                "window-processor exited ({})",
+                w.name
+            );
+            // Evicted at the end of its rebuild, the member rejoins and rebuilds again.
+            assert!(rebuilds() <= 1, "the rebuild started again ({})", w.name);
+            sensorflow_kafka::admin::message_count(&config(), &t.topic_fd).unwrap_or(0)
+                >= LIVE as i64
+        },
+    );
+    // A member evicted at the end of its rebuild rejoins at once: give it the time to show.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = log_of(&group, "window-processor");
+    let secs = rebuild_secs(&log);
+    assert!(
+        secs > 2.0 * MAX_POLL_MS as f64 / 1000.0,
+        "the rebuild took {secs:.1} s, not several max.poll.interval.ms: the test proves nothing"
+    );
+    assert_eq!(rebuilds(), 1, "the rebuild ran again: {log}");
+    assert!(
+        !log.contains("Revoked("),
+        "the member left its group: {log}"
+    );
+    assert!(!log.contains("left the consumer group"), "{log}");
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(metric(&metrics, "sensorflow_rebuilt_partitions_total"), 1.0);
+    assert_eq!(metric(&metrics, "sensorflow_rebuild_repeats_total"), 0.0);
+
+    // One outcome per live reading (a multiset: each source offset once per feature topic),
+    // each from the rebuilt window.
+    let sz = read_all(&t.topic_sz);
+    let reference = reference(&sz, WindowConfig::default(), |v| v);
+    for topic in [&t.topic_fa, &t.topic_fi, &t.topic_fd] {
+        let mut outcomes: HashMap<i64, usize> = HashMap::new();
+        for m in read_all(topic) {
+            let f = Feature::decode(m.payload().unwrap()).unwrap();
+            *outcomes.entry(f.source_offset).or_default() += 1;
+            let want = reference[&(0, f.source_offset)].unwrap();
+            assert_eq!(f.window_count, want.count, "{topic} at {}", f.source_offset);
+        }
+        let want: HashMap<i64, usize> = (committed..committed + LIVE as i64)
+            .map(|o| (o, 1))
+            .collect();
+        assert_eq!(outcomes, want, "{topic}: one feature per live reading");
+    }
+    for topic in [&t.topic_late, &t.topic_dlq] {
+        assert!(read_all(topic).is_empty(), "{topic} is not empty");
+    }
+    eprintln!(
+        "a {secs:.1} s rebuild under max.poll.interval.ms={MAX_POLL_MS}: one assignment, {LIVE} \
+         live readings with one feature each; whole test {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a broker: run ./run.sh test"]
+async fn a_join_rebuild_reads_from_the_watermark_not_from_a_silent_input() {
+    const OLD_SY: i64 = 3000;
+    let started = Instant::now();
+    let pre = prefix("rebuild-silent");
+    let t = topics(&pre);
+    create_topics(&t, 1).await;
+    let jg = format!("{pre}join");
+    let base = sensorflow_runtime::now_ms() - 86_400_000;
+    let p = producer();
+    let reading_of = |v: f64, t: i64, sensor: Sensor| {
+        SensorReading {
+            event_time_ms: t,
+            value: v,
+            sensor: sensor as i32,
+            ingest_time_ms: 0,
+        }
+        .encode_to_vec()
+    };
+    // 1. Committed history: SX silent for three days (one reading), 3,000 SY readings two days
+    //    old, then SY 2 at base − 30 s and the triple (3, 4, 5) at base − 60 s.
+    let sx_old = base - 3 * 86_400_000;
+    produce(
+        &p,
+        &t.topic_sx,
+        Some("c"),
+        &reading_of(1.0, sx_old, Sensor::Sx),
+        Some(sx_old),
+    )
+    .await;
+    let mut futs = Vec::new();
+    for i in 0..OLD_SY {
+        let ts = base - 2 * 86_400_000 + i * 10_000;
+        let value = reading_of(9.0, ts, Sensor::Sy);
+        futs.push(
+            p.send_result(
+                FutureRecord::<str, [u8]>::to(&t.topic_sy)
+                    .key("c")
+                    .payload(&value)
+                    .timestamp(ts),
+            )
+            .unwrap(),
+        );
+    }
+    for f in futs {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    let recent = base - 30_000;
+    produce(
+        &p,
+        &t.topic_sy,
+        Some("c"),
+        &reading_of(2.0, recent, Sensor::Sy),
+        Some(recent),
+    )
+    .await;
+    for (topic, kind, bin) in [
+        (&t.topic_fa, FeatureKind::Fa, 3),
+        (&t.topic_fi, FeatureKind::Fi, 4),
+        (&t.topic_fd, FeatureKind::Fd, 5),
+    ] {
+        let value = feature(kind, base - 60_000, 100, bin);
+        produce(&p, topic, Some("c"), &value, Some(base - 60_000)).await;
+    }
+    for (topic, offset) in [
+        (&t.topic_sx, 1),
+        (&t.topic_sy, OLD_SY + 1),
+        (&t.topic_fa, 1),
+        (&t.topic_fi, 1),
+        (&t.topic_fd, 1),
+    ] {
+        commit(&jg, topic, offset);
+    }
+    // 2. After the commit: SX comes back (7 at base), then SY 8 at base + 10 s.
+    produce(
+        &p,
+        &t.topic_sx,
+        Some("c"),
+        &reading_of(7.0, base, Sensor::Sx),
+        Some(base),
+    )
+    .await;
+    produce(
+        &p,
+        &t.topic_sy,
+        Some("c"),
+        &reading_of(8.0, base + 10_000, Sensor::Sy),
+        Some(base + 10_000),
+    )
+    .await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let env = [
+        ("SF_JOIN_IDLE_TIMEOUT_MS", "2000"),
+        ("SF_JOIN_INPUT_IDLE_TIMEOUT_MS", "5000"),
+        ("SF_METRICS_ADDR", addr.as_str()),
+    ];
+    let mut j = spawn("join-predict", &t, &jg, &env, &[]);
+    wait_for(Duration::from_secs(60), "the two predictions", || {
+        assert!(
+            j.child.try_wait().unwrap().is_none(),
+            "join-predict exited ({})",
+            j.name
+        );
+        sensorflow_kafka::admin::message_count(&config(), &t.topic_predictions).unwrap_or(0) >= 2
+    });
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    let rebuilt = metric(&metrics, "sensorflow_rebuilt_records_total");
+    // The tails (≤ 32 records per input) and the last 20 minutes: not the 3,000 old SY.
+    assert!(
+        rebuilt < 100.0,
+        "{rebuilt} records re-read: the silent SX extended the range"
+    );
+    let mut preds: Vec<(i64, Vec<i64>)> = read_all(&t.topic_predictions)
+        .iter()
+        .map(|m| {
+            let p = Prediction::decode(m.payload().unwrap()).unwrap();
+            (p.event_time_ms, p.features)
+        })
+        .collect();
+    preds.sort();
+    assert_eq!(
+        preds,
+        vec![
+            (base, vec![7, 2, 3, 4, 5]),
+            (base + 10_000, vec![7, 8, 3, 4, 5])
+        ],
+        "one prediction per new trigger, from the as-of values"
+    );
+    for topic in [&t.topic_late, &t.topic_dlq] {
+        assert!(read_all(topic).is_empty(), "{topic} is not empty");
+    }
+    eprintln!(
+        "join rebuild with SX silent for 3 days: {rebuilt} records re-read; whole test {:.1} s",
+        started.elapsed().as_secs_f64()
     );
     drop(j);
 }

@@ -10,7 +10,7 @@
 //!     ─► Hooks::after_turn ─► liveness beat
 //!   shutdown: not ready ─► Hooks::on_shutdown (flush, commit)
 //!
-//!   rebalance events (from the consumer context, oldest first):
+//!   rebalance events (from the consumer context, oldest first, until none is left):
 //!       Revoked  ─► Hooks::on_revoked (partitions still in the assignment: their progress can
 //!                   be committed) ─► removed from the assignment
 //!       Assigned ─► Hooks::on_assigned ─► floors ─► added to the assignment
@@ -34,7 +34,7 @@ use futures::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
@@ -284,20 +284,26 @@ impl<'c> Driver<'c> {
 
     /// [`Driver::rebalance`] while `held`, returned by the same poll, waits to be handled (or
     /// is left unprocessed): the hooks see it as [`Assignment::in_hand`].
+    ///
+    /// Until none is left: a hook that polls while it blocks (the rebuild's keep-alive) serves
+    /// rebalances, recorded meanwhile; they are handled here, in order, before `held` or any
+    /// other record (a partition revoked during its rebuild is revoked before it processes).
     async fn rebalance_holding<H: Hooks>(
         &mut self,
         h: &mut H,
         held: Option<&BorrowedMessage<'_>>,
     ) -> Result<(), H::Error> {
-        let events = self.consumer.context().take_events();
-        if events.is_empty() {
-            return Ok(());
+        loop {
+            let events = self.consumer.context().take_events();
+            if events.is_empty() {
+                return Ok(());
+            }
+            self.assigned
+                .hold(held.map(|m| (m.topic().to_owned(), m.partition(), m.offset())));
+            let handled = self.handle_events(h, events).await;
+            self.assigned.hold(None);
+            handled?;
         }
-        self.assigned
-            .hold(held.map(|m| (m.topic().to_owned(), m.partition(), m.offset())));
-        let handled = self.handle_events(h, events).await;
-        self.assigned.hold(None);
-        handled
     }
 
     async fn handle_events<H: Hooks>(
@@ -409,6 +415,9 @@ impl<'c> Driver<'c> {
                 Err(e) => {
                     *errors += 1;
                     let d = Duration::from_millis(100 * 2u64.pow((*errors).min(7)));
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PollExceeded) {
+                        tracing::error!(error = %e, "left the consumer group: the loop did not poll within max.poll.interval.ms; it rejoins, and its partitions are rebuilt again");
+                    }
                     tracing::warn!(error = %e, retry_in = ?d, "consume error");
                     tokio::time::sleep(d).await;
                 }

@@ -14,6 +14,7 @@
 //!     ├─ task       offsets processed and committable per partition
 //!     └─ error      PipelineError
 //!   rebuild     state restore on assignment (read back the outputs' topics)
+//!     └─ keepalive  polls the group, its partitions paused, while a rebuild blocks
 //!   dlq         dead-letter and late records with their reason headers
 //!   metrics     Prometheus registry, liveness; served by sensorflow-process
 //!   runner      the shared main: flags, wiring, run
@@ -32,6 +33,7 @@ pub mod dlq;
 pub mod driver;
 pub mod emitter;
 pub mod error;
+pub mod keepalive;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

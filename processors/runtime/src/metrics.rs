@@ -160,6 +160,10 @@ pub struct Metrics {
     pub rebuilt_partitions: Counter,
     /// `sensorflow_rebuild_in_progress`: 1 while a state rebuild runs.
     pub rebuild_in_progress: Gauge,
+    /// `sensorflow_rebuild_repeats_total`: rebuilds that started from the same committed
+    /// offset as this process's previous rebuild of a partition while records waited beyond
+    /// it (the previous assignment made no progress: e.g. evicted from the group mid-rebuild).
+    pub rebuild_repeats: Counter,
     /// `sensorflow_rebuild_failures_total{reason}`: rebuilds that failed: `stalled` (nothing
     /// moved for the stall timeout), `limit` (`SF_REBUILD_MAX_RECORDS` hit: no partial state
     /// is ever built), `consumer`.
@@ -216,6 +220,7 @@ impl Metrics {
             skipped_below_floor: Counter::default(),
             rebuilt_partitions: Counter::default(),
             rebuild_in_progress: Gauge::default(),
+            rebuild_repeats: Counter::default(),
             rebuild_failures: Family::default(),
             rebuild_retries: Counter::default(),
             since_progress: Gauge::default(),
@@ -320,6 +325,11 @@ impl Metrics {
             "rebuild_in_progress",
             "1 while a state rebuild runs",
             m.rebuild_in_progress.clone(),
+        );
+        r.register(
+            "rebuild_repeats",
+            "State rebuilds started again from the same committed offsets while records waited",
+            m.rebuild_repeats.clone(),
         );
         r.register(
             "rebuild_failures",

@@ -4,7 +4,8 @@
 //! ```text
 //!   Driver (select! { shutdown | commit tick | recv }, rebalance events, floors, liveness)
 //!      on_revoked  ─► flush + commit their progress ─► Processor::on_revoked
-//!      on_assigned ─► committed offsets ─► Processor::on_assigned (rebuild) ─► seek ─► floors
+//!      on_assigned ─► committed offsets ─► pause ─► Processor::on_assigned (rebuild, polling
+//!                     the group: KeepAlive) ─► resume ─► seek ─► floors
 //!      on_message  ─► Processor::process(ConsumedRecord, outputs: held for the turn)
 //!                  ─► OffsetTracker.mark(record)
 //!      after_turn  ─► Emitter (the turn's outputs enqueued together, not awaited)
@@ -23,6 +24,7 @@ use crate::consumer::{LoopConsumer, TopicPartition, tpl_offsets, tpl_pairs};
 use crate::driver::{Assignment, Driver, Hooks};
 use crate::emitter::{Emitter, LoopProducer, RetryPolicy};
 use crate::error::PipelineError;
+use crate::keepalive::KeepAlive;
 use crate::metrics::Metrics;
 use crate::output::Output;
 use crate::processor::{LoopConfig, Processor};
@@ -75,6 +77,11 @@ struct LoopState<'a, P: Processor> {
     /// those the processor last asked to have paused.
     paused: FxHashSet<TopicPartition>,
     want_paused: FxHashSet<TopicPartition>,
+    /// Per partition, the lowest offset a rebuild's keep-alive poll returned and dropped,
+    /// until that partition's assignment is handled (see [`KeepAlive`]).
+    rewinds: FxHashMap<TopicPartition, i64>,
+    /// The committed offset each partition was last rebuilt from (repeats are counted).
+    last_rebuilt: FxHashMap<TopicPartition, i64>,
 }
 
 impl<P: Processor> LoopState<'_, P> {
@@ -237,6 +244,39 @@ impl<P: Processor> LoopState<'_, P> {
         }
     }
 
+    /// Counts and logs a rebuild that starts from the same committed offset as this process's
+    /// previous rebuild of a partition while records wait beyond it: the previous assignment
+    /// made no progress there. A member evicted during its rebuilds (`max.poll.interval.ms`)
+    /// loops like this with `/health` green; `sensorflow_rebuild_repeats_total` shows it.
+    fn count_repeated_rebuilds(&mut self, committed: &[(TopicPartition, Option<i64>)]) {
+        let ctx = self.consumer.context();
+        let repeated: Vec<&TopicPartition> = committed
+            .iter()
+            .filter(|(tp, c)| {
+                c.is_some_and(|c| {
+                    self.last_rebuilt.get(tp) == Some(&c)
+                        && ctx.end_offset(&tp.0, tp.1).is_some_and(|end| end > c)
+                })
+            })
+            .map(|(tp, _)| tp)
+            .collect();
+        if !repeated.is_empty() {
+            self.metrics.rebuild_repeats.inc();
+            tracing::warn!(
+                partitions = ?repeated,
+                "rebuilding again from the same committed offsets while records wait: the \
+                 previous assignment made no progress (evicted from the group during the \
+                 rebuild? see max.poll.interval.ms)"
+            );
+        }
+        for (tp, c) in committed {
+            match c {
+                Some(c) => self.last_rebuilt.insert(tp.clone(), *c),
+                None => self.last_rebuilt.remove(tp),
+            };
+        }
+    }
+
     /// Moves each assigned partition's fetch position to the committed offset its state was
     /// rebuilt from.
     ///
@@ -245,9 +285,14 @@ impl<P: Processor> LoopState<'_, P> {
     /// `recv`), its flush can commit past that offset. The partition's floor (see
     /// `Assignment::admit`) already keeps the records between the two offsets from being
     /// applied twice; the seek spares fetching them again.
+    ///
+    /// `must`: a record of these partitions was returned during the rebuild and not processed
+    /// ([`KeepAlive`]); the position is past it, and the loop commits positions, so a failed
+    /// seek is an error (the loop stops uncommitted) instead of a warning.
     async fn seek_to_rebuilt(
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
+        must: bool,
     ) -> Result<(), PipelineError> {
         let wanted: Vec<(&TopicPartition, i64)> = committed
             .iter()
@@ -283,6 +328,7 @@ impl<P: Processor> LoopState<'_, P> {
             // A record of these partitions received before the seek is fetched again; the
             // floor admits it once either way.
             Ok(_) => {}
+            Err(e) if must => return Err(PipelineError::Commit(e)),
             // Not fatal: without the seek the partitions' floors (see `Assignment`) skip what
             // librdkafka delivers below the rebuilt offsets; nothing is dropped as stale.
             Err(e) => tracing::warn!(
@@ -322,14 +368,17 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
 
     /// Reads the committed offsets (retrying a partition's own error, e.g.
     /// UNSTABLE_OFFSET_COMMIT while a transaction that commits its offsets is still completing,
-    /// KIP-447), rebuilds state up to them, seeks there, and returns them as the floors. The
-    /// group metadata of this assignment is adopted for exactly-once commits only now.
+    /// KIP-447), rebuilds state up to them while polling the group with the partitions paused
+    /// ([`KeepAlive`]), seeks there, and returns them as the floors. The group metadata of this
+    /// assignment is adopted for exactly-once commits when its handling begins: a rebalance the
+    /// rebuild's polls serve records the next generation's.
     async fn on_assigned(
         &mut self,
         _d: &mut Driver<'_>,
         parts: &[TopicPartition],
     ) -> Result<Vec<Option<i64>>, PipelineError> {
         let consumer = self.consumer;
+        self.txn_metadata = consumer.context().assignment_metadata();
         let mut tpl = TopicPartitionList::new();
         for (t, p) in parts {
             tpl.add_partition(t, *p);
@@ -358,18 +407,41 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
             ?committed,
             "rebuilding assigned partitions from their committed offsets"
         );
+        self.count_repeated_rebuilds(&committed);
         self.metrics.set_ready(false);
         self.metrics.beat();
         let processor = &mut *self.processor;
         self.metrics.rebuild_in_progress.set(1);
-        let rebuilt = tokio::task::block_in_place(|| processor.on_assigned(&committed));
+        let keep_alive = KeepAlive::pause(consumer, parts);
+        let rebuilt = tokio::task::block_in_place(|| {
+            processor.on_assigned(&committed, &|| keep_alive.poll())
+        });
+        let polls = keep_alive.polls();
+        let kept = keep_alive.resume();
         self.metrics.rebuild_in_progress.set(0);
+        for (tp, o) in kept.rewinds() {
+            self.rewinds
+                .entry(tp.clone())
+                .and_modify(|r| *r = (*r).min(*o))
+                .or_insert(*o);
+        }
         if let Err(PipelineError::Rebuild(e)) = &rebuilt {
             e.count_failure(&self.metrics);
         }
         rebuilt?;
+        tracing::debug!(polls, paused = ?kept.partitions(), "group polled while rebuilding");
         self.metrics.beat();
-        self.seek_to_rebuilt(&committed).await?;
+        // Where each partition resumes: its committed offset (the floor), or, without one, the
+        // first record a keep-alive poll returned and dropped.
+        let rewinds: Vec<(TopicPartition, Option<i64>)> = committed
+            .iter()
+            .map(|(tp, c)| (tp.clone(), c.or_else(|| self.rewinds.get(tp).copied())))
+            .collect();
+        let must = parts.iter().any(|tp| self.rewinds.contains_key(tp));
+        for tp in parts {
+            self.rewinds.remove(tp);
+        }
+        self.seek_to_rebuilt(&rewinds, must).await?;
         let from: FxHashMap<TopicPartition, i64> = committed
             .into_iter()
             .filter_map(|(tp, c)| c.map(|c| (tp, c)))
@@ -377,7 +449,6 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
         for tp in parts {
             self.offsets.forget(tp);
         }
-        self.txn_metadata = consumer.context().assignment_metadata();
         self.metrics.set_ready(true);
         Ok(parts.iter().map(|tp| from.get(tp).copied()).collect())
     }
@@ -585,6 +656,8 @@ pub async fn run<P: Processor>(
         txn_metadata: None,
         paused: FxHashSet::default(),
         want_paused: FxHashSet::default(),
+        rewinds: FxHashMap::default(),
+        last_rebuilt: FxHashMap::default(),
     };
     Driver::new(consumer, metrics)
         .run(&mut st, cfg.commit_interval, shutdown)

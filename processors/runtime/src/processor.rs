@@ -15,11 +15,18 @@ pub trait Processor {
     /// Partitions were assigned; `committed` holds each one's committed offset (`None` when
     /// the group has no commit). Rebuild state before their records are processed.
     ///
+    /// `keep_alive` keeps the member in its consumer group while this blocks: call it often
+    /// (every turn of the rebuild's read loop; it polls the group at most every
+    /// [`crate::keepalive::POLL_EVERY`], with the partitions paused). A rebuild that never
+    /// calls it is evicted after `max.poll.interval.ms` and starts again on the next
+    /// assignment.
+    ///
     /// # Errors
     /// When state cannot be rebuilt.
     fn on_assigned(
         &mut self,
         committed: &[(TopicPartition, Option<i64>)],
+        keep_alive: &dyn Fn(),
     ) -> Result<(), PipelineError>;
     /// Partitions were revoked: drop their state.
     fn on_revoked(&mut self, partitions: &[TopicPartition]);

@@ -6,7 +6,8 @@
 //! them back with a separate, group-less consumer and hands them to the processor one by one:
 //!
 //! ```text
-//!   1. read the tail before C                 → timestamp T of the last record before C
+//!   1. read the tail before C                 → timestamp T of the last record before C that
+//!                                                the processor decodes (dead letters skipped)
 //!   2. offsets_for_times(start(T))            → start offset S  (KIP-79 ListOffsets by time)
 //!   3. read the late topic from start(T)      → source offsets it names: skipped in 4
 //!   4. read [S, C) of every partition          → decode ─► per-stream queue ─► merge ─► apply
@@ -23,6 +24,15 @@
 //!   only when no record arrived and no partition finished for [`RebuildConfig::stall_timeout`]
 //!   (a broker that does not answer), so a rebuild of any length succeeds while it moves, and a
 //!   restart never loops on a rebuild that was making progress.
+//! - **The group membership is kept.** The rebuild runs inside the loop's handling of the
+//!   assignment; the caller's `keep_alive` is called at every turn of the read loops and
+//!   around every broker call, and polls the loop's consumer with the partitions paused
+//!   ([`crate::keepalive`]), so a rebuild of any length does not exceed
+//!   `max.poll.interval.ms`. Without it the member was evicted after 300 s, rejoined, got the
+//!   same partitions and began the same rebuild again, for ever, with `/health` green.
+//!   Rebalances those polls serve are handled by the driver after the rebuild, in order
+//!   (a partition revoked meanwhile drops its rebuilt state before any record); a rebuild
+//!   repeated from the same committed offsets is counted (`sensorflow_rebuild_repeats_total`).
 //! - **Progress** is logged every 5 s and metered (`sensorflow_rebuilt_records_total`,
 //!   `sensorflow_rebuilt_partitions_total`, `sensorflow_rebuild_in_progress`), and every step
 //!   calls the caller's progress hook (the liveness heartbeat).
@@ -45,8 +55,12 @@
 //!
 //! Record timestamps are the readings' event times (SensorFlow's producers set them so), so the
 //! lookback (window + grace for the window-processor) restores the state the previous owner
-//! had, provided the partition's timestamps are ordered within the grace period. The main
-//! consumer then resumes at `C`.
+//! had, provided the partition's timestamps are ordered within the grace period. The start of
+//! each partition's range is the caller's (`start_ms`): the window-processor's is its own last
+//! record minus the lookback; join-predict's is the *latest* of its five inputs' last records
+//! minus its lookback (the watermark had passed it; see `join::rebuild_start_ms` in
+//! sensorflow-apps), so an input silent for days does not make it re-read days of the others.
+//! The main consumer then resumes at `C`.
 //!
 //! End of a stream: its record `C − 1` was delivered, or the consumer's position reached `C`
 //! (a `read_committed` reader never receives transaction markers or aborted records, so `C − 1`
@@ -467,7 +481,8 @@ enum Event<'a, 'm> {
 /// Reads `[from, end)` of the streams `keys` (each with its own from/end) until every stream
 /// reached its end, reporting records and ends to `on`, which returns through `flows` the
 /// pauses and resumes to apply. Stall detection and the size limit through `progress`; `hook`
-/// is called with the records read whenever something moved.
+/// is called with the records read whenever something moved, `keep_alive` at every turn.
+#[allow(clippy::too_many_arguments)]
 fn read_streams(
     c: &BaseConsumer,
     keys: &[Key],
@@ -475,6 +490,7 @@ fn read_streams(
     end: &[i64],
     progress: &mut Progress,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
     mut on: impl FnMut(Event<'_, '_>, &mut Vec<Flow>),
 ) -> Result<(), RebuildError> {
     let index: FxHashMap<&Key, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
@@ -503,6 +519,7 @@ fn read_streams(
     let mut since_check = 0u32;
     let mut last_log = Instant::now();
     while open > 0 {
+        keep_alive();
         let mut read = 0u64;
         let mut moved = false;
         let polled = c.poll(Duration::from_millis(100));
@@ -597,13 +614,17 @@ const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// widens ×8 when only transaction markers or aborted records lie there.
 const TAIL: i64 = 32;
 
-/// Timestamps of the last record before the committed offset of every partition in `last`
-/// (key → committed offset, low watermark).
+/// Timestamps (`ts_of`, ms) of the last record before the committed offset of every partition
+/// in `want` (key → committed offset, low watermark) that has one: `ts_of` says `None` for a
+/// record that is not part of the state (dead-lettered when first seen), and the tail read
+/// widens past those as past transaction markers.
 fn last_timestamps(
     c: &BaseConsumer,
     want: &[(Key, i64, i64)],
     progress: &mut Progress,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
+    mut ts_of: impl FnMut(&BorrowedMessage<'_>) -> Option<i64>,
 ) -> Result<LastTimestamps, RebuildError> {
     let mut out = LastTimestamps::default();
     let mut todo: Vec<(Key, i64, i64)> = want.to_vec();
@@ -616,20 +637,29 @@ fn last_timestamps(
             .collect();
         let end: Vec<i64> = todo.iter().map(|(_, c, _)| *c).collect();
         let mut found: Vec<Option<i64>> = vec![None; keys.len()];
-        read_streams(c, &keys, &from, &end, progress, hook, |ev, _| {
-            if let Event::Record(i, m) = ev
-                && let Some(t) = m.timestamp().to_millis()
-            {
-                found[i] = Some(t);
-            }
-        })?;
+        read_streams(
+            c,
+            &keys,
+            &from,
+            &end,
+            progress,
+            hook,
+            keep_alive,
+            |ev, _| {
+                if let Event::Record(i, m) = ev
+                    && let Some(t) = ts_of(m)
+                {
+                    found[i] = Some(t);
+                }
+            },
+        )?;
         let mut next = Vec::new();
         for (((k, committed, low), f), from) in todo.into_iter().zip(found).zip(from) {
             match f {
                 Some(t) => {
                     out.insert(k, t);
                 }
-                // Only markers or aborted records in the tail: look further back.
+                // Only markers, aborted or dead-lettered records in the tail: look further back.
                 None if from > low => next.push((k, committed, low)),
                 None => {}
             }
@@ -650,6 +680,7 @@ fn last_timestamps(
 /// # Errors
 /// [`RebuildError::Consumer`] when offsets cannot be listed; stalls and the size limit as in
 /// [`replay`].
+#[allow(clippy::too_many_arguments)]
 fn late_offsets(
     c: &BaseConsumer,
     late_topic: &str,
@@ -658,6 +689,7 @@ fn late_offsets(
     call_timeout: Duration,
     progress: &mut Progress,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
 ) -> Result<Vec<FxHashSet<i64>>, RebuildError> {
     let mut out = vec![FxHashSet::default(); keys.len()];
     let mut since: BTreeMap<i32, i64> = BTreeMap::new();
@@ -669,6 +701,7 @@ fn late_offsets(
     for (n, s) in &since {
         q.add_partition_offset(late_topic, *n, Offset::Offset(*s))?;
     }
+    keep_alive();
     let answers = match c.offsets_for_times(q, call_timeout) {
         Ok(a) => a,
         Err(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => return Ok(out),
@@ -680,8 +713,10 @@ fn late_offsets(
     // offset, as this consumer reads committed records only).
     let mut q = answers.clone();
     q.set_all_offsets(Offset::End)?;
+    keep_alive();
     let ends = c.offsets_for_times(q, call_timeout)?;
     hook(0);
+    keep_alive();
     let (mut streams, mut from, mut end) = (Vec::new(), Vec::new(), Vec::new());
     for (e, last) in answers.elements().iter().zip(ends.elements()) {
         if let Err(err) = e.error().and(last.error()) {
@@ -707,14 +742,23 @@ fn late_offsets(
         .enumerate()
         .map(|(i, (t, p))| ((t.as_str(), *p), i))
         .collect();
-    read_streams(c, &streams, &from, &end, progress, hook, |ev, _| {
-        if let Event::Record(_, m) = ev
-            && let Some((topic, partition, offset)) = late_source(m)
-            && let Some(&i) = index.get(&(topic, partition))
-        {
-            out[i].insert(offset);
-        }
-    })?;
+    read_streams(
+        c,
+        &streams,
+        &from,
+        &end,
+        progress,
+        hook,
+        keep_alive,
+        |ev, _| {
+            if let Event::Record(_, m) = ev
+                && let Some((topic, partition, offset)) = late_source(m)
+                && let Some(&i) = index.get(&(topic, partition))
+            {
+                out[i].insert(offset);
+            }
+        },
+    )?;
     Ok(out)
 }
 
@@ -753,8 +797,13 @@ fn late_source<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m str, i32, i64)> {
 /// record that is not part of the state (dead-lettered when first seen). `apply` gets the
 /// stream's (topic, partition), the record's offset and the decoded item. `hook` is called
 /// with the number of records read whenever the rebuild moved (the liveness heartbeat and
-/// metrics). Requests with nothing before their committed offset (or whose tail was deleted by
-/// retention) read nothing.
+/// metrics); `keep_alive` at every turn of the read loops and around every broker call (the
+/// caller's group poll: see [`crate::keepalive`]). Requests with nothing before their
+/// committed offset (or whose tail was deleted by retention) read nothing.
+///
+/// `start_ms` gets the *decoded* timestamp of each partition's last record before its
+/// committed offset that `decode` accepts (records it refuses were dead-lettered when first
+/// seen and say nothing about the state); a partition without one is absent.
 ///
 /// Blocking: call it from a blocking context.
 ///
@@ -771,6 +820,7 @@ pub fn replay<T>(
     cfg: &RebuildConfig,
     start_ms: impl Fn(&LastTimestamps, &Key) -> i64,
     hook: &dyn Fn(u64),
+    keep_alive: &dyn Fn(),
     mut decode: impl FnMut(&ConsumedRecord<'_>) -> Option<(i64, T)>,
     mut apply: impl FnMut(&Key, i64, T),
 ) -> Result<Summary, RebuildError> {
@@ -779,6 +829,7 @@ pub fn replay<T>(
     // One broker request (metadata, watermarks, offsets by time) may take longer than a short
     // stall timeout on a fresh connection; it is bounded on its own.
     let call_timeout = cfg.stall_timeout.max(BROKER_CALL_TIMEOUT);
+    keep_alive();
     let c: BaseConsumer = config.create()?;
     // Only partitions with something before the committed offset, still retained.
     let mut tails: Vec<(Key, i64, i64)> = Vec::new();
@@ -786,6 +837,7 @@ pub fn replay<T>(
         if r.committed <= 0 {
             continue;
         }
+        keep_alive();
         let (low, _high) = c.fetch_watermarks(&r.topic, r.partition, call_timeout)?;
         // The broker answered: the rebuild moves (a heartbeat, no records).
         hook(0);
@@ -797,7 +849,9 @@ pub fn replay<T>(
         return Ok(Summary::default());
     }
     // 1. the timestamp of the last processed record per partition
-    let ts = last_timestamps(&c, &tails, &mut progress, hook)?;
+    let ts = last_timestamps(&c, &tails, &mut progress, hook, keep_alive, |m| {
+        decode(&ConsumedRecord::from_kafka(m)).map(|(t, _)| t)
+    })?;
     // 2. offsets for the start times
     let mut q = TopicPartitionList::new();
     let mut keys: Vec<Key> = ts.keys().cloned().collect();
@@ -811,7 +865,9 @@ pub fn replay<T>(
     for k in &keys {
         q.add_partition_offset(&k.0, k.1, Offset::Offset(start_ms(&ts, k).max(0)))?;
     }
+    keep_alive();
     let starts = c.offsets_for_times(q, call_timeout)?;
+    keep_alive();
     let committed: FxHashMap<&Key, i64> = tails.iter().map(|(k, c, _)| (k, *c)).collect();
     let mut start: FxHashMap<Key, i64> = FxHashMap::default();
     for e in starts.elements() {
@@ -835,6 +891,7 @@ pub fn replay<T>(
             call_timeout,
             &mut progress,
             hook,
+            keep_alive,
         )?,
         None => vec![FxHashSet::default(); keys.len()],
     };
@@ -859,6 +916,7 @@ pub fn replay<T>(
         &end,
         &mut progress,
         hook,
+        keep_alive,
         |ev, flows| match ev {
             Event::Record(i, m) => {
                 if late[i].contains(&m.offset()) {
