@@ -139,9 +139,9 @@ pub struct PartitionWriter {
     cfg: WriterConfig,
     ledger: Ledger,
     open: Option<OpenRange>,
-    /// The partition's high watermark when this member got it: a time cut must end at or
-    /// above `high - 1` (see [`PartitionWriter::resume`]).
-    high: i64,
+    /// The partition's high watermark read after this member got it: a time cut must end at
+    /// or above `high - 1` (see [`PartitionWriter::resume`]); `None` until it is known.
+    high: Option<i64>,
     /// Last commit made, to skip redundant commits.
     committed: Option<Commit>,
 }
@@ -157,7 +157,7 @@ impl PartitionWriter {
             ledger: Ledger::new(cfg.rotation.limits),
             cfg,
             open: None,
-            high: i64::MIN,
+            high: Some(i64::MIN),
             committed: None,
         }
     }
@@ -169,7 +169,8 @@ impl PartitionWriter {
 
     /// Starts the partition as this member got it (before the first record): `resume` is the
     /// last commit's metadata (`None`: no commit, or one without sink metadata), `high` the
-    /// partition's high watermark read after the assignment.
+    /// partition's high watermark read after the assignment (`None`: not known yet, no time
+    /// cut until [`PartitionWriter::set_high`]).
     ///
     /// With `resume`, the chain continues with its limits and its cuts, so the ranges from the
     /// committed offset on are the ones every earlier owner made. An earlier owner that lost
@@ -177,11 +178,22 @@ impl PartitionWriter {
     /// so this member makes no time cut below `high - 1` (it would end a range where that
     /// owner's continues), and keeps the chain's limits until its first time cut, where it
     /// switches to its own (the cut is committed before anything after it is uploaded).
-    pub fn resume(&mut self, resume: Option<&Resume>, high: i64) {
+    pub fn resume(&mut self, resume: Option<&Resume>, high: Option<i64>) {
         if let Some(r) = resume {
             self.ledger.resume(r);
         }
         self.high = high;
+    }
+
+    /// Whether the high watermark is still to be read ([`PartitionWriter::set_high`]).
+    pub fn needs_high(&self) -> bool {
+        self.high.is_none()
+    }
+
+    /// The high watermark, read after the assignment (a retry of what
+    /// [`PartitionWriter::resume`] could not get).
+    pub fn set_high(&mut self, high: i64) {
+        self.high = Some(high);
     }
 
     /// Writes record `r` (of this partition, read in offset order) whose key and value hold
@@ -316,7 +328,8 @@ impl PartitionWriter {
         let Some(o) = &self.open else {
             return Ok(Vec::new());
         };
-        if self.ledger.pending_cuts() >= MAX_CUTS || o.last.saturating_add(1) < self.high {
+        let below = self.high.is_none_or(|h| o.last.saturating_add(1) < h);
+        if self.ledger.pending_cuts() >= MAX_CUTS || below {
             return Ok(Vec::new());
         }
         self.ledger.cut(o.last, self.cfg.rotation.limits);

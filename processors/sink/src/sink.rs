@@ -95,7 +95,7 @@ pub enum SinkError {
     /// A store operation failed after every retry.
     #[error("{object}: giving up after {attempts} attempts: {source}")]
     Store {
-        /// Object (or listed prefix) URL.
+        /// Object URL.
         object: String,
         /// Attempts made.
         attempts: usize,
@@ -105,7 +105,7 @@ pub enum SinkError {
     /// A store operation and its retries exceeded the deadline.
     #[error("{object}: no success within {deadline:?} (retries included)")]
     Deadline {
-        /// Object (or listed prefix) URL.
+        /// Object URL.
         object: String,
         /// The deadline.
         deadline: Duration,
@@ -243,7 +243,8 @@ pub struct Summary {
     pub location: String,
 }
 
-/// The sink: owns the open files, the store and the dead-letter emitter.
+/// The sink: owns the partitions' writers, the upload queue, the store and the dead-letter
+/// emitter.
 pub struct Sink<S: ObjectStore> {
     cfg: SinkConfig,
     store: S,
@@ -259,7 +260,7 @@ pub struct Sink<S: ObjectStore> {
     uncommitted: Vec<(String, i32, String)>,
     /// Something changed that may advance a commit.
     dirty: bool,
-    /// Input bytes in open files.
+    /// Input bytes in open ranges.
     buffered: u64,
     /// Sealed files, uploaded in this order.
     queue: VecDeque<SealedFile>,
@@ -280,6 +281,19 @@ fn add_commit(tpl: &mut TopicPartitionList, t: &str, p: i32, c: &Commit) {
         && let Some(e) = e.as_mut()
     {
         e.set_metadata(c.metadata());
+    }
+}
+
+/// The high watermark of `t`/`p` (a request to its leader, blocking up to `timeout`); `None`
+/// when it cannot be read now (a new topic without a leader yet, a broker away).
+fn high_watermark(consumer: &LoopConsumer, t: &str, p: i32, timeout: Duration) -> Option<i64> {
+    match tokio::task::block_in_place(|| consumer.fetch_watermarks(t, p, timeout)) {
+        Ok((_, high)) => Some(high),
+        Err(e) => {
+            tracing::debug!(topic = %t, partition = p, error = %e,
+                "high watermark not read yet: no time cut in this partition until it is");
+            None
+        }
     }
 }
 
@@ -474,16 +488,7 @@ impl<S: ObjectStore> Sink<S> {
                 _ => None,
             };
             let resume = elem.as_ref().and_then(|e| Resume::parse(e.metadata()));
-            let high = match tokio::task::block_in_place(|| {
-                consumer.fetch_watermarks(t, *p, Duration::from_secs(5))
-            }) {
-                Ok((_, high)) => high,
-                Err(e) => {
-                    tracing::warn!(topic = %t, partition = p, error = %e,
-                        "no high watermark: no time cut in this partition until it is read (ranges end by their records)");
-                    i64::MAX
-                }
-            };
+            let high = high_watermark(consumer, t, *p, Duration::from_secs(2));
             w.resume(resume.as_ref(), high);
             if resume.is_none() && offset.is_some() {
                 tracing::info!(topic = %t, partition = p, ?offset,
@@ -826,10 +831,9 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Polls until the last poll is younger than the keep-alive interval (usually once):
-    /// a record a poll returns is handled at once (when `stopping`, left for the next run), so
-    /// a poll that brings a record of a new hour, whose listing takes long, is followed by
-    /// another poll. Records are handled even above the memory budget: one per poll, and only
-    /// when the last poll is old.
+    /// a record a poll returns is handled at once (when `stopping`, left for the next run).
+    /// Records are handled even above the memory budget: one per poll, and only when the last
+    /// poll is old.
     async fn poll_if_stale(&mut self, d: &mut Driver<'_>, stopping: bool) -> Result<(), SinkError> {
         while d.since_poll() >= self.cfg.keepalive() {
             d.poll_now(self, !stopping).await?;
@@ -878,7 +882,7 @@ impl<S: ObjectStore> Sink<S> {
     /// keeps the offsets to commit and is tried again after a backoff (200 ms doubling to
     /// 10 s); after `commit_retries` consecutive refusals other than by a rebalance the sink
     /// fails. A commit refused by a rebalance is retried for the partitions still assigned
-    /// after it (a revoked partition's next owner lists the objects and skips their records).
+    /// after it (a revoked partition's next owner makes the same objects and finds them).
     async fn commit(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         let consumer = d.consumer();
         if !self.dirty {
@@ -979,13 +983,27 @@ impl<S: ObjectStore> Sink<S> {
 
     /// Cuts ranges open for `max_age`, unless uploads are queued: behind a slow store, ranges
     /// then grow (up to their record, byte and memory limits) instead of queueing many small
-    /// ones.
-    fn seal_aged(&mut self) -> Result<(), SinkError> {
+    /// ones. Partitions whose high watermark could not be read at assignment try again first
+    /// (no time cut before it is known).
+    fn seal_aged(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.learn_high(d);
         if !self.queue.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         self.seal_every(|w| w.seal_aged(now))
+    }
+
+    /// Reads the high watermark of partitions that could not get it at assignment.
+    fn learn_high(&mut self, d: &mut Driver<'_>) {
+        let consumer = d.consumer();
+        for (t, m) in &mut self.parts {
+            for (p, w) in m.iter_mut().filter(|(_, w)| w.needs_high()) {
+                if let Some(h) = high_watermark(consumer, t, *p, Duration::from_millis(500)) {
+                    w.set_high(h);
+                }
+            }
+        }
     }
 
     /// Cuts what `f` cuts in every partition (time cuts) and queues it.
@@ -1023,6 +1041,7 @@ impl<S: ObjectStore> Sink<S> {
     /// run), and commits, retrying a refused commit within its bounds.
     async fn flush(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         d.rebalance(self).await?;
+        self.learn_high(d);
         self.seal_every(|w| w.cut(Reason::Shutdown))?;
         let mut attempts = 0u32;
         while !self.queue.is_empty() {
@@ -1066,7 +1085,7 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Subscribes and runs the shared consume-loop driver until `shutdown` is cancelled; then
-    /// finalises every open file, uploads it and commits its offsets before returning.
+    /// cuts every open range, commits the cuts, uploads and commits before returning.
     ///
     /// # Errors
     /// [`SinkError`] for failures that survive retries; offsets of records not in a finalised
@@ -1121,8 +1140,8 @@ impl<S: ObjectStore> Hooks for Sink<S> {
         self.process(rec).await
     }
 
-    async fn on_tick(&mut self, _d: &mut Driver<'_>) -> Result<(), SinkError> {
-        self.seal_aged()
+    async fn on_tick(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.seal_aged(d)
     }
 
     /// Whatever woke the turn, records already fetched move on too (a tick would otherwise win

@@ -244,7 +244,7 @@ fn a_late_upload_after_a_lost_session_has_the_name_and_rows_of_the_new_owners_ob
     assert!(a.may_upload(&late[0]));
     // Member B gets the partition from that commit, with more records to read.
     let mut b_ = PartitionWriter::new("SZ", 1, Kind::Reading, cfg.clone());
-    b_.resume(Some(&Resume::parse(&commit.metadata()).unwrap()), 6);
+    b_.resume(Some(&Resume::parse(&commit.metadata()).unwrap()), Some(6));
     let mut mine = Vec::new();
     for o in 0..20 {
         mine.extend(b_.write(&rec(&v, 1, o, hour(o)), 1, 0).unwrap().sealed);
@@ -297,7 +297,7 @@ fn no_time_cut_below_the_high_watermark_and_own_limits_from_the_first_one() {
         cuts: vec![],
     };
     let mut w = PartitionWriter::new("SZ", 0, Kind::Reading, config(100, 1 << 30, 1, 24));
-    w.resume(Some(&theirs), 8);
+    w.resume(Some(&theirs), Some(8));
     let mut ends = Vec::new();
     for o in 0..7 {
         ends.extend(
@@ -695,7 +695,7 @@ proptest! {
             let mut w = PartitionWriter::new("SZ", 4, Kind::Reading, cfg);
             let start = committed.as_ref().map_or(0, |c| c.0) as usize;
             let r = committed.as_ref().and_then(|c| Resume::parse(&c.1));
-            w.resume(r.as_ref(), high as i64);
+            w.resume(r.as_ref(), Some(high as i64));
             let mut queue: VecDeque<SealedFile> = VecDeque::new();
             for (k, o) in (start..avail).enumerate() {
                 if !clean && k == *end_at {
