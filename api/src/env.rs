@@ -132,15 +132,15 @@ pub const SINK_LOCAL_DIR: &str = "SF_SINK_LOCAL_DIR";
 pub const SINK_PREFIX: &str = "SF_SINK_PREFIX";
 /// `SF_SINK_TOPICS`: Topics to archive, comma-separated names.
 pub const SINK_TOPICS: &str = "SF_SINK_TOPICS";
-/// `SF_SINK_MAX_RECORDS`: Records per file.
+/// `SF_SINK_MAX_RECORDS`: Records per offset range (one object per event hour in it).
 pub const SINK_MAX_RECORDS: &str = "SF_SINK_MAX_RECORDS";
-/// `SF_SINK_MAX_BYTES`: Input bytes per file before compression.
+/// `SF_SINK_MAX_BYTES`: Input bytes per offset range before compression.
 pub const SINK_MAX_BYTES: &str = "SF_SINK_MAX_BYTES";
-/// `SF_SINK_MAX_AGE_SECONDS`: Seconds a file stays open.
+/// `SF_SINK_MAX_AGE_SECONDS`: Seconds an offset range stays open.
 pub const SINK_MAX_AGE_SECONDS: &str = "SF_SINK_MAX_AGE_SECONDS";
-/// `SF_SINK_MAX_BUFFER_BYTES`: Input bytes buffered across open files.
+/// `SF_SINK_MAX_BUFFER_BYTES`: Input bytes buffered across open ranges and queued uploads.
 pub const SINK_MAX_BUFFER_BYTES: &str = "SF_SINK_MAX_BUFFER_BYTES";
-/// `SF_SINK_MAX_OPEN_HOURS`: Open files (hour buckets) per partition.
+/// `SF_SINK_MAX_OPEN_HOURS`: Event hours (objects) per offset range.
 pub const SINK_MAX_OPEN_HOURS: &str = "SF_SINK_MAX_OPEN_HOURS";
 /// `SF_SINK_ROW_GROUP_ROWS`: Rows per Parquet row group.
 pub const SINK_ROW_GROUP_ROWS: &str = "SF_SINK_ROW_GROUP_ROWS";

@@ -247,11 +247,11 @@ pub struct SinkSettings {
     pub prefix: String,
     /// Topic names to archive.
     pub topics: Vec<String>,
-    /// Records per file.
+    /// Records per offset range (one object per event hour in it).
     pub max_records: i64,
-    /// Input bytes per file, before compression.
+    /// Input bytes per offset range, before compression.
     pub max_bytes: i64,
-    /// Seconds a file stays open.
+    /// Seconds an offset range stays open.
     pub max_age_seconds: i64,
     /// GCS endpoint override; with it and no credentials the sink is anonymous.
     pub endpoint: Option<String>,

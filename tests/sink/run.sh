@@ -175,10 +175,11 @@ reader_check() {
   [ "${PIPESTATUS[0]}" = 0 ]
 }
 restart_found_uncommitted_objects() {
-  # The restarted run skips records only if the killed one had uploaded objects it never
-  # committed (a narrow window); either way the reader check above proves one copy.
-  local skipped; skipped=$(grep -o '"skipped": [0-9]*' "$work/sink-summary-2.json" | awk '{print $2}')
-  log "the restarted sink skipped ${skipped:-?} records already stored by the killed one"
+  # The restarted run finds objects only if the killed one had uploaded some it never
+  # committed (a narrow window): it makes the same ranges again and its create-only uploads
+  # are refused; either way the reader check above proves one copy.
+  local found; found=$(grep -o '"already_stored": [0-9]*' "$work/sink-summary-2.json" | awk '{print $2}')
+  log "the restarted sink found ${found:-?} objects already stored by the killed one"
   return 0
 }
 

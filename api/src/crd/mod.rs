@@ -740,19 +740,21 @@ impl SinkSpec {
 /// A pipeline topic, by role (the CRD's name for [`TopicRole`]).
 pub type SinkTopic = TopicRole;
 
-/// File rotation of the GCS sink; a file closes at whichever limit comes first.
+/// File rotation of the GCS sink: a partition's records are cut into consecutive offset
+/// ranges, one object per event hour in each; a range closes at whichever limit comes first.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
-    /// Records per file (default 1000000).
+    /// Records per offset range (default 1000000).
     #[serde(default = "default_rotation_records")]
     #[schemars(range(min = 1))]
     pub max_records: i64,
-    /// Bytes per file before compression (default 134217728 = 128 MiB).
+    /// Input bytes per offset range before compression (default 134217728 = 128 MiB).
     #[serde(default = "default_rotation_bytes")]
     #[schemars(range(min = 1024))]
     pub max_bytes: i64,
-    /// Seconds a file stays open (default 300).
+    /// Seconds a range stays open (default 300). Where such a cut falls is committed with the
+    /// offsets before the range is uploaded, so a restarted sink cuts there too.
     #[serde(default = "default_rotation_seconds")]
     #[schemars(range(min = 1))]
     pub max_age_seconds: i64,

@@ -3,7 +3,7 @@
 use crate::encode::{Codec, EncodeConfig};
 use crate::layout::Layout;
 use crate::metrics::SinkMetrics;
-use crate::rotation::Rotation;
+use crate::rotation::{Limits, Rotation};
 use crate::rows::Kind;
 use crate::sink::{CommitFault, RetryConfig, Sink, SinkConfig, Summary};
 use crate::store::{GcsConfig, GcsStore, LocalStore, ObjectStore};
@@ -22,9 +22,12 @@ use std::time::Duration;
 /// gcs-sink: copies pipeline topics into Parquet objects in Google Cloud Storage (or a local
 /// directory), laid out as `PREFIX/topic=T/date=YYYY-MM-DD/hour=HH/T-PARTITION-FIRST-LAST.parquet`.
 ///
-/// Every record is stored exactly once: an object is uploaded whole before the offsets it
-/// holds are committed, and after a crash the sink finds objects uploaded but not committed and
-/// skips their offsets. Undecodable records go to the dead-letter topic with the reason.
+/// Every record is stored exactly once: a partition's records are cut into consecutive offset
+/// ranges (one object per event hour in each), an object is uploaded whole and create-only
+/// before the offsets it holds are committed, and where a range ends depends only on its
+/// records or on a time cut committed before the upload — so whoever resumes from a commit
+/// (after a crash, a rebalance or an expired session) writes the same objects again, never
+/// others. Undecodable records go to the dead-letter topic with the reason.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gcs-sink", version, about, long_about)]
 pub struct SinkArgs {
@@ -50,21 +53,29 @@ pub struct SinkArgs {
     /// FD, predictions, dead-letter and late).
     #[arg(long = "sink-topics", env = env::SINK_TOPICS, value_delimiter = ',')]
     pub sink_topics: Vec<String>,
-    /// Records per file.
+    /// Records per offset range (counting dead-lettered ones): a partition's records are cut
+    /// into consecutive ranges of at most this many, one object per event hour in each. The
+    /// limits in force travel with the committed offset; a change takes effect at the first
+    /// time cut above what earlier runs may have stored.
     #[arg(long, env = env::SINK_MAX_RECORDS, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_records: u64,
-    /// Input bytes (Kafka key + value) per file, before compression.
+    /// Input bytes (Kafka key + value) per offset range, before compression: the range ends
+    /// at the record that reaches it.
     #[arg(long, env = env::SINK_MAX_BYTES, default_value_t = 134_217_728, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_bytes: u64,
-    /// Seconds a file stays open before it is finalised (quiet topics still get files).
+    /// Seconds a range stays open before it is cut and uploaded (quiet topics still get
+    /// files). Where such a cut falls is committed (offset metadata) before its objects are
+    /// uploaded, so whoever resumes from the commit cuts there too.
     #[arg(long, env = env::SINK_MAX_AGE_SECONDS, default_value_t = 300.0)]
     pub max_age_seconds: f64,
-    /// Input bytes buffered across all open files before the largest is finalised early.
+    /// Input bytes buffered across all open ranges and queued uploads before the largest open
+    /// range is cut early (a time cut, committed before its upload like an age cut).
     #[arg(long, env = env::SINK_MAX_BUFFER_BYTES, default_value_t = 1 << 30)]
     pub max_buffer_bytes: u64,
-    /// Open files per partition, one per hour bucket: records straddling an hour boundary do
-    /// not cut a file at every flip; opening one more finalises the oldest.
-    #[arg(long, env = env::SINK_MAX_OPEN_HOURS, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=24))]
+    /// Event hours per offset range: a record of one hour more ends the range before it.
+    /// Bounds the objects one range makes when event times are scattered (records of every
+    /// hour in a range are kept together, one object per hour, however they interleave).
+    #[arg(long, env = env::SINK_MAX_OPEN_HOURS, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_open_hours: u64,
     /// Rows per Parquet row group.
     #[arg(long, env = env::SINK_ROW_GROUP_ROWS, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..))]
@@ -152,8 +163,11 @@ impl SinkArgs {
             framing: self.client.framing.framing(),
             layout: Layout::new(&self.prefix),
             rotation: Rotation {
-                max_records: self.max_records,
-                max_bytes: self.max_bytes,
+                limits: Limits {
+                    max_records: self.max_records,
+                    max_bytes: self.max_bytes,
+                    max_hours: self.max_open_hours as usize,
+                },
                 max_age_ms: ((self.max_age_seconds * 1000.0) as i64).max(1),
             },
             encode: EncodeConfig {
@@ -166,7 +180,6 @@ impl SinkArgs {
                 max_retries: self.retries,
                 ..RetryConfig::default()
             },
-            max_open_per_partition: self.max_open_hours as usize,
             max_poll_interval: self.max_poll_interval(),
             commit_retries: self.commit_retries,
         }
@@ -287,13 +300,13 @@ pub async fn main(args: SinkArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
-        "gcs-sink: {} rows in {} files ({} bytes) written to {}; {} dead-lettered, {} skipped as already stored",
+        "gcs-sink: {} rows in {} files ({} bytes) written to {}; {} dead-lettered, {} found already stored",
         summary.rows_written,
         summary.files_written,
         summary.bytes_written,
         summary.location,
         summary.dead_lettered,
-        summary.skipped
+        summary.already_stored
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! ```text
 //!   PREFIX/topic=T/date=YYYY-MM-DD/hour=HH/T-PPPPP-FFFFFFFFFFFFFFFFFFFF-LLLLLLLLLLLLLLLLLLLL.parquet
 //!                                          │   │     └ first offset       └ last offset (inclusive)
+//!                                          │   │       of the range (one object per hour in it)
 //!                                          │   └ partition (5 digits)     (20 digits each)
 //!                                          └ topic
 //! ```
@@ -116,12 +117,6 @@ impl Layout {
             self.dir(topic, bucket),
             file_name(topic, partition, first, last)
         )
-    }
-
-    /// The name prefix of every object of `topic`/`partition` in `bucket`'s directory: what
-    /// recovery lists to find files written before a crash.
-    pub fn partition_in(&self, topic: &str, partition: i32, bucket: HourBucket) -> String {
-        format!("{}{topic}-{partition:05}-", self.dir(topic, bucket))
     }
 }
 
@@ -252,7 +247,8 @@ mod tests {
             let l = Layout::new("pre/");
             let b = HourBucket::of(ts);
             let name = l.object(&topic, partition, b, first, first + len);
-            prop_assert!(name.starts_with(&l.partition_in(&topic, partition, b)));
+            let own = format!("{}{topic}-{partition:05}-", l.dir(&topic, b));
+            prop_assert!(name.starts_with(&own));
             prop_assert_eq!(
                 parse_object(&name),
                 Some(ObjectName { topic: topic.clone(), partition, first_offset: first, last_offset: first + len })

@@ -1,149 +1,271 @@
 //! Per-partition offset bookkeeping of the exactly-once protocol (pure: no I/O, no clock).
 //!
-//! A partition may have one open file per hour bucket (a few at most), so records whose event
-//! times straddle an hour boundary do not cut a file at every flip. A file of bucket `b`
-//! covering `first..=last` holds every record of bucket `b` in that offset range (records of
-//! other buckets in the range are in their own buckets' files). A file's life:
+//! A partition's records are cut into consecutive offset ranges (see [`crate::rotation`]); a
+//! range `first..=last` becomes one object per event hour it holds, each named by the hour and
+//! `first..=last` ([`crate::layout`]). A range's life:
 //!
 //! ```text
-//!   open(b, first) ──► sealed(b, first, last) ──► stored(b, first, last)
-//!   (records appended)   (closed, upload queued)    (object created, or found already there)
-//!           └───────────────────┴──► dropped: revoke, lost assignment, crash (never uploaded)
+//!   open(first) ──► sealed(first, last, n objects) ──► stored (all n created, or found there)
+//!        └────────────────┴──► dropped: revoke, lost assignment, crash (never uploaded)
 //! ```
 //!
-//! - **commit**: every record below `min(first of open and sealed files)` — or below the next
-//!   offset to read when none is open or sealed — is in a stored object (or acknowledged on
-//!   the dead-letter topic), so that is the offset to commit ([`Ledger::commit_offset`]).
-//!   Sealing a file does not advance it; only storing does.
-//! - **recovery**: after a restart at committed offset `C`, objects from a run that died
-//!   between upload and commit have ranges ending at or after `C`. The first time a bucket is
-//!   seen, the sink lists that hour directory's objects of the partition
-//!   ([`Ledger::needs_listing`], [`Ledger::add_listing`]); a record `(o, b)` is already stored
-//!   exactly when a listed range of bucket `b` covers `o` ([`Ledger::is_stored`]).
-//! - **fencing**: a sealed file is uploaded only while the partition is still assigned to this
-//!   member; one the member lost is dropped. Objects are created with a create-only
-//!   precondition, so a second upload of the same name (a retry whose first attempt did land)
-//!   finds it and counts it as stored.
+//! - **commit**: every record below `min(first of the open and sealed ranges)` — or below the
+//!   next offset to read when none is left — is in a stored object (or acknowledged on the
+//!   dead-letter topic), so that is the offset to commit ([`Ledger::commit`]).
+//! - **one chain of ranges**: where a range ends is a function of the records from its first
+//!   offset and of the chain's [`Limits`], except for the time cuts (age, memory budget,
+//!   shutdown). A commit carries, as its offset metadata ([`Resume`]), the limits of the range
+//!   starting at the committed offset and every cut at or above it, each with the limits of the
+//!   ranges after it. A member that resumes from the commit replays those cuts, so its ranges
+//!   — and the objects' names and rows — are the ones any earlier owner made from there.
+//! - **a time cut is committed before its upload**: an object of a range at or after a cut this
+//!   member made is uploaded only once a commit carrying the cut succeeded
+//!   ([`Ledger::may_upload`]). Commits are fenced by the group generation, so a member that
+//!   lost the partition (an expired session, an eviction) can no longer commit a cut, and so
+//!   never uploads a range the next owner would not make too. Objects are created create-only:
+//!   the second writer of a name finds it and counts it as stored (same name, same rows).
 
-use crate::layout::HourBucket;
-use std::collections::BTreeMap;
+use crate::rotation::Limits;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Listed buckets kept per partition; older ones are listed again if they ever recur.
-const MAX_LISTED: usize = 64;
+/// Cuts one partition may carry in its commit metadata (bounded: brokers cap the metadata at
+/// `offset.metadata.max.bytes`, 4096 bytes by default; a cut takes at most 84 bytes). A
+/// time cut beyond this waits until uploads and commits drain the backlog.
+pub const MAX_CUTS: usize = 40;
+
+/// Version tag of the commit metadata.
+const TAG: &str = "sf-sink/1";
+
+/// The chain state a commit hands to the next owner: the limits of the range starting at the
+/// committed offset, and the cuts at or above it (`last` offset of a range → limits of the
+/// ranges after it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Limits of the range starting at the committed offset.
+    pub limits: Limits,
+    /// Time cuts: the range holding offset `.0` ends there; the ranges after it use `.1`.
+    pub cuts: Vec<(i64, Limits)>,
+}
+
+fn limits_str(l: &Limits) -> String {
+    format!("{},{},{}", l.max_records, l.max_bytes, l.max_hours)
+}
+
+fn parse_limits(s: &str) -> Option<Limits> {
+    let mut it = s.split(',');
+    let l = Limits {
+        max_records: it.next()?.parse().ok()?,
+        max_bytes: it.next()?.parse().ok()?,
+        max_hours: it.next()?.parse().ok()?,
+    };
+    (it.next().is_none() && l.max_records >= 1 && l.max_bytes >= 1 && l.max_hours >= 1).then_some(l)
+}
+
+impl Resume {
+    /// The metadata string: `sf-sink/1 R,B,H @CUT @CUT=R,B,H …` (a cut without limits keeps the
+    /// previous ones).
+    pub fn encode(&self) -> String {
+        let mut s = format!("{TAG} {}", limits_str(&self.limits));
+        let mut prev = self.limits;
+        for (last, then) in &self.cuts {
+            if *then == prev {
+                s.push_str(&format!(" @{last}"));
+            } else {
+                s.push_str(&format!(" @{last}={}", limits_str(then)));
+            }
+            prev = *then;
+        }
+        s
+    }
+
+    /// Parses [`Resume::encode`]'s output; `None` for anything else (no commit metadata, a
+    /// commit by another tool or an older sink).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut words = s.split_ascii_whitespace();
+        if words.next()? != TAG {
+            return None;
+        }
+        let limits = parse_limits(words.next()?)?;
+        let mut prev = limits;
+        let mut cuts = Vec::new();
+        for w in words {
+            let w = w.strip_prefix('@')?;
+            let (last, then) = match w.split_once('=') {
+                Some((l, t)) => (l.parse().ok()?, parse_limits(t)?),
+                None => (w.parse().ok()?, prev),
+            };
+            cuts.push((last, then));
+            prev = then;
+        }
+        Some(Self { limits, cuts })
+    }
+}
+
+/// A commit to make: the offset and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// Next offset to read: every record below it is stored.
+    pub offset: i64,
+    /// The chain state from `offset` on.
+    pub resume: Resume,
+}
+
+impl Commit {
+    /// The metadata string of the commit.
+    pub fn metadata(&self) -> String {
+        self.resume.encode()
+    }
+}
 
 /// Offset bookkeeping of one partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger {
-    /// Open files: (bucket, first offset).
-    open: Vec<(HourBucket, i64)>,
-    /// Sealed files waiting for their upload: (bucket, first, last).
-    sealed: Vec<(HourBucket, i64, i64)>,
-    /// Ranges of stored objects per listed bucket.
-    listed: BTreeMap<HourBucket, Vec<(i64, i64)>>,
+    /// The open range: first offset, limits.
+    open: Option<(i64, Limits)>,
+    /// Sealed ranges waiting for their objects: first, last, objects left, limits.
+    sealed: Vec<(i64, i64, usize, Limits)>,
+    /// Limits of the next range to open.
+    limits: Limits,
+    /// Known time cuts at or above the last commit: last offset → limits after it.
+    cuts: BTreeMap<i64, Limits>,
+    /// Cuts this member made that no successful commit has carried yet.
+    unconfirmed: BTreeSet<i64>,
+    /// Whether the chain's start (its limits at the first range) is in a commit: true once
+    /// resumed from one or after the first successful commit.
+    based: bool,
     /// Last consumed offset + 1.
     next: Option<i64>,
 }
 
 impl Ledger {
-    /// Whether `bucket`'s directory must be listed before a record of it is handled.
-    pub fn needs_listing(&self, bucket: HourBucket) -> bool {
-        !self.listed.contains_key(&bucket)
-    }
-
-    fn busy(&self, bucket: HourBucket) -> bool {
-        self.open.iter().any(|(b, _)| *b == bucket)
-            || self.sealed.iter().any(|(b, ..)| *b == bucket)
-    }
-
-    /// Records the `(first, last)` ranges of the objects found in `bucket`'s directory.
-    pub fn add_listing(&mut self, bucket: HourBucket, ranges: Vec<(i64, i64)>) {
-        self.listed.insert(bucket, ranges);
-        while self.listed.len() > MAX_LISTED {
-            // Drop the oldest bucket without an open or sealed file.
-            let Some(old) = self.listed.keys().copied().find(|b| !self.busy(*b)) else {
-                break;
-            };
-            self.listed.remove(&old);
+    /// A ledger whose ranges follow `limits`, with no cut known.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            open: None,
+            sealed: Vec::new(),
+            limits,
+            cuts: BTreeMap::new(),
+            unconfirmed: BTreeSet::new(),
+            based: false,
+            next: None,
         }
     }
 
-    /// Whether record `offset` of `bucket` is already in a listed or stored object.
-    pub fn is_stored(&self, bucket: HourBucket, offset: i64) -> bool {
-        self.listed
-            .get(&bucket)
-            .is_some_and(|r| r.iter().any(|&(f, l)| f <= offset && offset <= l))
+    /// Continues the chain a commit describes (before the first record is consumed).
+    pub fn resume(&mut self, r: &Resume) {
+        self.limits = r.limits;
+        self.cuts = r.cuts.iter().copied().collect();
+        self.based = true;
     }
 
-    /// The open file of `bucket` starts at `first`.
-    pub fn open(&mut self, bucket: HourBucket, first: i64) {
-        self.open.push((bucket, first));
+    /// Limits of the next range to open (the open one's when one is open).
+    pub fn limits(&self) -> Limits {
+        self.open.map_or(self.limits, |(_, l)| l)
     }
 
-    /// The open file of `bucket`, if any: its first offset.
-    pub fn open_first(&self, bucket: HourBucket) -> Option<i64> {
-        self.open
-            .iter()
-            .find(|(b, _)| *b == bucket)
-            .map(|(_, f)| *f)
+    /// A range starts at `first`.
+    pub fn open(&mut self, first: i64) {
+        self.open = Some((first, self.limits));
     }
 
-    /// Buckets with an open file, oldest first offset first.
-    pub fn open_buckets(&self) -> Vec<HourBucket> {
-        let mut v = self.open.clone();
-        v.sort_by_key(|(_, f)| *f);
-        v.into_iter().map(|(b, _)| b).collect()
+    /// The open range's first offset.
+    pub fn open_first(&self) -> Option<i64> {
+        self.open.map(|(f, _)| f)
     }
 
-    /// `bucket`'s open file `first..=last` is closed for writing; its upload is queued. It
-    /// keeps holding the commit back until [`Ledger::stored`] (or the partition is dropped).
-    pub fn seal(&mut self, bucket: HourBucket, first: i64, last: i64) {
-        self.open.retain(|(b, _)| *b != bucket);
-        self.sealed.push((bucket, first, last));
+    /// Whether a known cut ends the range at `offset`.
+    pub fn cut_at(&self, offset: i64) -> bool {
+        self.cuts.contains_key(&offset)
     }
 
-    /// Files sealed and not yet stored: (bucket, first, last), in sealing order.
-    pub fn sealed(&self) -> &[(HourBucket, i64, i64)] {
-        &self.sealed
+    /// This member cuts the open range at `last` (a time cut); the ranges after it follow
+    /// `then`. Its objects, and those of every later range, wait for a commit carrying it.
+    pub fn cut(&mut self, last: i64, then: Limits) {
+        self.cuts.insert(last, then);
+        self.unconfirmed.insert(last);
     }
 
-    /// The sealed file `first..=last` of `bucket` is stored: uploaded now, found already
+    /// Time cuts the next commit carries (known cuts at or above the commit offset).
+    pub fn pending_cuts(&self) -> usize {
+        self.cuts.len()
+    }
+
+    /// The open range `first..=last` is closed with `objects` objects to store; the next range
+    /// follows the cut's limits when a cut ends it there. It holds the commit back until every
+    /// object is [`Ledger::stored`] (or the partition is dropped).
+    pub fn seal(&mut self, first: i64, last: i64, objects: usize) {
+        let limits = self.open.take().map_or(self.limits, |(_, l)| l);
+        if let Some(then) = self.cuts.get(&last) {
+            self.limits = *then;
+        } else {
+            self.limits = limits;
+        }
+        if objects > 0 {
+            self.sealed.push((first, last, objects, limits));
+        }
+    }
+
+    /// Sealed ranges not yet stored: (first, last), in sealing order.
+    pub fn sealed(&self) -> Vec<(i64, i64)> {
+        self.sealed.iter().map(|s| (s.0, s.1)).collect()
+    }
+
+    /// One object of the sealed range `first..=last` is stored: uploaded now, found already
     /// there (a create-only upload refused because the object exists), or empty (every record
-    /// of it dead-lettered).
-    pub fn stored(&mut self, bucket: HourBucket, first: i64, last: i64) {
-        self.sealed
-            .retain(|&(b, f, l)| !(b == bucket && f == first && l == last));
-        if let Some(r) = self.listed.get_mut(&bucket) {
-            r.push((first, last));
+    /// of its hour dead-lettered).
+    pub fn stored(&mut self, first: i64, last: i64) {
+        if let Some(i) = self.sealed.iter().position(|s| (s.0, s.1) == (first, last)) {
+            self.sealed[i].2 -= 1;
+            if self.sealed[i].2 == 0 {
+                self.sealed.remove(i);
+            }
         }
     }
 
-    /// `bucket`'s open file `first..=last` was finalised and stored in one step.
-    pub fn closed(&mut self, bucket: HourBucket, first: i64, last: i64) {
-        self.seal(bucket, first, last);
-        self.stored(bucket, first, last);
+    /// Whether the objects of a range ending at `last` may be uploaded: the chain's start is
+    /// committed (a chain begun without commit metadata — a new group, an older sink's
+    /// commit — commits its limits first, so a member with other limits continues this chain
+    /// rather than starting its own), and no cut at or below `last` waits for its commit.
+    pub fn may_upload(&self, last: i64) -> bool {
+        self.based && self.unconfirmed.range(..=last).next().is_none()
     }
 
-    /// Record `offset` was consumed (stored, skipped or dead-lettered).
+    /// Record `offset` was consumed (stored or dead-lettered).
     pub fn consumed(&mut self, offset: i64) {
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
-    /// The offset that may be committed now: every record below it is stored. `None` before
-    /// anything was consumed.
-    pub fn commit_offset(&self) -> Option<i64> {
-        self.open
+    /// The commit that may be made now: every record below its offset is stored, and its
+    /// metadata holds the chain from there. `None` before anything was consumed.
+    pub fn commit(&self) -> Option<Commit> {
+        let oldest = self
+            .sealed
             .iter()
-            .map(|(_, f)| *f)
-            .chain(self.sealed.iter().map(|(_, f, _)| *f))
-            .min()
-            .or(self.next)
+            .map(|s| (s.0, s.3))
+            .chain(self.open)
+            .min_by_key(|(f, _)| *f);
+        let (offset, limits) = match oldest {
+            Some(o) => o,
+            None => (self.next?, self.limits),
+        };
+        Some(Commit {
+            offset,
+            resume: Resume {
+                limits,
+                cuts: self.cuts.range(offset..).map(|(k, v)| (*k, *v)).collect(),
+            },
+        })
     }
 
-    /// `offset` was committed: ranges wholly below it can never match a record again.
-    pub fn committed(&mut self, offset: i64) {
-        for r in self.listed.values_mut() {
-            r.retain(|&(_, l)| l >= offset);
+    /// `c` (from [`Ledger::commit`]) was committed: the cuts it carried are confirmed, and
+    /// cuts below its offset can never matter again.
+    pub fn committed(&mut self, c: &Commit) {
+        for (last, _) in &c.resume.cuts {
+            self.unconfirmed.remove(last);
         }
+        self.cuts = self.cuts.split_off(&c.offset);
+        self.unconfirmed = self.unconfirmed.split_off(&c.offset);
+        self.based = true;
     }
 }
 
@@ -151,283 +273,142 @@ impl Ledger {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
 
-    fn b(h: i64) -> HourBucket {
-        HourBucket { hours: h }
-    }
+    const A: Limits = Limits {
+        max_records: 10,
+        max_bytes: 1 << 20,
+        max_hours: 24,
+    };
+    const B: Limits = Limits {
+        max_records: 3,
+        max_bytes: 99,
+        max_hours: 1,
+    };
 
     #[test]
-    fn commit_waits_for_the_oldest_open_file() {
-        let mut l = Ledger::default();
-        assert_eq!(l.commit_offset(), None);
-        l.add_listing(b(0), vec![]);
-        l.open(b(0), 10);
+    fn the_commit_waits_for_every_object_of_the_oldest_range() {
+        let mut l = Ledger::new(A);
+        assert_eq!(l.commit(), None);
+        l.open(10);
         l.consumed(10);
-        l.open(b(1), 11);
-        l.consumed(11);
-        l.consumed(12);
-        assert_eq!(l.commit_offset(), Some(10));
-        l.closed(b(0), 10, 12);
-        assert_eq!(l.commit_offset(), Some(11));
-        l.closed(b(1), 11, 11);
-        assert_eq!(l.commit_offset(), Some(13));
-        assert!(l.is_stored(b(0), 12) && !l.is_stored(b(1), 12));
-        l.committed(13);
-        assert!(!l.is_stored(b(0), 12));
-    }
-
-    #[test]
-    fn a_sealed_file_holds_the_commit_until_stored() {
-        let mut l = Ledger::default();
-        l.add_listing(b(0), vec![]);
-        l.open(b(0), 0);
-        for o in 0..5 {
-            l.consumed(o);
-        }
-        l.seal(b(0), 0, 4);
-        assert_eq!(
-            l.open_first(b(0)),
-            None,
-            "a new file of the bucket may open"
+        assert!(
+            !l.may_upload(10),
+            "a chain without a commit commits its start first"
         );
-        l.open(b(0), 5);
-        l.consumed(5);
-        assert_eq!(l.commit_offset(), Some(0), "sealed, not stored");
-        assert_eq!(l.sealed(), &[(b(0), 0, 4)]);
-        l.stored(b(0), 0, 4);
-        assert_eq!(l.commit_offset(), Some(5));
-        assert!(l.is_stored(b(0), 3));
+        let c = l.commit().unwrap();
+        l.committed(&c);
+        assert!(l.may_upload(10));
+        l.consumed(11);
+        l.seal(10, 11, 2);
+        l.open(12);
+        l.consumed(12);
+        assert_eq!(l.commit().unwrap().offset, 10);
+        l.stored(10, 11);
+        assert_eq!(l.commit().unwrap().offset, 10, "one object of two");
+        l.stored(10, 11);
+        assert_eq!(l.commit().unwrap().offset, 12);
+        l.seal(12, 12, 1);
+        l.stored(12, 12);
+        assert_eq!(l.commit().unwrap().offset, 13);
         assert!(l.sealed().is_empty());
     }
 
-    /// An object in the model store: bucket, range, and the offsets it holds. Its name is a
-    /// function of (bucket, first, last), as in `layout`.
-    type Object = (HourBucket, i64, i64, Vec<i64>);
-
-    /// Create-only put (GCS `ifGenerationMatch=0`, local hard link): `false` when an object of
-    /// that name exists already.
-    fn put(store: &mut Vec<Object>, o: Object) -> bool {
-        if store.iter().any(|x| (x.0, x.1, x.2) == (o.0, o.1, o.2)) {
-            return false;
-        }
-        store.push(o);
-        true
-    }
-
-    /// What happens after each record of a life.
-    #[derive(Debug, Clone, Default)]
-    struct Step {
-        /// Seal the file of this record's bucket.
-        close: bool,
-        /// Queued uploads to run now (0 = the store is slow; they wait for a later turn).
-        uploads: u8,
-        /// The next upload lands but its acknowledgement is lost: the retry is refused by the
-        /// precondition and the file counts as stored.
-        lost_ack: bool,
-        /// The commit of this turn is refused (retried at the next turn).
-        commit_refused: bool,
-    }
-
-    /// The sink's algorithm over a partition's records `(offset, bucket)`, with at most
-    /// `max_open` open files and uploads queued behind sealing; `crash_at` ends the life after
-    /// that many records (a crash, a revoke or an eviction: open and queued files are lost).
-    /// Returns the committed offset and the files still queued when the life ended.
-    fn run(
-        records: &[(i64, HourBucket)],
-        committed: i64,
-        store: &mut Vec<Object>,
-        steps: &[Step],
-        crash_at: Option<usize>,
-        max_open: usize,
-    ) -> (i64, Vec<Object>) {
-        let mut l = Ledger::default();
-        let mut files: Vec<Object> = Vec::new();
-        let mut queue: Vec<Object> = Vec::new();
-        let mut commit = committed;
-        let seal = |l: &mut Ledger, files: &mut Vec<Object>, queue: &mut Vec<Object>, bucket| {
-            let i = files.iter().position(|f| f.0 == bucket).unwrap();
-            let f = files.remove(i);
-            l.seal(f.0, f.1, f.2);
-            queue.push(f);
-        };
-        let upload = |l: &mut Ledger, queue: &mut Vec<Object>, store: &mut Vec<Object>, lost| {
-            if queue.is_empty() {
-                return;
-            }
-            let f = queue.remove(0);
-            assert_eq!(l.sealed()[0], (f.0, f.1, f.2), "uploads in sealing order");
-            if !f.3.is_empty() {
-                assert!(put(store, f.clone()), "a fresh name");
-                if lost {
-                    // The retry of the same object is refused: already stored.
-                    assert!(!put(store, f.clone()));
-                }
-            }
-            l.stored(f.0, f.1, f.2);
-        };
-        for (i, &(o, bucket)) in records.iter().filter(|(o, _)| *o >= committed).enumerate() {
-            if crash_at == Some(i) {
-                return (commit, queue);
-            }
-            let step = steps.get(i).cloned().unwrap_or_default();
-            if l.needs_listing(bucket) {
-                let ranges = store
-                    .iter()
-                    .filter(|x| x.0 == bucket)
-                    .map(|x| (x.1, x.2))
-                    .collect();
-                l.add_listing(bucket, ranges);
-            }
-            if l.is_stored(bucket, o) {
-                l.consumed(o);
-            } else {
-                if l.open_first(bucket).is_none() {
-                    if files.len() >= max_open {
-                        let oldest = l.open_buckets()[0];
-                        seal(&mut l, &mut files, &mut queue, oldest);
-                    }
-                    l.open(bucket, o);
-                    files.push((bucket, o, o, Vec::new()));
-                }
-                let f = files.iter_mut().find(|f| f.0 == bucket).unwrap();
-                f.2 = o;
-                f.3.push(o);
-                l.consumed(o);
-                if step.close {
-                    seal(&mut l, &mut files, &mut queue, bucket);
-                }
-            }
-            for k in 0..step.uploads {
-                upload(&mut l, &mut queue, store, step.lost_ack && k == 0);
-            }
-            if let Some(c) = l.commit_offset()
-                && !step.commit_refused
-            {
-                assert!(c >= commit, "the commit never goes back");
-                commit = c;
-                l.committed(c);
-            }
-        }
-        for bucket in l.open_buckets() {
-            seal(&mut l, &mut files, &mut queue, bucket);
-        }
-        while !queue.is_empty() {
-            upload(&mut l, &mut queue, store, false);
-        }
-        (l.commit_offset().unwrap_or(commit), Vec::new())
-    }
-
-    /// Every record in exactly one object, every object holding only records of its bucket
-    /// inside its range, and no two objects of a bucket with overlapping ranges.
-    fn check(records: &[(i64, HourBucket)], store: &[Object]) -> Result<(), String> {
-        let mut seen = BTreeSet::new();
-        for (bucket, first, last, offsets) in store {
-            for o in offsets {
-                if !(first <= o && o <= last) || records[*o as usize].1 != *bucket {
-                    return Err(format!(
-                        "offset {o} misplaced in {bucket:?} {first}..={last}"
-                    ));
-                }
-                if !seen.insert(*o) {
-                    return Err(format!("offset {o} stored twice"));
-                }
-            }
-        }
-        for (i, x) in store.iter().enumerate() {
-            for y in &store[i + 1..] {
-                if x.0 == y.0 && x.1 <= y.2 && y.1 <= x.2 {
-                    return Err(format!(
-                        "overlapping objects {:?} and {:?}",
-                        (x.1, x.2),
-                        (y.1, y.2)
-                    ));
-                }
-            }
-        }
-        if seen.len() != records.len() {
-            return Err(format!(
-                "{} of {} records stored",
-                seen.len(),
-                records.len()
-            ));
-        }
-        Ok(())
-    }
-
-    fn steps() -> impl Strategy<Value = Vec<Step>> {
-        prop::collection::vec(
+    #[test]
+    fn a_time_cut_holds_later_uploads_until_a_commit_carries_it() {
+        let mut l = Ledger::new(A);
+        l.resume(&Resume {
+            limits: A,
+            cuts: vec![],
+        });
+        l.open(0);
+        (0..5).for_each(|o| l.consumed(o));
+        l.cut(4, B);
+        l.seal(0, 4, 1);
+        assert_eq!(l.limits(), B, "the ranges after the cut follow its limits");
+        l.open(5);
+        l.consumed(5);
+        l.seal(5, 5, 1);
+        assert!(!l.may_upload(4) && !l.may_upload(5));
+        let c = l.commit().unwrap();
+        assert_eq!(
+            (c.offset, &c.resume),
             (
-                any::<bool>(),
-                0u8..3,
-                prop::bool::weighted(0.1),
-                prop::bool::weighted(0.2),
+                0,
+                &Resume {
+                    limits: A,
+                    cuts: vec![(4, B)]
+                }
             )
-                .prop_map(|(close, uploads, lost_ack, commit_refused)| Step {
-                    close,
-                    uploads,
-                    lost_ack,
-                    commit_refused,
-                }),
-            120,
-        )
+        );
+        l.committed(&c);
+        assert!(l.may_upload(4) && l.may_upload(5));
+        l.stored(0, 4);
+        l.stored(5, 5);
+        let c = l.commit().unwrap();
+        assert_eq!((c.offset, c.resume.limits, c.resume.cuts.len()), (6, B, 0));
+        l.committed(&c);
+        assert_eq!(l.pending_cuts(), 0);
+    }
+
+    #[test]
+    fn a_resumed_chain_replays_the_cuts() {
+        let r = Resume {
+            limits: B,
+            cuts: vec![(7, B), (9, A)],
+        };
+        let mut l = Ledger::new(A);
+        l.resume(&r);
+        assert_eq!(l.limits(), B);
+        assert!(l.cut_at(7) && l.cut_at(9) && !l.cut_at(8));
+        assert!(l.may_upload(100), "inherited cuts are committed already");
+        l.open(5);
+        l.seal(5, 9, 1);
+        assert_eq!(l.limits(), A);
+    }
+
+    #[test]
+    fn foreign_metadata_does_not_parse() {
+        for s in [
+            "",
+            "x",
+            "sf-sink/1",
+            "sf-sink/1 0,1,1",
+            "sf-sink/1 1,1,1 5",
+            "sf-sink/2 1,1,1",
+        ] {
+            assert_eq!(Resume::parse(s), None, "{s:?}");
+        }
+    }
+
+    fn limits() -> impl Strategy<Value = Limits> {
+        (1u64..u64::MAX, 1u64..u64::MAX, 1usize..100_000).prop_map(|(r, b, h)| Limits {
+            max_records: r,
+            max_bytes: b,
+            max_hours: h,
+        })
     }
 
     proptest! {
-        /// Any number of lives ended at any points (crash, revoke, eviction: queued uploads
-        /// dropped, never run later), with slow uploads, lost acknowledgements and refused
-        /// commits, then a clean life: every record is in exactly one object, every object
-        /// holds only records of its bucket inside its range, no two objects overlap.
         #[test]
-        fn exactly_once_across_crashes(
-            hours in prop::collection::vec(0i64..4, 1..120),
-            lives in prop::collection::vec((steps(), 0usize..130), 0..4),
-            last in steps(),
-            max_open in 1usize..4,
+        fn metadata_round_trips_within_the_broker_limit(
+            base in limits(),
+            cuts in prop::collection::vec((0i64..i64::MAX, prop::option::of(limits())), 0..MAX_CUTS),
         ) {
-            let records: Vec<(i64, HourBucket)> =
-                hours.iter().enumerate().map(|(i, h)| (i as i64, b(*h))).collect();
-            let mut store = Vec::new();
-            let mut committed = 0;
-            for (steps, crash) in &lives {
-                committed = run(&records, committed, &mut store, steps, Some(*crash), max_open).0;
-            }
-            let (end, _) = run(&records, committed, &mut store, &last, None, max_open);
-            prop_assert_eq!(end, records.len() as i64);
-            if let Err(e) = check(&records, &store) {
-                prop_assert!(false, "{}", e);
-            }
+            let mut prev = base;
+            let mut cuts: Vec<(i64, Limits)> = cuts
+                .into_iter()
+                .map(|(o, l)| {
+                    prev = l.unwrap_or(prev);
+                    (o, prev)
+                })
+                .collect();
+            cuts.sort_by_key(|c| c.0);
+            let r = Resume { limits: base, cuts };
+            let s = r.encode();
+            prop_assert_eq!(Resume::parse(&s), Some(r));
+            // Worst case: every cut switching limits with the widest numbers.
+            prop_assert!(s.len() <= 72 + 84 * MAX_CUTS);
+            prop_assert!(72 + 84 * MAX_CUTS <= 4096);
         }
-    }
-
-    /// Why a member must drop the queued uploads of a partition it no longer owns: the new
-    /// owner re-reads from the last commit and cuts its files differently, so a late upload
-    /// of the old owner (an evicted member still uploading) duplicates records under another
-    /// name, and no precondition on names can catch it.
-    #[test]
-    fn a_fenced_writer_uploading_late_would_duplicate() {
-        let records: Vec<(i64, HourBucket)> = (0..10).map(|o| (o, b(0))).collect();
-        let mut store = Vec::new();
-        // The old owner seals 0..=3 but its upload is still queued when it loses the partition.
-        let mut steps = vec![Step::default(); 10];
-        steps[3].close = true;
-        let (committed, queued) = run(&records, 0, &mut store, &steps, Some(5), 1);
-        assert_eq!((committed, queued.len()), (0, 1));
-        // The new owner stores everything from the last commit in one file.
-        let (end, _) = run(&records, committed, &mut store, &[], None, 1);
-        assert_eq!(end, 10);
-        assert_eq!(check(&records, &store), Ok(()));
-        // Were the old owner to upload now, the same records would be stored twice.
-        for f in queued {
-            assert!(
-                put(&mut store, f),
-                "a different name: the precondition cannot help"
-            );
-        }
-        assert!(
-            check(&records, &store)
-                .unwrap_err()
-                .contains("stored twice")
-        );
     }
 }

@@ -4,49 +4,56 @@
 //! directory) so Spark, BigQuery, DuckDB and pyarrow can analyse them.
 //!
 //! ```text
-//!  SX … FD, predictions, ──► recv ─► rows::Rows (typed columns) ─► rotation ─► seal (queue)
-//!  dead-letter, late           └─► dead-letter topic (reason headers)               │
-//!                                                          still assigned? encode (Parquet)
-//!                                                                                    ▼
-//!        commit ledger offset ◄── object created (or found) ◄── create-only put (GCS | local dir)
+//!  SX … FD, predictions, ──► recv ─► rows::Rows (typed columns) ─► offset ranges ─► seal (queue)
+//!  dead-letter, late           └─► dead-letter topic (reason headers)                   │
+//!                                       time cut? commit it first ─► still assigned? encode
+//!                                                                                         ▼
+//!   commit offset + chain metadata ◄── object created (or found) ◄── create-only put (GCS | local dir)
 //! ```
 //!
 //! The pure parts are tested without I/O: [`partition`], one partition's writer (records in;
-//! listings to make, skips, dead letters, sealed files with their object names and the
-//! offset to commit out), built on [`layout`] (object names), [`rotation`] (when a file
-//! closes), [`ledger`] (offset bookkeeping) and [`rows`] (typed columns); [`encode`] makes
-//! the Parquet bytes. [`store`] and [`sink`] are the edges: the sink executes the writers'
-//! decisions against the store and the consumer.
+//! dead letters, sealed files with their object names, and the commit — offset and metadata —
+//! out), built on [`layout`] (object names), [`rotation`] (where a range ends), [`ledger`]
+//! (offset bookkeeping, time cuts, commit metadata) and [`rows`] (typed columns); [`encode`]
+//! makes the Parquet bytes. [`store`] and [`sink`] are the edges: the sink executes the
+//! writers' decisions against the store and the consumer.
 //!
 //! ## Exactly one copy of every record
 //!
-//! 1. A partition has at most a few open files (`--max-open-hours`, default 3), one per hour
-//!    bucket (the hour of the Kafka timestamp = event time). The file of bucket `b` covering
-//!    offsets `first..=last` holds every record of bucket `b` in that range.
-//! 2. A file is sealed (its upload queued), then, while its partition is still assigned:
-//!    the dead letters of its range are awaited, it is encoded and uploaded whole and
-//!    create-only (GCS creates the object only when the upload completes and only if the name
-//!    is free; the local store hard-links a synced temporary file). An upload refused because
-//!    the name exists counts as stored: same name, same records. The partition's commit offset
-//!    is `min(first of its open and sealed files)`, or the next offset to read when none is
-//!    left ([`ledger::Ledger`], through [`partition::PartitionWriter::committable`]): every
-//!    record below it is in a finished object.
-//! 3. The object name is a function of `(topic, partition, bucket, first, last)`.
-//! 4. After a restart or rebalance, the first record of each hour bucket makes the sink list
-//!    `…/topic=T/date=…/hour=HH/T-P-`: objects uploaded by a run that died before committing.
-//!    A record whose offset a listed object's range covers is skipped (it is stored there).
-//! 5. A revoked partition's open and sealed files are dropped, never uploaded: the next owner
-//!    re-reads them from the last commit and, by 4, skips what the previous owner had uploaded.
-//!    Uploads are paced so the member polls well within `max.poll.interval.ms` and is never
-//!    evicted mid-upload ([`sink`] explains the bounds); a lost assignment drops everything.
+//! 1. A partition's records are cut into consecutive offset ranges. A range ends after
+//!    `--max-records` records, at the record that reaches `--max-bytes`, before a record of
+//!    one event hour more than `--max-open-hours`, or at a time cut (age, memory budget,
+//!    shutdown). It becomes one object per event hour (the hour of the Kafka timestamp =
+//!    event time) it holds, named by `(topic, partition, hour, first, last)`: the object of
+//!    hour `h` holds every record of hour `h` in `first..=last`.
+//! 2. Where a range ends is a function of its records from its first offset and of the
+//!    chain's limits, except for time cuts. A time cut is committed first: the partition's
+//!    offset commit carries, as metadata, the limits and every cut at or above the committed
+//!    offset, and no object of a range at or after a cut is uploaded before a commit carrying
+//!    it succeeded ([`ledger`]). Commits are fenced by the group generation: a member that
+//!    lost the partition (session expired, evicted) can no longer commit a cut.
+//! 3. A sealed range's objects are uploaded whole and create-only (GCS creates the object only
+//!    when the upload completes and only if the name is free; the local store hard-links a
+//!    synced temporary file) while the partition is still assigned, after its dead letters
+//!    are acknowledged. An upload refused because the name exists counts as stored. The
+//!    commit offset is the first offset of the oldest range not stored, or the next offset to
+//!    read when none is left ([`ledger::Ledger`], through
+//!    [`partition::PartitionWriter::committable`]): every record below it is in an object.
+//! 4. A member that gets a partition reads the committed offset and its metadata and resumes
+//!    the chain there: by 2 it makes exactly the ranges any earlier owner made from that
+//!    offset, so an object an earlier owner uploaded without committing — or is still
+//!    uploading, late — has the name and the rows of one this member makes: one of the two
+//!    create-only puts wins, the other finds it. Nothing is listed.
+//! 5. A revoked partition commits what is stored, then its open and sealed ranges are dropped,
+//!    never uploaded: the next owner re-reads them and, by 4, makes the same objects.
 //!
-//! A crash before an upload completes leaves no object (the records are re-read and written,
-//! possibly cut differently); a crash between upload and commit leaves an object that step 4
-//! finds; a crash after the commit loses nothing. `ledger`'s property test drives the same
-//! bookkeeping through random crash points and checks one copy of every record; `partition`'s
-//! drive the writer itself (real rows, object names, listings) the same way, and against a
-//! naive reference of the rotation rules. Dead letters
-//! are at-least-once: a crash between their acknowledgement and the upload repeats them.
+//! A crash before an upload completes leaves no object; a crash between upload and commit
+//! leaves objects that the restart makes again and finds; a crash after the commit loses
+//! nothing. `partition`'s property tests drive the writer (real rows, object names, commit
+//! metadata) through random restarts from random commits, with time cuts and late uploads of
+//! dropped ranges, and count every record's copies; and against a naive reference of the
+//! range rules. Dead letters are at-least-once: a crash between their acknowledgement and the
+//! commit repeats them.
 
 pub mod app;
 pub mod encode;

@@ -14,7 +14,7 @@ use sensorflow_runtime::metrics::TopicLabel;
 pub struct FileLabel {
     /// Topic.
     pub topic: String,
-    /// Why the file was closed (`hour`, `records`, `bytes`, `age`, `memory`, `shutdown`).
+    /// Why the file was closed (`hour`, `records`, `bytes`, `age`, `memory`, `shutdown`, `cut`).
     pub reason: String,
 }
 
@@ -45,9 +45,6 @@ pub struct SinkMetrics {
     pub bytes: Family<TopicLabel, Counter>,
     /// `sensorflow_sink_upload_retries_total`: store operations retried after an error.
     pub upload_retries: Counter,
-    /// `sensorflow_sink_skipped_records_total{topic}`: records skipped on restart because an
-    /// object from before the crash already holds them.
-    pub skipped: Family<TopicLabel, Counter>,
     /// `sensorflow_sink_open_files`: files being filled.
     pub open_files: Gauge,
     /// `sensorflow_sink_buffered_bytes`: input bytes buffered in open files.
@@ -79,7 +76,6 @@ impl Default for SinkMetrics {
             files: Family::default(),
             bytes: Family::default(),
             upload_retries: Counter::default(),
-            skipped: Family::default(),
             open_files: Gauge::default(),
             buffered_bytes: Gauge::default(),
             last_object: Family::default(),
@@ -110,11 +106,6 @@ impl SinkMetrics {
             "upload_retries",
             "Store operations retried after an error",
             self.upload_retries.clone(),
-        );
-        r.register(
-            "skipped_records",
-            "Records skipped on restart, already in an object",
-            self.skipped.clone(),
         );
         r.register("open_files", "Files being filled", self.open_files.clone());
         r.register(

@@ -1,92 +1,119 @@
-//! When to close a file: pure decisions over a file's counters and the time passed in.
+//! Where a partition's offset ranges end: pure decisions over a range's counters.
 //!
-//! A partition has one open file per hour bucket, a few at most. A file is closed (and the
-//! next record of its bucket starts a new one) when:
-//! - a record of another hour bucket needs a file and the partition already has the maximum
-//!   open, so the oldest closes ([`Reason::HourChange`]),
-//! - it holds `max_records` records or `max_bytes` input bytes ([`Reason::Records`],
-//!   [`Reason::Bytes`]),
-//! - it has been open `max_age_ms` of wall-clock time ([`Reason::Age`], checked by a ticker so
-//!   quiet topics still produce files),
-//! - buffered input across all files exceeds the memory budget ([`Reason::Memory`], the largest
-//!   file goes first), or the process shuts down ([`Reason::Shutdown`]).
+//! A partition's records are cut into consecutive offset ranges; each range becomes one object
+//! per event hour it holds. A range ends:
+//! - **by its records** (deterministic): after `max_records` records, or once they hold
+//!   `max_bytes` input bytes ([`Reason::Records`], [`Reason::Bytes`]), or before the record
+//!   that would bring a `max_hours + 1`-th event hour into it ([`Reason::Hours`]);
+//! - **by time** (age, memory budget, shutdown: [`Reason::Age`], [`Reason::Memory`],
+//!   [`Reason::Shutdown`]). Such a cut depends on when things happened, so it is recorded in
+//!   the partition's committed offset metadata before any object at or after it is uploaded
+//!   (see [`crate::ledger`]); a later owner reads it back and ends its range there too
+//!   ([`Reason::Cut`]).
+//!
+//! The deterministic rules are a function of the records from the range's first offset, so
+//! two members reading the same partition from the same commit cut it the same way.
 
-use crate::layout::HourBucket;
+/// The deterministic limits of a range (the part of the rotation that a later owner must
+/// reproduce; they travel in the commit metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// Records per range (≥ 1), counting dead-lettered records.
+    pub max_records: u64,
+    /// Input bytes (Kafka key + value) per range before compression (≥ 1).
+    pub max_bytes: u64,
+    /// Event hours per range (≥ 1): one object each.
+    pub max_hours: usize,
+}
 
-/// Rotation limits.
+/// Rotation settings: the deterministic limits and the wall-clock age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rotation {
-    /// Records per file (≥ 1), counting dead-lettered records inside the range.
-    pub max_records: u64,
-    /// Input bytes (Kafka key + value) per file before compression (≥ 1).
-    pub max_bytes: u64,
-    /// Wall-clock milliseconds a file stays open (≥ 1).
+    /// Limits by the records.
+    pub limits: Limits,
+    /// Wall-clock milliseconds a range stays open (≥ 1).
     pub max_age_ms: i64,
 }
 
-/// Why a file was closed (the `reason` label of `sensorflow_sink_files_total`).
+/// Why a range was closed (the `reason` label of `sensorflow_sink_files_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Another hour bucket needed a file and the partition had the maximum open.
-    HourChange,
+    /// A record of one more event hour than `max_hours` came.
+    Hours,
     /// `max_records` reached.
     Records,
     /// `max_bytes` reached.
     Bytes,
     /// Open for `max_age_ms`.
     Age,
-    /// The buffer budget across files was exceeded.
+    /// The buffer budget across partitions was exceeded.
     Memory,
     /// Graceful shutdown.
     Shutdown,
+    /// A cut found in the committed offset metadata (an earlier owner's time cut).
+    Cut,
 }
 
 impl Reason {
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::HourChange => "hour",
+            Reason::Hours => "hour",
             Reason::Records => "records",
             Reason::Bytes => "bytes",
             Reason::Age => "age",
             Reason::Memory => "memory",
             Reason::Shutdown => "shutdown",
+            Reason::Cut => "cut",
         }
+    }
+
+    /// Whether the cut depends on timing (and so must be committed before its upload).
+    pub fn timed(self) -> bool {
+        matches!(self, Reason::Age | Reason::Memory | Reason::Shutdown)
     }
 }
 
-/// The counters of one open file.
+/// The counters of one open range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStats {
-    /// Hour bucket of every record in the file.
-    pub bucket: HourBucket,
-    /// Records in the offset range (rows plus dead-lettered records).
+pub struct RangeStats {
+    /// Records in the range (rows plus dead-lettered records).
     pub records: u64,
     /// Input bytes (key + value) of those records.
     pub bytes: u64,
-    /// Wall-clock time the file was opened, Unix ms.
+    /// Distinct event hours in the range.
+    pub hours: usize,
+    /// Wall-clock time the range was opened, Unix ms.
     pub opened_at_ms: i64,
 }
 
-impl Rotation {
-    /// After appending: is the file full?
-    pub fn after_append(&self, file: &FileStats) -> Option<Reason> {
-        if file.records >= self.max_records {
+impl Limits {
+    /// Before appending a record: does a record of a new hour (`new_hour`) end the range
+    /// before it?
+    pub fn before_append(&self, range: &RangeStats, new_hour: bool) -> Option<Reason> {
+        (new_hour && range.hours >= self.max_hours.max(1)).then_some(Reason::Hours)
+    }
+
+    /// After appending: is the range full?
+    pub fn after_append(&self, range: &RangeStats) -> Option<Reason> {
+        if range.records >= self.max_records {
             Some(Reason::Records)
-        } else if file.bytes >= self.max_bytes {
+        } else if range.bytes >= self.max_bytes {
             Some(Reason::Bytes)
         } else {
             None
         }
     }
+}
 
-    /// On a tick at `now_ms`: has the file been open too long?
-    pub fn on_tick(&self, file: &FileStats, now_ms: i64) -> Option<Reason> {
-        (now_ms.saturating_sub(file.opened_at_ms) >= self.max_age_ms).then_some(Reason::Age)
+impl Rotation {
+    /// On a tick at `now_ms`: has the range been open too long?
+    pub fn on_tick(&self, range: &RangeStats, now_ms: i64) -> Option<Reason> {
+        (now_ms.saturating_sub(range.opened_at_ms) >= self.max_age_ms).then_some(Reason::Age)
     }
 }
 
-/// Which files to close so buffered bytes fall to `budget`: largest first. `files` holds
+/// Which ranges to close so buffered bytes fall to `budget`: largest first. `files` holds
 /// `(id, buffered bytes)`; returns the ids to close.
 pub fn over_budget<K: Clone>(files: &[(K, u64)], budget: u64) -> Vec<K> {
     let mut total: u64 = files.iter().map(|(_, b)| b).sum();
@@ -111,28 +138,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn stats(records: u64, bytes: u64, opened: i64) -> FileStats {
-        FileStats {
-            bucket: HourBucket { hours: 10 },
+    fn stats(records: u64, bytes: u64, hours: usize, opened: i64) -> RangeStats {
+        RangeStats {
             records,
             bytes,
+            hours,
             opened_at_ms: opened,
         }
     }
 
-    const R: Rotation = Rotation {
+    const L: Limits = Limits {
         max_records: 100,
         max_bytes: 1000,
+        max_hours: 2,
+    };
+    const R: Rotation = Rotation {
+        limits: L,
         max_age_ms: 5000,
     };
 
     #[test]
     fn limits() {
-        assert_eq!(R.after_append(&stats(99, 999, 0)), None);
-        assert_eq!(R.after_append(&stats(100, 0, 0)), Some(Reason::Records));
-        assert_eq!(R.after_append(&stats(1, 1000, 0)), Some(Reason::Bytes));
-        assert_eq!(R.on_tick(&stats(1, 1, 1000), 5999), None);
-        assert_eq!(R.on_tick(&stats(1, 1, 1000), 6000), Some(Reason::Age));
+        assert_eq!(L.after_append(&stats(99, 999, 1, 0)), None);
+        assert_eq!(L.after_append(&stats(100, 0, 1, 0)), Some(Reason::Records));
+        assert_eq!(L.after_append(&stats(1, 1000, 1, 0)), Some(Reason::Bytes));
+        assert_eq!(L.before_append(&stats(1, 1, 2, 0), false), None);
+        assert_eq!(L.before_append(&stats(1, 1, 1, 0), true), None);
+        assert_eq!(
+            L.before_append(&stats(1, 1, 2, 0), true),
+            Some(Reason::Hours)
+        );
+        assert_eq!(R.on_tick(&stats(1, 1, 1, 1000), 5999), None);
+        assert_eq!(R.on_tick(&stats(1, 1, 1, 1000), 6000), Some(Reason::Age));
+        assert!(Reason::Age.timed() && !Reason::Records.timed() && !Reason::Cut.timed());
     }
 
     #[test]
@@ -144,24 +182,23 @@ mod tests {
     }
 
     proptest! {
-        /// Feeding records one by one never lets a file exceed the limits by more than the last
+        /// Feeding records one by one never lets a range exceed the limits by more than the last
         /// record.
         #[test]
-        fn files_respect_the_limits(sizes in prop::collection::vec(1u64..300, 1..500)) {
-            let mut files: Vec<FileStats> = Vec::new();
-            let mut open: Option<FileStats> = None;
+        fn ranges_respect_the_limits(sizes in prop::collection::vec(1u64..300, 1..500)) {
+            let mut ranges: Vec<RangeStats> = Vec::new();
+            let mut open: Option<RangeStats> = None;
             for size in sizes {
-                let bucket = HourBucket { hours: 0 };
-                let f = open.get_or_insert(FileStats { bucket, records: 0, bytes: 0, opened_at_ms: 0 });
+                let f = open.get_or_insert(stats(0, 0, 1, 0));
                 f.records += 1;
                 f.bytes += size;
-                if R.after_append(f).is_some() {
-                    files.extend(open.take());
+                if L.after_append(f).is_some() {
+                    ranges.extend(open.take());
                 }
             }
-            for f in &files {
-                prop_assert!(f.records <= R.max_records);
-                prop_assert!(f.bytes < R.max_bytes + 300);
+            for f in &ranges {
+                prop_assert!(f.records <= L.max_records);
+                prop_assert!(f.bytes < L.max_bytes + 300);
             }
         }
 

@@ -1,44 +1,51 @@
-//! The sink loop: consume → rows → Parquet object → commit, and recovery after a crash.
+//! The sink loop: consume → rows → Parquet objects → commit, and where a new owner resumes.
 //!
 //! Every per-partition decision is made by the pure [`PartitionWriter`] (see `partition`);
-//! this module executes them: listings and uploads through the store, dead letters through
-//! the emitter, commits through the driver's consumer, with the bounds below.
+//! this module executes them: uploads through the store, dead letters through the emitter,
+//! commits (with the chain metadata) through the driver's consumer, with the bounds below.
 //!
 //! ```text
-//!   select! { shutdown | tick (seal aged files) | recv | uploads queued }
-//!     recv ─► rebalance events ─► revoked: drop open and queued files (never uploaded)
-//!                                 assigned: a fresh writer (see `partition`)
-//!          ─► writer: hour bucket seen first? ─► list PREFIX/topic=T/date/hour/T-P- into it
-//!          ─► writer: in a listed object?  ─► skip (stored by a run that died before committing)
-//!          ─► writer: no open file for the bucket? (seal the oldest if max open) open one
-//!          ─► writer: decode ─► rows (or rejected: dead-letter topic with the reason)
-//!          ─► writer: full (records/bytes)? ─► sealed;  memory over budget? seal the largest
+//!   select! { shutdown | tick (cut aged ranges) | recv | uploads queued }
+//!     recv ─► rebalance events ─► revoked: commit what is stored, drop open and queued files
+//!                                 assigned: fetch the committed offset and its metadata ─►
+//!                                   a writer resuming that chain of ranges, reading from there
+//!          ─► writer: one hour too many for the open range? seal it, open one at this record
+//!          ─► writer: decode ─► row (or rejected: dead-letter topic with the reason)
+//!          ─► writer: range full (records/bytes) or a committed cut here? ─► sealed
+//!          ─► memory over budget? cut the largest open range (a time cut)
 //!          ─► queue the sealed files' uploads
 //!   then, bounded per turn: for each queued file, while the turn's budget lasts:
 //!     records fetched meanwhile move on if the last poll is older than the keep-alive
+//!     a time cut at or before it not committed yet? commit first (else wait)
 //!     await dead letters ─► encode
 //!     ─► poll (handling what it returns) until the last poll is younger than the keep-alive
 //!     ─► still assigned (no revoke, assignment not lost)? else drop it
 //!     ─► create-only upload (retried; "exists" = stored) ─► writer: stored
-//!   then commit each writer's committable offset (a refused commit is retried with backoff)
+//!   then commit each writer's committable offset and metadata (a refused commit is retried
+//!   with backoff)
 //! ```
 //!
+//! **Same ranges, same objects.** Where a range ends is a function of the records from its
+//! first offset (records, bytes, hours) or a time cut recorded in the commit metadata before
+//! anything at or after it is uploaded. A member that loses a partition mid-upload (session
+//! expired, evicted) and a member that resumes from the last commit therefore make the same
+//! ranges: a late upload of the old one and the new one's upload have the same name and the
+//! same rows, and the create-only precondition keeps one. The old member cannot commit a new
+//! cut once the group moved on (commits are fenced by the generation), so it never uploads a
+//! range the new one would cut differently.
+//!
 //! **Why the bounds.** A consumer that does not poll for `max.poll.interval.ms` leaves its
-//! group and a new owner re-reads its partitions from the last commit, while the old one may
-//! still be uploading: the same records would be stored twice under other names. So no store
-//! operation starts more than `max.poll.interval.ms / 10` after a poll (a listing runs right
-//! after the poll that returned its record; an upload polls first if the last poll is older,
-//! so two slow operations never run back to back), one operation with its retries is cut off
-//! at 7/10 of the interval, and a file is uploaded only while its
-//! partition is still assigned ([`rdkafka::consumer::Consumer::assignment_lost`] and the
-//! revokes seen by the last poll). A rebalance waits for every member to rejoin, and a member
-//! rejoins only when it polls, so the new owner cannot start before the old one stopped
-//! uploading. Objects are created with a create-only precondition, so a retry whose first
-//! attempt landed, or any second writer of the same name, finds the object and counts it as
-//! stored instead of overwriting it.
+//! group and a new owner re-reads its partitions from the last commit, so no store operation
+//! starts more than `max.poll.interval.ms / 10` after a poll (an upload polls first if the last
+//! poll is older), one operation with its retries is cut off at 7/10 of the interval, and a
+//! file is uploaded only while its partition is still assigned
+//! ([`rdkafka::consumer::Consumer::assignment_lost`] and the revokes seen by the last poll).
+//! These keep a slow store from costing the partitions (and re-reading them); the ranges being
+//! the same makes a late upload harmless when it happens anyway.
 
 use crate::encode::{EncodeConfig, EncodeError, encode};
-use crate::layout::{HourBucket, Layout};
+use crate::layout::Layout;
+use crate::ledger::{Commit, Resume};
 use crate::metrics::{DropLabel, FileLabel, ObjectLabel, SinkMetrics};
 use crate::partition::{Outcome, PartitionWriter, SealError, SealedFile, WriterConfig};
 use crate::rotation::{Reason, Rotation, over_budget};
@@ -88,7 +95,7 @@ pub enum SinkError {
     /// A store operation failed after every retry.
     #[error("{object}: giving up after {attempts} attempts: {source}")]
     Store {
-        /// Object (or listed prefix) URL.
+        /// Object URL.
         object: String,
         /// Attempts made.
         attempts: usize,
@@ -98,7 +105,7 @@ pub enum SinkError {
     /// A store operation and its retries exceeded the deadline.
     #[error("{object}: no success within {deadline:?} (retries included)")]
     Deadline {
-        /// Object (or listed prefix) URL.
+        /// Object URL.
         object: String,
         /// The deadline.
         deadline: Duration,
@@ -114,6 +121,16 @@ pub enum SinkError {
     /// Dead-lettering failed after retries.
     #[error(transparent)]
     DeadLetter(#[from] PipelineError),
+    /// The committed offsets of newly assigned partitions could not be read.
+    #[error("reading the committed offsets of {partitions} failed {attempts} times: {source}")]
+    Resume {
+        /// `topic/partition` list.
+        partitions: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Last cause.
+        source: KafkaError,
+    },
 }
 
 impl From<SubscribeError> for SinkError {
@@ -161,18 +178,17 @@ pub struct SinkConfig {
     pub framing: Framing,
     /// Object names.
     pub layout: Layout,
-    /// Rotation limits.
+    /// Rotation: the deterministic limits of the ranges and their wall-clock age.
     pub rotation: Rotation,
     /// Parquet settings.
     pub encode: EncodeConfig,
-    /// Input bytes buffered across all open files before the largest is finalised early.
+    /// Input bytes buffered across all open ranges and queued files before the largest open
+    /// range is cut early.
     pub max_buffer_bytes: u64,
     /// Dead-letter topic for undecodable records.
     pub dead_letter_topic: String,
     /// Store retries.
     pub retry: RetryConfig,
-    /// Open files per partition (one per hour bucket); opening one more closes the oldest.
-    pub max_open_per_partition: usize,
     /// The consumer's `max.poll.interval.ms`: uploads are paced so the loop polls well within
     /// it (see the module docs).
     pub max_poll_interval: Duration,
@@ -200,7 +216,7 @@ pub type CommitFault = Box<dyn FnMut(&TopicPartitionList) -> Option<KafkaError> 
 /// What a run did (also written as JSON with `--summary-json`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
-    /// Records consumed (including skipped and dead-lettered ones).
+    /// Records consumed (including dead-lettered ones).
     pub records_in: u64,
     /// Rows in finalised objects.
     pub rows_written: u64,
@@ -210,12 +226,13 @@ pub struct Summary {
     pub bytes_written: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
-    /// Records skipped because an object from a previous run holds them.
-    pub skipped: u64,
     /// Store operations retried.
     pub retries: u64,
-    /// Uploads refused because the object existed already (counted as stored).
+    /// Uploads refused because the object existed already (counted as stored): the same range
+    /// stored by an earlier run or another member.
     pub already_stored: u64,
+    /// Time cuts made (age, memory, shutdown), each committed before its upload.
+    pub time_cuts: u64,
     /// Offset commits refused and retried.
     pub commit_retries: u64,
     /// Open or sealed files dropped without an upload (partition revoked, assignment lost).
@@ -226,7 +243,8 @@ pub struct Summary {
     pub location: String,
 }
 
-/// The sink: owns the open files, the store and the dead-letter emitter.
+/// The sink: owns the partitions' writers, the upload queue, the store and the dead-letter
+/// emitter.
 pub struct Sink<S: ObjectStore> {
     cfg: SinkConfig,
     store: S,
@@ -242,7 +260,7 @@ pub struct Sink<S: ObjectStore> {
     uncommitted: Vec<(String, i32, String)>,
     /// Something changed that may advance a commit.
     dirty: bool,
-    /// Input bytes in open files.
+    /// Input bytes in open ranges.
     buffered: u64,
     /// Sealed files, uploaded in this order.
     queue: VecDeque<SealedFile>,
@@ -253,6 +271,30 @@ pub struct Sink<S: ObjectStore> {
     commit_retry_at: Option<Instant>,
     commit_fault: Option<CommitFault>,
     summary: Summary,
+}
+
+/// Adds `c` (offset and chain metadata) for `t`/`p` to `tpl`.
+fn add_commit(tpl: &mut TopicPartitionList, t: &str, p: i32, c: &Commit) {
+    if let Ok(mut e) = tpl
+        .add_partition_offset(t, p, Offset::Offset(c.offset))
+        .map(|()| tpl.find_partition(t, p))
+        && let Some(e) = e.as_mut()
+    {
+        e.set_metadata(c.metadata());
+    }
+}
+
+/// The high watermark of `t`/`p` (a request to its leader, blocking up to `timeout`); `None`
+/// when it cannot be read now (a new topic without a leader yet, a broker away).
+fn high_watermark(consumer: &LoopConsumer, t: &str, p: i32, timeout: Duration) -> Option<i64> {
+    match tokio::task::block_in_place(|| consumer.fetch_watermarks(t, p, timeout)) {
+        Ok((_, high)) => Some(high),
+        Err(e) => {
+            tracing::debug!(topic = %t, partition = p, error = %e,
+                "high watermark not read yet: no time cut in this partition until it is");
+            None
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -292,7 +334,6 @@ impl<S: ObjectStore> Sink<S> {
         let writer = WriterConfig {
             layout: cfg.layout.clone(),
             rotation: cfg.rotation,
-            max_open: cfg.max_open_per_partition.max(1),
             framing: cfg.framing,
         };
         let summary = Summary {
@@ -344,32 +385,6 @@ impl<S: ObjectStore> Sink<S> {
             .with_jitter()
     }
 
-    async fn list_with_retry(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
-        let attempts = std::sync::atomic::AtomicUsize::new(0);
-        let op = (|| {
-            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.store.list(prefix)
-        })
-        .retry(self.backoff())
-        .when(StoreError::is_transient)
-        .notify(|e, d| {
-            self.sm.upload_retries.inc();
-            tracing::warn!(error = %e, retry_in = ?d, "listing failed; retrying");
-        });
-        let deadline = self.cfg.op_deadline();
-        let res = tokio::time::timeout(deadline, op)
-            .await
-            .map_err(|_| SinkError::Deadline {
-                object: self.store.url(prefix),
-                deadline,
-            })?;
-        res.map_err(|source| SinkError::Store {
-            object: self.store.url(prefix),
-            attempts: attempts.into_inner(),
-            source: Box::new(source),
-        })
-    }
-
     /// Uploads `name` create-only with retries: `Ok(true)` when created, `Ok(false)` when an
     /// object of that name existed already (a retry whose first attempt landed, or another
     /// writer of the same file: the same records).
@@ -404,40 +419,100 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    /// A revoked partition loses its open and queued files (the next owner re-reads them from
-    /// the last commit).
-    fn revoke(&mut self, parts: &[(String, i32)]) {
+    /// A revoked partition commits what is stored (the generation still owns it), then loses
+    /// its open and queued files (the next owner re-reads them from that commit and makes the
+    /// same ranges).
+    fn revoke(&mut self, d: &mut Driver<'_>, parts: &[(String, i32)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in parts {
+            if let Some(c) = self.part(t, *p).and_then(|w| w.committable()) {
+                add_commit(&mut tpl, t, *p, &c);
+            }
+        }
+        if tpl.count() > 0 {
+            let res = tokio::task::block_in_place(|| d.consumer().commit(&tpl, CommitMode::Sync));
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "committing revoked partitions failed (the next owner re-reads from the previous commit)");
+            }
+        }
         for (t, p) in parts {
             self.drop_partition(t, *p, "revoked");
         }
         self.update_gauges();
     }
 
-    /// An assigned partition starts with a fresh writer (nothing open, listed or committed).
-    fn assign(&mut self, parts: &[(String, i32)]) {
+    /// Newly assigned partitions resume the chain of ranges their last commit describes
+    /// (offset and metadata, read from the group coordinator after the rebalance, so every
+    /// commit an earlier owner made is in it); returns the committed offsets, the floors below
+    /// which nothing is handed to the writer.
+    async fn assign(
+        &mut self,
+        d: &mut Driver<'_>,
+        parts: &[(String, i32)],
+    ) -> Result<Vec<Option<i64>>, SinkError> {
+        let consumer = d.consumer();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in parts {
+            tpl.add_partition(t, *p);
+        }
+        let mut attempts = 0u32;
+        let committed = loop {
+            attempts += 1;
+            let timeout = self.cfg.keepalive().max(Duration::from_secs(1));
+            match tokio::task::block_in_place(|| consumer.committed_offsets(tpl.clone(), timeout)) {
+                Ok(c) => break c,
+                Err(source) if attempts >= 3 => {
+                    return Err(SinkError::Resume {
+                        partitions: parts
+                            .iter()
+                            .map(|(t, p)| format!("{t}/{p}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        attempts,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempts, "reading committed offsets failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200) * attempts).await;
+                }
+            }
+        };
+        let mut floors = Vec::with_capacity(parts.len());
         for (t, p) in parts {
             let kind = self.kinds.get(t).copied().unwrap_or(Kind::Raw);
-            let cfg = &self.writer;
-            self.parts
-                .entry(t.clone())
-                .or_default()
-                .entry(*p)
-                .or_insert_with(|| PartitionWriter::new(t, *p, kind, cfg.clone()));
+            let mut w = PartitionWriter::new(t, *p, kind, self.writer.clone());
+            let elem = committed.find_partition(t, *p);
+            let offset = match elem.as_ref().map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            let resume = elem.as_ref().and_then(|e| Resume::parse(e.metadata()));
+            let high = high_watermark(consumer, t, *p, Duration::from_secs(2));
+            w.resume(resume.as_ref(), high);
+            if resume.is_none() && offset.is_some() {
+                tracing::info!(topic = %t, partition = p, ?offset,
+                    "no sink metadata in the commit: the chain of ranges starts at the committed offset");
+            }
+            tracing::debug!(topic = %t, partition = p, ?offset, ?resume, "assigned");
+            self.parts.entry(t.clone()).or_default().insert(*p, w);
+            floors.push(offset);
         }
         self.update_gauges();
+        Ok(floors)
     }
 
     /// Forgets `topic`/`partition`: its open and sealed files are dropped unuploaded (the next
     /// owner re-reads them from the last commit).
     fn drop_partition(&mut self, t: &str, p: i32, reason: &str) {
         let mut dropped = 0u64;
-        if let Some(w) = self.parts.get_mut(t).and_then(|m| m.remove(&p)) {
-            for f in w.open_spans() {
-                self.buffered -= f.stats.bytes;
-                dropped += 1;
-                tracing::info!(topic = %t, partition = p, first = f.first, last = f.last, reason,
-                    "partition gone: dropping an open file (the next owner re-reads it)");
-            }
+        if let Some(w) = self.parts.get_mut(t).and_then(|m| m.remove(&p))
+            && let Some(f) = w.open_span()
+        {
+            self.buffered -= f.stats.bytes;
+            dropped += f.stats.hours as u64;
+            tracing::info!(topic = %t, partition = p, first = f.first, last = f.last, reason,
+                "partition gone: dropping the open range (the next owner re-reads it)");
         }
         let before = self.queue.len();
         let mut queued = self.queued;
@@ -517,9 +592,8 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Handles one record (called right after the poll that returned it): the partition's
-    /// writer decides, this executes — list the record's hour first when asked, count a
-    /// skip, dead-letter a rejected record, queue the files it sealed, then apply the memory
-    /// budget across partitions.
+    /// writer decides, this executes — dead-letter a rejected record, queue the files it
+    /// sealed, then apply the memory budget across partitions.
     async fn process(&mut self, msg: &ConsumedRecord<'_>) -> Result<(), SinkError> {
         let topic = msg.topic();
         let partition = msg.partition();
@@ -539,63 +613,31 @@ impl<S: ObjectStore> Sink<S> {
             headers: headers.as_ref(),
         };
         let size = (msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len)) as u64;
-        let (written, gauges) = loop {
-            let Some(w) = self.part(topic, partition) else {
-                return Ok(());
-            };
-            let before = w.open_count();
-            let written = w
-                .write(&record, size, now_ms())
-                .map_err(|e| self.seal_error(e))?;
-            let Outcome::NeedsListing(listing) = &written.outcome else {
-                let gauges = self
-                    .part(topic, partition)
-                    .is_some_and(|w| w.open_count() != before)
-                    || !written.sealed.is_empty();
-                break (written, gauges);
-            };
-            // Objects of this partition and hour from runs that died before committing.
-            let found = self.list_with_retry(&listing.prefix).await?;
-            let Some(w) = self.part(topic, partition) else {
-                return Ok(());
-            };
-            w.add_listing(listing.bucket, &found);
-        };
+        let before = w.open_count();
+        let written = w
+            .write(&record, size, now_ms())
+            .map_err(|e| self.seal_error(e))?;
+        let gauges = self
+            .part(topic, partition)
+            .is_some_and(|w| w.open_count() != before)
+            || !written.sealed.is_empty();
         self.buffered += written.buffered;
-        match written.outcome {
-            Outcome::Skipped => {
-                self.dirty = true;
-                self.summary.skipped += 1;
-                self.sm
-                    .skipped
-                    .get_or_create(&TopicLabel {
-                        topic: topic.to_owned(),
-                    })
-                    .inc();
-                if self.summary.skipped.is_power_of_two() {
-                    tracing::info!(%topic, partition, offset, skipped = self.summary.skipped,
-                        "skipping records already stored by a run that died before committing");
-                }
-                return Ok(());
-            }
-            Outcome::Rejected(reject) => {
-                self.summary.dead_lettered += 1;
-                self.metrics
-                    .dead_letter
-                    .get_or_create(&ReasonLabel {
-                        reason: reject.code().to_owned(),
-                    })
-                    .inc();
-                tracing::debug!(%topic, partition, offset, reason = %reject, "dead-lettered");
-                let out = dlq::dead_letter(
-                    msg,
-                    &reject,
-                    &self.cfg.dead_letter_topic,
-                    sensorflow_api::processors::GCS_SINK,
-                );
-                self.emitter.send(out).await?;
-            }
-            Outcome::Appended | Outcome::NeedsListing(_) => {}
+        if let Outcome::Rejected(reject) = written.outcome {
+            self.summary.dead_lettered += 1;
+            self.metrics
+                .dead_letter
+                .get_or_create(&ReasonLabel {
+                    reason: reject.code().to_owned(),
+                })
+                .inc();
+            tracing::debug!(%topic, partition, offset, reason = %reject, "dead-lettered");
+            let out = dlq::dead_letter(
+                msg,
+                &reject,
+                &self.cfg.dead_letter_topic,
+                sensorflow_api::processors::GCS_SINK,
+            );
+            self.emitter.send(out).await?;
         }
         for f in written.sealed {
             self.enqueue(f);
@@ -604,21 +646,20 @@ impl<S: ObjectStore> Sink<S> {
             self.update_gauges();
         }
         if self.buffered + self.queued > self.cfg.max_buffer_bytes {
-            // Sealing moves bytes from open files to the upload queue; what the queue holds
-            // already leaves that much less room for open files.
+            // Cutting moves bytes from open ranges to the upload queue; what the queue holds
+            // already leaves that much less room for open ranges.
             let room = self.cfg.max_buffer_bytes.saturating_sub(self.queued);
-            let sizes: Vec<((String, i32, HourBucket), u64)> = self
+            let sizes: Vec<((String, i32), u64)> = self
                 .parts
                 .iter()
                 .flat_map(|(t, m)| {
-                    m.iter().flat_map(move |(p, w)| {
-                        w.open_spans()
-                            .map(move |f| ((t.clone(), *p, f.stats.bucket), f.stats.bytes))
+                    m.iter().filter_map(move |(p, w)| {
+                        w.open_span().map(|f| ((t.clone(), *p), f.stats.bytes))
                     })
                 })
                 .collect();
-            for (t, p, b) in over_budget(&sizes, room) {
-                self.seal(&t, p, b, Reason::Memory)?;
+            for (t, p) in over_budget(&sizes, room) {
+                self.cut(&t, p, Reason::Memory)?;
             }
         }
         Ok(())
@@ -634,23 +675,28 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    /// Closes the open file of `bucket` in `topic`/`partition` and queues its upload. Nothing
-    /// is stored or committed here: the file holds the commit back until it is uploaded.
-    fn seal(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        bucket: HourBucket,
-        reason: Reason,
-    ) -> Result<(), SinkError> {
+    /// Cuts the open range of `topic`/`partition` now (a time cut) and queues its files.
+    /// Nothing is stored or committed here: the range holds the commit back until it is
+    /// uploaded, and its upload waits for a commit carrying the cut.
+    fn cut(&mut self, topic: &str, partition: i32, reason: Reason) -> Result<(), SinkError> {
         let Some(w) = self.part(topic, partition) else {
             return Ok(());
         };
-        if let Some(f) = w.seal(bucket, reason).map_err(|e| self.seal_error(e))? {
-            self.enqueue(f);
+        let files = w.cut(reason).map_err(|e| self.seal_error(e))?;
+        if !files.is_empty() {
+            self.note_cut(files);
             self.update_gauges();
         }
         Ok(())
+    }
+
+    /// Queues the files of a time cut (they wait for a commit carrying the cut).
+    fn note_cut(&mut self, files: Vec<SealedFile>) {
+        self.summary.time_cuts += 1;
+        self.dirty = true;
+        for f in files {
+            self.enqueue(f);
+        }
     }
 
     /// Queues the upload of a sealed file: its input bytes move from open to queued.
@@ -661,19 +707,39 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Uploads the oldest sealed file, if its partition is still assigned (else drops it):
+    /// a time cut at or before its range committed first (else nothing happens: `Ok(false)`),
     /// dead letters acknowledged, object encoded, then — right before the upload starts —
     /// a poll if the last one is older than the keep-alive interval, the assignment checked,
-    /// and the object created. Nothing is committed here.
+    /// and the object created. Nothing else is committed here.
     ///
     /// The poll comes after the encoding and right before the store operation, so that no
     /// upload starts more than the keep-alive interval after a poll, whatever came before it
-    /// (a listing for a record of a new hour, a long encode): two slow store operations back
-    /// to back without a poll could exceed `max.poll.interval.ms`, get this member evicted
-    /// while its upload is in flight, and let the next owner store the same offsets again.
+    /// (a long encode): two slow operations back to back without a poll could exceed
+    /// `max.poll.interval.ms` and cost this member its partitions.
     /// `stopping`: records polled now are left for the next run instead of being handled.
-    async fn upload_next(&mut self, d: &mut Driver<'_>, stopping: bool) -> Result<(), SinkError> {
+    async fn upload_next(&mut self, d: &mut Driver<'_>, stopping: bool) -> Result<bool, SinkError> {
+        if self.queue.is_empty() {
+            return Ok(false);
+        }
+        let gated = |s: &mut Self| {
+            s.queue.front().is_some_and(|f| {
+                s.parts
+                    .get(&f.topic)
+                    .and_then(|m| m.get(&f.partition))
+                    .is_some_and(|w| !w.may_upload(f))
+            })
+        };
+        if gated(self) {
+            // A time cut this member made is not in a commit yet: commit it first (fenced by
+            // the group generation: a member that lost the partition cannot).
+            self.dirty = true;
+            self.commit(d).await?;
+            if gated(self) {
+                return Ok(false);
+            }
+        }
         let Some(front) = self.queue.front() else {
-            return Ok(());
+            return Ok(false);
         };
         let key = (
             front.topic.clone(),
@@ -684,8 +750,8 @@ impl<S: ObjectStore> Sink<S> {
         let (topic, partition) = (key.0.clone(), key.1);
         let name = front.name.clone();
         let url = self.store.url(&name);
-        // Dead letters of this range must be durable before the object exists: recovery skips
-        // every offset an object's range covers.
+        // Dead letters of this range must be durable before the commit passes it (and the
+        // range's objects are what lets it).
         self.emitter.await_deliveries().await?;
         let encoded = match self.queue.front().and_then(|f| f.batch.as_ref()) {
             Some(batch) => {
@@ -706,20 +772,18 @@ impl<S: ObjectStore> Sink<S> {
         };
         self.poll_if_stale(d, stopping).await?;
         let owned = self.owns(d, &topic, partition).await?;
-        let still_first = self.queue.front().is_some_and(|f| {
-            (f.topic.as_str(), f.partition, f.first, f.last) == (&key.0[..], key.1, key.2, key.3)
-        });
+        let still_first = self.queue.front().is_some_and(|f| f.name == name);
         if !still_first {
             // Its partition was revoked or lost during the poll: `drop_partition` dropped it.
-            return Ok(());
+            return Ok(true);
         }
         if !owned {
             self.drop_partition(&topic, partition, "revoked");
             self.update_gauges();
-            return Ok(());
+            return Ok(true);
         }
         let Some(f) = self.queue.pop_front() else {
-            return Ok(());
+            return Ok(true);
         };
         self.queued -= f.bytes_in;
         if let Some((rows, bytes)) = encoded {
@@ -763,14 +827,13 @@ impl<S: ObjectStore> Sink<S> {
         }
         self.dirty = true;
         self.update_gauges();
-        Ok(())
+        Ok(true)
     }
 
     /// Polls until the last poll is younger than the keep-alive interval (usually once):
-    /// a record a poll returns is handled at once (when `stopping`, left for the next run), so
-    /// a poll that brings a record of a new hour, whose listing takes long, is followed by
-    /// another poll. Records are handled even above the memory budget: one per poll, and only
-    /// when the last poll is old.
+    /// a record a poll returns is handled at once (when `stopping`, left for the next run).
+    /// Records are handled even above the memory budget: one per poll, and only when the last
+    /// poll is old.
     async fn poll_if_stale(&mut self, d: &mut Driver<'_>, stopping: bool) -> Result<(), SinkError> {
         while d.since_poll() >= self.cfg.keepalive() {
             d.poll_now(self, !stopping).await?;
@@ -808,16 +871,18 @@ impl<S: ObjectStore> Sink<S> {
             if d.since_poll() >= every {
                 self.take_fetched(d).await?;
             }
-            self.upload_next(d, false).await?;
+            if !self.upload_next(d, false).await? {
+                break; // waiting for a commit carrying a time cut (retried later)
+            }
         }
         Ok(())
     }
 
-    /// Commits every partition whose ledger offset advanced (synchronously). A refused commit
+    /// Commits every partition whose offset or chain metadata changed (synchronously). A refused commit
     /// keeps the offsets to commit and is tried again after a backoff (200 ms doubling to
     /// 10 s); after `commit_retries` consecutive refusals other than by a rebalance the sink
     /// fails. A commit refused by a rebalance is retried for the partitions still assigned
-    /// after it (a revoked partition's next owner lists the objects and skips their records).
+    /// after it (a revoked partition's next owner makes the same objects and finds them).
     async fn commit(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         let consumer = d.consumer();
         if !self.dirty {
@@ -831,9 +896,9 @@ impl<S: ObjectStore> Sink<S> {
         let mut advanced = Vec::new();
         for (t, m) in &self.parts {
             for (p, w) in m {
-                if let Some(o) = w.committable() {
-                    let _ = tpl.add_partition_offset(t, *p, Offset::Offset(o));
-                    advanced.push((t.clone(), *p, o));
+                if let Some(c) = w.committable() {
+                    add_commit(&mut tpl, t, *p, &c);
+                    advanced.push((t.clone(), *p, c));
                 }
             }
         }
@@ -858,9 +923,9 @@ impl<S: ObjectStore> Sink<S> {
                 self.commit_failures = 0;
                 self.commit_retry_at = None;
                 self.metrics.commits.inc();
-                for (t, p, o) in &advanced {
+                for (t, p, c) in &advanced {
                     if let Some(w) = self.part(t, *p) {
-                        w.committed(*o);
+                        w.committed(c);
                     }
                 }
                 let now = now_ms() / 1000;
@@ -890,7 +955,7 @@ impl<S: ObjectStore> Sink<S> {
             Err(source) => {
                 let offsets = advanced
                     .iter()
-                    .map(|(t, p, o)| format!("{t}/{p}@{o}"))
+                    .map(|(t, p, c)| format!("{t}/{p}@{}", c.offset))
                     .collect::<Vec<_>>()
                     .join(",");
                 let rebalance = sensorflow_runtime::pipeline::is_rebalance_commit_error(&source);
@@ -916,10 +981,12 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    /// Seals files open for `max_age`, unless uploads are queued: behind a slow store, files
+    /// Cuts ranges open for `max_age`, unless uploads are queued: behind a slow store, ranges
     /// then grow (up to their record, byte and memory limits) instead of queueing many small
-    /// ones.
-    fn seal_aged(&mut self) -> Result<(), SinkError> {
+    /// ones. Partitions whose high watermark could not be read at assignment try again first
+    /// (no time cut before it is known).
+    fn seal_aged(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.learn_high(d);
         if !self.queue.is_empty() {
             return Ok(());
         }
@@ -927,25 +994,38 @@ impl<S: ObjectStore> Sink<S> {
         self.seal_every(|w| w.seal_aged(now))
     }
 
-    /// Seals what `f` seals in every partition and queues it.
+    /// Reads the high watermark of partitions that could not get it at assignment.
+    fn learn_high(&mut self, d: &mut Driver<'_>) {
+        let consumer = d.consumer();
+        for (t, m) in &mut self.parts {
+            for (p, w) in m.iter_mut().filter(|(_, w)| w.needs_high()) {
+                if let Some(h) = high_watermark(consumer, t, *p, Duration::from_millis(500)) {
+                    w.set_high(h);
+                }
+            }
+        }
+    }
+
+    /// Cuts what `f` cuts in every partition (time cuts) and queues it.
     fn seal_every(
         &mut self,
         mut f: impl FnMut(&mut PartitionWriter) -> Result<Vec<SealedFile>, SealError>,
     ) -> Result<(), SinkError> {
-        let mut sealed = Vec::new();
+        let mut cuts = Vec::new();
         let mut failed = None;
         for w in self.parts.values_mut().flat_map(|m| m.values_mut()) {
             match f(w) {
-                Ok(files) => sealed.extend(files),
+                Ok(files) if !files.is_empty() => cuts.push(files),
+                Ok(_) => {}
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             }
         }
-        let any = !sealed.is_empty();
-        for file in sealed {
-            self.enqueue(file);
+        let any = !cuts.is_empty();
+        for files in cuts {
+            self.note_cut(files);
         }
         if any {
             self.update_gauges();
@@ -956,14 +1036,32 @@ impl<S: ObjectStore> Sink<S> {
         }
     }
 
-    /// Stops: seals every open file, uploads the queue (polling between uploads so the
-    /// member stays in its group; records polled now are left for the next run), and commits,
-    /// retrying a refused commit within its bounds.
+    /// Stops: cuts every open range, commits the cuts, uploads the queue (polling between
+    /// uploads so the member stays in its group; records polled now are left for the next
+    /// run), and commits, retrying a refused commit within its bounds.
     async fn flush(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
         d.rebalance(self).await?;
-        self.seal_every(|w| w.seal_all(Reason::Shutdown))?;
+        self.learn_high(d);
+        self.seal_every(|w| w.cut(Reason::Shutdown))?;
+        let mut attempts = 0u32;
         while !self.queue.is_empty() {
-            self.upload_next(d, true).await?;
+            if self.upload_next(d, true).await? {
+                continue;
+            }
+            // The front waits for a commit carrying its cut, and the commit was refused.
+            attempts += 1;
+            if attempts > self.cfg.commit_retries.max(1) * 2 {
+                tracing::warn!(
+                    files = self.queue.len(),
+                    "stopping with ranges not uploaded (their cut was never committed; the next run re-reads them)"
+                );
+                break;
+            }
+            let wait = self.commit_retry_at.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            tokio::time::sleep(wait.min(self.cfg.keepalive())).await;
+            d.poll_now(self, false).await?;
         }
         let mut attempts = 0u32;
         loop {
@@ -974,7 +1072,7 @@ impl<S: ObjectStore> Sink<S> {
             attempts += 1;
             if attempts > self.cfg.commit_retries.max(1) * 2 {
                 tracing::warn!(
-                    "stopping with offsets uncommitted (the next run skips the stored records)"
+                    "stopping with offsets uncommitted (the next run makes the same objects again and finds them stored)"
                 );
                 return Ok(());
             }
@@ -987,7 +1085,7 @@ impl<S: ObjectStore> Sink<S> {
     }
 
     /// Subscribes and runs the shared consume-loop driver until `shutdown` is cancelled; then
-    /// finalises every open file, uploads it and commits its offsets before returning.
+    /// cuts every open range, commits the cuts, uploads and commits before returning.
     ///
     /// # Errors
     /// [`SinkError`] for failures that survive retries; offsets of records not in a finalised
@@ -1018,20 +1116,19 @@ impl<S: ObjectStore> Hooks for Sink<S> {
 
     async fn on_assigned(
         &mut self,
-        _d: &mut Driver<'_>,
+        d: &mut Driver<'_>,
         parts: &[(String, i32)],
     ) -> Result<Vec<Option<i64>>, SinkError> {
-        self.assign(parts);
-        // No floor: the ledger skips what objects already hold.
-        Ok(vec![None; parts.len()])
+        // Each partition's writer starts at its committed offset, nothing below it.
+        self.assign(d, parts).await
     }
 
     async fn on_revoked(
         &mut self,
-        _d: &mut Driver<'_>,
+        d: &mut Driver<'_>,
         parts: &[(String, i32)],
     ) -> Result<(), SinkError> {
-        self.revoke(parts);
+        self.revoke(d, parts);
         Ok(())
     }
 
@@ -1043,8 +1140,8 @@ impl<S: ObjectStore> Hooks for Sink<S> {
         self.process(rec).await
     }
 
-    async fn on_tick(&mut self, _d: &mut Driver<'_>) -> Result<(), SinkError> {
-        self.seal_aged()
+    async fn on_tick(&mut self, d: &mut Driver<'_>) -> Result<(), SinkError> {
+        self.seal_aged(d)
     }
 
     /// Whatever woke the turn, records already fetched move on too (a tick would otherwise win

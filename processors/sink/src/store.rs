@@ -9,9 +9,11 @@
 //! Both create an object only when none of that name exists (GCS: `ifGenerationMatch=0`, 412
 //! otherwise; local: a hard link, which fails when the name is taken), and report
 //! [`StoreError::AlreadyExists`] when one does. An object name says what the object holds
-//! (topic, partition, hour, offset range), so an existing object of that name is the same
-//! data: a retry whose first attempt did land, or another writer of the same file. The sink
-//! counts it as stored; no writer can overwrite another's object.
+//! (topic, partition, hour, offset range) and the sink's ranges are the same whoever makes
+//! them (see `ledger`), so an existing object of that name is the same data: a retry whose
+//! first attempt did land, an earlier run that died before committing, or a member that lost
+//! the partition mid-upload. The sink counts it as stored; no writer can overwrite another's
+//! object. Listing is kept for tools and tests; the sink does not list.
 
 use bytes::Bytes;
 use gcloud_storage::client::google_cloud_auth::credentials::CredentialsFile;

@@ -3,9 +3,10 @@
 //! `SENSORFLOW_TEST_BOOTSTRAP`, `SF_TEST_GCS_ENDPOINT`, `SF_TEST_GCS_BUCKET`.
 //!
 //! Faults are injected around the real components, never instead of them: a store wrapper
-//! that delays uploads and listings (a slow GCS), one that lets another writer create the
-//! object first (a fenced writer racing the sink), and a hook that refuses the first offset
-//! commits before the real commit reaches the broker.
+//! that delays uploads and listings (a slow GCS), one whose first upload hangs and lands only
+//! after the next owner is done (a member that lost its partition mid-upload), one that lets
+//! another writer create the object first (a fenced writer racing the sink), and a hook that
+//! refuses offset commits before the real commit reaches the broker.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -32,10 +33,8 @@ use sensorflow_core::proto::{Sensor, SensorReading};
 use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
 use sensorflow_runtime::metrics::Metrics;
 use sensorflow_sink::app::{SinkArgs, run_with};
-use sensorflow_sink::encode::{EncodeConfig, encode};
-use sensorflow_sink::layout::{HourBucket, Layout, parse_object};
+use sensorflow_sink::layout::{HourBucket, parse_object};
 use sensorflow_sink::metrics::SinkMetrics;
-use sensorflow_sink::rows::{Kind, Record, Rows};
 use sensorflow_sink::store::{GcsConfig, GcsStore, ObjectStore, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -436,69 +435,250 @@ async fn every_record_is_stored_once_by_hour_and_poison_is_dead_lettered() {
     assert_eq!(got, dlq_expected);
 }
 
+/// A run uploads the range 0..=299 (ended by its records) and dies before a commit passes it
+/// (every commit after the first refused, then the sink gives up); the next run resumes from
+/// the commit, makes the same range, finds its object (create-only upload refused: counted as
+/// stored) and stores the rest. One copy of every record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs broker + GCS: run tests/sink/run.sh"]
-async fn restart_after_upload_before_commit_skips_the_stored_offsets() {
+async fn restart_after_upload_before_commit_makes_the_same_object_again() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let pfx = prefix("restart");
     let t = TopicArgs::prefixed(&pfx);
-    create_topics(&t, 2).await;
-    let mut recs = Vec::new();
-    for p in 0..2 {
-        for i in 0..500i64 {
+    create_topics(&t, 1).await;
+    let recs: Vec<_> = (0..500i64)
+        .map(|i| {
             let (k, v) = reading("c", BASE + i * 1000, i as f64);
-            recs.push((p, k, v, BASE + i * 1000));
-        }
-    }
-    produce(&t.topic_sz, &recs).await;
-    // What a previous run left behind: offsets 0..=299 of partition 0 uploaded, never committed.
-    let mut rows = Rows::new(Kind::Reading, sensorflow_core::wire::Framing::Plain);
-    for (o, r) in recs.iter().filter(|r| r.0 == 0).take(300).enumerate() {
-        rows.append(&Record {
-            key: r.1.as_deref(),
-            value: Some(&r.2),
-            partition: 0,
-            offset: o as i64,
-            timestamp_ms: Some(r.3),
-            headers: None,
+            (0, k, v, BASE + i * 1000)
         })
-        .unwrap();
-    }
-    let bytes = encode(
-        &rows.finish().unwrap(),
-        &EncodeConfig {
-            codec: Default::default(),
-            row_group_rows: 1000,
-        },
-        &[],
-    )
-    .unwrap();
-    let layout = Layout::new(&pfx);
-    let earlier = layout.object(&t.topic_sz, 0, HourBucket::of(Some(BASE)), 0, 299);
-    gcs().await.put(&earlier, Bytes::from(bytes)).await.unwrap();
-
+        .collect();
+    produce(&t.topic_sz, &recs).await;
+    let group = format!("{pfx}sink");
     let a = args(
         &t,
-        &format!("{pfx}sink"),
+        &group,
         &pfx,
-        &["--max-records=1000", "--max-age-seconds=1"],
+        &[
+            "--max-records=300",
+            "--max-age-seconds=1",
+            "--commit-retries=2",
+        ],
     );
-    let summary = run_until_rows(&a, 700, Duration::ZERO).await;
-    assert_eq!(summary.rows_written, 700, "{summary:?}");
-    assert_eq!(summary.skipped, 300, "{summary:?}");
+    // The first commit (where the chain of ranges starts) lands; every later one is refused.
+    let mut n = 0;
+    let fault: sensorflow_sink::sink::CommitFault = Box::new(move |_| {
+        n += 1;
+        (n > 1).then_some(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+        ))
+    });
+    let sm = SinkMetrics::default();
+    let metrics = Metrics::new_with(|r| sm.register(r));
+    let first = sensorflow_sink::app::run_with_commit_fault(
+        &a,
+        gcs().await,
+        metrics,
+        sm,
+        tokio_util::sync::CancellationToken::new(),
+        Some(fault),
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the first run did not give up")
+        .expect_err("the first run gave up committing");
+    eprintln!("first run: {err:#}");
     let (names, rows) = stored(&pfx).await;
-    assert!(names.contains(&earlier), "{names:?}");
-    assert_eq!(rows.len(), 1000);
-    assert!(rows.values().all(|c| c.len() == 1), "a record stored twice");
+    assert_eq!(names.len(), 1, "{names:?}");
+    let earlier = &names[0];
+    assert_eq!(
+        parse_object(earlier).map(|o| (o.first_offset, o.last_offset)),
+        Some((0, 299))
+    );
+    assert_eq!(rows.len(), 300);
+    assert_eq!(committed(&group, &t.topic_sz, 1), vec![0]);
 
-    // A second run of the same group starts after the commit and writes nothing.
+    let b = args(
+        &t,
+        &group,
+        &pfx,
+        &["--max-records=300", "--max-age-seconds=1"],
+    );
+    let summary = run_until_rows(&b, 200, Duration::ZERO).await;
+    assert_eq!(summary.rows_written, 200, "{summary:?}");
+    assert_eq!(summary.already_stored, 1, "{summary:?}");
+    let (names, rows) = stored(&pfx).await;
+    assert!(names.contains(earlier), "{names:?}");
+    assert_eq!(rows.len(), 500);
+    assert!(rows.values().all(|c| c.len() == 1), "a record stored twice");
+    assert_eq!(committed(&group, &t.topic_sz, 1), vec![500]);
+
+    // A third run of the same group starts after the commit and writes nothing.
     let again = run_until_rows(
-        &args(&t, &format!("{pfx}sink"), &pfx, &["--max-age-seconds=1"]),
+        &args(&t, &group, &pfx, &["--max-age-seconds=1"]),
         0,
         Duration::from_secs(8),
     )
     .await;
     assert_eq!(again.rows_written, 0);
     assert_eq!(stored(&pfx).await.0, names);
+}
+
+/// A store whose first upload never completes for the sink (the request hangs until the
+/// sink's deadline gives up on it), though the bytes reach GCS later: the test sends them
+/// itself once the next owner is done, as a member that lost its partition mid-upload would.
+struct StallingStore {
+    inner: GcsStore,
+    stalled: std::sync::Mutex<Option<(String, Bytes)>>,
+    started: tokio::sync::Notify,
+}
+
+impl ObjectStore for StallingStore {
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StoreError> {
+        let first = {
+            let mut s = self.stalled.lock().unwrap();
+            let first = s.is_none();
+            if first {
+                *s = Some((name.to_owned(), data.clone()));
+            }
+            first
+        };
+        if first {
+            self.started.notify_one();
+            std::future::pending::<()>().await;
+        }
+        self.inner.put(name, data).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    fn url(&self, name: &str) -> String {
+        self.inner.url(name)
+    }
+}
+
+/// Issue 25 item 5. Member A reads 300 records whose event times are scattered over three
+/// hours, cuts them by age (a wall-clock decision), and hangs in its first upload until its
+/// store deadline gives up and it leaves the group. 200 more records arrive. Member B takes
+/// the partition from the last commit and stores everything; then A's stalled upload lands.
+/// A range end that depended on A's timing would give B other names and leave the late object
+/// beside B's: the same rows twice. Required: A's late upload has the name of one of B's
+/// objects and the same rows, so the create-only upload is refused; every record is a row of
+/// exactly one object (counted per offset as a multiset); the group committed the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs broker + GCS: run tests/sink/run.sh"]
+async fn a_late_upload_after_the_partition_moved_writes_the_same_object_never_a_second() {
+    let pfx = prefix("late");
+    let t = TopicArgs::prefixed(&pfx);
+    create_topics(&t, 1).await;
+    let batch = |from: i64, to: i64| -> Vec<(i32, Option<Vec<u8>>, Vec<u8>, i64)> {
+        (from..to)
+            .map(|i| {
+                let ts = BASE + (i % 3) * HOUR + i * 1000;
+                let (k, v) = reading(&format!("c{}", i % 4), ts, i as f64);
+                (0, k, v, ts)
+            })
+            .collect()
+    };
+    produce(&t.topic_sz, &batch(0, 300)).await;
+    let group = format!("{pfx}sink");
+    let a = args(
+        &t,
+        &group,
+        &pfx,
+        &[
+            "--max-age-seconds=1",
+            "-X",
+            "max.poll.interval.ms=6000",
+            "-X",
+            "session.timeout.ms=6000",
+        ],
+    );
+    let stalling = StallingStore {
+        inner: gcs().await,
+        stalled: Default::default(),
+        started: Default::default(),
+    };
+    let sm = SinkMetrics::default();
+    let metrics = Metrics::new_with(|r| sm.register(r));
+    let started = Instant::now();
+    let member_a = run_with(
+        &a,
+        RefStore(&stalling),
+        metrics,
+        sm,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let more = async {
+        tokio::time::timeout(Duration::from_secs(30), stalling.started.notified())
+            .await
+            .expect("A never started an upload");
+        produce(&t.topic_sz, &batch(300, 500)).await;
+    };
+    let (ra, ()) = tokio::join!(
+        async {
+            tokio::time::timeout(Duration::from_secs(60), member_a)
+                .await
+                .expect("A did not give up its upload")
+        },
+        more
+    );
+    eprintln!("member A after {:?}: {ra:?}", started.elapsed());
+    assert!(ra.is_err(), "A's upload hung until its deadline");
+    let (late_name, late_bytes) = stalling.stalled.lock().unwrap().clone().unwrap();
+    assert!(stored(&pfx).await.0.is_empty(), "nothing stored by A");
+
+    let b = args(&t, &group, &pfx, &["--max-age-seconds=1"]);
+    let summary = run_until_rows(&b, 500, Duration::ZERO).await;
+    eprintln!("member B: {summary:?}");
+    assert_eq!(committed(&group, &t.topic_sz, 1), vec![500]);
+
+    // A's request lands now, after B stored everything.
+    let late = gcs().await.put(&late_name, late_bytes.clone()).await;
+    let (names, rows) = stored(&pfx).await;
+    eprintln!("late upload of {late_name}: {late:?}; objects {names:?}");
+    let copies: BTreeMap<usize, usize> = rows.values().fold(BTreeMap::new(), |mut m, c| {
+        *m.entry(c.len()).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        copies,
+        BTreeMap::from([(1, 500)]),
+        "records per number of copies (one copy each, 500 records)"
+    );
+    assert_eq!(
+        rows.keys().map(|k| k.1).collect::<Vec<_>>(),
+        (0..500).collect::<Vec<_>>()
+    );
+    assert_no_overlap(&names);
+    assert!(
+        matches!(late, Err(StoreError::AlreadyExists { .. })),
+        "the late upload was not refused as the same object: {late:?}"
+    );
+    assert!(
+        names.contains(&late_name),
+        "{late_name} not among {names:?}"
+    );
+    let offsets = |bytes: Bytes| -> Vec<i64> {
+        ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .flat_map(|b| {
+                b.unwrap()
+                    .column_by_name("kafka_offset")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    };
+    let theirs: Vec<i64> = rows
+        .iter()
+        .filter(|(_, c)| c[0].0 == late_name)
+        .map(|(k, _)| k.1)
+        .collect();
+    assert_eq!(offsets(late_bytes), theirs, "same name, same rows");
 }
 
 /// A store whose uploads and listings take `delay` each (a slow or distant GCS), in front of

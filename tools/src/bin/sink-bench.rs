@@ -265,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
     let mut enc_files = 0u64;
     for ((topic, _, _), ms) in &by_part {
         let mut rows = Rows::new(kinds[topic.as_str()], cfg.framing);
-        for chunk in ms.chunks(cfg.rotation.max_records as usize) {
+        for chunk in ms.chunks(cfg.rotation.limits.max_records as usize) {
             for m in chunk {
                 let _ = rows.append(&Record {
                     key: m.key(),
