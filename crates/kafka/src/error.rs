@@ -47,6 +47,10 @@ pub enum AdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+    /// The broker refused topic configuration, or did not apply it (the message names the
+    /// topics, keys and the broker's values).
+    #[error("topic configuration: {0}")]
+    Config(String),
     /// The blocking task panicked or was cancelled.
     #[error("blocking kafka task: {0}")]
     Join(#[from] tokio::task::JoinError),
