@@ -2603,6 +2603,9 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
     );
     let (late, _) = broker_topic_config("tcfg.late").await;
     assert_eq!(late["cleanup.policy"], "compact");
+    // The late topic carries whole input records: created with the inputs' limit + 64 KiB
+    // (the dead-letter topic existed, and keeps its own 2000000 above).
+    assert_eq!(late["max.message.bytes"], "1114124");
     let (_, sz_overrides) = broker_topic_config("tcfg.sz").await;
     assert!(
         !sz_overrides.contains_key("retention.ms"),

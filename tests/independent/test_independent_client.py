@@ -42,7 +42,9 @@ def pipeline(tmp_path_factory):
     prefix = f"indep-{os.getpid()}-{int(time.time())}-"
     names = {k: prefix + k for k in ["SX", "SY", "SZ", "FA", "FI", "FD", "predictions", "dead-letter", "late"]}
     admin = KafkaAdminClient(bootstrap_servers=BOOT)
-    admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names.values()])
+    # retention.ms=-1: the readings carry historic event times (record timestamps, 2025), which
+    # a stock broker's 7-day retention would delete under the running test.
+    admin.create_topics([NewTopic(n, PARTITIONS, 1, topic_configs={"retention.ms": "-1"}) for n in names.values()])
     admin.close()
 
     rng = random.Random(7)

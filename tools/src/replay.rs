@@ -56,13 +56,15 @@ pub struct ReplayArgs {
     /// `today` (UTC). The default, `yesterday`, keeps every event time in the past and within
     /// a stock broker's 7-day retention: Apache Kafka 4 refuses records more than 1 h ahead of
     /// its clock (`log.message.timestamp.after.max.ms`, KIP-1030), and `today` reaches up to
-    /// 24 h ahead (the local test broker lifts that bound).
+    /// 24 h ahead. A date older than the topics' retention needs topics created with a longer
+    /// one (`sensorflow create-topics --retention-ms -1`).
     #[arg(long, default_value = "yesterday")]
     pub base_date: String,
     /// Time compression: 0 = full speed; N = N event-seconds per wall-second.
     #[arg(long, default_value_t = 0.0)]
     pub speed: f64,
-    /// Create the topics first (with --partitions) if they do not exist.
+    /// Create the topics first (with --partitions) if they do not exist, as `sensorflow
+    /// create-topics` does without flags (the broker's retention).
     #[arg(long)]
     pub create_topics: bool,
     /// Partitions per topic when creating topics.
@@ -423,11 +425,14 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<()> {
     sensorflow_process::telemetry::init(sensorflow_process::telemetry::LogFormat::Text);
     if args.create_topics {
         let t = args.client.topics.topics();
-        sensorflow_kafka::admin::ensure_topics(
+        let configs =
+            sensorflow_kafka::topic_configs(&t, &Default::default(), |_| Default::default());
+        sensorflow_kafka::admin::ensure_topics_with(
             &args.client.kafka.client_config(),
             &t.all(),
             args.partitions,
             1,
+            &configs,
         )
         .await?;
     }

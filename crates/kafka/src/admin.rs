@@ -8,7 +8,8 @@
 //!                           ──▶ check_co_partitioning (pure)
 //!                           ──▶ DescribeConfigs ──▶ plan_config_changes (pure) ──▶ AlterConfigs
 //!                           ──▶ TopicReport
-//!   ensure_topics:          CreateTopics (existing kept) ──▶ wait for metadata ──▶ same count?
+//!   ensure_topics(_with):   CreateTopics with configs (existing kept) ──▶ wait for metadata
+//!                           ──▶ same count? ──▶ existing topics: the same configuration step
 //!   lag (one definition):   OffsetFetch(group) + ListOffsets(latest, earliest)
 //!                           ──▶ Σ max(0, high − max(committed, low)), low when never committed
 //! ```
@@ -37,8 +38,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 /// Timeout of one broker request.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Creates `topics` with `partitions` partitions each (replication factor `replication`);
-/// existing topics are kept and checked to have that many partitions.
+/// Creates `topics` with `partitions` partitions each (replication factor `replication`) and
+/// the broker's default topic configuration; existing topics are kept and checked to have that
+/// many partitions. [`ensure_topics_with`] sets configuration too.
 ///
 /// # Errors
 /// [`AdminError`] when the broker refuses, or an existing topic has another partition count.
@@ -48,23 +50,60 @@ pub async fn ensure_topics(
     partitions: i32,
     replication: i32,
 ) -> Result<(), AdminError> {
+    ensure_topics_with(
+        config,
+        topics,
+        partitions,
+        replication,
+        &TopicConfigs::default(),
+    )
+    .await
+}
+
+/// [`ensure_topics`] with topic configuration: a created topic gets its
+/// [`TopicConfigs::on_create`] entry with its [`TopicConfigs::set`] entry on top; an existing
+/// topic whose values differ from its `set` entry is altered (as the operator does,
+/// `apply_topic_configs`), its `on_create` entry is not applied.
+///
+/// # Errors
+/// [`AdminError`] when the broker refuses a topic or its configuration, or an existing topic
+/// has another partition count.
+pub async fn ensure_topics_with(
+    config: &ClientConfig,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+    configs: &TopicConfigs,
+) -> Result<(), AdminError> {
     let admin: AdminClient<DefaultClientContext> = config
         .create()
         .map_err(kafka("creating the admin client"))?;
+    let merged: Vec<BTreeMap<String, String>> = topics
+        .iter()
+        .map(|t| creation_config(&configs.on_create, &configs.set, t))
+        .collect();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .zip(&merged)
+        .map(|(t, c)| {
+            c.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(replication)),
+                |nt, (k, v)| nt.set(k, v),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&new, &opts)
         .await
         .map_err(kafka("create_topics"))?;
+    let mut existing = BTreeMap::new();
     for r in results {
         match r {
             Ok(t) => tracing::info!(topic = %t, partitions, "topic created"),
             Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                tracing::debug!(topic = %t, "topic exists")
+                tracing::debug!(topic = %t, "topic exists");
+                existing.insert(t, partitions);
             }
             Err((topic, code)) => {
                 return Err(AdminError::Topic {
@@ -96,7 +135,25 @@ pub async fn ensure_topics(
             });
         }
     }
-    Ok(())
+    let bootstrap = config.get("bootstrap.servers").unwrap_or("?").to_owned();
+    match apply_topic_configs(&admin, &bootstrap, &configs.set, &existing).await {
+        ConfigCheck::Failed(m) => Err(AdminError::Config(m)),
+        ConfigCheck::InSync { altered } => {
+            for (topic, keys) in altered {
+                tracing::info!(%topic, ?keys, "existing topic's configuration altered");
+            }
+            Ok(())
+        }
+        ConfigCheck::NotManaged => Ok(()),
+    }
+}
+
+/// The configuration a new topic `topic` is created with: its `on_create` entry with its `set`
+/// entry on top.
+fn creation_config(on_create: &Configs, set: &Configs, topic: &str) -> BTreeMap<String, String> {
+    let mut c = on_create.get(topic).cloned().unwrap_or_default();
+    c.extend(set.get(topic).cloned().unwrap_or_default());
+    c
 }
 
 /// How long [`ensure_topics`] waits for new topics to appear in the metadata.
@@ -337,18 +394,22 @@ pub async fn ensure_pipeline_topics(
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     let mut created = Vec::new();
     if !create.is_empty() {
+        let merged: Vec<BTreeMap<String, String>> = create
+            .iter()
+            .map(|t| creation_config(&plan.on_create, &plan.configs, t))
+            .collect();
         let new: Vec<NewTopic<'_>> = create
             .iter()
-            .map(|t| {
-                let mut nt = NewTopic::new(
-                    t,
-                    plan.partitions,
-                    TopicReplication::Fixed(plan.replication_factor),
-                );
-                for (k, v) in plan.configs.get(t).into_iter().flatten() {
-                    nt = nt.set(k, v);
-                }
-                nt
+            .zip(&merged)
+            .map(|(t, c)| {
+                c.iter().fold(
+                    NewTopic::new(
+                        t,
+                        plan.partitions,
+                        TopicReplication::Fixed(plan.replication_factor),
+                    ),
+                    |nt, (k, v)| nt.set(k, v),
+                )
             })
             .collect();
         let results = admin
@@ -583,7 +644,7 @@ async fn apply_topic_configs(
 /// start-up for its output topics.
 ///
 /// # Errors
-/// [`AdminError::Configs`] when DescribeConfigs fails or is refused (for example without
+/// [`AdminError::Config`] when DescribeConfigs fails or is refused (for example without
 /// `DescribeConfigs` permission on a topic).
 pub async fn topic_limits(
     config: &ClientConfig,
@@ -597,7 +658,7 @@ pub async fn topic_limits(
     let opts = AdminOptions::new().request_timeout(Some(TIMEOUT));
     let described = describe_topic_configs(&admin, &bootstrap, names.iter(), &opts)
         .await
-        .map_err(AdminError::Configs)?;
+        .map_err(AdminError::Config)?;
     Ok(OutputLimits {
         topics: described
             .into_iter()

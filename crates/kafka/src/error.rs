@@ -47,9 +47,10 @@ pub enum AdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
-    /// DescribeConfigs failed or was refused (the message names the broker and the error).
-    #[error("{0}")]
-    Configs(String),
+    /// The broker refused topic configuration, did not apply it, or could not describe it
+    /// (the message names the topics, keys and the broker's values or error).
+    #[error("topic configuration: {0}")]
+    Config(String),
     /// The blocking task panicked or was cancelled.
     #[error("blocking kafka task: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -3,6 +3,89 @@
 
 use std::collections::BTreeMap;
 
+use sensorflow_api::{TopicNames, TopicRole};
+
+/// Topic configuration by topic name (key → value per topic).
+pub type Configs = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The `max.message.bytes` key (a topic's largest record batch, bytes).
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+
+/// Kafka's default `max.message.bytes` of a topic (the broker's `message.max.bytes`): 1 MiB +
+/// 12 bytes of log overhead, 1,048,588 bytes. Apache Kafka's, MSK's and Strimzi's default; the
+/// largest input record a stock cluster accepts.
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: i64 = 1_048_588;
+
+/// Room for the headers a dead letter adds to the record it carries (64 KiB): reason, error
+/// message, source topic (≤ 249 bytes), partition, offset, timestamp, processor, and the
+/// truncation headers. They take a few hundred bytes; the margin is generous because it is a
+/// limit, not an allocation.
+pub const DEAD_LETTER_HEADER_ROOM: i64 = 65_536;
+
+/// The roles whose topics carry whole input records with headers added (`processors/runtime`
+/// `dlq.rs`): the dead-letter and the late topic.
+pub const CARRIER_ROLES: [TopicRole; 2] = [TopicRole::DeadLetter, TopicRole::Late];
+
+/// What to configure on a pipeline's topics ([`topic_configs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicConfigs {
+    /// Set on creation and applied to existing topics whose values differ (the user's
+    /// settings, and what follows from them).
+    pub set: Configs,
+    /// Set only when a topic is created, under [`TopicConfigs::set`] (the project's own
+    /// defaults: an existing topic, pre-created by an admin or someone else, keeps its value).
+    pub on_create: Configs,
+}
+
+/// Pure: the configuration of each of `names`' topics. `common` goes on every topic, `own(role)`
+/// on top of it for that role's topic (a key there wins). The topics that carry whole input
+/// records ([`CARRIER_ROLES`]) must take a record of the largest size the inputs accept plus
+/// its dead-letter headers, so where `own` does not set `max.message.bytes` they get
+/// `max.message.bytes` = the inputs' limit + [`DEAD_LETTER_HEADER_ROOM`]:
+/// - `common` sets it (the inputs' limit, as a number): that + the room, in
+///   [`TopicConfigs::set`];
+/// - otherwise [`KAFKA_DEFAULT_MAX_MESSAGE_BYTES`] + the room = 1,114,124 bytes, in
+///   [`TopicConfigs::on_create`].
+pub fn topic_configs(
+    names: &TopicNames,
+    common: &BTreeMap<String, String>,
+    own: impl Fn(TopicRole) -> BTreeMap<String, String>,
+) -> TopicConfigs {
+    let mut out = TopicConfigs::default();
+    let inputs_limit = common
+        .get(MAX_MESSAGE_BYTES)
+        .map(|v| v.trim().parse::<i64>());
+    for (role, name) in names.iter() {
+        let own = own(role);
+        let mut c = common.clone();
+        if CARRIER_ROLES.contains(&role) && !own.contains_key(MAX_MESSAGE_BYTES) {
+            match inputs_limit {
+                Some(Ok(n)) => {
+                    c.insert(
+                        MAX_MESSAGE_BYTES.into(),
+                        n.saturating_add(DEAD_LETTER_HEADER_ROOM).to_string(),
+                    );
+                }
+                // Not a number: the user's value stays, for the broker to refuse with its
+                // own message.
+                Some(Err(_)) => {}
+                None => {
+                    out.on_create.insert(
+                        name.to_owned(),
+                        BTreeMap::from([(
+                            MAX_MESSAGE_BYTES.to_owned(),
+                            (KAFKA_DEFAULT_MAX_MESSAGE_BYTES + DEAD_LETTER_HEADER_ROOM).to_string(),
+                        )]),
+                    );
+                }
+            }
+        }
+        c.extend(own);
+        out.set.insert(name.to_owned(), c);
+    }
+    out
+}
+
 /// Desired topic settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPlan {
@@ -14,7 +97,9 @@ pub struct TopicPlan {
     pub replication_factor: i32,
     /// Topic configuration by topic name: set on creation, and applied to existing topics
     /// whose values differ ([`plan_config_changes`]). A topic absent here is left alone.
-    pub configs: BTreeMap<String, BTreeMap<String, String>>,
+    pub configs: Configs,
+    /// Topic configuration set only on creation, under `configs` ([`TopicConfigs::on_create`]).
+    pub on_create: Configs,
     /// Whether raising the partition count of existing topics is confirmed.
     pub allow_increase: bool,
     /// Topics that must share one partition count (join inputs).
@@ -194,6 +279,7 @@ mod tests {
             partitions: 100,
             replication_factor: 1,
             configs: BTreeMap::new(),
+            on_create: BTreeMap::new(),
             allow_increase,
             co_partitioned: vec!["a".into(), "b".into()],
         }
@@ -302,6 +388,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn carriers_take_the_inputs_limit_plus_header_room_and_the_users_keys_win() {
+        let names = TopicNames::default();
+        let none = |_| BTreeMap::new();
+        // Nothing configured: only the carriers get a limit, and only on creation.
+        let c = topic_configs(&names, &BTreeMap::new(), none);
+        assert_eq!(c.set.len(), 9);
+        assert!(c.set.values().all(BTreeMap::is_empty));
+        assert_eq!(
+            c.on_create,
+            BTreeMap::from([
+                (
+                    "dead-letter".to_owned(),
+                    cfg(&[("max.message.bytes", "1114124")])
+                ),
+                ("late".to_owned(), cfg(&[("max.message.bytes", "1114124")])),
+            ])
+        );
+        // A limit for every topic is the inputs' limit: the carriers get it + the room.
+        let common = cfg(&[("retention.ms", "-1"), ("max.message.bytes", "2097152")]);
+        let c = topic_configs(&names, &common, none);
+        assert!(c.on_create.is_empty());
+        assert_eq!(c.set["SX"], common);
+        assert_eq!(c.set["late"]["max.message.bytes"], "2162688");
+        assert_eq!(c.set["dead-letter"]["retention.ms"], "-1");
+        // A topic's own key wins, and its carrier default is not set.
+        let own = |r| {
+            if r == TopicRole::DeadLetter {
+                cfg(&[
+                    ("max.message.bytes", "5000000"),
+                    ("retention.ms", "3600000"),
+                ])
+            } else {
+                BTreeMap::new()
+            }
+        };
+        let c = topic_configs(&names, &BTreeMap::new(), own);
+        assert_eq!(c.set["dead-letter"]["max.message.bytes"], "5000000");
+        assert_eq!(c.set["dead-letter"]["retention.ms"], "3600000");
+        assert!(!c.on_create.contains_key("dead-letter"));
+        assert!(c.on_create.contains_key("late"));
+        // Not a number: left for the broker to refuse.
+        let c = topic_configs(&names, &cfg(&[("max.message.bytes", "lots")]), none);
+        assert_eq!(c.set["dead-letter"]["max.message.bytes"], "lots");
     }
 
     #[test]

@@ -41,8 +41,12 @@ const DRAIN: Duration = Duration::from_secs(120);
 const FRAMING: Framing = Framing::Confluent { schema_id: 1 };
 /// Poison records after every good record.
 const PER_GOOD: usize = 6;
-/// Values over 1 MB (the processors' producers refuse them whole; the broker takes 8 MiB).
+/// Values over 1 MB (the processors' producers refuse them whole; the test's input topics take
+/// them: [`INPUT_MAX_MESSAGE_BYTES`]).
 const BIG: usize = 1_100_000;
+/// `max.message.bytes` of the test's topics (2 MiB, above the stock 1 MiB): the inputs must
+/// accept the oversize poison for the processors to meet it.
+const INPUT_MAX_MESSAGE_BYTES: &str = "2097152";
 
 /// The six input topics by role: SX, SY, SZ, FA, FI, FD.
 fn topic_of(t: &TopicArgs, role: usize) -> &str {
@@ -342,7 +346,12 @@ async fn poison_is_dead_lettered_with_its_reason_and_good_readings_stay_exact() 
     // 2. The pipeline, running before any input arrives.
     let pre = prefix("poison");
     let t = topics(&pre);
-    create_topics(&t, PARTITIONS).await;
+    create_topics_with(
+        &t,
+        PARTITIONS,
+        &[("max.message.bytes", INPUT_MAX_MESSAGE_BYTES)],
+    )
+    .await;
     let wg = format!("{pre}window");
     let jg = format!("{pre}join");
     let env = [

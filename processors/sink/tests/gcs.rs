@@ -102,9 +102,13 @@ async fn download(name: &str) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// The pipeline's topics with `retention.ms=-1`: the records carry historic event times
+/// ([`BASE`]), which a stock broker's 7-day retention would delete under the running test.
 async fn create_topics(t: &TopicArgs, partitions: i32) {
     let names = t.topics();
-    sensorflow_kafka::admin::ensure_topics(&kafka(), &names.all(), partitions, 1)
+    let common = BTreeMap::from([("retention.ms".to_owned(), "-1".to_owned())]);
+    let configs = sensorflow_kafka::topic_configs(&names, &common, |_| Default::default());
+    sensorflow_kafka::admin::ensure_topics_with(&kafka(), &names.all(), partitions, 1, &configs)
         .await
         .unwrap();
 }

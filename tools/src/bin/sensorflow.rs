@@ -6,6 +6,7 @@ use sensorflow_kafka::admin;
 use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
 use sensorflow_runtime::args::FramingArgs;
 use sensorflow_tools::summary;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create the pipeline's nine topics (or check their partition counts).
+    /// Create the pipeline's nine topics (or check their partition counts), with the topic
+    /// configuration given here; existing topics whose values differ are altered.
+    ///
+    /// The dead-letter and late topics carry whole input records plus headers: a created one
+    /// gets `max.message.bytes` = the inputs' limit + 64 KiB (Kafka's default 1,048,588 + 65,536 =
+    /// 1,114,124, or the `--config max.message.bytes` given + 65,536).
     CreateTopics {
         /// Partitions per topic.
         #[arg(long, default_value_t = 100)]
@@ -31,6 +37,16 @@ enum Cmd {
         /// Replication factor.
         #[arg(long, default_value_t = 1)]
         replication: i32,
+        /// `retention.ms` of every topic, ms; -1 keeps records forever. Record timestamps are
+        /// event times: data replayed with historic dates needs -1 (or more than its age),
+        /// else the broker deletes it by age. Default: the broker's (Kafka: 7 days), enough
+        /// for `replay`'s default (`--base-date yesterday`).
+        #[arg(long, allow_hyphen_values = true)]
+        retention_ms: Option<i64>,
+        /// Topic configuration of every topic, `key=value` (repeatable), for example
+        /// `--config max.message.bytes=2097152`; `--retention-ms` wins for `retention.ms`.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
+        config: Vec<(String, String)>,
     },
     /// Wait until consumer groups have no lag on their inputs.
     Wait {
@@ -57,6 +73,14 @@ enum Cmd {
     },
 }
 
+fn parse_config(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected key=value")?;
+    if k.is_empty() {
+        return Err("empty key".into());
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
 fn parse_group(s: &str) -> Result<(String, Vec<String>), String> {
     let (g, t) = s.split_once('=').ok_or("expected group=topic,topic")?;
     Ok((g.to_owned(), t.split(',').map(str::to_owned).collect()))
@@ -72,8 +96,16 @@ async fn main() -> anyhow::Result<()> {
         Cmd::CreateTopics {
             partitions,
             replication,
+            retention_ms,
+            config,
         } => {
-            admin::ensure_topics(&cfg, &topics.all(), partitions, replication).await?;
+            let mut common: BTreeMap<String, String> = config.into_iter().collect();
+            if let Some(r) = retention_ms {
+                common.insert("retention.ms".into(), r.to_string());
+            }
+            let configs = sensorflow_kafka::topic_configs(&topics, &common, |_| BTreeMap::new());
+            admin::ensure_topics_with(&cfg, &topics.all(), partitions, replication, &configs)
+                .await?;
             println!(
                 "{} topics ready with {partitions} partitions",
                 topics.all().len()

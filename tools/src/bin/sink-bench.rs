@@ -133,7 +133,9 @@ async fn generate(args: &SinkArgs, topic: &str, n: u64, partitions: i32) -> anyh
     let client = args.client.kafka.client_config();
     sensorflow_kafka::admin::ensure_topics(&client, &[topic], partitions, 1).await?;
     let producer: FutureProducer = args.client.kafka.producer_config("sink-bench").create()?;
-    let hour = sensorflow_runtime::now_ms() / 3_600_000 * 3_600_000;
+    // The previous full hour: every event time in the past (a stock broker refuses records
+    // more than 1 h ahead of its clock; the current hour's end is up to 1 h ahead).
+    let hour = sensorflow_runtime::now_ms() / 3_600_000 * 3_600_000 - 3_600_000;
     let mut pending = std::collections::VecDeque::new();
     for i in 0..n {
         let t = hour + (i as i64 * 3_599_999) / n as i64;

@@ -6,30 +6,32 @@ use std::collections::BTreeMap;
 
 use crate::controller::build::Stage;
 use crate::controller::validate::Validated;
-use sensorflow_kafka::TopicPlan;
+use sensorflow_kafka::{TopicConfigs, TopicPlan};
 
-/// The configuration of each topic: `topics.config` with `topics.retentionMs` as
-/// `retention.ms`, then the topic's own `topics.overrides` entry on top (its `config`, then its
-/// `retentionMs`). Keyed by topic name; a topic with nothing configured maps to an empty map.
-pub fn topic_configs(v: &Validated) -> BTreeMap<String, BTreeMap<String, String>> {
+/// The configuration of each topic ([`sensorflow_kafka::topic_configs`]): `topics.config`
+/// with `topics.retentionMs` as `retention.ms` on every topic, then the topic's own
+/// `topics.overrides` entry on top (its `config`, then its `retentionMs`). The dead-letter and
+/// late topics, which carry whole input records, get `max.message.bytes` = the inputs' limit +
+/// 64 KiB for the dead-letter headers where their override does not set it: in `set` when
+/// `topics.config` sets the inputs' limit, else Kafka's default + 64 KiB in `on_create` (only
+/// on the topics the operator creates). Keyed by topic name; a topic with nothing configured
+/// maps to an empty map in `set`.
+pub fn topic_configs(v: &Validated) -> TopicConfigs {
     let t = &v.spec.topics;
-    let mut base = t.config.clone();
+    let mut common = t.config.clone();
     if let Some(r) = t.retention_ms {
-        base.insert("retention.ms".into(), r.to_string());
+        common.insert("retention.ms".into(), r.to_string());
     }
-    v.topics
-        .iter()
-        .map(|(role, name)| {
-            let mut c = base.clone();
-            if let Some(o) = t.overrides.get(role) {
-                c.extend(o.config.clone());
-                if let Some(r) = o.retention_ms {
-                    c.insert("retention.ms".into(), r.to_string());
-                }
+    sensorflow_kafka::topic_configs(&v.topics, &common, |role| {
+        let mut c = BTreeMap::new();
+        if let Some(o) = t.overrides.get(role) {
+            c.extend(o.config.clone());
+            if let Some(r) = o.retention_ms {
+                c.insert("retention.ms".into(), r.to_string());
             }
-            (name.to_owned(), c)
-        })
-        .collect()
+        }
+        c
+    })
 }
 
 /// The topics the spec asks for: the nine names, partitions, replication, each topic's
@@ -37,11 +39,13 @@ pub fn topic_configs(v: &Validated) -> BTreeMap<String, BTreeMap<String, String>
 /// inputs.
 pub fn topics(v: &Validated) -> TopicPlan {
     let t = &v.spec.topics;
+    let configs = topic_configs(v);
     TopicPlan {
         topics: v.topics.all().map(str::to_owned).to_vec(),
         partitions: t.partitions,
         replication_factor: t.replication_factor,
-        configs: topic_configs(v),
+        configs: configs.set,
+        on_create: configs.on_create,
         allow_increase: t.allow_partition_increase,
         co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
     }
@@ -110,6 +114,15 @@ mod tests {
         assert_eq!(late["retention.ms"], "-1");
         assert_eq!(late["max.message.bytes"], "2000000");
         assert_eq!(plan.configs["p.predictions"].len(), 2);
+        // The dead-letter topic's carrier limit only on creation (the late one has its own).
+        assert_eq!(
+            plan.on_create,
+            BTreeMap::from([(
+                "p.dead-letter".to_owned(),
+                BTreeMap::from([("max.message.bytes".to_owned(), "1114124".to_owned())])
+            )])
+        );
+        assert!(!dlq.contains_key("max.message.bytes"));
         assert_eq!(
             plan.co_partitioned,
             ["p.sx", "p.sy", "p.fa", "p.fi", "p.fd"]

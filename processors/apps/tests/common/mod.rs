@@ -50,9 +50,25 @@ pub fn topic_env(t: &TopicArgs) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Creates the pipeline's topics as the operator and `sensorflow create-topics` do, with
+/// `retention.ms=-1`: the tests replay historic event times (record timestamps), which a
+/// stock broker's 7-day retention would delete under the running test.
 pub async fn create_topics(t: &TopicArgs, partitions: i32) {
+    create_topics_with(t, partitions, &[]).await;
+}
+
+/// [`create_topics`] with more topic configuration on every topic.
+pub async fn create_topics_with(t: &TopicArgs, partitions: i32, extra: &[(&str, &str)]) {
     let names = t.topics();
-    sensorflow_kafka::admin::ensure_topics(&config(), &names.all(), partitions, 1)
+    let mut common =
+        std::collections::BTreeMap::from([("retention.ms".to_owned(), "-1".to_owned())]);
+    common.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let configs = sensorflow_kafka::topic_configs(&names, &common, |_| Default::default());
+    sensorflow_kafka::admin::ensure_topics_with(&config(), &names.all(), partitions, 1, &configs)
         .await
         .unwrap();
 }

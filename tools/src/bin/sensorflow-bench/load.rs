@@ -28,6 +28,17 @@ pub(crate) struct Load<'a> {
     pub(crate) common_clock: bool,
 }
 
+/// Rounds of clients (event-time seconds) `load` spans: `n / clients`, or paced,
+/// `rate × duration / clients`, rounded up.
+fn rounds(load: &Load<'_>) -> i64 {
+    let clients = load.clients.max(1) as f64;
+    let readings = match (load.rate, load.duration) {
+        (Some(r), Some(d)) => r * d.as_secs_f64(),
+        _ => load.n as f64,
+    };
+    (readings / clients).ceil() as i64
+}
+
 /// Produces the load; returns (SZ readings sent, SZ readings sent inside `window`).
 pub(crate) async fn produce(kafka: &KafkaArgs, load: &Load<'_>) -> anyhow::Result<(usize, usize)> {
     let mut cfg = kafka.producer_config("bench");
@@ -36,7 +47,10 @@ pub(crate) async fn produce(kafka: &KafkaArgs, load: &Load<'_>) -> anyhow::Resul
     }
     let p: FutureProducer = cfg.create()?;
     let started = Instant::now();
-    let t0 = sensorflow_runtime::now_ms();
+    // Event times advance 1 s per round of clients. The run's last round ends at the clock's
+    // present, not ahead of it: a stock broker refuses records more than 1 h ahead of its
+    // clock (`log.message.timestamp.after.max.ms`, KIP-1030), and a large backlog spans hours.
+    let t0 = sensorflow_runtime::now_ms() - (rounds(load) + 1) * 1000;
     let (mut sent, mut in_window) = (0usize, 0usize);
     let mut futs = Vec::new();
     let mut records: Vec<(&str, Vec<u8>)> = Vec::with_capacity(3);
@@ -166,6 +180,7 @@ pub(crate) async fn pipeline_topics(
 ) -> anyhow::Result<(TopicArgs, sensorflow_api::TopicNames)> {
     let topics = TopicArgs::prefixed(prefix);
     let t = topics.topics();
-    admin::ensure_topics(&kafka.client_config(), &t.all(), partitions, 1).await?;
+    let configs = sensorflow_kafka::topic_configs(&t, &Default::default(), |_| Default::default());
+    admin::ensure_topics_with(&kafka.client_config(), &t.all(), partitions, 1, &configs).await?;
     Ok((topics, t))
 }
