@@ -20,7 +20,8 @@ use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use sensorflow_core::proto::{Feature, Prediction, Sensor, SensorReading};
+use sensorflow_core::proto::{Feature, Prediction, Sensor};
+use sensorflow_kafka::config::TopicArgs;
 use sensorflow_runtime::dlq;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,14 +51,33 @@ async fn stock_timestamp_bound(names: &[&str]) {
     }
 }
 
-fn value(sensor: Sensor, t: i64, v: f64) -> Vec<u8> {
-    SensorReading {
-        event_time_ms: t,
-        value: v,
-        sensor: sensor as i32,
-        ingest_time_ms: 0,
+/// Waits until both groups have no lag (their commits reached the ends), asserting on the way
+/// that neither processor exited; `what` names the failure after `timeout`.
+fn drained_with_both_running(
+    w: &mut Proc,
+    j: &mut Proc,
+    t: &TopicArgs,
+    (wg, jg): (&str, &str),
+    timeout: Duration,
+    what: &str,
+) {
+    let started = Instant::now();
+    loop {
+        assert!(
+            w.child.try_wait().unwrap().is_none(),
+            "window-processor exited"
+        );
+        assert!(j.child.try_wait().unwrap().is_none(), "join-predict exited");
+        if group_lag(wg, &[&t.topic_sz]) == 0 && group_lag(jg, &join_inputs(t)) == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "not drained within {timeout:?}: {what} (join's SX lag {})",
+            group_lag(jg, &[&t.topic_sx])
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
-    .encode_to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,28 +110,20 @@ async fn a_skewed_sensor_on_stock_limits_is_dead_lettered_and_nothing_else_is_la
                 (&t.topic_sx, Sensor::Sx, 1_000, (i % 5) as f64),
                 (&t.topic_sy, Sensor::Sy, 2_000, (i % 3) as f64),
             ] {
-                let body = value(sensor, at + offset_ms + skew, v);
+                let body = sensor_reading(sensor, at + offset_ms + skew, v);
                 produce(&p, topic, Some(client), &body, None).await;
             }
         }
     }
 
-    let started = Instant::now();
-    loop {
-        assert!(
-            w.child.try_wait().unwrap().is_none(),
-            "window-processor exited"
-        );
-        assert!(j.child.try_wait().unwrap().is_none(), "join-predict exited");
-        if group_lag(&wg, &[&t.topic_sz]) == 0 && group_lag(&jg, &join_inputs(&t)) == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not drained within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    drained_with_both_running(
+        &mut w,
+        &mut j,
+        &t,
+        (&wg, &jg),
+        Duration::from_secs(120),
+        "the pipeline stopped",
+    );
     assert!(w.terminate().success(), "window-processor stopped cleanly");
     assert!(j.terminate().success(), "join-predict stopped cleanly");
 
@@ -203,7 +215,7 @@ async fn a_skewed_sensor_on_stock_limits_is_dead_lettered_and_nothing_else_is_la
 const MEM_CLIENTS: i64 = 40;
 const MEM_STEPS: i64 = 1_500;
 /// The join's budget of held records in the memory test.
-const MEM_BUDGET: usize = 2_000;
+const MEM_BUDGET: usize = 10_000;
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a broker: run ./run.sh test"]
@@ -283,27 +295,27 @@ async fn an_input_with_only_late_records_keeps_join_memory_flat_and_commits_adva
             send(
                 &t.topic_sz,
                 &client,
-                &value(Sensor::Sz, at, 1.0 + (s % 9) as f64 * 0.5),
+                &sensor_reading(Sensor::Sz, at, 1.0 + (s % 9) as f64 * 0.5),
                 at,
             );
             send(
                 &t.topic_sx,
                 &client,
-                &value(Sensor::Sx, at + 200, (s % 4) as f64),
+                &sensor_reading(Sensor::Sx, at + 200, (s % 4) as f64),
                 at + 200,
             );
             if s < 5 {
                 send(
                     &t.topic_sy,
                     &client,
-                    &value(Sensor::Sy, at + 400, 1.0),
+                    &sensor_reading(Sensor::Sy, at + 400, 1.0),
                     at + 400,
                 );
             } else {
                 send(
                     &t.topic_sy,
                     &client,
-                    &value(Sensor::Sy, t0 - 60_000, 2.0),
+                    &sensor_reading(Sensor::Sy, t0 - 60_000, 2.0),
                     t0 - 60_000,
                 );
                 late_sent += 1;
@@ -314,22 +326,14 @@ async fn an_input_with_only_late_records_keeps_join_memory_flat_and_commits_adva
 
     // Commits advance until both groups have no lag left.
     let started = Instant::now();
-    loop {
-        assert!(
-            w.child.try_wait().unwrap().is_none(),
-            "window-processor exited"
-        );
-        assert!(j.child.try_wait().unwrap().is_none(), "join-predict exited");
-        let lag = group_lag(&jg, &[&t.topic_sx]);
-        if group_lag(&wg, &[&t.topic_sz]) == 0 && group_lag(&jg, &join_inputs(&t)) == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "not drained within 180 s: the join's commits stopped (SX lag {lag})"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    drained_with_both_running(
+        &mut w,
+        &mut j,
+        &t,
+        (&wg, &jg),
+        Duration::from_secs(180),
+        "the join's commits stopped",
+    );
     let (_, peak_rss) = rss_bytes(j.child.id());
     sampling.store(false, Ordering::Release);
     let (max_held, max_paused, samples) = sampler.join().unwrap();

@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor, SensorReading};
+use sensorflow_core::proto::{Feature, FeatureKind, Prediction, Sensor};
 use sensorflow_core::window::{Reading, WindowConfig, reference_features};
 use sensorflow_kafka::config::KafkaArgs;
 use sensorflow_runtime::dlq;
@@ -393,23 +393,14 @@ async fn a_join_rebuild_leaves_out_the_records_its_predecessor_routed_late() {
     let jg = format!("{pre}join");
     let base = sensorflow_runtime::now_ms() - 86_400_000;
     let p = producer();
-    let reading_of = |v: f64, t: i64, sensor: Sensor| {
-        SensorReading {
-            event_time_ms: t,
-            value: v,
-            sensor: sensor as i32,
-            ingest_time_ms: 0,
-        }
-        .encode_to_vec()
-    };
     // 1. The previous owner's history, all processed and committed: SX 1 at `base`, SY 2 and
     //    the triple (bins 3, 4, 5) at `base`, and SX 7 at base + 60 s, which arrived after its
     //    input had been declared idle and went to the late topic, so it never entered the state.
-    let late_sx = reading_of(7.0, base + 60_000, Sensor::Sx);
+    let late_sx = sensor_reading(Sensor::Sx, base + 60_000, 7.0);
     for (topic, value, ts) in [
-        (&t.topic_sx, reading_of(1.0, base, Sensor::Sx), base),
+        (&t.topic_sx, sensor_reading(Sensor::Sx, base, 1.0), base),
         (&t.topic_sx, late_sx.clone(), base + 60_000),
-        (&t.topic_sy, reading_of(2.0, base, Sensor::Sy), base),
+        (&t.topic_sy, sensor_reading(Sensor::Sy, base, 2.0), base),
         (&t.topic_fa, feature(FeatureKind::Fa, base, 0, 3), base),
         (&t.topic_fi, feature(FeatureKind::Fi, base, 0, 4), base),
         (&t.topic_fd, feature(FeatureKind::Fd, base, 0, 5), base),
@@ -656,15 +647,6 @@ async fn a_join_rebuild_reads_from_the_watermark_not_from_a_silent_input() {
     let jg = format!("{pre}join");
     let base = sensorflow_runtime::now_ms() - 86_400_000;
     let p = producer();
-    let reading_of = |v: f64, t: i64, sensor: Sensor| {
-        SensorReading {
-            event_time_ms: t,
-            value: v,
-            sensor: sensor as i32,
-            ingest_time_ms: 0,
-        }
-        .encode_to_vec()
-    };
     // 1. Committed history: SX silent for three days (one reading), 3,000 SY readings two days
     //    old, then SY 2 at base − 30 s and the triple (3, 4, 5) at base − 60 s.
     let sx_old = base - 3 * 86_400_000;
@@ -672,14 +654,14 @@ async fn a_join_rebuild_reads_from_the_watermark_not_from_a_silent_input() {
         &p,
         &t.topic_sx,
         Some("c"),
-        &reading_of(1.0, sx_old, Sensor::Sx),
+        &sensor_reading(Sensor::Sx, sx_old, 1.0),
         Some(sx_old),
     )
     .await;
     let mut futs = Vec::new();
     for i in 0..OLD_SY {
         let ts = base - 2 * 86_400_000 + i * 10_000;
-        let value = reading_of(9.0, ts, Sensor::Sy);
+        let value = sensor_reading(Sensor::Sy, ts, 9.0);
         futs.push(
             p.send_result(
                 FutureRecord::<str, [u8]>::to(&t.topic_sy)
@@ -698,7 +680,7 @@ async fn a_join_rebuild_reads_from_the_watermark_not_from_a_silent_input() {
         &p,
         &t.topic_sy,
         Some("c"),
-        &reading_of(2.0, recent, Sensor::Sy),
+        &sensor_reading(Sensor::Sy, recent, 2.0),
         Some(recent),
     )
     .await;
@@ -724,7 +706,7 @@ async fn a_join_rebuild_reads_from_the_watermark_not_from_a_silent_input() {
         &p,
         &t.topic_sx,
         Some("c"),
-        &reading_of(7.0, base, Sensor::Sx),
+        &sensor_reading(Sensor::Sx, base, 7.0),
         Some(base),
     )
     .await;
@@ -732,7 +714,7 @@ async fn a_join_rebuild_reads_from_the_watermark_not_from_a_silent_input() {
         &p,
         &t.topic_sy,
         Some("c"),
-        &reading_of(8.0, base + 10_000, Sensor::Sy),
+        &sensor_reading(Sensor::Sy, base + 10_000, 8.0),
         Some(base + 10_000),
     )
     .await;

@@ -352,6 +352,17 @@ pub fn reading(t: i64, v: f64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A reading of `sensor` at event time `t`, ms, encoded (plain protobuf).
+pub fn sensor_reading(sensor: sensorflow_core::proto::Sensor, t: i64, v: f64) -> Vec<u8> {
+    sensorflow_core::proto::SensorReading {
+        event_time_ms: t,
+        value: v,
+        sensor: sensor as i32,
+        ingest_time_ms: 0,
+    }
+    .encode_to_vec()
+}
+
 /// Equal within 1e-9 relative (the processors' f64 arithmetic against the reference's).
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
