@@ -737,12 +737,7 @@ impl JoinProcessor {
     /// Dead-letters `msg` with reason `r`, through its partition's outbox when it is a record
     /// of one of the five inputs.
     fn reject(&mut self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
-        self.metrics
-            .dead_letter
-            .get_or_create(&ReasonLabel {
-                reason: r.code().to_owned(),
-            })
-            .inc();
+        self.metrics.record_dead_letter(r.code());
         let o = dead_letter(
             msg,
             r,

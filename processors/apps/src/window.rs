@@ -17,7 +17,7 @@ use sensorflow_runtime::consumer::TopicPartition;
 use sensorflow_runtime::dlq::dead_letter;
 use sensorflow_runtime::emitter::OutputGuard;
 use sensorflow_runtime::error::PipelineError;
-use sensorflow_runtime::metrics::{Metrics, ReasonLabel};
+use sensorflow_runtime::metrics::Metrics;
 use sensorflow_runtime::output::Output;
 use sensorflow_runtime::processor::Processor;
 use sensorflow_runtime::rebuild::{self, RebuildConfig, Request};
@@ -187,12 +187,7 @@ impl WindowProcessor {
     }
 
     fn reject(&self, msg: &ConsumedRecord<'_>, r: &Reject, out: &mut Vec<Output>) {
-        self.metrics
-            .dead_letter
-            .get_or_create(&ReasonLabel {
-                reason: r.code().to_owned(),
-            })
-            .inc();
+        self.metrics.record_dead_letter(r.code());
         tracing::debug!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), reason = %r, "dead-lettered");
         out.push(dead_letter(
             msg,

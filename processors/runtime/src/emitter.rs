@@ -336,7 +336,7 @@ impl Emitter {
         } else {
             tracing::warn!(topic = %out.topic, reason = refusal.code(), error = %refusal,
                 "output refused by its topic's limits; dead-lettered");
-            self.metrics.record_refused(refusal.code());
+            self.metrics.record_dead_letter(refusal.code());
             dlq::refused(
                 &out,
                 refusal.code(),
@@ -388,7 +388,7 @@ impl Emitter {
                 _ => None,
             };
         }
-        self.metrics.record_refused("refused");
+        self.metrics.record_dead_letter("refused");
         let d = dlq::refused(
             out,
             "refused",

@@ -401,9 +401,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one output its topic refuses (or would refuse), dead-lettered with `reason`
-    /// (`refused-timestamp`, `refused-size`, `refused`) in `sensorflow_dead_letter_total`.
-    pub fn record_refused(&self, reason: &str) {
+    /// Counts one record dead-lettered with `reason` in `sensorflow_dead_letter_total`.
+    pub fn record_dead_letter(&self, reason: &str) {
         self.dead_letter
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),

@@ -63,7 +63,7 @@ use sensorflow_runtime::dlq;
 use sensorflow_runtime::driver::{Driver, Hooks, Polled, SubscribeError};
 use sensorflow_runtime::emitter::Emitter;
 use sensorflow_runtime::error::PipelineError;
-use sensorflow_runtime::metrics::{Metrics, ReasonLabel, TopicLabel};
+use sensorflow_runtime::metrics::{Metrics, TopicLabel};
 use sensorflow_runtime::record::ConsumedRecord;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -624,12 +624,7 @@ impl<S: ObjectStore> Sink<S> {
         self.buffered += written.buffered;
         if let Outcome::Rejected(reject) = written.outcome {
             self.summary.dead_lettered += 1;
-            self.metrics
-                .dead_letter
-                .get_or_create(&ReasonLabel {
-                    reason: reject.code().to_owned(),
-                })
-                .inc();
+            self.metrics.record_dead_letter(reject.code());
             tracing::debug!(%topic, partition, offset, reason = %reject, "dead-lettered");
             let out = dlq::dead_letter(
                 msg,
