@@ -108,7 +108,7 @@ cel_rules_refuse() {
   return $ok
 }
 scenarios() {
-  timeout 1800 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test scenarios -- --include-ignored --test-threads=1 2>&1 \
+  timeout 2400 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test 'scenarios*' -- --include-ignored --test-threads=1 2>&1 \
     | tee "$logs/scenarios.log"
   return "${PIPESTATUS[0]}"
 }
