@@ -73,6 +73,10 @@ pub const LIVENESS_TIMEOUT_MS: &str = "SF_LIVENESS_TIMEOUT_MS";
 pub const EXACTLY_ONCE: &str = "SF_EXACTLY_ONCE";
 /// `SF_TRANSACTIONAL_ID`: `transactional.id` with exactly-once (default `<processor>-$HOSTNAME`).
 pub const TRANSACTIONAL_ID: &str = "SF_TRANSACTIONAL_ID";
+/// `SF_TRANSACTIONAL_ID_PREFIX`: with exactly-once and no `SF_TRANSACTIONAL_ID`, the
+/// `transactional.id` is `<prefix>-$HOSTNAME` (the operator sets `<groupPrefix>-<stage>`, so a
+/// pipeline's transactional ids share its prefixed ACL).
+pub const TRANSACTIONAL_ID_PREFIX: &str = "SF_TRANSACTIONAL_ID_PREFIX";
 /// `SF_MAX_FUTURE_SKEW_MS`: Readings further ahead of the wall clock are dead-lettered (`future`), ms.
 pub const MAX_FUTURE_SKEW_MS: &str = "SF_MAX_FUTURE_SKEW_MS";
 /// `SF_MIN_EVENT_TIME_MS`: Readings before this are dead-lettered (`too-old`), ms since the Unix epoch.
@@ -163,7 +167,7 @@ pub const SINK_SUMMARY_JSON: &str = "SF_SINK_SUMMARY_JSON";
 
 /// Every name above: the environment the processors' contract owns. A pod template overlay
 /// may not set any of them (the operator's validation refuses it).
-pub const ALL: [&str; 68] = [
+pub const ALL: [&str; 69] = [
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_SECURITY_PROTOCOL,
     KAFKA_SASL_MECHANISM,
@@ -192,6 +196,7 @@ pub const ALL: [&str; 68] = [
     LIVENESS_TIMEOUT_MS,
     EXACTLY_ONCE,
     TRANSACTIONAL_ID,
+    TRANSACTIONAL_ID_PREFIX,
     MAX_FUTURE_SKEW_MS,
     MIN_EVENT_TIME_MS,
     MAX_ABS_VALUE,

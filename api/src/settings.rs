@@ -117,6 +117,9 @@ pub struct LoopSettings {
     pub rebuild_max_records: i64,
     /// Readings further ahead of the clock are dead-lettered `future`, ms.
     pub max_future_skew_ms: i64,
+    /// Prefix of the exactly-once `transactional.id` (`<prefix>-<pod name>`), for example
+    /// `team-a.demo-window`.
+    pub transactional_id_prefix: String,
 }
 
 impl LoopSettings {
@@ -126,6 +129,11 @@ impl LoopSettings {
         put(e, env::REBUILD_TIMEOUT_MS, self.rebuild_timeout_ms);
         put(e, env::REBUILD_MAX_RECORDS, self.rebuild_max_records);
         put(e, env::MAX_FUTURE_SKEW_MS, self.max_future_skew_ms);
+        put(
+            e,
+            env::TRANSACTIONAL_ID_PREFIX,
+            &self.transactional_id_prefix,
+        );
     }
 }
 
@@ -153,7 +161,7 @@ pub struct WindowSettings {
 impl WindowSettings {
     /// The environment: `SF_GROUP_ID`, the [`LoopSettings`] (`SF_EXACTLY_ONCE`,
     /// `SF_COMMIT_INTERVAL_MS`, `SF_REBUILD_TIMEOUT_MS`, `SF_REBUILD_MAX_RECORDS`,
-    /// `SF_MAX_FUTURE_SKEW_MS`),
+    /// `SF_MAX_FUTURE_SKEW_MS`, `SF_TRANSACTIONAL_ID_PREFIX`),
     /// `SF_WINDOW_SIZE_MS`, `SF_GRACE_MS`, `SF_WATERMARK_SCOPE`, `SF_FA_RANGE`, `SF_FI_RANGE`,
     /// `SF_FD_RANGE`.
     pub fn env(&self) -> Env {
@@ -296,6 +304,7 @@ mod tests {
                 rebuild_timeout_ms: 30_000,
                 rebuild_max_records: 0,
                 max_future_skew_ms: 300_000,
+                transactional_id_prefix: "ns.p-window".into(),
             },
             size_ms: 600_000,
             grace_ms: 30_000,
@@ -317,6 +326,7 @@ mod tests {
         assert_eq!(e[env::EXACTLY_ONCE], "false");
         assert_eq!(e[env::COMMIT_INTERVAL_MS], "200");
         assert_eq!(e[env::MAX_FUTURE_SKEW_MS], "300000");
-        assert_eq!(e.len(), 12);
+        assert_eq!(e[env::TRANSACTIONAL_ID_PREFIX], "ns.p-window");
+        assert_eq!(e.len(), 13);
     }
 }

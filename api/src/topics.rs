@@ -69,6 +69,9 @@ impl TopicRole {
         TopicRole::Fd,
     ];
 
+    /// The pipeline's inputs, written by its sensors (upstream): SX, SY, SZ.
+    pub const INPUTS: [TopicRole; 3] = [TopicRole::Sx, TopicRole::Sy, TopicRole::Sz];
+
     /// The window-processor's input: SZ.
     pub const WINDOW_INPUTS: [TopicRole; 1] = [TopicRole::Sz];
 

@@ -29,7 +29,7 @@ use sensorflow_api::{TopicRole, env};
 use sensorflow_apps::join::JoinArgs;
 use sensorflow_apps::window::WindowArgs;
 use sensorflow_operator::controller::build::{self, Desired, ReplicaPlan, SecretVersions, Stage};
-use sensorflow_operator::controller::validate::validate;
+use sensorflow_operator::controller::validate::{Naming, validate};
 use sensorflow_sink::app::SinkArgs;
 
 /// The environment a Deployment's container starts with: its ConfigMaps' data (`envFrom`, in
@@ -158,6 +158,7 @@ fn full_spec() -> SensorPipelineSpec {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
+        group_prefix: None,
     };
     s.processors.commit_interval_ms = 750;
     s.processors.wire_format = WireFormat::Confluent;
@@ -216,7 +217,8 @@ fn full_spec() -> SensorPipelineSpec {
 }
 
 fn desired(s: &SensorPipelineSpec) -> Desired {
-    let v = validate("p", s).expect("valid spec");
+    let v =
+        validate("p", &Naming::resolve(s, &Naming::legacy_defaults("p")), s).expect("valid spec");
     build::build(
         &v,
         "ns",
@@ -229,7 +231,7 @@ fn desired(s: &SensorPipelineSpec) -> Desired {
 #[test]
 fn window_processor_parses_what_the_operator_sets() {
     let s = full_spec();
-    let v = validate("p", &s).expect("valid");
+    let v = validate("p", &Naming::resolve(&s, &Naming::legacy_defaults("p")), &s).expect("valid");
     let a: WindowArgs = parse(
         "window-processor",
         &container_env(&desired(&s), Stage::Window),
@@ -318,14 +320,15 @@ fn the_pod_template_adds_env_but_never_a_contract_name() {
         value: Some("1".into()),
         ..Default::default()
     }];
-    let e = validate("p", &s).expect_err("a contract name in the overlay");
+    let e = validate("p", &Naming::resolve(&s, &Naming::legacy_defaults("p")), &s)
+        .expect_err("a contract name in the overlay");
     assert!(e.to_string().contains("SF_GRACE_MS"), "{e}");
 }
 
 #[test]
 fn join_predict_parses_what_the_operator_sets() {
     let s = full_spec();
-    let v = validate("p", &s).expect("valid");
+    let v = validate("p", &Naming::resolve(&s, &Naming::legacy_defaults("p")), &s).expect("valid");
     let a: JoinArgs = parse("join-predict", &container_env(&desired(&s), Stage::Join));
     assert_eq!(a.client.topics.topics(), v.topics);
     assert_eq!(a.group_id, "p-join");
@@ -408,7 +411,7 @@ fn the_sink_archives_all_nine_topics_by_default() {
         sink.topics.clear();
     }
     let a: SinkArgs = parse("gcs-sink", &container_env(&desired(&s), Stage::Sink));
-    let v = validate("p", &s).expect("valid");
+    let v = validate("p", &Naming::resolve(&s, &Naming::legacy_defaults("p")), &s).expect("valid");
     assert_eq!(a.sink_topics, v.topics.all().map(str::to_owned).to_vec());
     assert_eq!(a.sink_topics.len(), 9);
 }

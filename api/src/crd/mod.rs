@@ -28,7 +28,7 @@ use crate::topics::TopicRole;
 pub mod cel;
 pub mod topics;
 
-pub use topics::{DeletionPolicy, TopicOverride, TopicOverrides, TopicsSpec};
+pub use topics::{DeletionPolicy, TopicManagement, TopicOverride, TopicOverrides, TopicsSpec};
 
 /// Desired state of one sensor pipeline: its Kafka topics, the window and join processors, the
 /// model, scaling bounds and an optional GCS sink.
@@ -59,7 +59,8 @@ pub use topics::{DeletionPolicy, TopicOverride, TopicOverrides, TopicsSpec};
 pub struct SensorPipelineSpec {
     /// How to reach the Kafka cluster.
     pub kafka: KafkaSpec,
-    /// Topic names and settings. Every name defaults to `<pipeline>.<suffix>`.
+    /// Topic names and settings. Every name defaults to `<namespace>.<pipeline>.<suffix>`
+    /// (`topics.prefix`).
     #[serde(default)]
     pub topics: TopicsSpec,
     /// Sliding event-time window of window-processor: every SZ reading gets the features of its
@@ -109,6 +110,15 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "kafka_properties_schema")]
     pub properties: BTreeMap<String, String>,
+    /// Prefix of the processors' consumer groups (`<groupPrefix>-window`, `-join`, `-sink`)
+    /// and transactional ids (`<groupPrefix>-window-<pod>`, `<groupPrefix>-join-<pod>`).
+    /// Default: `<namespace>.<pipeline>`, fixed when the operator first sees the pipeline
+    /// (`status.defaultNames`; pipelines an operator before 0.2 created keep `<pipeline>`).
+    /// Kafka ACLs for a pipeline are prefixed group and transactional-id ACLs on
+    /// `<groupPrefix>-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub group_prefix: Option<String>,
 }
 
 /// Keys of `kafka.properties` the processors own (refused, like the `sasl.` / `ssl.` ones).
@@ -692,7 +702,8 @@ pub struct SinkSpec {
     /// GCS bucket name. Required.
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"))]
     pub bucket: String,
-    /// Object name prefix (default `<pipeline>/`).
+    /// Object name prefix (default `<namespace>/<pipeline>/`, fixed when the operator first
+    /// sees the pipeline; pipelines an operator before 0.2 created keep `<pipeline>/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub prefix: Option<String>,
@@ -800,10 +811,27 @@ pub struct SensorPipelineStatus {
     /// touched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created_topics: Vec<String>,
+    /// The default name prefixes, fixed when the operator first saw the pipeline so that an
+    /// operator upgrade never renames a running pipeline's topics or groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_names: Option<DefaultNames>,
     /// Failed topic-deletion attempts while the pipeline is being deleted. After the operator's
     /// limit the finalizer is released anyway (Warning Event `TopicDeletionAbandoned`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_attempts: Option<i32>,
+}
+
+/// Default name prefixes of a pipeline (used where `topics.prefix` / `kafka.groupPrefix` are
+/// unset).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultNames {
+    /// Default topic name prefix, for example `team-a.demo.`.
+    pub topic_prefix: String,
+    /// Default consumer group / transactional id prefix, for example `team-a.demo`.
+    pub group_prefix: String,
+    /// Default object name prefix of the GCS sink, for example `team-a/demo/`.
+    pub object_prefix: String,
 }
 
 /// A status condition (the `metav1.Condition` shape).

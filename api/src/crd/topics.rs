@@ -21,11 +21,47 @@ pub enum DeletionPolicy {
     Delete,
 }
 
-/// Topic names and settings. Unset names default to `<pipeline>.<suffix>` with the suffixes
-/// `sx sy sz fa fi fd predictions dead-letter late` ([`TopicRole`]).
+/// Who owns a topic: whether the operator may create it, change its configuration and
+/// partitions, and delete it: `VerifyOnly`, `Create` or `Own`. Defaults: `topics.outputs`
+/// `Create`; `topics.inputs` unset, which makes an input named explicitly `VerifyOnly` (an
+/// upstream team's topic) and an input with its default name `Create`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TopicManagement {
+    /// Never created, altered or deleted: the topic must exist (condition `TopicsReady=False`,
+    /// reason `TopicMissing`, until it does) and is only read (metadata, records).
+    VerifyOnly,
+    /// Created when missing, and then this pipeline's (recorded in `status.createdTopics`):
+    /// configuration applied, partitions raised, deleted with `deletionPolicy: Delete`. A topic
+    /// that already existed is treated as `VerifyOnly`.
+    Create,
+    /// Created when missing, and an existing topic is adopted: its configuration is applied,
+    /// its partitions raised and, with `deletionPolicy: Delete`, it is deleted with the
+    /// pipeline. For topics nobody else uses.
+    Own,
+}
+
+/// Topic names and settings. Unset names default to `<prefix><suffix>` with the suffixes
+/// `sx sy sz fa fi fd predictions dead-letter late` ([`TopicRole`]) and the prefix
+/// `<namespace>.<pipeline>.` (see `prefix`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicsSpec {
+    /// Prefix of the default topic names (`<prefix>sx`, …). Default: `<namespace>.<pipeline>.`,
+    /// fixed when the operator first sees the pipeline (`status.defaultNames`; pipelines an
+    /// operator before 0.2 created keep `<pipeline>.`), so two pipelines of the same name in
+    /// two namespaces never share a topic. Kafka ACLs for a pipeline are prefixed ACLs on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
+    pub prefix: Option<String>,
+    /// Who owns the input topics `sx`, `sy`, `sz` ([`TopicManagement`]). Unset: an input
+    /// named explicitly is `VerifyOnly` (an upstream team's topic: never created, altered or
+    /// deleted), an input with its default name is the pipeline's own (`Create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<TopicManagement>,
+    /// Who owns the topics the pipeline writes (`fa`, `fi`, `fd`, `predictions`,
+    /// `deadLetter`, `late`): `Create` (default), `Own` or `VerifyOnly`.
+    #[serde(default = "default_outputs", skip_serializing_if = "is_create")]
+    pub outputs: TopicManagement,
     /// Raw SX readings (join input); default `<pipeline>.sx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
@@ -128,6 +164,9 @@ pub struct TopicsSpec {
 impl Default for TopicsSpec {
     fn default() -> Self {
         Self {
+            prefix: None,
+            inputs: None,
+            outputs: TopicManagement::Create,
             sx: None,
             sy: None,
             sz: None,
@@ -149,6 +188,20 @@ impl Default for TopicsSpec {
 }
 
 impl TopicsSpec {
+    /// Who owns `role`'s topic: [`TopicsSpec::inputs`] for the inputs (unset: `VerifyOnly` when
+    /// the name is explicit, else `Create`), [`TopicsSpec::outputs`] for the rest.
+    pub fn management(&self, role: TopicRole) -> TopicManagement {
+        if TopicRole::INPUTS.contains(&role) {
+            self.inputs.unwrap_or(if self.explicit(role).is_some() {
+                TopicManagement::VerifyOnly
+            } else {
+                TopicManagement::Create
+            })
+        } else {
+            self.outputs
+        }
+    }
+
     /// The explicitly configured topic name of `role`, if any.
     pub fn explicit(&self, role: TopicRole) -> Option<&str> {
         match role {
@@ -212,6 +265,14 @@ pub struct TopicOverride {
     pub config: BTreeMap<String, String>,
 }
 
+fn default_outputs() -> TopicManagement {
+    TopicManagement::Create
+}
+
+fn is_create(m: &TopicManagement) -> bool {
+    *m == TopicManagement::Create
+}
+
 fn default_partitions() -> i32 {
     100
 }
@@ -223,12 +284,13 @@ fn default_replication() -> i32 {
 /// The names a pipeline's topics get from its spec (here, beside [`TopicsSpec`], so the topic
 /// roles do not depend on the CRD types).
 impl TopicNames {
-    /// The names of pipeline `pipeline`: the explicit name of `spec.topics.<role>` where set,
-    /// else `<pipeline>.<role>` (for example `demo.dead-letter`).
-    pub fn for_pipeline(pipeline: &str, spec: &TopicsSpec) -> Self {
+    /// The names of a pipeline whose default names start with `prefix` (for example
+    /// `team-a.demo.`): the explicit name of `spec.topics.<role>` where set, else
+    /// `<prefix><role>` (for example `team-a.demo.dead-letter`).
+    pub fn with_prefix(prefix: &str, spec: &TopicsSpec) -> Self {
         Self::from_fn(|r| {
             spec.explicit(r)
-                .map_or_else(|| format!("{pipeline}.{r}"), str::to_owned)
+                .map_or_else(|| format!("{prefix}{r}"), str::to_owned)
         })
     }
 }
@@ -243,7 +305,7 @@ mod tests {
             fa: Some("features-a".into()),
             ..Default::default()
         };
-        let t = TopicNames::for_pipeline("demo", &spec);
+        let t = TopicNames::with_prefix("demo.", &spec);
         assert_eq!(t.dead_letter, "demo.dead-letter");
         assert_eq!(t.fa, "features-a");
         assert_eq!(
@@ -251,6 +313,22 @@ mod tests {
             ["demo.sx", "demo.sy", "features-a", "demo.fi", "demo.fd"]
         );
         assert_eq!(t.role_of("demo.late"), Some(TopicRole::Late));
+        assert_eq!(spec.management(TopicRole::Sx), TopicManagement::Create);
+        assert_eq!(spec.management(TopicRole::Fa), TopicManagement::Create);
+        let upstream = TopicsSpec {
+            sx: Some("SX".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            upstream.management(TopicRole::Sx),
+            TopicManagement::VerifyOnly
+        );
+        assert_eq!(upstream.management(TopicRole::Sy), TopicManagement::Create);
+        let owned = TopicsSpec {
+            inputs: Some(TopicManagement::Own),
+            ..upstream
+        };
+        assert_eq!(owned.management(TopicRole::Sx), TopicManagement::Own);
         let d = TopicNames::default();
         assert_eq!(d.all()[0], "SX");
         assert_eq!(d.dead_letter, "dead-letter");

@@ -480,7 +480,15 @@ pub async fn ensure_pipeline_topics(
             outcome = TopicCheck::NotCoPartitioned(m);
         }
     }
-    let config = apply_topic_configs(&admin, &conn.bootstrap, &plan.configs, &counts).await;
+    // Configuration goes only on the topics the pipeline owns (and those it just created):
+    // a topic it only reads keeps whatever its owner set.
+    let owned_configs: Configs = plan
+        .configs
+        .iter()
+        .filter(|(t, _)| plan.owned.contains(*t) || created.contains(*t))
+        .map(|(t, c)| (t.clone(), c.clone()))
+        .collect();
+    let config = apply_topic_configs(&admin, &conn.bootstrap, &owned_configs, &counts).await;
     Ok(TopicReport {
         partitions: counts,
         created,

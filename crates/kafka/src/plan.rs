@@ -1,7 +1,7 @@
 //! Pure topic planning: what to create, raise, refuse or re-configure, from what the broker
 //! reported and what the pipeline wants. No I/O; [`crate::admin::ensure_pipeline_topics`] runs it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sensorflow_api::{TopicNames, TopicRole};
 
@@ -104,6 +104,13 @@ pub struct TopicPlan {
     pub allow_increase: bool,
     /// Topics that must share one partition count (join inputs).
     pub co_partitioned: Vec<String>,
+    /// Topics that may be created when missing; any other topic must already exist
+    /// ([`TopicCheck::Missing`]).
+    pub creatable: BTreeSet<String>,
+    /// Existing topics the pipeline owns: their configuration is applied and their partitions
+    /// raised. Every other existing topic is only read: its partition count is checked
+    /// ([`TopicCheck::NotOwned`] when it differs), nothing on it is changed.
+    pub owned: BTreeSet<String>,
 }
 
 /// What [`ensure_topics`] found and did.
@@ -208,6 +215,11 @@ pub enum TopicCheck {
     NotCoPartitioned(String),
     /// The confirmed partition increase was refused by the broker.
     IncreaseFailed(String),
+    /// Topics that must exist (not [`TopicPlan::creatable`]) do not.
+    Missing(String),
+    /// Topics the pipeline does not own have another partition count than the spec asks;
+    /// they are left as they are.
+    NotOwned(String),
 }
 
 /// Pure: decides, from existing partition counts, what to create, what to raise and which
@@ -218,11 +230,18 @@ pub fn plan_topics(
 ) -> (Vec<String>, Vec<(String, i32, i32)>, TopicCheck) {
     let mut create = Vec::new();
     let mut raise = Vec::new();
+    let mut missing = Vec::new();
+    let mut not_owned = Vec::new();
     let mut decreases = Vec::new();
     let mut pending = Vec::new();
     for t in &plan.topics {
         match existing.get(t) {
-            None => create.push(t.clone()),
+            None if plan.creatable.contains(t) => create.push(t.clone()),
+            None => missing.push(t.as_str()),
+            Some(&n) if n != plan.partitions && !plan.owned.contains(t) => not_owned.push(format!(
+                "{t} has {n} partitions, the spec asks {}",
+                plan.partitions
+            )),
             Some(&n) if n > plan.partitions => decreases.push(format!(
                 "{t} has {n} partitions, spec asks {} (Kafka cannot remove partitions)",
                 plan.partitions
@@ -237,7 +256,17 @@ pub fn plan_topics(
             Some(_) => {}
         }
     }
-    let outcome = if !decreases.is_empty() {
+    let outcome = if !missing.is_empty() {
+        TopicCheck::Missing(format!(
+            "topics that are not this pipeline's to create do not exist: {} (verify-only: create them, or set topics.inputs / topics.outputs to Create)",
+            missing.join(", ")
+        ))
+    } else if !not_owned.is_empty() {
+        TopicCheck::NotOwned(format!(
+            "{}; the operator changes only topics this pipeline created or owns (topics.inputs / topics.outputs: Own): set topics.partitions to match",
+            not_owned.join("; ")
+        ))
+    } else if !decreases.is_empty() {
         TopicCheck::DecreaseRefused(decreases.join("; "))
     } else if !pending.is_empty() {
         TopicCheck::IncreasePending(format!(
@@ -282,6 +311,8 @@ mod tests {
             on_create: BTreeMap::new(),
             allow_increase,
             co_partitioned: vec!["a".into(), "b".into()],
+            creatable: ["a", "b", "c"].map(String::from).into(),
+            owned: ["a", "b", "c"].map(String::from).into(),
         }
     }
 
@@ -314,6 +345,40 @@ mod tests {
         let (_, raise, outcome) = plan_topics(&plan(true), &existing);
         assert_eq!(raise, vec![("b".to_owned(), 50, 100)]);
         assert_eq!(outcome, TopicCheck::Ready);
+    }
+
+    #[test]
+    fn topics_not_owned_are_never_created_or_changed() {
+        // "a" verify-only (an upstream topic), "b" created by another hand, "c" ours.
+        let p = TopicPlan {
+            creatable: ["b", "c"].map(String::from).into(),
+            owned: ["c"].map(String::from).into(),
+            ..plan(true)
+        };
+        let (create, raise, outcome) = plan_topics(&p, &BTreeMap::new());
+        assert_eq!(create, ["b", "c"]);
+        assert!(raise.is_empty());
+        assert!(matches!(outcome, TopicCheck::Missing(m) if m.contains(": a (")));
+        // Fewer partitions than asked: only the owned topic is raised; the others are reported.
+        let existing = BTreeMap::from([
+            ("a".to_owned(), 100),
+            ("b".to_owned(), 50),
+            ("c".to_owned(), 50),
+        ]);
+        let (create, raise, outcome) = plan_topics(&p, &existing);
+        assert!(create.is_empty());
+        assert_eq!(raise, [("c".to_owned(), 50, 100)]);
+        assert!(matches!(outcome, TopicCheck::NotOwned(m) if m.starts_with("b has 50")));
+        // Matching counts: ready, nothing to do.
+        let existing = BTreeMap::from([
+            ("a".to_owned(), 100),
+            ("b".to_owned(), 100),
+            ("c".to_owned(), 100),
+        ]);
+        assert_eq!(
+            plan_topics(&p, &existing),
+            (vec![], vec![], TopicCheck::Ready)
+        );
     }
 
     fn cfg(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -216,33 +216,45 @@ pub async fn lags(
     futures::future::join_all(reads).await.into_iter().collect()
 }
 
-/// Topics named by the other pipelines of `ns` that use the same bootstrap servers as `me`.
-///
-/// # Errors
-/// [`Error::Kube`] when the pipelines cannot be listed.
-pub async fn topics_of_other_pipelines(
-    client: &Client,
-    ns: &str,
+/// Topics named by the other pipelines in `known` (every pipeline this operator watches, in
+/// any namespace) on the same Kafka cluster as `me` (a shared bootstrap `host:port`), whether
+/// they manage or only read them: a deletion leaves these alone.
+pub fn topics_of_other_pipelines(
+    known: &[std::sync::Arc<crate::crd::SensorPipeline>],
     me: &crate::crd::SensorPipeline,
-) -> Result<Vec<String>, Error> {
-    let api: Api<crate::crd::SensorPipeline> = Api::namespaced(client.clone(), ns);
-    let list = api
-        .list(&kube::api::ListParams::default())
-        .await
-        .map_err(|source| Error::Kube {
-            action: "list",
-            object: format!("SensorPipeline/{ns}"),
-            source,
-        })?;
-    Ok(list
-        .items
+) -> Vec<String> {
+    let cluster = |sp: &crate::crd::SensorPipeline| -> std::collections::BTreeSet<String> {
+        sp.spec
+            .kafka
+            .bootstrap_servers
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let mine = cluster(me);
+    known
         .iter()
         .filter(|o| o.uid() != me.uid())
-        .filter(|o| o.spec.kafka.bootstrap_servers == me.spec.kafka.bootstrap_servers)
-        .flat_map(|o| {
-            crate::controller::validate::TopicNames::for_pipeline(&o.name_any(), &o.spec.topics)
+        .filter(|o| !cluster(o).is_disjoint(&mine))
+        .filter_map(|o| {
+            let ns = o.namespace()?;
+            let naming = crate::controller::validate::Naming::resolve(
+                &o.spec,
+                &crate::controller::validate::Naming::fixed_defaults(
+                    &ns,
+                    &o.name_any(),
+                    o.status.as_ref(),
+                ),
+            );
+            Some(
+                crate::controller::validate::TopicNames::with_prefix(
+                    &naming.topic_prefix,
+                    &o.spec.topics,
+                )
                 .all()
-                .map(str::to_owned)
+                .map(str::to_owned),
+            )
         })
-        .collect())
+        .flatten()
+        .collect()
 }

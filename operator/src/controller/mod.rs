@@ -158,6 +158,9 @@ pub struct Context {
     /// Leader election state; `None` when leader election is off (this process always acts).
     pub leadership: Option<Arc<Leadership>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The watch caches of every controller of this operator (one per watched namespace, or
+    /// one for all): the SensorPipelines it sees, for the name claims of [`plan::claims`].
+    pipelines: Mutex<Vec<reflector::Store<SensorPipeline>>>,
 }
 
 impl Context {
@@ -176,7 +179,16 @@ impl Context {
             settings,
             leadership,
             failures: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every SensorPipeline in this operator's watch caches (all watched namespaces).
+    pub fn known_pipelines(&self) -> Vec<Arc<SensorPipeline>> {
+        self.pipelines
+            .lock()
+            .map(|stores| stores.iter().flat_map(reflector::Store::state).collect())
+            .unwrap_or_default()
     }
 
     /// `Ok` while this replica leads (or leader election is off).
@@ -204,6 +216,14 @@ impl Context {
     }
 }
 
+/// The name prefixes of `sp` as fixed in its status ([`validate::Naming`]).
+fn naming_of(ns: &str, name: &str, sp: &SensorPipeline) -> validate::Naming {
+    validate::Naming::resolve(
+        &sp.spec,
+        &validate::Naming::fixed_defaults(ns, name, sp.status.as_ref()),
+    )
+}
+
 fn key(sp: &SensorPipeline) -> String {
     format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any())
 }
@@ -220,8 +240,22 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
     let now_s = status::now_rfc3339(now);
     let generation = sp.metadata.generation;
 
+    // 0. names: the default prefixes are fixed at the first reconcile (recorded in status)
+    let defaults = validate::Naming::fixed_defaults(&ns, &name, sp.status.as_ref());
+    let naming = validate::Naming::resolve(&sp.spec, &defaults);
+    let previous = if previous.default_names.as_ref() == Some(&defaults) {
+        previous
+    } else {
+        let st = SensorPipelineStatus {
+            default_names: Some(defaults),
+            ..previous
+        };
+        apply::status(ctx, &sp, &st).await?;
+        st
+    };
+
     // 1. validate (pure)
-    let v = match validate::validate(&name, &sp.spec) {
+    let v = match validate::validate(&name, &naming, &sp.spec) {
         Ok(v) => v,
         Err(errs) => {
             let msg = errs.to_string();
@@ -238,6 +272,45 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
         }
     };
 
+    // 1b. claims (pure, over the pipelines in the watch caches): the later of two pipelines
+    // that would manage the same topics or groups is refused and touches nothing
+    let others: Vec<plan::claims::Claims> = ctx
+        .known_pipelines()
+        .iter()
+        .filter(|o| o.uid() != sp.uid())
+        .filter_map(|o| plan::claims::claims_of(o))
+        .collect();
+    let mine = plan::claims::Claims::new(
+        &ns,
+        &name,
+        sp.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        &sp.spec,
+        &naming,
+    );
+    if let Some(why) = plan::claims::conflict(&mine, &others) {
+        let already = previous.observed_generation == generation
+            && status::conditions::ConditionType::Ready
+                .find(&previous.conditions)
+                .is_some_and(|c| c.reason == "Conflict" && c.message == why);
+        let deployments = dereference::deployments(&ctx.client, &ns, &name).await?;
+        let (st, event) = status::topic_failure(
+            generation,
+            &sp.spec,
+            &previous,
+            TopicsOutcome::Conflict(why.clone()),
+            Some(&deployments),
+            &now_s,
+        );
+        apply::status(ctx, &sp, &st).await?;
+        if !already {
+            warn!(%why, "refused: names claimed by another pipeline");
+            apply::events(ctx, &sp, event.as_slice()).await;
+        }
+        // Not an error (no backoff): looked at again every resync, so it runs once the other
+        // pipeline is gone or renamed.
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+
     // 2. dereference: Kafka credentials and Secret versions, current Deployments
     let (conn, secret_versions) = match dereference::secrets(&ctx.client, &ns, &sp.spec, true).await
     {
@@ -251,7 +324,9 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
     let deployments = dereference::deployments(&ctx.client, &ns, &name).await?;
 
     // 3. topics (plan pure, then create / raise on the broker)
-    let report = match apply::topics(ctx, &conn, &plan::topics(&v)).await? {
+    let report = match apply::topics(ctx, &conn, &plan::topics(&v, &previous.created_topics))
+        .await?
+    {
         Ok(r) => r,
         Err(e) => {
             let outcome = if e.is_authentication() {
@@ -405,7 +480,9 @@ async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let status = sp.status.clone().unwrap_or_default();
-    if status.created_topics.is_empty() {
+    let owns_any = sp.spec.topics.inputs == Some(crate::crd::TopicManagement::Own)
+        || sp.spec.topics.outputs == crate::crd::TopicManagement::Own;
+    if status.created_topics.is_empty() && !owns_any {
         apply::events(
             ctx,
             &sp,
@@ -416,8 +493,13 @@ async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let attempt = async {
-        let others = dereference::topics_of_other_pipelines(&ctx.client, &ns, &sp).await?;
-        let (delete, shared) = plan::deletable_topics(&status.created_topics, &others);
+        let others = dereference::topics_of_other_pipelines(&ctx.known_pipelines(), &sp);
+        let candidates = match validate::validate(&name, &naming_of(&ns, &name, &sp), &sp.spec) {
+            Ok(v) => plan::topics::owned_for_deletion(&v, &status.created_topics),
+            // An invalid spec says nothing reliable about ownership: only what it created.
+            Err(_) => status.created_topics.clone(),
+        };
+        let (delete, shared) = plan::deletable_topics(&candidates, &others);
         let (conn, _) = dereference::secrets(&ctx.client, &ns, &sp.spec, false).await?;
         ctx.act("delete topics on the broker")?;
         let deleted = kafka::delete_topics(&conn, &delete)
@@ -609,6 +691,9 @@ async fn run_one(
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let (reader, writer) = reflector::store();
+    if let Ok(mut stores) = ctx.pipelines.lock() {
+        stores.push(reader.clone());
+    }
     let stream = watcher(pipelines, watcher::Config::default())
         .default_backoff()
         .reflect(writer)

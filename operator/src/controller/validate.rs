@@ -2,10 +2,11 @@
 //!
 //! The OpenAPI schema already refuses wrong types, enum values and out-of-range numbers (422).
 //! This step checks what the schema cannot express on Kubernetes 1.20 (no CEL rules) and
-//! resolves defaults that depend on the pipeline's name (topic names, consumer groups).
+//! resolves defaults that depend on the pipeline's namespace and name (topic names, consumer
+//! groups, transactional ids: [`Naming`]).
 //!
 //! ```text
-//!   SensorPipelineSpec ──validate(name)──▶ Ok(Validated)  ──▶ build / topics / planner
+//!   SensorPipelineSpec ──validate(name, naming)──▶ Ok(Validated)  ──▶ build / topics / planner
 //!                                     └──▶ Err(ValidationErrors) ──▶ Ready=False + Warning Event
 //! ```
 
@@ -14,8 +15,8 @@ use std::fmt;
 
 use crate::controller::build::owned::{OWNED_VOLUMES, owned_key, owned_mount_path};
 use crate::crd::{
-    BinRange, ModelKind, PodTemplateOverlay, ScalingMode, SecurityProtocol, SensorPipelineSpec,
-    StageSpec, TopicOverride, kafka_property_refused,
+    BinRange, DefaultNames, ModelKind, PodTemplateOverlay, ScalingMode, SecurityProtocol,
+    SensorPipelineSpec, SensorPipelineStatus, StageSpec, TopicOverride, kafka_property_refused,
 };
 use sensorflow_api::env;
 
@@ -37,6 +38,89 @@ impl std::error::Error for ValidationErrors {}
 /// Resolved topic names of one pipeline (defined with the topic roles in `sensorflow-api`).
 pub use sensorflow_api::TopicNames;
 
+/// The Kafka name prefixes of one pipeline: topics `<topic_prefix><role>` (where not named
+/// explicitly), consumer groups `<group_prefix>-<stage>` and transactional ids
+/// `<group_prefix>-<stage>-<pod>`. These are what a pipeline's prefixed Kafka ACLs cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Naming {
+    /// Prefix of the default topic names, for example `team-a.demo.`.
+    pub topic_prefix: String,
+    /// Prefix of the consumer groups and transactional ids, for example `team-a.demo`.
+    pub group_prefix: String,
+    /// Object name prefix of the GCS sink, for example `team-a/demo/`.
+    pub object_prefix: String,
+}
+
+impl Naming {
+    /// The defaults of a new pipeline: `<namespace>.<name>.` and `<namespace>.<name>`, so
+    /// that same-named pipelines of two namespaces never share a topic or a group (Kubernetes
+    /// namespaces have no `.`, so the namespace part cannot be confused).
+    pub fn namespaced_defaults(namespace: &str, name: &str) -> DefaultNames {
+        DefaultNames {
+            topic_prefix: format!("{namespace}.{name}."),
+            group_prefix: format!("{namespace}.{name}"),
+            object_prefix: format!("{namespace}/{name}/"),
+        }
+    }
+
+    /// The defaults of operators before 0.2: `<name>.` and `<name>`.
+    pub fn legacy_defaults(name: &str) -> DefaultNames {
+        DefaultNames {
+            topic_prefix: format!("{name}."),
+            group_prefix: name.to_owned(),
+            object_prefix: format!("{name}/"),
+        }
+    }
+
+    /// The defaults a pipeline keeps for its whole life: the ones recorded in
+    /// `status.defaultNames`; for a pipeline an older operator already reconciled (a status
+    /// with `observedGeneration` but no `defaultNames`) the legacy ones, so an upgrade never
+    /// renames its topics and groups; else (a new pipeline) the namespaced ones.
+    pub fn fixed_defaults(
+        namespace: &str,
+        name: &str,
+        status: Option<&SensorPipelineStatus>,
+    ) -> DefaultNames {
+        match status {
+            Some(s) if s.default_names.is_some() => s.default_names.clone().unwrap_or_default(),
+            Some(s) if s.observed_generation.is_some() => Self::legacy_defaults(name),
+            _ => Self::namespaced_defaults(namespace, name),
+        }
+    }
+
+    /// The prefixes in effect: `topics.prefix` / `kafka.groupPrefix` / `sink.prefix` where
+    /// set, else `defaults`.
+    pub fn resolve(spec: &SensorPipelineSpec, defaults: &DefaultNames) -> Self {
+        Self {
+            topic_prefix: spec
+                .topics
+                .prefix
+                .clone()
+                .unwrap_or_else(|| defaults.topic_prefix.clone()),
+            group_prefix: spec
+                .kafka
+                .group_prefix
+                .clone()
+                .unwrap_or_else(|| defaults.group_prefix.clone()),
+            object_prefix: spec
+                .sink
+                .as_ref()
+                .and_then(|s| s.prefix.clone())
+                .unwrap_or_else(|| defaults.object_prefix.clone()),
+        }
+    }
+
+    /// The legacy naming of pipeline `name` (`<name>.`, `<name>`), for tests.
+    pub fn legacy(name: &str) -> Self {
+        let d = Self::legacy_defaults(name);
+        Self {
+            topic_prefix: d.topic_prefix,
+            group_prefix: d.group_prefix,
+            object_prefix: d.object_prefix,
+        }
+    }
+}
+
 /// A spec that passed [`validate`], with name-derived defaults resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated {
@@ -44,22 +128,32 @@ pub struct Validated {
     pub name: String,
     /// The spec as written (schema defaults applied by the API server).
     pub spec: SensorPipelineSpec,
+    /// The name prefixes in effect.
+    pub naming: Naming,
     /// Resolved topic names.
     pub topics: TopicNames,
 }
 
 impl Validated {
-    /// Consumer group of window-processor: `<pipeline>-window`.
+    /// Consumer group of window-processor: `<groupPrefix>-window`.
     pub fn window_group(&self) -> String {
-        format!("{}-window", self.name)
+        format!("{}-window", self.naming.group_prefix)
     }
-    /// Consumer group of join-predict: `<pipeline>-join`.
+    /// Consumer group of join-predict: `<groupPrefix>-join`.
     pub fn join_group(&self) -> String {
-        format!("{}-join", self.name)
+        format!("{}-join", self.naming.group_prefix)
     }
-    /// Consumer group of gcs-sink: `<pipeline>-sink`.
+    /// Consumer group of gcs-sink: `<groupPrefix>-sink`.
     pub fn sink_group(&self) -> String {
-        format!("{}-sink", self.name)
+        format!("{}-sink", self.naming.group_prefix)
+    }
+    /// The consumer groups this pipeline's processors use (window, join, and sink when set).
+    pub fn groups(&self) -> Vec<String> {
+        let mut g = vec![self.window_group(), self.join_group()];
+        if self.spec.sink.is_some() {
+            g.push(self.sink_group());
+        }
+        g
     }
     /// Whether the operator's planner owns the replica counts.
     pub fn planner_enabled(&self) -> bool {
@@ -171,7 +265,11 @@ fn check_override(errs: &mut Vec<String>, field: &str, o: Option<&TopicOverride>
 ///
 /// # Errors
 /// Returns every violated rule (not just the first) as [`ValidationErrors`].
-pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, ValidationErrors> {
+pub fn validate(
+    name: &str,
+    naming: &Naming,
+    spec: &SensorPipelineSpec,
+) -> Result<Validated, ValidationErrors> {
     let mut errs = Vec::new();
     if name.len() > MAX_NAME_LEN {
         errs.push(format!(
@@ -243,7 +341,7 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
     }
 
     let t = &spec.topics;
-    let topics = TopicNames::for_pipeline(name, t);
+    let topics = TopicNames::with_prefix(&naming.topic_prefix, t);
     let mut seen = BTreeSet::new();
     for topic in topics.all() {
         if !seen.insert(topic) {
@@ -361,6 +459,7 @@ pub fn validate(name: &str, spec: &SensorPipelineSpec) -> Result<Validated, Vali
         Ok(Validated {
             name: name.to_owned(),
             spec: spec.clone(),
+            naming: naming.clone(),
             topics,
         })
     } else {
@@ -374,12 +473,50 @@ pub(crate) mod tests {
     use crate::crd::{KafkaSpec, SinkSpec, SinkTopic};
     use proptest::prelude::*;
 
+    #[test]
+    fn default_names_are_namespaced_fixed_once_and_legacy_pipelines_keep_theirs() {
+        let new = Naming::fixed_defaults("team-a", "demo", None);
+        assert_eq!(new.topic_prefix, "team-a.demo.");
+        assert_eq!(new.group_prefix, "team-a.demo");
+        assert_eq!(new.object_prefix, "team-a/demo/");
+        // Reconciled by an operator before 0.2: a status without defaultNames.
+        let old = SensorPipelineStatus {
+            observed_generation: Some(3),
+            ..Default::default()
+        };
+        let legacy = Naming::fixed_defaults("team-a", "demo", Some(&old));
+        assert_eq!(legacy.topic_prefix, "demo.");
+        assert_eq!(legacy.group_prefix, "demo");
+        // Recorded ones win.
+        let recorded = SensorPipelineStatus {
+            observed_generation: Some(3),
+            default_names: Some(new.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Naming::fixed_defaults("team-a", "demo", Some(&recorded)),
+            new
+        );
+        // The spec's prefixes win over the defaults.
+        let mut s = spec();
+        s.topics.prefix = Some("shared.".into());
+        s.kafka.group_prefix = Some("grp".into());
+        let n = Naming::resolve(&s, &new);
+        let v = validate("demo", &n, &s).expect("valid");
+        assert_eq!(v.topics.sx, "shared.sx");
+        assert_eq!(v.join_group(), "grp-join");
+        let v = validate("demo", &Naming::resolve(&spec(), &new), &spec()).expect("valid");
+        assert_eq!(v.topics.predictions, "team-a.demo.predictions");
+        assert_eq!(v.window_group(), "team-a.demo-window");
+    }
+
     pub(crate) fn spec() -> SensorPipelineSpec {
         SensorPipelineSpec {
             kafka: KafkaSpec {
                 bootstrap_servers: "kafka:9092".into(),
                 security: None,
                 properties: Default::default(),
+                group_prefix: None,
             },
             topics: Default::default(),
             window: Default::default(),
@@ -393,7 +530,7 @@ pub(crate) mod tests {
 
     #[test]
     fn defaults_are_valid_and_derive_topic_names() {
-        let v = validate("p1", &spec()).expect("valid");
+        let v = validate("p1", &Naming::legacy("p1"), &spec()).expect("valid");
         assert_eq!(v.topics.sz, "p1.sz");
         assert_eq!(v.topics.dead_letter, "p1.dead-letter");
         assert_eq!(v.join_group(), "p1-join");
@@ -406,7 +543,7 @@ pub(crate) mod tests {
         s.processors.window.min_replicas = 5;
         s.processors.window.max_replicas = 4;
         s.topics.partitions = 3;
-        let e = validate("p", &s).expect_err("invalid");
+        let e = validate("p", &Naming::legacy("p"), &s).expect_err("invalid");
         assert!(
             e.to_string()
                 .contains("minReplicas (5) must not exceed maxReplicas (4)")
@@ -423,7 +560,7 @@ pub(crate) mod tests {
     fn empty_bin_range_is_refused() {
         let mut s = spec();
         s.window.fi_range = BinRange { lo: 10.0, hi: 10.0 };
-        let e = validate("p", &s).expect_err("invalid");
+        let e = validate("p", &Naming::legacy("p"), &s).expect_err("invalid");
         assert_eq!(
             e.0,
             vec!["window.fiRange: lo (10) must be less than hi (10)"]
@@ -434,7 +571,7 @@ pub(crate) mod tests {
     fn threshold_outside_unit_interval_is_refused() {
         let mut s = spec();
         s.model.threshold = 1.5;
-        assert!(validate("p", &s).is_err());
+        assert!(validate("p", &Naming::legacy("p"), &s).is_err());
     }
 
     #[test]
@@ -443,7 +580,7 @@ pub(crate) mod tests {
         s.topics.sx = Some("same".into());
         s.topics.sy = Some("same".into());
         assert!(
-            validate("p", &s)
+            validate("p", &Naming::legacy("p"), &s)
                 .expect_err("invalid")
                 .to_string()
                 .contains("'same' is used for more than one role")
@@ -460,7 +597,13 @@ pub(crate) mod tests {
             ca_secret: None,
             allow_plaintext_credentials: false,
         });
-        assert_eq!(validate("p", &s).expect_err("invalid").0.len(), 2);
+        assert_eq!(
+            validate("p", &Naming::legacy("p"), &s)
+                .expect_err("invalid")
+                .0
+                .len(),
+            2
+        );
     }
 
     fn sasl(protocol: SecurityProtocol, opt_in: bool) -> SensorPipelineSpec {
@@ -481,16 +624,42 @@ pub(crate) mod tests {
 
     #[test]
     fn sasl_over_plaintext_needs_an_explicit_opt_in() {
-        let e = validate("p", &sasl(SecurityProtocol::SaslPlaintext, false)).expect_err("refused");
+        let e = validate(
+            "p",
+            &Naming::legacy("p"),
+            &sasl(SecurityProtocol::SaslPlaintext, false),
+        )
+        .expect_err("refused");
         assert!(
             e.to_string()
                 .contains("SASL_PLAINTEXT sends the credentials unencrypted"),
             "{e}"
         );
-        assert!(validate("p", &sasl(SecurityProtocol::SaslPlaintext, true)).is_ok());
-        assert!(validate("p", &sasl(SecurityProtocol::SaslSsl, false)).is_ok());
+        assert!(
+            validate(
+                "p",
+                &Naming::legacy("p"),
+                &sasl(SecurityProtocol::SaslPlaintext, true)
+            )
+            .is_ok()
+        );
+        assert!(
+            validate(
+                "p",
+                &Naming::legacy("p"),
+                &sasl(SecurityProtocol::SaslSsl, false)
+            )
+            .is_ok()
+        );
         // The opt-in on a TLS listener is a mistake worth pointing out.
-        assert!(validate("p", &sasl(SecurityProtocol::SaslSsl, true)).is_err());
+        assert!(
+            validate(
+                "p",
+                &Naming::legacy("p"),
+                &sasl(SecurityProtocol::SaslSsl, true)
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -511,7 +680,7 @@ pub(crate) mod tests {
                 resources: None,
                 pod_template: Default::default(),
             });
-            validate("p", &s)
+            validate("p", &Naming::legacy("p"), &s)
         };
         let e = sink("http://fake-gcs:4443", true).expect_err("refused");
         assert!(e.to_string().contains("http:// endpoint"), "{e}");
@@ -527,7 +696,8 @@ pub(crate) mod tests {
     fn bad_bootstrap_and_long_name_are_refused() {
         let mut s = spec();
         s.kafka.bootstrap_servers = "kafka".into();
-        let e = validate(&"x".repeat(60), &s).expect_err("invalid");
+        let e =
+            validate(&"x".repeat(60), &Naming::legacy(&"x".repeat(60)), &s).expect_err("invalid");
         assert_eq!(e.0.len(), 2);
     }
 
@@ -545,7 +715,7 @@ pub(crate) mod tests {
             resources: None,
             pod_template: Default::default(),
         });
-        assert!(validate("p", &s).is_err());
+        assert!(validate("p", &Naming::legacy("p"), &s).is_err());
     }
 
     proptest! {
@@ -558,7 +728,7 @@ pub(crate) mod tests {
             s.processors.window.max_replicas = max;
             s.processors.join.min_replicas = 1;
             s.processors.join.max_replicas = 1;
-            let ok = validate("p", &s).is_ok();
+            let ok = validate("p", &Naming::legacy("p"), &s).is_ok();
             prop_assert_eq!(ok, min <= max && max <= partitions);
         }
 
@@ -567,7 +737,7 @@ pub(crate) mod tests {
         fn bin_ranges(lo in -1e6f64..1e6, hi in -1e6f64..1e6) {
             let mut s = spec();
             s.window.fa_range = BinRange { lo, hi };
-            prop_assert_eq!(validate("p", &s).is_ok(), lo < hi);
+            prop_assert_eq!(validate("p", &Naming::legacy("p"), &s).is_ok(), lo < hi);
         }
     }
 }

@@ -67,6 +67,11 @@ pub struct CommonArgs {
     /// container with the same id aborts its predecessor's open transaction at once.
     #[arg(long, env = env::TRANSACTIONAL_ID)]
     pub transactional_id: Option<String>,
+    /// Prefix of the default transactional.id for --exactly-once: `<prefix>-$HOSTNAME`
+    /// (default: the processor's name). The operator sets `<groupPrefix>-<stage>`, so every id
+    /// of a pipeline falls under one prefixed TransactionalId ACL.
+    #[arg(long, env = env::TRANSACTIONAL_ID_PREFIX)]
+    pub transactional_id_prefix: Option<String>,
     /// Readings (and features) with an event time more than this far ahead of the wall clock
     /// go to the dead-letter topic with reason `future`, ms (default 5 min). Never looser than
     /// the output topics' `message.timestamp.after.max.ms` (read at start-up) less a tenth of
@@ -247,7 +252,11 @@ fn producer_config(kafka: &KafkaArgs, common: &CommonArgs, client_id: &str) -> C
     if common.exactly_once {
         let id = common.transactional_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-            format!("{client_id}-{host}")
+            let prefix = common
+                .transactional_id_prefix
+                .as_deref()
+                .unwrap_or(client_id);
+            format!("{prefix}-{host}")
         });
         producer_cfg.set("transactional.id", id);
         // A pod that dies with a transaction open blocks `read_committed` readers of its

@@ -118,7 +118,9 @@ pub fn common_settings(v: &Validated) -> CommonSettings {
     }
 }
 
-fn loop_settings(v: &Validated) -> LoopSettings {
+/// The loop settings of `stage` (`window` or `join`): its transactional ids are
+/// `<groupPrefix>-<stage>-<pod>`.
+fn loop_settings(v: &Validated, stage: &str) -> LoopSettings {
     let p = &v.spec.processors;
     LoopSettings {
         exactly_once: p.delivery_guarantee == DeliveryGuarantee::ExactlyOnce,
@@ -126,6 +128,7 @@ fn loop_settings(v: &Validated) -> LoopSettings {
         rebuild_timeout_ms: p.rebuild.timeout_ms,
         rebuild_max_records: p.rebuild.max_records,
         max_future_skew_ms: p.max_future_skew_ms,
+        transactional_id_prefix: format!("{}-{stage}", v.naming.group_prefix),
     }
 }
 
@@ -161,7 +164,7 @@ pub fn window_settings(v: &Validated) -> WindowSettings {
     let w = &v.spec.window;
     WindowSettings {
         group_id: v.window_group(),
-        run: loop_settings(v),
+        run: loop_settings(v, "window"),
         size_ms: w.size_ms,
         grace_ms: w.grace_ms,
         watermark_scope: w.watermark_scope,
@@ -177,7 +180,7 @@ pub fn join_settings(v: &Validated) -> JoinSettings {
     let j = &v.spec.join;
     JoinSettings {
         group_id: v.join_group(),
-        run: loop_settings(v),
+        run: loop_settings(v, "join"),
         model: m.kind,
         weights: m.weights.clone(),
         bias: m.bias,
@@ -199,10 +202,7 @@ pub fn sink_settings(v: &Validated) -> Option<SinkSettings> {
     Some(SinkSettings {
         group_id: v.sink_group(),
         bucket: sink.bucket.clone(),
-        prefix: sink
-            .prefix
-            .clone()
-            .unwrap_or_else(|| format!("{}/", v.name)),
+        prefix: v.naming.object_prefix.clone(),
         topics: sink
             .roles()
             .into_iter()
@@ -687,7 +687,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::validate::validate;
+    use crate::controller::validate::{Naming, validate};
     use crate::crd::{KafkaSecurity, SecurityProtocol, SensorPipelineSpec, SinkSpec, SinkTopic};
 
     use crate::controller::validate::tests::spec;
@@ -704,7 +704,7 @@ mod tests {
     }
 
     fn built(s: &SensorPipelineSpec) -> Desired {
-        let v = validate("p", s).expect("valid");
+        let v = validate("p", &Naming::legacy("p"), s).expect("valid");
         build(
             &v,
             "ns",
@@ -834,7 +834,7 @@ mod tests {
             resources: None,
             pod_template: Default::default(),
         });
-        let v = validate("p", &s).expect("valid");
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
         let with = |kafka_rv: &str, gcs_rv: &str| {
             let versions = SecretVersions::from([
                 ("kafka-creds".to_owned(), kafka_rv.to_owned()),
@@ -1016,12 +1016,13 @@ mod tests {
             },
         ];
         // validate refuses the owned keys and the contract name ...
-        let e = validate("p", &s).expect_err("owned keys");
+        let e = validate("p", &Naming::legacy("p"), &s).expect_err("owned keys");
         assert_eq!(e.0.len(), 3, "{e}");
         // ... and build drops them for a spec that skipped validation.
         let v = Validated {
             name: "p".into(),
-            topics: crate::controller::validate::TopicNames::for_pipeline("p", &s.topics),
+            naming: Naming::legacy("p"),
+            topics: crate::controller::validate::TopicNames::with_prefix("p.", &s.topics),
             spec: s.clone(),
         };
         let d = build(
@@ -1093,7 +1094,7 @@ mod tests {
             resources: None,
             pod_template: Default::default(),
         });
-        let v = validate("p", &s).expect("valid");
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
         let d = build(
             &v,
             "ns",

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+pub mod claims;
 pub mod replicas;
 pub mod topics;
 
@@ -189,7 +190,7 @@ pub fn cooldown_start_rfc3339(since: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::validate::{tests::spec, validate};
+    use crate::controller::validate::{Naming, tests::spec, validate};
     use crate::crd::ScalingMode;
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
     use sensorflow_kafka::{TopicCheck, TopicReport};
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn lag_above_target_scales_up_with_an_event_and_a_scaling_note() {
-        let v = validate("p", &spec()).expect("valid");
+        let v = validate("p", &Naming::legacy("p"), &spec()).expect("valid");
         // 35 000 messages at 10 000 per replica: 4 window replicas; join steady at 2.
         let obs = observed(&v, Some(35_000), Some(15_000));
         let d = replicas(
@@ -261,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_scale_down_waits_for_the_cooldown_and_records_its_start() {
-        let v = validate("p", &spec()).expect("valid");
+        let v = validate("p", &Naming::legacy("p"), &spec()).expect("valid");
         let obs = observed(&v, Some(0), Some(0));
         let d = replicas(
             &v,
@@ -292,7 +293,7 @@ mod tests {
             let mut s = spec();
             s.suspend = true;
             s.processors.scaling_mode = mode;
-            let v = validate("p", &s).expect("valid");
+            let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
             let obs = observed(&v, Some(99_000), Some(99_000));
             let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
             assert_eq!(
@@ -312,7 +313,7 @@ mod tests {
     fn external_scaling_leaves_replicas_unset_and_reports_the_deployments() {
         let mut s = spec();
         s.processors.scaling_mode = ScalingMode::External;
-        let v = validate("p", &s).expect("valid");
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
         let obs = observed(&v, Some(99_000), None);
         let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
         assert_eq!(d.plan, ReplicaPlan::default());

@@ -2,10 +2,11 @@
 //! co-partitioned inputs ([`topics`]), each planner-scaled stage's consumer group and inputs
 //! ([`stage_inputs`]), and which topics a deletion may remove ([`deletable_topics`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::controller::build::Stage;
 use crate::controller::validate::Validated;
+use crate::crd::TopicManagement;
 use sensorflow_kafka::{TopicConfigs, TopicPlan};
 
 /// The configuration of each topic ([`sensorflow_kafka::topic_configs`]): `topics.config`
@@ -36,10 +37,29 @@ pub fn topic_configs(v: &Validated) -> TopicConfigs {
 
 /// The topics the spec asks for: the nine names, partitions, replication, each topic's
 /// configuration ([`topic_configs`]), whether a raise is confirmed, the co-partitioned join
-/// inputs.
-pub fn topics(v: &Validated) -> TopicPlan {
+/// inputs, and who owns what ([`crate::crd::TopicManagement`] per role): `VerifyOnly` topics
+/// are neither creatable nor owned; `Create` topics are creatable and owned once this
+/// pipeline created them (`created`, from `status.createdTopics`); `Own` topics are both.
+pub fn topics(v: &Validated, created: &[String]) -> TopicPlan {
     let t = &v.spec.topics;
     let configs = topic_configs(v);
+    let mut creatable = BTreeSet::new();
+    let mut owned = BTreeSet::new();
+    for (role, name) in v.topics.iter() {
+        match t.management(role) {
+            TopicManagement::VerifyOnly => {}
+            TopicManagement::Create => {
+                creatable.insert(name.to_owned());
+                if created.iter().any(|c| c == name) {
+                    owned.insert(name.to_owned());
+                }
+            }
+            TopicManagement::Own => {
+                creatable.insert(name.to_owned());
+                owned.insert(name.to_owned());
+            }
+        }
+    }
     TopicPlan {
         topics: v.topics.all().map(str::to_owned).to_vec(),
         partitions: t.partitions,
@@ -48,7 +68,29 @@ pub fn topics(v: &Validated) -> TopicPlan {
         on_create: configs.on_create,
         allow_increase: t.allow_partition_increase,
         co_partitioned: v.topics.join_inputs().map(str::to_owned).to_vec(),
+        creatable,
+        owned,
     }
+}
+
+/// The topics a deletion with `deletionPolicy: Delete` may remove: the ones this pipeline
+/// created (`status.createdTopics`) that it still does not only read, and the ones it owns
+/// (`Own`) under their current names. Never a `VerifyOnly` topic.
+pub fn owned_for_deletion(v: &Validated, created: &[String]) -> Vec<String> {
+    let t = &v.spec.topics;
+    let mut out: BTreeSet<String> = created.iter().cloned().collect();
+    for (role, name) in v.topics.iter() {
+        match t.management(role) {
+            TopicManagement::VerifyOnly => {
+                out.remove(name);
+            }
+            TopicManagement::Own => {
+                out.insert(name.to_owned());
+            }
+            TopicManagement::Create => {}
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// The planner-scaled stages with their consumer group and input topics (lag is summed over
@@ -84,7 +126,7 @@ pub fn deletable_topics(
 mod tests {
     use super::*;
 
-    use crate::controller::validate::{tests::spec, validate};
+    use crate::controller::validate::{Naming, tests::spec, validate};
 
     #[test]
     fn topic_plan_carries_retention_and_the_join_inputs() {
@@ -101,8 +143,8 @@ mod tests {
             retention_ms: None,
             config: BTreeMap::from([("max.message.bytes".to_owned(), "2000000".to_owned())]),
         });
-        let v = validate("p", &s).expect("valid");
-        let plan = topics(&v);
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
+        let plan = topics(&v, &[]);
         assert_eq!(plan.topics.len(), 9);
         assert_eq!(plan.configs.len(), 9);
         assert_eq!(plan.configs["p.sz"]["retention.ms"], "-1");

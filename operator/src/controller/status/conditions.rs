@@ -26,6 +26,12 @@ pub enum TopicsOutcome {
     SecretUnavailable(String),
     /// The broker refused the SASL credentials from the spec's `credentialsSecret`.
     AuthenticationFailed(String),
+    /// Topics that are not this pipeline's to create (`VerifyOnly`) do not exist.
+    Missing(String),
+    /// Topics the pipeline does not own differ from the spec (partition count).
+    NotOwned(String),
+    /// An earlier pipeline on the same Kafka cluster manages some of its topics or groups.
+    Conflict(String),
 }
 
 impl TopicsOutcome {
@@ -44,6 +50,9 @@ impl TopicsOutcome {
             TopicsOutcome::IncreaseFailed(m) => ("PartitionIncreaseFailed", m.clone()),
             TopicsOutcome::SecretUnavailable(m) => ("SecretUnavailable", m.clone()),
             TopicsOutcome::AuthenticationFailed(m) => ("AuthenticationFailed", m.clone()),
+            TopicsOutcome::Missing(m) => ("TopicMissing", m.clone()),
+            TopicsOutcome::NotOwned(m) => ("TopicNotOwned", m.clone()),
+            TopicsOutcome::Conflict(m) => ("Conflict", m.clone()),
         }
     }
 
@@ -64,6 +73,8 @@ impl From<sensorflow_kafka::TopicCheck> for TopicsOutcome {
             TopicCheck::IncreasePending(m) => TopicsOutcome::IncreasePending(m),
             TopicCheck::NotCoPartitioned(m) => TopicsOutcome::NotCoPartitioned(m),
             TopicCheck::IncreaseFailed(m) => TopicsOutcome::IncreaseFailed(m),
+            TopicCheck::Missing(m) => TopicsOutcome::Missing(m),
+            TopicCheck::NotOwned(m) => TopicsOutcome::NotOwned(m),
         }
     }
 }

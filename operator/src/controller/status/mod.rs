@@ -246,6 +246,7 @@ pub fn running(
             })
             .collect(),
         created_topics,
+        default_names: previous.default_names.clone(),
         cleanup_attempts: None,
     }
 }
