@@ -3,9 +3,12 @@
 # pieces kind's own base image and `kind build node-image` use, and loads it into the Docker
 # engine DOCKER_HOST points at. Prints the image reference on stdout (logs on stderr).
 #
-#   tests/cluster/kind-node-image.sh [--key]
+#   tests/cluster/kind-node-image.sh [--key | --inputs]
 #
-#   --key   print the cache key of the image this checkout would build, and exit
+#   --key     print the cache key of the image this checkout would build, and exit
+#   --inputs  only build what needs no Docker engine (the Kubernetes binaries, the debootstrap
+#             root filesystem, CoreDNS) into the cache, and exit: .ci/run does this beside its
+#             other prerequisites
 #
 # `kind build node-image` cannot run offline: it pulls etcd, coredns, pause, kindnetd and the
 # storage provisioner. This script builds the same layout from:
@@ -51,21 +54,72 @@ KIND_VERSION="${SENSORFLOW_KIND_VERSION:-v0.33.0}"
 cache="$SENSORFLOW_CACHE/kind-node"
 mkdir -p "$cache"
 
-only_key=0
+only_key=0 only_inputs=0
 for a in "$@"; do
   case "$a" in
     --key) only_key=1 ;;
+    --inputs) only_inputs=1 ;;
     -h|--help) usage_header "$0"; exit 0 ;;
     *) die "unknown argument $a" ;;
   esac
 done
 
+packages=(systemd systemd-sysv conntrack iptables nftables iproute2 ethtool util-linux mount kmod
+  libseccomp2 pigz ca-certificates curl jq procps bash runc containernetworking-plugins socat)
+pkg_key="$(printf '%s\n' bookworm "${packages[@]}" | sha256sum | cut -c1-12)"
+base="$cache/rootfs-bookworm-$pkg_key.tar"
+t0=$(date +%s)
+tmp="$(mktemp -d "$cache/build.XXXXXX")"
+ctr_pid=""
+cleanup() {
+  if [ -n "$ctr_pid" ]; then kill "$ctr_pid" 2>/dev/null; wait "$ctr_pid" 2>/dev/null; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+build_rootfs() {  # the Debian root filesystem, cached by package list
+  if [ ! -s "$base" ]; then
+    t=$(date +%s)
+    log "debootstrap --variant=minbase bookworm with ${#packages[@]} packages (cached as $base)"
+    debootstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" bookworm "$tmp/deb" \
+      http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 || die_tail "$tmp/debootstrap.log" 30 "debootstrap failed"
+    rm -rf "$tmp/deb/var/cache/apt/archives/"*.deb "$tmp/deb/var/lib/apt/lists/"*
+    tar -C "$tmp/deb" -cf "$base.partial" . && mv "$base.partial" "$base"
+    rm -rf "$tmp/deb"
+    log "root filesystem in $(( $(date +%s) - t )) s ($(du -h "$base" | cut -f1))"
+  fi
+}
+build_coredns() {  # CoreDNS at the tag kubeadm asks for, from the Go module
+  local t; t=$(date +%s)
+  coredns_dir="$cache/coredns-$coredns_version"
+  if [ ! -x "$coredns_dir/coredns" ]; then
+    log "building CoreDNS $coredns_version from the Go module github.com/coredns/coredns (cold: several minutes)"
+    mkdir -p "$coredns_dir"
+    GOBIN="$tmp/gobin" GOCACHE="$tmp/gocache-coredns" GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+      nice -n 10 go install -trimpath -ldflags='-s -w' "github.com/coredns/coredns@$coredns_version" >&2 \
+      || die "building CoreDNS failed"
+    install -m 0755 "$tmp/gobin/coredns" "$coredns_dir/coredns"
+    rm -rf "$tmp/gocache-coredns" "$tmp/gobin"
+    log "CoreDNS built in $(( $(date +%s) - t )) s"
+  fi
+}
+
+if [ "$only_inputs" = 1 ]; then
+  # (no Kubernetes build needed: CoreDNS's tag is kubeadm's constant in the release's source)
+  k8s_src="$(cd "$here/modules/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  coredns_version="$(sed -n 's/^[[:space:]]*CoreDNSVersion = "\(v[0-9.]*\)"/\1/p' "$k8s_src/cmd/kubeadm/app/constants/constants.go")"
+  [ -n "$coredns_version" ] || die "no CoreDNSVersion in $k8s_src/cmd/kubeadm/app/constants/constants.go"
+  apt_install debootstrap
+  build_rootfs
+  build_coredns
+  log "kind node image inputs ready in $(( $(date +%s) - t0 )) s (rootfs $base, CoreDNS $coredns_version)"
+  exit 0
+fi
 bindir="$("$here/build-k8s.sh" --kind)"
 k8s_version="$(cat "$bindir/.kubelet.built")"; k8s_version="${k8s_version##*@}"
 kind_src="$(go env GOMODCACHE)/sigs.k8s.io/kind@$KIND_VERSION"
 if [ ! -d "$kind_src/images/base/files" ]; then
   log "fetching the kind module $KIND_VERSION (its base image files)"
-  ( cd "$(mktemp -d)" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -x "sigs.k8s.io/kind@$KIND_VERSION" >/dev/null 2>&1 ) \
+  ( cd "$cache" && GOTOOLCHAIN=local go mod download "sigs.k8s.io/kind@$KIND_VERSION" >/dev/null 2>&1 ) \
     || die "cannot download sigs.k8s.io/kind@$KIND_VERSION from the Go module proxy"
 fi
 [ -f "$kind_src/images/base/files/usr/local/bin/entrypoint" ] || die "$kind_src/images/base/files: no entrypoint"
@@ -78,9 +132,6 @@ coredns_version="${coredns_image##*:}"
 pod_subnet="$(sed -n 's/^ *podSubnet: *"\{0,1\}\([0-9./]*\)"\{0,1\}.*/\1/p' "$REPO_ROOT/kind-config.yaml" | head -1)"
 [ -n "$pod_subnet" ] || die "no networking.podSubnet in kind-config.yaml"
 
-packages=(systemd systemd-sysv conntrack iptables nftables iproute2 ethtool util-linux mount kmod
-  libseccomp2 pigz ca-certificates curl jq procps bash runc containernetworking-plugins socat)
-pkg_key="$(printf '%s\n' bookworm "${packages[@]}" | sha256sum | cut -c1-12)"
 key="$( {
   cat "$0" "$REPO_ROOT/scripts/oci-image.sh"
   echo "$pkg_key $k8s_version $pod_subnet $KIND_VERSION ${kubeadm_images[*]}"
@@ -94,29 +145,11 @@ if docker image inspect "$tag" >/dev/null 2>&1; then
   log "node image $tag is in the engine already"
   echo "$tag"; exit 0
 fi
-
-t0=$(date +%s)
 apt_install debootstrap umoci skopeo gcc libc6-dev python3 ca-certificates binutils
-tmp="$(mktemp -d "$cache/build.XXXXXX")"
-ctr_pid=""
-cleanup() {
-  if [ -n "$ctr_pid" ]; then kill "$ctr_pid" 2>/dev/null; wait "$ctr_pid" 2>/dev/null; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+build_rootfs
+build_coredns
 
-# --- 1. the Debian root filesystem (cached by package list) ----------------------------------
-base="$cache/rootfs-bookworm-$pkg_key.tar"
-if [ ! -s "$base" ]; then
-  t=$(date +%s)
-  log "debootstrap --variant=minbase bookworm with ${#packages[@]} packages (cached as $base)"
-  debootstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" bookworm "$tmp/deb" \
-    http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 || die_tail "$tmp/debootstrap.log" 30 "debootstrap failed"
-  rm -rf "$tmp/deb/var/cache/apt/archives/"*.deb "$tmp/deb/var/lib/apt/lists/"*
-  tar -C "$tmp/deb" -cf "$base.partial" . && mv "$base.partial" "$base"
-  rm -rf "$tmp/deb"
-  log "root filesystem in $(( $(date +%s) - t )) s ($(du -h "$base" | cut -f1))"
-fi
+
 rootfs="$tmp/rootfs"
 mkdir -p "$rootfs"
 tar -C "$rootfs" -xf "$base"
@@ -229,17 +262,6 @@ EOF
 
 # --- 4. the images kubeadm runs, packed and preloaded -------------------------------------------
 t=$(date +%s)
-coredns_dir="$cache/coredns-$coredns_version"
-if [ ! -x "$coredns_dir/coredns" ]; then
-  log "building CoreDNS $coredns_version from the Go module github.com/coredns/coredns (cold: several minutes)"
-  mkdir -p "$coredns_dir"
-  GOBIN="$tmp/gobin" GOCACHE="$tmp/gocache-coredns" GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
-    nice -n 10 go install -trimpath -ldflags='-s -w' "github.com/coredns/coredns@$coredns_version" >&2 \
-    || die "building CoreDNS failed"
-  install -m 0755 "$tmp/gobin/coredns" "$coredns_dir/coredns"
-  rm -rf "$tmp/gocache-coredns" "$tmp/gobin"
-  log "CoreDNS built in $(( $(date +%s) - t )) s"
-fi
 pause_src="$(cd "$here/modules/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
 [ -f "$pause_src" ] || die "$pause_src missing"
 
@@ -351,7 +373,7 @@ for a in "$tmp"/images/*.tar; do
   "$bindir/ctr" --address "$sock" --namespace k8s.io images import --label=io.cri-containerd.pinned=pinned \
     --all-platforms --no-unpack "$a" >/dev/null 2>"$tmp/ctr-import.log" || die_tail "$tmp/ctr-import.log" 10 "ctr import $a failed"
 done
-log "preloaded: $("$bindir/ctr" --address "$sock" --namespace k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
+log "preloaded: $("$bindir/ctr" --address "$sock" --namespace k8s.io images ls -q 2>/dev/null | grep -v "^sha256:" | tr "\n" " ")"
 kill "$ctr_pid"; wait "$ctr_pid" 2>/dev/null || true; ctr_pid=""
 rm -rf "$rootfs/var/lib/containerd/tmpmounts"
 log "images preloaded in $(( $(date +%s) - t )) s"
@@ -364,7 +386,7 @@ tar -C "$rootfs" --numeric-owner -cf - . | docker import - "$tag-rootfs" >/dev/n
 printf '%s\n' "FROM $tag-rootfs" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
   'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
   "LABEL io.sensorflow.kind-node.key=$key io.sensorflow.kind-node.kubernetes=$k8s_version" \
-  | DOCKER_BUILDKIT=0 docker build -q -t "$tag" - >/dev/null || die "docker build of the node image's config failed"
+  | DOCKER_BUILDKIT=0 docker build -q -t "$tag" - >/dev/null 2>"$tmp/docker-build.log" || die_tail "$tmp/docker-build.log" 20 "docker build of the node image config failed"
 docker rmi "$tag-rootfs" >/dev/null
 log "node image $tag imported in $(( $(date +%s) - t )) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')); assembled in $(( $(date +%s) - t0 )) s"
 # Older node images of this script: replaced by this one.
