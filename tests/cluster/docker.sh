@@ -48,7 +48,7 @@ pid_dir="$dir/pids"
 # writable and not counters or random values.
 global_sysctls() {
   local f k
-  for f in $(find /proc/sys/kernel /proc/sys/vm /proc/sys/fs -type f -perm -u+w 2>/dev/null | sort); do
+  for f in $(find /proc/sys/kernel /proc/sys/vm /proc/sys/fs -type f -perm -u+w -perm -u+r 2>/dev/null | sort); do
     k="${f#/proc/sys/}"; k="${k//\//.}"
     case "$k" in
       kernel.random.*|kernel.ns_last_pid|kernel.sched_domain.*|fs.binfmt_misc.*|kernel.usermodehelper.*|vm.drop_caches|vm.compact_memory|kernel.sysrq_trigger|fs.dentry-state|kernel.hung_task_*|vm.stat_refresh) continue ;;
