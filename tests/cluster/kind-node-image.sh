@@ -6,9 +6,9 @@
 #   tests/cluster/kind-node-image.sh [--key | --inputs]
 #
 #   --key     print the cache key of the image this checkout would build, and exit
-#   --inputs  only build what needs no Docker engine (the Kubernetes binaries, the debootstrap
-#             root filesystem, CoreDNS) into the cache, and exit: .ci/run does this beside its
-#             other prerequisites
+#   --inputs  only build what needs no Docker engine (kind itself, the debootstrap root
+#             filesystem, CoreDNS) into the cache, and exit: .ci/run does this beside its other
+#             prerequisites
 #
 # `kind build node-image` cannot run offline: it pulls etcd, coredns, pause, kindnetd and the
 # storage provisioner. This script builds the same layout from:
@@ -109,6 +109,7 @@ if [ "$only_inputs" = 1 ]; then
   coredns_version="$(sed -n 's/^[[:space:]]*CoreDNSVersion = "\(v[0-9.]*\)"/\1/p' "$k8s_src/cmd/kubeadm/app/constants/constants.go")"
   [ -n "$coredns_version" ] || die "no CoreDNSVersion in $k8s_src/cmd/kubeadm/app/constants/constants.go"
   apt_install debootstrap
+  SENSORFLOW_KIND_VERSION="$KIND_VERSION" "$here/tools.sh" kind >/dev/null
   build_rootfs
   build_coredns
   log "kind node image inputs ready in $(( $(date +%s) - t0 )) s (rootfs $base, CoreDNS $coredns_version)"
@@ -117,11 +118,8 @@ fi
 bindir="$("$here/build-k8s.sh" --kind)"
 k8s_version="$(cat "$bindir/.kubelet.built")"; k8s_version="${k8s_version##*@}"
 kind_src="$(go env GOMODCACHE)/sigs.k8s.io/kind@$KIND_VERSION"
-if [ ! -d "$kind_src/images/base/files" ]; then
-  log "fetching the kind module $KIND_VERSION (its base image files)"
-  ( cd "$cache" && GOTOOLCHAIN=local go mod download "sigs.k8s.io/kind@$KIND_VERSION" >/dev/null 2>&1 ) \
-    || die "cannot download sigs.k8s.io/kind@$KIND_VERSION from the Go module proxy"
-fi
+# (building kind downloads its module, whose images/base/files are kind's base image files)
+[ -d "$kind_src/images/base/files" ] || SENSORFLOW_KIND_VERSION="$KIND_VERSION" "$here/tools.sh" kind >/dev/null
 [ -f "$kind_src/images/base/files/usr/local/bin/entrypoint" ] || die "$kind_src/images/base/files: no entrypoint"
 # The images kubeadm of this release will ask for (its pinned etcd, CoreDNS and pause tags).
 mapfile -t kubeadm_images < <("$bindir/kubeadm" config images list --kubernetes-version "$k8s_version" 2>/dev/null)

@@ -35,7 +35,6 @@
 cd "$REPO_ROOT"
 cluster="${SENSORFLOW_KIND_CLUSTER:-sensorflow-e2e}"
 route="${SENSORFLOW_KIND_IMAGES:-local}"
-kind_version="${SENSORFLOW_KIND_VERSION:-v0.33.0}"
 state="$REPO_ROOT/.sensorflow/kind-docker"
 work="$REPO_ROOT/.sensorflow/kind"
 image="sensorflow/sensorflow:$(workspace_version)"
@@ -44,18 +43,8 @@ mkdir -p "$work"
 t0=$(date +%s)
 since() { echo "$(( $(date +%s) - $1 )) s"; }
 
-# --- kind (pinned, from the Go module proxy) ------------------------------------------------------
-if [ -z "${KIND:-}" ]; then
-  KIND="$SENSORFLOW_CACHE/kind-$kind_version/kind"
-  if [ ! -x "$KIND" ]; then
-    command -v go >/dev/null || die "kind is built with Go, which is not installed (or set KIND)"
-    t=$(date +%s)
-    log "kind: building sigs.k8s.io/kind@$kind_version from the Go module proxy"
-    GOBIN="$(dirname "$KIND")" GOTOOLCHAIN=local CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' \
-      "sigs.k8s.io/kind@$kind_version" >&2 || die "go install sigs.k8s.io/kind@$kind_version failed"
-    log "kind: built in $(since "$t")"
-  fi
-fi
+# kind: pinned, built from the Go module proxy (tests/cluster/tools.sh kind), unless KIND is set.
+KIND="${KIND:-$(tests/cluster/tools.sh kind)}"
 KUBECTL="${KUBECTL:-$(tests/cluster/tools.sh kubectl)}"
 HELM="${HELM:-$(tests/cluster/tools.sh helm)}"
 export KUBECTL HELM
@@ -76,7 +65,7 @@ teardown() {
     log "KEEP_CLUSTER=1: cluster $cluster and the engine left running (DOCKER_HOST=$DOCKER_HOST)"
     return
   fi
-  if [ -n "${p_img:-}" ]; then kill "$p_img" 2>/dev/null; wait "$p_img" 2>/dev/null; fi
+  if [ -n "${p_img:-}" ]; then kill -- "-$p_img" 2>/dev/null; wait "$p_img" 2>/dev/null; fi
   if [ "$created" = 1 ]; then
     local t; t=$(date +%s)
     "$KIND" delete cluster --name "$cluster" --kubeconfig "$kubeconfig" >&2
@@ -89,14 +78,15 @@ trap teardown EXIT
 
 # --- images and cluster (the image build, CPU-bound, overlaps the cluster start) -------------------
 if [ "$route" = local ]; then
-  scripts/build-images.sh >"$work/image-archive" 2>"$work/build-images.log" & p_img=$!
+  # (its own process group: teardown stops it with its cargo)
+  setsid scripts/build-images.sh >"$work/image-archive" 2>"$work/build-images.log" & p_img=$!
   t=$(date +%s)
   node_image="${SENSORFLOW_KIND_NODE_IMAGE:-$(tests/cluster/kind-node-image.sh)}" || die "assembling the kind node image failed"
   log "kind: node image $node_image ready in $(since "$t")"
 else
   node_image="${SENSORFLOW_KIND_NODE_IMAGE:-}"
   command -v docker >/dev/null || die "docker CLI not found"
-  DOCKER_BUILDKIT=1 docker build -t "$image" . >"$work/docker-build.log" 2>&1 & p_img=$!
+  DOCKER_BUILDKIT=1 setsid docker build -t "$image" . >"$work/docker-build.log" 2>&1 & p_img=$!
 fi
 
 if "$KIND" get clusters 2>/dev/null | grep -qx "$cluster"; then
