@@ -153,7 +153,7 @@ up() {
     global_sysctls > "$dir/sysctl.before.partial" && mv "$dir/sysctl.before.partial" "$dir/sysctl.before"
     # Host paths that `docker run -v` creates when missing (kind mounts /lib/modules; this VM
     # has none): removed by `down` when empty.
-    for d in /lib/modules; do [ -e "$d" ] || echo "$d"; done > "$dir/created-dirs"
+    if [ -e /lib/modules ]; then : > "$dir/created-dirs"; else echo /lib/modules > "$dir/created-dirs"; fi
   fi
   echo '{}' > "$dir/daemon.json"
   log "starting dockerd (socket $sock, data root $data_root, log $dir/logs/dockerd.log)"
@@ -211,10 +211,10 @@ down() {
     local pid; pid="$(cat "$pid_dir/dockerd.pid")"
     # Containers left on our own engine are ours (kind deletes its nodes first); the kind
     # network's bridge goes with it, so no interface stays behind.
-    local left; left="$(DOCKER_HOST="$sock" timeout 20 docker ps -aq 2>/dev/null)"
-    if [ -n "$left" ]; then
-      log "removing containers left on our engine: $(echo $left)"
-      DOCKER_HOST="$sock" timeout 120 docker rm -f -v $left >/dev/null 2>&1
+    local left; mapfile -t left < <(DOCKER_HOST="$sock" timeout 20 docker ps -aq 2>/dev/null)
+    if [ ${#left[@]} -gt 0 ]; then
+      log "removing containers left on our engine: ${left[*]}"
+      DOCKER_HOST="$sock" timeout 120 docker rm -f -v "${left[@]}" >/dev/null 2>&1
     fi
     for n in $(DOCKER_HOST="$sock" timeout 20 docker network ls --filter type=custom -q 2>/dev/null); do
       DOCKER_HOST="$sock" timeout 20 docker network rm "$n" >/dev/null 2>&1

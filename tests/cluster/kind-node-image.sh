@@ -342,7 +342,7 @@ install -m 0755 "$bindir/kube-proxy" "$kp/usr/local/bin/"
 chroot "$kp" /usr/sbin/xtables-nft-multi iptables --version >/dev/null || die "iptables does not run inside the kube-proxy image"
 chroot "$kp" /usr/sbin/xtables-legacy-multi iptables --version >/dev/null || die "iptables-legacy does not run inside the kube-proxy image"
 pack "registry.k8s.io/kube-proxy:$k8s_version" "$kp" --entrypoint /usr/local/bin/kube-proxy
-log "images packed in $(( $(date +%s) - t )) s: $(ls "$tmp/images" | tr '\n' ' ')"
+log "images packed in $(( $(date +%s) - t )) s: $(cd "$tmp/images" && echo *.tar)"
 
 # Preload: a containerd of the same build, run on this host over the node's /var/lib/containerd,
 # imports them into the k8s.io namespace pinned and not unpacked (the CRI unpacks on first use),

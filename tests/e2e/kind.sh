@@ -58,6 +58,7 @@ log "kind: Docker engine at $DOCKER_HOST in $(since "$t")"
 # kind writes its kubeconfig here, not into ~/.kube/config.
 kubeconfig="$work/$cluster.kubeconfig"
 created=0
+# shellcheck disable=SC2317 # (run by the EXIT trap)
 teardown() {
   local st=$?
   set +e
