@@ -104,8 +104,11 @@ pub struct KafkaSpec {
     /// `SF_KAFKA_PROPERTIES`. At most 64 entries. Refused: keys starting with `sasl.` or
     /// `ssl.` and `security.protocol` (credentials and TLS come only from `security` and
     /// Secrets), the keys the processors own (`bootstrap.servers`, `group.id`,
-    /// `transactional.id`, `enable.auto.commit`, `enable.auto.offset.store`), and keys or
-    /// values containing `,` (the list separator) or keys containing `=`. Default: none.
+    /// `transactional.id`, `enable.auto.commit`, `enable.auto.offset.store`), the keys that
+    /// would redirect or weaken the connection or load code (`metadata.broker.list`, an alias
+    /// of `bootstrap.servers`; `plugin.library.paths`; keys starting with `enable.ssl.`,
+    /// `enable.sasl.`, `https.` or `ssl_`), and keys or values containing `,` (the list
+    /// separator) or keys containing `=`. Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "kafka_properties_schema")]
     pub properties: BTreeMap<String, String>,
@@ -120,12 +123,28 @@ pub const OPERATOR_OWNED_KAFKA_PROPERTIES: [&str; 5] = [
     "enable.auto.offset.store",
 ];
 
-/// Whether `kafka.properties` refuses `key` (see [`KafkaSpec::properties`]).
+/// Keys of `kafka.properties` refused because they would redirect or weaken the connection or
+/// load code, beside the `sasl.` / `ssl.` ones (CEL rule [`cel::KAFKA_PROPERTIES_CONNECTION`]).
+pub const CONNECTION_KAFKA_PROPERTIES: [&str; 2] = ["metadata.broker.list", "plugin.library.paths"];
+
+/// Key prefixes of `kafka.properties` refused for the same reason (librdkafka 2.12:
+/// `enable.ssl.certificate.verification`, `enable.sasl.oauthbearer.unsecure.jwt`,
+/// `https.ca.location` / `https.ca.pem`, `ssl_key` / `ssl_ca` / `ssl_certificate`).
+pub const CONNECTION_KAFKA_PROPERTY_PREFIXES: [&str; 4] =
+    ["enable.ssl.", "enable.sasl.", "https.", "ssl_"];
+
+/// Whether `kafka.properties` refuses `key` (see [`KafkaSpec::properties`]); the same keys as
+/// the CEL rules `KAFKA_PROPERTIES_NO_CREDENTIALS`, `KAFKA_PROPERTIES_OWNED` and
+/// `KAFKA_PROPERTIES_CONNECTION` of [`cel`].
 pub fn kafka_property_refused(key: &str) -> bool {
     key.starts_with("sasl.")
         || key.starts_with("ssl.")
         || key == "security.protocol"
         || OPERATOR_OWNED_KAFKA_PROPERTIES.contains(&key)
+        || CONNECTION_KAFKA_PROPERTIES.contains(&key)
+        || CONNECTION_KAFKA_PROPERTY_PREFIXES
+            .iter()
+            .any(|p| key.starts_with(p))
 }
 
 /// Schema of `kafka.properties`: a bounded string map (the bounds keep the CEL cost estimate
@@ -139,6 +158,7 @@ fn kafka_properties_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
             {"rule": cel::KAFKA_PROPERTIES_NO_CREDENTIALS, "message": cel::KAFKA_PROPERTIES_NO_CREDENTIALS_MSG},
             {"rule": cel::KAFKA_PROPERTIES_OWNED, "message": cel::KAFKA_PROPERTIES_OWNED_MSG},
             {"rule": cel::KAFKA_PROPERTIES_SEPARATORS, "message": cel::KAFKA_PROPERTIES_SEPARATORS_MSG},
+            {"rule": cel::KAFKA_PROPERTIES_CONNECTION, "message": cel::KAFKA_PROPERTIES_CONNECTION_MSG},
         ],
     })
 }
@@ -1000,7 +1020,7 @@ mod tests {
         }
         let mut found = Vec::new();
         all_rules(&schema, &mut found);
-        assert_eq!(found.len(), 19, "{found:#?}");
+        assert_eq!(found.len(), 20, "{found:#?}");
         for rule in [
             cel::MIN_LE_MAX,
             cel::MAX_REPLICAS_WINDOW,
@@ -1014,6 +1034,7 @@ mod tests {
             cel::KAFKA_PROPERTIES_NO_CREDENTIALS,
             cel::KAFKA_PROPERTIES_OWNED,
             cel::KAFKA_PROPERTIES_SEPARATORS,
+            cel::KAFKA_PROPERTIES_CONNECTION,
             cel::SA_NAME_OR_ANNOTATIONS,
         ] {
             assert!(
@@ -1102,6 +1123,45 @@ mod tests {
             &mut missing,
         );
         assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// The keys refused by `kafka_property_refused`, one from each rule, and look-alikes
+    /// that stay allowed.
+    #[test]
+    fn kafka_properties_refused_keys() {
+        for k in [
+            "sasl.password",
+            "ssl.endpoint.identification.algorithm",
+            "security.protocol",
+            "bootstrap.servers",
+            "metadata.broker.list",
+            "plugin.library.paths",
+            "enable.ssl.certificate.verification",
+            "enable.sasl.oauthbearer.unsecure.jwt",
+            "https.ca.location",
+            "ssl_ca",
+        ] {
+            assert!(kafka_property_refused(k), "{k}");
+            assert!(
+                cel::KAFKA_PROPERTIES_NO_CREDENTIALS.contains(k.split('.').next().unwrap_or(k))
+                    || cel::KAFKA_PROPERTIES_OWNED.contains(k)
+                    || cel::KAFKA_PROPERTIES_CONNECTION.contains(k)
+                    || CONNECTION_KAFKA_PROPERTY_PREFIXES
+                        .iter()
+                        .any(|p| k.starts_with(p)
+                            && cel::KAFKA_PROPERTIES_CONNECTION.contains(&format!("'{p}'"))),
+                "{k} is in no CEL rule"
+            );
+        }
+        for k in [
+            "fetch.max.bytes",
+            "socket.keepalive.enable",
+            "client.id",
+            "enable.idempotence",
+            "metadata.max.age.ms",
+        ] {
+            assert!(!kafka_property_refused(k), "{k}");
+        }
     }
 
     #[test]
