@@ -464,7 +464,8 @@ impl Default for RebuildSpec {
 /// its volumes (`tmp`, `kafka-ca`, `gcs-credentials`) and mount paths (`/tmp`,
 /// `/etc/sensorflow/...`), the labels `app.kubernetes.io/*` and `sensorflow.io/*`, and the
 /// annotations `sensorflow.io/*` and `prometheus.io/*`. A spec naming any of these is refused
-/// (`Ready=False`, reason `InvalidSpec`, and a Warning Event).
+/// (`Ready=False`, reason `InvalidSpec`, and a Warning Event). The operator's policy further
+/// bounds `serviceAccountName` and the volume types (reason `PolicyViolation`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[x_kube(validation = Rule::new(cel::SA_NAME_OR_ANNOTATIONS).message(cel::SA_NAME_OR_ANNOTATIONS_MSG))]
 #[serde(rename_all = "camelCase")]
@@ -493,21 +494,26 @@ pub struct PodTemplateOverlay {
     /// Secrets for pulling the image (`imagePullSecrets`). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// An existing ServiceAccount (yours, not created by the operator) the pods run as.
-    /// Default: the operator's `<pipeline>-processor` (no API access, no token mounted), or
-    /// `<pipeline>-<stage>` when `serviceAccountAnnotations` is set.
+    /// An existing ServiceAccount (yours, not created by the operator) the pods run as. Refused
+    /// (`Ready=False`, reason `PolicyViolation`) unless the operator's policy allows it (Helm
+    /// value `policy.allowServiceAccountName`, default false). Default: the operator's
+    /// `<pipeline>-processor` (no API access, no token mounted), or `<pipeline>-<stage>` when
+    /// `serviceAccountAnnotations` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Annotations of a ServiceAccount `<pipeline>-<stage>` the operator creates for this
     /// stage, for example `iam.gke.io/gcp-service-account: NAME@PROJECT.iam.gserviceaccount.com`
-    /// (GKE Workload Identity for the sink). Not allowed together with `serviceAccountName`.
-    /// Default: none (the shared `<pipeline>-processor`).
+    /// (GKE Workload Identity for the sink). Not allowed together with `serviceAccountName`;
+    /// allowed by every operator policy. Default: none (the shared `<pipeline>-processor`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub service_account_annotations: BTreeMap<String, String>,
     /// Extra container environment variables, after the operator's. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
-    /// Extra pod volumes. Default: none.
+    /// Extra pod volumes, of the types the operator's policy allows (Helm value
+    /// `policy.allowedVolumeTypes`, default `secret`, `configMap`, `emptyDir`,
+    /// `persistentVolumeClaim`, `csi`, `projected`); another type, such as `hostPath`, is
+    /// refused (`Ready=False`, reason `PolicyViolation`). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     /// Extra container volume mounts (of `volumes`). Default: none.
@@ -573,6 +579,10 @@ pub enum DeliveryGuarantee {
 #[serde(rename_all = "camelCase")]
 pub struct ProcessorsSpec {
     /// Container image holding every processor binary (default `sensorflow/sensorflow:0.1.0`).
+    /// Its repository (the reference without `:tag` and `@digest`) must be one the operator's
+    /// policy allows (Helm value `policy.allowedImageRepositories`, default the operator's own
+    /// image repository), else the pipeline is refused (`Ready=False`, reason
+    /// `PolicyViolation`).
     #[serde(default = "default_image")]
     #[schemars(length(min = 1))]
     pub image: String,
@@ -797,7 +807,8 @@ pub struct SensorPipelineStatus {
     /// `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Pending`, `Running`, `Degraded`, `Invalid` or `Deleting`.
+    /// `Pending`, `Running`, `Suspended`, `Degraded`, `Invalid` (the spec failed validation) or
+    /// `Refused` (the spec asks for more than the operator's policy allows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// `Ready`, `TopicsReady`, `ProcessorsReady`, `SinkReady`, `Scaling`, `Degraded`.
