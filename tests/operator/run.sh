@@ -108,7 +108,7 @@ cel_rules_refuse() {
   return $ok
 }
 scenarios() {
-  timeout 2400 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test 'scenarios*' -- --include-ignored --test-threads=1 2>&1 \
+  timeout 2400 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --no-fail-fast --test 'scenarios*' -- --include-ignored --test-threads=1 2>&1 \
     | tee "$logs/scenarios.log"
   return "${PIPESTATUS[0]}"
 }
@@ -173,7 +173,10 @@ admission_policy() {
   # alone, and widens with the values.
   local ns=sf-vap other=sf-vap-other ok=0 f warnings
   k create namespace $ns >/dev/null && k create namespace $other >/dev/null || return 1
-  k -n $ns apply -f tests/operator/admission/refuse-image.yaml >/dev/null || { log "could not store a pipeline before the policy"; return 1; }
+  # A pipeline stored before the policy (another repository's image).
+  printf '%s\n' "apiVersion: sensorflow.io/v1alpha1" "kind: SensorPipeline" "metadata: {name: vap-before}" \
+    "spec: {kafka: {bootstrapServers: \"kafka:9092\"}, processors: {image: \"sensorflow/sensorflow-evil:0.1.0\"}}" \
+    | k -n $ns apply -f - >/dev/null || { log "could not store a pipeline before the policy"; return 1; }
   h install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace --timeout 120s \
       --set 'watch.namespaces={sf-vap}' >/dev/null || return 1
   wait_for 30 0.5 vap_type_checked || { log "the admission policy was not type-checked"; ok=1; }
@@ -186,11 +189,12 @@ admission_policy() {
     admission_refuses $ns "$f" || { log "$f not refused in $ns"; ok=1; }
   done
   k -n $ns apply -f tests/operator/admission/valid.yaml >/dev/null || { log "valid.yaml refused"; ok=1; }
-  k -n $ns patch sp vap-image --type merge -p '{"metadata":{"finalizers":["sensorflow.io/topics"],"labels":{"a":"b"}}}' >/dev/null \
+  k -n $ns patch sp vap-before --type merge -p '{"metadata":{"finalizers":["sensorflow.io/topics"],"labels":{"a":"b"}}}' >/dev/null \
     || { log "a metadata update of a pipeline stored before the policy was refused"; ok=1; }
-  ! k -n $ns patch sp vap-image --type merge -p '{"spec":{"suspend":true}}' >/dev/null 2>&1 \
+  ! k -n $ns patch sp vap-before --type merge -p '{"spec":{"suspend":true}}' >/dev/null 2>&1 \
     || { log "a spec change of a refused pipeline was accepted"; ok=1; }
-  k -n $ns patch sp vap-image --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null || ok=1
+  k -n $ns patch sp vap-before --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null || ok=1
+  k -n $ns delete sp vap-before --timeout 30s >/dev/null || ok=1
   for f in tests/operator/admission/refuse-*.yaml; do
     k -n $other apply -f "$f" >/dev/null || { log "$f refused in the unwatched namespace $other"; ok=1; }
   done
