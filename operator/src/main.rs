@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use kube::runtime::events::Reporter;
+use sensorflow_operator::controller::policy::Policy;
 use sensorflow_operator::controller::{self, Context, Scope, Settings};
 use sensorflow_operator::leader::{self, LeaseConfig, Observer};
 use sensorflow_operator::metrics::Metrics;
@@ -77,6 +78,34 @@ struct Args {
     /// anyway (Warning Event `TopicDeletionAbandoned`).
     #[arg(long, env = "SF_OPERATOR_CLEANUP_ATTEMPTS", default_value_t = 5)]
     cleanup_attempts: u32,
+    /// Image repositories a pipeline's `processors.image` may come from, comma-separated:
+    /// the reference without `:tag` / `@digest`, compared exactly (`sensorflow/sensorflow`
+    /// allows `sensorflow/sensorflow:0.1.0`, not `sensorflow/sensorflow-evil`), or `*` for
+    /// any. Default: the repository of the CRD's default image. A pipeline asking for another
+    /// is refused (`Ready=False`, reason `PolicyViolation`, Warning Event).
+    #[arg(
+        long,
+        env = "SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES",
+        value_delimiter = ',',
+        default_value = "sensorflow/sensorflow"
+    )]
+    allowed_image_repositories: Vec<String>,
+    /// Whether a pipeline's pod template may set `serviceAccountName` (run its pods as any
+    /// ServiceAccount of its namespace). Default false: refused (`PolicyViolation`), the pods
+    /// run as the operator's per-pipeline ServiceAccount; `serviceAccountAnnotations` stay
+    /// allowed.
+    #[arg(long, env = "SF_OPERATOR_ALLOW_SERVICE_ACCOUNT_NAME", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_service_account_name: bool,
+    /// Volume types a pipeline's pod template may add, comma-separated `Volume` field names
+    /// (`secret`, `configMap`, `hostPath`, ...); empty allows none. A volume of another type
+    /// is refused (`PolicyViolation`).
+    #[arg(
+        long,
+        env = "SF_OPERATOR_ALLOWED_VOLUME_TYPES",
+        value_delimiter = ',',
+        default_value = "secret,configMap,emptyDir,persistentVolumeClaim,csi,projected"
+    )]
+    allowed_volume_types: Vec<String>,
     /// This instance's identity (pod name); defaults to hostname-pid.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -91,6 +120,14 @@ async fn main() -> anyhow::Result<()> {
         telemetry::LogFormat::Text
     };
     telemetry::init_with_filter(&args.log, format);
+    // A policy the operator cannot hold (a tag in a repository, a misspelt volume type) stops
+    // it before it connects.
+    let policy = Policy::new(
+        &args.allowed_image_repositories,
+        args.allow_service_account_name,
+        &args.allowed_volume_types,
+    )?;
+    info!(policy = %policy.summary(), "pipeline policy");
     // SIGTERM / Ctrl-C: the first stops the controller gracefully, a second exits at once.
     let shutdown = shutdown::on_signal();
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -162,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             backoff_max: Duration::from_secs(args.backoff_max_seconds.max(1)),
             cooldown_override: args.cooldown_override_seconds.map(Duration::from_secs),
             cleanup_attempts: args.cleanup_attempts.max(1),
+            policy,
         },
         leadership.clone(),
     ));

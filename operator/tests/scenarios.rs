@@ -1829,7 +1829,15 @@ async fn pod_template_and_processor_settings_reach_the_deployments() {
     let c = client().await;
     let ns = "sf-knobs";
     namespace(&c, ns).await;
-    let _op = Operator::start("knobs", 18199, ns);
+    // The join stage names its own ServiceAccount: this operator's policy allows it (the
+    // default refuses it; scenarios_policy.rs).
+    let _op = Operator::start_with(
+        "knobs",
+        18199,
+        ns,
+        ns,
+        &["--allow-service-account-name=true"],
+    );
     let overlay = json!({
         "labels": {"team": "sensors"},
         "annotations": {"example.com/owner": "ops"},

@@ -6,7 +6,8 @@
 # Steps: install what is missing (Helm, promtool built from the Go module once per cache,
 # PyYAML, the Prometheus Operator's types from npm) → helm lint --strict with the default
 # values and with every optional part on →
-# what each values switch renders → bad values, each refused by helm lint and helm template
+# what each values switch renders → the policy values in the operator's environment and the
+# ValidatingAdmissionPolicy → bad values, each refused by helm lint and helm template
 # with the message that names it (values.schema.json), or refused by helm template and logged
 # by helm lint (the cross-field checks in _helpers.tpl: lint mode only logs a template's fail)
 # → the ServiceMonitors and the PrometheusRule against the Prometheus Operator's
@@ -99,6 +100,72 @@ got = [cm["data"]["sensorflow.json"] for cm in cms if "sensorflow.json" in cm.ge
 want = open(sys.argv[2]).read().rstrip("\n")
 sys.exit(0 if got == [want] else "the dashboard ConfigMap does not hold dashboards/sensorflow.json")
 EOF
+  return $ok
+}
+# env_value FILE NAME: the value of the operator's environment variable NAME in a rendered FILE.
+env_value() { grep -A1 -- "- name: $2\$" "$1" | sed -n 's/^ *value: //p' | head -1; }
+policy_renders() {
+  # The policy values become the operator's environment and, with policy.admission.enabled,
+  # a ValidatingAdmissionPolicy + binding carrying the same policy for the watched namespaces.
+  local ok=0 d="$work/policy"
+  mkdir -p "$d"
+  render > "$d/default.yaml" \
+    && render --set image.repository=registry.example/team/sensorflow > "$d/own-image.yaml" \
+    && render --set 'policy.allowedImageRepositories={a/b,registry:5000/c/d}' --set policy.allowServiceAccountName=true \
+         --set 'policy.allowedVolumeTypes={emptyDir,hostPath}' --set 'watch.namespaces={team-a,team-b}' > "$d/wide.yaml" \
+    && render --set watch.clusterWide=true > "$d/cluster.yaml" \
+    && render --set policy.admission.enabled=false > "$d/off.yaml" \
+    && render --set 'policy.allowedImageRepositories={*}' --set policy.allowServiceAccountName=true \
+         --set 'policy.allowedVolumeTypes={awsElasticBlockStore,azureDisk,azureFile,cephfs,cinder,configMap,csi,downwardAPI,emptyDir,ephemeral,fc,flexVolume,flocker,gcePersistentDisk,gitRepo,glusterfs,hostPath,image,iscsi,nfs,persistentVolumeClaim,photonPersistentDisk,portworxVolume,projected,quobyte,rbd,scaleIO,secret,storageos,vsphereVolume}' \
+         > "$d/open.yaml" || return 1
+  [ "$(env_value "$d/default.yaml" SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES)" = '"sensorflow/sensorflow"' ] || { log "default: allowed repositories not image.repository"; ok=1; }
+  [ "$(env_value "$d/own-image.yaml" SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES)" = '"registry.example/team/sensorflow"' ] || { log "allowed repositories do not follow image.repository"; ok=1; }
+  [ "$(env_value "$d/default.yaml" SF_OPERATOR_ALLOW_SERVICE_ACCOUNT_NAME)" = '"false"' ] || { log "default: serviceAccountName allowed"; ok=1; }
+  [ "$(env_value "$d/default.yaml" SF_OPERATOR_ALLOWED_VOLUME_TYPES)" = '"secret,configMap,emptyDir,persistentVolumeClaim,csi,projected"' ] || { log "default: volume types"; ok=1; }
+  [ "$(env_value "$d/wide.yaml" SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES)" = '"a/b,registry:5000/c/d"' ] || { log "wide: repositories"; ok=1; }
+  [ "$(env_value "$d/wide.yaml" SF_OPERATOR_ALLOW_SERVICE_ACCOUNT_NAME)" = '"true"' ] || { log "wide: serviceAccountName"; ok=1; }
+  [ "$(env_value "$d/wide.yaml" SF_OPERATOR_ALLOWED_VOLUME_TYPES)" = '"emptyDir,hostPath"' ] || { log "wide: volume types"; ok=1; }
+  "$python" - "$d" <<'PY' || ok=1
+import sys, yaml
+d = sys.argv[1]
+def objs(name):
+    return {o["kind"]: o for o in yaml.safe_load_all(open(f"{d}/{name}.yaml")) if o}
+problems = []
+def check(cond, what):
+    if not cond:
+        problems.append(what)
+default, wide, cluster, off, opened = (objs(n) for n in ("default", "wide", "cluster", "off", "open"))
+vap = default.get("ValidatingAdmissionPolicy")
+check(vap is not None and "ValidatingAdmissionPolicyBinding" in default, "default: no admission policy and binding")
+if vap:
+    exprs = [v["expression"] for v in vap["spec"]["validations"]]
+    check(any("variables.repository in ['sensorflow/sensorflow']" == e for e in exprs), f"default: image rule {exprs}")
+    check(sum("serviceAccountName" in e for e in exprs) == 3, "default: a serviceAccountName rule per pod template")
+    vol = [e for e in exprs if "volumes.all" in e]
+    check(len(vol) == 3 and all("!has(v.hostPath)" in e and "!has(v.nfs)" in e and "has(v.secret)" not in e
+                                and "has(v.configMap)" not in e for e in vol), f"default: volume rules {vol}")
+    b = default["ValidatingAdmissionPolicyBinding"]["spec"]
+    check(b["policyName"] == vap["metadata"]["name"] and b["validationActions"] == ["Deny"], "default: binding")
+    check(b["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["sensorflow-system"],
+          "default: binding not limited to the release namespace")
+w = wide.get("ValidatingAdmissionPolicy")
+if w:
+    exprs = [v["expression"] for v in w["spec"]["validations"]]
+    check(not any("serviceAccountName" in e for e in exprs), "wide: serviceAccountName still refused")
+    check(any("['a/b','registry:5000/c/d']" in e for e in exprs), f"wide: image rule {exprs}")
+    check(all("has(v.hostPath)" not in e and "has(v.emptyDir)" not in e for e in exprs), "wide: hostPath refused")
+    check(wide["ValidatingAdmissionPolicyBinding"]["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
+          == ["team-a", "team-b"], "wide: binding namespaces")
+else:
+    check(False, "wide: no admission policy")
+check("matchResources" not in cluster.get("ValidatingAdmissionPolicyBinding", {"spec": {"matchResources": 1}})["spec"],
+      "cluster-wide: binding limited to namespaces")
+check("ValidatingAdmissionPolicy" not in off and "ValidatingAdmissionPolicyBinding" not in off, "admission.enabled=false renders a policy")
+check("ValidatingAdmissionPolicy" not in opened, "a policy that refuses nothing renders an admission policy")
+for p in problems:
+    print(p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
   return $ok
 }
 # refused MESSAGE ARGS...: helm lint and helm template both refuse the values ARGS, and both
@@ -254,6 +321,10 @@ step "refused: scrape interval not a Prometheus duration" refused "'30sec' does 
 step "refused: an alert's for not a Prometheus duration" refused "'soon' does not match pattern" --set $alerts.consumerLagGrowing.for=soon
 step "refused: an alert severity outside its enum" refused "value must be one of 'critical', 'warning', 'info'" --set $alerts.crashLooping.severity=page
 step "refused: dead-letter ratio above 1" refused "at '/monitoring/prometheusRule/alerts/deadLetterRate/ratio'" --set $alerts.deadLetterRate.ratio=1.5
+step "policy values render into the operator's environment and the ValidatingAdmissionPolicy" policy_renders
+step "refused: an allowed image repository with a tag" refused "does not match pattern" --set 'policy.allowedImageRepositories={sensorflow/sensorflow:0.1.0}'
+step "refused: a volume type Kubernetes does not have" refused "value must be one of 'awsElasticBlockStore'" --set 'policy.allowedVolumeTypes={configmap}'
+step "refused: allowServiceAccountName not a boolean" refused "got string, want boolean" --set-string policy.allowServiceAccountName=yes
 step "refused at render: retryPeriodSeconds not below renewDeadlineSeconds" refused_cross_field "leaderElection.retryPeriodSeconds (10) must be less than leaderElection.renewDeadlineSeconds (10)" --set leaderElection.retryPeriodSeconds=10
 step "refused at render: ServiceMonitor without the metrics Service" refused_cross_field "monitoring.serviceMonitor.enabled needs metrics.service.enabled" --set $sm.enabled=true --set metrics.service.enabled=false
 step "ServiceMonitors and PrometheusRule match the Prometheus Operator's v1 types (tsc, validate)" objects_typed

@@ -5,8 +5,8 @@
 #
 # Steps: build/install what is missing (k8s binaries, Kafka jars, helm, kubernetes-validate) →
 # start the broker and the control plane (fresh state) → unit tests → CRD up to date → install
-# the CRD → CEL refusals (tests/operator/cel/) → scenario tests (operator/tests/scenarios.rs) → helm lint / template |
-# kubernetes-validate / install → RBAC checks (namespaced default, cluster-wide opt-in) → the
+# the CRD → CEL refusals (tests/operator/cel/) → scenario tests (operator/tests/scenarios*.rs) → helm lint / template |
+# kubernetes-validate / install → the chart's admission policy (tests/operator/admission/) → RBAC checks (namespaced default, cluster-wide opt-in) → the
 # operator under the chart's RBAC → teardown. Prints one summary line
 # "operator: N passed, M failed". Every kubectl/helm call has a timeout (k/h below), so no step
 # can hang; the scenarios have their own deadlines and a whole-run timeout.
@@ -108,7 +108,7 @@ cel_rules_refuse() {
   return $ok
 }
 scenarios() {
-  timeout 2400 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test 'scenarios*' -- --include-ignored --test-threads=1 2>&1 \
+  timeout 2400 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --no-fail-fast --test 'scenarios*' -- --include-ignored --test-threads=1 2>&1 \
     | tee "$logs/scenarios.log"
   return "${PIPESTATUS[0]}"
 }
@@ -132,7 +132,10 @@ helm_validate() {
     && ! grep -q '^kind: ClusterRole' "$logs/rendered.yaml" \
     && grep -q '^kind: ClusterRole$' "$logs/rendered-ha.yaml" \
     && [ "$(grep -c '^kind: Role$' "$logs/rendered-ns.yaml")" = 3 ] \
-    && grep -A1 'SF_OPERATOR_WATCH_NAMESPACES' "$logs/rendered-ns.yaml" | grep -q '"team-a,team-b"'
+    && grep -A1 'SF_OPERATOR_WATCH_NAMESPACES' "$logs/rendered-ns.yaml" | grep -q '"team-a,team-b"' \
+    && grep -q '^kind: ValidatingAdmissionPolicy$' "$logs/rendered.yaml" \
+    && grep -q '^kind: ValidatingAdmissionPolicyBinding$' "$logs/rendered.yaml" \
+    && grep -A1 'SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES' "$logs/rendered.yaml" | grep -q '"sensorflow/sensorflow"'
 }
 helm_install() {
   # Fresh API server: Helm installs the CRD from the chart's crds/ (and keeps it on uninstall).
@@ -147,6 +150,69 @@ helm_install() {
     && ! k get clusterrole/sensorflow-sensorflow-operator >/dev/null 2>&1 \
     && k get crd/sensorpipelines.sensorflow.io >/dev/null \
     && h uninstall sensorflow -n sensorflow-system --timeout 120s >/dev/null
+}
+
+# admission_refuses NS FILE: kubectl apply of FILE in NS is refused with its "# expect:" text.
+admission_refuses() {
+  local ns="$1" f="$2" expect out
+  expect="$(sed -n 's/^# expect: //p' "$f")"
+  [ -n "$expect" ] || { log "$f has no '# expect:' line"; return 1; }
+  out="$(k -n "$ns" apply -f "$f" 2>&1)" && { k -n "$ns" delete -f "$f" --wait=false >/dev/null 2>&1; return 1; }
+  grep -qF -- "$expect" <<<"$out" || { log "$f refused without '$expect': $out"; return 1; }
+}
+vap_name=sensorflow-sensorflow-operator-sensorflow-system
+vap_type_checked() {
+  [ "$(k get validatingadmissionpolicy $vap_name -o jsonpath='{.status.observedGeneration}')" \
+    = "$(k get validatingadmissionpolicy $vap_name -o jsonpath='{.metadata.generation}')" ]
+}
+admission_policy() {
+  # The chart's ValidatingAdmissionPolicy (tests/operator/admission/README.md): installed for
+  # sf-vap, it type-checks without warnings, refuses each escalation there with its message,
+  # accepts the compliant manifest, lets the operator's own metadata updates of a pipeline
+  # stored before it through (finalizers) but not a spec change, leaves unwatched namespaces
+  # alone, and widens with the values.
+  local ns=sf-vap other=sf-vap-other ok=0 f warnings
+  k create namespace $ns >/dev/null && k create namespace $other >/dev/null || return 1
+  # A pipeline stored before the policy (another repository's image).
+  printf '%s\n' "apiVersion: sensorflow.io/v1alpha1" "kind: SensorPipeline" "metadata: {name: vap-before}" \
+    "spec: {kafka: {bootstrapServers: \"kafka:9092\"}, processors: {image: \"sensorflow/sensorflow-evil:0.1.0\"}}" \
+    | k -n $ns apply -f - >/dev/null || { log "could not store a pipeline before the policy"; return 1; }
+  h install sensorflow charts/sensorflow-operator -n sensorflow-system --create-namespace --timeout 120s \
+      --set 'watch.namespaces={sf-vap}' >/dev/null || return 1
+  wait_for 30 0.5 vap_type_checked || { log "the admission policy was not type-checked"; ok=1; }
+  warnings="$(k get validatingadmissionpolicy $vap_name -o jsonpath='{.status.typeChecking.expressionWarnings}')"
+  [ -z "$warnings" ] || { log "type-check warnings: $warnings"; ok=1; }
+  # The binding takes effect within a moment of its creation.
+  wait_for 30 0.5 admission_refuses $ns tests/operator/admission/refuse-service-account-name.yaml \
+    || { log "the admission policy never refused refuse-service-account-name.yaml"; ok=1; }
+  for f in tests/operator/admission/refuse-*.yaml; do
+    admission_refuses $ns "$f" || { log "$f not refused in $ns"; ok=1; }
+  done
+  k -n $ns apply -f tests/operator/admission/valid.yaml >/dev/null || { log "valid.yaml refused"; ok=1; }
+  k -n $ns patch sp vap-before --type merge -p '{"metadata":{"finalizers":["sensorflow.io/topics"],"labels":{"a":"b"}}}' >/dev/null \
+    || { log "a metadata update of a pipeline stored before the policy was refused"; ok=1; }
+  ! k -n $ns patch sp vap-before --type merge -p '{"spec":{"suspend":true}}' >/dev/null 2>&1 \
+    || { log "a spec change of a refused pipeline was accepted"; ok=1; }
+  k -n $ns patch sp vap-before --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null || ok=1
+  k -n $ns delete sp vap-before --timeout 30s >/dev/null || ok=1
+  for f in tests/operator/admission/refuse-*.yaml; do
+    k -n $other apply -f "$f" >/dev/null || { log "$f refused in the unwatched namespace $other"; ok=1; }
+  done
+  h upgrade sensorflow charts/sensorflow-operator -n sensorflow-system --reuse-values --timeout 120s \
+      --set 'policy.allowedImageRepositories={sensorflow/sensorflow,sensorflow/sensorflow-evil}' \
+      --set policy.allowServiceAccountName=true --set 'policy.allowedVolumeTypes={emptyDir,hostPath,nfs}' >/dev/null || ok=1
+  wait_for 30 0.5 k -n $ns apply -f tests/operator/admission/refuse-image.yaml >/dev/null 2>&1 \
+    || { log "widened: refuse-image.yaml still refused"; ok=1; }
+  for f in refuse-service-account-name refuse-host-path refuse-sink-nfs; do
+    wait_for 30 0.5 k -n $ns apply -f "tests/operator/admission/$f.yaml" >/dev/null 2>&1 \
+      || { log "widened: $f.yaml still refused"; ok=1; }
+  done
+  admission_refuses $ns tests/operator/admission/refuse-image-registry.yaml \
+    || { log "widened: another registry's image accepted"; ok=1; }
+  h uninstall sensorflow -n sensorflow-system --timeout 120s >/dev/null || ok=1
+  ! k get validatingadmissionpolicy $vap_name >/dev/null 2>&1 || { log "policy left after uninstall"; ok=1; }
+  k delete namespace $ns $other --wait=false >/dev/null
+  return $ok
 }
 
 sa=system:serviceaccount:sensorflow-system:sensorflow-sensorflow-operator
@@ -266,6 +332,7 @@ step "CRD established on the API server (structural)" install_crd
 step "example manifest accepted (kubectl apply --dry-run=server)" example_server_dry_run
 step "CEL rules refuse each violating manifest with the rule's message" cel_rules_refuse
 step "operator scenarios (real API server + Apache Kafka, PLAINTEXT and SASL_SSL listeners)" scenarios
+step "admission policy: the chart's ValidatingAdmissionPolicy refuses each escalation in the watched namespaces" admission_policy
 step "RBAC default: release namespace only, no cluster-wide Secrets (kubectl auth can-i)" rbac_namespaced_default
 step "RBAC watch.namespaces: a Role per listed namespace (kubectl auth can-i)" rbac_watch_list
 step "RBAC watch.clusterWide opt-in (kubectl auth can-i)" rbac_cluster_wide_opt_in

@@ -56,6 +56,15 @@ pub const KAFKA_PROPERTIES_NO_CREDENTIALS_MSG: &str = "kafka.properties must not
 pub const KAFKA_PROPERTIES_OWNED: &str = "self.all(k, !(k in ['bootstrap.servers', 'group.id', 'transactional.id', 'enable.auto.commit', 'enable.auto.offset.store']))";
 /// Message of [`KAFKA_PROPERTIES_OWNED`].
 pub const KAFKA_PROPERTIES_OWNED_MSG: &str = "kafka.properties must not set bootstrap.servers, group.id, transactional.id, enable.auto.commit or enable.auto.offset.store: the operator and the processors own them";
+/// On `kafka.properties`: no librdkafka key that would redirect the connection, weaken its TLS
+/// or authentication checks, or load code (librdkafka 2.12 `CONFIGURATION.md`):
+/// `metadata.broker.list` (what `bootstrap.servers` is an alias of), `plugin.library.paths`
+/// (loads shared libraries), `enable.ssl.*` (`enable.ssl.certificate.verification`),
+/// `enable.sasl.*` (`enable.sasl.oauthbearer.unsecure.jwt`), `https.*` (the CA trusted for
+/// the OAUTHBEARER token endpoint) and `ssl_*` (`ssl_key`, `ssl_ca`, ...).
+pub const KAFKA_PROPERTIES_CONNECTION: &str = "self.all(k, !(k in ['metadata.broker.list', 'plugin.library.paths']) && !k.startsWith('enable.ssl.') && !k.startsWith('enable.sasl.') && !k.startsWith('https.') && !k.startsWith('ssl_'))";
+/// Message of [`KAFKA_PROPERTIES_CONNECTION`].
+pub const KAFKA_PROPERTIES_CONNECTION_MSG: &str = "kafka.properties must not set metadata.broker.list, plugin.library.paths, enable.ssl.*, enable.sasl.*, https.* or ssl_*: they would redirect the connection, weaken its certificate or token checks, or load code";
 /// On `kafka.properties`: the separators of `SF_KAFKA_PROPERTIES`.
 pub const KAFKA_PROPERTIES_SEPARATORS: &str =
     "self.all(k, !k.contains(',') && !k.contains('=') && !self[k].contains(','))";

@@ -105,8 +105,11 @@ pub struct KafkaSpec {
     /// `SF_KAFKA_PROPERTIES`. At most 64 entries. Refused: keys starting with `sasl.` or
     /// `ssl.` and `security.protocol` (credentials and TLS come only from `security` and
     /// Secrets), the keys the processors own (`bootstrap.servers`, `group.id`,
-    /// `transactional.id`, `enable.auto.commit`, `enable.auto.offset.store`), and keys or
-    /// values containing `,` (the list separator) or keys containing `=`. Default: none.
+    /// `transactional.id`, `enable.auto.commit`, `enable.auto.offset.store`), the keys that
+    /// would redirect or weaken the connection or load code (`metadata.broker.list`, an alias
+    /// of `bootstrap.servers`; `plugin.library.paths`; keys starting with `enable.ssl.`,
+    /// `enable.sasl.`, `https.` or `ssl_`), and keys or values containing `,` (the list
+    /// separator) or keys containing `=`. Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "kafka_properties_schema")]
     pub properties: BTreeMap<String, String>,
@@ -130,12 +133,28 @@ pub const OPERATOR_OWNED_KAFKA_PROPERTIES: [&str; 5] = [
     "enable.auto.offset.store",
 ];
 
-/// Whether `kafka.properties` refuses `key` (see [`KafkaSpec::properties`]).
+/// Keys of `kafka.properties` refused because they would redirect or weaken the connection or
+/// load code, beside the `sasl.` / `ssl.` ones (CEL rule [`cel::KAFKA_PROPERTIES_CONNECTION`]).
+pub const CONNECTION_KAFKA_PROPERTIES: [&str; 2] = ["metadata.broker.list", "plugin.library.paths"];
+
+/// Key prefixes of `kafka.properties` refused for the same reason (librdkafka 2.12:
+/// `enable.ssl.certificate.verification`, `enable.sasl.oauthbearer.unsecure.jwt`,
+/// `https.ca.location` / `https.ca.pem`, `ssl_key` / `ssl_ca` / `ssl_certificate`).
+pub const CONNECTION_KAFKA_PROPERTY_PREFIXES: [&str; 4] =
+    ["enable.ssl.", "enable.sasl.", "https.", "ssl_"];
+
+/// Whether `kafka.properties` refuses `key` (see [`KafkaSpec::properties`]); the same keys as
+/// the CEL rules `KAFKA_PROPERTIES_NO_CREDENTIALS`, `KAFKA_PROPERTIES_OWNED` and
+/// `KAFKA_PROPERTIES_CONNECTION` of [`cel`].
 pub fn kafka_property_refused(key: &str) -> bool {
     key.starts_with("sasl.")
         || key.starts_with("ssl.")
         || key == "security.protocol"
         || OPERATOR_OWNED_KAFKA_PROPERTIES.contains(&key)
+        || CONNECTION_KAFKA_PROPERTIES.contains(&key)
+        || CONNECTION_KAFKA_PROPERTY_PREFIXES
+            .iter()
+            .any(|p| key.starts_with(p))
 }
 
 /// Schema of `kafka.properties`: a bounded string map (the bounds keep the CEL cost estimate
@@ -149,6 +168,7 @@ fn kafka_properties_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
             {"rule": cel::KAFKA_PROPERTIES_NO_CREDENTIALS, "message": cel::KAFKA_PROPERTIES_NO_CREDENTIALS_MSG},
             {"rule": cel::KAFKA_PROPERTIES_OWNED, "message": cel::KAFKA_PROPERTIES_OWNED_MSG},
             {"rule": cel::KAFKA_PROPERTIES_SEPARATORS, "message": cel::KAFKA_PROPERTIES_SEPARATORS_MSG},
+            {"rule": cel::KAFKA_PROPERTIES_CONNECTION, "message": cel::KAFKA_PROPERTIES_CONNECTION_MSG},
         ],
     })
 }
@@ -454,7 +474,8 @@ impl Default for RebuildSpec {
 /// its volumes (`tmp`, `kafka-ca`, `gcs-credentials`) and mount paths (`/tmp`,
 /// `/etc/sensorflow/...`), the labels `app.kubernetes.io/*` and `sensorflow.io/*`, and the
 /// annotations `sensorflow.io/*` and `prometheus.io/*`. A spec naming any of these is refused
-/// (`Ready=False`, reason `InvalidSpec`, and a Warning Event).
+/// (`Ready=False`, reason `InvalidSpec`, and a Warning Event). The operator's policy further
+/// bounds `serviceAccountName` and the volume types (reason `PolicyViolation`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[x_kube(validation = Rule::new(cel::SA_NAME_OR_ANNOTATIONS).message(cel::SA_NAME_OR_ANNOTATIONS_MSG))]
 #[serde(rename_all = "camelCase")]
@@ -483,21 +504,26 @@ pub struct PodTemplateOverlay {
     /// Secrets for pulling the image (`imagePullSecrets`). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// An existing ServiceAccount (yours, not created by the operator) the pods run as.
-    /// Default: the operator's `<pipeline>-processor` (no API access, no token mounted), or
-    /// `<pipeline>-<stage>` when `serviceAccountAnnotations` is set.
+    /// An existing ServiceAccount (yours, not created by the operator) the pods run as. Refused
+    /// (`Ready=False`, reason `PolicyViolation`) unless the operator's policy allows it (Helm
+    /// value `policy.allowServiceAccountName`, default false). Default: the operator's
+    /// `<pipeline>-processor` (no API access, no token mounted), or `<pipeline>-<stage>` when
+    /// `serviceAccountAnnotations` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Annotations of a ServiceAccount `<pipeline>-<stage>` the operator creates for this
     /// stage, for example `iam.gke.io/gcp-service-account: NAME@PROJECT.iam.gserviceaccount.com`
-    /// (GKE Workload Identity for the sink). Not allowed together with `serviceAccountName`.
-    /// Default: none (the shared `<pipeline>-processor`).
+    /// (GKE Workload Identity for the sink). Not allowed together with `serviceAccountName`;
+    /// allowed by every operator policy. Default: none (the shared `<pipeline>-processor`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub service_account_annotations: BTreeMap<String, String>,
     /// Extra container environment variables, after the operator's. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
-    /// Extra pod volumes. Default: none.
+    /// Extra pod volumes, of the types the operator's policy allows (Helm value
+    /// `policy.allowedVolumeTypes`, default `secret`, `configMap`, `emptyDir`,
+    /// `persistentVolumeClaim`, `csi`, `projected`); another type, such as `hostPath`, is
+    /// refused (`Ready=False`, reason `PolicyViolation`). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     /// Extra container volume mounts (of `volumes`). Default: none.
@@ -563,6 +589,10 @@ pub enum DeliveryGuarantee {
 #[serde(rename_all = "camelCase")]
 pub struct ProcessorsSpec {
     /// Container image holding every processor binary (default `sensorflow/sensorflow:0.1.0`).
+    /// Its repository (the reference without `:tag` and `@digest`) must be one the operator's
+    /// policy allows (Helm value `policy.allowedImageRepositories`, default the operator's own
+    /// image repository), else the pipeline is refused (`Ready=False`, reason
+    /// `PolicyViolation`).
     #[serde(default = "default_image")]
     #[schemars(length(min = 1))]
     pub image: String,
@@ -788,7 +818,8 @@ pub struct SensorPipelineStatus {
     /// `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Pending`, `Running`, `Degraded`, `Invalid` or `Deleting`.
+    /// `Pending`, `Running`, `Suspended`, `Degraded`, `Invalid` (the spec failed validation) or
+    /// `Refused` (the spec asks for more than the operator's policy allows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// `Ready`, `TopicsReady`, `ProcessorsReady`, `SinkReady`, `Scaling`, `Degraded`.
@@ -1028,7 +1059,7 @@ mod tests {
         }
         let mut found = Vec::new();
         all_rules(&schema, &mut found);
-        assert_eq!(found.len(), 19, "{found:#?}");
+        assert_eq!(found.len(), 20, "{found:#?}");
         for rule in [
             cel::MIN_LE_MAX,
             cel::MAX_REPLICAS_WINDOW,
@@ -1042,6 +1073,7 @@ mod tests {
             cel::KAFKA_PROPERTIES_NO_CREDENTIALS,
             cel::KAFKA_PROPERTIES_OWNED,
             cel::KAFKA_PROPERTIES_SEPARATORS,
+            cel::KAFKA_PROPERTIES_CONNECTION,
             cel::SA_NAME_OR_ANNOTATIONS,
         ] {
             assert!(
@@ -1130,6 +1162,45 @@ mod tests {
             &mut missing,
         );
         assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// The keys refused by `kafka_property_refused`, one from each rule, and look-alikes
+    /// that stay allowed.
+    #[test]
+    fn kafka_properties_refused_keys() {
+        for k in [
+            "sasl.password",
+            "ssl.endpoint.identification.algorithm",
+            "security.protocol",
+            "bootstrap.servers",
+            "metadata.broker.list",
+            "plugin.library.paths",
+            "enable.ssl.certificate.verification",
+            "enable.sasl.oauthbearer.unsecure.jwt",
+            "https.ca.location",
+            "ssl_ca",
+        ] {
+            assert!(kafka_property_refused(k), "{k}");
+            assert!(
+                cel::KAFKA_PROPERTIES_NO_CREDENTIALS.contains(k.split('.').next().unwrap_or(k))
+                    || cel::KAFKA_PROPERTIES_OWNED.contains(k)
+                    || cel::KAFKA_PROPERTIES_CONNECTION.contains(k)
+                    || CONNECTION_KAFKA_PROPERTY_PREFIXES
+                        .iter()
+                        .any(|p| k.starts_with(p)
+                            && cel::KAFKA_PROPERTIES_CONNECTION.contains(&format!("'{p}'"))),
+                "{k} is in no CEL rule"
+            );
+        }
+        for k in [
+            "fetch.max.bytes",
+            "socket.keepalive.enable",
+            "client.id",
+            "enable.idempotence",
+            "metadata.max.age.ms",
+        ] {
+            assert!(!kafka_property_refused(k), "{k}");
+        }
     }
 
     #[test]

@@ -39,6 +39,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{- /* Image repositories pipelines may use, comma-separated: policy.allowedImageRepositories, or image.repository. */ -}}
+{{- define "sensorflow-operator.allowedImageRepositories" -}}
+{{- if .Values.policy.allowedImageRepositories -}}
+{{- join "," (uniq .Values.policy.allowedImageRepositories) -}}
+{{- else -}}
+{{- .Values.image.repository -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Every core/v1 Volume type (its field names besides name), as the operator's --allowed-volume-types knows them. */ -}}
+{{- define "sensorflow-operator.volumeTypes" -}}
+awsElasticBlockStore,azureDisk,azureFile,cephfs,cinder,configMap,csi,downwardAPI,emptyDir,ephemeral,fc,flexVolume,flocker,gcePersistentDisk,gitRepo,glusterfs,hostPath,image,iscsi,nfs,persistentVolumeClaim,photonPersistentDisk,portworxVolume,projected,quobyte,rbd,scaleIO,secret,storageos,vsphereVolume
+{{- end -}}
+
+{{- /* "true" when the admission policy is rendered: policy.admission.enabled and something to refuse. */ -}}
+{{- define "sensorflow-operator.admissionPolicy" -}}
+{{- $p := .Values.policy -}}
+{{- $repos := include "sensorflow-operator.allowedImageRepositories" . | splitList "," -}}
+{{- $refused := list -}}
+{{- range (include "sensorflow-operator.volumeTypes" . | splitList ",") -}}
+{{- if not (has . $p.allowedVolumeTypes) }}{{ $refused = append $refused . }}{{ end -}}
+{{- end -}}
+{{- if and $p.admission.enabled (or (not (has "*" $repos)) (not $p.allowServiceAccountName) $refused) }}true{{ end -}}
+{{- end -}}
+
 {{- /*
 Cross-field checks values.schema.json cannot express (JSON Schema compares no two fields);
 included by deployment.yaml, so `helm lint`, `helm template` and `helm install` refuse them.

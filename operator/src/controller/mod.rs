@@ -2,8 +2,8 @@
 //! steps (the shape of the Stackable operators).
 //!
 //! ```text
-//!   SensorPipeline ─▶ finalizer ─Apply──▶ validate (pure) ──invalid──▶ status::invalid ─▶ write + Warning,
-//!                        │                   │ ok                        wait for a change
+//!   SensorPipeline ─▶ finalizer ─Apply──▶ validate, policy (pure) ──refused──▶ status::invalid ─▶ write +
+//!                        │                   │ ok                     Warning, wait for a change
 //!                        │                   ▼
 //!                        │     dereference: Secrets, Deployments ──┐  (the only reads)
 //!                        │     apply::topics (create / raise) ─────┤  ◀─ plan::topics (pure)
@@ -32,6 +32,7 @@ pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod plan;
+pub mod policy;
 pub mod status;
 pub mod validate;
 
@@ -52,7 +53,7 @@ use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::controller::status::conditions::TopicsOutcome;
+use crate::controller::status::conditions::{Refusal, TopicsOutcome};
 use crate::crd::{DeletionPolicy, SensorPipeline, SensorPipelineStatus};
 use crate::leader::Leadership;
 use crate::metrics::{ErrorLabels, Metrics, StageLabels};
@@ -143,6 +144,9 @@ pub struct Settings {
     /// Failed topic-deletion attempts after which a deleting pipeline's finalizer is released
     /// anyway (so a lost Secret or broker cannot block namespace deletion forever).
     pub cleanup_attempts: u32,
+    /// What a pipeline may obtain from this operator (image repositories, ServiceAccount,
+    /// volume types); see [`policy`].
+    pub policy: policy::Policy,
 }
 
 /// Shared state of the reconciler.
@@ -254,20 +258,28 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
         st
     };
 
-    // 1. validate (pure)
-    let v = match validate::validate(&name, &naming, &sp.spec) {
+    // 1. validate (pure), then the operator's policy (pure)
+    let checked = validate::validate(&name, &naming, &sp.spec)
+        .map_err(|errs| (Refusal::invalid_spec(errs.to_string()), "Validate"))
+        .and_then(|v| {
+            policy::check(&ctx.settings.policy, &sp.spec)
+                .map(|()| v)
+                .map_err(|p| (Refusal::policy_violation(p.to_string()), "CheckPolicy"))
+        });
+    let v = match checked {
         Ok(v) => v,
-        Err(errs) => {
-            let msg = errs.to_string();
+        Err((refusal, action)) => {
+            let (reason, msg) = (refusal.reason, refusal.message.clone());
             let (st, already_reported) =
-                status::invalid(generation, &sp.spec, &previous, &msg, &now_s);
+                status::invalid(generation, &sp.spec, &previous, refusal, &now_s);
             apply::status(ctx, &sp, &st).await?;
             if !already_reported {
-                warn!(%msg, "invalid spec");
-                let ev = PlannedEvent::warning("InvalidSpec", "Validate", msg);
+                warn!(%msg, reason, "spec not acted on");
+                let ev = PlannedEvent::warning(reason, action, msg);
                 apply::events(ctx, &sp, &[ev]).await;
             }
-            // No hot loop: wait for the user to change the spec.
+            // No hot loop: wait for the user to change the spec. Nothing is applied, so the
+            // Deployments keep the spec they were last built from.
             return Ok(Action::await_change());
         }
     };

@@ -330,7 +330,7 @@ pub fn validate(
     for (k, v) in &spec.kafka.properties {
         if kafka_property_refused(k) {
             errs.push(format!(
-                "kafka.properties: '{k}' is refused (sasl.*, ssl.*, security.protocol come from kafka.security and Secrets; bootstrap.servers, group.id, transactional.id, enable.auto.commit, enable.auto.offset.store are the processors')"
+                "kafka.properties: '{k}' is refused (sasl.*, ssl.*, security.protocol come from kafka.security and Secrets; bootstrap.servers, group.id, transactional.id, enable.auto.commit, enable.auto.offset.store are the processors'; metadata.broker.list, plugin.library.paths, enable.ssl.*, enable.sasl.*, https.*, ssl_* would redirect or weaken the connection or load code)"
             ));
         }
         if k.contains(',') || k.contains('=') || v.contains(',') || k.trim().is_empty() {

@@ -128,6 +128,40 @@ impl From<&sensorflow_kafka::ConfigCheck> for TopicConfigOutcome {
     }
 }
 
+/// Why a spec is not acted on at all: it failed validation, or it exceeds the operator's
+/// policy. Sets `Ready=False`, `TopicsReady=False` and `Degraded=True` with its reason, and the
+/// phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `InvalidSpec` or `PolicyViolation`.
+    pub reason: &'static str,
+    /// `Invalid` or `Refused`.
+    pub phase: &'static str,
+    /// Every violated rule, joined.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A spec that failed `validate` (phase `Invalid`, reason `InvalidSpec`).
+    pub fn invalid_spec(message: impl Into<String>) -> Self {
+        Self {
+            reason: "InvalidSpec",
+            phase: "Invalid",
+            message: message.into(),
+        }
+    }
+
+    /// A valid spec that asks for more than the operator's policy allows (phase `Refused`,
+    /// reason `PolicyViolation`).
+    pub fn policy_violation(message: impl Into<String>) -> Self {
+        Self {
+            reason: "PolicyViolation",
+            phase: "Refused",
+            message: message.into(),
+        }
+    }
+}
+
 /// Replicas of one Deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
@@ -142,8 +176,8 @@ pub struct Replicas {
 pub struct Observations {
     /// `metadata.generation` of the object.
     pub generation: Option<i64>,
-    /// Validation failure, if any.
-    pub invalid: Option<String>,
+    /// Validation failure or policy violation, if any: nothing else is looked at.
+    pub invalid: Option<Refusal>,
     /// Topic step outcome.
     pub topics: TopicsOutcome,
     /// window-processor and join-predict Deployments (`None`: not created yet).
@@ -280,8 +314,8 @@ pub fn compute_conditions(
 
     let (config_ok, config_reason, config_msg) = obs.topic_config.condition();
     let config_failed = matches!(obs.topic_config, TopicConfigOutcome::Failed(_));
-    let degraded_reason = if obs.invalid.is_some() {
-        Some(("InvalidSpec", obs.invalid.clone().unwrap_or_default()))
+    let degraded_reason = if let Some(r) = &obs.invalid {
+        Some((r.reason, r.message.clone()))
     } else if obs.topics.is_problem() {
         Some((topics_reason, topics_msg.clone()))
     } else if config_failed {
@@ -290,8 +324,8 @@ pub fn compute_conditions(
         None
     };
 
-    let (ready, ready_reason, ready_msg) = if let Some(m) = &obs.invalid {
-        (false, "InvalidSpec", m.clone())
+    let (ready, ready_reason, ready_msg) = if let Some(r) = &obs.invalid {
+        (false, r.reason, r.message.clone())
     } else if !topics_ok {
         (false, topics_reason, topics_msg.clone())
     } else if obs.suspended {
@@ -313,12 +347,17 @@ pub fn compute_conditions(
     };
 
     raw.push(cond(ConditionType::Ready, ready, ready_reason, ready_msg));
-    if obs.invalid.is_some() {
+    if let Some(r) = &obs.invalid {
+        let note = if r.reason == "PolicyViolation" {
+            "spec exceeds the operator's policy"
+        } else {
+            "spec is invalid"
+        };
         raw.push(cond(
             ConditionType::TopicsReady,
             false,
-            "InvalidSpec",
-            "spec is invalid".into(),
+            r.reason,
+            note.into(),
         ));
     } else {
         raw.push(cond(
@@ -405,8 +444,8 @@ pub fn compute_conditions(
         })
         .collect();
 
-    let phase = if obs.invalid.is_some() {
-        "Invalid"
+    let phase = if let Some(r) = &obs.invalid {
+        r.phase
     } else if obs.topics.is_problem() || config_failed {
         "Degraded"
     } else if obs.suspended {
@@ -471,7 +510,9 @@ mod tests {
     #[test]
     fn invalid_spec() {
         let obs = Observations {
-            invalid: Some("model.threshold: 2 is outside [0, 1]".into()),
+            invalid: Some(Refusal::invalid_spec(
+                "model.threshold: 2 is outside [0, 1]",
+            )),
             topics: TopicsOutcome::Unknown,
             ..ready_obs()
         };
@@ -479,6 +520,25 @@ mod tests {
         assert_eq!(phase, "Invalid");
         assert_eq!(get(&c, "Ready").reason, "InvalidSpec");
         assert!(get(&c, "Ready").message.contains("threshold"));
+        assert_eq!(get(&c, "Degraded").status, "True");
+    }
+
+    #[test]
+    fn policy_violation_is_its_own_reason_and_phase() {
+        let obs = Observations {
+            invalid: Some(Refusal::policy_violation(
+                "processors.image: repository 'e/x'",
+            )),
+            topics: TopicsOutcome::Unknown,
+            ..ready_obs()
+        };
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(phase, "Refused");
+        for t in ["Ready", "TopicsReady", "Degraded"] {
+            assert_eq!(get(&c, t).reason, "PolicyViolation", "{t}");
+        }
+        assert!(get(&c, "Ready").message.contains("processors.image"));
+        assert_eq!(get(&c, "Ready").status, "False");
         assert_eq!(get(&c, "Degraded").status, "True");
     }
 

@@ -4,7 +4,8 @@
 //! with nothing new writes nothing.
 //!
 //! ```text
-//!   invalid spec ───────────────────────▶ invalid()        ─▶ status Invalid (+ InvalidSpec Event)
+//!   invalid spec / policy violation ────▶ invalid()        ─▶ Invalid / Refused (+ InvalidSpec /
+//!                                                            PolicyViolation Event)
 //!   Secret / broker failure ────────────▶ topic_failure()  ─▶ TopicsReady=False, Degraded (+ Warning)
 //!   TopicReport + previous status ──────▶ created_topics(), topic_events()
 //!   Observed + ReplicaDecision + previous ─▶ running()     ─▶ the full status
@@ -21,7 +22,7 @@ use super::dereference::{Observed, replicas_of};
 use super::plan::{PlannedEvent, ReplicaDecision, saturating_i64};
 use crate::controller::build::Stage;
 use crate::crd::{SensorPipelineSpec, SensorPipelineStatus, TopicStatus};
-use conditions::{ConditionType, Observations, Replicas, TopicsOutcome};
+use conditions::{ConditionType, Observations, Refusal, Replicas, TopicsOutcome};
 use sensorflow_kafka::{ConfigCheck, TopicReport};
 
 /// `now` at seconds precision, like metav1.Time.
@@ -31,19 +32,24 @@ pub fn now_rfc3339(now: Timestamp) -> String {
         .to_string()
 }
 
-/// The status of a spec that failed validation (`Invalid`, `Ready=False` and `Degraded=True`
-/// with reason `InvalidSpec`), and whether this generation's failure was already reported (so
-/// the `InvalidSpec` Warning is raised once per generation).
+/// The status of a spec that is not acted on (phase `Invalid` with reason `InvalidSpec`, or
+/// `Refused` with `PolicyViolation`; `Ready=False`, `Degraded=True`), and whether this very
+/// refusal was already reported for this generation (same reason and message in `Ready`), so
+/// its Warning is raised once, and again when the operator's policy changes what it says.
 pub fn invalid(
     generation: Option<i64>,
     spec: &SensorPipelineSpec,
     previous: &SensorPipelineStatus,
-    message: &str,
+    refusal: Refusal,
     now: &str,
 ) -> (SensorPipelineStatus, bool) {
+    let already_reported = previous.observed_generation == generation
+        && ConditionType::Ready
+            .find(&previous.conditions)
+            .is_some_and(|c| c.reason == refusal.reason && c.message == refusal.message);
     let obs = Observations {
         generation,
-        invalid: Some(message.to_owned()),
+        invalid: Some(refusal),
         topics: TopicsOutcome::Unknown,
         window: None,
         join: None,
@@ -53,8 +59,6 @@ pub fn invalid(
         suspended: spec.suspend,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
-    let already_reported =
-        previous.observed_generation == generation && previous.phase.as_deref() == Some("Invalid");
     (
         SensorPipelineStatus {
             observed_generation: generation,
@@ -276,15 +280,45 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_is_reported_once_per_generation() {
-        let (s, reported) = invalid(Some(2), &spec(), &Default::default(), "bad", "T1");
+        let bad = || Refusal::invalid_spec("bad");
+        let (s, reported) = invalid(Some(2), &spec(), &Default::default(), bad(), "T1");
         assert!(!reported);
         assert_eq!(s.phase.as_deref(), Some("Invalid"));
         assert_eq!(cond(&s, ConditionType::Ready).reason, "InvalidSpec");
-        let (again, reported) = invalid(Some(2), &spec(), &s, "bad", "T2");
+        let (again, reported) = invalid(Some(2), &spec(), &s, bad(), "T2");
         assert!(reported);
         assert_eq!(again, s, "nothing new: the same status, no write");
-        let (_, reported) = invalid(Some(3), &spec(), &s, "bad", "T3");
+        let (_, reported) = invalid(Some(3), &spec(), &s, bad(), "T3");
         assert!(!reported, "a new generation is reported again");
+    }
+
+    #[test]
+    fn a_policy_violation_is_reported_once_per_generation_and_message() {
+        let refused = |m: &str| Refusal::policy_violation(m);
+        let (s, reported) = invalid(Some(2), &spec(), &Default::default(), refused("a"), "T1");
+        assert!(!reported);
+        assert_eq!(s.phase.as_deref(), Some("Refused"));
+        assert_eq!(cond(&s, ConditionType::Ready).reason, "PolicyViolation");
+        let (again, reported) = invalid(Some(2), &spec(), &s, refused("a"), "T2");
+        assert!(reported);
+        assert_eq!(again, s);
+        // The same generation under a changed policy (an operator restarted with other
+        // flags) says something else: reported again.
+        let (_, reported) = invalid(Some(2), &spec(), &s, refused("b"), "T3");
+        assert!(!reported);
+        // A running pipeline that the policy now refuses (same generation): reported.
+        let (_, reported) = invalid(
+            Some(2),
+            &spec(),
+            &SensorPipelineStatus {
+                observed_generation: Some(2),
+                phase: Some("Running".into()),
+                ..Default::default()
+            },
+            refused("a"),
+            "T4",
+        );
+        assert!(!reported);
     }
 
     #[test]
