@@ -51,7 +51,7 @@ async fn apply_creates_topics_owned_objects_and_status() {
     assert!(status.topics.iter().all(|t| t.partitions == 100));
 
     // Checked on the broker itself.
-    let topics = topics_of("alpha");
+    let topics = topics_of(ns, "alpha");
     let counts = broker_partitions(&topics);
     assert_eq!(counts.len(), 9, "topics on broker: {counts:?}");
     assert!(counts.values().all(|&n| n == 100), "{counts:?}");
@@ -286,7 +286,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
     // The window group catches up: commit the high watermarks.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
-        .set("group.id", "gamma-window")
+        .set("group.id", format!("{ns}.gamma-window"))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -441,7 +441,7 @@ async fn invalid_manifests_are_refused_or_reported_without_hot_loop() {
         "nothing deployed"
     );
     assert!(
-        broker_partitions(&topics_of("delta")).is_empty(),
+        broker_partitions(&topics_of(ns, "delta")).is_empty(),
         "no topics created"
     );
 
@@ -499,7 +499,7 @@ async fn invalid_manifests_are_refused_or_reported_without_hot_loop() {
         &c,
         ns,
         "delta",
-        spec(json!({"topics": {"late": "delta-big-late"}})),
+        spec(json!({"topics": {"late": "delta-big-late", "outputs": "Own"}})),
     )
     .await
     .unwrap();
@@ -514,9 +514,9 @@ async fn invalid_manifests_are_refused_or_reported_without_hot_loop() {
         120
     );
     assert!(
-        broker_partitions(&topics_of("delta"))
+        broker_partitions(&topics_of(ns, "delta"))
             .iter()
-            .all(|(t, &n)| t == "delta.late" || n == 100)
+            .all(|(t, &n)| *t == format!("{ns}.delta.late") || n == 100)
     );
 }
 
@@ -547,8 +547,8 @@ async fn delete_garbage_collects_and_deletes_exactly_the_topics_it_created() {
     .unwrap();
     wait_condition(&c, ns, "keep", "TopicsReady", "True").await;
     let sp = wait_condition(&c, ns, "drop", "TopicsReady", "True").await;
-    let mut drop_topics = topics_of("drop");
-    drop_topics.retain(|t| t != "drop.late");
+    let mut drop_topics = topics_of(ns, "drop");
+    drop_topics.retain(|t| *t != format!("{ns}.drop.late"));
     let mut expected_created = drop_topics.clone();
     expected_created.sort();
     assert_eq!(
@@ -597,7 +597,7 @@ async fn delete_garbage_collects_and_deletes_exactly_the_topics_it_created() {
         "a topic the operator did not create was deleted"
     );
     assert_eq!(
-        broker_partitions(&topics_of("keep")).len(),
+        broker_partitions(&topics_of(ns, "keep")).len(),
         9,
         "Retain keeps topics (and another pipeline's topics are not touched)"
     );
@@ -670,7 +670,7 @@ async fn cleanup_gives_up_after_bounded_attempts_so_namespace_deletion_finishes(
     assert!(log.contains("iota.sx"), "the abandoned topics are named");
     // The operator survived it, and the topics are still on the (real) broker: not lost
     // silently, named in the log/Event.
-    assert_eq!(broker_partitions(&topics_of("iota")).len(), 9);
+    assert_eq!(broker_partitions(&topics_of(ns, "iota")).len(), 9);
     drop(op);
 }
 
@@ -758,7 +758,7 @@ async fn restart_mid_reconcile_converges_and_only_the_leader_acts() {
         .await
         .unwrap();
     assert_eq!(cms.items.len(), 4);
-    let counts = broker_partitions(&topics_of("epsilon"));
+    let counts = broker_partitions(&topics_of(ns, "epsilon"));
     assert_eq!(counts.len(), 9);
     assert!(counts.values().all(|&n| n == 100));
     // One field manager owns the objects.
@@ -871,7 +871,7 @@ async fn partition_increase_waits_for_confirmation() {
         .unwrap();
     wait_condition(&c, ns, "eta", "TopicsReady", "True").await;
     assert!(
-        broker_partitions(&topics_of("eta"))
+        broker_partitions(&topics_of(ns, "eta"))
             .values()
             .all(|&n| n == 10)
     );
@@ -887,7 +887,7 @@ async fn partition_increase_waits_for_confirmation() {
     .await;
     wait_events(&c, ns, "PartitionIncreasePending", Duration::from_secs(30)).await;
     assert!(
-        broker_partitions(&topics_of("eta"))
+        broker_partitions(&topics_of(ns, "eta"))
             .values()
             .all(|&n| n == 10)
     );
@@ -903,7 +903,7 @@ async fn partition_increase_waits_for_confirmation() {
     // Apache Kafka grows the partitions (CreatePartitions); every join input moves together, so
     // they stay co-partitioned (TopicsReady=True, not NotCoPartitioned).
     let sp = wait_condition(&c, ns, "eta", "TopicsReady", "True").await;
-    let counts = broker_partitions(&topics_of("eta"));
+    let counts = broker_partitions(&topics_of(ns, "eta"));
     assert_eq!(counts.len(), 9);
     assert!(counts.values().all(|&n| n == 20), "{counts:?}");
     let status = sp.status.clone().unwrap();
@@ -941,7 +941,7 @@ async fn partition_increase_waits_for_confirmation() {
         "eta",
         spec(
             json!({"topics": {"partitions": 20, "allowPartitionIncrease": true,
-                               "fa": "eta-external-fa"}}),
+                               "fa": "eta-external-fa", "outputs": "Own"}}),
         ),
     )
     .await
@@ -963,7 +963,7 @@ async fn partition_increase_waits_for_confirmation() {
         20
     );
     assert!(!created_topics(&sp).contains(&"eta-external-fa".to_owned()));
-    assert!(created_topics(&sp).contains(&"eta.fa".to_owned()));
+    assert!(created_topics(&sp).contains(&format!("{ns}.eta.fa")));
 }
 
 #[tokio::test]
@@ -1301,7 +1301,10 @@ async fn fuzzed_manifests_are_refused_or_reported_and_never_hot_loop() {
         assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
     }
     // Never a topic for an invalid pipeline.
-    let names: Vec<String> = accepted.iter().flat_map(|(_, n, _)| topics_of(n)).collect();
+    let names: Vec<String> = accepted
+        .iter()
+        .flat_map(|(_, n, _)| topics_of(ns, n))
+        .collect();
     assert!(
         broker_partitions(&names).is_empty(),
         "topics created for an invalid spec"
@@ -1553,7 +1556,7 @@ async fn sasl_ssl_listener_with_credentials_and_ca_from_secrets() {
             "{name}: created over SASL_SSL"
         );
         // On the broker itself (its PLAINTEXT listener; the pipeline only knows SASL_SSL).
-        let counts = broker_partitions(&topics_of(name));
+        let counts = broker_partitions(&topics_of(ns, name));
         assert_eq!(counts.len(), 9, "{name}: topics on broker: {counts:?}");
         assert!(counts.values().all(|&n| n == 3), "{counts:?}");
 
@@ -1712,7 +1715,7 @@ async fn wrong_sasl_credentials_are_reported_without_hot_loop_and_recover() {
         warning[0].note
     );
     assert!(
-        broker_partitions(&topics_of("omega")).is_empty(),
+        broker_partitions(&topics_of(ns, "omega")).is_empty(),
         "no topics without authentication"
     );
     assert!(
@@ -1777,42 +1780,13 @@ async fn wrong_sasl_credentials_are_reported_without_hot_loop_and_recover() {
     let sp = wait_condition(&c, ns, "omega", "TopicsReady", "True").await;
     eprintln!("recovered {:?} after the Secret was fixed", fixed.elapsed());
     assert_eq!(condition(&sp, "Degraded").unwrap().0, "False");
-    assert_eq!(broker_partitions(&topics_of("omega")).len(), 9);
+    assert_eq!(broker_partitions(&topics_of(ns, "omega")).len(), 9);
     let d = wait_for("omega-window", Duration::from_secs(30), || async {
         deployment(&c, ns, "omega-window").await
     })
     .await;
     assert_credentials_from_secrets(&d, "kafka-scram", "username", "password");
     assert!(op.child_alive(), "operator exited");
-}
-
-/// The topic configuration of `topic` on the broker: (effective values, topic-level overrides).
-async fn broker_topic_config(topic: &str) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let res = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
-    )
-    .await
-    .expect("DescribeConfigs timed out")
-    .unwrap();
-    let r = res.into_iter().next().unwrap().unwrap();
-    let mut effective = BTreeMap::new();
-    let mut overrides = BTreeMap::new();
-    for e in r.entries {
-        if let Some(v) = e.value {
-            if e.source == ConfigSource::DynamicTopic {
-                overrides.insert(e.name.clone(), v.clone());
-            }
-            effective.insert(e.name, v);
-        }
-    }
-    (effective, overrides)
 }
 
 fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
@@ -1910,7 +1884,7 @@ async fn pod_template_and_processor_settings_reach_the_deployments() {
     }
     // The sink archives all nine topics when sink.topics is unset.
     let sink_env = cms.get("knobs-sink").await.unwrap().data.unwrap();
-    assert_eq!(sink_env["SF_SINK_TOPICS"], topics_of("knobs").join(","));
+    assert_eq!(sink_env["SF_SINK_TOPICS"], topics_of(ns, "knobs").join(","));
 
     // The window pod template, merged.
     let w = deployment(&c, ns, "knobs-window").await.unwrap();
@@ -2060,7 +2034,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         .unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     // A clean start when the suite runs again on the same broker (KEEP=1).
-    let names = topics_of("tcfg");
+    let names = topics_of(ns, "tcfg");
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&refs, &opts)).await;
     wait_for("old tcfg topics gone", Duration::from_secs(30), || async {
@@ -2068,9 +2042,10 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
     })
     .await;
     // The dead-letter topic exists before the pipeline, with an override of someone else's.
-    create_topic_outside("tcfg.dead-letter", 2).await;
-    let alter = AlterConfig::new(ResourceSpecifier::Topic("tcfg.dead-letter"))
-        .set("max.message.bytes", "2000000");
+    let tcfg_dlq = format!("{ns}.tcfg.dead-letter");
+    create_topic_outside(&tcfg_dlq, 2).await;
+    let alter =
+        AlterConfig::new(ResourceSpecifier::Topic(&tcfg_dlq)).set("max.message.bytes", "2000000");
     let r = tokio::time::timeout(
         Duration::from_secs(30),
         admin.alter_configs(&[alter], &opts),
@@ -2081,7 +2056,9 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
     assert!(r.iter().all(Result::is_ok), "{r:?}");
 
     let _op = Operator::start("topicconfig", 18200, ns);
-    let base = json!({"topics": {"partitions": 2,
+    // The pipeline owns its outputs (the pre-existing dead-letter topic among them): without
+    // `outputs: Own` a topic it did not create is only read, never re-configured.
+    let base = json!({"topics": {"partitions": 2, "outputs": "Own",
         "overrides": {"deadLetter": {"retentionMs": 3600000},
                       "late": {"config": {"cleanup.policy": "compact"}}}},
         "processors": {"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}}});
@@ -2093,7 +2070,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         "dead-letter retention applied",
         Duration::from_secs(30),
         || async {
-            let (dlq, o) = broker_topic_config("tcfg.dead-letter").await;
+            let (dlq, o) = broker_topic_config(&tcfg_dlq).await;
             (dlq.get("retention.ms").map(String::as_str) == Some("3600000")).then_some((dlq, o))
         },
     )
@@ -2102,12 +2079,12 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         dlq_overrides["max.message.bytes"], "2000000",
         "foreign override kept"
     );
-    let (late, _) = broker_topic_config("tcfg.late").await;
+    let (late, _) = broker_topic_config(&format!("{ns}.tcfg.late")).await;
     assert_eq!(late["cleanup.policy"], "compact");
     // The late topic carries whole input records: created with the inputs' limit + 64 KiB
     // (the dead-letter topic existed, and keeps its own 2000000 above).
     assert_eq!(late["max.message.bytes"], "1114124");
-    let (_, sz_overrides) = broker_topic_config("tcfg.sz").await;
+    let (_, sz_overrides) = broker_topic_config(&format!("{ns}.tcfg.sz")).await;
     assert!(
         !sz_overrides.contains_key("retention.ms"),
         "{sz_overrides:?}"
@@ -2125,7 +2102,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
             e.note
                 .as_deref()
                 .unwrap_or("")
-                .contains("tcfg.dead-letter (retention.ms)")
+                .contains(&format!("{ns}.tcfg.dead-letter (retention.ms)"))
         },
     )
     .await;
@@ -2143,7 +2120,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         "predictions retention applied",
         Duration::from_secs(60),
         || async {
-            let (p, _) = broker_topic_config("tcfg.predictions").await;
+            let (p, _) = broker_topic_config(&format!("{ns}.tcfg.predictions")).await;
             (p.get("retention.ms").map(String::as_str) == Some("7200000")).then_some(())
         },
     )
@@ -2170,7 +2147,7 @@ async fn topic_config_is_applied_to_existing_topics_with_a_condition() {
         Some("Degraded")
     );
     wait_events(&c, ns, "AlterConfigsFailed", Duration::from_secs(30)).await;
-    let (late, _) = broker_topic_config("tcfg.late").await;
+    let (late, _) = broker_topic_config(&format!("{ns}.tcfg.late")).await;
     assert_eq!(
         late["cleanup.policy"], "compact",
         "refused value not applied"
@@ -2247,7 +2224,7 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
     producer.flush(Duration::from_secs(30)).unwrap();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
-        .set("group.id", "susp-window")
+        .set("group.id", format!("{ns}.susp-window"))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -2286,7 +2263,7 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
     );
     assert_eq!(st.window.as_ref().unwrap().replicas, 0);
     // Topics and committed offsets kept; the lag is still read (the backlog waits).
-    assert_eq!(broker_partitions(&topics_of("susp")).len(), 9);
+    assert_eq!(broker_partitions(&topics_of(ns, "susp")).len(), 9);
     assert_eq!(committed("susp-window", "susp.sz", 4), offsets);
     wait_for(
         "lag reported while suspended",

@@ -158,7 +158,7 @@ async fn the_default_policy_refuses_each_escalation_and_reconciles_a_compliant_p
             );
         }
         assert!(
-            broker_partitions(&topics_of(name)).is_empty(),
+            broker_partitions(&topics_of(ns, name)).is_empty(),
             "{name}: topics created"
         );
     }

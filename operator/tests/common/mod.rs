@@ -248,7 +248,8 @@ pub fn broker_partitions(topics: &[String]) -> BTreeMap<String, usize> {
         .collect()
 }
 
-pub fn topics_of(name: &str) -> Vec<String> {
+/// The nine default topic names of pipeline `ns/name` (`<ns>.<name>.<role>`).
+pub fn topics_of(ns: &str, name: &str) -> Vec<String> {
     [
         "sx",
         "sy",
@@ -261,7 +262,7 @@ pub fn topics_of(name: &str) -> Vec<String> {
         "late",
     ]
     .iter()
-    .map(|s| format!("{name}.{s}"))
+    .map(|s| format!("{ns}.{name}.{s}"))
     .collect()
 }
 
@@ -523,4 +524,35 @@ pub fn assert_credentials_from_secrets(
             .any(|m| m.name == "kafka-ca" && m.mount_path == "/etc/sensorflow/kafka-ca"),
         "{name}: CA not mounted"
     );
+}
+
+/// The topic configuration of `topic` on the broker: (effective values, topic-level overrides).
+pub async fn broker_topic_config(
+    topic: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .await
+    .expect("DescribeConfigs timed out")
+    .unwrap();
+    let r = res.into_iter().next().unwrap().unwrap();
+    let mut effective = BTreeMap::new();
+    let mut overrides = BTreeMap::new();
+    for e in r.entries {
+        if let Some(v) = e.value {
+            if e.source == ConfigSource::DynamicTopic {
+                overrides.insert(e.name.clone(), v.clone());
+            }
+            effective.insert(e.name, v);
+        }
+    }
+    (effective, overrides)
 }
