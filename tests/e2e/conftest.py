@@ -196,7 +196,8 @@ def gcs_read(bucket, name):
 
 # --- replay from the host -------------------------------------------------------------------
 def replay(pipeline, *args, wait=True):
-    """Runs the host-built `replay` against the pipeline's input topics; returns its summary
+    """Runs the host-built `replay` against the input topics `<pipeline>.sx|sy|sz` (`pipeline`:
+    the pipeline's topic prefix without its last dot); returns its summary
     (JSON) when `wait`, else the running process."""
     summary = os.path.join(WORK, f"replay-{time.time_ns()}.json")
     cmd = [os.path.join(BIN, "replay"), "--bootstrap-servers", BOOT,

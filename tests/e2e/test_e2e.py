@@ -26,7 +26,10 @@ pytestmark = pytest.mark.skipif(not BOOT or not GCS, reason="run through tests/e
 
 PIPELINE = "demo"
 ROLES = ["sx", "sy", "sz", "fa", "fi", "fd", "predictions", "dead-letter", "late"]
-TOPICS = {r: f"{PIPELINE}.{r}" for r in ROLES}
+# The operator's default Kafka names: topics <namespace>.<pipeline>.<role>, consumer groups
+# <namespace>.<pipeline>-<stage>.
+KAFKA_PREFIX = f"{NS}.{PIPELINE}"
+TOPICS = {r: f"{KAFKA_PREFIX}.{r}" for r in ROLES}
 CHART = f"{REPO}/charts/sensorflow-operator"
 DAY_MS = 86_400_000
 TRIGGER_SX, TRIGGER_SY, TRIGGER_FEATURES = 1, 2, 3
@@ -91,8 +94,8 @@ def deployment(stage):
 
 def drained():
     """True once the window and join consumer groups have committed everything."""
-    lw = group_lag(f"{PIPELINE}-window", [TOPICS["sz"]])
-    lj = group_lag(f"{PIPELINE}-join", [TOPICS[r] for r in ["sx", "sy", "fa", "fi", "fd"]])
+    lw = group_lag(f"{KAFKA_PREFIX}-window", [TOPICS["sz"]])
+    lj = group_lag(f"{KAFKA_PREFIX}-join", [TOPICS[r] for r in ["sx", "sy", "fa", "fi", "fd"]])
     log(f"lag: window {lw}, join {lj}")
     return lw == 0 and lj == 0
 
@@ -369,7 +372,7 @@ def test_2_apply_example_topics_pods_ready():
 # --- 3 ----------------------------------------------------------------------------------------
 def test_3_replay_predictions_and_parquet():
     day = day_ms("2026-01-01")
-    summary = replay(PIPELINE, "--clients", "4", "--rows-per-client", "180", "--base-date", "2026-01-01")
+    summary = replay(KAFKA_PREFIX, "--clients", "4", "--rows-per-client", "180", "--base-date", "2026-01-01")
     log(f"replayed: {summary}")
     sz = wait_for("features for every SZ reading", lambda: (lambda n, f: n if n and f >= n else None)(
         count(TOPICS["sz"]), count(TOPICS["fd"])), 300)
@@ -406,7 +409,7 @@ def test_4_backlog_scales_up_then_down_nothing_lost():
         # A backlog the throttled window (WINDOW_CPU_LIMIT) needs tens of seconds for: on Apache
         # Kafka 21,600 readings at 200m drained in ~6 s, before the operator's first step.
         t0 = time.time()
-        summary = replay(PIPELINE, "--clients", "60", "--rows-per-client", "720", "--base-date", "2026-01-02")
+        summary = replay(KAFKA_PREFIX, "--clients", "60", "--rows-per-client", "720", "--base-date", "2026-01-02")
         log(f"replayed in {time.time() - t0:.1f} s: {summary}")
         wait_for("window and join groups drained", drained, 300, interval=5)
         log(f"drained {time.time() - t0:.1f} s after the replay started")
@@ -466,7 +469,7 @@ def test_5_chaos_processor_and_operator_pods_deleted_mid_replay():
     # 12 whole days at 1440 event-seconds per wall-second: ~17,000 readings spread over ~60 s,
     # so every fault below lands while readings flow and transactions are open.
     t0 = time.time()
-    proc = replay(PIPELINE, "--clients", "12", "--rows-per-client", "1440", "--base-date", "2026-01-03",
+    proc = replay(KAFKA_PREFIX, "--clients", "12", "--rows-per-client", "1440", "--base-date", "2026-01-03",
                   "--speed", "1440", wait=False)
     op_before = pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}")[0]["metadata"]["name"]
     stage = lambda s: f"sensorflow.io/pipeline={PIPELINE},app.kubernetes.io/component={s}"  # noqa: E731
@@ -526,12 +529,12 @@ def test_5b_suspend_to_zero_pods_then_resume_continues_from_committed_offsets():
     log("\n" + kubectl("get", "sp", "-n", NS))
     # A day of readings arrives while suspended: the topics are kept, nothing processes them.
     day = day_ms("2026-01-04")
-    summary = replay(PIPELINE, "--clients", "4", "--rows-per-client", "180", "--base-date", "2026-01-04")
+    summary = replay(KAFKA_PREFIX, "--clients", "4", "--rows-per-client", "180", "--base-date", "2026-01-04")
     log(f"replayed while suspended: {summary}")
     time.sleep(10)
     assert set(TOPICS.values()) <= list_topics()
     assert len(features("FD", None)) == before_fd, "features written while suspended"
-    lag = group_lag(f"{PIPELINE}-window", [TOPICS["sz"]])
+    lag = group_lag(f"{KAFKA_PREFIX}-window", [TOPICS["sz"]])
     assert lag > 0, "the window group has nothing to catch up"
     # Resume: the stages come back and continue from their committed offsets.
     kubectl("patch", "sp", PIPELINE, "-n", NS, "--type", "merge", "-p", '{"spec": {"suspend": false}}')
