@@ -16,6 +16,10 @@ pub const KAFKA_SASL_USERNAME: &str = "KAFKA_SASL_USERNAME";
 pub const KAFKA_SASL_PASSWORD: &str = "KAFKA_SASL_PASSWORD";
 /// `KAFKA_SSL_CA_LOCATION`: `ssl.ca.location`: path of a PEM CA bundle.
 pub const KAFKA_SSL_CA_LOCATION: &str = "KAFKA_SSL_CA_LOCATION";
+/// `KAFKA_SSL_CERTIFICATE_LOCATION`: `ssl.certificate.location`: path of the PEM client certificate (mutual TLS).
+pub const KAFKA_SSL_CERTIFICATE_LOCATION: &str = "KAFKA_SSL_CERTIFICATE_LOCATION";
+/// `KAFKA_SSL_KEY_LOCATION`: `ssl.key.location`: path of the client certificate's unencrypted PEM key (mutual TLS).
+pub const KAFKA_SSL_KEY_LOCATION: &str = "KAFKA_SSL_KEY_LOCATION";
 /// `SF_KAFKA_PROPERTIES`: Extra librdkafka properties, comma-separated `key=value`.
 pub const KAFKA_PROPERTIES: &str = "SF_KAFKA_PROPERTIES";
 /// `SF_KAFKA_PROFILE`: Client defaults, `latency` or `throughput` (see `crates/kafka/src/config.rs`).
@@ -167,13 +171,15 @@ pub const SINK_SUMMARY_JSON: &str = "SF_SINK_SUMMARY_JSON";
 
 /// Every name above: the environment the processors' contract owns. A pod template overlay
 /// may not set any of them (the operator's validation refuses it).
-pub const ALL: [&str; 69] = [
+pub const ALL: [&str; 71] = [
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_SECURITY_PROTOCOL,
     KAFKA_SASL_MECHANISM,
     KAFKA_SASL_USERNAME,
     KAFKA_SASL_PASSWORD,
     KAFKA_SSL_CA_LOCATION,
+    KAFKA_SSL_CERTIFICATE_LOCATION,
+    KAFKA_SSL_KEY_LOCATION,
     KAFKA_PROPERTIES,
     TOPIC_SX,
     TOPIC_SY,

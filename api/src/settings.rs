@@ -46,6 +46,10 @@ pub struct KafkaSettings {
     pub sasl_mechanism: Option<SaslMechanism>,
     /// Path of the PEM CA bundle inside the container.
     pub ssl_ca_location: Option<String>,
+    /// Path of the PEM client certificate inside the container (mutual TLS).
+    pub ssl_certificate_location: Option<String>,
+    /// Path of the client certificate's unencrypted PEM key inside the container.
+    pub ssl_key_location: Option<String>,
     /// Extra librdkafka properties (`SF_KAFKA_PROPERTIES`, comma-separated `key=value`;
     /// keys and values free of `,`, keys free of `=`, checked by the operator's validation).
     pub properties: BTreeMap<String, String>,
@@ -83,6 +87,16 @@ impl CommonSettings {
             &mut e,
             env::KAFKA_SSL_CA_LOCATION,
             k.ssl_ca_location.as_ref(),
+        );
+        put_opt(
+            &mut e,
+            env::KAFKA_SSL_CERTIFICATE_LOCATION,
+            k.ssl_certificate_location.as_ref(),
+        );
+        put_opt(
+            &mut e,
+            env::KAFKA_SSL_KEY_LOCATION,
+            k.ssl_key_location.as_ref(),
         );
         if !k.properties.is_empty() {
             let kv: Vec<String> = k

@@ -21,9 +21,9 @@ use clap::{ArgAction, CommandFactory, FromArgMatches};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use sensorflow_api::crd::{
-    BinRange, CredentialsSecretRef, DeliveryGuarantee, KafkaSecurity, KafkaSpec, LogFormat,
-    ModelKind, RotationSpec, SaslMechanism, SecretKeyRef, SecurityProtocol, SensorPipelineSpec,
-    SinkSpec, WatermarkScope, WireFormat,
+    BinRange, ClientCertificateSecretRef, CredentialsSecretRef, DeliveryGuarantee, KafkaSecurity,
+    KafkaSpec, LogFormat, ModelKind, RotationSpec, SaslMechanism, SecretKeyRef, SecurityProtocol,
+    SensorPipelineSpec, SinkSpec, WatermarkScope, WireFormat,
 };
 use sensorflow_api::{TopicRole, env};
 use sensorflow_apps::join::JoinArgs;
@@ -144,12 +144,18 @@ fn full_spec() -> SensorPipelineSpec {
                 name: "kafka".into(),
                 username_key: "user".into(),
                 password_key: "pass".into(),
+                username_from: Default::default(),
             }),
             ca_secret: Some(SecretKeyRef {
                 name: "ca".into(),
                 key: "ca.pem".into(),
             }),
             allow_plaintext_credentials: false,
+            client_certificate_secret: Some(ClientCertificateSecretRef {
+                name: "kafka-user".into(),
+                certificate_key: "user.crt".into(),
+                key_key: "user.key".into(),
+            }),
         }),
         properties: [
             ("fetch.max.bytes", "1048576"),
@@ -248,6 +254,14 @@ fn window_processor_parses_what_the_operator_sets() {
     assert_eq!(
         a.client.kafka.ssl_ca_location.as_deref(),
         Some("/etc/sensorflow/kafka-ca/ca.pem")
+    );
+    assert_eq!(
+        a.client.kafka.ssl_certificate_location.as_deref(),
+        Some("/etc/sensorflow/kafka-client-cert/user.crt")
+    );
+    assert_eq!(
+        a.client.kafka.ssl_key_location.as_deref(),
+        Some("/etc/sensorflow/kafka-client-cert/user.key")
     );
     assert_eq!(
         a.client.kafka.sasl_username.as_deref(),

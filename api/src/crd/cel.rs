@@ -42,6 +42,10 @@ pub const PARTITIONS_NEVER_DECREASE_MSG: &str =
 pub const SASL_PLAINTEXT_OPT_IN: &str = "!has(self.protocol) || self.protocol != 'SASL_PLAINTEXT' || (has(self.allowPlaintextCredentials) && self.allowPlaintextCredentials)";
 /// Message of [`SASL_PLAINTEXT_OPT_IN`].
 pub const SASL_PLAINTEXT_OPT_IN_MSG: &str = "SASL_PLAINTEXT sends the credentials unencrypted: use SASL_SSL, or set allowPlaintextCredentials: true to accept that";
+/// On `kafka.security`: a client certificate only over TLS.
+pub const CLIENT_CERTIFICATE_NEEDS_TLS: &str = "!has(self.clientCertificateSecret) || (has(self.protocol) && self.protocol in ['SSL', 'SASL_SSL'])";
+/// Message of [`CLIENT_CERTIFICATE_NEEDS_TLS`].
+pub const CLIENT_CERTIFICATE_NEEDS_TLS_MSG: &str = "clientCertificateSecret needs protocol SSL or SASL_SSL (a client certificate is presented in the TLS handshake)";
 /// On `sink`.
 pub const NO_CREDENTIALS_OVER_HTTP: &str = "!has(self.endpoint) || !has(self.credentialsSecret) || !self.endpoint.lowerAscii().startsWith('http://')";
 /// Message of [`NO_CREDENTIALS_OVER_HTTP`].

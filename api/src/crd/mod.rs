@@ -208,7 +208,10 @@ pub enum SaslMechanism {
 
 /// TLS and SASL settings.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new(cel::SASL_PLAINTEXT_OPT_IN).message(cel::SASL_PLAINTEXT_OPT_IN_MSG))]
+#[x_kube(
+    validation = Rule::new(cel::SASL_PLAINTEXT_OPT_IN).message(cel::SASL_PLAINTEXT_OPT_IN_MSG),
+    validation = Rule::new(cel::CLIENT_CERTIFICATE_NEEDS_TLS).message(cel::CLIENT_CERTIFICATE_NEEDS_TLS_MSG)
+)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSecurity {
     /// `PLAINTEXT` (default), `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
@@ -219,12 +222,24 @@ pub struct KafkaSecurity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_mechanism: Option<SaslMechanism>,
     /// Secret holding the SASL username and password. Required when `protocol` is `SASL_*`.
+    /// A Strimzi KafkaUser's SCRAM-SHA-512 Secret (keys `password`, `sasl.jaas.config`, no
+    /// username key) works with `usernameFrom: SecretName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
     /// Secret holding a PEM CA bundle, mounted into the processors at
-    /// `/etc/sensorflow/kafka-ca/<key>`. Default: none (the system's CA certificates).
+    /// `/etc/sensorflow/kafka-ca/<key>`; the CA the broker's certificate is checked against
+    /// (Strimzi: Secret `<cluster>-cluster-ca-cert`, key `ca.crt`). Default: none (the
+    /// system's CA certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
+    /// Secret holding a PEM client certificate and its unencrypted PEM private key, for
+    /// mutual TLS (`protocol` `SSL` or `SASL_SSL`; refused with the others). The broker
+    /// authenticates the client by this certificate (principal `User:CN=...` by default). A
+    /// Strimzi KafkaUser's TLS Secret (keys `user.crt`, `user.key`) works with the default
+    /// keys. Mounted into the processors at `/etc/sensorflow/kafka-client-cert/`; the operator
+    /// reads both keys for its own admin client. Default: none (no client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret: Option<ClientCertificateSecretRef>,
     /// Explicit opt-in to send SASL credentials over an unencrypted `SASL_PLAINTEXT` listener
     /// (anyone on the path can read a PLAIN password). Without it `SASL_PLAINTEXT` is refused.
     /// Default false.
@@ -239,12 +254,52 @@ pub struct CredentialsSecretRef {
     /// Secret name (in the pipeline's namespace); required.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Key of the username (default `username`).
+    /// Key of the username (default `username`); not read with `usernameFrom: SecretName`.
     #[serde(default = "default_username_key")]
     pub username_key: String,
     /// Key of the password (default `password`).
     #[serde(default = "default_password_key")]
     pub password_key: String,
+    /// Where the username comes from: `Key` (default: the Secret's `usernameKey`) or
+    /// `SecretName` (the Secret's name is the username, as in a Strimzi KafkaUser's Secret,
+    /// which is named after the KafkaUser and has no username key).
+    #[serde(default, skip_serializing_if = "UsernameFrom::is_key")]
+    pub username_from: UsernameFrom,
+}
+
+/// Where the SASL username of a [`CredentialsSecretRef`] comes from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum UsernameFrom {
+    /// The value of the Secret's `usernameKey`.
+    #[default]
+    Key,
+    /// The Secret's name (Strimzi KafkaUser Secrets: the KafkaUser's name is the username).
+    SecretName,
+}
+
+impl UsernameFrom {
+    /// Whether this is the default, [`UsernameFrom::Key`].
+    pub fn is_key(&self) -> bool {
+        *self == UsernameFrom::Key
+    }
+}
+
+/// A Secret in the pipeline's namespace holding a PEM client certificate and its key (mutual
+/// TLS); the defaults are the keys of a Strimzi KafkaUser's TLS Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateSecretRef {
+    /// Secret name (in the pipeline's namespace); required.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the PEM client certificate (default `user.crt`).
+    #[serde(default = "default_certificate_key")]
+    #[schemars(length(min = 1))]
+    pub certificate_key: String,
+    /// Key of the client's PEM private key, unencrypted (PKCS#8 or PKCS#1; default `user.key`).
+    #[serde(default = "default_key_key")]
+    #[schemars(length(min = 1))]
+    pub key_key: String,
 }
 
 /// One key of a Secret in the pipeline's namespace.
@@ -1010,6 +1065,12 @@ fn default_username_key() -> String {
 fn default_password_key() -> String {
     "password".to_owned()
 }
+fn default_certificate_key() -> String {
+    "user.crt".to_owned()
+}
+fn default_key_key() -> String {
+    "user.key".to_owned()
+}
 
 #[cfg(test)]
 mod tests {
@@ -1059,7 +1120,7 @@ mod tests {
         }
         let mut found = Vec::new();
         all_rules(&schema, &mut found);
-        assert_eq!(found.len(), 20, "{found:#?}");
+        assert_eq!(found.len(), 21, "{found:#?}");
         for rule in [
             cel::MIN_LE_MAX,
             cel::MAX_REPLICAS_WINDOW,
@@ -1069,6 +1130,7 @@ mod tests {
             cel::FIVE_WEIGHTS,
             cel::PARTITIONS_NEVER_DECREASE,
             cel::SASL_PLAINTEXT_OPT_IN,
+            cel::CLIENT_CERTIFICATE_NEEDS_TLS,
             cel::NO_CREDENTIALS_OVER_HTTP,
             cel::KAFKA_PROPERTIES_NO_CREDENTIALS,
             cel::KAFKA_PROPERTIES_OWNED,

@@ -54,6 +54,14 @@ pub struct KafkaArgs {
     /// Path to the CA certificate (PEM) for TLS.
     #[arg(long, env = env::KAFKA_SSL_CA_LOCATION)]
     pub ssl_ca_location: Option<String>,
+    /// Path to the client certificate (PEM) for mutual TLS (`ssl.certificate.location`); needs
+    /// `--ssl-key-location`.
+    #[arg(long, env = env::KAFKA_SSL_CERTIFICATE_LOCATION, requires = "ssl_key_location")]
+    pub ssl_certificate_location: Option<String>,
+    /// Path to the client certificate's unencrypted private key (PEM) for mutual TLS
+    /// (`ssl.key.location`); needs `--ssl-certificate-location`.
+    #[arg(long, env = env::KAFKA_SSL_KEY_LOCATION, requires = "ssl_certificate_location")]
+    pub ssl_key_location: Option<String>,
     /// Client settings profile: `latency` (default) or `throughput` (see the module docs).
     #[arg(long = "kafka-profile", env = KAFKA_PROFILE_ENV, default_value = "latency")]
     pub profile: KafkaProfile,
@@ -118,6 +126,8 @@ impl KafkaArgs {
             sasl_username: None,
             sasl_password: None,
             ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
             profile: KafkaProfile::default(),
             properties: Vec::new(),
         }
@@ -134,8 +144,15 @@ impl KafkaArgs {
             self.sasl_username.as_deref(),
             self.sasl_password.as_deref(),
         );
-        if let Some(ca) = &self.ssl_ca_location {
-            c.set("ssl.ca.location", ca);
+        let files = [
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("ssl.certificate.location", &self.ssl_certificate_location),
+            ("ssl.key.location", &self.ssl_key_location),
+        ];
+        for (k, v) in files {
+            if let Some(v) = v {
+                c.set(k, v);
+            }
         }
         for (k, v) in &self.properties {
             c.set(k, v);
@@ -315,6 +332,31 @@ mod tests {
         // Settings outside the profiles stay.
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn a_client_certificate_is_set_from_its_files_and_needs_both_halves() {
+        let cli = Cli::parse_from([
+            "t",
+            "--security-protocol",
+            "SSL",
+            "--ssl-ca-location",
+            "/ca.crt",
+            "--ssl-certificate-location",
+            "/c/user.crt",
+            "--ssl-key-location",
+            "/c/user.key",
+        ]);
+        let c = cli.kafka.client_config();
+        assert_eq!(c.get("security.protocol"), Some("SSL"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/ca.crt"));
+        assert_eq!(c.get("ssl.certificate.location"), Some("/c/user.crt"));
+        assert_eq!(c.get("ssl.key.location"), Some("/c/user.key"));
+        assert_eq!(c.get("sasl.username"), None);
+        assert!(Cli::try_parse_from(["t", "--ssl-certificate-location", "/c/user.crt"]).is_err());
+        assert!(Cli::try_parse_from(["t", "--ssl-key-location", "/c/user.key"]).is_err());
+        let plain = KafkaArgs::plain("b:9092").client_config();
+        assert_eq!(plain.get("ssl.certificate.location"), None);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use rdkafka::error::KafkaError;
 use sensorflow_api::{SaslMechanism, SecurityProtocol};
 
 /// Connection settings of the operator's clients (credentials already read from Secrets).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `Debug` shows which credentials are set, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Connection {
     /// `bootstrap.servers`.
     pub bootstrap: String,
@@ -24,6 +25,25 @@ pub struct Connection {
     pub sasl_credentials: Option<(String, String)>,
     /// PEM CA bundle (`ssl.ca.pem`).
     pub ca_pem: Option<String>,
+    /// PEM client certificate and its unencrypted PEM key, for mutual TLS
+    /// (`ssl.certificate.pem`, `ssl.key.pem`).
+    pub client_certificate: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("bootstrap", &self.bootstrap)
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field(
+                "sasl_username",
+                &self.sasl_credentials.as_ref().map(|(u, _)| u),
+            )
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_certificate.is_some())
+            .finish()
+    }
 }
 
 impl Connection {
@@ -40,6 +60,9 @@ impl Connection {
         crate::config::set_security(&mut c, self.protocol, self.sasl_mechanism, user, pass);
         if let Some(ca) = &self.ca_pem {
             c.set("ssl.ca.pem", ca);
+        }
+        if let Some((cert, key)) = &self.client_certificate {
+            c.set("ssl.certificate.pem", cert).set("ssl.key.pem", key);
         }
         c
     }

@@ -22,7 +22,7 @@ use super::Error;
 use crate::controller::build::{self, SecretVersions, Stage};
 use crate::controller::status::conditions::Replicas;
 use crate::controller::validate::Validated;
-use crate::crd::SensorPipelineSpec;
+use crate::crd::{SensorPipelineSpec, UsernameFrom};
 use sensorflow_kafka::{self as kafka, Connection, TopicReport};
 
 /// What the reconcile saw, the input of the pure steps.
@@ -117,7 +117,8 @@ async fn secret_string(
     })
 }
 
-/// The operator's own Kafka connection (credentials and CA read from Secrets) and the
+/// The operator's own Kafka connection (credentials, CA and client certificate read from
+/// Secrets; with `usernameFrom: SecretName` the username is the Secret's name) and the
 /// `resourceVersion` of every Secret the spec references (Kafka and, with `with_sink`, the GCS
 /// key), so a rotated Secret rolls the pods that use it.
 ///
@@ -138,12 +139,23 @@ pub async fn secrets(
         conn.protocol = Some(sec.protocol);
         conn.sasl_mechanism = sec.sasl_mechanism;
         if let Some(c) = &sec.credentials_secret {
-            let user = secret_string(client, ns, &c.name, &c.username_key, &mut versions).await?;
+            let user = match c.username_from {
+                UsernameFrom::Key => {
+                    secret_string(client, ns, &c.name, &c.username_key, &mut versions).await?
+                }
+                UsernameFrom::SecretName => c.name.clone(),
+            };
             let pass = secret_string(client, ns, &c.name, &c.password_key, &mut versions).await?;
             conn.sasl_credentials = Some((user, pass));
         }
         if let Some(ca) = &sec.ca_secret {
             conn.ca_pem = Some(secret_string(client, ns, &ca.name, &ca.key, &mut versions).await?);
+        }
+        if let Some(cc) = &sec.client_certificate_secret {
+            let cert =
+                secret_string(client, ns, &cc.name, &cc.certificate_key, &mut versions).await?;
+            let key = secret_string(client, ns, &cc.name, &cc.key_key, &mut versions).await?;
+            conn.client_certificate = Some((cert, key));
         }
     }
     if with_sink
@@ -183,7 +195,8 @@ pub async fn deployments(
 }
 
 /// Lag of the planner-scaled stages (window-processor on SZ, join-predict on its five inputs),
-/// each `None` when it cannot be read (logged; the planner then holds the replica count).
+/// each `None` when it cannot be read (logged; the planner then holds the replica count) or
+/// an input is not on the broker (not asked).
 ///
 /// A stage whose input topics were all created by this reconcile (`report.created`) has lag 0
 /// without asking the broker: nothing consumed them yet, and they hold at most what was
@@ -203,6 +216,13 @@ pub async fn lags(
             .map(|(stage, group, inputs)| async move {
                 if inputs.iter().all(|t| report.created.contains(t)) {
                     return (stage, Some(0));
+                }
+                // An input the broker did not show (not created: refused, not authorized)
+                // has no offsets to read; asking would only wait for the metadata timeout
+                // (twice 25 s seen with a principal lacking the ACLs) before the status says
+                // why.
+                if !inputs.iter().all(|t| report.partitions.contains_key(t)) {
+                    return (stage, None);
                 }
                 let lag = match kafka::stage_lag(conn, &group, &inputs, &report.partitions).await {
                     Ok(l) => Some(l),

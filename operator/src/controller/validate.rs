@@ -313,6 +313,20 @@ pub fn validate(
         if !tls && sec.ca_secret.is_some() {
             errs.push("kafka.security.caSecret: needs protocol SSL or SASL_SSL".to_owned());
         }
+        if !tls && sec.client_certificate_secret.is_some() {
+            errs.push(
+                "kafka.security.clientCertificateSecret: needs protocol SSL or SASL_SSL (a client certificate is presented in the TLS handshake)"
+                    .to_owned(),
+            );
+        }
+        if let Some(cc) = &sec.client_certificate_secret
+            && cc.certificate_key == cc.key_key
+        {
+            errs.push(format!(
+                "kafka.security.clientCertificateSecret: certificateKey and keyKey are both '{}'; they must name two keys",
+                cc.key_key
+            ));
+        }
         if sec.protocol == SecurityProtocol::SaslPlaintext && !sec.allow_plaintext_credentials {
             errs.push(
                 "kafka.security.protocol: SASL_PLAINTEXT sends the credentials unencrypted; use SASL_SSL, or set allowPlaintextCredentials: true to accept that"
@@ -596,6 +610,7 @@ pub(crate) mod tests {
             credentials_secret: None,
             ca_secret: None,
             allow_plaintext_credentials: false,
+            client_certificate_secret: None,
         });
         assert_eq!(
             validate("p", &Naming::legacy("p"), &s)
@@ -615,9 +630,11 @@ pub(crate) mod tests {
                 name: "creds".into(),
                 username_key: "username".into(),
                 password_key: "password".into(),
+                username_from: Default::default(),
             }),
             ca_secret: None,
             allow_plaintext_credentials: opt_in,
+            client_certificate_secret: None,
         });
         s
     }

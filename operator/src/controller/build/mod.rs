@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
@@ -34,7 +34,7 @@ use sensorflow_api::settings::{
 };
 
 use crate::controller::validate::Validated;
-use crate::crd::{DeliveryGuarantee, PodTemplateOverlay};
+use crate::crd::{DeliveryGuarantee, PodTemplateOverlay, UsernameFrom};
 
 pub mod owned;
 pub use owned::*;
@@ -107,6 +107,12 @@ pub fn common_settings(v: &Validated) -> CommonSettings {
             ssl_ca_location: security
                 .and_then(|sec| sec.ca_secret.as_ref())
                 .map(|ca| format!("{KAFKA_CA_DIR}/{}", ca.key)),
+            ssl_certificate_location: security
+                .and_then(|sec| sec.client_certificate_secret.as_ref())
+                .map(|cc| format!("{KAFKA_CLIENT_CERT_DIR}/{}", cc.certificate_key)),
+            ssl_key_location: security
+                .and_then(|sec| sec.client_certificate_secret.as_ref())
+                .map(|cc| format!("{KAFKA_CLIENT_CERT_DIR}/{}", cc.key_key)),
             properties: s.kafka.properties.clone(),
         },
         topics: v.topics.clone(),
@@ -352,21 +358,27 @@ fn deployment(
     let version = |name: &str| secrets.get(name).map_or("", String::as_str).to_owned();
     if let Some(sec) = &s.kafka.security {
         if let Some(c) = &sec.credentials_secret {
-            secret_env_vars.push(secret_env(
-                env::KAFKA_SASL_USERNAME,
-                &c.name,
-                &c.username_key,
-            ));
+            // With usernameFrom: SecretName the username is the Secret's name: not secret
+            // material, so a plain value; the password is always a Secret reference.
+            secret_env_vars.push(match c.username_from {
+                UsernameFrom::Key => secret_env(env::KAFKA_SASL_USERNAME, &c.name, &c.username_key),
+                UsernameFrom::SecretName => EnvVar {
+                    name: env::KAFKA_SASL_USERNAME.to_owned(),
+                    value: Some(c.name.clone()),
+                    ..Default::default()
+                },
+            });
             secret_env_vars.push(secret_env(
                 env::KAFKA_SASL_PASSWORD,
                 &c.name,
                 &c.password_key,
             ));
             extra.push(format!(
-                "sasl:{}:{}:{}@{}",
+                "sasl:{}:{}:{}:{:?}@{}",
                 c.name,
                 c.username_key,
                 c.password_key,
+                c.username_from,
                 version(&c.name)
             ));
         }
@@ -374,6 +386,31 @@ fn deployment(
             volumes.push(secret_volume("kafka-ca", &ca.name));
             mounts.push(read_only_mount("kafka-ca", KAFKA_CA_DIR));
             extra.push(format!("ca:{}:{}@{}", ca.name, ca.key, version(&ca.name)));
+        }
+        if let Some(cc) = &sec.client_certificate_secret {
+            // Only the two keys: a Strimzi user Secret also holds user.p12 and its password.
+            let mut vol = secret_volume("kafka-client-cert", &cc.name);
+            if let Some(src) = vol.secret.as_mut() {
+                src.items = Some(
+                    [&cc.certificate_key, &cc.key_key]
+                        .into_iter()
+                        .map(|k| KeyToPath {
+                            key: k.clone(),
+                            path: k.clone(),
+                            mode: None,
+                        })
+                        .collect(),
+                );
+            }
+            volumes.push(vol);
+            mounts.push(read_only_mount("kafka-client-cert", KAFKA_CLIENT_CERT_DIR));
+            extra.push(format!(
+                "client-cert:{}:{}:{}@{}",
+                cc.name,
+                cc.certificate_key,
+                cc.key_key,
+                version(&cc.name)
+            ));
         }
     }
     if stage == Stage::Sink
@@ -816,9 +853,11 @@ mod tests {
                 name: "kafka-creds".into(),
                 username_key: "username".into(),
                 password_key: "password".into(),
+                username_from: Default::default(),
             }),
             ca_secret: None,
             allow_plaintext_credentials: false,
+            client_certificate_secret: None,
         });
         s.sink = Some(SinkSpec {
             bucket: "archive".into(),
@@ -945,12 +984,14 @@ mod tests {
                 name: "kafka-creds".into(),
                 username_key: "user".into(),
                 password_key: "pass".into(),
+                username_from: Default::default(),
             }),
             ca_secret: Some(crate::crd::SecretKeyRef {
                 name: "ca".into(),
                 key: "ca.pem".into(),
             }),
             allow_plaintext_credentials: false,
+            client_certificate_secret: None,
         });
         let d = built(&s);
         let common = env_of(&d, "p-common");
@@ -977,6 +1018,93 @@ mod tests {
             .and_then(|v| v.secret_key_ref.as_ref())
             .expect("secret ref");
         assert_eq!((r.name.as_str(), r.key.as_str()), ("kafka-creds", "pass"));
+    }
+
+    #[test]
+    fn strimzi_user_secrets_mount_the_certificate_and_name_the_user_and_roll_on_rotation() {
+        let mut s = spec();
+        s.kafka.security = Some(KafkaSecurity {
+            protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(crate::crd::SaslMechanism::ScramSha512),
+            credentials_secret: Some(crate::crd::CredentialsSecretRef {
+                name: "my-user".into(),
+                username_key: "username".into(),
+                password_key: "password".into(),
+                username_from: UsernameFrom::SecretName,
+            }),
+            ca_secret: Some(crate::crd::SecretKeyRef {
+                name: "my-cluster-cluster-ca-cert".into(),
+                key: "ca.crt".into(),
+            }),
+            allow_plaintext_credentials: false,
+            client_certificate_secret: Some(crate::crd::ClientCertificateSecretRef {
+                name: "my-tls-user".into(),
+                certificate_key: "user.crt".into(),
+                key_key: "user.key".into(),
+            }),
+        });
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
+        let with = |rv: &str| {
+            let versions = SecretVersions::from([("my-tls-user".to_owned(), rv.to_owned())]);
+            build(&v, "ns", &owner(), ReplicaPlan::default(), &versions)
+        };
+        let d = with("1");
+        let common = env_of(&d, "p-common");
+        assert_eq!(
+            common["KAFKA_SSL_CERTIFICATE_LOCATION"],
+            "/etc/sensorflow/kafka-client-cert/user.crt"
+        );
+        assert_eq!(
+            common["KAFKA_SSL_KEY_LOCATION"],
+            "/etc/sensorflow/kafka-client-cert/user.key"
+        );
+        for dep in &d.deployments {
+            let pod = dep
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .expect("pod");
+            let vol = pod
+                .volumes
+                .as_ref()
+                .and_then(|vs| vs.iter().find(|v| v.name == "kafka-client-cert"))
+                .and_then(|v| v.secret.as_ref())
+                .expect("client certificate volume");
+            assert_eq!(vol.secret_name.as_deref(), Some("my-tls-user"));
+            let keys: Vec<&str> = vol.items.iter().flatten().map(|i| i.key.as_str()).collect();
+            assert_eq!(keys, ["user.crt", "user.key"], "not user.p12/user.password");
+            let c = &pod.containers[0];
+            assert!(
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == "kafka-client-cert"
+                        && m.mount_path == KAFKA_CLIENT_CERT_DIR
+                        && m.read_only == Some(true))
+            );
+            let env = c.env.as_ref().expect("env");
+            let user = env
+                .iter()
+                .find(|e| e.name == "KAFKA_SASL_USERNAME")
+                .expect("username env");
+            assert_eq!(user.value.as_deref(), Some("my-user"));
+            assert!(user.value_from.is_none());
+            let pw = env
+                .iter()
+                .find(|e| e.name == "KAFKA_SASL_PASSWORD")
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .expect("password from the Secret");
+            assert_eq!((pw.name.as_str(), pw.key.as_str()), ("my-user", "password"));
+        }
+        let rotated = with("2");
+        for (a, b) in d.deployments.iter().zip(&rotated.deployments) {
+            assert_ne!(
+                hash(a),
+                hash(b),
+                "a rotated client certificate rolls the pods"
+            );
+        }
     }
 
     #[test]

@@ -13,10 +13,12 @@ pub const CONFIG_HASH_ANNOTATION: &str = "sensorflow.io/config-hash";
 pub const METRICS_PORT: i32 = 9100;
 /// Where the Kafka CA bundle is mounted.
 pub const KAFKA_CA_DIR: &str = "/etc/sensorflow/kafka-ca";
+/// Where the Kafka client certificate and key (mutual TLS) are mounted.
+pub const KAFKA_CLIENT_CERT_DIR: &str = "/etc/sensorflow/kafka-client-cert";
 /// Where the GCS credentials are mounted.
 pub const GCS_CREDENTIALS_DIR: &str = "/etc/sensorflow/gcs";
 /// Volumes the operator adds to a pod (a pod template overlay may not reuse the names).
-pub const OWNED_VOLUMES: [&str; 3] = ["tmp", "kafka-ca", "gcs-credentials"];
+pub const OWNED_VOLUMES: [&str; 4] = ["tmp", "kafka-ca", "kafka-client-cert", "gcs-credentials"];
 /// Mount paths the operator owns: `/tmp` and everything under `/etc/sensorflow`.
 pub fn owned_mount_path(path: &str) -> bool {
     let p = path.trim_end_matches('/');
