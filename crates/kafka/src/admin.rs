@@ -416,19 +416,28 @@ pub async fn ensure_pipeline_topics(
             .create_topics(new.iter(), &opts)
             .await
             .map_err(kafka(format!("CreateTopics on {}", conn.bootstrap)))?;
-        let mut refused = Vec::new();
+        let (mut refused, mut unauthorized) = (Vec::new(), Vec::new());
         for r in results {
             match r {
                 Ok(t) => created.push(t),
                 // Someone else (another pipeline, a person, a restart mid-reconcile whose
                 // earlier create went through) got there first: not ours to delete later.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) if is_authorization_failure(code) => {
+                    unauthorized.push(format!("Topic '{topic}' ({code})"));
+                }
                 Err((topic, code)) => refused.push(format!("{topic}: {code}")),
             }
         }
         // The topics that were created are reported even when others were refused, so the
         // caller records them as this pipeline's.
-        if !refused.is_empty() {
+        if !unauthorized.is_empty() {
+            outcome = TopicCheck::NotAuthorized(not_authorized_message(
+                "CreateTopics",
+                "Create",
+                &unauthorized,
+            ));
+        } else if !refused.is_empty() {
             outcome =
                 TopicCheck::BrokerRefused(format!("CreateTopics refused: {}", refused.join(", ")));
         }
@@ -447,16 +456,32 @@ pub async fn ensure_pipeline_topics(
                 conn.bootstrap
             )),
             Ok(results) => {
-                let refused: Vec<String> = results
-                    .into_iter()
-                    .filter_map(|r| r.err().map(|(t, code)| format!("{t}: {code}")))
-                    .collect();
-                (!refused.is_empty())
-                    .then(|| format!("CreatePartitions refused: {}", refused.join(", ")))
+                let errs: Vec<(String, RDKafkaErrorCode)> =
+                    results.into_iter().filter_map(Result::err).collect();
+                if errs.iter().any(|(_, c)| is_authorization_failure(*c)) {
+                    let names: Vec<String> = errs
+                        .iter()
+                        .map(|(t, c)| format!("Topic '{t}' ({c})"))
+                        .collect();
+                    outcome = TopicCheck::NotAuthorized(not_authorized_message(
+                        "CreatePartitions",
+                        "Alter",
+                        &names,
+                    ));
+                    None
+                } else {
+                    let refused: Vec<String> = errs
+                        .iter()
+                        .map(|(t, code)| format!("{t}: {code}"))
+                        .collect();
+                    (!refused.is_empty())
+                        .then(|| format!("CreatePartitions refused: {}", refused.join(", ")))
+                }
             }
         };
         match failure {
             Some(m) => outcome = TopicCheck::IncreaseFailed(m),
+            None if matches!(outcome, TopicCheck::NotAuthorized(_)) => {}
             None => increased = raise,
         }
     }

@@ -3,6 +3,7 @@
 //! The Kafka edge that the operator and the data plane share, with no consume loop in it:
 //!
 //! ```text
+//!   acls        pure: the ACLs a pipeline's principal needs (one list for docs, CLI, tests)
 //!   config      flags / env (KafkaArgs, TopicArgs, profiles) ──► rdkafka ClientConfig
 //!   connection  the operator's Connection (typed settings + Secrets) ──► ClientConfig,
 //!               and a client context that remembers why the broker refused
@@ -15,6 +16,7 @@
 //! Only standard Kafka client settings and admin requests are used, so everything works
 //! against Apache Kafka or any other Kafka-protocol broker.
 
+pub mod acls;
 pub mod admin;
 pub mod config;
 pub mod connection;

@@ -220,6 +220,30 @@ pub enum TopicCheck {
     /// Topics the pipeline does not own have another partition count than the spec asks;
     /// they are left as they are.
     NotOwned(String),
+    /// The broker's authorizer refused a request on the pipeline's topics (the principal lacks
+    /// an ACL, see [`crate::acls`]); the message names the operation and the resources.
+    NotAuthorized(String),
+}
+
+/// Whether a per-resource error code is the authorizer's refusal.
+pub fn is_authorization_failure(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+    )
+}
+
+/// The `NotAuthorized` message for `request` refused on `resources`: what was refused and
+/// what to grant.
+pub fn not_authorized_message(request: &str, operation: &str, resources: &[String]) -> String {
+    format!(
+        "{request} refused by the authorizer: the principal may not {operation} on {}; grant the pipeline's ACLs (docs/security.md, `sensorflow acls`)",
+        resources.join(", ")
+    )
 }
 
 /// Pure: decides, from existing partition counts, what to create, what to raise and which

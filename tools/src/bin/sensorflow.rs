@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sensorflow_kafka::admin;
 use sensorflow_kafka::config::{KafkaArgs, TopicArgs};
+use sensorflow_kafka::{acls, admin};
 use sensorflow_runtime::args::FramingArgs;
 use sensorflow_tools::summary;
 use std::collections::BTreeMap;
@@ -57,6 +57,28 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
     },
+    /// Print the Kafka ACLs a pipeline's principal needs (operator and processors share it)
+    /// on a broker with an authorizer; nothing is sent to the broker. Without `--principal`:
+    /// one line per ACL and who needs it (the table of docs/security.md); with it: one
+    /// `kafka-acls.sh` command line per ACL.
+    Acls {
+        /// Prefix of the pipeline's own topics (the names `<prefix><role>`).
+        #[arg(long)]
+        topic_prefix: String,
+        /// Prefix of the consumer groups and transactional ids (`<prefix>-window`, …); the
+        /// ACLs are on `<prefix>-`.
+        #[arg(long)]
+        group_prefix: String,
+        /// An input topic named explicitly outside the prefix (repeatable): Read only.
+        #[arg(long = "input")]
+        inputs: Vec<String>,
+        /// deliveryGuarantee ExactlyOnce: adds the transactional-id ACL.
+        #[arg(long)]
+        exactly_once: bool,
+        /// Print `kafka-acls.sh` commands for this principal (e.g. `User:CN=my-user`).
+        #[arg(long)]
+        principal: Option<String>,
+    },
     /// Print the pipeline summary (counts, alerts, latency) after a replay.
     Summary {
         /// The replay's --summary-json file.
@@ -79,6 +101,18 @@ fn parse_config(s: &str) -> Result<(String, String), String> {
         return Err("empty key".into());
     }
     Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `s` single-quoted for a POSIX shell when it holds anything but `[A-Za-z0-9._:=/-]`.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:=/-".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 fn parse_group(s: &str) -> Result<(String, Vec<String>), String> {
@@ -142,6 +176,34 @@ async fn main() -> anyhow::Result<()> {
                     last_log = Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Cmd::Acls {
+            topic_prefix,
+            group_prefix,
+            inputs,
+            exactly_once,
+            principal,
+        } => {
+            let acls = acls::pipeline_acls(&acls::PipelineAclInput {
+                topic_prefix,
+                group_prefix,
+                named_inputs: inputs,
+                exactly_once,
+            });
+            for a in &acls {
+                match &principal {
+                    None => println!("{a}\t# {}", a.why),
+                    Some(p) => println!(
+                        "kafka-acls.sh --bootstrap-server {} {}",
+                        cli.kafka.bootstrap_servers,
+                        a.acl_command_args(p)
+                            .iter()
+                            .map(|x| shell_quote(x))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                }
             }
         }
         Cmd::Summary {

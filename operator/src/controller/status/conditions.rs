@@ -32,6 +32,9 @@ pub enum TopicsOutcome {
     NotOwned(String),
     /// An earlier pipeline on the same Kafka cluster manages some of its topics or groups.
     Conflict(String),
+    /// The broker's authorizer refused a request: the principal lacks an ACL the pipeline
+    /// needs (the message names the request, operation and resources).
+    NotAuthorized(String),
 }
 
 impl TopicsOutcome {
@@ -53,6 +56,7 @@ impl TopicsOutcome {
             TopicsOutcome::Missing(m) => ("TopicMissing", m.clone()),
             TopicsOutcome::NotOwned(m) => ("TopicNotOwned", m.clone()),
             TopicsOutcome::Conflict(m) => ("Conflict", m.clone()),
+            TopicsOutcome::NotAuthorized(m) => ("NotAuthorized", m.clone()),
         }
     }
 
@@ -75,6 +79,7 @@ impl From<sensorflow_kafka::TopicCheck> for TopicsOutcome {
             TopicCheck::IncreaseFailed(m) => TopicsOutcome::IncreaseFailed(m),
             TopicCheck::Missing(m) => TopicsOutcome::Missing(m),
             TopicCheck::NotOwned(m) => TopicsOutcome::NotOwned(m),
+            TopicCheck::NotAuthorized(m) => TopicsOutcome::NotAuthorized(m),
         }
     }
 }
