@@ -718,6 +718,14 @@ async fn describe_topic_configs<'a>(
         let OwnedResourceSpecifier::Topic(topic) = res.specifier else {
             continue;
         };
+        // A topic always has configuration entries (every key has a default); none at all is
+        // the broker refusing DescribeConfigs (seen on Kafka 4.4 without the ACL: no error
+        // code reaches rdkafka 0.39, only an empty list), which must not pass for "no limits".
+        if res.entries.is_empty() {
+            return Err(format!(
+                "DescribeConfigs on {bootstrap}: no configuration returned for topic '{topic}' (not authorized? the principal needs DescribeConfigs on it, implied by AlterConfigs)"
+            ));
+        }
         let mut tc = TopicConfig::default();
         for e in res.entries {
             let Some(v) = e.value else { continue };

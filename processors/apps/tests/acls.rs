@@ -11,7 +11,9 @@ mod common;
 use common::*;
 use sensorflow_api::{SaslMechanism, SecurityProtocol};
 use sensorflow_kafka::Connection;
-use sensorflow_kafka::acls::{AclBinding, PipelineAclInput, ResourceType, pipeline_acls};
+use sensorflow_kafka::acls::{
+    AclBinding, Operation, PipelineAclInput, ResourceType, pipeline_acls,
+};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -276,40 +278,64 @@ fn wait_log(log: &std::path::Path, needles: &[&str], within: Duration) -> String
 
 /// Each ACL of the list is needed: without the group ACL (at-least-once) or without the
 /// transactional-id ACL (exactly-once) window-processor logs the authorizer's refusal and
-/// writes no feature.
+/// writes no feature; without AlterConfigs on the topics (so without the DescribeConfigs it
+/// implies) it says it cannot read its output topics' limits.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a broker: run ./run.sh test"]
-async fn without_a_listed_acl_the_processor_reports_the_refusal_and_outputs_nothing() {
+async fn without_a_listed_acl_the_processor_reports_the_refusal() {
     let p = tls_principal();
-    for (exactly_once, missing, needles) in [
+    let no_alter_configs = |a: AclBinding| AclBinding {
+        operations: a
+            .operations
+            .iter()
+            .copied()
+            .filter(|o| *o != Operation::AlterConfigs)
+            .collect(),
+        ..a
+    };
+    type Cut = Box<dyn Fn(Vec<AclBinding>) -> Vec<AclBinding>>;
+    let cases: [(&str, bool, Cut, &[&str], bool); 3] = [
         (
+            "aclnogroup",
             false,
-            ResourceType::Group,
-            &["Group authorization failed", "GroupAuthorizationFailed"][..],
+            Box::new(|acls| {
+                acls.into_iter()
+                    .filter(|a| a.resource != ResourceType::Group)
+                    .collect()
+            }),
+            &["Group authorization failed", "GroupAuthorizationFailed"],
+            true,
         ),
         (
+            "aclnotxn",
             true,
-            ResourceType::TransactionalId,
+            Box::new(|acls| {
+                acls.into_iter()
+                    .filter(|a| a.resource != ResourceType::TransactionalId)
+                    .collect()
+            }),
             &[
                 "Transactional Id authorization failed",
                 "TransactionalIdAuthorizationFailed",
-            ][..],
+            ],
+            true,
         ),
-    ] {
-        let n = Names::new(if exactly_once {
-            "aclnotxn"
-        } else {
-            "aclnogroup"
-        });
-        let acls: Vec<AclBinding> = n
-            .acls(exactly_once)
-            .into_iter()
-            .filter(|a| a.resource != missing)
-            .collect();
-        assert_eq!(acls.len(), n.acls(exactly_once).len() - 1);
+        (
+            "aclnodescribeconfigs",
+            false,
+            Box::new(move |acls| acls.into_iter().map(no_alter_configs).collect()),
+            &["could not read the output topics' limits"],
+            false,
+        ),
+    ];
+    for (test, exactly_once, cut, needles, outputs_nothing) in cases {
+        let n = Names::new(test);
+        let acls = cut(n.acls(exactly_once));
+        assert_ne!(acls, n.acls(exactly_once), "{test}: nothing left out");
         grant(&p.name, &acls);
         let t = topics(&n.pre);
-        create_topics_as(&p, &t, 1).await;
+        // Created by a super user: this case is about the processor.
+        create_topics(&t, 1).await;
         replay(
             &t,
             &[
@@ -330,11 +356,13 @@ async fn without_a_listed_acl_the_processor_reports_the_refusal_and_outputs_noth
         let mut w = spawn("window-processor", &t, &wg, &env_refs(&p, &extra), &[]);
         let log = std::env::temp_dir().join(format!("{wg}window-processor.log"));
         wait_log(&log, needles, Duration::from_secs(60));
-        std::thread::sleep(Duration::from_secs(3));
-        assert!(
-            read_all(&t.topic_fa).is_empty(),
-            "features written without {missing:?} ACL"
-        );
+        if outputs_nothing {
+            std::thread::sleep(Duration::from_secs(3));
+            assert!(
+                read_all(&t.topic_fa).is_empty(),
+                "{test}: features written without the ACL"
+            );
+        }
         let _ = w.child.kill();
         let _ = w.child.wait();
     }
