@@ -636,12 +636,24 @@ async fn apply_topic_configs(
     }
     // rdkafka 0.39 reports every resource of an AlterConfigs response as a success (it drops
     // the per-resource error code), so the result is verified by reading the topics back.
+    // On KRaft the controller answers AlterConfigs once it committed the change; the broker
+    // that serves DescribeConfigs applies it from the metadata log a moment later, so a
+    // read-back at once can still show the old value (seen on a loaded 2-core host: an
+    // "AlterConfigs did not take effect" for a change that had). Read back for up to 3 s.
     let changed_topics: Vec<String> = changes.iter().map(|c| c.topic.clone()).collect();
-    let after = match describe_topic_configs(admin, bootstrap, changed_topics.iter(), &opts).await {
-        Ok(c) => c,
-        Err(m) => return ConfigCheck::Failed(m),
+    let settle = std::time::Instant::now() + Duration::from_secs(3);
+    let (after, still) = loop {
+        let after =
+            match describe_topic_configs(admin, bootstrap, changed_topics.iter(), &opts).await {
+                Ok(c) => c,
+                Err(m) => return ConfigCheck::Failed(m),
+            };
+        let still = plan_config_changes(&desired, &after);
+        if still.is_empty() || std::time::Instant::now() >= settle {
+            break (after, still);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let still = plan_config_changes(&desired, &after);
     if still.is_empty() {
         return ConfigCheck::InSync {
             altered: changes.into_iter().map(|c| (c.topic, c.changed)).collect(),
