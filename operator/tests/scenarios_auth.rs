@@ -326,8 +326,9 @@ async fn a_principal_without_the_acls_is_reported_not_authorized_then_recovers()
             .contains("CreateTopics refused by the authorizer")
             && cond
                 .message
-                .contains(&format!("may not Create on Topic '{name}."))
-            && cond.message.contains("TopicAuthorizationFailed"),
+                .contains(&format!("may not Create on Topic '{ns}.{name}."))
+            && cond.message.contains("(TopicAuthorizationFailed)")
+            && cond.message.len() <= 1024,
         "{}",
         cond.message
     );

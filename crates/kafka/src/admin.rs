@@ -424,7 +424,7 @@ pub async fn ensure_pipeline_topics(
                 // earlier create went through) got there first: not ours to delete later.
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) if is_authorization_failure(code) => {
-                    unauthorized.push(format!("Topic '{topic}' ({code})"));
+                    unauthorized.push((topic, code));
                 }
                 Err((topic, code)) => refused.push(format!("{topic}: {code}")),
             }
@@ -459,14 +459,10 @@ pub async fn ensure_pipeline_topics(
                 let errs: Vec<(String, RDKafkaErrorCode)> =
                     results.into_iter().filter_map(Result::err).collect();
                 if errs.iter().any(|(_, c)| is_authorization_failure(*c)) {
-                    let names: Vec<String> = errs
-                        .iter()
-                        .map(|(t, c)| format!("Topic '{t}' ({c})"))
-                        .collect();
                     outcome = TopicCheck::NotAuthorized(not_authorized_message(
                         "CreatePartitions",
                         "Alter",
-                        &names,
+                        &errs,
                     ));
                     None
                 } else {

@@ -237,12 +237,21 @@ pub fn is_authorization_failure(code: rdkafka::types::RDKafkaErrorCode) -> bool 
     )
 }
 
-/// The `NotAuthorized` message for `request` refused on `resources`: what was refused and
-/// what to grant.
-pub fn not_authorized_message(request: &str, operation: &str, resources: &[String]) -> String {
+/// The `NotAuthorized` message for `request` refused on `refused` (topic, error code): what
+/// was refused and what to grant, each distinct code once and the topics by name only (an
+/// Event's note holds at most 1,024 characters).
+pub fn not_authorized_message(
+    request: &str,
+    operation: &str,
+    refused: &[(String, rdkafka::types::RDKafkaErrorCode)],
+) -> String {
+    let mut codes: Vec<String> = refused.iter().map(|(_, c)| format!("{c:?}")).collect();
+    codes.dedup();
+    let topics: Vec<String> = refused.iter().map(|(t, _)| format!("'{t}'")).collect();
     format!(
-        "{request} refused by the authorizer: the principal may not {operation} on {}; grant the pipeline's ACLs (docs/security.md, `sensorflow acls`)",
-        resources.join(", ")
+        "{request} refused by the authorizer ({}): the principal may not {operation} on Topic {}; grant the pipeline's ACLs (docs/security.md, `sensorflow acls`)",
+        codes.join(", "),
+        topics.join(", ")
     )
 }
 
