@@ -187,10 +187,14 @@ fn env_refs<'a>(p: &'a Principal, extra: &'a [(String, String)]) -> Vec<(&'a str
         .collect()
 }
 
-fn eos_env(txn_id: &str) -> Vec<(String, String)> {
+/// Exactly-once as the operator configures it: `SF_TRANSACTIONAL_ID_PREFIX` `<group>` (the
+/// stage's group, `<groupPrefix>-<stage>`) and the pod name in `HOSTNAME`, so the
+/// transactional id is `<groupPrefix>-<stage>-pod-a`.
+fn eos_env(group: &str) -> Vec<(String, String)> {
     vec![
         ("SF_EXACTLY_ONCE".into(), "true".into()),
-        ("SF_TRANSACTIONAL_ID".into(), txn_id.into()),
+        ("SF_TRANSACTIONAL_ID_PREFIX".into(), group.into()),
+        ("HOSTNAME".into(), "pod-a".into()),
     ]
 }
 
@@ -215,10 +219,7 @@ async fn pipeline_with_exactly_the_acls(p: Principal, test: &str, exactly_once: 
     );
     let (wg, jg) = (n.group("window"), n.group("join"));
     let (we, je) = if exactly_once {
-        (
-            eos_env(&format!("{wg}-pod-a")),
-            eos_env(&format!("{jg}-pod-a")),
-        )
+        (eos_env(&wg), eos_env(&jg))
     } else {
         (vec![], vec![])
     };
@@ -348,11 +349,7 @@ async fn without_a_listed_acl_the_processor_reports_the_refusal() {
             ],
         );
         let wg = n.group("window");
-        let extra = if exactly_once {
-            eos_env(&format!("{wg}-pod-a"))
-        } else {
-            vec![]
-        };
+        let extra = if exactly_once { eos_env(&wg) } else { vec![] };
         let mut w = spawn("window-processor", &t, &wg, &env_refs(&p, &extra), &[]);
         let log = std::env::temp_dir().join(format!("{wg}window-processor.log"));
         wait_log(&log, needles, Duration::from_secs(60));
