@@ -167,7 +167,7 @@ async fn strimzi_user_secrets_connect_with_exactly_the_listed_acls() {
             "{name}"
         );
         // Created by the ACL-only principal, seen on the broker.
-        let parts = broker_partitions(&topics_of(&format!("{ns}.{name}")));
+        let parts = broker_partitions(&topics_of(ns, name));
         assert_eq!(parts.len(), 9, "{name}: {parts:?}");
         assert!(parts.values().all(|&p| p == 2), "{name}: {parts:?}");
     }
@@ -332,7 +332,7 @@ async fn a_principal_without_the_acls_is_reported_not_authorized_then_recovers()
         "{}",
         cond.message
     );
-    let topics = topics_of(&format!("{ns}.{name}"));
+    let topics = topics_of(ns, name);
     assert!(broker_partitions(&topics).is_empty());
     // A Warning Event, not one per resync (the resync is 2 s here), and the operator lives.
     // (A reconcile that starts before the watch shows the first status write may publish the
