@@ -252,7 +252,7 @@ def parse_args(argv):
     )
     p.add_argument("--archive", required=True, help="gs://BUCKET/PREFIX or a local directory (the sink's --prefix / --local-dir)")
     p.add_argument("--output", required=True, help="report directory: local, or gs://BUCKET/PATH")
-    p.add_argument("--pipeline", help="topic names are <pipeline>.<role> (the operator's naming); default: SX … late")
+    p.add_argument("--pipeline", help="topic names are <pipeline>.<role>; for an operator's pipeline give its topic prefix without the last dot, <namespace>.<name> (status.defaultNames.topicPrefix); default: SX … late")
     p.add_argument("--topic", action="append", default=[], metavar="ROLE=NAME", help="one topic's name (repeatable)")
     p.add_argument("--exceed", type=float, default=3.0, help="label: an SZ value above this (kW) …")
     p.add_argument("--horizon-min", type=float, default=10.0, help="… within this many minutes after the prediction's event time")

@@ -72,7 +72,7 @@ async fn apply_creates_topics_owned_objects_and_status() {
         assert!(owned(cm.metadata.owner_references.as_ref()));
     }
     let common = cms.get("alpha-common").await.unwrap().data.unwrap();
-    assert_eq!(common["SF_TOPIC_SZ"], "alpha.sz");
+    assert_eq!(common["SF_TOPIC_SZ"], format!("{ns}.alpha.sz"));
     assert_eq!(common["KAFKA_BOOTSTRAP_SERVERS"], bootstrap());
     let sa = Api::<ServiceAccount>::namespaced(c.clone(), ns)
         .get("alpha-processor")
@@ -234,6 +234,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
         1
     );
 
+    let gamma_sz = format!("{ns}.gamma.sz");
     // 2000 messages on SZ: lag 2000 / 100 per replica = 20 wanted, capped by maxReplicas 8;
     // 8 does not divide 20 partitions and no divisor fits in [8, 8], so 8.
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -245,7 +246,7 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
         let key = format!("sensor-{}", i % 50);
         let payload = format!("{{\"v\":{i}}}");
         producer
-            .send(BaseRecord::to("gamma.sz").key(&key).payload(&payload))
+            .send(BaseRecord::to(&gamma_sz).key(&key).payload(&payload))
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -293,9 +294,9 @@ async fn backlog_scales_up_within_bounds_then_down_after_cooldown() {
     let mut tpl = TopicPartitionList::new();
     for p in 0..20 {
         let (_, high) = consumer
-            .fetch_watermarks("gamma.sz", p, Duration::from_secs(10))
+            .fetch_watermarks(&gamma_sz, p, Duration::from_secs(10))
             .unwrap();
-        tpl.add_partition_offset("gamma.sz", p, Offset::Offset(high))
+        tpl.add_partition_offset(&gamma_sz, p, Offset::Offset(high))
             .unwrap();
     }
     consumer
@@ -2209,6 +2210,7 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
     )
     .await;
 
+    let susp_sz = format!("{ns}.susp.sz");
     // Records on SZ, half of them consumed and committed by the window group (as a running
     // window-processor would; this control plane has no nodes to run one).
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -2218,7 +2220,7 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
     for i in 0..400u32 {
         let key = format!("sensor-{}", i % 20);
         producer
-            .send(BaseRecord::to("susp.sz").key(&key).payload("x"))
+            .send(BaseRecord::to(&susp_sz).key(&key).payload("x"))
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -2231,15 +2233,15 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
     let mut tpl = TopicPartitionList::new();
     for p in 0..4 {
         let (_, high) = consumer
-            .fetch_watermarks("susp.sz", p, Duration::from_secs(10))
+            .fetch_watermarks(&susp_sz, p, Duration::from_secs(10))
             .unwrap();
-        tpl.add_partition_offset("susp.sz", p, Offset::Offset(high / 2))
+        tpl.add_partition_offset(&susp_sz, p, Offset::Offset(high / 2))
             .unwrap();
     }
     consumer
         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         .unwrap();
-    let offsets = committed("susp-window", "susp.sz", 4);
+    let offsets = committed(&format!("{ns}.susp-window"), &susp_sz, 4);
     assert!(offsets.iter().all(|o| *o >= 0), "{offsets:?}");
 
     let mut suspended = base.clone();
@@ -2264,7 +2266,10 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
     assert_eq!(st.window.as_ref().unwrap().replicas, 0);
     // Topics and committed offsets kept; the lag is still read (the backlog waits).
     assert_eq!(broker_partitions(&topics_of(ns, "susp")).len(), 9);
-    assert_eq!(committed("susp-window", "susp.sz", 4), offsets);
+    assert_eq!(
+        committed(&format!("{ns}.susp-window"), &susp_sz, 4),
+        offsets
+    );
     wait_for(
         "lag reported while suspended",
         Duration::from_secs(30),
@@ -2292,7 +2297,10 @@ async fn suspend_scales_every_stage_to_zero_and_resume_keeps_topics_and_offsets(
         (condition(&sp, "Suspended")?.0 == "False").then_some(())
     })
     .await;
-    assert_eq!(committed("susp-window", "susp.sz", 4), offsets);
+    assert_eq!(
+        committed(&format!("{ns}.susp-window"), &susp_sz, 4),
+        offsets
+    );
 }
 
 #[tokio::test]
@@ -2325,7 +2333,11 @@ async fn scale_up_step_limits_each_reconcile() {
     for i in 0..4000u32 {
         let key = format!("sensor-{}", i % 40);
         producer
-            .send(BaseRecord::to("step.sz").key(&key).payload("x"))
+            .send(
+                BaseRecord::to(&format!("{ns}.step.sz"))
+                    .key(&key)
+                    .payload("x"),
+            )
             .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
