@@ -113,9 +113,15 @@ async fn a_pipeline_claiming_another_pipelines_topics_is_refused_with_a_conditio
     namespace(&c, a).await;
     namespace(&c, b).await;
     let _op = Operator::start_with("tenancy-conflict", 18211, &format!("{a},{b}"), a, &[]);
-    apply_sp(&c, a, "keep", spec(json!({"topics": {"partitions": 2}})))
-        .await
-        .unwrap();
+    let small = json!({"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}});
+    apply_sp(
+        &c,
+        a,
+        "keep",
+        spec(json!({"topics": {"partitions": 2}, "processors": small})),
+    )
+    .await
+    .unwrap();
     wait_condition(&c, a, "keep", "TopicsReady", "True").await;
     // Created later, with a's topic names (its prefix) and its consumer groups.
     apply_sp(
@@ -172,6 +178,7 @@ async fn an_upstream_input_topic_is_only_read_never_created_altered_or_deleted()
     let ns = "sf-ten-upstream";
     namespace(&c, ns).await;
     let _op = Operator::start("tenancy-upstream", 18212, ns);
+    let small = json!({"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}});
     // The upstream team's SX: 2 partitions, its own retention.
     let upstream = format!("{ns}-team-sx");
     create_topic_outside(&upstream, 2).await;
@@ -222,7 +229,7 @@ async fn an_upstream_input_topic_is_only_read_never_created_altered_or_deleted()
         &c,
         ns,
         "waiting",
-        spec(json!({"topics": {"partitions": 2, "sz": absent}})),
+        spec(json!({"topics": {"partitions": 2, "sz": absent}, "processors": small})),
     )
     .await
     .unwrap();
