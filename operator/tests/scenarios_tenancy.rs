@@ -130,7 +130,7 @@ async fn a_pipeline_claiming_another_pipelines_topics_is_refused_with_a_conditio
         "thief",
         spec(
             json!({"topics": {"partitions": 2, "prefix": format!("{a}.keep.")},
-                    "kafka": {"groupPrefix": format!("{a}.keep")}}),
+                    "kafka": {"groupPrefix": format!("{a}.keep")}, "processors": small}),
         ),
     )
     .await
@@ -206,7 +206,7 @@ async fn an_upstream_input_topic_is_only_read_never_created_altered_or_deleted()
         "reader",
         spec(
             json!({"topics": {"partitions": 2, "sx": upstream, "retentionMs": 86400000,
-                               "deletionPolicy": "Delete"}}),
+                               "deletionPolicy": "Delete"}, "processors": small}),
         ),
     )
     .await
