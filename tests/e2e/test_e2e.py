@@ -570,7 +570,7 @@ def test_6_delete_pipeline_garbage_collects_owned_objects_topics_retained():
                      "processors": {"image": IMAGE, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
                                     "window": {"maxReplicas": 2}, "join": {"minReplicas": 1, "maxReplicas": 2}}}}
     kubectl("apply", "-f", "-", input=yaml.safe_dump(gone))
-    names = {f"gone.{r}" for r in ROLES}
+    names = {f"{NS}.gone.{r}" for r in ROLES}
     wait_for("the Delete-policy pipeline's topics", lambda: names <= list_topics(), 120)
     assert "sensorflow.io/topics" in kjson("get", "sp", "gone", "-n", NS)["metadata"].get("finalizers", [])
     kubectl("delete", "sp", "gone", "-n", NS, "--timeout", "180s")
