@@ -243,19 +243,12 @@ pub fn topics_of_other_pipelines(
     known: &[std::sync::Arc<crate::crd::SensorPipeline>],
     me: &crate::crd::SensorPipeline,
 ) -> Vec<String> {
-    let cluster = |sp: &crate::crd::SensorPipeline| -> std::collections::BTreeSet<String> {
-        sp.spec
-            .kafka
-            .bootstrap_servers
-            .split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .collect()
-    };
-    let mine = cluster(me);
+    use crate::controller::plan::claims::cluster;
+    let mine = cluster(&me.spec);
     known
         .iter()
         .filter(|o| o.uid() != me.uid())
-        .filter(|o| !cluster(o).is_disjoint(&mine))
+        .filter(|o| !cluster(&o.spec).is_disjoint(&mine))
         .filter_map(|o| {
             let ns = o.namespace()?;
             let naming = crate::controller::validate::Naming::resolve(

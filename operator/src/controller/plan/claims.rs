@@ -60,13 +60,7 @@ impl Claims {
         Self {
             pipeline: format!("{namespace}/{name}"),
             created,
-            cluster: spec
-                .kafka
-                .bootstrap_servers
-                .split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            cluster: cluster(spec),
             topics,
             groups,
         }
@@ -82,6 +76,17 @@ impl Claims {
             _ => self.pipeline < other.pipeline,
         }
     }
+}
+
+/// The `host:port` entries of `kafka.bootstrapServers`, lower-cased: two pipelines whose sets
+/// meet are on the same Kafka cluster.
+pub fn cluster(spec: &SensorPipelineSpec) -> BTreeSet<String> {
+    spec.kafka
+        .bootstrap_servers
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// The claims of a SensorPipeline object as the operator sees it (its fixed default names
