@@ -71,6 +71,8 @@
 //! [`reference_features`] is the naive O(n²) implementation of the same definition, used by
 //! the property tests and by the integration tests as an independent reference.
 
+pub mod aligned;
+
 use crate::exact::{HybridSum, to_fixed};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,68 @@ pub struct Aggregates {
     pub derivative: f64,
     /// Number of readings in the window (≥ 1).
     pub count: u32,
+    /// `round(Σ v)`: the exact sum rounded once (the reading itself, bit for bit, for one
+    /// reading); value units.
+    pub sum: f64,
+    /// Smallest value in the window; `0.0` unless the engine computes extremes
+    /// ([`WindowEngine::with_extremes`]); value units.
+    pub min: f64,
+    /// Largest value in the window; `0.0` unless the engine computes extremes; value units.
+    pub max: f64,
+}
+
+/// One aggregate of a window, what a feature topic (FA, FI, FD) carries. All are exact as
+/// defined in the module docs: one rounding of the exact real value (sums, mean, integral),
+/// or no rounding at all (count, min, max); the derivative reads two readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Aggregate {
+    /// Number of readings.
+    Count,
+    /// `round(Σ v)`, value units.
+    Sum,
+    /// `round(Σ v) / n`, value units (FA's default).
+    Mean,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Trapezoidal integral, value·seconds (FI's default).
+    Integral,
+    /// `(v_last − v_first) / (t_last − t_first)`, value per second (FD's default).
+    Derivative,
+}
+
+impl Aggregate {
+    /// Every aggregate, in declaration order.
+    pub const ALL: [Aggregate; 7] = [
+        Aggregate::Count,
+        Aggregate::Sum,
+        Aggregate::Mean,
+        Aggregate::Min,
+        Aggregate::Max,
+        Aggregate::Integral,
+        Aggregate::Derivative,
+    ];
+
+    /// Its value in `a`.
+    #[inline]
+    pub fn of(self, a: &Aggregates) -> f64 {
+        match self {
+            Aggregate::Count => f64::from(a.count),
+            Aggregate::Sum => a.sum,
+            Aggregate::Mean => a.mean,
+            Aggregate::Min => a.min,
+            Aggregate::Max => a.max,
+            Aggregate::Integral => a.integral,
+            Aggregate::Derivative => a.derivative,
+        }
+    }
+
+    /// True for the aggregates that need the window's extremes (min, max).
+    pub fn needs_extremes(self) -> bool {
+        matches!(self, Aggregate::Min | Aggregate::Max)
+    }
 }
 
 /// What happened to one reading.
@@ -221,15 +285,21 @@ fn derivative(first: Reading, last: Reading) -> f64 {
     }
 }
 
-/// FA and FI from the exact sums of a window of `n ≥ 1` readings (`only` = the reading when
-/// `n = 1`, returned bit for bit).
+/// Sum, FA and FI from the exact sums of a window of `n ≥ 1` readings (`only` = the reading
+/// when `n = 1`, returned bit for bit).
 #[inline]
-fn mean_and_integral(sum_v: &HybridSum, area: &HybridSum, n: u32, only: f64) -> (f64, f64) {
+pub(crate) fn sum_mean_integral(
+    sum_v: &HybridSum,
+    area: &HybridSum,
+    n: u32,
+    only: f64,
+) -> (f64, f64, f64) {
     if n == 1 {
-        return (only, 0.0);
+        return (only, only, 0.0);
     }
+    let sum = sum_v.round();
     // The divisor 2000 turns `Σ (v + v') · Δt_ms` into value·seconds: ½ (trapezoid) × 1/1000.
-    (sum_v.round() / f64::from(n), area.div2000_round())
+    (sum, sum / f64::from(n), area.div2000_round())
 }
 
 /// A buffered reading: 12 bytes (`packed(4)` keeps the `f64` at 4-byte alignment; fields are
@@ -343,16 +413,23 @@ impl ClientWindow {
     }
 
     /// Adds an accepted reading (the caller checked it is not late) and returns its window's
-    /// aggregates. `size_ms > 0`, `grace_ms ≥ 0`.
+    /// aggregates, with min and max when `extremes` (an O(n) scan of the window; 0 otherwise).
+    /// `size_ms > 0`, `grace_ms ≥ 0`.
     #[inline]
-    pub fn push(&mut self, r: Reading, size_ms: i64, grace_ms: i64) -> Aggregates {
+    pub fn push(&mut self, r: Reading, size_ms: i64, grace_ms: i64, extremes: bool) -> Aggregates {
         let last = self.buf.back().map(|s| Reading {
             t: self.base + i64::from(s.dt),
             v: s.v,
         });
         match last {
-            Some(last) if r.t < last.t => self.push_out_of_order(r, last.t, size_ms),
-            last => self.push_in_order(r, last, size_ms, grace_ms),
+            Some(last) if r.t < last.t => {
+                let mut a = self.push_out_of_order(r, last.t, size_ms);
+                if !extremes {
+                    (a.min, a.max) = (0.0, 0.0);
+                }
+                a
+            }
+            last => self.push_in_order(r, last, size_ms, grace_ms, extremes),
         }
     }
 
@@ -364,6 +441,7 @@ impl ClientWindow {
         mut last: Option<Reading>,
         size_ms: i64,
         grace_ms: i64,
+        extremes: bool,
     ) -> Aggregates {
         if last.is_some_and(|l| r.t.saturating_sub(l.t) >= size_ms.saturating_add(grace_ms)) {
             // Everything held is outside this reading's window and below the retention
@@ -429,12 +507,23 @@ impl ClientWindow {
         let n = u32::try_from(self.buf.len() - self.start).unwrap_or(u32::MAX);
         let first = oldest.unwrap_or_else(|| self.at(self.start));
         debug_assert_eq!(first.t, self.at(self.start).t);
-        let (mean, integral) = mean_and_integral(&self.sum_v, &self.area, n, r.v);
+        let (sum, mean, integral) = sum_mean_integral(&self.sum_v, &self.area, n, r.v);
+        let (min, max) = if extremes {
+            (self.start..self.buf.len()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), i| {
+                let v = self.buf[i].v;
+                (lo.min(v), hi.max(v))
+            })
+        } else {
+            (0.0, 0.0)
+        };
         Aggregates {
             mean,
             integral,
             derivative: derivative(first, r),
             count: n,
+            sum,
+            min,
+            max,
         }
     }
 
@@ -476,17 +565,20 @@ impl ClientWindow {
     }
 }
 
-/// Aggregates over readings already sorted by `(t, arrival)` (count 0 when empty), computed
-/// from scratch with fresh exact sums.
-fn aggregates_of(readings: impl Iterator<Item = Reading>) -> Aggregates {
+/// Aggregates (with min and max) over readings already sorted by `(t, arrival)` (count 0 when
+/// empty), computed from scratch with fresh exact sums.
+pub(crate) fn aggregates_of(readings: impl Iterator<Item = Reading>) -> Aggregates {
     let mut n = 0u32;
     let mut sum = HybridSum::new();
     let mut area = HybridSum::new();
     let mut first: Option<Reading> = None;
     let mut prev: Option<Reading> = None;
+    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
     for r in readings {
         n = n.saturating_add(1);
         sum.add(r.v);
+        min = min.min(r.v);
+        max = max.max(r.v);
         if let Some(p) = prev {
             trapezoid(&mut area, p, r, false);
         }
@@ -495,12 +587,15 @@ fn aggregates_of(readings: impl Iterator<Item = Reading>) -> Aggregates {
     }
     match (first, prev) {
         (Some(f), Some(l)) => {
-            let (mean, integral) = mean_and_integral(&sum, &area, n, l.v);
+            let (sum, mean, integral) = sum_mean_integral(&sum, &area, n, l.v);
             Aggregates {
                 mean,
                 integral,
                 derivative: derivative(f, l),
                 count: n,
+                sum,
+                min,
+                max,
             }
         }
         _ => Aggregates {
@@ -508,6 +603,9 @@ fn aggregates_of(readings: impl Iterator<Item = Reading>) -> Aggregates {
             integral: 0.0,
             derivative: 0.0,
             count: 0,
+            sum: 0.0,
+            min: 0.0,
+            max: 0.0,
         },
     }
 }
@@ -685,9 +783,11 @@ impl PartitionWindows {
     /// Processes `r` for the client whose state is `windows[i]` (`client` is its key).
     /// `removals` counts client states dropped (see [`WindowEngine::process_batch`]).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn process_at(
         &mut self,
         cfg: WindowConfig,
+        extremes: bool,
         i: usize,
         client: &str,
         r: Reading,
@@ -708,7 +808,7 @@ impl PartitionWindows {
                 return Outcome::Late { watermark };
             }
         }
-        let agg = cw.push(r, cfg.size_ms, cfg.grace_ms);
+        let agg = cw.push(r, cfg.size_ms, cfg.grace_ms, extremes);
         // The newest reading held is the newest accepted (eviction never drops it).
         self.newest[i] = self.newest[i].max(r.t);
         debug_assert_eq!(Some(self.newest[i]), self.windows[i].max_t());
@@ -764,6 +864,8 @@ impl PartitionWindows {
 #[derive(Debug)]
 pub struct WindowEngine {
     cfg: WindowConfig,
+    /// Whether [`Aggregates::min`] and [`Aggregates::max`] are computed.
+    extremes: bool,
     partitions: FxHashMap<i32, PartitionWindows>,
     /// Client states dropped so far (late first readings, sweeps, revocations): while it does
     /// not change, an index looked up earlier still belongs to the same client.
@@ -794,9 +896,18 @@ impl WindowEngine {
     pub fn new(cfg: WindowConfig) -> Self {
         Self {
             cfg,
+            extremes: false,
             partitions: FxHashMap::default(),
             removals: 0,
         }
+    }
+
+    /// The same engine computing [`Aggregates::min`] and [`Aggregates::max`] too (when a
+    /// feature asks for them): an O(n) scan of each in-order reading's window (n = readings in
+    /// it), where the other aggregates cost O(1) amortised.
+    pub fn with_extremes(mut self, extremes: bool) -> Self {
+        self.extremes = extremes;
+        self
     }
 
     /// The configuration.
@@ -809,7 +920,7 @@ impl WindowEngine {
         let cfg = self.cfg;
         let p = self.partitions.entry(partition).or_default();
         let i = p.slot(client);
-        p.process_at(cfg, i, client, r, &mut self.removals)
+        p.process_at(cfg, self.extremes, i, client, r, &mut self.removals)
     }
 
     /// Processes readings in order, exactly as [`WindowEngine::process`] on each in turn
@@ -856,7 +967,7 @@ impl WindowEngine {
                 } else {
                     p.slot(client)
                 };
-                out.push(p.process_at(cfg, i, client, *r, &mut self.removals));
+                out.push(p.process_at(cfg, self.extremes, i, client, *r, &mut self.removals));
             }
         }
     }

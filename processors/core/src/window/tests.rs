@@ -86,6 +86,22 @@ fn exact_mean_integral(w: &[Reading]) -> (f64, f64) {
 fn assert_exact(fast: &Aggregates, w: &[Reading]) -> Result<(), TestCaseError> {
     prop_assert_eq!(fast.count as usize, w.len());
     let (mean, integral) = exact_mean_integral(w);
+    // The sum is the mean's numerator: the exact sum rounded once (the reading, for one).
+    let sum = if w.len() == 1 {
+        w[0].v
+    } else {
+        round_ratio(
+            &w.iter().map(|r| exact(r.v)).sum(),
+            &(BigInt::from(1) << 1074usize),
+        )
+    };
+    prop_assert_eq!(
+        fast.sum.to_bits(),
+        sum.to_bits(),
+        "sum {} vs exact {}",
+        fast.sum,
+        sum
+    );
     prop_assert_eq!(
         fast.mean.to_bits(),
         mean.to_bits(),
@@ -458,7 +474,7 @@ fn gaps_longer_than_the_time_offset_range() {
     .map(|(i, &t)| ("c", Reading { t, v: i as f64 }))
     .collect();
     let want = reference_features(c, &arrivals);
-    let mut e = WindowEngine::new(c);
+    let mut e = WindowEngine::new(c).with_extremes(true);
     for (k, &(client, r)) in arrivals.iter().enumerate() {
         match (e.process(0, client, r), want[k]) {
             (Outcome::Emit(a), Some(b)) => assert_eq!(a, b, "reading {k}"),
@@ -479,7 +495,7 @@ fn gaps_longer_than_the_time_offset_range() {
 
 #[test]
 fn long_streams_do_not_drift() {
-    let mut e = WindowEngine::new(cfg(10_000, 0, WatermarkScope::Client));
+    let mut e = WindowEngine::new(cfg(10_000, 0, WatermarkScope::Client)).with_extremes(true);
     let mut last = None;
     for i in 0..1_000_000i64 {
         let v = ((i * 7919) % 1000) as f64 * 1e-3 + 1e6 * ((i % 2) as f64);
@@ -549,6 +565,7 @@ proptest! {
         grace in prop_oneof![Just(0i64), 1i64..60_000],
         size in prop_oneof![Just(600_000i64), 1i64..700_000],
         client_scope in any::<bool>(),
+        extremes in any::<bool>(),
     ) {
         let scope = if client_scope { WatermarkScope::Client } else { WatermarkScope::Partition };
         let c = cfg(size, grace, scope);
@@ -556,10 +573,16 @@ proptest! {
         let arrivals: Vec<(&str, Reading)> =
             seq.iter().map(|&(i, t, v)| (names[i], Reading { t, v })).collect();
         let slow = reference_windows(c, &arrivals);
-        let mut e = WindowEngine::new(c);
+        let mut e = WindowEngine::new(c).with_extremes(extremes);
         for (k, &(client, r)) in arrivals.iter().enumerate() {
             match (e.process(7, client, r), &slow[k]) {
-                (Outcome::Emit(f), Some(w)) => assert_exact(&f, w)?,
+                (Outcome::Emit(f), Some(w)) => {
+                    assert_exact(&f, w)?;
+                    let lo = w.iter().map(|x| x.v).fold(f64::INFINITY, f64::min);
+                    let hi = w.iter().map(|x| x.v).fold(f64::NEG_INFINITY, f64::max);
+                    let want = if extremes { (lo, hi) } else { (0.0, 0.0) };
+                    prop_assert_eq!((f.min, f.max), want);
+                }
                 (Outcome::Late { .. }, None) => {}
                 (f, s) => prop_assert!(false, "reading {k}: fast {f:?} vs reference {s:?}"),
             }
