@@ -89,8 +89,22 @@ pub const MIN_EVENT_TIME_MS: &str = "SF_MIN_EVENT_TIME_MS";
 pub const MAX_ABS_VALUE: &str = "SF_MAX_ABS_VALUE";
 
 // window-processor (`processors/apps/src/window.rs` `WindowArgs`)
-/// `SF_WINDOW_SIZE_MS`: Length of the sliding event-time window, ms.
+/// `SF_WINDOW_KIND`: `Sliding`, `Tumbling`, `Hopping` or `Global` ([`crate::WindowKind`]).
+pub const WINDOW_KIND: &str = "SF_WINDOW_KIND";
+/// `SF_WINDOW_SIZE_MS`: Length of the window, ms.
 pub const WINDOW_SIZE_MS: &str = "SF_WINDOW_SIZE_MS";
+/// `SF_WINDOW_ADVANCE_MS`: Distance between hopping window starts, ms (Hopping only).
+pub const WINDOW_ADVANCE_MS: &str = "SF_WINDOW_ADVANCE_MS";
+/// `SF_WINDOW_EMIT`: `PerRecord` or `Final` ([`crate::WindowEmit`]).
+pub const WINDOW_EMIT: &str = "SF_WINDOW_EMIT";
+/// `SF_WINDOW_TIME`: `EventTime` or `ProcessingTime` ([`crate::WindowTime`]).
+pub const WINDOW_TIME: &str = "SF_WINDOW_TIME";
+/// `SF_FA_AGGREGATE`: The FA topic's aggregate ([`crate::Aggregate`], default `Mean`).
+pub const FA_AGGREGATE: &str = "SF_FA_AGGREGATE";
+/// `SF_FI_AGGREGATE`: The FI topic's aggregate (default `Integral`).
+pub const FI_AGGREGATE: &str = "SF_FI_AGGREGATE";
+/// `SF_FD_AGGREGATE`: The FD topic's aggregate (default `Derivative`).
+pub const FD_AGGREGATE: &str = "SF_FD_AGGREGATE";
 /// `SF_GRACE_MS`: Grace for out-of-order readings, ms (watermark = max event time − grace).
 pub const GRACE_MS: &str = "SF_GRACE_MS";
 /// `SF_WATERMARK_SCOPE`: `partition` or `client` ([`crate::WatermarkScope`]).
@@ -171,7 +185,7 @@ pub const SINK_SUMMARY_JSON: &str = "SF_SINK_SUMMARY_JSON";
 
 /// Every name above: the environment the processors' contract owns. A pod template overlay
 /// may not set any of them (the operator's validation refuses it).
-pub const ALL: [&str; 71] = [
+pub const ALL: [&str; 78] = [
     KAFKA_BOOTSTRAP_SERVERS,
     KAFKA_SECURITY_PROTOCOL,
     KAFKA_SASL_MECHANISM,
@@ -206,7 +220,14 @@ pub const ALL: [&str; 71] = [
     MAX_FUTURE_SKEW_MS,
     MIN_EVENT_TIME_MS,
     MAX_ABS_VALUE,
+    WINDOW_KIND,
     WINDOW_SIZE_MS,
+    WINDOW_ADVANCE_MS,
+    WINDOW_EMIT,
+    WINDOW_TIME,
+    FA_AGGREGATE,
+    FI_AGGREGATE,
+    FD_AGGREGATE,
     GRACE_MS,
     WATERMARK_SCOPE,
     FA_RANGE,

@@ -30,9 +30,9 @@ pub mod topics;
 use std::fmt;
 
 pub use crd::{
-    DeletionPolicy, DeliveryGuarantee, LogFormat, ModelKind, PullPolicy, SaslMechanism,
-    ScalingMode, SecurityProtocol, SensorPipeline, SensorPipelineSpec, SensorPipelineStatus,
-    WatermarkScope, WireFormat,
+    Aggregate, DeletionPolicy, DeliveryGuarantee, FeatureAggregates, LogFormat, ModelKind,
+    PullPolicy, SaslMechanism, ScalingMode, SecurityProtocol, SensorPipeline, SensorPipelineSpec,
+    SensorPipelineStatus, WatermarkScope, WindowEmit, WindowKind, WindowTime, WireFormat,
 };
 pub use topics::{TopicNames, TopicRole};
 
@@ -107,6 +107,17 @@ string_enum!(SaslMechanism, "SASL mechanism", {
     Plain => "PLAIN", ScramSha256 => "SCRAM-SHA-256", ScramSha512 => "SCRAM-SHA-512",
 });
 string_enum!(WatermarkScope, "watermark scope", { Partition => "partition", Client => "client" });
+string_enum!(WindowKind, "window kind", {
+    Sliding => "Sliding", Tumbling => "Tumbling", Hopping => "Hopping", Global => "Global",
+});
+string_enum!(WindowEmit, "window emission", { PerRecord => "PerRecord", Final => "Final" });
+string_enum!(WindowTime, "window time", {
+    EventTime => "EventTime", ProcessingTime => "ProcessingTime",
+});
+string_enum!(Aggregate, "aggregate", {
+    Count => "Count", Sum => "Sum", Mean => "Mean", Min => "Min", Max => "Max",
+    Integral => "Integral", Derivative => "Derivative",
+});
 string_enum!(ModelKind, "model kind", { Logistic => "logistic", Random => "random" });
 string_enum!(LogFormat, "log format", { Text => "text", Json => "json" });
 string_enum!(PullPolicy, "image pull policy", {

@@ -16,10 +16,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::crd::BinRange;
+use crate::crd::{BinRange, FeatureAggregates};
 use crate::env;
 use crate::{
-    LogFormat, ModelKind, SaslMechanism, SecurityProtocol, TopicNames, WatermarkScope, WireFormat,
+    LogFormat, ModelKind, SaslMechanism, SecurityProtocol, TopicNames, WatermarkScope, WindowEmit,
+    WindowKind, WindowTime, WireFormat,
 };
 
 /// Environment of one container: variable name → value (sorted, as in a ConfigMap).
@@ -158,8 +159,18 @@ pub struct WindowSettings {
     pub group_id: String,
     /// Delivery, commit interval and rebuild limits.
     pub run: LoopSettings,
-    /// Length of the sliding event-time window, ms.
+    /// Window kind.
+    pub kind: WindowKind,
+    /// Length of the window, ms.
     pub size_ms: i64,
+    /// Distance between hopping window starts, ms (Hopping only).
+    pub advance_ms: Option<i64>,
+    /// Per record or final.
+    pub emit: WindowEmit,
+    /// Event time or the records' Kafka timestamps.
+    pub time: WindowTime,
+    /// The aggregate of each feature topic.
+    pub aggregates: FeatureAggregates,
     /// Grace for out-of-order readings, ms (watermark = max event time − grace).
     pub grace_ms: i64,
     /// Per partition or per client key.
@@ -176,13 +187,24 @@ impl WindowSettings {
     /// The environment: `SF_GROUP_ID`, the [`LoopSettings`] (`SF_EXACTLY_ONCE`,
     /// `SF_COMMIT_INTERVAL_MS`, `SF_REBUILD_TIMEOUT_MS`, `SF_REBUILD_MAX_RECORDS`,
     /// `SF_MAX_FUTURE_SKEW_MS`, `SF_TRANSACTIONAL_ID_PREFIX`),
-    /// `SF_WINDOW_SIZE_MS`, `SF_GRACE_MS`, `SF_WATERMARK_SCOPE`, `SF_FA_RANGE`, `SF_FI_RANGE`,
+    /// `SF_WINDOW_KIND`, `SF_WINDOW_SIZE_MS`, `SF_WINDOW_ADVANCE_MS` (when set),
+    /// `SF_WINDOW_EMIT`, `SF_WINDOW_TIME`, `SF_FA_AGGREGATE`, `SF_FI_AGGREGATE`,
+    /// `SF_FD_AGGREGATE`, `SF_GRACE_MS`, `SF_WATERMARK_SCOPE`, `SF_FA_RANGE`, `SF_FI_RANGE`,
     /// `SF_FD_RANGE`.
     pub fn env(&self) -> Env {
         let mut e = Env::new();
         put(&mut e, env::GROUP_ID, &self.group_id);
         self.run.put(&mut e);
+        put(&mut e, env::WINDOW_KIND, self.kind);
         put(&mut e, env::WINDOW_SIZE_MS, self.size_ms);
+        if let Some(a) = self.advance_ms {
+            put(&mut e, env::WINDOW_ADVANCE_MS, a);
+        }
+        put(&mut e, env::WINDOW_EMIT, self.emit);
+        put(&mut e, env::WINDOW_TIME, self.time);
+        put(&mut e, env::FA_AGGREGATE, self.aggregates.fa);
+        put(&mut e, env::FI_AGGREGATE, self.aggregates.fi);
+        put(&mut e, env::FD_AGGREGATE, self.aggregates.fd);
         put(&mut e, env::GRACE_MS, self.grace_ms);
         put(&mut e, env::WATERMARK_SCOPE, self.watermark_scope);
         put(&mut e, env::FA_RANGE, self.fa_range);
@@ -307,6 +329,7 @@ impl SinkSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Aggregate;
 
     #[test]
     fn window_env_spells_values_as_the_processors_parse_them() {
@@ -320,7 +343,15 @@ mod tests {
                 max_future_skew_ms: 300_000,
                 transactional_id_prefix: "ns.p-window".into(),
             },
+            kind: WindowKind::Hopping,
             size_ms: 600_000,
+            advance_ms: Some(60_000),
+            emit: WindowEmit::Final,
+            time: WindowTime::EventTime,
+            aggregates: FeatureAggregates {
+                fa: Aggregate::Max,
+                ..FeatureAggregates::default()
+            },
             grace_ms: 30_000,
             watermark_scope: WatermarkScope::Client,
             fa_range: BinRange { lo: 0.0, hi: 5.0 },
@@ -335,12 +366,17 @@ mod tests {
         };
         let e = w.env();
         assert_eq!(e[env::WATERMARK_SCOPE], "client");
+        assert_eq!(e[env::WINDOW_KIND], "Hopping");
+        assert_eq!(e[env::WINDOW_ADVANCE_MS], "60000");
+        assert_eq!(e[env::WINDOW_EMIT], "Final");
+        assert_eq!(e[env::FA_AGGREGATE], "Max");
+        assert_eq!(e[env::FI_AGGREGATE], "Integral");
         assert_eq!(e[env::FA_RANGE], "0,5");
         assert_eq!(e[env::FD_RANGE], "-0.01,0.01");
         assert_eq!(e[env::EXACTLY_ONCE], "false");
         assert_eq!(e[env::COMMIT_INTERVAL_MS], "200");
         assert_eq!(e[env::MAX_FUTURE_SKEW_MS], "300000");
         assert_eq!(e[env::TRANSACTIONAL_ID_PREFIX], "ns.p-window");
-        assert_eq!(e.len(), 13);
+        assert_eq!(e.len(), 20);
     }
 }

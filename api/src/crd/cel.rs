@@ -21,6 +21,24 @@ pub const MAX_REPLICAS_JOIN: &str = "!has(self.processors) || !has(self.processo
 /// Message of [`MAX_REPLICAS_JOIN`].
 pub const MAX_REPLICAS_JOIN_MSG: &str =
     "processors.join.maxReplicas must not exceed topics.partitions";
+/// On `window`: a hopping window has an advance.
+pub const HOPPING_NEEDS_ADVANCE: &str = "self.kind != 'Hopping' || has(self.advanceMs)";
+/// Message of [`HOPPING_NEEDS_ADVANCE`].
+pub const HOPPING_NEEDS_ADVANCE_MSG: &str = "a Hopping window needs advanceMs";
+/// On `window`: only a hopping window has an advance.
+pub const ADVANCE_ONLY_HOPPING: &str = "!has(self.advanceMs) || self.kind == 'Hopping'";
+/// Message of [`ADVANCE_ONLY_HOPPING`].
+pub const ADVANCE_ONLY_HOPPING_MSG: &str = "advanceMs is for Hopping windows only";
+/// On `window`: `0 < advance ≤ size`, and a reading in at most 1000 windows.
+pub const ADVANCE_WITHIN_SIZE: &str = "!has(self.advanceMs) || (self.advanceMs <= self.sizeMs && (self.sizeMs + self.advanceMs - 1) / self.advanceMs <= 1000)";
+/// Message of [`ADVANCE_WITHIN_SIZE`].
+pub const ADVANCE_WITHIN_SIZE_MSG: &str = "advanceMs must be at most sizeMs and at least sizeMs / 1000 (a reading in at most 1000 windows)";
+/// On `window`: final emission needs windows that close.
+pub const FINAL_NEEDS_CLOSING: &str =
+    "self.emit != 'Final' || self.kind == 'Tumbling' || self.kind == 'Hopping'";
+/// Message of [`FINAL_NEEDS_CLOSING`].
+pub const FINAL_NEEDS_CLOSING_MSG: &str =
+    "emit: Final needs a Tumbling or Hopping window (Sliding and Global windows never close)";
 /// On every `BinRange`.
 pub const LO_BELOW_HI: &str = "self.lo < self.hi";
 /// Message of [`LO_BELOW_HI`].

@@ -335,15 +335,133 @@ pub enum WatermarkScope {
     Client,
 }
 
-/// Window settings (all durations in milliseconds).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Which windows window-processor computes (see docs/semantics.md for the table of the same
+/// kinds in Kafka Streams, Flink and Spark).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum WindowKind {
+    /// One window per reading over `(t − sizeMs, t]` of its client (default; Kafka Streams'
+    /// `SlidingWindows`, Flink's OVER window, `RANGE` preceding).
+    #[default]
+    Sliding,
+    /// Epoch-aligned `[k·sizeMs, (k+1)·sizeMs)` (Kafka Streams' `TimeWindows` without advance,
+    /// Flink's `TUMBLE`, Spark's `window(t, size)`).
+    Tumbling,
+    /// Epoch-aligned `[k·advanceMs, k·advanceMs + sizeMs)`, overlapping (Kafka Streams'
+    /// `TimeWindows.advanceBy`, Flink's `HOP`, Spark's "sliding" `window(t, size, slide)`).
+    Hopping,
+    /// One window per client from its first reading on, never closed: a running total
+    /// (Flink's unbounded OVER window, Spark's `groupBy` in update mode); `sizeMs` is unused.
+    Global,
+}
+
+/// When window-processor emits a window's features.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum WindowEmit {
+    /// On every reading: the updated features of each window holding it (default; Spark's
+    /// update mode, Kafka Streams without `suppress`).
+    #[default]
+    PerRecord,
+    /// Once per window, when the watermark passes its end (Spark's append mode, Kafka
+    /// Streams' `suppress(untilWindowCloses)`); Tumbling and Hopping only.
+    Final,
+}
+
+/// Which clock places a reading in its windows.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum WindowTime {
+    /// The reading's own event time (default).
+    #[default]
+    EventTime,
+    /// The SZ record's Kafka timestamp: the broker's append time when the SZ topic has
+    /// `message.timestamp.type=LogAppendTime` (the operator sets it on an SZ topic it owns or
+    /// creates), else the producer's create time. Read from the record, not from a clock in
+    /// the processor, so a restart or rebuild places every reading in the same windows.
+    ProcessingTime,
+}
+
+/// One windowed aggregate (exact: sums rounded once).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Aggregate {
+    /// Number of readings in the window.
+    Count,
+    /// Sum of the values (value units).
+    Sum,
+    /// Mean of the values (value units).
+    Mean,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Trapezoidal integral across consecutive readings (value·seconds).
+    Integral,
+    /// `(v_last − v_first) / (t_last − t_first)` (value per second; 0 for one timestamp).
+    Derivative,
+}
+
+/// The aggregate each feature topic carries.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+pub struct FeatureAggregates {
+    /// Aggregate of the FA topic (default `Mean`).
+    #[serde(default = "default_fa_aggregate")]
+    pub fa: Aggregate,
+    /// Aggregate of the FI topic (default `Integral`).
+    #[serde(default = "default_fi_aggregate")]
+    pub fi: Aggregate,
+    /// Aggregate of the FD topic (default `Derivative`).
+    #[serde(default = "default_fd_aggregate")]
+    pub fd: Aggregate,
+}
+
+impl Default for FeatureAggregates {
+    fn default() -> Self {
+        Self {
+            fa: default_fa_aggregate(),
+            fi: default_fi_aggregate(),
+            fd: default_fd_aggregate(),
+        }
+    }
+}
+
+fn default_fa_aggregate() -> Aggregate {
+    Aggregate::Mean
+}
+fn default_fi_aggregate() -> Aggregate {
+    Aggregate::Integral
+}
+fn default_fd_aggregate() -> Aggregate {
+    Aggregate::Derivative
+}
+
+/// Window settings (all durations in milliseconds).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(cel::HOPPING_NEEDS_ADVANCE).message(cel::HOPPING_NEEDS_ADVANCE_MSG),
+    validation = Rule::new(cel::ADVANCE_ONLY_HOPPING).message(cel::ADVANCE_ONLY_HOPPING_MSG),
+    validation = Rule::new(cel::ADVANCE_WITHIN_SIZE).message(cel::ADVANCE_WITHIN_SIZE_MSG),
+    validation = Rule::new(cel::FINAL_NEEDS_CLOSING).message(cel::FINAL_NEEDS_CLOSING_MSG)
+)]
 pub struct WindowSpec {
-    /// Length of the sliding window in ms: a reading's features cover its client's readings
-    /// with event time in `(t − sizeMs, t]` (default 600000 = 10 min).
+    /// `Sliding` (default), `Tumbling`, `Hopping` or `Global`.
+    #[serde(default)]
+    pub kind: WindowKind,
+    /// Length of the window in ms (default 600000 = 10 min): a sliding window covers
+    /// `(t − sizeMs, t]`, a tumbling or hopping one `sizeMs` from its start; unused by `Global`.
     #[serde(default = "default_window_ms")]
     #[schemars(range(min = 1000, max = 86400000))]
     pub size_ms: i64,
+    /// Distance between the starts of hopping windows in ms, at most `sizeMs` and at least
+    /// `sizeMs / 1000`; required for `Hopping`, refused for the other kinds (unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400000))]
+    pub advance_ms: Option<i64>,
+    /// `PerRecord` (default) or `Final` (Tumbling and Hopping only).
+    #[serde(default)]
+    pub emit: WindowEmit,
+    /// `EventTime` (default) or `ProcessingTime`.
+    #[serde(default)]
+    pub time: WindowTime,
     /// How far a reading may trail the newest event time and still count, in ms (default
     /// 30000): the watermark is the max event time seen − grace, and a reading older than the
     /// watermark goes to the late topic.
@@ -353,6 +471,10 @@ pub struct WindowSpec {
     /// `partition` (default): one watermark per input partition; `client`: one per client key.
     #[serde(default)]
     pub watermark_scope: WatermarkScope,
+    /// The aggregate of each feature topic (default FA `Mean`, FI `Integral`, FD
+    /// `Derivative`).
+    #[serde(default)]
+    pub aggregates: FeatureAggregates,
     /// FA bin range (default [0, 5)).
     #[serde(default = "default_fa")]
     pub fa_range: BinRange,
@@ -367,9 +489,14 @@ pub struct WindowSpec {
 impl Default for WindowSpec {
     fn default() -> Self {
         Self {
+            kind: WindowKind::default(),
             size_ms: default_window_ms(),
+            advance_ms: None,
+            emit: WindowEmit::default(),
+            time: WindowTime::default(),
             grace_ms: default_grace_ms(),
             watermark_scope: WatermarkScope::Partition,
+            aggregates: FeatureAggregates::default(),
             fa_range: default_fa(),
             fi_range: default_fi(),
             fd_range: default_fd(),
@@ -1120,7 +1247,7 @@ mod tests {
         }
         let mut found = Vec::new();
         all_rules(&schema, &mut found);
-        assert_eq!(found.len(), 21, "{found:#?}");
+        assert_eq!(found.len(), 25, "{found:#?}");
         for rule in [
             cel::MIN_LE_MAX,
             cel::MAX_REPLICAS_WINDOW,
@@ -1137,6 +1264,10 @@ mod tests {
             cel::KAFKA_PROPERTIES_SEPARATORS,
             cel::KAFKA_PROPERTIES_CONNECTION,
             cel::SA_NAME_OR_ANNOTATIONS,
+            cel::HOPPING_NEEDS_ADVANCE,
+            cel::ADVANCE_ONLY_HOPPING,
+            cel::ADVANCE_WITHIN_SIZE,
+            cel::FINAL_NEEDS_CLOSING,
         ] {
             assert!(
                 found.iter().any(|r| r == rule),
@@ -1283,6 +1414,10 @@ mod tests {
         check(SaslMechanism::ALL);
         check(WatermarkScope::ALL);
         check(ModelKind::ALL);
+        check(WindowKind::ALL);
+        check(WindowEmit::ALL);
+        check(WindowTime::ALL);
+        check(Aggregate::ALL);
         check(LogFormat::ALL);
         check(PullPolicy::ALL);
         check(ScalingMode::ALL);

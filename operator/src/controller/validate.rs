@@ -400,6 +400,35 @@ pub fn validate(
     if w.grace_ms < 0 {
         errs.push("window.graceMs: must not be negative".to_owned());
     }
+    // The CRD's CEL rules on `window` (crd::cel), again for objects stored before them.
+    use sensorflow_api::{WindowEmit, WindowKind};
+    match (w.kind, w.advance_ms) {
+        (WindowKind::Hopping, None) => errs.push(format!(
+            "window.advanceMs: {}",
+            crate::crd::cel::HOPPING_NEEDS_ADVANCE_MSG
+        )),
+        (WindowKind::Hopping, Some(a))
+            if a <= 0 || a > w.size_ms || (w.size_ms - 1) / a + 1 > 1000 =>
+        {
+            errs.push(format!(
+                "window.advanceMs: {}",
+                crate::crd::cel::ADVANCE_WITHIN_SIZE_MSG
+            ));
+        }
+        (WindowKind::Hopping, Some(_)) => {}
+        (_, Some(_)) => errs.push(format!(
+            "window.advanceMs: {}",
+            crate::crd::cel::ADVANCE_ONLY_HOPPING_MSG
+        )),
+        (_, None) => {}
+    }
+    if w.emit == WindowEmit::Final && !matches!(w.kind, WindowKind::Tumbling | WindowKind::Hopping)
+    {
+        errs.push(format!(
+            "window.emit: {}",
+            crate::crd::cel::FINAL_NEEDS_CLOSING_MSG
+        ));
+    }
 
     let m = &spec.model;
     if !(0.0..=1.0).contains(&m.threshold) {

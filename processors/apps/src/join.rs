@@ -429,6 +429,7 @@ impl JoinProcessor {
                         source: SzSource {
                             partition: f.source_partition,
                             offset: f.source_offset,
+                            index: f.source_index,
                         },
                     },
                     f.ingest_time_ms,
@@ -717,6 +718,7 @@ impl JoinProcessor {
         pred.source_offset = j.record.offset;
         pred.features_source_partition = j.triple_source.partition;
         pred.features_source_offset = j.triple_source.offset;
+        pred.features_source_index = j.triple_source.index;
         pred.ingest_time_ms = j.ingest_time_ms;
         pred.predicted_at_ms = now;
         self.encoded.clear();
@@ -1238,6 +1240,7 @@ mod record_tests {
             value: 0.5,
             window_count: 1,
             ingest_time_ms: 0,
+            ..Feature::default()
         }
         .encode_to_vec()
     }

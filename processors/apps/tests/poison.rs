@@ -122,6 +122,7 @@ fn valid(role: usize, t: i64, value: f64) -> Vec<u8> {
             value,
             window_count: 2,
             ingest_time_ms: 1_700_000_000_000,
+            ..Feature::default()
         }
         .encode_to_vec()
     }

@@ -380,6 +380,7 @@ fn feature(kind: FeatureKind, t: i64, src: i64, bin: u32) -> Vec<u8> {
         value: 0.0,
         window_count: 1,
         ingest_time_ms: t,
+        ..Feature::default()
     }
     .encode_to_vec()
 }

@@ -171,7 +171,12 @@ pub fn window_settings(v: &Validated) -> WindowSettings {
     WindowSettings {
         group_id: v.window_group(),
         run: loop_settings(v, "window"),
+        kind: w.kind,
         size_ms: w.size_ms,
+        advance_ms: w.advance_ms,
+        emit: w.emit,
+        time: w.time,
+        aggregates: w.aggregates,
         grace_ms: w.grace_ms,
         watermark_scope: w.watermark_scope,
         fa_range: w.fa_range,

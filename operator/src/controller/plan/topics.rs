@@ -15,16 +15,22 @@ use sensorflow_kafka::{TopicConfigs, TopicPlan};
 /// late topics, which carry whole input records, get `max.message.bytes` = the inputs' limit +
 /// 64 KiB for the dead-letter headers where their override does not set it: in `set` when
 /// `topics.config` sets the inputs' limit, else Kafka's default + 64 KiB in `on_create` (only
-/// on the topics the operator creates). Keyed by topic name; a topic with nothing configured
-/// maps to an empty map in `set`.
+/// on the topics the operator creates). With `window.time: ProcessingTime` the SZ topic gets
+/// `message.timestamp.type=LogAppendTime` (the broker's clock stamps each reading) unless its
+/// override sets the type. Keyed by topic name; a topic with nothing configured maps to an
+/// empty map in `set`.
 pub fn topic_configs(v: &Validated) -> TopicConfigs {
     let t = &v.spec.topics;
     let mut common = t.config.clone();
     if let Some(r) = t.retention_ms {
         common.insert("retention.ms".into(), r.to_string());
     }
+    let processing_time = v.spec.window.time == sensorflow_api::WindowTime::ProcessingTime;
     sensorflow_kafka::topic_configs(&v.topics, &common, |role| {
         let mut c = BTreeMap::new();
+        if processing_time && role == sensorflow_api::TopicRole::Sz {
+            c.insert("message.timestamp.type".into(), "LogAppendTime".into());
+        }
         if let Some(o) = t.overrides.get(role) {
             c.extend(o.config.clone());
             if let Some(r) = o.retention_ms {

@@ -320,7 +320,7 @@ impl PartitionJoin {
         if let JoinInput::Feature { source, .. } = input
             && self.seen[kind.idx() - 2]
                 .get(&source.partition)
-                .is_some_and(|seen| seen.contains(source.offset))
+                .is_some_and(|seen| seen.contains(source.seq()))
         {
             return Applied::Duplicate;
         }
@@ -329,7 +329,7 @@ impl PartitionJoin {
             self.seen[kind.idx() - 2]
                 .entry(source.partition)
                 .or_default()
-                .insert(source.offset, t);
+                .insert(source.seq(), t);
         }
         // Late by its own input partition's order (max event time before it − grace), which
         // no interleaving of the five inputs changes; or below a watermark that idle inputs
@@ -362,7 +362,7 @@ impl PartitionJoin {
                 };
                 store.insert(Entry {
                     t,
-                    tie: (0, offset),
+                    tie: (0, offset, 0),
                     v: value,
                 });
                 c.open += 1;
@@ -382,6 +382,7 @@ impl PartitionJoin {
                         source: SzSource {
                             partition: -1,
                             offset: -1,
+                            index: 0,
                         },
                         records: [Some(me), None, None],
                         ingest_time_ms,
@@ -425,7 +426,7 @@ impl PartitionJoin {
                     let c = self.client(client);
                     c.triples.insert(Entry {
                         t,
-                        tie: (source.partition, source.offset),
+                        tie: (source.partition, source.offset, source.index),
                         v: bins,
                     });
                     // The partial's `open` carries over to the pending trigger.
@@ -570,7 +571,7 @@ impl PartitionJoin {
         let sx = match p.trigger {
             Trigger::Sx => Some(Entry {
                 t,
-                tie: (0, 0),
+                tie: (0, 0, 0),
                 v: p.value,
             }),
             _ => c.and_then(|c| c.sx.as_of(t)),
@@ -578,7 +579,7 @@ impl PartitionJoin {
         let sy = match p.trigger {
             Trigger::Sy => Some(Entry {
                 t,
-                tie: (0, 0),
+                tie: (0, 0, 0),
                 v: p.value,
             }),
             _ => c.and_then(|c| c.sy.as_of(t)),
@@ -586,7 +587,7 @@ impl PartitionJoin {
         let tr = match p.trigger {
             Trigger::Features => Some(Entry {
                 t,
-                tie: (p.source.partition, p.source.offset),
+                tie: (p.source.partition, p.source.offset, p.source.index),
                 v: p.bins,
             }),
             _ => c.and_then(|c| c.triples.as_of(t)),
@@ -619,6 +620,7 @@ impl PartitionJoin {
                 triple_source: SzSource {
                     partition: tr.tie.0,
                     offset: tr.tie.1,
+                    index: tr.tie.2,
                 },
                 ingest_time_ms: p.ingest_time_ms,
             }),

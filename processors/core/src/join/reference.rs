@@ -141,6 +141,7 @@ fn join_in_time(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<JoinEvent
                 SzSource {
                     partition: -1,
                     offset: -1,
+                    index: 0,
                 },
                 [0; 3],
             )),
@@ -159,6 +160,7 @@ fn join_in_time(cfg: JoinConfig, records: &[(&str, RefRecord)]) -> Vec<JoinEvent
                 SzSource {
                     partition: -1,
                     offset: -1,
+                    index: 0,
                 },
                 [0; 3],
             )),

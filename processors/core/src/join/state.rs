@@ -11,7 +11,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Entry<V> {
     pub(super) t: i64,
-    pub(super) tie: (i32, i64),
+    pub(super) tie: (i32, i64, u32),
     pub(super) v: V,
 }
 
@@ -220,18 +220,20 @@ pub(super) struct Clock {
 /// as late): it is never dropped as a repeat. A gap is forgotten once the event time of the
 /// feature that passed over it falls below the state's horizon (`W − 2S`, like evicted
 /// clients); offsets skipped for good (late or dead-lettered SZ readings, transaction
-/// markers) cost one entry until then.
+/// markers) cost one entry until then. "Offsets" here are [`super::SzSource::seq`]: the SZ
+/// offset with the emission's index, so the several triples one SZ reading emits (hopping
+/// windows, final emissions) are told apart and kept in order.
 #[derive(Debug, Default, Clone)]
 pub(super) struct SeenOffsets {
-    pub(super) max: Option<i64>,
+    pub(super) max: Option<i128>,
     /// First offset of a gap → (end of the gap, exclusive; event time of the feature that
     /// passed over it).
-    pub(super) gaps: BTreeMap<i64, (i64, i64)>,
+    pub(super) gaps: BTreeMap<i128, (i128, i64)>,
 }
 
 impl SeenOffsets {
     /// The gap holding `offset`: (its first offset, end, event time).
-    pub(super) fn gap(&self, offset: i64) -> Option<(i64, i64, i64)> {
+    pub(super) fn gap(&self, offset: i128) -> Option<(i128, i128, i64)> {
         self.gaps
             .range(..=offset)
             .next_back()
@@ -240,13 +242,13 @@ impl SeenOffsets {
     }
 
     /// True when the feature at `offset` was handled before: a repeat.
-    pub(super) fn contains(&self, offset: i64) -> bool {
+    pub(super) fn contains(&self, offset: i128) -> bool {
         self.max
             .is_some_and(|max| offset <= max && self.gap(offset).is_none())
     }
 
     /// Records the feature at `offset` (event time `t`) as handled.
-    pub(super) fn insert(&mut self, offset: i64, t: i64) {
+    pub(super) fn insert(&mut self, offset: i128, t: i64) {
         match self.max {
             None => self.max = Some(offset),
             Some(max) if offset > max => {

@@ -33,6 +33,7 @@ fn feat(kind: InputKind, bin: u32, t: i64, sz_offset: i64) -> JoinInput {
         source: SzSource {
             partition: 0,
             offset: sz_offset,
+            index: 0,
         },
     }
 }
@@ -670,9 +671,13 @@ proptest! {
     /// for any arrival order, as long as no gap has been pruned.
     #[test]
     fn seen_offsets_match_the_set_of_handled_offsets(
-        offsets in prop::collection::vec(0i64..60, 0..80),
-        probes in prop::collection::vec(0i64..70, 0..40),
+        offsets in prop::collection::vec((0i64..30, 0u32..3), 0..80),
+        probes in prop::collection::vec((0i64..35, 0u32..4), 0..40),
     ) {
+        // Several triples of one SZ offset (hopping windows, final emissions) by their index.
+        let seq = |&(offset, index): &(i64, u32)| SzSource { partition: 0, offset, index }.seq();
+        let offsets: Vec<i128> = offsets.iter().map(seq).collect();
+        let probes: Vec<i128> = probes.iter().map(seq).collect();
         // The first offset handled is the floor: anything below it was handled before the
         // join started (a rebuild starts mid-stream), so the reference starts with 0.
         let mut seen = SeenOffsets::default();
@@ -779,6 +784,7 @@ fn pending_with_value(value: i64) -> Pending {
         source: SzSource {
             partition: -1,
             offset: -1,
+            index: 0,
         },
         records: [None; 3],
         ingest_time_ms: 0,

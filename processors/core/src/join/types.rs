@@ -84,13 +84,25 @@ impl JoinConfig {
     }
 }
 
-/// Identifies the SZ reading behind a triple.
+/// Identifies a triple: the SZ reading whose processing emitted it and which of that
+/// reading's window emissions it is (ordered by partition, offset, index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SzSource {
     /// SZ partition.
     pub partition: i32,
     /// SZ offset.
     pub offset: i64,
+    /// 0-based index among the windows that reading emitted (always 0 for the sliding
+    /// window; several for hopping windows and final emissions).
+    pub index: u32,
+}
+
+impl SzSource {
+    /// `(offset, index)` as one number, increasing in emission order within a partition: the
+    /// key of the repeat check.
+    pub fn seq(&self) -> i128 {
+        (i128::from(self.offset) << 32) | i128::from(self.index)
+    }
 }
 
 /// One input record of the join.
