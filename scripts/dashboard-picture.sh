@@ -13,7 +13,9 @@
 # scripts/dashboard_picture.py then evaluates every panel's PromQL over those scrapes and draws
 # the panels where the dashboard puts them. The scrapes are kept in .sensorflow/picture/
 # scrapes.json; --samples redraws from such a file without running anything.
-# Takes ~4 min warm (most of it the paced replay). Python: matplotlib and kafka-python in a venv
+# The run that made docs/dashboard.png (2026-12-07) took 396 s: cargo and the broker's start
+# 3.5 min (cargo rebuilt shared crates for another feature set, which the build line below now
+# avoids), the run and the drawing 157 s. Python: matplotlib and kafka-python in a venv
 # ($SENSORFLOW_CACHE/venv-picture).
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -43,7 +45,10 @@ if [ -n "$samples" ]; then
   exec "${py[@]}" --bootstrap unused --samples "$samples"
 fi
 scripts/fetch-data.sh >/dev/null
-cargo build --release --quiet -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink --bins
+# The package and binary set of scripts/build-images.sh: cargo resolves the same features, so this
+# is a no-op after an image build (another set rebuilds the shared crates, ~3 min here).
+cargo build --release --quiet -p sensorflow-operator -p sensorflow-apps -p sensorflow-tools -p sensorflow-sink \
+  --bin sensorflow-operator --bin window-processor --bin join-predict --bin gcs-sink --bin replay --bin sensorflow
 scripts/install-kafka.sh >/dev/null
 scripts/broker.sh stop "$work/broker" 2>/dev/null || true
 rm -rf "$work" && mkdir -p "$work"
