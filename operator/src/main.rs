@@ -81,7 +81,7 @@ struct Args {
     /// Image repositories a pipeline's `processors.image` may come from, comma-separated:
     /// the reference without `:tag` / `@digest`, compared exactly (`sensorflow/sensorflow`
     /// allows `sensorflow/sensorflow:0.1.0`, not `sensorflow/sensorflow-evil`), or `*` for
-    /// any. Default: the repository of the CRD's default image. A pipeline asking for another
+    /// any. Default: the SensorFlow image's repository. A pipeline asking for another
     /// is refused (`Ready=False`, reason `PolicyViolation`, Warning Event).
     #[arg(
         long,
@@ -106,6 +106,13 @@ struct Args {
         default_value = "secret,configMap,emptyDir,persistentVolumeClaim,csi,projected"
     )]
     allowed_volume_types: Vec<String>,
+    /// The processors' image for every pipeline that does not pin `processors.image`: the
+    /// operator's own image (the chart sets it from `image.repository` and `image.tag`), so
+    /// upgrading the operator rolls those pipelines' processors to the new version. Resolved at
+    /// each reconcile, never written into the stored pipeline. Default:
+    /// `sensorflow/sensorflow:<this binary's version>`.
+    #[arg(long, env = "SF_OPERATOR_PROCESSOR_IMAGE", default_value = sensorflow_operator::crd::DEFAULT_IMAGE)]
+    processor_image: String,
     /// This instance's identity (pod name); defaults to hostname-pid.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -127,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
         args.allow_service_account_name,
         &args.allowed_volume_types,
     )?;
-    info!(policy = %policy.summary(), "pipeline policy");
+    info!(policy = %policy.summary(), processor_image = %args.processor_image, "pipeline policy");
+    anyhow::ensure!(
+        !args.processor_image.trim().is_empty(),
+        "--processor-image is empty: name the image pipelines without processors.image run"
+    );
     // SIGTERM / Ctrl-C: the first stops the controller gracefully, a second exits at once.
     let shutdown = shutdown::on_signal();
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -200,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             cooldown_override: args.cooldown_override_seconds.map(Duration::from_secs),
             cleanup_attempts: args.cleanup_attempts.max(1),
             policy,
+            processor_image: args.processor_image.trim().to_owned(),
         },
         leadership.clone(),
     ));

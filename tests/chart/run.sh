@@ -120,11 +120,17 @@ policy_renders() {
          > "$d/open.yaml" || return 1
   [ "$(env_value "$d/default.yaml" SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES)" = '"sensorflow/sensorflow"' ] || { log "default: allowed repositories not image.repository"; ok=1; }
   [ "$(env_value "$d/own-image.yaml" SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES)" = '"registry.example/team/sensorflow"' ] || { log "allowed repositories do not follow image.repository"; ok=1; }
+  # Pipelines without processors.image run the operator's own image, tag default appVersion.
+  local app; app="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/Chart.yaml")"
+  [ "$(env_value "$d/default.yaml" SF_OPERATOR_PROCESSOR_IMAGE)" = "\"sensorflow/sensorflow:$app\"" ] || { log "default: processor image not the operator's"; ok=1; }
+  [ "$(env_value "$d/own-image.yaml" SF_OPERATOR_PROCESSOR_IMAGE)" = "\"registry.example/team/sensorflow:$app\"" ] || { log "processor image does not follow image.repository"; ok=1; }
+  [ "$(env_value "$d/own-image.yaml" SF_OPERATOR_PROCESSOR_IMAGE)" = "$(grep -m1 '^ *image: "' "$d/own-image.yaml" | sed 's/^ *image: //')" ] || { log "processor image is not the operator container's image"; ok=1; }
   [ "$(env_value "$d/default.yaml" SF_OPERATOR_ALLOW_SERVICE_ACCOUNT_NAME)" = '"false"' ] || { log "default: serviceAccountName allowed"; ok=1; }
   [ "$(env_value "$d/default.yaml" SF_OPERATOR_ALLOWED_VOLUME_TYPES)" = '"secret,configMap,emptyDir,persistentVolumeClaim,csi,projected"' ] || { log "default: volume types"; ok=1; }
   [ "$(env_value "$d/wide.yaml" SF_OPERATOR_ALLOWED_IMAGE_REPOSITORIES)" = '"a/b,registry:5000/c/d"' ] || { log "wide: repositories"; ok=1; }
   [ "$(env_value "$d/wide.yaml" SF_OPERATOR_ALLOW_SERVICE_ACCOUNT_NAME)" = '"true"' ] || { log "wide: serviceAccountName"; ok=1; }
   [ "$(env_value "$d/wide.yaml" SF_OPERATOR_ALLOWED_VOLUME_TYPES)" = '"emptyDir,hostPath"' ] || { log "wide: volume types"; ok=1; }
+  echo "$app" > "$d/app"
   "$python" - "$d" <<'PY' || ok=1
 import sys, yaml
 d = sys.argv[1]
@@ -140,6 +146,10 @@ check(vap is not None and "ValidatingAdmissionPolicyBinding" in default, "defaul
 if vap:
     exprs = [v["expression"] for v in vap["spec"]["validations"]]
     check(any("variables.repository in ['sensorflow/sensorflow']" == e for e in exprs), f"default: image rule {exprs}")
+    # An unset processors.image is checked as the operator's own image (what the operator runs).
+    image_var = [v["expression"] for v in vap["spec"]["variables"] if v["name"] == "image"]
+    check(len(image_var) == 1 and image_var[0].endswith(": 'sensorflow/sensorflow:" + open(f"{d}/app").read().strip() + "'"),
+          f"default: the unset image is not the operator's: {image_var}")
     check(sum("serviceAccountName" in e for e in exprs) == 3, "default: a serviceAccountName rule per pod template")
     vol = [e for e in exprs if "volumes.all" in e]
     check(len(vol) == 3 and all("!has(v.hostPath)" in e and "!has(v.nfs)" in e and "has(v.secret)" not in e

@@ -30,6 +30,11 @@ GCS = os.environ.get("SF_E2E_GCS", "")
 BIN = os.environ.get("SF_E2E_BIN_DIR", "")
 WORK = os.environ.get("SF_E2E_WORK", "/tmp/sensorflow-e2e")
 IMAGE = os.environ.get("SENSORFLOW_E2E_IMAGE", "sensorflow/sensorflow:0.1.0")
+# The helm-upgrade scenario: the operator's second version (a second tag of IMAGE on the nodes)
+# and the previous chart version it upgrades from (extracted from git by run.sh).
+UPGRADE_IMAGE = os.environ.get("SENSORFLOW_E2E_UPGRADE_IMAGE", "")
+PREVIOUS_CHART = os.environ.get("SF_E2E_PREVIOUS_CHART", "")
+PREVIOUS_CHART_REF = os.environ.get("SF_E2E_PREVIOUS_CHART_REF", "")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 OP_NS = "sensorflow-system"
@@ -272,6 +277,8 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when != "call" or not rep.failed:
         return
+    # The failure itself at once (pytest prints it only after every scenario has run).
+    log(f"{item.name} failed:\n" + "\n".join(rep.longreprtext.splitlines()[-15:]))
     try:
         diagnostics(item.name)
     except Exception as e:  # noqa: BLE001 - diagnostics must never hide the failure itself

@@ -28,6 +28,8 @@
 # (then: kind delete cluster --name NAME; tests/cluster/docker.sh down .sensorflow/kind-docker).
 #
 # Env: SENSORFLOW_KIND_CLUSTER (sensorflow-e2e), SENSORFLOW_KIND_IMAGES (local), SENSORFLOW_KIND_NODE_IMAGE,
+# SENSORFLOW_KIND_IMAGE_DIR (where the local route's image archive goes, default
+# $SENSORFLOW_CACHE/images; another checkout sharing that cache should use its own),
 # KIND, KUBECTL, HELM, and tests/e2e/run.sh's. Prints the suite's "e2e: N passed, M failed";
 # every step logs its time ("kind: … in N s").
 # shellcheck source=SCRIPTDIR/../lib/suite.sh
@@ -80,7 +82,8 @@ trap teardown EXIT
 # --- images and cluster (the image build, CPU-bound, overlaps the cluster start) -------------------
 if [ "$route" = local ]; then
   # (its own process group: teardown stops it with its cargo)
-  setsid scripts/build-images.sh >"$work/image-archive" 2>"$work/build-images.log" & p_img=$!
+  setsid scripts/build-images.sh --out "${SENSORFLOW_KIND_IMAGE_DIR:-$SENSORFLOW_CACHE/images}" \
+    >"$work/image-archive" 2>"$work/build-images.log" & p_img=$!
   t=$(date +%s)
   node_image="${SENSORFLOW_KIND_NODE_IMAGE:-$(tests/cluster/kind-node-image.sh)}" || die "assembling the kind node image failed"
   log "kind: node image $node_image ready in $(since "$t")"
@@ -112,6 +115,11 @@ else
   "$KIND" load docker-image "$image" --name "$cluster" >&2 || die "kind load docker-image failed"
 fi
 log "kind: $image built and loaded in $(since "$t")"
+# The helm-upgrade scenario's second operator version: the same image under a second tag, made in
+# the node's containerd (no second build or load; tests/e2e/run.sh explains why that is enough).
+upgrade_image="${image}-upgrade"
+docker exec "$cluster-control-plane" ctr -n k8s.io images tag --force "docker.io/$image" "docker.io/$upgrade_image" >&2 \
+  || die "tagging $image as $upgrade_image in the node failed"
 # The kernel settings as the cluster set them: what teardown writes back.
 tests/cluster/docker.sh mark "$state"
 
@@ -121,7 +129,8 @@ host="$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end
 log "kind: cluster $cluster ready in $(since "$t0") (pods reach this host at $host)"
 
 set +e
-KUBECONFIG="$kubeconfig" SENSORFLOW_E2E_HOST_ADDR="$host" SENSORFLOW_E2E_IMAGE="$image" tests/e2e/run.sh "$@"
+KUBECONFIG="$kubeconfig" SENSORFLOW_E2E_HOST_ADDR="$host" SENSORFLOW_E2E_IMAGE="$image" \
+  SENSORFLOW_E2E_UPGRADE_IMAGE="$upgrade_image" tests/e2e/run.sh "$@"
 st=$?
 set -e
 log "kind: e2e finished after $(since "$t0") in all"

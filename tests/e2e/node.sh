@@ -33,7 +33,12 @@ trap down EXIT
 wait "$p_img" || die_tail "$node_dir/build-images.log" 30 "building the image failed"
 archive="$(tail -1 "$node_dir/image-archive")"
 tests/cluster/node.sh load "$node_dir" "$archive"
+# The helm-upgrade scenario's second operator version: the same build under a second tag (a
+# repack of the same binaries, seconds; tests/e2e/run.sh explains why that is enough).
+upgrade_image="sensorflow/sensorflow:$(workspace_version)-upgrade"
+tests/cluster/node.sh load "$node_dir" "$(scripts/build-images.sh --tag "${upgrade_image##*:}" 2>>"$node_dir/build-images.log" | tail -1)"
 log "node and image ready in $(( $(date +%s) - t0 )) s"
 
 KUBECONFIG="$kubeconfig" SENSORFLOW_E2E_HOST_ADDR="$(tests/cluster/node.sh addr "$node_dir")" \
+  SENSORFLOW_E2E_UPGRADE_IMAGE="$upgrade_image" \
   KUBECTL="${KUBECTL:-$(tests/cluster/tools.sh kubectl)}" tests/e2e/run.sh "$@"

@@ -12,9 +12,13 @@
 # at (the node's own address on tests/cluster/node.sh; the gateway of Docker's `kind` network on
 # kind). Replays run from this host too, with the host-built `replay` binary. Scenarios (in
 # tests/e2e/test_e2e.py, run in order):
-#   1 helm install the operator chart → operator pod Ready
-#   2 kubectl apply examples/sensorpipeline.yaml (broker/GCS addresses and e2e sizing patched in)
-#     → 9 topics × 100 partitions, processor pods Running, `kubectl get sp` Ready
+#   1 helm install the PREVIOUS operator chart (git ref SENSORFLOW_E2E_PREVIOUS_CHART_REF) → operator
+#     pod Ready
+#   2 kubectl apply examples/sensorpipeline.yaml (broker/GCS addresses and e2e sizing patched in,
+#     no processors.image) → 9 topics × 100 partitions, processor pods Running, `kubectl get sp` Ready
+#   2b under a paced replay: the upgrade as operator/README.md#upgrading says (new CRD, helm upgrade to
+#     this chart with SENSORFLOW_E2E_UPGRADE_IMAGE, the stored image the previous CRD defaulted
+#     removed) → every processor rolls to the new image; 0 lost, 0 duplicated (read_committed)
 #   3 replay a slice of the household dataset → features equal an independent Python reference,
 #     predictions follow the model, Parquet files in the GCS server hold every prediction
 #   4 backlog → the operator scales both stages up (more than one window pod Ready, never above
@@ -26,8 +30,17 @@
 #   7 helm uninstall → no operator objects left (the CRD stays: Helm never deletes CRDs)
 # Prints "e2e: N passed, M failed" (a skipped scenario counts as failed); exit 1 on any failure.
 #
+# "Previous chart version": the chart as of SENSORFLOW_E2E_PREVIOUS_CHART_REF (default 40ff2cd, the
+# last chart whose CRD wrote processors.image into every stored pipeline), extracted with git
+# archive, installed with SENSORFLOW_E2E_IMAGE; the upgrade goes to this working tree's chart with
+# SENSORFLOW_E2E_UPGRADE_IMAGE. Both tags name the same build (a second build of an older commit
+# would cost a whole release build): what changes for the pods is the image reference, which is
+# what rolls them; an older operator binary's own behaviour is not exercised.
+#
 # Env: KUBECONFIG (required), SENSORFLOW_E2E_HOST_ADDR (required), SENSORFLOW_E2E_IMAGE
-# (default sensorflow/sensorflow:<workspace version>), SENSORFLOW_E2E_BROKER_PORT (29092),
+# (default sensorflow/sensorflow:<workspace version>), SENSORFLOW_E2E_UPGRADE_IMAGE (required: a
+# second tag of that image on the nodes; kind.sh and node.sh make it),
+# SENSORFLOW_E2E_PREVIOUS_CHART_REF, SENSORFLOW_E2E_BROKER_PORT (29092),
 # SENSORFLOW_E2E_GCS_PORT (29443), KUBECTL / HELM (default: on PATH, else built/fetched by
 # tests/cluster/tools.sh), KEEP=1 leaves broker, GCS server and cluster objects in place.
 # shellcheck source=SCRIPTDIR/../lib/suite.sh
@@ -38,6 +51,9 @@ cd "$REPO_ROOT"
 host="${SENSORFLOW_E2E_HOST_ADDR:-}"
 [ -n "$host" ] || die "SENSORFLOW_E2E_HOST_ADDR is not set: the address pods reach this host at"
 export SENSORFLOW_E2E_IMAGE="${SENSORFLOW_E2E_IMAGE:-sensorflow/sensorflow:$(workspace_version)}"
+export SENSORFLOW_E2E_UPGRADE_IMAGE="${SENSORFLOW_E2E_UPGRADE_IMAGE:-}"
+[ -n "$SENSORFLOW_E2E_UPGRADE_IMAGE" ] || die "SENSORFLOW_E2E_UPGRADE_IMAGE is not set: a second tag of the image on the nodes (tests/e2e/kind.sh and node.sh make one)"
+previous_ref="${SENSORFLOW_E2E_PREVIOUS_CHART_REF:-40ff2cdb6b0db480167aedaad3595b3b19bf2e1b}"
 broker_port="${SENSORFLOW_E2E_BROKER_PORT:-29092}"
 gcs_port="${SENSORFLOW_E2E_GCS_PORT:-29443}"
 work="$REPO_ROOT/.sensorflow/e2e"
@@ -77,7 +93,10 @@ if [ -d "$work/logs" ]; then
   mv "$work/logs" "$REPO_ROOT/.sensorflow/e2e-previous-logs"
   [ -f "$work/pytest.log" ] && mv "$work/pytest.log" "$REPO_ROOT/.sensorflow/e2e-previous-logs/"
 fi
-rm -rf "$work" && mkdir -p "$work/logs" "$work/bin"
+rm -rf "$work" && mkdir -p "$work/logs" "$work/bin" "$work/previous-chart"
+# The previous chart version, as it was committed (a shallow clone without that commit fails here).
+git -C "$REPO_ROOT" archive "$previous_ref" charts/sensorflow-operator | tar -x -C "$work/previous-chart" \
+  || die "cannot extract charts/sensorflow-operator at $previous_ref (SENSORFLOW_E2E_PREVIOUS_CHART_REF)"
 # A copy: the shared target dir's binary can be rebuilt from another checkout while we run.
 bin_dir="$work/bin"
 cp "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/replay" "$bin_dir/replay"
@@ -91,6 +110,7 @@ echo "${pids[gcs]}" >"$work/gcs.pid"
 
 log "e2e: cluster $("$KUBECTL" config current-context 2>/dev/null || echo '?'), image $SENSORFLOW_E2E_IMAGE, broker $bootstrap, GCS http://$host:$gcs_port"
 set +e
+SF_E2E_PREVIOUS_CHART="$work/previous-chart/charts/sensorflow-operator" SF_E2E_PREVIOUS_CHART_REF="$previous_ref" \
 SF_E2E_BOOTSTRAP="$bootstrap" SF_E2E_GCS="http://$host:$gcs_port" SF_E2E_BIN_DIR="$bin_dir" \
   SF_E2E_WORK="$work" "$venv/bin/python" -m pytest -v -s -p no:cacheprovider --durations=0 tests/e2e "$@" 2>&1 \
   | tee "$work/pytest.log"

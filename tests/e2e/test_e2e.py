@@ -16,9 +16,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import (BOOT, GCS, IMAGE, NS, OP_NS, RELEASE, REPO, condition, count, gcs, gcs_buckets, gcs_list,
-                      gcs_read, group_lag, helm, kjson, kubectl, list_topics, log, partitions_of, pods_ready,
-                      read_all, replay, wait_for)
+from conftest import (BOOT, GCS, IMAGE, NS, OP_NS, PREVIOUS_CHART, PREVIOUS_CHART_REF, RELEASE, REPO, UPGRADE_IMAGE,
+                      condition, count, gcs, gcs_buckets, gcs_list, gcs_read, group_lag, helm, kjson, kubectl,
+                      list_topics, log, partitions_of, pods_ready, read_all, replay, wait_for)
 from sfproto import decode, field_double, packed_varints, signed
 from sfref import RANGES, WINDOW_MS, AsOf, bin_of, expected_features, expected_vector, near
 
@@ -65,7 +65,9 @@ def manifest():
     spec["sink"]["endpoint"] = GCS
     spec["sink"]["rotation"]["maxAgeSeconds"] = 10
     p = spec["processors"]
-    p["image"] = IMAGE
+    # No processors.image: the processors run the operator's own image (IMAGE, then
+    # UPGRADE_IMAGE after scenario 2b's helm upgrade).
+    p.pop("image", None)
     p["imagePullPolicy"] = "IfNotPresent"
     p["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
     p["scaleDownCooldownSeconds"] = COOLDOWN_S
@@ -325,16 +327,24 @@ def clean_cluster():
     yield
 
 
+def chart_values(image):
+    """The e2e's Helm values: the operator's image, the watched namespace, a 5 s resync."""
+    repo, tag = image.rsplit(":", 1)
+    return ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+            "--set", f"watch.namespaces={{{NS}}}", "--set", "resyncSeconds=5"]
+
+
 # --- 1 ----------------------------------------------------------------------------------------
 def test_1_helm_install_operator_becomes_ready():
-    repo, tag = IMAGE.rsplit(":", 1)
+    # The PREVIOUS chart version (run.sh extracts it from git): scenario 2b upgrades from it.
+    assert PREVIOUS_CHART and os.path.isfile(f"{PREVIOUS_CHART}/Chart.yaml"), \
+        f"no previous chart at {PREVIOUS_CHART!r} (run through tests/e2e/run.sh)"
+    log(f"installing the chart as of {PREVIOUS_CHART_REF} with {IMAGE}")
     # The chart watches the namespaces it is told to (namespaced Roles, no cluster-wide Secret
     # access); the pipelines' namespace must exist first.
     kubectl("create", "namespace", NS)
-    log(helm("install", RELEASE, CHART, "-n", OP_NS, "--create-namespace",
-             "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-             "--set", f"watch.namespaces={{{NS}}}",
-             "--set", "resyncSeconds=5", "--wait", "--timeout", "5m"))
+    log(helm("install", RELEASE, PREVIOUS_CHART, "-n", OP_NS, "--create-namespace", *chart_values(IMAGE),
+             "--wait", "--timeout", "5m"))
     pods = wait_for("the operator pod to be Ready", lambda: pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}"), 180)
     assert len(pods) == 1
     crd = kjson("get", "crd", "sensorpipelines.sensorflow.io")
@@ -369,16 +379,123 @@ def test_2_apply_example_topics_pods_ready():
             assert env.get("E2E_OVERLAY") == "from-pod-template", env
 
 
+# --- 2b ---------------------------------------------------------------------------------------
+def stage_images():
+    """{stage: (Deployment template image, {images of its live pods})}."""
+    out = {}
+    for s_ in ["window", "join", "sink"]:
+        d = deployment(s_)
+        pods = [p for p in stage_pods(s_) if not p["metadata"].get("deletionTimestamp")]
+        out[s_] = (d["spec"]["template"]["spec"]["containers"][0]["image"],
+                   {p["spec"]["containers"][0]["image"] for p in pods})
+    return out
+
+
+def rolled_to(image):
+    """True once every stage's Deployment has rolled out `image`: template, every live pod, all
+    replicas updated and available."""
+    for s_ in ["window", "join", "sink"]:
+        d = deployment(s_)
+        st, want = d["status"], d["spec"]["replicas"]
+        if d["spec"]["template"]["spec"]["containers"][0]["image"] != image:
+            return False
+        if st.get("observedGeneration") != d["metadata"]["generation"]:
+            return False
+        if st.get("updatedReplicas", 0) != want or st.get("availableReplicas", 0) != want or st.get("replicas", 0) != want:
+            return False
+        pods = [p for p in stage_pods(s_) if not p["metadata"].get("deletionTimestamp")]
+        if {p["spec"]["containers"][0]["image"] for p in pods} != {image}:
+            return False
+    return True
+
+
+def test_2b_helm_upgrade_from_the_previous_chart_under_load_rolls_processors_nothing_lost():
+    """The upgrade as operator/README.md#upgrading says, while a paced replay runs: the new
+    CRD, `helm upgrade` to this chart with a second operator image, then the image the previous
+    CRD defaulted into the stored pipeline removed. Every processor rolls to the new image (the
+    operator resolves an unset processors.image to its own); with ExactlyOnce a read_committed
+    reader sees every reading's features and predictions once."""
+    assert UPGRADE_IMAGE and UPGRADE_IMAGE != IMAGE, f"SENSORFLOW_E2E_UPGRADE_IMAGE {UPGRADE_IMAGE!r}"
+    day = day_ms("2025-12-30")  # before every later scenario's days: nothing of theirs is late
+    # One whole day at 960 event-seconds per wall-second: ~35,000 readings over ~90 s.
+    t0 = time.time()
+    proc = replay(KAFKA_PREFIX, "--clients", "8", "--rows-per-client", "1440", "--base-date", "2025-12-30",
+                  "--speed", "960", wait=False)
+    try:
+        upgrade_under_load(proc, t0, day)
+    finally:
+        if proc.poll() is None:  # a failure above: the next scenarios must not see its records
+            proc.kill()
+            proc.wait()
+
+
+def upgrade_under_load(proc, t0, day):
+    time.sleep(5)
+    assert proc.poll() is None, "the replay ended before the upgrade began"
+    # 1. the new CRD (Helm installs a chart's crds/ once and never upgrades them)
+    log(kubectl("apply", "--server-side", "--force-conflicts", "-f", f"{CHART}/crds/sensorpipelines.yaml"))
+    # 2. helm upgrade to this working tree's chart and the second image
+    t_up = time.time()
+    log(helm("upgrade", RELEASE, CHART, "-n", OP_NS, *chart_values(UPGRADE_IMAGE), "--wait", "--timeout", "5m"))
+    log(f"{time.time() - t0:.0f} s: helm upgrade done in {time.time() - t_up:.0f} s")
+    op = wait_for("the upgraded operator pod Ready", lambda: (lambda ps: ps if ps and all(
+        p["spec"]["containers"][0]["image"] == UPGRADE_IMAGE for p in ps) else None)(
+        pods_ready(OP_NS, f"app.kubernetes.io/instance={RELEASE}")), 180)
+    env = {e["name"]: e.get("value") for e in op[0]["spec"]["containers"][0].get("env", [])}
+    assert env.get("SF_OPERATOR_PROCESSOR_IMAGE") == UPGRADE_IMAGE, env
+    # 3. the previous CRD wrote its default image into the stored pipeline, which pins it: the
+    #    new operator leaves it there. Removed (the previous chart's admission policy refused a
+    #    pipeline without one, so only now), the pipeline follows the operator's image.
+    stored = sp_status()["spec"]["processors"].get("image")
+    log(f"{time.time() - t0:.0f} s: processors.image stored by the previous CRD: {stored!r}")
+    if stored is not None:
+        time.sleep(6)  # a resync (5 s) of the new operator: the pinned image stays
+        pinned = stage_images()
+        assert all(tpl == stored for tpl, _ in pinned.values()), pinned
+
+    def unpinned():
+        # Until the API server serves the new CRD (a moment after the apply) the old one's
+        # default would write the image back: removed until it stays away.
+        if "image" not in sp_status()["spec"]["processors"]:
+            return True
+        kubectl("patch", "sp", PIPELINE, "-n", NS, "--type", "json",
+                "-p", '[{"op": "remove", "path": "/spec/processors/image"}]')
+        return "image" not in sp_status()["spec"]["processors"]
+    wait_for("the pipeline stored without processors.image", unpinned, 60, interval=1)
+    log(f"{time.time() - t0:.0f} s: processors.image removed")
+    # The roll begins while readings still flow.
+    wait_for("the operator to move the Deployments to the new image",
+             lambda: all(tpl == UPGRADE_IMAGE for tpl, _ in stage_images().values()), 120, interval=1)
+    log(f"{time.time() - t0:.0f} s: Deployments on {UPGRADE_IMAGE}")
+    assert proc.poll() is None, (f"the replay ended {time.time() - t0:.0f} s in, before the processors rolled: "
+                                 "not an upgrade under load")
+    wait_for(f"every processor pod on {UPGRADE_IMAGE}", lambda: rolled_to(UPGRADE_IMAGE), 300, interval=3)
+    log(f"{time.time() - t0:.0f} s: every processor pod rolled; replay running: {proc.poll() is None}")
+    assert proc.wait(timeout=300) == 0, "replay failed (see logs/replay.log)"
+    log(f"replay done after {time.time() - t0:.0f} s")
+    wait_for("window and join groups drained", drained, 300, interval=5)
+    checked = check_nothing_lost(day)
+    n = check_predictions(day, checked)
+    log(f"upgrade: {len(checked.want)} readings, {n} predictions, {checked.dups} duplicate feature records, "
+        f"{checked.pred_dups} duplicate predictions")
+    assert_exactly_once(checked)
+    assert rolled_to(UPGRADE_IMAGE)
+    assert "image" not in sp_status()["spec"]["processors"]
+    wait_for("the pipeline Ready", lambda: condition(sp_status(), "Ready").get("status") == "True", 180)
+    log("\n" + kubectl("get", "sp", "-n", NS))
+
+
 # --- 3 ----------------------------------------------------------------------------------------
 def test_3_replay_predictions_and_parquet():
     day = day_ms("2026-01-01")
+    before = count(TOPICS["sz"])  # scenario 2b's day
     summary = replay(KAFKA_PREFIX, "--clients", "4", "--rows-per-client", "180", "--base-date", "2026-01-01")
     log(f"replayed: {summary}")
     sz = wait_for("features for every SZ reading", lambda: (lambda n, f: n if n and f >= n else None)(
         count(TOPICS["sz"]), count(TOPICS["fd"])), 300)
     wait_for("window and join groups drained", drained, 300)
     checked = check_nothing_lost(day)
-    assert len(checked.want) == sz
+    assert len(checked.want) == sz - before
     check_predictions(day, checked)
     assert_exactly_once(checked)
 
@@ -396,7 +513,8 @@ def test_3_replay_predictions_and_parquet():
         return names if rows >= on_topic else None
 
     names = wait_for("the predictions in Parquet in the GCS server", archived, 240, interval=5)
-    assert all("/date=2026-01-01/" in n for n in names)
+    # Partitioned by event date: scenario 2b's day and this one.
+    assert {n.split("/date=")[1].split("/")[0] for n in names} == {"2025-12-30", "2026-01-01"}, names[:5]
 
 
 # --- 4 ---------------------------------------------------------------------------------------
@@ -567,7 +685,7 @@ def test_6_delete_pipeline_garbage_collects_owned_objects_topics_retained():
             "metadata": {"name": "gone", "namespace": NS},
             "spec": {"kafka": {"bootstrapServers": BOOT},
                      "topics": {"partitions": 4, "deletionPolicy": "Delete"},
-                     "processors": {"image": IMAGE, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                     "processors": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
                                     "window": {"maxReplicas": 2}, "join": {"minReplicas": 1, "maxReplicas": 2}}}}
     kubectl("apply", "-f", "-", input=yaml.safe_dump(gone))
     names = {f"{NS}.gone.{r}" for r in ROLES}

@@ -189,6 +189,10 @@ admission_policy() {
     admission_refuses $ns "$f" || { log "$f not refused in $ns"; ok=1; }
   done
   k -n $ns apply -f tests/operator/admission/valid.yaml >/dev/null || { log "valid.yaml refused"; ok=1; }
+  # No processors.image: checked as the operator's own image, and nothing defaulted into the store.
+  k -n $ns apply -f tests/operator/admission/valid-no-image.yaml >/dev/null || { log "valid-no-image.yaml refused"; ok=1; }
+  [ -z "$(k -n $ns get sp vap-no-image -o jsonpath='{.spec.processors.image}' 2>&1)" ] \
+    || { log "the API server stored a processors.image for valid-no-image.yaml"; ok=1; }
   k -n $ns patch sp vap-before --type merge -p '{"metadata":{"finalizers":["sensorflow.io/topics"],"labels":{"a":"b"}}}' >/dev/null \
     || { log "a metadata update of a pipeline stored before the policy was refused"; ok=1; }
   ! k -n $ns patch sp vap-before --type merge -p '{"spec":{"suspend":true}}' >/dev/null 2>&1 \

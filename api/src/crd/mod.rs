@@ -770,14 +770,18 @@ pub enum DeliveryGuarantee {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessorsSpec {
-    /// Container image holding every processor binary (default `sensorflow/sensorflow:0.1.0`).
-    /// Its repository (the reference without `:tag` and `@digest`) must be one the operator's
-    /// policy allows (Helm value `policy.allowedImageRepositories`, default the operator's own
-    /// image repository), else the pipeline is refused (`Ready=False`, reason
-    /// `PolicyViolation`).
-    #[serde(default = "default_image")]
+    /// Container image holding every processor binary. Unset (default): the operator's own
+    /// image, resolved at every reconcile and never written into the stored pipeline, so
+    /// upgrading the operator rolls the processors of every pipeline that does not pin one
+    /// (the chart passes its `image.repository:image.tag` as `SF_OPERATOR_PROCESSOR_IMAGE`;
+    /// a binary run without it uses `sensorflow/sensorflow:<its version>`). Set: this image,
+    /// whatever the operator's version. Its repository (the reference without `:tag` and
+    /// `@digest`) must be one the operator's policy allows (Helm value
+    /// `policy.allowedImageRepositories`, default the operator's own image repository), else
+    /// the pipeline is refused (`Ready=False`, reason `PolicyViolation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
     /// `Always`, `IfNotPresent` (default) or `Never`.
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
@@ -844,10 +848,18 @@ pub struct ProcessorsSpec {
     pub join: StageSpec,
 }
 
+impl ProcessorsSpec {
+    /// The image the processors run: `processors.image` when the pipeline pins one, else
+    /// `operator_default` (the operator's own image, see [`ProcessorsSpec::image`]).
+    pub fn image_or<'a>(&'a self, operator_default: &'a str) -> &'a str {
+        self.image.as_deref().unwrap_or(operator_default)
+    }
+}
+
 impl Default for ProcessorsSpec {
     fn default() -> Self {
         Self {
-            image: default_image(),
+            image: None,
             image_pull_policy: PullPolicy::IfNotPresent,
             log_format: LogFormat::Text,
             log_level: default_log_level(),
@@ -1128,11 +1140,13 @@ fn default_fd() -> BinRange {
 fn default_threshold() -> f64 {
     0.5
 }
-/// Default processor image.
-pub const DEFAULT_IMAGE: &str = "sensorflow/sensorflow:0.1.0";
-fn default_image() -> String {
-    DEFAULT_IMAGE.to_owned()
-}
+/// Repository of the SensorFlow image (every binary, the operator's included).
+pub const IMAGE_REPOSITORY: &str = "sensorflow/sensorflow";
+/// The processors' image when neither the pipeline (`processors.image`) nor the operator's
+/// `SF_OPERATOR_PROCESSOR_IMAGE` names one: `sensorflow/sensorflow:<this crate's version>`
+/// (the workspace version, which is also the image tag `scripts/build-images.sh` and the
+/// chart's `appVersion` use).
+pub const DEFAULT_IMAGE: &str = concat!("sensorflow/sensorflow:", env!("CARGO_PKG_VERSION"));
 fn default_log_level() -> String {
     "info".to_owned()
 }
@@ -1444,7 +1458,15 @@ mod tests {
             }
         );
         assert_eq!(spec.model.threshold, 0.5);
-        assert_eq!(spec.processors.image, DEFAULT_IMAGE);
+        // Not defaulted: the operator resolves it (ProcessorsSpec::image_or).
+        assert_eq!(spec.processors.image, None);
+        assert!(
+            !serde_json::to_value(&spec.processors)
+                .expect("json")
+                .as_object()
+                .expect("object")
+                .contains_key("image")
+        );
         assert_eq!(spec.processors.image_pull_policy, PullPolicy::IfNotPresent);
         assert_eq!(spec.processors.scale_down_cooldown_seconds, 300);
     }

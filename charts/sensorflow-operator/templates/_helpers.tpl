@@ -39,6 +39,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{- /* The operator's image, repository:tag (tag default: the chart's appVersion); also the processors' image of every pipeline that pins no processors.image. */ -}}
+{{- define "sensorflow-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
 {{- /* Image repositories pipelines may use, comma-separated: policy.allowedImageRepositories, or image.repository. */ -}}
 {{- define "sensorflow-operator.allowedImageRepositories" -}}
 {{- if .Values.policy.allowedImageRepositories -}}

@@ -147,6 +147,10 @@ pub struct Settings {
     /// What a pipeline may obtain from this operator (image repositories, ServiceAccount,
     /// volume types); see [`policy`].
     pub policy: policy::Policy,
+    /// The processors' image of every pipeline that does not pin `processors.image`: the
+    /// operator's own image (`--processor-image`, which the chart sets from its `image.*`
+    /// values), so an operator upgrade rolls them.
+    pub processor_image: String,
 }
 
 /// Shared state of the reconciler.
@@ -260,11 +264,16 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
 
     // 1. validate (pure), then the operator's policy (pure)
     let checked = validate::validate(&name, &naming, &sp.spec)
+        .map(|v| v.with_operator_image(&ctx.settings.processor_image))
         .map_err(|errs| (Refusal::invalid_spec(errs.to_string()), "Validate"))
         .and_then(|v| {
-            policy::check(&ctx.settings.policy, &sp.spec)
-                .map(|()| v)
-                .map_err(|p| (Refusal::policy_violation(p.to_string()), "CheckPolicy"))
+            policy::check(
+                &ctx.settings.policy,
+                &sp.spec,
+                &ctx.settings.processor_image,
+            )
+            .map(|()| v)
+            .map_err(|p| (Refusal::policy_violation(p.to_string()), "CheckPolicy"))
         });
     let v = match checked {
         Ok(v) => v,

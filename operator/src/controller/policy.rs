@@ -259,18 +259,30 @@ impl fmt::Display for PolicyViolations {
 
 impl std::error::Error for PolicyViolations {}
 
-/// Checks `spec` against `policy`: the processors' image repository, and in each pod template
-/// (`processors.window`, `processors.join`, `sink`) `serviceAccountName` and the volume types.
+/// Checks `spec` against `policy`: the repository of the image the processors will run
+/// (`processors.image`, or `operator_image` when the pipeline pins none: the image the
+/// operator resolves it to, see [`crate::crd::ProcessorsSpec::image_or`]), and in each pod
+/// template (`processors.window`, `processors.join`, `sink`) `serviceAccountName` and the
+/// volume types.
 ///
 /// # Errors
 /// Every violation (not just the first) as [`PolicyViolations`], each naming the field and
 /// the policy value it exceeds.
-pub fn check(policy: &Policy, spec: &SensorPipelineSpec) -> Result<(), PolicyViolations> {
+pub fn check(
+    policy: &Policy,
+    spec: &SensorPipelineSpec,
+    operator_image: &str,
+) -> Result<(), PolicyViolations> {
     let mut errs = Vec::new();
-    let image = &spec.processors.image;
+    let image = spec.processors.image_or(operator_image);
     if !policy.allows_image(image) {
+        let field = if spec.processors.image.is_some() {
+            "processors.image"
+        } else {
+            "processors.image (unset: the operator's own image)"
+        };
         errs.push(format!(
-            "processors.image: repository '{}' (of '{image}') is not allowed by this operator (policy allowedImageRepositories: {})",
+            "{field}: repository '{}' (of '{image}') is not allowed by this operator (policy allowedImageRepositories: {})",
             image_repository(image),
             policy.allowed_image_repositories.join(", ")
         ));
@@ -326,7 +338,7 @@ mod tests {
 
     #[test]
     fn the_default_policy_allows_the_default_spec() {
-        assert_eq!(check(&Policy::default(), &spec()), Ok(()));
+        assert_eq!(check(&Policy::default(), &spec(), DEFAULT_IMAGE), Ok(()));
         assert_eq!(
             Policy::default().allowed_image_repositories,
             ["sensorflow/sensorflow"]
@@ -344,8 +356,8 @@ mod tests {
             "sensorflow/sensorflo:0.1.0",
         ] {
             let mut s = spec();
-            s.processors.image = image.into();
-            let e = check(&policy, &s).expect_err(image);
+            s.processors.image = Some(image.into());
+            let e = check(&policy, &s, DEFAULT_IMAGE).expect_err(image);
             assert!(
                 e.to_string()
                     .contains("policy allowedImageRepositories: sensorflow/sensorflow"),
@@ -353,18 +365,35 @@ mod tests {
             );
         }
         let mut s = spec();
-        s.processors.image = "sensorflow/sensorflow@sha256:0123".into();
-        assert_eq!(check(&policy, &s), Ok(()));
+        s.processors.image = Some("sensorflow/sensorflow@sha256:0123".into());
+        assert_eq!(check(&policy, &s, DEFAULT_IMAGE), Ok(()));
         let any = Policy::new(&["*".into()], false, &[]).expect("policy");
-        s.processors.image = "evil/anything:1".into();
-        assert_eq!(check(&any, &s), Ok(()));
+        s.processors.image = Some("evil/anything:1".into());
+        assert_eq!(check(&any, &s, DEFAULT_IMAGE), Ok(()));
+    }
+
+    #[test]
+    fn an_unset_image_is_checked_as_the_operators_own() {
+        let s = spec();
+        assert_eq!(s.processors.image, None);
+        let policy = Policy::default();
+        assert_eq!(check(&policy, &s, "sensorflow/sensorflow:9.9.9"), Ok(()));
+        // An operator whose own image lies outside its policy refuses the unpinned pipelines
+        // and says why.
+        let e = check(&policy, &s, "registry.example:5000/sf/sensorflow:1").expect_err("refused");
+        assert_eq!(
+            e.0,
+            [
+                "processors.image (unset: the operator's own image): repository 'registry.example:5000/sf/sensorflow' (of 'registry.example:5000/sf/sensorflow:1') is not allowed by this operator (policy allowedImageRepositories: sensorflow/sensorflow)"
+            ]
+        );
     }
 
     #[test]
     fn service_account_name_needs_the_policy() {
         let mut s = spec();
         s.processors.join.pod_template.service_account_name = Some("admin-sa".into());
-        let e = check(&Policy::default(), &s).expect_err("refused");
+        let e = check(&Policy::default(), &s, DEFAULT_IMAGE).expect_err("refused");
         assert_eq!(e.0.len(), 1);
         assert!(
             e.0[0].starts_with("processors.join.podTemplate.serviceAccountName: 'admin-sa'"),
@@ -375,7 +404,7 @@ mod tests {
             allow_service_account_name: true,
             ..Policy::default()
         };
-        assert_eq!(check(&open, &s), Ok(()));
+        assert_eq!(check(&open, &s, DEFAULT_IMAGE), Ok(()));
         // Annotations of the operator's own ServiceAccount stay allowed.
         let mut s = spec();
         s.processors.window.pod_template.service_account_annotations = [(
@@ -383,7 +412,7 @@ mod tests {
             "x@p.iam.gserviceaccount.com".to_owned(),
         )]
         .into();
-        assert_eq!(check(&Policy::default(), &s), Ok(()));
+        assert_eq!(check(&Policy::default(), &s, DEFAULT_IMAGE), Ok(()));
     }
 
     #[test]
@@ -397,7 +426,7 @@ mod tests {
                 "podTemplate": {"volumes": [{"name": "n", "nfs": {"server": "x", "path": "/"}}]}}))
             .expect("sink"),
         );
-        let e = check(&Policy::default(), &s).expect_err("refused");
+        let e = check(&Policy::default(), &s, DEFAULT_IMAGE).expect_err("refused");
         assert_eq!(e.0.len(), 2, "{e}");
         assert!(
             e.0[0]
@@ -415,7 +444,7 @@ mod tests {
             &["hostPath".into(), "nfs".into(), "emptyDir".into()],
         )
         .expect("policy");
-        assert_eq!(check(&wide, &s), Ok(()));
+        assert_eq!(check(&wide, &s, DEFAULT_IMAGE), Ok(()));
         // No source at all: Kubernetes makes it an emptyDir.
         assert_eq!(
             volume_types(&volume(serde_json::json!({"name": "x"}))),
@@ -483,8 +512,11 @@ mod tests {
             let policy = Policy::new(std::slice::from_ref(&repo), false, &[]).expect("policy");
             prop_assert_eq!(policy.allows_image(&image), suffix.is_empty());
             let mut s = spec();
-            s.processors.image = image;
-            prop_assert_eq!(check(&policy, &s).is_ok(), suffix.is_empty());
+            s.processors.image = Some(image.clone());
+            prop_assert_eq!(check(&policy, &s, "x/unused:1").is_ok(), suffix.is_empty());
+            // Unset: the operator's own image is what is checked.
+            s.processors.image = None;
+            prop_assert_eq!(check(&policy, &s, &image).is_ok(), suffix.is_empty());
         }
 
         /// A volume is allowed exactly when its type is in the list.
@@ -501,9 +533,9 @@ mod tests {
             prop_assume!(volume_types(&v) == [t]);
             let policy = Policy::new(&["a/b".into()], false, &allowed.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).expect("policy");
             let mut s = spec();
-            s.processors.image = "a/b:1".into();
+            s.processors.image = Some("a/b:1".into());
             s.processors.join.pod_template.volumes = vec![v];
-            prop_assert_eq!(check(&policy, &s).is_ok(), allowed.contains(&t));
+            prop_assert_eq!(check(&policy, &s, DEFAULT_IMAGE).is_ok(), allowed.contains(&t));
         }
     }
 }

@@ -132,9 +132,22 @@ pub struct Validated {
     pub naming: Naming,
     /// Resolved topic names.
     pub topics: TopicNames,
+    /// The image the processors run: `processors.image` when the pipeline pins one, else the
+    /// operator's own image. [`validate`] resolves an unset one to
+    /// [`crate::crd::DEFAULT_IMAGE`]; the reconciler then applies the operator's setting with
+    /// [`Validated::with_operator_image`].
+    pub image: String,
 }
 
 impl Validated {
+    /// `self` with an unset `processors.image` resolved to `operator_image` (the operator's
+    /// `--processor-image`); a pinned image stays.
+    #[must_use]
+    pub fn with_operator_image(mut self, operator_image: &str) -> Self {
+        self.image = self.spec.processors.image_or(operator_image).to_owned();
+        self
+    }
+
     /// Consumer group of window-processor: `<groupPrefix>-window`.
     pub fn window_group(&self) -> String {
         format!("{}-window", self.naming.group_prefix)
@@ -504,6 +517,10 @@ pub fn validate(
             spec: spec.clone(),
             naming: naming.clone(),
             topics,
+            image: spec
+                .processors
+                .image_or(crate::crd::DEFAULT_IMAGE)
+                .to_owned(),
         })
     } else {
         Err(ValidationErrors(errs))

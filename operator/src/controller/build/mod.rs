@@ -483,7 +483,7 @@ fn deployment(
 
     let container = Container {
         name: stage.binary().to_owned(),
-        image: Some(p.image.clone()),
+        image: Some(v.image.clone()),
         image_pull_policy: Some(pull.to_owned()),
         command: Some(vec![format!("/usr/local/bin/{}", stage.binary())]),
         env_from: Some(
@@ -1157,6 +1157,7 @@ mod tests {
             naming: Naming::legacy("p"),
             topics: crate::controller::validate::TopicNames::with_prefix("p.", &s.topics),
             spec: s.clone(),
+            image: crate::crd::DEFAULT_IMAGE.into(),
         };
         let d = build(
             &v,
