@@ -39,6 +39,9 @@ SCHEMAS = {
             f("value", pa.float64()),
             f("window_count", pa.int64()),
             f("ingest_time", TS, True),
+            f("window_start_ms", pa.int64(), True),
+            f("window_end_ms", pa.int64(), True),
+            f("source_index", pa.int32()),
         ]
     ),
     "prediction": pa.schema(
@@ -59,6 +62,7 @@ SCHEMAS = {
             f("ingest_time", TS, True),
             f("threshold", pa.float64()),
             f("predicted_at", TS, True),
+            f("features_source_index", pa.int32()),
         ]
     ),
     "raw": pa.schema(
@@ -157,6 +161,10 @@ def main():
                         "value": val,
                         "window_count": len(window),
                         "ingest_time": ingest,
+                        # The sliding window (t - 10 min, t] as [start, end).
+                        "window_start_ms": t - 600_000 + 1,
+                        "window_end_ms": t + 1,
+                        "source_index": 0,
                     },
                 )
             sx, sy = rnd.choice([0, 0, 0, 1, 2, 37]), rnd.choice([0, 0, 1, 2, 25])
@@ -184,6 +192,7 @@ def main():
                     "ingest_time": ingest,
                     "threshold": 0.5,
                     "predicted_at": ingest + rnd.randint(3, 900),
+                    "features_source_index": 0,
                 },
             )
         for i in range(2):

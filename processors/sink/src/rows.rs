@@ -5,8 +5,8 @@
 //! | kind | topics | columns after `kafka_partition int32, kafka_offset int64, kafka_timestamp ts` |
 //! |---|---|---|
 //! | [`Kind::Reading`] | SX SY SZ | `client_id, event_time ts, value double, sensor string, ingest_time ts?` |
-//! | [`Kind::Feature`] | FA FI FD | `client_id, kind string, event_time ts, source_partition int32, source_offset int64, bin int32, value double, window_count int64, ingest_time ts?` |
-//! | [`Kind::Prediction`] | predictions | `client_id, event_time ts, f_sx f_sy f_fa_bin f_fi_bin f_fd_bin int64, probability double, alert bool, model_name, model_version, trigger string, source_topic string, source_partition int32, source_offset int64, features_source_partition int32, features_source_offset int64, ingest_time ts?, threshold double, predicted_at ts?` |
+//! | [`Kind::Feature`] | FA FI FD | `client_id, kind string, event_time ts, source_partition int32, source_offset int64, bin int32, value double, window_count int64, ingest_time ts?, window_start_ms int64?, window_end_ms int64?, source_index int32` |
+//! | [`Kind::Prediction`] | predictions | `client_id, event_time ts, f_sx f_sy f_fa_bin f_fi_bin f_fd_bin int64, probability double, alert bool, model_name, model_version, trigger string, source_topic string, source_partition int32, source_offset int64, features_source_partition int32, features_source_offset int64, ingest_time ts?, threshold double, predicted_at ts?, features_source_index int32` |
 //! | [`Kind::Raw`] | dead-letter, late, others | `key binary?, value binary?, reason, error, source_topic string?, source_partition int32?, source_offset int64?, source_timestamp ts?, processor string?` |
 //!
 //! `ts` is Parquet `TIMESTAMP(MILLIS, isAdjustedToUTC=true)`; `?` marks nullable columns (a
@@ -111,6 +111,12 @@ pub fn schema(kind: Kind) -> SchemaRef {
             Field::new("value", DataType::Float64, false),
             Field::new("window_count", DataType::Int64, false),
             ts("ingest_time", true),
+            // Unix ms, [start, end); plain integers, since the global window spans the whole
+            // i64 range (beyond a timestamp's); null in features written before windows had
+            // them (both 0 on the wire).
+            Field::new("window_start_ms", DataType::Int64, true),
+            Field::new("window_end_ms", DataType::Int64, true),
+            Field::new("source_index", DataType::Int32, false),
         ]),
         Kind::Prediction => {
             f.extend([s("client_id"), ts("event_time", false)]);
@@ -131,6 +137,7 @@ pub fn schema(kind: Kind) -> SchemaRef {
                 ts("ingest_time", true),
                 Field::new("threshold", DataType::Float64, false),
                 ts("predicted_at", true),
+                Field::new("features_source_index", DataType::Int32, false),
             ]);
         }
         Kind::Raw => f.extend([
@@ -179,6 +186,9 @@ struct FeatureCols {
     value: Float64Builder,
     count: Int64Builder,
     ingest: Option<TimestampMillisecondBuilder>,
+    win_start: Int64Builder,
+    win_end: Int64Builder,
+    index: Int32Builder,
 }
 
 #[derive(Default)]
@@ -196,6 +206,7 @@ struct PredictionCols {
     src_off: Int64Builder,
     fsrc_part: Int32Builder,
     fsrc_off: Int64Builder,
+    fsrc_index: Int32Builder,
     ingest: Option<TimestampMillisecondBuilder>,
     threshold: Float64Builder,
     predicted: Option<TimestampMillisecondBuilder>,
@@ -342,6 +353,12 @@ impl Rows {
                 c.value.append_value(m.value);
                 c.count.append_value(i64::from(m.window_count));
                 t(&mut c.ingest).append_option(known(m.ingest_time_ms));
+                let window = (m.window_start_ms, m.window_end_ms) != (0, 0);
+                c.win_start
+                    .append_option(window.then_some(m.window_start_ms));
+                c.win_end.append_option(window.then_some(m.window_end_ms));
+                c.index
+                    .append_value(i32::try_from(m.source_index).unwrap_or(i32::MAX));
             }
             (Cols::Prediction(c), Decoded::Prediction(client, m)) => {
                 c.client.append_value(client);
@@ -359,6 +376,8 @@ impl Rows {
                 c.src_off.append_value(m.source_offset);
                 c.fsrc_part.append_value(m.features_source_partition);
                 c.fsrc_off.append_value(m.features_source_offset);
+                c.fsrc_index
+                    .append_value(i32::try_from(m.features_source_index).unwrap_or(i32::MAX));
                 t(&mut c.ingest).append_option(known(m.ingest_time_ms));
                 c.threshold.append_value(m.threshold);
                 t(&mut c.predicted).append_option(known(m.predicted_at_ms));
@@ -400,7 +419,7 @@ impl Rows {
                 Arc::new(c.sensor.finish()),
                 fin(&mut c.ingest),
             ]),
-            Cols::Feature(c) => cols.extend::<[ArrayRef; 9]>([
+            Cols::Feature(c) => cols.extend::<[ArrayRef; 12]>([
                 Arc::new(c.client.finish()),
                 Arc::new(c.kind.finish()),
                 fin(&mut c.event),
@@ -410,6 +429,9 @@ impl Rows {
                 Arc::new(c.value.finish()),
                 Arc::new(c.count.finish()),
                 fin(&mut c.ingest),
+                Arc::new(c.win_start.finish()),
+                Arc::new(c.win_end.finish()),
+                Arc::new(c.index.finish()),
             ]),
             Cols::Prediction(c) => {
                 cols.push(Arc::new(c.client.finish()));
@@ -417,7 +439,7 @@ impl Rows {
                 for b in &mut c.features {
                     cols.push(Arc::new(b.finish()));
                 }
-                cols.extend::<[ArrayRef; 13]>([
+                cols.extend::<[ArrayRef; 14]>([
                     Arc::new(c.probability.finish()),
                     Arc::new(c.alert.finish()),
                     Arc::new(c.model_name.finish()),
@@ -431,6 +453,7 @@ impl Rows {
                     fin(&mut c.ingest),
                     Arc::new(c.threshold.finish()),
                     fin(&mut c.predicted),
+                    Arc::new(c.fsrc_index.finish()),
                 ]);
             }
             Cols::Raw(c) => cols.extend::<[ArrayRef; 9]>([
