@@ -85,7 +85,7 @@ if [ "$run_core" = 1 ]; then
   SENSORFLOW_TEST_BOOTSTRAP="$("$REPO_ROOT/scripts/broker.sh" start "$broker_dir")"
   export SENSORFLOW_TEST_BOOTSTRAP SENSORFLOW_TEST_SASL_ENV="$broker_dir/sasl.env"
   set +e
-  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --no-fail-fast -p sensorflow-apps --test broker --test exactly_once --test secured --test determinism --test poison --test rebalance --test rebuild --test liveness --test jitter --test field --test acls \
+  cargo test --profile "$SENSORFLOW_CARGO_PROFILE" --no-fail-fast -p sensorflow-apps --test broker --test exactly_once --test secured --test determinism --test poison --test rebalance --test rebuild --test liveness --test jitter --test field --test acls --test window_kinds \
     -- --ignored --test-threads=2 2>&1 | tee "$work/broker.log"
   st=${PIPESTATUS[0]}
   set -e

@@ -226,10 +226,10 @@ struct RawCols {
 }
 
 enum Cols {
-    Reading(ReadingCols),
-    Feature(FeatureCols),
+    Reading(Box<ReadingCols>),
+    Feature(Box<FeatureCols>),
     Prediction(Box<PredictionCols>),
-    Raw(RawCols),
+    Raw(Box<RawCols>),
 }
 
 /// `Option<TimestampMillisecondBuilder>` defaults to `None`; this gets or makes the UTC one.
@@ -265,10 +265,10 @@ impl Rows {
     /// Empty rows of `kind`, values framed with `framing`.
     pub fn new(kind: Kind, framing: Framing) -> Self {
         let cols = match kind {
-            Kind::Reading => Cols::Reading(ReadingCols::default()),
-            Kind::Feature => Cols::Feature(FeatureCols::default()),
+            Kind::Reading => Cols::Reading(Box::default()),
+            Kind::Feature => Cols::Feature(Box::default()),
             Kind::Prediction => Cols::Prediction(Box::default()),
-            Kind::Raw => Cols::Raw(RawCols::default()),
+            Kind::Raw => Cols::Raw(Box::default()),
         };
         Self {
             kind,
