@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub mod claims;
+pub mod flow;
 pub mod replicas;
 pub mod topics;
 
@@ -99,6 +100,8 @@ pub fn replicas(
             .min()
             .unwrap_or(v.spec.topics.partitions);
         let lag = observed.lag(stage);
+        let time_lag = observed.flow.time_lag(stage);
+        let time_lag_target = spec_stage.time_lag_target_seconds.map(|t| t as f64);
         let p = replicas::plan(&replicas::Input {
             current: observed.current_replicas(stage),
             lag,
@@ -114,6 +117,9 @@ pub fn replicas(
                 .and_then(|s| s.scale_down_pending_since.as_deref())
                 .and_then(|s| s.parse::<Timestamp>().ok()),
             max_step: v.spec.processors.max_scale_up_step,
+            time_lag,
+            time_lag_target,
+            activation: spec_stage.activation_time_lag_seconds as f64,
         });
         let replicas = if v.spec.suspend {
             // Suspended: every stage at 0 whoever scales it (an HPA does not scale a
@@ -127,11 +133,22 @@ pub fn replicas(
             match p.change {
                 Change::Up(from, to) | Change::Down(from, to) => {
                     let verb = if to > from { "up" } else { "down" };
+                    let seconds = |t: Option<f64>| {
+                        t.map_or_else(|| "unknown".to_owned(), |t| format!("{t:.0}s"))
+                    };
+                    let why = match time_lag_target {
+                        Some(target) => {
+                            format!("time lag {}, target {target:.0}s", seconds(time_lag))
+                        }
+                        None => format!(
+                            "lag {}, target {}/replica",
+                            lag.map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+                            spec_stage.lag_target_per_replica
+                        ),
+                    };
                     let note = format!(
-                        "scaled {} {verb} from {from} to {to} (lag {}, target {}/replica)",
-                        stage.binary(),
-                        lag.map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
-                        spec_stage.lag_target_per_replica
+                        "scaled {} {verb} from {from} to {to} ({why})",
+                        stage.binary()
                     );
                     out.scaling.push(note.clone());
                     let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
@@ -166,6 +183,7 @@ pub fn replicas(
                 } else {
                     None
                 },
+                ..Default::default()
             },
         );
     }
@@ -229,6 +247,8 @@ mod tests {
                 config: Default::default(),
             },
             lags: BTreeMap::from([(Stage::Window, window_lag), (Stage::Join, join_lag)]),
+            pods: BTreeMap::new(),
+            flow: Default::default(),
         }
     }
 
