@@ -99,9 +99,17 @@ async fn status_names_the_reason_a_pod_is_not_ready_and_degraded_says_it() {
     let ns = "sf-status";
     namespace(&c, ns).await;
     let _op = Operator::start("status-pods", 18220, ns);
-    apply_sp(&c, ns, "why", spec(json!({"topics": {"partitions": 2}})))
-        .await
-        .unwrap();
+    apply_sp(
+        &c,
+        ns,
+        "why",
+        spec(json!({
+            "topics": {"partitions": 2},
+            "processors": {"window": {"maxReplicas": 2}, "join": {"maxReplicas": 2}},
+        })),
+    )
+    .await
+    .unwrap();
     wait_condition(&c, ns, "why", "TopicsReady", "True").await;
     let (window, join) = wait_for("pods of both stages", Duration::from_secs(60), || async {
         let w = stage_pods(&c, ns, "why", "window").await;
@@ -251,7 +259,7 @@ async fn time_lag_scaling_holds_below_the_activation_threshold_then_scales_up() 
                 "lagTargetPerReplica": 1,
                 "timeLagTargetSeconds": 1,
                 "activationTimeLagSeconds": activation,
-            }},
+            }, "join": {"maxReplicas": 4}},
         })),
     )
     .await

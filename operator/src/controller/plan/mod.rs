@@ -281,6 +281,32 @@ mod tests {
     }
 
     #[test]
+    fn time_lag_mode_scales_on_seconds_and_says_so_and_activation_holds() {
+        let mut s = spec();
+        s.processors.window.time_lag_target_seconds = Some(10);
+        s.processors.window.activation_time_lag_seconds = 30;
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
+        let mut obs = observed(&v, Some(1_000_000), Some(0));
+        let at = |tl: f64| super::flow::Flow {
+            time_lag: BTreeMap::from([(Stage::Window, Some(tl))]),
+            ..Default::default()
+        };
+        obs.flow = at(25.0);
+        let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
+        assert_eq!(d.plan.window, Some(1), "25 s is under the 30 s activation");
+        obs.flow = at(40.0);
+        let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
+        assert_eq!(d.plan.window, Some(4), "1 × 40 / 10");
+        assert!(
+            d.events[0]
+                .note
+                .contains("up from 1 to 4 (time lag 40s, target 10s)"),
+            "{}",
+            d.events[0].note
+        );
+    }
+
+    #[test]
     fn a_scale_down_waits_for_the_cooldown_and_records_its_start() {
         let v = validate("p", &Naming::legacy("p"), &spec()).expect("valid");
         let obs = observed(&v, Some(0), Some(0));

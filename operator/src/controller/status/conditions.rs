@@ -334,13 +334,13 @@ pub fn compute_conditions(
         Some((config_reason, config_msg.clone()))
     } else if let Some((reason, msg)) = &obs.pods {
         Some((reason.as_str(), msg.clone()))
-    } else if let Some(r) = obs.dead_letter_rate.filter(|r| *r > 0.0) {
-        Some((
-            "DeadLetters",
-            format!("{r} records/s written to the dead-letter topic (see its reason header)"),
-        ))
     } else {
-        None
+        obs.dead_letter_rate.filter(|r| *r > 0.0).map(|r| {
+            (
+                "DeadLetters",
+                format!("{r} records/s written to the dead-letter topic (see its reason header)"),
+            )
+        })
     };
 
     let (ready, ready_reason, ready_msg) = if let Some(r) = &obs.invalid {
@@ -594,6 +594,36 @@ mod tests {
         assert_eq!(phase, "Degraded");
         assert_eq!(get(&c, "TopicsReady").reason, "PartitionDecreaseRefused");
         assert_eq!(get(&c, "Degraded").reason, "PartitionDecreaseRefused");
+    }
+
+    #[test]
+    fn a_failing_pod_and_dead_letters_degrade_with_their_reason_topics_first() {
+        let mut obs = ready_obs();
+        obs.dead_letter_rate = Some(0.0);
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(
+            (get(&c, "Degraded").status.as_str(), phase.as_str()),
+            ("False", "Running")
+        );
+        obs.dead_letter_rate = Some(1.5);
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        let d = get(&c, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "DeadLetters")
+        );
+        assert!(d.message.starts_with("1.5 records/s"));
+        assert_eq!(phase, "Degraded");
+        obs.pods = Some((
+            "CrashLoopBackOff".into(),
+            "join-predict pod p-join-x: …".into(),
+        ));
+        let (c, _) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(get(&c, "Degraded").reason, "CrashLoopBackOff");
+        // A topic problem is reported before a pod's.
+        obs.topics = TopicsOutcome::BrokerUnavailable("down".into());
+        let (c, _) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(get(&c, "Degraded").reason, "BrokerUnavailable");
     }
 
     #[test]
