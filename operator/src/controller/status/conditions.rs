@@ -338,7 +338,7 @@ pub fn compute_conditions(
         obs.dead_letter_rate.filter(|r| *r > 0.0).map(|r| {
             (
                 "DeadLetters",
-                format!("{r} records/s written to the dead-letter topic (see its reason header)"),
+                format!("{r} records/s written to the dead-letter topic (reason in each record's sensorflow.reason header)"),
             )
         })
     };
