@@ -188,3 +188,97 @@ pub(crate) fn engine(
         (s.reading_heap_bytes + s.overhead_bytes) as f64 / s.readings as f64
     );
 }
+
+/// The window kinds of issue 28 on one shape, measured in one run: M readings per
+/// CPU-second of each, and its ratio to the sliding window (per-record `process`, the same
+/// call the aligned kinds have), so a change shows which kind it moved.
+pub(crate) fn engine_kinds(clients: usize, readings: usize, spacing_ms: i64, runs: usize) {
+    use sensorflow_core::window::aligned::{AlignedConfig, AlignedEngine, AlignedKind, Emit};
+    let keys: Vec<String> = (0..clients).map(|c| format!("client-{c:06}")).collect();
+    let total = clients * readings;
+    let mut input = Vec::with_capacity(total);
+    for k in 0..readings {
+        for c in 0..clients {
+            let v = ((c * 31 + k * 17) % 1000) as f64 * 0.01;
+            input.push((c, k as i64 * spacing_ms, v));
+        }
+    }
+    let aligned = |kind, emit| AlignedConfig {
+        kind,
+        emit,
+        grace_ms: 0,
+        scope: WatermarkScope::Partition,
+    };
+    let tumbling = AlignedKind::Tumbling { size_ms: 600_000 };
+    let hopping = AlignedKind::Hopping {
+        size_ms: 600_000,
+        advance_ms: 60_000,
+    };
+    let kinds: [(&str, Option<AlignedConfig>); 6] = [
+        ("Sliding 10 min, per record", None),
+        (
+            "Tumbling 10 min, per record",
+            Some(aligned(tumbling, Emit::PerRecord)),
+        ),
+        (
+            "Tumbling 10 min, final",
+            Some(aligned(tumbling, Emit::Final)),
+        ),
+        (
+            "Hopping 10 min / 1 min, per record",
+            Some(aligned(hopping, Emit::PerRecord)),
+        ),
+        (
+            "Hopping 10 min / 1 min, final",
+            Some(aligned(hopping, Emit::Final)),
+        ),
+        (
+            "Global, per record",
+            Some(aligned(AlignedKind::Global, Emit::PerRecord)),
+        ),
+    ];
+    println!(
+        "window kinds (pure, one core, {clients} clients, a reading per {} s each, process per reading, exact aggregates)",
+        spacing_ms / 1000
+    );
+    let mut sliding = None;
+    for (name, cfg) in kinds {
+        let mut best = 0.0f64;
+        let mut emitted = 0usize;
+        for _ in 0..runs.max(1) {
+            let sched0 = thread_sched_ns();
+            let started = Instant::now();
+            emitted = 0;
+            match cfg {
+                None => {
+                    let mut e = WindowEngine::new(WindowConfig {
+                        size_ms: 600_000,
+                        grace_ms: 0,
+                        scope: WatermarkScope::Partition,
+                    });
+                    for &(c, t, v) in &input {
+                        black_box(e.process(0, &keys[c], Reading { t, v }));
+                        emitted += 1;
+                    }
+                }
+                Some(cfg) => {
+                    let mut e = AlignedEngine::new(cfg);
+                    let mut out = Vec::new();
+                    for &(c, t, v) in &input {
+                        out.clear();
+                        let _ = black_box(e.process(0, &keys[c], Reading { t, v }, &mut out));
+                        emitted += out.len();
+                    }
+                }
+            }
+            let (cpu, _) = sched_secs_since(sched0, started.elapsed().as_secs_f64());
+            best = best.max(total as f64 / cpu / 1e6);
+        }
+        let base = *sliding.get_or_insert(best);
+        println!(
+            "  {name:<36} {best:6.1} M readings/s per CPU-second ({:.2}x the sliding window; {:.2} windows emitted per reading)",
+            best / base,
+            emitted as f64 / total as f64
+        );
+    }
+}

@@ -59,7 +59,9 @@ struct Cli {
 enum Cmd {
     /// The pure window engine: readings/s on one core and state bytes per reading, for the
     /// household shape (1 440 clients, a reading a minute: 10 per window, cache-resident) and a
-    /// dense shape (10 000 clients, a reading a second: 600 per window, 72 MB of state).
+    /// dense shape (10 000 clients, a reading a second: 600 per window, 72 MB of state); then
+    /// each window kind (sliding, tumbling, hopping, global; per record and final) on the
+    /// household shape, with its ratio to the sliding window.
     Engine {
         /// Clients (keys); 0 = both standard shapes.
         #[arg(long, default_value_t = 0)]
@@ -158,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
             let cal = calibration(runs);
             engine(1_440, 14_000, 60_000, api, runs, cal);
             engine(10_000, 2_000, 1_000, api, runs, cal);
+            engine_kinds(1_440, 4_000, 60_000, runs);
         }
         Cmd::Engine {
             clients,
