@@ -2,10 +2,11 @@
 against the from-scratch definition in sfref.py (aligned_outcomes), with code that shares
 nothing with it: kafka-python produces and reads, tests/lib/sfproto.py decodes by hand.
 
-Two runs, each on its own topics and consumer group:
+Three runs, each on its own topics and consumer group:
 - hopping 2 min / 30 s, emit Final, grace 20 s, partition watermark, FA=Max, FI=Count, FD=Min;
 - tumbling 1 min, emit PerRecord, grace 15 s, client watermark, FA=Sum, FI=Integral,
-  FD=Derivative.
+  FD=Derivative;
+- global, emit PerRecord, grace 20 s, partition watermark, FA=Mean, FI=Min, FD=Integral.
 Input: 2 partitions, 3 clients each with skewed clocks (-8 s, 0, +5 s), readings jittered out
 of order within the grace, and readings far behind (late). Every SZ input record is accounted
 for as a multiset: a late one by exactly one record on the late topic and no feature; an
@@ -48,6 +49,10 @@ RUNS = {
     "tumbling-per-record": dict(kind="Tumbling", size_ms=60_000, advance_ms=None, emit="PerRecord",
                                 grace_ms=15_000, scope="client", aggregates=("Sum", "Integral", "Derivative"),
                                 ranges=((0.0, 40.0), (0.0, 300.0), (-0.05, 0.05))),
+    # The window size is unused by Global (a running total per client since its first reading).
+    "global-per-record": dict(kind="Global", size_ms=60_000, advance_ms=None, emit="PerRecord", grace_ms=20_000,
+                              scope="partition", aggregates=("Mean", "Min", "Integral"),
+                              ranges=((0.0, 6.0), (0.0, 6.0), (0.0, 6000.0))),
 }
 
 
