@@ -7,6 +7,7 @@ host, the host-built `replay`, the image on the nodes).
 """
 
 import calendar
+import collections
 import math
 import os
 import signal
@@ -19,8 +20,9 @@ import yaml
 from conftest import (BOOT, GCS, IMAGE, NS, OP_NS, PREVIOUS_CHART, PREVIOUS_CHART_REF, RELEASE, REPO, UPGRADE_IMAGE,
                       condition, count, gcs, gcs_buckets, gcs_list, gcs_read, group_lag, helm, kjson, kubectl,
                       list_topics, log, partitions_of, pods_ready, read_all, replay, wait_for)
-from sfproto import decode, field_double, packed_varints, signed
-from sfref import RANGES, WINDOW_MS, AsOf, bin_of, expected_features, expected_vector, near
+from sfproto import decode, decode_feature, decode_prediction, field_double, packed_varints, signed
+from sfref import (RANGES, WINDOW_MS, AsOf, aggregate, aligned_outcomes, bin_of, expected_features, expected_vector,
+                   near)
 
 pytestmark = pytest.mark.skipif(not BOOT or not GCS, reason="run through tests/e2e/run.sh")
 
@@ -188,11 +190,11 @@ def check_nothing_lost(day):
     return c
 
 
-def late_records():
+def late_records(topic=TOPICS["late"], partitions=100):
     """{(source topic, partition, offset)} of every record routed to the late topic: the join
     never uses those, so the as-of reference leaves them out too."""
     out = set()
-    for r in read_all(TOPICS["late"]):
+    for r in read_all(topic, partitions):
         h = {k: v.decode() for k, v in (r.headers or [])}
         if "sensorflow.source.topic" in h:
             out.add((h["sensorflow.source.topic"], int(h["sensorflow.source.partition"]), int(h["sensorflow.source.offset"])))
@@ -667,6 +669,140 @@ def test_5b_suspend_to_zero_pods_then_resume_continues_from_committed_offsets():
     assert_exactly_once(checked)
     assert len(features("FD", None)) == before_fd + len(checked.want), "earlier days' features written again"
     wait_for("the pipeline Ready", lambda: condition(sp_status(), "Ready").get("status") == "True", 180)
+
+
+# --- 5c ---------------------------------------------------------------------------------------
+HOP = "hop"
+HOP_PREFIX = f"{NS}.{HOP}"
+HOP_TOPICS = {r: f"{HOP_PREFIX}.{r}" for r in ROLES}
+HOP_PARTITIONS = 4
+# A non-default window: hopping 10 min every 1 min, each window emitted once when it closes; a
+# whole-minute grace puts the watermark on window ends (the replay's readings are on minutes):
+# the closing rule watermark >= end is exercised at equality.
+HOP_WINDOW = {"kind": "Hopping", "sizeMs": 600_000, "advanceMs": 60_000, "emit": "Final", "time": "EventTime",
+              "graceMs": 60_000, "watermarkScope": "partition"}
+
+
+def hop_manifest():
+    """The example pipeline as a second pipeline `hop` with HOP_WINDOW (aggregates: the default
+    FA=Mean, FI=Integral, FD=Derivative), 4 partitions, one replica per stage, no sink, and
+    deletionPolicy Delete (its topics go with it)."""
+    sp = manifest()
+    sp["metadata"]["name"] = HOP
+    spec = sp["spec"]
+    spec["window"].update(HOP_WINDOW)
+    spec["topics"].update(partitions=HOP_PARTITIONS, deletionPolicy="Delete")
+    spec.pop("sink")
+    p = spec["processors"]
+    p["window"] = {"minReplicas": 1, "maxReplicas": 1}
+    p["join"] = {"minReplicas": 1, "maxReplicas": 1}
+    return sp
+
+
+def test_5c_hopping_final_window_features_exact_and_one_prediction_per_triple():
+    """A second pipeline with hopping 10 min / 1 min windows emitted final: every feature
+    record equals sfref's aligned-window definition (window bounds, event time end - 1, count,
+    value bit for bit, bin, source_index), each SZ reading accounted for; the join pairs each
+    (SZ partition, offset, index) triple once into a features-triggered prediction holding its
+    bins and the as-of SX and SY; SX/SY-triggered predictions hold the as-of triple."""
+    t0 = time.time()
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(hop_manifest()))
+    wait_for("the hop pipeline Ready", lambda: condition(kjson("get", "sp", HOP, "-n", NS), "Ready").get("status")
+             == "True", 240)
+    summary = replay(HOP_PREFIX, "--clients", "3", "--rows-per-client", "90", "--base-date", "2026-01-05")
+    log(f"hop: replayed {summary}")
+
+    def hop_drained():
+        lw = group_lag(f"{HOP_PREFIX}-window", [HOP_TOPICS["sz"]], HOP_PARTITIONS)
+        lj = group_lag(f"{HOP_PREFIX}-join", [HOP_TOPICS[r] for r in ["sx", "sy", "fa", "fi", "fd"]], HOP_PARTITIONS)
+        log(f"hop lag: window {lw}, join {lj}")
+        return lw == 0 and lj == 0 and count(HOP_TOPICS["sz"], HOP_PARTITIONS) > 0
+
+    wait_for("the hop pipeline's groups drained", hop_drained, 300, interval=3)
+
+    # Features: the reference from the SZ topic in each partition's arrival order.
+    sz = sorted(read_all(HOP_TOPICS["sz"], HOP_PARTITIONS), key=lambda r: (r.partition, r.offset))
+    records = []
+    for r in sz:
+        f = decode(r.value)
+        records.append((r.partition, r.offset, r.key.decode(), signed(f.get(1, [0])[0]), field_double(f, 2)))
+    w = HOP_WINDOW
+    want = aligned_outcomes(records, w["kind"], w["sizeMs"], w["advanceMs"], w["emit"], w["graceMs"],
+                            w["watermarkScope"])
+    late = late_records(HOP_TOPICS["late"], HOP_PARTITIONS)
+    assert not [k for k, o in want.items() if o == "late"], "the replay sends in event-time order"
+    triples = {}  # (p, o, index) -> {kind: feature}
+    dups = 0
+    for kind in ["FA", "FI", "FD"]:
+        for r in read_all(HOP_TOPICS[kind.lower()], HOP_PARTITIONS):
+            f = decode_feature(r.value)
+            slot = triples.setdefault((f["source_partition"], f["source_offset"], f["source_index"]), {})
+            dups += kind in slot
+            slot[kind] = f
+    assert dups == 0, f"{dups} repeated feature records with ExactlyOnce"
+    expected = {(p, o, i): em for (p, o), ems in want.items() for i, em in enumerate(ems)}
+    assert set(triples) == set(expected), (f"missing {sorted(set(expected) - set(triples))[:3]}, "
+                                           f"unexpected {sorted(set(triples) - set(expected))[:3]}")
+    assert len(expected) >= 100, len(expected)
+    defaults = {"FA": "Mean", "FI": "Integral", "FD": "Derivative"}
+    bins = {}
+    for key, em in expected.items():
+        got = triples[key]
+        assert set(got) == {"FA", "FI", "FD"}, (key, sorted(got))
+        for kind, f in got.items():
+            value = aggregate(defaults[kind], em["window"])
+            assert (f["client_id"], f["window_start_ms"], f["window_end_ms"], f["event_time_ms"], f["window_count"]) \
+                == (em["client"], em["start"], em["end"], em["end"] - 1, em["count"]), f"{kind} {key}: {f} != {em}"
+            assert f["value"].hex() == value.hex(), f"{kind} {key}: {f['value']!r} != {value!r}"
+            assert f["bin"] == bin_of(value, *RANGES[kind]), f"{kind} {key}: bin {f['bin']}"
+        bins[key] = [got[k]["bin"] for k in ["FA", "FI", "FD"]]
+    log(f"hop: {len(expected)} final windows of {len(records)} readings equal the reference")
+
+    # Predictions: each triple once, with the as-of SX and SY at its event time (end - 1).
+    stores = {"sx": AsOf(), "sy": AsOf(), "features": AsOf()}
+    own = {}
+    for kind in ["sx", "sy"]:
+        for r in read_all(HOP_TOPICS[kind], HOP_PARTITIONS):
+            f = decode(r.value)
+            own[(HOP_TOPICS[kind], r.partition, r.offset)] = int(field_double(f, 2))
+            if (HOP_TOPICS[kind], r.partition, r.offset) not in late:
+                stores[kind].add(r.key.decode(), signed(f.get(1, [0])[0]), (r.partition, r.offset),
+                                 int(field_double(f, 2)))
+    for key, em in expected.items():
+        stores["features"].add(em["client"], em["end"] - 1, key, (key, bins[key]))
+    seen = collections.Counter()
+    last_triple = {}
+    for key, em in expected.items():
+        last_triple[em["client"]] = max(last_triple.get(em["client"], em["end"] - 1), em["end"] - 1)
+    checked_sxsy = 0
+    for r in read_all(HOP_TOPICS["predictions"], HOP_PARTITIONS):
+        p = decode_prediction(r.value)
+        trig, t, client = TRIGGER_NAMES[p["trigger"]], p["event_time_ms"], p["client_id"]
+        src = (p["features_source_partition"], p["features_source_offset"], p["features_source_index"])
+        if trig == "features":
+            assert src in expected, f"{client} {t}: a prediction of triple {src}, which the reference has not"
+            assert t == expected[src]["end"] - 1, (t, expected[src])
+            want_v = expected_vector("features", t, (src, bins[src]), client, stores["sx"], stores["sy"],
+                                     stores["features"])
+            seen[("features", src)] += 1
+        else:
+            at = (p["source_topic"], p["source_partition"], p["source_offset"])
+            assert at in own, f"{client} {t}: trigger {at} was never sent"
+            seen[(trig, at)] += 1
+            if t > last_triple.get(client, t):
+                continue  # after the last closed window: released by the join's idle timeout
+            want_v = expected_vector(trig, t, own[at], client, stores["sx"], stores["sy"], stores["features"])
+            checked_sxsy += 1
+        assert want_v is not None, f"{client} {t}: a {trig} prediction where an input is missing or stale"
+        assert p["features"] == want_v[0], f"{client} {t} ({trig}): {p['features']} != as-of {want_v[0]}"
+        assert src == want_v[1], f"{client} {t} ({trig}): triple {src}, as-of says {want_v[1]}"
+    assert all(n == 1 for n in seen.values()), [k for k, n in seen.items() if n > 1][:5]
+    missing = [k for k in expected if ("features", k) not in seen]
+    assert not missing, f"{len(missing)} of {len(expected)} triples have no prediction, e.g. {missing[:3]}"
+    log(f"hop: one features-triggered prediction per triple ({len(expected)}), {checked_sxsy} SX/SY-triggered "
+        f"ones hold the as-of triple; scenario {time.time() - t0:.0f} s")
+    kubectl("delete", "sp", HOP, "-n", NS, "--timeout", "180s")
+    wait_for("the hop pipeline's topics deleted", lambda: not (set(HOP_TOPICS.values()) & list_topics()), 120)
 
 
 # --- 6 ----------------------------------------------------------------------------------------

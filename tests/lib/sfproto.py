@@ -2,7 +2,8 @@
 `protobuf` package): the tests check the binaries with code that shares nothing with them.
 
 Field numbers and types are those of processors/core/proto/sensorflow/v1/messages.proto
-(SensorReading, Feature, Prediction and their enums); only the proto3 wire format is used:
+(SensorReading, Feature, Prediction and their enums; decode_feature / decode_prediction name
+every field, the window fields 10-12 and features_source_index 17 included); only the proto3 wire format is used:
 varints (wire type 0), fixed64 (1), length-delimited (2) and fixed32 (5).
 
     f = decode(record.value)           # field number -> [raw values], in wire order
@@ -119,3 +120,36 @@ def field_double(fields, num):
 def field_string(fields, num):
     """A string field of decode()'s result (UTF-8); "" when absent."""
     return fields[num][-1].decode() if fields.get(num) else ""
+
+
+# --- named messages ----------------------------------------------------------------------
+def decode_feature(buf):
+    """A Feature's bytes -> dict: client_id (1), kind (2, FEATURE_KIND number), event_time_ms
+    (3), source_partition (4), source_offset (5), bin (6), value (7, double), window_count (8),
+    ingest_time_ms (9), window_start_ms (10) and window_end_ms (11) (the window
+    [start, end), ms), source_index (12, which of the SZ reading's emissions, 0-based)."""
+    f = decode(buf)
+    out = {"client_id": field_string(f, 1), "value": field_double(f, 7)}
+    for name, num in [("kind", 2), ("event_time_ms", 3), ("source_partition", 4), ("source_offset", 5),
+                      ("bin", 6), ("window_count", 8), ("ingest_time_ms", 9), ("window_start_ms", 10),
+                      ("window_end_ms", 11), ("source_index", 12)]:
+        out[name] = field_int64(f, num)
+    return out
+
+
+def decode_prediction(buf):
+    """A Prediction's bytes -> dict: client_id (1), event_time_ms (2), features (3, 5 int64),
+    probability (4), alert (5), model_name (6), model_version (7), trigger (8, TRIGGER_KIND
+    number), source_topic (9), source_partition (10), source_offset (11),
+    features_source_partition (12), features_source_offset (13), features_source_index (17),
+    ingest_time_ms (14), threshold (15), predicted_at_ms (16)."""
+    f = decode(buf)
+    out = {"client_id": field_string(f, 1), "features": packed_varints(f.get(3, [])),
+           "probability": field_double(f, 4), "alert": bool(field_int64(f, 5)),
+           "model_name": field_string(f, 6), "model_version": field_string(f, 7),
+           "source_topic": field_string(f, 9), "threshold": field_double(f, 15)}
+    for name, num in [("event_time_ms", 2), ("trigger", 8), ("source_partition", 10), ("source_offset", 11),
+                      ("features_source_partition", 12), ("features_source_offset", 13),
+                      ("features_source_index", 17), ("ingest_time_ms", 14), ("predicted_at_ms", 16)]:
+        out[name] = field_int64(f, num)
+    return out
