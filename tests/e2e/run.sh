@@ -94,9 +94,17 @@ if [ -d "$work/logs" ]; then
   [ -f "$work/pytest.log" ] && mv "$work/pytest.log" "$REPO_ROOT/.sensorflow/e2e-previous-logs/"
 fi
 rm -rf "$work" && mkdir -p "$work/logs" "$work/bin" "$work/previous-chart"
-# The previous chart version, as it was committed (a shallow clone without that commit fails here).
-git -C "$REPO_ROOT" archive "$previous_ref" charts/sensorflow-operator | tar -x -C "$work/previous-chart" \
-  || die "cannot extract charts/sensorflow-operator at $previous_ref (SENSORFLOW_E2E_PREVIOUS_CHART_REF)"
+# The previous chart version, as it was committed; a clone without that commit (shallow) uses
+# the same chart kept as tests/e2e/previous-chart-40ff2cd.tar.gz (the default ref's, as a chart
+# repository would serve the released version).
+previous_tgz="$REPO_ROOT/tests/e2e/previous-chart-40ff2cd.tar.gz"
+if ! git -C "$REPO_ROOT" archive "$previous_ref" charts/sensorflow-operator 2>/dev/null | tar -x -C "$work/previous-chart" 2>/dev/null; then
+  case "$previous_ref" in
+    40ff2cd*) tar -xzf "$previous_tgz" -C "$work/previous-chart" \
+      || die "cannot extract $previous_tgz" ;;
+    *) die "cannot extract charts/sensorflow-operator at $previous_ref (SENSORFLOW_E2E_PREVIOUS_CHART_REF)" ;;
+  esac
+fi
 # A copy: the shared target dir's binary can be rebuilt from another checkout while we run.
 bin_dir="$work/bin"
 cp "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/replay" "$bin_dir/replay"
