@@ -25,12 +25,13 @@ import sys
 import time
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from sfref import aggregate, aligned_outcomes, bin_of
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from sfproto import decode, decode_feature, encode_reading, field_double, field_int64  # noqa: E402
+import sfkafka  # noqa: E402
 
 BOOT = os.environ.get("SENSORFLOW_TEST_BOOTSTRAP", "")
 BIN = os.environ.get("SENSORFLOW_BIN_DIR", "")
@@ -135,7 +136,7 @@ def run(request, tmp_path_factory):
 
 
 def consumer():
-    return KafkaConsumer(bootstrap_servers=BOOT, enable_auto_commit=False, consumer_timeout_ms=3000)
+    return sfkafka.consumer(BOOT)
 
 
 def committed(group, topic):
@@ -149,23 +150,7 @@ def committed(group, topic):
 
 
 def read_all(topic, timeout_s=60):
-    """Every record of `topic` up to its end offsets when called; fails (never returns partial
-    data) when they are not all read within `timeout_s` seconds."""
-    c = consumer()
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    end = c.end_offsets(tps)
-    out = []
-    deadline = time.time() + timeout_s
-    try:
-        while any(c.position(tp) < end[tp] for tp in tps):
-            assert time.time() < deadline, f"{topic}: not read to its end offsets in {timeout_s} s"
-            for recs in c.poll(timeout_ms=500).values():
-                out.extend(recs)
-    finally:
-        c.close()
-    return out
+    return sfkafka.read_all(BOOT, topic, PARTITIONS, timeout_s)
 
 
 def test_input_exercises_the_definition(run):

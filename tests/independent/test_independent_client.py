@@ -18,12 +18,13 @@ import sys
 import time
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from sfref import RANGES, bin_of, expected_features, near
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from sfproto import decode, encode_reading, field_double, packed_varints, signed  # noqa: E402
+import sfkafka  # noqa: E402
 
 BOOT = os.environ.get("SENSORFLOW_TEST_BOOTSTRAP", "")
 BIN = os.environ.get("SENSORFLOW_BIN_DIR", "")
@@ -95,7 +96,7 @@ def pipeline(tmp_path_factory):
 
 
 def consumer():
-    return KafkaConsumer(bootstrap_servers=BOOT, enable_auto_commit=False, consumer_timeout_ms=3000)
+    return sfkafka.consumer(BOOT)
 
 
 def count(topic):
@@ -108,26 +109,7 @@ def count(topic):
 
 
 def read_all(topic, timeout_s=60):
-    """Every record of `topic` up to its end offsets when called; fails (never returns partial
-    data) when they are not all read within `timeout_s` seconds."""
-    c = consumer()
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    end = c.end_offsets(tps)
-    out = []
-    deadline = time.time() + timeout_s
-    try:
-        while any(c.position(tp) < end[tp] for tp in tps):
-            if time.time() >= deadline:
-                behind = {tp.partition: end[tp] - c.position(tp) for tp in tps if c.position(tp) < end[tp]}
-                raise AssertionError(f"{topic}: not read to its end offsets in {timeout_s} s "
-                                     f"({len(out)} records read; partitions behind: {behind})")
-            for records in c.poll(timeout_ms=500).values():
-                out.extend(records)
-    finally:
-        c.close()
-    return out
+    return sfkafka.read_all(BOOT, topic, PARTITIONS, timeout_s)
 
 
 # --- tests ------------------------------------------------------------------------------------
