@@ -234,6 +234,10 @@ rbac_common_checks() {
   ! can watch secrets -n "$ns" || { log "can watch secrets in $ns"; ok=1; }
   ! can delete secrets -n "$ns" || { log "can delete secrets in $ns"; ok=1; }
   ! can create pods -n "$ns" || { log "can create pods in $ns"; ok=1; }
+  can list pods -n "$ns" || { log "cannot list pods in $ns"; ok=1; }
+  ! can watch pods -n "$ns" || { log "can watch pods in $ns"; ok=1; }
+  ! can get pods/log -n "$ns" || { log "can read pod logs in $ns"; ok=1; }
+  ! can patch pods --subresource=status -n "$ns" || { log "can write pod status in $ns"; ok=1; }
   ! can delete sensorpipelines.sensorflow.io -n "$ns" || { log "can delete pipelines in $ns"; ok=1; }
   can update leases.coordination.k8s.io -n sensorflow-system || { log "cannot update leases"; ok=1; }
   ! can update leases.coordination.k8s.io -n default || { log "leases beyond its namespace"; ok=1; }
@@ -248,6 +252,7 @@ rbac_namespaced_default() {
   ! can get secrets -n default || { log "default mode: can get secrets in default"; ok=1; }
   ! can get secrets -A || { log "default mode: can get secrets cluster-wide"; ok=1; }
   ! can list sensorpipelines.sensorflow.io -A || { log "default mode: can list pipelines cluster-wide"; ok=1; }
+  ! can list pods -n default || { log "default mode: can list pods in default"; ok=1; }
   ! can create deployments.apps -n default || { log "default mode: can create deployments in default"; ok=1; }
   [ "$(k -n sensorflow-system get deploy sensorflow-sensorflow-operator \
         -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="SF_OPERATOR_WATCH_NAMESPACES")].value}')" = sensorflow-system ] \

@@ -45,9 +45,15 @@ pub use topics::{DeletionPolicy, TopicManagement, TopicOverride, TopicOverrides,
     doc = "A streaming sensor pipeline on Kafka: topics, window-processor, join-predict and an optional GCS sink.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.totalLag","description":"consumer lag summed over both stages"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].reason","description":"reason of the Degraded condition (AsExpected when nothing is wrong)"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.totalLag","description":"consumer lag summed over both stages (messages)"}"#,
+    printcolumn = r#"{"name":"Time-Lag","type":"integer","jsonPath":".status.timeLagSeconds","description":"the larger stage time lag, seconds (estimated from end-offset samples)"}"#,
     printcolumn = r#"{"name":"Window","type":"integer","jsonPath":".status.window.replicas","description":"window-processor replicas"}"#,
+    printcolumn = r#"{"name":"Window-Ready","type":"integer","jsonPath":".status.window.readyReplicas","description":"window-processor ready replicas","priority":1}"#,
     printcolumn = r#"{"name":"Join","type":"integer","jsonPath":".status.join.replicas","description":"join-predict replicas"}"#,
+    printcolumn = r#"{"name":"Join-Ready","type":"integer","jsonPath":".status.join.readyReplicas","description":"join-predict ready replicas","priority":1}"#,
+    printcolumn = r#"{"name":"In/s","type":"number","jsonPath":".status.window.recordsInPerSecond","description":"records per second appended to the window-processor's input","priority":1}"#,
+    printcolumn = r#"{"name":"Dead/s","type":"number","jsonPath":".status.deadLetterPerSecond","description":"records per second appended to the dead-letter topic","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = cel::distinct_topic_names()
 )]
@@ -897,6 +903,22 @@ pub struct StageSpec {
     #[serde(default = "default_lag_target")]
     #[schemars(range(min = 1))]
     pub lag_target_per_replica: i64,
+    /// Scale on time lag instead of record lag: the seconds the stage may be behind the head
+    /// of its input topics (`status.<stage>.timeLagSeconds`, an append-time estimate) at the
+    /// current replica count. The planner then wants `ceil(current × timeLag / target)`
+    /// replicas (the HorizontalPodAutoscaler's rule for a value target), within the bounds and
+    /// rounded up to a divisor of the partition count; `lagTargetPerReplica` is not used.
+    /// Unset (default): scale on record lag (`lagTargetPerReplica`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub time_lag_target_seconds: Option<i64>,
+    /// Activation threshold, seconds of time lag (`status.<stage>.timeLagSeconds`): no
+    /// lag-driven scale-up while the stage's time lag is below it or unknown, whichever
+    /// lag the stage scales on (like KEDA's activation thresholds). Scale-downs, raised
+    /// `minReplicas` and resume from `suspend` are not held. 0 (default): no threshold.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 86400))]
+    pub activation_time_lag_seconds: i64,
     /// Container resources of this stage; unset: `processors.resources`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -912,6 +934,8 @@ impl Default for StageSpec {
             min_replicas: default_min_replicas(),
             max_replicas: default_max_replicas(),
             lag_target_per_replica: default_lag_target(),
+            time_lag_target_seconds: None,
+            activation_time_lag_seconds: 0,
             resources: None,
             pod_template: PodTemplateOverlay::default(),
         }
@@ -1025,9 +1049,24 @@ pub struct SensorPipelineStatus {
     /// join-predict stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<StageStatus>,
+    /// gcs-sink stage (replicas and pods; no lag or rates). Absent without a sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<StageStatus>,
     /// Sum of both stages' consumer lag (messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_lag: Option<i64>,
+    /// The larger of window-processor's and join-predict's `timeLagSeconds`; absent while
+    /// either is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_lag_seconds: Option<i64>,
+    /// Records per second appended to the dead-letter topic (by both processors): its end
+    /// offsets' growth over the last 10 s or more, read by the operator between reconciles
+    /// (transaction markers included). Absent until two reads 10 s apart exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_per_second: Option<f64>,
+    /// Records per second appended to the late topic, measured as `deadLetterPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_per_second: Option<f64>,
     /// Partition count of every topic as seen on the broker.
     #[serde(default)]
     pub topics: Vec<TopicStatus>,
@@ -1080,19 +1119,66 @@ pub struct Condition {
 }
 
 /// Observed state of one processor stage.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageStatus {
-    /// Replicas the operator asked for.
+    /// Replicas the operator asked for (desired).
     pub replicas: i32,
     /// Ready replicas of the Deployment.
     pub ready_replicas: i32,
     /// Consumer lag summed over the stage's input topics (messages); absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Time lag, seconds: how long ago the head of the stage's input topics (the sum of their
+    /// end offsets) stood where the consumer group's committed position stands now, i.e. the
+    /// append time of the next record to process versus now. Interpolated between the
+    /// operator's own reads of the end offsets (one per reconcile, kept for an hour), so an
+    /// estimate at the resync interval's resolution; past the oldest read it is extrapolated
+    /// at the mean rate. 0 when there is no lag; absent when unknown (the lag could not be
+    /// read, or a backlog exists at the operator's first read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_lag_seconds: Option<i64>,
+    /// Records per second appended to the stage's input topics (transaction markers
+    /// included): their end offsets' growth over the last 10 s or more between reconciles.
+    /// Absent until two reads 10 s apart exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in_per_second: Option<f64>,
+    /// The stage's pods that are not ready, and why (at most 5, by name); empty when every
+    /// pod is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_pods: Vec<PodProblem>,
     /// RFC 3339 time since which the planner has wanted fewer replicas (cooldown start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_pending_since: Option<String>,
+}
+
+/// Why one pod of a stage is not ready, from its status (`containerStatuses`, conditions).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodProblem {
+    /// Pod name.
+    pub pod: String,
+    /// The container the reason is about; absent when the reason is the pod's own (for
+    /// example `Unschedulable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The container's waiting reason (for example `CrashLoopBackOff`, `ImagePullBackOff`,
+    /// `ErrImagePull`, `CreateContainerConfigError`), else its termination reason, else the
+    /// pod's (`Unschedulable`, or its phase such as `Pending`), else `NotReady`.
+    pub reason: String,
+    /// Message of that reason, as the kubelet or the scheduler wrote it (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Reason of the container's last termination (for example `OOMKilled`, `Error`);
+    /// absent when it never terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_termination_reason: Option<String>,
+    /// Exit code of that last termination; absent when it never terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_code: Option<i32>,
+    /// The container's restart count (0 when it never restarted).
+    #[serde(default)]
+    pub restarts: i32,
 }
 
 /// Partition count of one topic.
@@ -1240,7 +1326,23 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Ready", "Phase", "Lag", "Window", "Join", "Age"]);
+        assert_eq!(
+            cols,
+            [
+                "Ready",
+                "Phase",
+                "Reason",
+                "Lag",
+                "Time-Lag",
+                "Window",
+                "Window-Ready",
+                "Join",
+                "Join-Ready",
+                "In/s",
+                "Dead/s",
+                "Age"
+            ]
+        );
         let schema = serde_json::to_value(v.schema.as_ref().expect("schema")).expect("json");
         fn all_rules(v: &serde_json::Value, out: &mut Vec<String>) {
             match v {

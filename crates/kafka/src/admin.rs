@@ -229,29 +229,54 @@ pub fn group_lag(config: &ClientConfig, group: &str, topics: &[&str]) -> Result<
     Ok(i64::try_from(lag).unwrap_or(i64::MAX))
 }
 
-/// The one lag computation ([`group_lag`], [`stage_lag`]): `partitions` gives the partition
-/// count of each topic. A fresh client's offset queries get retriable errors from a broker
-/// for a moment (NotLeaderForPartition seen on Apache Kafka under load), so each query is
-/// retried four times, 250 ms apart.
+/// The one lag computation ([`group_lag`], [`stage_lag`]): the lag of [`progress_blocking`].
 fn lag_blocking(
     config: &ClientConfig,
     group: &str,
     topics: &[&str],
     partitions: &BTreeMap<String, i32>,
 ) -> Result<u64, AdminError> {
+    progress_blocking(config, Some(group), topics, partitions).map(|p| p.lag)
+}
+
+/// Where a consumer group stands on a set of topics, summed over their partitions (messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StageOffsets {
+    /// Sum of the end offsets (high watermarks): every record ever appended, including
+    /// transaction markers.
+    pub end: u64,
+    /// Sum of the group's positions: its committed offset, or the log start offset where it
+    /// has none or its commit fell behind retention.
+    pub position: u64,
+    /// `end - position`, partition by partition (never negative per partition).
+    pub lag: u64,
+}
+
+/// The group's [`StageOffsets`] on `topics` (`partitions` gives each topic's partition count);
+/// with `group` `None` only the end offsets are read (`position` and `lag` are 0). A fresh
+/// client's offset queries get retriable errors from a broker for a moment
+/// (NotLeaderForPartition seen on Apache Kafka under load), so each query is retried four
+/// times, 250 ms apart.
+fn progress_blocking(
+    config: &ClientConfig,
+    group: Option<&str>,
+    topics: &[&str],
+    partitions: &BTreeMap<String, i32>,
+) -> Result<StageOffsets, AdminError> {
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         for p in 0..partitions.get(*t).copied().unwrap_or(0) {
             tpl.add_partition(t, p);
         }
     }
+    let label = group.unwrap_or("(none)");
     let mut cfg = config.clone();
-    cfg.set("group.id", group)
+    cfg.set("group.id", group.unwrap_or("sensorflow-operator-offsets"))
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = cfg
         .create()
-        .map_err(kafka(format!("creating a lag client for group {group}")))?;
-    let err = || kafka(format!("offsets of group {group}"));
+        .map_err(kafka(format!("creating a lag client for group {label}")))?;
+    let err = || kafka(format!("offsets of group {label}"));
     let retry = |f: &dyn Fn() -> Result<TopicPartitionList, AdminError>| {
         let mut last = f();
         for _ in 0..4 {
@@ -263,34 +288,53 @@ fn lag_blocking(
         }
         last
     };
-    let committed = retry(&|| {
-        consumer
-            .committed_offsets(tpl.clone(), TIMEOUT)
-            .map_err(err())
-    })?;
     let query = |spec: Offset| -> Result<TopicPartitionList, AdminError> {
         let mut q = tpl.clone();
         q.set_all_offsets(spec).map_err(err())?;
         consumer.offsets_for_times(q, TIMEOUT).map_err(err())
     };
     let high = retry(&|| query(Offset::End))?;
-    let low = retry(&|| query(Offset::Beginning))?;
     let offset_of = |list: &TopicPartitionList, t: &str, p: i32| -> Option<i64> {
         list.find_partition(t, p)
             .and_then(|e| e.offset().to_raw())
             .filter(|o| *o >= 0)
     };
-    let mut lag: u64 = 0;
+    let Some(_) = group else {
+        let end = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| offset_of(&high, e.topic(), e.partition()))
+            .fold(0u64, |a, o| a.saturating_add(u64::try_from(o).unwrap_or(0)));
+        return Ok(StageOffsets {
+            end,
+            ..Default::default()
+        });
+    };
+    let committed = retry(&|| {
+        consumer
+            .committed_offsets(tpl.clone(), TIMEOUT)
+            .map_err(err())
+    })?;
+    let low = retry(&|| query(Offset::Beginning))?;
+    let mut out = StageOffsets::default();
     for e in tpl.elements() {
         let (t, p) = (e.topic(), e.partition());
         let Some(hi) = offset_of(&high, t, p) else {
             continue;
         };
         let lo = offset_of(&low, t, p).unwrap_or(0);
-        let from = offset_of(&committed, t, p).map_or(lo, |c| c.max(lo));
-        lag = lag.saturating_add(u64::try_from(hi - from).unwrap_or(0));
+        let from = offset_of(&committed, t, p)
+            .map_or(lo, |c| c.max(lo))
+            .min(hi);
+        out.end = out.end.saturating_add(u64::try_from(hi).unwrap_or(0));
+        out.position = out
+            .position
+            .saturating_add(u64::try_from(from).unwrap_or(0));
+        out.lag = out
+            .lag
+            .saturating_add(u64::try_from(hi - from).unwrap_or(0));
     }
-    Ok(lag)
+    Ok(out)
 }
 
 /// Per-partition progress of another consumer group on one topic, read again and again with
@@ -580,6 +624,49 @@ pub async fn stage_lag(
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         lag_blocking(&config, &group, &refs, &partitions)
+    })
+    .await?
+}
+
+/// [`StageOffsets`] of consumer group `group` on `topics` (`partitions`: each topic's
+/// partition count), for lag, position and the end offsets in one read (OffsetFetch and
+/// ListOffsets; joins no group).
+///
+/// # Errors
+/// [`AdminError`] when the broker cannot be reached or refuses the offset requests.
+pub async fn stage_progress(
+    conn: &Connection,
+    group: &str,
+    topics: &[String],
+    partitions: &BTreeMap<String, i32>,
+) -> Result<StageOffsets, AdminError> {
+    let (config, group, topics, partitions) = (
+        conn.config(),
+        group.to_owned(),
+        topics.to_vec(),
+        partitions.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        progress_blocking(&config, Some(&group), &refs, &partitions)
+    })
+    .await?
+}
+
+/// Sum of the end offsets (high watermarks) of `topics` (`partitions`: each topic's partition
+/// count): one ListOffsets, no group.
+///
+/// # Errors
+/// [`AdminError`] when the broker cannot be reached or refuses the request.
+pub async fn end_offsets(
+    conn: &Connection,
+    topics: &[String],
+    partitions: &BTreeMap<String, i32>,
+) -> Result<u64, AdminError> {
+    let (config, topics, partitions) = (conn.config(), topics.to_vec(), partitions.clone());
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        progress_blocking(&config, None, &refs, &partitions).map(|p| p.end)
     })
     .await?
 }

@@ -3,8 +3,10 @@
 //! ```text
 //!   Secrets (Kafka credentials, CA, GCS key) ─▶ Connection + SecretVersions ─┐
 //!   Deployments <p>-window, <p>-join, <p>-sink ──────────────────────────────┼─▶ Observed
+//!   Pods of the pipeline (by component label) ───────────────────────────────┤
 //!   (topics step: TopicReport) ──────────────────────────────────────────────┤
-//!   committed offsets vs high watermarks per stage ─▶ lag ───────────────────┘
+//!   committed offsets vs high watermarks per stage ─▶ lag, position, end ────┤
+//!   end offsets of the dead-letter and late topics ──────────────────────────┘
 //! ```
 //!
 //! Everything here only reads; the decisions are made by the pure [`super::plan`] and
@@ -13,13 +15,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use super::Error;
-use crate::controller::build::{self, SecretVersions, Stage};
+use crate::controller::build::{self, COMPONENT_LABEL, SecretVersions, Stage};
+use crate::controller::plan::flow::{Flow, Reads};
 use crate::controller::status::conditions::Replicas;
 use crate::controller::validate::Validated;
 use crate::crd::{SensorPipelineSpec, UsernameFrom};
@@ -36,6 +39,11 @@ pub struct Observed {
     pub topics: TopicReport,
     /// Consumer lag per planner-scaled stage (messages); `None` when it could not be read.
     pub lags: BTreeMap<Stage, Option<u64>>,
+    /// The pipeline's pods by stage (empty when the list failed; logged).
+    pub pods: BTreeMap<Stage, Vec<Pod>>,
+    /// Time lag and rates estimated from this and earlier reconciles' offset reads
+    /// ([`crate::controller::plan::flow::observe`]).
+    pub flow: Flow,
 }
 
 impl Observed {
@@ -194,28 +202,25 @@ pub async fn deployments(
     Ok(current)
 }
 
-/// Lag of the planner-scaled stages (window-processor on SZ, join-predict on its five inputs),
-/// each `None` when it cannot be read (logged; the planner then holds the replica count) or
-/// an input is not on the broker (not asked).
+/// Offsets of the planner-scaled stages (window-processor on SZ, join-predict on its five
+/// inputs: lag, position and end), each `None` when it cannot be read (logged; the planner then
+/// holds the replica count) or an input is not on the broker (not asked); and the end offsets
+/// of the dead-letter and late topics (for their rates).
 ///
-/// A stage whose input topics were all created by this reconcile (`report.created`) has lag 0
-/// without asking the broker: nothing consumed them yet, and they hold at most what was
-/// written in the moments since (read at the next resync). Asking would wait for nothing: the
-/// offset queries on topics created a moment ago fail on the broker's not-yet-propagated
-/// metadata, and their retries cost 1.3 s per stage (measured on a 100-partition pipeline, the
-/// bulk of the time from `kubectl apply` to Deployments). The other stages are read
-/// concurrently.
-pub async fn lags(
-    conn: &Connection,
-    v: &Validated,
-    report: &TopicReport,
-) -> BTreeMap<Stage, Option<u64>> {
-    let reads =
+/// A stage whose input topics were all created by this reconcile (`report.created`) has no
+/// offsets yet (all 0) without asking the broker: nothing consumed them yet, and they hold at
+/// most what was written in the moments since (read at the next resync). Asking would wait
+/// for nothing: the offset queries on topics created a moment ago fail on the broker's
+/// not-yet-propagated metadata, and their retries cost 1.3 s per stage (measured on a
+/// 100-partition pipeline, the bulk of the time from `kubectl apply` to Deployments). The same
+/// holds for the dead-letter and late topics. The reads run concurrently.
+pub async fn reads(conn: &Connection, v: &Validated, report: &TopicReport) -> Reads {
+    let stages =
         super::plan::topics::stage_inputs(v)
             .into_iter()
             .map(|(stage, group, inputs)| async move {
                 if inputs.iter().all(|t| report.created.contains(t)) {
-                    return (stage, Some(0));
+                    return (stage, Some(kafka::StageOffsets::default()));
                 }
                 // An input the broker did not show (not created: refused, not authorized)
                 // has no offsets to read; asking would only wait for the metadata timeout
@@ -224,16 +229,77 @@ pub async fn lags(
                 if !inputs.iter().all(|t| report.partitions.contains_key(t)) {
                     return (stage, None);
                 }
-                let lag = match kafka::stage_lag(conn, &group, &inputs, &report.partitions).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        warn!(error = %e, stage = stage.as_str(), "could not read lag");
-                        None
-                    }
-                };
-                (stage, lag)
+                let read =
+                    match kafka::stage_progress(conn, &group, &inputs, &report.partitions).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            warn!(error = %e, stage = stage.as_str(), "could not read lag");
+                            None
+                        }
+                    };
+                (stage, read)
             });
-    futures::future::join_all(reads).await.into_iter().collect()
+    let end = |role: sensorflow_api::topics::TopicRole| {
+        let topic = v.topics.get(role).to_owned();
+        async move {
+            if report.created.contains(&topic) {
+                return Some(0);
+            }
+            if !report.partitions.contains_key(&topic) {
+                return None;
+            }
+            match kafka::end_offsets(conn, std::slice::from_ref(&topic), &report.partitions).await {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    warn!(error = %e, %topic, "could not read end offsets");
+                    None
+                }
+            }
+        }
+    };
+    use sensorflow_api::topics::TopicRole;
+    let (stages, dead_letter_end, late_end) = futures::join!(
+        futures::future::join_all(stages),
+        end(TopicRole::DeadLetter),
+        end(TopicRole::Late)
+    );
+    Reads {
+        stages: stages.into_iter().collect(),
+        dead_letter_end,
+        late_end,
+    }
+}
+
+/// The pipeline's pods by stage (label `app.kubernetes.io/instance=<pipeline>`, stage from
+/// `app.kubernetes.io/component`): one list call. A refused list is logged and reads as no
+/// pods (the status then lists no reasons; nothing else depends on it).
+pub async fn pods(client: &Client, ns: &str, pipeline: &str) -> BTreeMap<Stage, Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!(
+        "app.kubernetes.io/instance={pipeline},app.kubernetes.io/managed-by={}",
+        build::MANAGED_BY
+    ));
+    let mut out: BTreeMap<Stage, Vec<Pod>> = BTreeMap::new();
+    match api.list(&lp).await {
+        Ok(list) => {
+            for pod in list.items {
+                let component = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(COMPONENT_LABEL))
+                    .cloned();
+                let stage = [Stage::Window, Stage::Join, Stage::Sink]
+                    .into_iter()
+                    .find(|s| component.as_deref() == Some(s.as_str()));
+                if let Some(stage) = stage {
+                    out.entry(stage).or_default().push(pod);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "could not list the pipeline's pods"),
+    }
+    out
 }
 
 /// Topics named by the other pipelines in `known` (every pipeline this operator watches, in

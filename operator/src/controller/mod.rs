@@ -169,6 +169,9 @@ pub struct Context {
     /// The watch caches of every controller of this operator (one per watched namespace, or
     /// one for all): the SensorPipelines it sees, for the name claims of [`plan::claims`].
     pipelines: Mutex<Vec<reflector::Store<SensorPipeline>>>,
+    /// End-offset reads of earlier reconciles per pipeline (`namespace/name`), for the time
+    /// lag and rates of [`plan::flow`]; in memory only (a new leader starts afresh).
+    flows: Mutex<HashMap<String, plan::flow::Histories>>,
 }
 
 impl Context {
@@ -188,6 +191,7 @@ impl Context {
             leadership,
             failures: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(Vec::new()),
+            flows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -375,13 +379,30 @@ async fn reconcile_apply(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Actio
     let events = status::topic_events(&report, v.spec.topics.partitions, &previous);
     apply::events(ctx, &sp, &events).await;
 
-    // 4. dereference: lag per stage (None when it cannot be read)
-    let lags = dereference::lags(&conn, &v, &report).await;
+    // 4. dereference: offsets per stage (None when they cannot be read), the dead-letter and
+    // late topics' end offsets, the pods; then the flow estimates (pure, over the reads kept
+    // from earlier reconciles)
+    let (reads, pods) = futures::join!(
+        dereference::reads(&conn, &v, &report),
+        dereference::pods(&ctx.client, &ns, &name)
+    );
+    let lags = reads
+        .stages
+        .iter()
+        .map(|(stage, r)| (*stage, r.map(|r| r.lag)))
+        .collect();
+    let flow = ctx
+        .flows
+        .lock()
+        .map(|mut f| plan::flow::observe(f.entry(key(&sp)).or_default(), now, &reads))
+        .unwrap_or_default();
     let observed = Observed {
         deployments,
         secret_versions,
         topics: report,
         lags,
+        pods,
+        flow,
     };
 
     // 5. plan replicas (pure)
@@ -487,6 +508,9 @@ async fn cleanup(sp: Arc<SensorPipeline>, ctx: &Context) -> Result<Action, Error
     let ns = sp
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    if let Ok(mut f) = ctx.flows.lock() {
+        f.remove(&key(&sp));
+    }
     if sp.spec.topics.deletion_policy != DeletionPolicy::Delete {
         apply::events(
             ctx,

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 pub mod claims;
+pub mod flow;
 pub mod replicas;
 pub mod topics;
 
@@ -99,6 +100,8 @@ pub fn replicas(
             .min()
             .unwrap_or(v.spec.topics.partitions);
         let lag = observed.lag(stage);
+        let time_lag = observed.flow.time_lag(stage);
+        let time_lag_target = spec_stage.time_lag_target_seconds.map(|t| t as f64);
         let p = replicas::plan(&replicas::Input {
             current: observed.current_replicas(stage),
             lag,
@@ -114,6 +117,9 @@ pub fn replicas(
                 .and_then(|s| s.scale_down_pending_since.as_deref())
                 .and_then(|s| s.parse::<Timestamp>().ok()),
             max_step: v.spec.processors.max_scale_up_step,
+            time_lag,
+            time_lag_target,
+            activation: spec_stage.activation_time_lag_seconds as f64,
         });
         let replicas = if v.spec.suspend {
             // Suspended: every stage at 0 whoever scales it (an HPA does not scale a
@@ -127,11 +133,22 @@ pub fn replicas(
             match p.change {
                 Change::Up(from, to) | Change::Down(from, to) => {
                     let verb = if to > from { "up" } else { "down" };
+                    let seconds = |t: Option<f64>| {
+                        t.map_or_else(|| "unknown".to_owned(), |t| format!("{t:.0}s"))
+                    };
+                    let why = match time_lag_target {
+                        Some(target) => {
+                            format!("time lag {}, target {target:.0}s", seconds(time_lag))
+                        }
+                        None => format!(
+                            "lag {}, target {}/replica",
+                            lag.map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+                            spec_stage.lag_target_per_replica
+                        ),
+                    };
                     let note = format!(
-                        "scaled {} {verb} from {from} to {to} (lag {}, target {}/replica)",
-                        stage.binary(),
-                        lag.map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
-                        spec_stage.lag_target_per_replica
+                        "scaled {} {verb} from {from} to {to} ({why})",
+                        stage.binary()
                     );
                     out.scaling.push(note.clone());
                     let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
@@ -166,6 +183,7 @@ pub fn replicas(
                 } else {
                     None
                 },
+                ..Default::default()
             },
         );
     }
@@ -229,6 +247,8 @@ mod tests {
                 config: Default::default(),
             },
             lags: BTreeMap::from([(Stage::Window, window_lag), (Stage::Join, join_lag)]),
+            pods: BTreeMap::new(),
+            flow: Default::default(),
         }
     }
 
@@ -258,6 +278,32 @@ mod tests {
         assert_eq!(d.scaling.len(), 1);
         assert_eq!(d.plan.join, Some(2));
         assert_eq!(d.stages[&Stage::Join].scale_down_pending_since, None);
+    }
+
+    #[test]
+    fn time_lag_mode_scales_on_seconds_and_says_so_and_activation_holds() {
+        let mut s = spec();
+        s.processors.window.time_lag_target_seconds = Some(10);
+        s.processors.window.activation_time_lag_seconds = 30;
+        let v = validate("p", &Naming::legacy("p"), &s).expect("valid");
+        let mut obs = observed(&v, Some(1_000_000), Some(0));
+        let at = |tl: f64| super::flow::Flow {
+            time_lag: BTreeMap::from([(Stage::Window, Some(tl))]),
+            ..Default::default()
+        };
+        obs.flow = at(25.0);
+        let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
+        assert_eq!(d.plan.window, Some(1), "25 s is under the 30 s activation");
+        obs.flow = at(40.0);
+        let d = replicas(&v, &obs, &Default::default(), SignedDuration::ZERO, t(0));
+        assert_eq!(d.plan.window, Some(4), "1 × 40 / 10");
+        assert!(
+            d.events[0]
+                .note
+                .contains("up from 1 to 4 (time lag 40s, target 10s)"),
+            "{}",
+            d.events[0].note
+        );
     }
 
     #[test]

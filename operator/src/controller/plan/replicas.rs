@@ -9,7 +9,11 @@
 //!
 //! `recommend` = ceil(lag / target), clamped to [min, min(max, partitions)], then rounded up to
 //! the smallest divisor of the partition count within the bounds (100 partitions: 1 2 4 5 10 20
-//! 25 50 100), so every consumer gets the same number of partitions. A lag-driven scale-up
+//! 25 50 100), so every consumer gets the same number of partitions. With a time-lag target
+//! (`timeLagTargetSeconds`) the raw count is instead `ceil(max(current, 1) × timeLag / target)`
+//! ([`recommend_time`], the HorizontalPodAutoscaler's rule for a value target), clamped and
+//! rounded the same way. An activation threshold (`activationTimeLagSeconds`) holds every
+//! lag-driven scale-up while the time lag is below it or unknown. A lag-driven scale-up
 //! adds at most `max_step` replicas per plan (0: no limit), landing on the largest divisor of
 //! the partition count within the step when there is one (see [`limit_step`]); scale-ups
 //! otherwise happen at once;
@@ -62,6 +66,29 @@ fn round_to_divisor(n: i32, b: &Bounds) -> i32 {
     (n..=b.cap()).find(|d| b.partitions % d == 0).unwrap_or(n)
 }
 
+/// Replica count for a time lag of `time_lag` seconds at `current` replicas against a target
+/// of `target` seconds (≥ 1): `ceil(max(current, 1) × time_lag / target)`, clamped to the
+/// bounds and rounded up to a divisor of the partition count like [`recommend`].
+pub fn recommend_time(time_lag: f64, current: i32, target: f64, b: &Bounds) -> i32 {
+    let target = if target.is_finite() && target >= 1.0 {
+        target
+    } else {
+        1.0
+    };
+    let lag = if time_lag.is_finite() {
+        time_lag.max(0.0)
+    } else {
+        f64::MAX
+    };
+    let raw = (f64::from(current.max(1)) * lag / target).ceil();
+    let raw = if raw >= f64::from(i32::MAX) {
+        i32::MAX
+    } else {
+        raw as i32
+    };
+    round_to_divisor(raw.clamp(b.floor(), b.cap()), b)
+}
+
 /// What the planner decided for a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -95,6 +122,14 @@ pub struct Input {
     /// Most replicas one lag-driven scale-up adds (`processors.maxScaleUpStep`); 0: no limit.
     /// A count below the floor (a raised minimum, a resume from 0) goes to the floor at once.
     pub max_step: i32,
+    /// The stage's time lag, seconds ([`super::flow::time_lag`]); `None` when unknown.
+    pub time_lag: Option<f64>,
+    /// `timeLagTargetSeconds`: `Some` scales on `time_lag` ([`recommend_time`]) instead of
+    /// `lag`; `None` on record lag.
+    pub time_lag_target: Option<f64>,
+    /// `activationTimeLagSeconds`: no lag-driven scale-up while `time_lag` is below it or
+    /// unknown; 0: no threshold.
+    pub activation: f64,
 }
 
 /// A scale-up from `current` to `to` limited to `current + step` (no limit for `step` ≤ 0):
@@ -128,7 +163,14 @@ pub struct Plan {
 pub fn plan(i: &Input) -> Plan {
     let b = &i.bounds;
     let (floor, cap) = (b.floor(), b.cap());
-    let Some(lag) = i.lag else {
+    // The metric the stage scales on: record lag, or time lag with a time-lag target.
+    let want = match i.time_lag_target {
+        None => i.lag.map(|lag| recommend(lag, b)),
+        Some(target) => i
+            .time_lag
+            .map(|t| recommend_time(t, i.current.unwrap_or(0), target, b)),
+    };
+    let Some(want) = want else {
         // Without lag the count is only kept within bounds; a count the bounds move is rounded
         // up to a divisor of the partitions like any recommendation (so the result of a bounds
         // change does not depend on whether the lag read succeeded).
@@ -146,10 +188,16 @@ pub fn plan(i: &Input) -> Plan {
             },
         };
     };
-    let want = recommend(lag, b);
+    // Below the activation threshold (or with the time lag unknown) a lag-driven scale-up
+    // is held; the bounds still apply.
+    let activated = i.activation <= 0.0 || i.time_lag.is_some_and(|t| t >= i.activation);
     let Some(current) = i.current else {
         return Plan {
-            replicas: want,
+            replicas: if activated {
+                want
+            } else {
+                round_to_divisor(floor, b)
+            },
             pending_since: None,
             change: Change::Steady,
         };
@@ -160,6 +208,13 @@ pub fn plan(i: &Input) -> Plan {
             replicas: want,
             pending_since: None,
             change: Change::Down(current, want),
+        };
+    }
+    if !activated && want > current && current >= floor {
+        return Plan {
+            replicas: current,
+            pending_since: None,
+            change: Change::Steady,
         };
     }
     if current < floor || want > current {
@@ -225,7 +280,74 @@ mod tests {
             now: t(now),
             pending_since: pending.map(t),
             max_step: 0,
+            time_lag: None,
+            time_lag_target: None,
+            activation: 0.0,
         }
+    }
+
+    /// Time-lag mode: target 10 s, the time lag given.
+    fn timed(current: Option<i32>, time_lag: Option<f64>, activation: f64) -> Input {
+        Input {
+            time_lag,
+            time_lag_target: Some(10.0),
+            activation,
+            ..input(current, Some(0), 0, None)
+        }
+    }
+
+    #[test]
+    fn time_lag_scales_proportionally_to_divisors() {
+        let b = bounds(1, 100, 100, 1000);
+        assert_eq!(recommend_time(0.0, 4, 10.0, &b), 1);
+        assert_eq!(recommend_time(10.0, 4, 10.0, &b), 4, "on target: steady");
+        assert_eq!(recommend_time(25.0, 4, 10.0, &b), 10, "4 × 2.5 = 10");
+        assert_eq!(recommend_time(26.0, 4, 10.0, &b), 20, "10.4 → 11 → 20");
+        assert_eq!(
+            recommend_time(30.0, 0, 10.0, &b),
+            4,
+            "from 0 as from 1: 3 → 4"
+        );
+        assert_eq!(recommend_time(f64::INFINITY, 1, 10.0, &b), 100);
+        assert_eq!(recommend_time(f64::NAN, 1, 10.0, &b), 100);
+        let p = plan(&timed(Some(2), Some(50.0), 0.0));
+        assert_eq!(p.change, Change::Up(2, 10));
+        // The record lag is not looked at in time-lag mode.
+        let mut i = timed(Some(2), Some(10.0), 0.0);
+        i.lag = Some(1_000_000);
+        assert_eq!(plan(&i).change, Change::Steady);
+        // Unknown time lag in time-lag mode: held like an unknown record lag.
+        let p = plan(&timed(Some(4), None, 0.0));
+        assert_eq!((p.replicas, p.change), (4, Change::LagUnknown));
+    }
+
+    #[test]
+    fn no_scale_up_below_the_activation_threshold() {
+        // Time-lag mode: 30 s at 2 replicas wants 6 → 10, held under a 60 s threshold.
+        let p = plan(&timed(Some(2), Some(30.0), 60.0));
+        assert_eq!((p.replicas, p.change), (2, Change::Steady));
+        let p = plan(&timed(Some(2), Some(60.0), 60.0));
+        assert_eq!(p.change, Change::Up(2, 10), "12, capped at max 10");
+        // Record-lag mode with a threshold: held while the time lag is low or unknown.
+        let mut i = input(Some(1), Some(50_000), 0, None);
+        i.activation = 30.0;
+        assert_eq!(plan(&i).change, Change::Steady);
+        i.time_lag = Some(29.0);
+        assert_eq!(plan(&i).change, Change::Steady);
+        i.time_lag = Some(31.0);
+        assert_eq!(plan(&i).change, Change::Up(1, 10));
+        // A scale-down is not held, nor a raised minimum.
+        let mut i = input(Some(5), Some(0), 100, Some(0));
+        i.activation = 30.0;
+        assert_eq!(plan(&i).change, Change::Down(5, 1));
+        let mut i = input(Some(1), Some(0), 0, None);
+        i.activation = 30.0;
+        i.bounds.min = 4;
+        assert_eq!(plan(&i).change, Change::Up(1, 4));
+        // No Deployment yet and not activated: the floor.
+        let mut i = input(None, Some(50_000), 0, None);
+        i.activation = 30.0;
+        assert_eq!(plan(&i).replicas, 1);
     }
 
     #[test]
@@ -378,6 +500,45 @@ mod tests {
                 }
             } else {
                 prop_assert_eq!(p, unlimited);
+            }
+        }
+
+        /// The activation threshold only ever holds scale-ups: with it the plan is the plan
+        /// without it, except that a lag-driven scale-up below the threshold keeps the count;
+        /// in time-lag mode the plan stays within the bounds and on target keeps the count.
+        #[test]
+        fn activation_only_holds_scale_ups(
+            current in 0i32..150,
+            lag in 0u64..2_000_000,
+            // Whole seconds: the naive count compares products exactly.
+            time_lag in proptest::option::of((0u32..500).prop_map(f64::from)),
+            target in proptest::option::of((1u32..120).prop_map(f64::from)),
+            activation in 0.0f64..200.0,
+            elapsed in 0i64..120,
+        ) {
+            let mut i = Input { pending_since: Some(t(0)), ..input(Some(current), Some(lag), elapsed, None) };
+            i.time_lag = time_lag;
+            i.time_lag_target = target;
+            let free = plan(&i);
+            i.activation = activation;
+            let held = plan(&i);
+            let activated = activation <= 0.0 || time_lag.is_some_and(|t| t >= activation);
+            let (floor, cap) = (i.bounds.floor(), i.bounds.cap());
+            prop_assert!(held.replicas >= floor && held.replicas <= cap);
+            if activated || free.replicas <= current || current < floor || current > cap {
+                prop_assert_eq!(held, free);
+            } else {
+                prop_assert_eq!((held.replicas, held.change), (current, Change::Steady));
+            }
+            if let (Some(tl), Some(tt)) = (time_lag, target) {
+                // The HPA rule against a naive count: the smallest n with n·target ≥ c·lag,
+                // clamped and rounded to a divisor.
+                let c = current.clamp(floor, cap);
+                let mut n = 0i64;
+                while (n as f64) * tt < f64::from(c.max(1)) * tl { n += 1; }
+                let n = i32::try_from(n).unwrap_or(i32::MAX).clamp(floor, cap);
+                let want = (n..=cap).find(|d| i.bounds.partitions % d == 0).unwrap_or(n);
+                prop_assert_eq!(recommend_time(tl, c, tt, &i.bounds), want);
             }
         }
 

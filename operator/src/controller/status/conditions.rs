@@ -177,7 +177,7 @@ pub struct Replicas {
 }
 
 /// Everything [`compute_conditions`] looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Observations {
     /// `metadata.generation` of the object.
     pub generation: Option<i64>,
@@ -197,6 +197,11 @@ pub struct Observations {
     pub topic_config: TopicConfigOutcome,
     /// `spec.suspend`: every stage is scaled to 0.
     pub suspended: bool,
+    /// The `Degraded` reason and message from the pods not ready
+    /// ([`super::pods::degraded`]), if any pod degrades the pipeline.
+    pub pods: Option<(String, String)>,
+    /// Records per second appended to the dead-letter topic, if known.
+    pub dead_letter_rate: Option<f64>,
 }
 
 /// The condition types of `status.conditions`, in the order they are written.
@@ -212,7 +217,9 @@ pub enum ConditionType {
     SinkReady,
     /// The planner changed or is holding back a replica count this round.
     Scaling,
-    /// Something needs attention (invalid spec, a topic problem, a refused topic config).
+    /// Something needs attention (invalid spec, a topic problem, a refused topic config, a
+    /// pod failing such as `CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`, records going
+    /// to the dead-letter topic).
     Degraded,
     /// The topic configuration of the spec is applied to every topic.
     TopicConfigApplied,
@@ -325,8 +332,15 @@ pub fn compute_conditions(
         Some((topics_reason, topics_msg.clone()))
     } else if config_failed {
         Some((config_reason, config_msg.clone()))
+    } else if let Some((reason, msg)) = &obs.pods {
+        Some((reason.as_str(), msg.clone()))
     } else {
-        None
+        obs.dead_letter_rate.filter(|r| *r > 0.0).map(|r| {
+            (
+                "DeadLetters",
+                format!("{r} records/s written to the dead-letter topic (reason in each record's sensorflow.reason header)"),
+            )
+        })
     };
 
     let (ready, ready_reason, ready_msg) = if let Some(r) = &obs.invalid {
@@ -399,6 +413,7 @@ pub fn compute_conditions(
             obs.scaling.join("; "),
         )
     });
+    let is_degraded = degraded_reason.is_some();
     raw.push(match degraded_reason {
         Some((reason, msg)) => cond(ConditionType::Degraded, true, reason, msg),
         None => cond(
@@ -451,7 +466,7 @@ pub fn compute_conditions(
 
     let phase = if let Some(r) = &obs.invalid {
         r.phase
-    } else if obs.topics.is_problem() || config_failed {
+    } else if is_degraded {
         "Degraded"
     } else if obs.suspended {
         "Suspended"
@@ -485,6 +500,8 @@ mod tests {
             scaling: vec![],
             topic_config: TopicConfigOutcome::NotManaged,
             suspended: false,
+            pods: None,
+            dead_letter_rate: None,
         }
     }
 
@@ -580,6 +597,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_pod_and_dead_letters_degrade_with_their_reason_topics_first() {
+        let mut obs = ready_obs();
+        obs.dead_letter_rate = Some(0.0);
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(
+            (get(&c, "Degraded").status.as_str(), phase.as_str()),
+            ("False", "Running")
+        );
+        obs.dead_letter_rate = Some(1.5);
+        let (c, phase) = compute_conditions(&obs, &[], "T1");
+        let d = get(&c, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "DeadLetters")
+        );
+        assert!(d.message.starts_with("1.5 records/s"));
+        assert_eq!(phase, "Degraded");
+        obs.pods = Some((
+            "CrashLoopBackOff".into(),
+            "join-predict pod p-join-x: …".into(),
+        ));
+        let (c, _) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(get(&c, "Degraded").reason, "CrashLoopBackOff");
+        // A topic problem is reported before a pod's.
+        obs.topics = TopicsOutcome::BrokerUnavailable("down".into());
+        let (c, _) = compute_conditions(&obs, &[], "T1");
+        assert_eq!(get(&c, "Degraded").reason, "BrokerUnavailable");
+    }
+
+    #[test]
     fn a_refused_topic_config_is_degraded_but_not_unready() {
         let obs = Observations {
             topic_config: TopicConfigOutcome::Failed("p.late (retention.ms): InvalidConfig".into()),
@@ -597,6 +644,8 @@ mod tests {
     fn suspended_is_its_own_phase_and_not_ready() {
         let obs = Observations {
             suspended: true,
+            pods: None,
+            dead_letter_rate: None,
             window: Some(Replicas {
                 desired: 0,
                 ready: 0,

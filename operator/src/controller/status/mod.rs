@@ -17,11 +17,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 
 pub mod conditions;
+pub mod pods;
 
 use super::dereference::{Observed, replicas_of};
+use super::plan::flow::{two_decimals, whole_seconds};
 use super::plan::{PlannedEvent, ReplicaDecision, saturating_i64};
 use crate::controller::build::Stage;
-use crate::crd::{SensorPipelineSpec, SensorPipelineStatus, TopicStatus};
+use crate::crd::{PodProblem, SensorPipelineSpec, SensorPipelineStatus, StageStatus, TopicStatus};
 use conditions::{ConditionType, Observations, Refusal, Replicas, TopicsOutcome};
 use sensorflow_kafka::{ConfigCheck, TopicReport};
 
@@ -57,6 +59,8 @@ pub fn invalid(
         scaling: vec![],
         topic_config: Default::default(),
         suspended: spec.suspend,
+        pods: None,
+        dead_letter_rate: None,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
     (
@@ -92,6 +96,8 @@ pub fn topic_failure(
         scaling: vec![],
         topic_config: Default::default(),
         suspended: spec.suspend,
+        pods: None,
+        dead_letter_rate: None,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
     let event = ConditionType::TopicsReady
@@ -188,8 +194,10 @@ pub fn topic_events(
 }
 
 /// The status of a reconcile that got through the topic step: conditions and phase from the
-/// observed Deployments (with the planned replica counts), the topic outcome and the scaling
-/// notes; per-stage replicas and lag; the sum of both stages' lag when both are known; the
+/// observed Deployments (with the planned replica counts), the topic outcome, the pods not
+/// ready, the dead-letter rate and the scaling notes; per stage replicas, lag, time lag,
+/// input rate and the pods not ready (the sink's replicas and pods); the sum of both stages'
+/// lag and the larger time lag when both are known; the dead-letter and late rates; the
 /// partition count of every topic; `createdTopics`.
 pub fn running(
     generation: Option<i64>,
@@ -212,34 +220,77 @@ pub fn running(
             },
         })
     };
+    let problems = |stage: Stage| -> Vec<PodProblem> {
+        observed
+            .pods
+            .get(&stage)
+            .map(|p| pods::problems(p))
+            .unwrap_or_default()
+    };
+    let (window_pods, join_pods) = (problems(Stage::Window), problems(Stage::Join));
+    let sink_pods = spec
+        .sink
+        .as_ref()
+        .map(|_| problems(Stage::Sink))
+        .unwrap_or_default();
+    let flow = &observed.flow;
+    let dead_letter_rate = flow.dead_letter.map(two_decimals);
+    let sink_replicas = spec.sink.as_ref().map(|s| {
+        observed.replicas(Stage::Sink).unwrap_or(Replicas {
+            desired: s.replicas,
+            ready: 0,
+        })
+    });
     let obs = Observations {
         generation,
         invalid: None,
         topics: observed.topics.outcome.clone().into(),
         window: planned(Stage::Window, decision.plan.window),
         join: planned(Stage::Join, decision.plan.join),
-        sink: spec.sink.as_ref().map(|s| {
-            Some(observed.replicas(Stage::Sink).unwrap_or(Replicas {
-                desired: s.replicas,
-                ready: 0,
-            }))
-        }),
+        sink: sink_replicas.map(Some),
         scaling: decision.scaling.clone(),
         topic_config: (&observed.topics.config).into(),
         suspended: spec.suspend,
+        pods: pods::degraded(&[
+            (Stage::Window.binary(), &window_pods),
+            (Stage::Join.binary(), &join_pods),
+            (Stage::Sink.binary(), &sink_pods),
+        ]),
+        dead_letter_rate,
     };
     let (conditions, phase) = conditions::compute_conditions(&obs, &previous.conditions, now);
     let total_lag = match (observed.lag(Stage::Window), observed.lag(Stage::Join)) {
         (Some(a), Some(b)) => Some(saturating_i64(a.saturating_add(b))),
         _ => None,
     };
+    let stage = |stage: Stage, not_ready_pods: Vec<PodProblem>| {
+        decision.stages.get(&stage).cloned().map(|s| StageStatus {
+            time_lag_seconds: flow.time_lag(stage).map(whole_seconds),
+            records_in_per_second: flow.records_in(stage).map(two_decimals),
+            not_ready_pods,
+            ..s
+        })
+    };
+    let time_lag_seconds = match (flow.time_lag(Stage::Window), flow.time_lag(Stage::Join)) {
+        (Some(a), Some(b)) => Some(whole_seconds(a.max(b))),
+        _ => None,
+    };
     SensorPipelineStatus {
         observed_generation: generation,
         phase: Some(phase),
         conditions,
-        window: decision.stages.get(&Stage::Window).cloned(),
-        join: decision.stages.get(&Stage::Join).cloned(),
+        window: stage(Stage::Window, window_pods),
+        join: stage(Stage::Join, join_pods),
+        sink: sink_replicas.map(|r| StageStatus {
+            replicas: r.desired,
+            ready_replicas: r.ready,
+            not_ready_pods: sink_pods,
+            ..Default::default()
+        }),
         total_lag,
+        time_lag_seconds,
+        dead_letter_per_second: dead_letter_rate,
+        late_per_second: flow.late.map(two_decimals),
         topics: observed
             .topics
             .partitions
@@ -404,6 +455,8 @@ mod tests {
                     scaling: vec![],
                     topic_config: Default::default(),
                     suspended: false,
+                    pods: None,
+                    dead_letter_rate: None,
                 },
                 &[],
                 "T0",
@@ -435,6 +488,8 @@ mod tests {
             secret_versions: Default::default(),
             topics: report(TopicCheck::Ready),
             lags: BTreeMap::from([(Stage::Window, Some(7)), (Stage::Join, Some(5))]),
+            pods: BTreeMap::new(),
+            flow: Default::default(),
         };
         let decision = ReplicaDecision {
             plan: ReplicaPlan {
