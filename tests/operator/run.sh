@@ -5,7 +5,8 @@
 #
 # Steps: build/install what is missing (k8s binaries, Kafka jars, helm, kubernetes-validate) →
 # start the broker and the control plane (fresh state) → unit tests → CRD up to date → install
-# the CRD → CEL refusals (tests/operator/cel/) → scenario tests (operator/tests/scenarios*.rs) → helm lint / template |
+# the CRD → CEL refusals (tests/operator/cel/) → scenario tests (operator/tests/scenarios*.rs) → status under the
+# previous chart's CRD (operator/tests/older_crd.rs) → helm lint / template |
 # kubernetes-validate / install → the chart's admission policy (tests/operator/admission/) → RBAC checks (namespaced default, cluster-wide opt-in) → the
 # operator under the chart's RBAC → teardown. Prints one summary line
 # "operator: N passed, M failed". Every kubectl/helm call has a timeout (k/h below), so no step
@@ -106,6 +107,20 @@ cel_rules_refuse() {
   log "$n manifests refused by CEL with the rule's message"
   k delete namespace sf-cel --wait=false >/dev/null
   return $ok
+}
+older_crd() {
+  # The CRD of the previous chart version (as e2e scenario 1 installs it), a scenario under it,
+  # then this version's CRD again whatever the outcome.
+  local prev="$work/previous-chart" rc=0
+  rm -rf "$prev" && mkdir -p "$prev" \
+    && tar -xzf tests/e2e/previous-chart-40ff2cd.tar.gz -C "$prev" charts/sensorflow-operator/crds/sensorpipelines.yaml \
+    && k apply --server-side --force-conflicts -f "$prev/charts/sensorflow-operator/crds/sensorpipelines.yaml" >/dev/null \
+    && wait_crd_established 30 k || return 1
+  timeout 600 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --test older_crd -- --include-ignored --test-threads=1 2>&1 \
+    | tee "$logs/older-crd.log"
+  rc="${PIPESTATUS[0]}"
+  install_crd || rc=1
+  return "$rc"
 }
 scenarios() {
   timeout 2400 cargo test --profile "$SENSORFLOW_CARGO_PROFILE" -p sensorflow-operator --no-fail-fast --test 'scenarios*' -- --include-ignored --test-threads=1 2>&1 \
@@ -235,6 +250,10 @@ rbac_common_checks() {
   ! can delete secrets -n "$ns" || { log "can delete secrets in $ns"; ok=1; }
   ! can create pods -n "$ns" || { log "can create pods in $ns"; ok=1; }
   can list pods -n "$ns" || { log "cannot list pods in $ns"; ok=1; }
+  # The status fallback under an older CRD reads the group's OpenAPI v3 document: granted to
+  # every authenticated client by system:discovery, no RBAC on CustomResourceDefinitions.
+  can get /openapi/v3/apis/sensorflow.io/v1alpha1 || { log "cannot read the OpenAPI v3 document"; ok=1; }
+  ! can get customresourcedefinitions.apiextensions.k8s.io || { log "can read CRDs"; ok=1; }
   ! can watch pods -n "$ns" || { log "can watch pods in $ns"; ok=1; }
   ! can get pods/log -n "$ns" || { log "can read pod logs in $ns"; ok=1; }
   ! can patch pods --subresource=status -n "$ns" || { log "can write pod status in $ns"; ok=1; }
@@ -341,6 +360,7 @@ step "CRD established on the API server (structural)" install_crd
 step "example manifest accepted (kubectl apply --dry-run=server)" example_server_dry_run
 step "CEL rules refuse each violating manifest with the rule's message" cel_rules_refuse
 step "operator scenarios (real API server + Apache Kafka, PLAINTEXT and SASL_SSL listeners)" scenarios
+step "status under the previous chart's CRD: written without the fields it lacks, with a Warning Event" older_crd
 step "admission policy: the chart's ValidatingAdmissionPolicy refuses each escalation in the watched namespaces" admission_policy
 step "RBAC default: release namespace only, no cluster-wide Secrets (kubectl auth can-i)" rbac_namespaced_default
 step "RBAC watch.namespaces: a Role per listed namespace (kubectl auth can-i)" rbac_watch_list

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::plan::{PlannedEvent, Severity};
+use super::status::schema;
 use super::{Context, Error, FIELD_MANAGER};
 use crate::controller::build::{self, MANAGED_BY, PIPELINE_LABEL};
 use crate::crd::{SensorPipeline, SensorPipelineStatus};
@@ -156,8 +157,29 @@ pub async fn objects(
     Ok(())
 }
 
+/// How long a status schema found outdated is used before the full status is tried again
+/// (the CRD may have been upgraded meanwhile).
+const OUTDATED_CRD_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The installed CRD's status schema, found older than this operator's by a refused status
+/// write, and the pipelines (`namespace/name`) already warned about it.
+#[derive(Debug)]
+pub(crate) struct OutdatedCrd {
+    schema: serde_json::Value,
+    since: std::time::Instant,
+    warned: std::collections::HashSet<String>,
+}
+
 /// Writes `status` with server-side apply on the status subresource, when it differs from
-/// `current` (so an unchanged round writes nothing).
+/// the stored one (so an unchanged round writes nothing).
+///
+/// Under a CRD older than this operator (Helm never upgrades `crds/`), the API server refuses
+/// the whole apply for a field its schema lacks (HTTP 500, "field not declared in schema").
+/// Then the status is pruned to the installed schema ([`schema::prune`]; schema read from the
+/// API server's OpenAPI v3 document, which every authenticated client may read) and applied
+/// again. Each pipeline gets a warning and a Warning Event `CustomResourceDefinitionOutdated`
+/// naming the fields left out and the fix, once while the schema is kept: 5 minutes, in which a
+/// pruned status equal to the stored one writes nothing; then the full status is tried again.
 ///
 /// # Errors
 /// [`Error::Kube`] or [`Error::NotLeader`].
@@ -172,24 +194,121 @@ pub async fn status(
     let name = sp.name_any();
     let api: Api<SensorPipeline> =
         Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
-    ctx.act(&format!("apply status SensorPipeline/{name}"))?;
+    let kube_err = |source| Error::Kube {
+        action: "apply status",
+        object: format!("SensorPipeline/{name}"),
+        source,
+    };
+    let full = serde_json::to_value(status).unwrap_or_default();
+    let known = cached_outdated_schema(ctx);
+    if let Some(installed) = &known {
+        let mut st = full.clone();
+        schema::prune(&mut st, installed, ".status");
+        if Some(&st) == serde_json::to_value(&sp.status).ok().as_ref() {
+            return Ok(());
+        }
+        ctx.act(&format!("apply status SensorPipeline/{name}"))?;
+        match apply_status(&api, &name, &st).await {
+            Err(kube::Error::Api(e)) if schema::is_undeclared_field(e.code, &e.message) => {}
+            other => return other.map_err(kube_err),
+        }
+    } else {
+        ctx.act(&format!("apply status SensorPipeline/{name}"))?;
+        match apply_status(&api, &name, &full).await {
+            Err(kube::Error::Api(e)) if schema::is_undeclared_field(e.code, &e.message) => {}
+            other => {
+                return other.map_err(kube_err);
+            }
+        }
+    }
+    // Refused for a field the installed CRD lacks: read its schema (again), prune, apply.
+    let installed = installed_status_schema(&ctx.client)
+        .await
+        .map_err(kube_err)?;
+    let mut st = full;
+    let dropped = schema::prune(&mut st, &installed, ".status");
+    apply_status(&api, &name, &st).await.map_err(kube_err)?;
+    let first_warning = {
+        let mut cache = ctx.outdated_crd.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.get_or_insert_with(|| OutdatedCrd {
+            schema: serde_json::Value::Null,
+            since: std::time::Instant::now(),
+            warned: Default::default(),
+        });
+        entry.schema = installed;
+        entry.since = std::time::Instant::now();
+        entry
+            .warned
+            .insert(format!("{}/{name}", sp.namespace().unwrap_or_default()))
+    };
+    if first_warning {
+        let note = format!(
+            "the installed SensorPipeline CRD is older than this operator: status written \
+             without {}; apply this chart version's CRD (kubectl apply --server-side \
+             --force-conflicts -f charts/sensorflow-operator/crds/, see \
+             operator/README.md#upgrading)",
+            dropped.join(", ")
+        );
+        warn!(%note, "status pruned to the installed CRD");
+        let ev = PlannedEvent::warning("CustomResourceDefinitionOutdated", "WriteStatus", note);
+        events(ctx, sp, &[ev]).await;
+    }
+    Ok(())
+}
+
+/// The cached outdated status schema while it is younger than [`OUTDATED_CRD_RECHECK`]; an
+/// older one is dropped, so the next write tries the full status (a CRD upgraded meanwhile
+/// takes it).
+fn cached_outdated_schema(ctx: &Context) -> Option<serde_json::Value> {
+    let mut cache = ctx.outdated_crd.lock().unwrap_or_else(|p| p.into_inner());
+    if cache
+        .as_ref()
+        .is_some_and(|c| c.since.elapsed() > OUTDATED_CRD_RECHECK)
+    {
+        *cache = None;
+    }
+    cache.as_ref().map(|c| c.schema.clone())
+}
+
+async fn apply_status(
+    api: &Api<SensorPipeline>,
+    name: &str,
+    status: &serde_json::Value,
+) -> Result<(), kube::Error> {
     let patch = serde_json::json!({
         "apiVersion": "sensorflow.io/v1alpha1",
         "kind": "SensorPipeline",
         "status": status,
     });
     api.patch_status(
-        &name,
+        name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await
     .map(|_| ())
-    .map_err(|source| Error::Kube {
-        action: "apply status",
-        object: format!("SensorPipeline/{name}"),
-        source,
-    })
+}
+
+/// The installed CRD's `status` schema, from the API server's OpenAPI v3 document of the
+/// group-version (`GET /openapi/v3/apis/sensorflow.io/v1alpha1`, readable by every
+/// authenticated client through the `system:discovery` role: no RBAC on CRDs needed). An
+/// unreadable document yields an empty schema, which prunes nothing.
+async fn installed_status_schema(client: &kube::Client) -> Result<serde_json::Value, kube::Error> {
+    let req = http::Request::get("/openapi/v3/apis/sensorflow.io/v1alpha1")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    let doc: serde_json::Value = client.request(req).await?;
+    let schemas = doc["components"]["schemas"].as_object();
+    let ours = schemas.into_iter().flatten().find(|(_, s)| {
+        s["x-kubernetes-group-version-kind"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|gvk| gvk["group"] == "sensorflow.io" && gvk["kind"] == "SensorPipeline")
+    });
+    Ok(ours
+        .map(|(_, s)| s["properties"]["status"].clone())
+        .unwrap_or_default())
 }
 
 /// Publishes `events` on `sp`. A refused or failed publish is logged, never an error: Events

@@ -172,6 +172,9 @@ pub struct Context {
     /// End-offset reads of earlier reconciles per pipeline (`namespace/name`), for the time
     /// lag and rates of [`plan::flow`]; in memory only (a new leader starts afresh).
     flows: Mutex<HashMap<String, plan::flow::Histories>>,
+    /// The installed CRD's status schema once a status write found it older than this
+    /// operator's ([`apply::status`]); `None` while the full status is accepted.
+    pub(crate) outdated_crd: Mutex<Option<apply::OutdatedCrd>>,
 }
 
 impl Context {
@@ -192,6 +195,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(Vec::new()),
             flows: Mutex::new(HashMap::new()),
+            outdated_crd: Mutex::new(None),
         }
     }
 

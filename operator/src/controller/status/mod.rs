@@ -18,6 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 
 pub mod conditions;
 pub mod pods;
+pub mod schema;
 
 use super::dereference::{Observed, replicas_of};
 use super::plan::flow::{two_decimals, whole_seconds};
