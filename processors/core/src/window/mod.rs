@@ -59,12 +59,14 @@
 //! saturating arithmetic, so times near `i64::MIN`/`MAX` never panic or wrap.
 //!
 //! ## Memory
-//! A client retains readings with `t > max − grace − size`, 12 bytes each, plus two exact sums
-//! per client (two `i128`s; the expansions only while out-of-range readings are held), a key
-//! of up to 22 bytes inline in the map: the value (`f64`)
+//! A client retains readings with `t > max − grace − size`, 12 bytes each: the value (`f64`)
 //! and the event time as a `u32` millisecond offset from a per-client base (rebased in O(n)
 //! when a reading falls outside the 49.7-day range; the retained span is window + grace, so
-//! that happens about never). Buffers grow by 25% rather than doubling, so slack stays small.
+//! that happens about never). Per client it also holds two exact sums (two `i128`s; the
+//! expansions only while out-of-range readings are held), the fixed-point values of its newest
+//! and its oldest live reading (two `i128`s, so the in-order path converts a reading on arrival
+//! and once more when it becomes the oldest, not at every use) and a key of up to 24 bytes
+//! inline in the map. Buffers grow by 25% rather than doubling, so slack stays small.
 //! Under partition scope, a client whose newest reading is older than
 //! `watermark − size` can no longer influence any window and its state is dropped.
 //!
@@ -311,11 +313,51 @@ struct Slot {
     v: f64,
 }
 
+/// A cached [`to_fixed`] of one buffered reading's value, so the in-order path converts each
+/// reading once on arrival and once more when it becomes the oldest live reading, not at
+/// every use. Two halves keep the client state 8-byte aligned; `hi == i64::MIN` stands for
+/// `None` (a fixed-point value is below 2^94 in magnitude, so it never has that high half).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FixedCache {
+    lo: u64,
+    hi: i64,
+}
+
+impl FixedCache {
+    const NONE: Self = Self {
+        lo: 0,
+        hi: i64::MIN,
+    };
+
+    #[inline(always)]
+    fn new(f: Option<i128>) -> Self {
+        match f {
+            Some(f) => Self {
+                lo: f as u64,
+                hi: (f >> 64) as i64,
+            },
+            None => Self::NONE,
+        }
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<i128> {
+        (self.hi != i64::MIN).then_some((i128::from(self.hi) << 64) | i128::from(self.lo))
+    }
+}
+
+impl Default for FixedCache {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
 /// The window state of one client.
 ///
 /// `buf` holds retained readings sorted by `(t, arrival)`; `buf[start..]` is the live region
 /// `t > max_t − size` over which the exact sums `sum_v` (Σ v) and `area` (Σ (v + v')·Δt_ms)
-/// are maintained.
+/// are maintained. While the live region is not empty, `newest_fixed` is `to_fixed` of the
+/// newest reading's value and `oldest_fixed` that of `buf[start]`.
 #[derive(Debug, Clone, Default)]
 pub struct ClientWindow {
     buf: VecDeque<Slot>,
@@ -323,6 +365,8 @@ pub struct ClientWindow {
     start: usize,
     sum_v: HybridSum,
     area: HybridSum,
+    newest_fixed: FixedCache,
+    oldest_fixed: FixedCache,
 }
 
 impl ClientWindow {
@@ -456,15 +500,19 @@ impl ClientWindow {
             self.base = r.t;
         }
         let fr = to_fixed(r.v);
-        if self.buf.len() > self.start
-            && let Some(prev) = last
-        {
-            trapezoid_fixed(&mut self.area, prev, to_fixed(prev.v), r, fr, false);
+        let live_empty = self.buf.len() == self.start;
+        if !live_empty && let Some(prev) = last {
+            let fprev = self.newest_fixed.get();
+            trapezoid_fixed(&mut self.area, prev, fprev, r, fr, false);
         }
         let dt = self.fit(r.t);
         self.reserve_one();
         self.buf.push_back(Slot { dt, v: r.v });
         self.sum_v.add_known(r.v, fr);
+        self.newest_fixed = FixedCache::new(fr);
+        if live_empty {
+            self.oldest_fixed = self.newest_fixed;
+        }
         // Evict from the live region everything at or before t − size (nothing when that
         // bound is below i64::MIN). `r` itself stays (size > 0), so `start + 1` exists.
         // The oldest live reading afterwards, when the eviction has read it.
@@ -472,7 +520,7 @@ impl ClientWindow {
         if let Some(bound) = r.t.checked_sub(size_ms) {
             let mut gone = self.at(self.start);
             if gone.t <= bound {
-                let mut fg = to_fixed(gone.v);
+                let mut fg = self.oldest_fixed.get();
                 loop {
                     let next = self.at(self.start + 1);
                     let fnext = to_fixed(next.v);
@@ -481,14 +529,16 @@ impl ClientWindow {
                     self.sum_v.add_known(-gone.v, fg.map(i128::wrapping_neg));
                     self.start += 1;
                     gone = next;
+                    fg = fnext;
                     if next.t > bound {
                         break;
                     }
-                    fg = fnext;
                 }
+                self.oldest_fixed = FixedCache::new(fg);
             }
             oldest = Some(gone);
         }
+        debug_assert_eq!(self.oldest_fixed.get(), to_fixed(self.at(self.start).v));
         // Drop what no accepted reading can need any more: t ≤ max − grace − size.
         let horizon = i64::try_from(i128::from(size_ms) + i128::from(grace_ms)).unwrap_or(i64::MAX);
         if self.start > 0
@@ -561,6 +611,8 @@ impl ClientWindow {
         let lo = self
             .buf
             .partition_point(|x| at_or_before(base + i64::from(x.dt), r.t, size_ms));
+        // The newest reading is unchanged (r is older); the oldest live one may be `r`.
+        self.oldest_fixed = FixedCache::new(to_fixed(self.at(self.start).v));
         aggregates_of((lo..=pos).map(|i| self.at(i)))
     }
 }

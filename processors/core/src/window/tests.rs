@@ -389,6 +389,45 @@ fn eviction_at_exactly_the_window_size() {
 }
 
 #[test]
+fn an_out_of_order_oldest_reading_is_evicted_exactly() {
+    // A reading inserted out of order at the start of the live region becomes the oldest
+    // live reading, whose fixed-point value the in-order path keeps cached; evicting it
+    // later must remove exactly its value and trapezoid, in and out of the fixed-point range.
+    let c = cfg(1_000, 5_000, WatermarkScope::Partition);
+    for v in [2.5, -0.0, 1e12, 1e-9, 17.1] {
+        let arrivals = [
+            ("a", Reading { t: 10_000, v: 1.25 }),
+            ("a", Reading { t: 10_500, v: 3.0 }),
+            // In the window of 10 500 (> 9 500), before 10 000: the new oldest live reading.
+            ("a", Reading { t: 9_600, v }),
+            // Evicts 9 600, then 10 000.
+            ("a", Reading { t: 10_700, v: 0.5 }),
+            ("a", Reading { t: 11_050, v: 7.0 }),
+            ("a", Reading { t: 11_060, v: 1e12 }),
+            ("a", Reading { t: 12_000, v: 0.25 }),
+        ];
+        let want = reference_features(c, &arrivals);
+        let mut e = WindowEngine::new(c);
+        for (k, &(client, r)) in arrivals.iter().enumerate() {
+            let got = emit(e.process(0, client, r));
+            let Some(w) = want[k] else {
+                panic!("reading {k} is not late")
+            };
+            let bits = |a: &Aggregates| {
+                (
+                    a.sum.to_bits(),
+                    a.mean.to_bits(),
+                    a.integral.to_bits(),
+                    a.derivative.to_bits(),
+                    a.count,
+                )
+            };
+            assert_eq!(bits(&got), bits(&w), "v = {v}, reading {k}");
+        }
+    }
+}
+
+#[test]
 fn late_reading_is_reported_and_not_added() {
     let mut e = WindowEngine::new(cfg(600_000, 10_000, WatermarkScope::Partition));
     e.process(3, "a", Reading { t: 100_000, v: 1.0 });
