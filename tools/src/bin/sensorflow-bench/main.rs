@@ -30,6 +30,7 @@
 
 mod broker;
 mod engine;
+mod hops;
 mod load;
 mod measure;
 mod passthrough;
