@@ -701,3 +701,97 @@ impl Emitter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(i: u8) -> Output {
+        Output {
+            topic: "t".into(),
+            key: None,
+            value: vec![i],
+            timestamp_ms: None,
+            headers: None,
+        }
+    }
+
+    /// Real librdkafka delivery reports without a broker: nothing listens on the bootstrap
+    /// address, so every record fails once its message timeout passes, and each failure is
+    /// reported under the epoch it was enqueued in.
+    #[test]
+    fn an_epoch_is_delivered_only_once_every_record_of_it_and_before_it_is_reported() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "1500")
+            .set("linger.ms", "0");
+        let mut e = Emitter::new(
+            loop_producer(&cfg).unwrap(),
+            Metrics::new(),
+            RetryPolicy::default(),
+        );
+        e.enqueue(&output(0)).unwrap();
+        assert_eq!(e.close_epoch(), Some(0));
+        // Nothing reported yet: epoch 0 is open, and so is every later one.
+        assert!(!e.delivered_through(0));
+        let started = std::time::Instant::now();
+        // Epoch 1 is enqueued more than librdkafka's timeout scan period (1 s) later: its
+        // records time out in a later scan than epoch 0's.
+        std::thread::sleep(Duration::from_millis(1200));
+        e.enqueue(&output(1)).unwrap();
+        e.enqueue(&output(2)).unwrap();
+        assert_eq!(e.close_epoch(), Some(1));
+        while !e.delivered_through(0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no report for epoch 0"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Epoch 0's record is reported, epoch 1's two are not yet.
+        assert!(e.pending() > 0 && !e.delivered_through(1));
+        while !e.delivered_through(1) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no report for epoch 1"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(e.pending(), 0);
+        // The reports were failures: the loop falls back to its blocking flush.
+        assert!(!e.take_reports());
+        // Closing an empty epoch: delivered at once.
+        assert_eq!(e.close_epoch(), Some(2));
+        assert!(e.delivered_through(2));
+    }
+
+    #[test]
+    fn no_more_than_the_ring_of_epochs_is_open_at_once() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "60000");
+        let mut e = Emitter::new(
+            loop_producer(&cfg).unwrap(),
+            Metrics::new(),
+            RetryPolicy::default(),
+        );
+        // Each epoch holds an undelivered record: the ring fills up.
+        let mut closed = 0;
+        loop {
+            e.enqueue(&output(0)).unwrap();
+            match e.close_epoch() {
+                Some(n) => {
+                    assert_eq!(n, closed);
+                    closed += 1;
+                }
+                None => break,
+            }
+            assert!(
+                closed <= EPOCHS as u64,
+                "more epochs open than the ring holds"
+            );
+        }
+        assert_eq!(closed, EPOCHS as u64 - 1);
+        assert!(!e.delivered_through(0));
+    }
+}
