@@ -440,7 +440,7 @@ pub(crate) async fn warm_up(kafka: &KafkaArgs, prefix: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// One paced run through both processors on fresh topics: 3 s to start, 5 s of warm-up, then
+/// One paced run through both processors on fresh topics: 3 s to start, 10 s of warm-up, then
 /// `seconds` measured and 2 s more (the last measured triggers need the next event-time step).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn latency_run(
@@ -482,7 +482,10 @@ pub(crate) async fn latency_run(
         &env,
     )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let from = sensorflow_runtime::now_ms() + 5_000;
+    // 10 s: the groups' first rebalance (the broker's 3 s initial rebalance delay) and the
+    // backlog it leaves took 5-10 s to clear; with 5 s the first quarter's p50 was seconds,
+    // the last quarter's a few hundred ms (2026-12-08, 1,000 and 5,000 SZ/s).
+    let from = sensorflow_runtime::now_ms() + 10_000;
     let window = (from, from + seconds as i64 * 1000);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -491,7 +494,7 @@ pub(crate) async fn latency_run(
     };
     eprintln!(
         "latency {prefix}: {rate:.0} SZ readings/s for {} s…",
-        seconds + 7
+        seconds + 12
     );
     // The sensors send almost at once (linger 1 ms): their batching is not the pipeline's.
     let (_, in_window) = produce(
@@ -502,7 +505,7 @@ pub(crate) async fn latency_run(
             n: 0,
             clients,
             rate: Some(rate),
-            duration: Some(Duration::from_secs(seconds + 7)),
+            duration: Some(Duration::from_secs(seconds + 12)),
             window: Some(window),
             overrides: &[("linger.ms", "1")],
             common_clock,
