@@ -6,13 +6,20 @@
 #   2. through a real Apache Kafka broker (sensorflow-bench broker): window-processor and
 #      join-predict end to end vs pass-throughs with the same client settings, the whole
 #      pipeline's maximum, and SZ -> prediction latency at half of it (at-least-once,
-#      exactly-once, join grace 1 s)
+#      exactly-once, join grace 1 s), with each hop's latency on the broker's clock (SZ -> FA,
+#      FA -> prediction, SX/SY -> prediction: the latency topics use LogAppendTime)
 #   3. gcs-sink consume -> finalised ZSTD Parquet object vs raw rdkafka consume of the same
 #      topics (sink-bench, over the pipeline topics of 2)
 #   4. the operator: SensorPipeline applied -> 9 topics + Deployments on a real kube-apiserver,
 #      and its RSS (only when the test control plane's binaries are already built:
 #      tests/cluster/build-k8s.sh)
-# Usage: scripts/bench.sh [--engine-only | --operator-only] [--readings N] [--latency-seconds S] [--perf]
+# Usage: scripts/bench.sh [--engine-only | --operator-only | --latency-only RATE [--latency-cases C]]
+#                         [--readings N] [--latency-seconds S] [--perf]
+#   --latency-only RATE   only the latency runs of 2 (with its broker), paced at RATE SZ
+#            readings/s (no engine, throughput phases, sink or operator): before/after figures
+#            of a latency change in ~1 min a case. --latency-cases: a comma list of alo (at-least-
+#            once, join grace 0), eos (exactly-once), grace (join grace 1 s), common (one clock);
+#            default all four
 #   --operator-only   only 4 (with its broker); SENSORFLOW_BENCH_OPERATOR_LOG sets the
 #            operator's RUST_LOG (default warn; its log is .sensorflow/bench/operator.log)
 #   --perf   attach `perf record -g` to each processor while it is measured; prints the top
@@ -21,12 +28,15 @@
 . "$REPO_ROOT/scripts/rust-env.sh"
 cd "$REPO_ROOT"
 engine_only=0; operator_only=0; readings=200000; latency_seconds=20; perf=0
+latency_rate=""; latency_cases=alo,eos,grace,common
 while [ $# -gt 0 ]; do
   case "$1" in
     --engine-only) engine_only=1; shift ;;
     --operator-only) operator_only=1; shift ;;
     --readings) readings="$2"; shift 2 ;;
     --latency-seconds) latency_seconds="$2"; shift 2 ;;
+    --latency-only) latency_rate="$2"; shift 2 ;;
+    --latency-cases) latency_cases="$2"; shift 2 ;;
     --perf) perf=1; shift ;;
     *) die "unknown option $1" ;;
   esac
@@ -36,7 +46,7 @@ bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 echo "== sensorflow-bench on $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg) =="
 # Pinned to the last core: the engine is one thread, and a thread that migrates between cores
 # pays for cold caches.
-[ "$operator_only" = 1 ] || taskset -c "$(( $(nproc) - 1 ))" "$bin/sensorflow-bench" engine
+[ "$operator_only" = 1 ] || [ -n "$latency_rate" ] || taskset -c "$(( $(nproc) - 1 ))" "$bin/sensorflow-bench" engine
 [ "$engine_only" = 1 ] && exit 0
 work="$REPO_ROOT/.sensorflow/bench"
 "$REPO_ROOT/scripts/broker.sh" stop "$work/broker" >/dev/null 2>&1 || true
@@ -53,6 +63,12 @@ trap '"$REPO_ROOT/scripts/broker.sh" stop "$work/broker"' EXIT
 perf_args=()
 [ "$perf" = 1 ] && perf_args=(--perf-dir "$work/perf")
 prefix=bench-
+if [ -n "$latency_rate" ]; then
+  "$bin/sensorflow-bench" broker --bootstrap-servers "$bootstrap" --bin-dir "$bin" \
+    --latency-rate "$latency_rate" --latency-cases "$latency_cases" \
+    --latency-seconds "$latency_seconds" --prefix "$prefix"
+  exit 0
+fi
 if [ "$operator_only" = 0 ]; then
   "$bin/sensorflow-bench" broker --bootstrap-servers "$bootstrap" --bin-dir "$bin" \
     --readings "$readings" --latency-seconds "$latency_seconds" --prefix "$prefix" "${perf_args[@]}"

@@ -32,6 +32,9 @@ pub struct LoopContext {
     ends: Mutex<FxHashMap<String, FxHashMap<i32, i64>>>,
     /// Group metadata (member id, generation) taken when the current assignment arrived.
     assignment_metadata: Mutex<Option<Arc<ConsumerGroupMetadata>>>,
+    /// Partitions of offset commits the coordinator refused or that failed, since the loop
+    /// last asked ([`LoopContext::take_failed_commits`]).
+    failed_commits: Mutex<Vec<TopicPartition>>,
     metrics: Metrics,
 }
 
@@ -42,6 +45,7 @@ impl LoopContext {
             events: Mutex::new(Vec::new()),
             ends: Mutex::new(FxHashMap::default()),
             assignment_metadata: Mutex::new(None),
+            failed_commits: Mutex::new(Vec::new()),
             metrics,
         }
     }
@@ -58,6 +62,15 @@ impl LoopContext {
     /// `statistics.interval.ms` old, so never past the true end).
     pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         self.ends.lock().ok()?.get(topic)?.get(&partition).copied()
+    }
+
+    /// Partitions whose offset commit failed since the last call (the loop commits them
+    /// again: an asynchronous commit's failure reaches it only here).
+    pub fn take_failed_commits(&self) -> Vec<TopicPartition> {
+        self.failed_commits
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 
     /// Rebalance events since the last call, oldest first.
@@ -118,6 +131,19 @@ impl ClientContext for LoopContext {
 }
 
 impl ConsumerContext for LoopContext {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "offset commit failed; committed again on the next flush tick");
+            if let Ok(mut f) = self.failed_commits.lock() {
+                f.extend(tpl_pairs(offsets));
+            }
+        }
+    }
+
     fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let ev = match rebalance {
             Rebalance::Assign(tpl) => {

@@ -159,9 +159,13 @@ pub fn loop_producer(cfg: &ClientConfig) -> KafkaResult<LoopProducer> {
     cfg.create_with_context(Deliveries::default())
 }
 
-/// Delivery opaque of records enqueued by [`Emitter::send`]: their reports are counted in
-/// bulk. Any other value names a retried record whose own report [`Emitter`] awaits.
-const BULK: usize = 0;
+/// Delivery opaque of a retried record, whose own report [`Emitter`] awaits: odd. A record
+/// enqueued by [`Emitter::send`] is counted in bulk, under its epoch: opaque `epoch << 1`.
+const RETRIED: usize = 1;
+
+/// Epochs whose deliveries are counted apart at once (a ring of counters): a commit snapshot
+/// waits for its epoch and every earlier one (see [`Emitter::close_epoch`]).
+pub const EPOCHS: usize = 64;
 
 /// The producer context of [`LoopProducer`]: counts delivery reports per topic and keeps the
 /// failed records for [`Emitter::await_deliveries`] to retry.
@@ -170,10 +174,11 @@ const BULK: usize = 0;
 /// flushes. Per record this costs one atomic decrement and one uncontended lock, where a
 /// `FutureProducer` allocated a boxed oneshot channel per record and the loop awaited each
 /// (the window-processor's profile: allocator ~25 %, delivery futures ~13 % of samples).
-#[derive(Default)]
 pub struct Deliveries {
     /// Records enqueued in bulk and not yet reported.
     in_flight: AtomicUsize,
+    /// The same, per epoch (`epoch % EPOCHS`).
+    by_epoch: [AtomicUsize; EPOCHS],
     reports: Mutex<Reports>,
     /// Woken when `in_flight` reaches 0 and when a retried record's report arrives.
     done: Notify,
@@ -187,6 +192,17 @@ struct Reports {
     failed: Vec<(Output, KafkaError)>,
     /// Reports of retried records, by their opaque.
     retried: FxHashMap<usize, Result<(), KafkaError>>,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            by_epoch: std::array::from_fn(|_| AtomicUsize::new(0)),
+            reports: Mutex::default(),
+            done: Notify::new(),
+        }
+    }
 }
 
 impl Deliveries {
@@ -216,7 +232,7 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        if opaque != BULK {
+        if opaque & RETRIED != 0 {
             self.lock().retried.insert(
                 opaque,
                 result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()),
@@ -245,6 +261,7 @@ impl ProducerContext for Deliveries {
                 }
             }
         }
+        self.by_epoch[(opaque >> 1) % EPOCHS].fetch_sub(1, Ordering::AcqRel);
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify_waiters();
         }
@@ -257,8 +274,12 @@ pub struct Emitter {
     metrics: Metrics,
     retry: RetryPolicy,
     transactional: bool,
-    /// Opaque of the next retried record (never [`BULK`]).
+    /// Opaque of the next retried record (odd: [`RETRIED`] set).
     next_retry: usize,
+    /// The epoch of the records enqueued now, and the oldest whose deliveries may still be
+    /// outstanding (see [`Emitter::close_epoch`]).
+    epoch: u64,
+    oldest_open: u64,
     /// Output checks and the dead-letter topic (none: outputs are sent unchecked).
     guard: Option<OutputGuard>,
     /// The guard's limits by topic, for a lookup per output without allocating.
@@ -287,7 +308,9 @@ impl Emitter {
             metrics,
             retry,
             transactional: false,
-            next_retry: BULK + 1,
+            next_retry: RETRIED,
+            epoch: 0,
+            oldest_open: 0,
             guard: None,
             limits: FxHashMap::default(),
         }
@@ -410,18 +433,68 @@ impl Emitter {
         self.producer.context().in_flight.load(Ordering::Acquire)
     }
 
-    /// Enqueues `out` for bulk reporting; on failure hands the error back.
+    /// Enqueues `out` for bulk reporting under the current epoch; on failure hands the error
+    /// back.
     fn enqueue(&self, out: &Output) -> Result<(), KafkaError> {
         let d = self.producer.context();
+        let slot = &d.by_epoch[self.epoch as usize % EPOCHS];
         // Counted before the send: the report can arrive before `send` returns.
         d.in_flight.fetch_add(1, Ordering::AcqRel);
-        match self.producer.send(record(out, BULK)) {
+        slot.fetch_add(1, Ordering::AcqRel);
+        match self.producer.send(record(out, (self.epoch as usize) << 1)) {
             Ok(()) => Ok(()),
             Err((e, _)) => {
+                slot.fetch_sub(1, Ordering::AcqRel);
                 d.in_flight.fetch_sub(1, Ordering::AcqRel);
                 Err(e)
             }
         }
+    }
+
+    /// Closes the current epoch and returns it: every output enqueued so far belongs to it or
+    /// to an earlier one, later outputs to the next. The loop tags a commit snapshot with it
+    /// and commits the snapshot once [`Emitter::delivered_through`] that epoch, without
+    /// waiting for the outputs enqueued since (an at-least-once commit that does not stop the
+    /// loop). `None` when [`EPOCHS`] epochs are open already: the caller awaits every delivery
+    /// instead ([`Emitter::await_deliveries`], which closes them all).
+    pub fn close_epoch(&mut self) -> Option<u64> {
+        self.delivered_through(self.epoch);
+        if self.epoch + 1 - self.oldest_open >= EPOCHS as u64 {
+            return None;
+        }
+        let e = self.epoch;
+        self.epoch += 1;
+        Some(e)
+    }
+
+    /// True when every output of epoch `e` and of the epochs before it has its delivery
+    /// report (a failed one included: see [`Emitter::take_reports`]).
+    pub fn delivered_through(&mut self, e: u64) -> bool {
+        let d = self.producer.context();
+        while self.oldest_open <= e
+            && self.oldest_open < self.epoch
+            && d.by_epoch[self.oldest_open as usize % EPOCHS].load(Ordering::Acquire) == 0
+        {
+            self.oldest_open += 1;
+        }
+        self.oldest_open > e
+    }
+
+    /// Counts the deliveries reported since the last call into the metrics, without waiting;
+    /// false when a delivery failed (the caller then flushes with
+    /// [`Emitter::await_deliveries`], which handles it).
+    pub fn take_reports(&self) -> bool {
+        let delivered = {
+            let mut r = self.producer.context().lock();
+            if !r.failed.is_empty() {
+                return false;
+            }
+            std::mem::take(&mut r.delivered)
+        };
+        for (topic, n) in delivered {
+            self.metrics.record_out(&topic, n);
+        }
+        true
     }
 
     /// Enqueues one record. When librdkafka's queue is full, waits for deliveries first.
@@ -448,7 +521,7 @@ impl Emitter {
     /// Sends one retried record and waits for its own delivery report.
     async fn send_one(&mut self, out: &Output) -> Result<(), KafkaError> {
         let id = self.next_retry;
-        self.next_retry = self.next_retry.checked_add(1).unwrap_or(BULK + 1);
+        self.next_retry = self.next_retry.checked_add(2).unwrap_or(RETRIED);
         self.producer.send(record(out, id)).map_err(|(e, _)| e)?;
         let d = self.producer.context();
         d.wait_until(|d| d.lock().retried.contains_key(&id)).await;
@@ -626,5 +699,99 @@ impl Emitter {
             self.send_with_retry(out, e).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(i: u8) -> Output {
+        Output {
+            topic: "t".into(),
+            key: None,
+            value: vec![i],
+            timestamp_ms: None,
+            headers: None,
+        }
+    }
+
+    /// Real librdkafka delivery reports without a broker: nothing listens on the bootstrap
+    /// address, so every record fails once its message timeout passes, and each failure is
+    /// reported under the epoch it was enqueued in.
+    #[test]
+    fn an_epoch_is_delivered_only_once_every_record_of_it_and_before_it_is_reported() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "1500")
+            .set("linger.ms", "0");
+        let mut e = Emitter::new(
+            loop_producer(&cfg).unwrap(),
+            Metrics::new(),
+            RetryPolicy::default(),
+        );
+        e.enqueue(&output(0)).unwrap();
+        assert_eq!(e.close_epoch(), Some(0));
+        // Nothing reported yet: epoch 0 is open, and so is every later one.
+        assert!(!e.delivered_through(0));
+        let started = std::time::Instant::now();
+        // Epoch 1 is enqueued more than librdkafka's timeout scan period (1 s) later: its
+        // records time out in a later scan than epoch 0's.
+        std::thread::sleep(Duration::from_millis(1200));
+        e.enqueue(&output(1)).unwrap();
+        e.enqueue(&output(2)).unwrap();
+        assert_eq!(e.close_epoch(), Some(1));
+        while !e.delivered_through(0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no report for epoch 0"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Epoch 0's record is reported, epoch 1's two are not yet.
+        assert!(e.pending() > 0 && !e.delivered_through(1));
+        while !e.delivered_through(1) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no report for epoch 1"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(e.pending(), 0);
+        // The reports were failures: the loop falls back to its blocking flush.
+        assert!(!e.take_reports());
+        // Closing an empty epoch: delivered at once.
+        assert_eq!(e.close_epoch(), Some(2));
+        assert!(e.delivered_through(2));
+    }
+
+    #[test]
+    fn no_more_than_the_ring_of_epochs_is_open_at_once() {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "60000");
+        let mut e = Emitter::new(
+            loop_producer(&cfg).unwrap(),
+            Metrics::new(),
+            RetryPolicy::default(),
+        );
+        // Each epoch holds an undelivered record: the ring fills up.
+        let mut closed = 0;
+        loop {
+            e.enqueue(&output(0)).unwrap();
+            match e.close_epoch() {
+                Some(n) => {
+                    assert_eq!(n, closed);
+                    closed += 1;
+                }
+                None => break,
+            }
+            assert!(
+                closed <= EPOCHS as u64,
+                "more epochs open than the ring holds"
+            );
+        }
+        assert_eq!(closed, EPOCHS as u64 - 1);
+        assert!(!e.delivered_through(0));
     }
 }

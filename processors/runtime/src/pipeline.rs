@@ -9,10 +9,14 @@
 //!      on_message  ─► Processor::process(ConsumedRecord, outputs: held for the turn)
 //!                  ─► OffsetTracker.mark(record)
 //!      after_turn  ─► Emitter (the turn's outputs enqueued together, not awaited)
-//!      on_tick / on_shutdown ─► flush
+//!      on_tick     ─► at-least-once: enqueue held outputs ─► snapshot the marked offsets,
+//!                     tagged with the emitter's epoch ─► commit (async) the snapshots whose
+//!                     epoch is delivered; the loop never waits (a failed delivery: flush)
+//!                  ─► exactly-once: flush
+//!      on_revoked / on_shutdown / too many in flight ─► flush
 //!   flush: enqueue held outputs ─► await every delivery (retry failures with exponential backoff + jitter, bounded)
-//!          ─► commit the marked offsets (sync, or in the transaction with --exactly-once)
-//!          ─► only then are they considered done
+//!          ─► commit the marked offsets and the snapshots (sync, or in the transaction with
+//!             --exactly-once) ─► only then are they considered done
 //! ```
 //!
 //! A crash between produce and commit re-processes records since the last commit; outputs
@@ -82,6 +86,13 @@ struct LoopState<'a, P: Processor> {
     rewinds: FxHashMap<TopicPartition, i64>,
     /// The committed offset each partition was last rebuilt from (repeats are counted).
     last_rebuilt: FxHashMap<TopicPartition, i64>,
+    /// At-least-once commit snapshots taken on flush ticks, oldest first, each with the
+    /// emitter epoch its records' outputs were enqueued in: committed once that epoch is
+    /// delivered ([`LoopState::commit_delivered`]).
+    snapshots: std::collections::VecDeque<(u64, Vec<(TopicPartition, i64)>)>,
+    /// The largest offset each partition's commit asked for: committed again after a failed
+    /// commit (never an older one: the coordinator applies commits in order).
+    asked: FxHashMap<TopicPartition, i64>,
 }
 
 impl<P: Processor> LoopState<'_, P> {
@@ -155,6 +166,71 @@ impl<P: Processor> LoopState<'_, P> {
         self.flush_inner(assigned, false).await
     }
 
+    /// The flush tick's at-least-once commit, which does not stop the loop: the offsets
+    /// processed so far are a snapshot tagged with the emitter's epoch (every output of those
+    /// records is enqueued in it or before it), and every earlier snapshot whose epoch is now
+    /// delivered is committed asynchronously. An offset is still committed only once every
+    /// output derived from it is acknowledged, but the loop goes on consuming meanwhile, where
+    /// awaiting every delivery and a synchronous commit held each input record that arrived
+    /// during them for tens to hundreds of ms every tick (the window-processor's hop:
+    /// p90 99 ms, p99 500 ms at 4,000 SZ/s, issue 31). A failed delivery, or too many epochs
+    /// open, falls back to [`LoopState::flush`].
+    async fn flush_tick(&mut self, assigned: &Assignment) -> Result<(), PipelineError> {
+        if self.exactly_once {
+            return self.flush(assigned).await;
+        }
+        self.send_outputs().await?;
+        if !self.emitter.take_reports() {
+            return self.flush(assigned).await;
+        }
+        let Some(epoch) = self.emitter.close_epoch() else {
+            return self.flush(assigned).await;
+        };
+        let tpl = self.take_offsets(assigned);
+        if tpl.count() > 0 {
+            self.snapshots.push_back((epoch, tpl_entries(&tpl)));
+        }
+        self.commit_delivered(assigned)
+    }
+
+    /// Commits (asynchronously) every snapshot whose epoch is delivered, merged: per
+    /// partition the largest offset, assigned partitions only.
+    fn commit_delivered(&mut self, assigned: &Assignment) -> Result<(), PipelineError> {
+        let mut merged: FxHashMap<TopicPartition, i64> = FxHashMap::default();
+        while let Some((e, _)) = self.snapshots.front() {
+            if !self.emitter.delivered_through(*e) {
+                break;
+            }
+            if let Some((_, entries)) = self.snapshots.pop_front() {
+                merge_offsets(&mut merged, entries);
+            }
+        }
+        for tp in self.consumer.context().take_failed_commits() {
+            if let Some(&o) = self.asked.get(&tp) {
+                merge_offsets(&mut merged, [(tp, o)]);
+            }
+        }
+        let tpl = offsets_tpl(&merged, assigned);
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        merge_offsets(&mut self.asked, tpl_entries(&tpl));
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => {
+                self.metrics.commits.inc();
+                Ok(())
+            }
+            Err(e) if is_rebalance_commit_error(&e) => {
+                tracing::warn!(
+                    error = %e,
+                    "commit refused during a rebalance; records will be re-processed by the new owner"
+                );
+                Ok(())
+            }
+            Err(e) => Err(PipelineError::Commit(e)),
+        }
+    }
+
     /// The offsets to commit, clamped by the processor's commit limits.
     fn take_offsets(&mut self, assigned: &Assignment) -> TopicPartitionList {
         let positions: Vec<(String, i32, i64)> = match self.consumer.position() {
@@ -207,6 +283,17 @@ impl<P: Processor> LoopState<'_, P> {
             return self.restart_transaction();
         }
         let tpl = self.take_offsets(assigned);
+        // Every delivery is in: the tick's snapshots not committed yet go with this commit.
+        let tpl = if self.snapshots.is_empty() {
+            tpl
+        } else {
+            let mut merged = FxHashMap::default();
+            for (_, entries) in self.snapshots.drain(..) {
+                merge_offsets(&mut merged, entries);
+            }
+            merge_offsets(&mut merged, tpl_entries(&tpl));
+            offsets_tpl(&merged, assigned)
+        };
         if tpl.count() == 0 {
             return Ok(());
         }
@@ -226,6 +313,7 @@ impl<P: Processor> LoopState<'_, P> {
                 other => other,
             };
         }
+        merge_offsets(&mut self.asked, tpl_entries(&tpl));
         let consumer = self.consumer;
         match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
             Ok(()) => {
@@ -341,6 +429,42 @@ impl<P: Processor> LoopState<'_, P> {
     }
 }
 
+/// The (partition, offset) entries of a commit list.
+fn tpl_entries(tpl: &TopicPartitionList) -> Vec<(TopicPartition, i64)> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Merges commit entries into `into`, keeping each partition's largest offset.
+fn merge_offsets(
+    into: &mut FxHashMap<TopicPartition, i64>,
+    entries: impl IntoIterator<Item = (TopicPartition, i64)>,
+) {
+    for (tp, o) in entries {
+        let e = into.entry(tp).or_insert(o);
+        *e = (*e).max(o);
+    }
+}
+
+/// A commit list of the entries whose partition is assigned.
+fn offsets_tpl(
+    offsets: &FxHashMap<TopicPartition, i64>,
+    assigned: &Assignment,
+) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in offsets {
+        if assigned.contains(t, *p) {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+    }
+    tpl
+}
+
 impl<P: Processor> Hooks for LoopState<'_, P> {
     type Error = PipelineError;
 
@@ -358,6 +482,7 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
         self.flush_inner(d.assignment(), true).await?;
         for tp in parts {
             self.offsets.forget(tp);
+            self.asked.remove(tp);
             // A partition assigned again starts unpaused (librdkafka's new assignment).
             self.paused.remove(tp);
             self.want_paused.remove(tp);
@@ -495,7 +620,7 @@ impl<P: Processor> Hooks for LoopState<'_, P> {
         }
         self.processor.on_tick(&mut self.outputs)?;
         self.follow_pauses(d.assignment());
-        self.flush(d.assignment()).await?;
+        self.flush_tick(d.assignment()).await?;
         self.processor.report(&self.metrics);
         Ok(())
     }
@@ -658,6 +783,8 @@ pub async fn run<P: Processor>(
         want_paused: FxHashSet::default(),
         rewinds: FxHashMap::default(),
         last_rebuilt: FxHashMap::default(),
+        snapshots: std::collections::VecDeque::new(),
+        asked: FxHashMap::default(),
     };
     Driver::new(consumer, metrics)
         .run(&mut st, cfg.commit_interval, shutdown)

@@ -27,7 +27,7 @@ pub(crate) async fn broker(
     let (rate, ratios) = match latency_rate {
         Some(r) => (r, None),
         None => {
-            let (max, w, j) = throughput(
+            let (max, r) = throughput(
                 &kafka,
                 &bin_dir,
                 readings,
@@ -38,7 +38,7 @@ pub(crate) async fn broker(
                 rounds,
             )
             .await?;
-            (max / 2.0, Some((w, j)))
+            (max / 2.0, Some(r))
         }
     };
     if latency_seconds == 0 {
@@ -58,9 +58,18 @@ pub(crate) async fn broker(
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The processors against their pass-throughs: best wall rates, and CPU per record of the
+/// cheapest run of each side (pass-through / processor: above 1, the processor is cheaper).
+pub(crate) struct Ratios {
+    pub(crate) wall_w: f64,
+    pub(crate) cpu_w: f64,
+    pub(crate) wall_j: f64,
+    pub(crate) cpu_j: f64,
+}
+
 /// Phases 1–5; returns the whole pipeline's maximum (SZ readings/s) and the window and join
 /// ratios.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn throughput(
     kafka: &KafkaArgs,
     bin_dir: &Path,
@@ -70,7 +79,7 @@ pub(crate) async fn throughput(
     perf: Option<&Path>,
     clients: usize,
     rounds: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<(f64, Ratios)> {
     let kafka = kafka.clone();
     let me = std::env::current_exe()?;
     let n = readings as i64;
@@ -233,19 +242,15 @@ pub(crate) async fn throughput(
     rows("window-processor", &wp);
     let ratio_w = best(&wp) / best(&pass_w);
     println!("    ratio of the best         {ratio_w:.2}   (target >= 0.9)");
-    println!(
-        "    CPU per record, pass-through / processor (least of each)   {:.2}",
-        least_cpu(&pass_w) / least_cpu(&wp)
-    );
+    let cpu_w = least_cpu(&pass_w) / least_cpu(&wp);
+    println!("    CPU per record, pass-through / processor (least of each)   {cpu_w:.2}");
     println!("  join: consume SX, SY, FA, FI, FD, 1 output per trigger, commit ({rounds} rounds)");
     rows("pass-through (limit)", &pass_j);
     rows("join-predict", &jp);
     let ratio_j = best(&jp) / best(&pass_j);
     println!("    ratio of the best         {ratio_j:.2}   (target >= 0.9)");
-    println!(
-        "    CPU per record, pass-through / processor (least of each)   {:.2}",
-        least_cpu(&pass_j) / least_cpu(&jp)
-    );
+    let cpu_j = least_cpu(&pass_j) / least_cpu(&jp);
+    println!("    CPU per record, pass-through / processor (least of each)   {cpu_j:.2}");
     println!(
         "    predictions               {predictions} (expected {}: one per SX, SY and feature triple)",
         3 * n
@@ -313,7 +318,15 @@ pub(crate) async fn throughput(
     );
 
     drop_topics(&kafka, &t).await?;
-    Ok((pipeline_max, ratio_w, ratio_j))
+    Ok((
+        pipeline_max,
+        Ratios {
+            wall_w: ratio_w,
+            cpu_w,
+            wall_j: ratio_j,
+            cpu_j,
+        },
+    ))
 }
 
 /// Phase 6: latency at `rate` SZ readings/s, then the closing table.
@@ -326,7 +339,7 @@ pub(crate) async fn latency(
     prefix: &str,
     clients: usize,
     rate: f64,
-    ratios: Option<(f64, f64)>,
+    ratios: Option<Ratios>,
     cases: &[String],
 ) -> anyhow::Result<()> {
     let step_ms = clients as f64 / rate * 1000.0;
@@ -362,12 +375,14 @@ pub(crate) async fn latency(
             true,
         ),
     ];
+    warm_up(kafka, prefix).await?;
     let mut results = Vec::new();
+    let mut failed = Vec::new();
     for (label, tag, extra, common_clock) in &runs {
         if !cases.iter().any(|c| c == tag) {
             continue;
         }
-        let l = latency_run(
+        let run = latency_run(
             kafka,
             bin_dir,
             &format!("{prefix}lat-{tag}-"),
@@ -378,8 +393,12 @@ pub(crate) async fn latency(
             extra,
             *common_clock,
         )
-        .await?;
-        results.push((*label, *tag, l));
+        .await;
+        // One case failing (a processor exiting on a loaded machine) does not lose the others.
+        match run {
+            Ok(l) => results.push((*label, *tag, l)),
+            Err(e) => failed.push((*label, format!("{e:#}"))),
+        }
     }
     println!(
         "SZ -> prediction latency at {rate:.0} SZ readings/s ({}), {latency_seconds} s measured per run",
@@ -390,23 +409,20 @@ pub(crate) async fn latency(
         }
     );
     println!(
-        "  ({clients} clients, each reporting SX, SY and SZ at one instant per event-time second, at its own offset\n   within the second: with join grace 0 a prediction at t waits until every input of its partition is\n   past t, i.e. for the partition's next reading, {:.1} ms later at this rate. 'common clock': every\n   client at the same instants, as the household replay's common day: the next reading past t comes\n   one event-time step later, {step_ms:.0} ms of wall time. 'FA seen': the window-processor's FA record of
-   the same readings at the same reader, the first of the two hops.)",
+        "  ({clients} clients, each reporting SX, SY and SZ at one instant per event-time second, at its own offset\n   within the second: with join grace 0 a prediction at t waits until every input of its partition is\n   past t, i.e. for the partition's next reading, {:.1} ms later at this rate. 'common clock': every\n   client at the same instants, as the household replay's common day: the next reading past t comes\n   one event-time step later, {step_ms:.0} ms of wall time.)",
         f64::from(partitions) / rate * 1000.0
     );
     println!(
-        "  {:<31} {:>15}   {:>22}   {:>28}   predictions     seen p50, first -> last quarter",
-        "", "FA seen", "made (predicted_at)", "seen (read_committed reader)"
+        "  {:<31} {:>22}   {:>28}   predictions     seen p50, first -> last quarter",
+        "", "made (predicted_at)", "seen (read_committed reader)"
     );
     println!(
-        "  {:<31} {:>7} {:>7}   {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7} ms",
-        "", "p50", "p99", "p50", "p99", "", "p50", "p99", "max"
+        "  {:<31} {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7} ms",
+        "", "p50", "p99", "", "p50", "p99", "max"
     );
     for (label, _, l) in &results {
         println!(
-            "  {label:<31} {:>7} {:>7}   {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7}      {} of {}   {} -> {} ms{}",
-            l.features.value_at_quantile(0.5),
-            l.features.value_at_quantile(0.99),
+            "  {label:<31} {:>7} {:>7} {:>6}   {:>7} {:>7} {:>7}      {} of {}   {} -> {} ms{}",
             l.made.value_at_quantile(0.5),
             l.made.value_at_quantile(0.99),
             "",
@@ -424,6 +440,43 @@ pub(crate) async fn latency(
             }
         );
     }
+    println!(
+        "per hop, on the broker's clock (LogAppendTime on every topic: output appended - its input appended;\n  'sensor -> SZ' is the load generator's send, its own clock; with exactly-once a record is appended\n  in its transaction, visible at the commit: see 'seen' above)"
+    );
+    println!(
+        "  {:<31} {:<38} {:>6} {:>6} {:>6} {:>6} {:>8}",
+        "", "hop", "p50", "p90", "p99", "max", "records"
+    );
+    for (label, _, l) in &results {
+        let h = &l.hops;
+        let rows: [(&str, &[i64]); 6] = [
+            ("sensor -> SZ (load generator)", &h.sensor_sz),
+            ("SZ -> FA (window-processor)", &h.sz_fa),
+            ("FA -> prediction (join)", &h.fa_prediction),
+            ("SX -> prediction (join)", &h.sx_prediction),
+            ("SY -> prediction (join)", &h.sy_prediction),
+            ("SZ -> prediction (both hops)", &h.sz_prediction),
+        ];
+        for (i, (hop, v)) in rows.iter().enumerate() {
+            let name = if i == 0 { *label } else { "" };
+            match crate::hops::summary(v) {
+                Some(x) => println!(
+                    "  {name:<31} {hop:<38} {:>6} {:>6} {:>6} {:>6} {:>8}",
+                    x.p50, x.p90, x.p99, x.max, x.n
+                ),
+                None => println!("  {name:<31} {hop:<38} {:>6}", "none"),
+            }
+        }
+        if h.unmatched > 0 {
+            println!(
+                "  {:<31} {} outputs in the span whose input was not found",
+                "", h.unmatched
+            );
+        }
+    }
+    for (label, e) in &failed {
+        println!("  {label:<31} FAILED: {e}");
+    }
     let case = |tag: &str| results.iter().find(|r| r.1 == tag).map(|r| &r.2);
     if let (Some(alo), Some(eos)) = (case("alo"), case("eos")) {
         let d =
@@ -434,39 +487,35 @@ pub(crate) async fn latency(
             d(0.99)
         );
     }
-    println!("targets (issue 15; ratios to limits measured in this run)");
+    println!("targets (issues 15 and 31; ratios to limits measured in this run)");
     let mark = |ok: bool| if ok { "met" } else { "MISSED" };
-    let alo_n = case("alo").map_or(0, |l| l.predictions);
-    let mark_latency = |ok: bool| {
-        if alo_n == 0 {
-            "NOT MEASURED (no prediction in the measured span)"
-        } else {
-            mark(ok)
+    if let Some(r) = ratios {
+        for (what, v) in [
+            ("window-processor / pass-through, wall", r.wall_w),
+            ("window-processor / pass-through, CPU per record", r.cpu_w),
+            ("join-predict / pass-through, wall", r.wall_j),
+            ("join-predict / pass-through, CPU per record", r.cpu_j),
+        ] {
+            println!("  {what:<52} {v:>7.2}     >= 0.9   {}", mark(v >= 0.9));
         }
-    };
-    if let Some((ratio_w, ratio_j)) = ratios {
-        println!(
-            "  window-processor / pass-through   {ratio_w:.2}  >= 0.9   {}",
-            mark(ratio_w >= 0.9)
-        );
-        println!(
-            "  join-predict / pass-through       {ratio_j:.2}  >= 0.9   {}",
-            mark(ratio_j >= 0.9)
-        );
     }
-    let (p50, p99) = case("alo").map_or((0, 0), |alo| {
-        (
-            alo.seen.value_at_quantile(0.5),
-            alo.seen.value_at_quantile(0.99),
-        )
-    });
-    println!(
-        "  latency p50 (at-least-once)       {p50} ms  < 10 ms   {}",
-        mark_latency(p50 < 10)
-    );
-    println!(
-        "  latency p99 (at-least-once)       {p99} ms  < 50 ms   {}",
-        mark_latency(p99 < 50)
-    );
+    // The pipeline's own latency: SZ appended -> its prediction appended (at-least-once, join
+    // grace 0), on the broker's clock; a reader's fetch and the load generator are not in it.
+    let e2e = case("alo").and_then(|alo| crate::hops::summary(&alo.hops.sz_prediction));
+    for (what, q, target) in [("p50", 0.5, 10), ("p99", 0.99, 50)] {
+        let label = format!("SZ -> prediction {what} (at-least-once, grace 0)");
+        match e2e {
+            Some(x) => {
+                let v = if q < 0.9 { x.p50 } else { x.p99 };
+                println!(
+                    "  {label:<52} {v:>7} ms  < {target} ms   {}",
+                    mark(v < target)
+                );
+            }
+            None => println!(
+                "  {label:<52} NOT MEASURED (no at-least-once prediction in the measured span)"
+            ),
+        }
+    }
     Ok(())
 }

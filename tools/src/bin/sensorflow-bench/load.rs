@@ -178,9 +178,23 @@ pub(crate) async fn pipeline_topics(
     prefix: &str,
     partitions: i32,
 ) -> anyhow::Result<(TopicArgs, sensorflow_api::TopicNames)> {
+    pipeline_topics_with(kafka, prefix, partitions, &[]).await
+}
+
+/// [`pipeline_topics`] with topic configs `common` on every topic.
+pub(crate) async fn pipeline_topics_with(
+    kafka: &KafkaArgs,
+    prefix: &str,
+    partitions: i32,
+    common: &[(&str, &str)],
+) -> anyhow::Result<(TopicArgs, sensorflow_api::TopicNames)> {
     let topics = TopicArgs::prefixed(prefix);
     let t = topics.topics();
-    let configs = sensorflow_kafka::topic_configs(&t, &Default::default(), |_| Default::default());
+    let common = common
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let configs = sensorflow_kafka::topic_configs(&t, &common, |_| Default::default());
     admin::ensure_topics_with(&kafka.client_config(), &t.all(), partitions, 1, &configs).await?;
     Ok((topics, t))
 }

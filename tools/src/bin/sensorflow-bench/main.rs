@@ -30,6 +30,7 @@
 
 mod broker;
 mod engine;
+mod hops;
 mod load;
 mod measure;
 mod passthrough;
@@ -93,7 +94,7 @@ enum Cmd {
         /// Partitions of the benchmark topics.
         #[arg(long, default_value_t = 100)]
         partitions: i32,
-        /// Seconds of measured load per latency run (after a 5 s warm-up); 0: no latency runs.
+        /// Seconds of measured load per latency run (after a 10 s warm-up); 0: no latency runs.
         #[arg(long, default_value_t = 20)]
         latency_seconds: u64,
         /// Topic name prefix; the throughput backlog's pipeline topics are `<prefix>p-SX` …

@@ -1,6 +1,7 @@
 //! Measuring a run: progress sampled from a process's `/metrics`, rates between 10 % and
 //! 90 % of the backlog, and the SZ → prediction latency read back from the topics.
 
+use crate::hops::{Appends, Hops};
 use crate::load::*;
 use crate::procs::*;
 use hdrhistogram::Histogram;
@@ -215,13 +216,13 @@ pub(crate) fn run_measured(
 
 /// Latency of one paced run, ms: `made` = `predicted_at − ingest` (when join-predict made the
 /// prediction), `seen` = arrival at a `read_committed` consumer of the predictions topic −
-/// ingest (what a downstream reader sees; with exactly-once, after the transaction commits).
+/// ingest (what a downstream reader sees; with exactly-once, after the transaction commits),
+/// and `hops`, each hop on the broker's clock (its append times, see [`crate::hops`]).
 pub(crate) struct Latency {
     pub(crate) made: Histogram<u64>,
     pub(crate) seen: Histogram<u64>,
-    /// Arrival of the FA features at the same reader − ingest of their SZ reading: the
-    /// window-processor's hop alone (the rest of `seen` is the join's).
-    pub(crate) features: Histogram<u64>,
+    /// Per hop, from the append times of the run's records.
+    pub(crate) hops: Hops,
     /// `seen` p50 of the first and of the last quarter of the span (by ingest time): a run
     /// the pipeline cannot keep up with shows latency growing from one to the other.
     pub(crate) quarters: (u64, u64),
@@ -229,12 +230,11 @@ pub(crate) struct Latency {
     pub(crate) expected: u64,
 }
 
-/// Reads `topic` (predictions) and `fa` from the beginning with `read_committed` until `stop`,
+/// Reads `topic` (predictions) from the beginning with `read_committed` until `stop`,
 /// recording the latency of the records whose ingest time (ms) is in `[from, to)`.
 pub(crate) fn read_latency(
     mut cfg: rdkafka::ClientConfig,
     topic: String,
-    fa: String,
     partitions: i32,
     window: (i64, i64),
     stop: Arc<AtomicBool>,
@@ -246,12 +246,10 @@ pub(crate) fn read_latency(
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-        tpl.add_partition_offset(&fa, p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
     let mut made = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut seen = made.clone();
-    let mut features = made.clone();
     let (mut first_q, mut last_q) = (made.clone(), made.clone());
     let quarter = (window.1 - window.0) / 4;
     let mut n = 0u64;
@@ -261,14 +259,6 @@ pub(crate) fn read_latency(
         };
         let now = sensorflow_runtime::now_ms();
         let m = m?;
-        if m.topic() == fa {
-            if let Some(f) = m.payload().and_then(|v| Feature::decode(v).ok())
-                && (window.0..window.1).contains(&f.ingest_time_ms)
-            {
-                features.saturating_record((now - f.ingest_time_ms).max(1) as u64);
-            }
-            continue;
-        }
         let Some(p) = m.payload().and_then(|v| Prediction::decode(v).ok()) else {
             continue;
         };
@@ -288,7 +278,7 @@ pub(crate) fn read_latency(
     Ok(Latency {
         made,
         seen,
-        features,
+        hops: Hops::default(),
         quarters: (
             first_q.value_at_quantile(0.5),
             last_q.value_at_quantile(0.5),
@@ -298,7 +288,159 @@ pub(crate) fn read_latency(
     })
 }
 
-/// One paced run through both processors on fresh topics: 3 s to start, 5 s of warm-up, then
+/// Reads SX, SY, SZ, FA and the predictions of a finished run from the beginning to their
+/// ends (`read_committed`), with each record's broker append time.
+///
+/// # Errors
+/// A record whose timestamp is not a `LogAppendTime` (the topic was not created for this), or
+/// the reader not reaching every partition's end within 10 minutes.
+pub(crate) fn read_appends(
+    kafka: &KafkaArgs,
+    t: &sensorflow_api::TopicNames,
+    partitions: i32,
+) -> anyhow::Result<Appends> {
+    use crate::hops::{FeatureRec, PredictionRec, Reading, Trigger};
+    use rdkafka::message::Timestamp;
+    use sensorflow_core::proto::{SensorReading, TriggerKind};
+    let mut cfg = kafka.client_config();
+    cfg.set("group.id", "bench-append-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    let c: BaseConsumer = cfg.create()?;
+    let topics = [&t.sx, &t.sy, &t.sz, &t.fa, &t.predictions];
+    let mut tpl = TopicPartitionList::new();
+    // Where each partition ends (the run is over: nothing is appended any more).
+    let mut ends = std::collections::HashMap::new();
+    for topic in topics {
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+            let (_, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            ends.insert((topic.as_str(), p), hi);
+        }
+    }
+    c.assign(&tpl)?;
+    let mut a = Appends::default();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            // Past its end means past the transaction markers too (exactly-once).
+            let pos = c.position()?;
+            let left = pos
+                .elements()
+                .iter()
+                .filter(|e| {
+                    let end = ends.get(&(e.topic(), e.partition())).copied().unwrap_or(0);
+                    end > 0 && !matches!(e.offset(), Offset::Offset(o) if o >= end)
+                })
+                .count();
+            if left == 0 {
+                return Ok(a);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "reading the run's topics back: {left} partitions not read to their end in 10 min"
+            );
+            continue;
+        };
+        let m = m?;
+        let append_ms = match m.timestamp() {
+            Timestamp::LogAppendTime(ms) => ms,
+            other => anyhow::bail!(
+                "{}/{}@{}: timestamp {other:?}, not the broker's append time (the topic needs message.timestamp.type=LogAppendTime)",
+                m.topic(),
+                m.partition(),
+                m.offset()
+            ),
+        };
+        let Some(v) = m.payload() else { continue };
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        if topic == t.predictions {
+            let Ok(p) = Prediction::decode(v) else {
+                continue;
+            };
+            let trigger = match TriggerKind::try_from(p.trigger) {
+                Ok(TriggerKind::TriggerSx) => Trigger::Sx,
+                Ok(TriggerKind::TriggerSy) => Trigger::Sy,
+                Ok(TriggerKind::TriggerFeatures) => Trigger::Features,
+                _ => continue,
+            };
+            a.predictions.push(PredictionRec {
+                trigger,
+                source_partition: p.source_partition,
+                source_offset: p.source_offset,
+                features_source: (
+                    p.features_source_partition,
+                    p.features_source_offset,
+                    p.features_source_index,
+                ),
+                append_ms,
+                ingest_ms: p.ingest_time_ms,
+            });
+        } else if topic == t.fa {
+            let Ok(f) = Feature::decode(v) else { continue };
+            a.fa.push(FeatureRec {
+                sz_partition: f.source_partition,
+                sz_offset: f.source_offset,
+                index: f.source_index,
+                append_ms,
+                ingest_ms: f.ingest_time_ms,
+            });
+        } else {
+            let Ok(r) = SensorReading::decode(v) else {
+                continue;
+            };
+            let reading = Reading {
+                partition,
+                offset,
+                append_ms,
+                ingest_ms: r.ingest_time_ms,
+            };
+            if topic == t.sx {
+                a.sx.push(reading);
+            } else if topic == t.sy {
+                a.sy.push(reading);
+            } else {
+                a.sz.push(reading);
+            }
+        }
+    }
+}
+
+/// Brings up what a fresh broker creates and loads on first use, before any timed run: the
+/// consumer offsets topic (a group commit), the transaction state topic and a producer id
+/// (an idempotent and a transactional producer). On a broker started for `--latency-only`, the
+/// first run's producers otherwise waited 10 s for a producer id ("Coordinator load in
+/// progress"), and its measured span began with that backlog.
+pub(crate) async fn warm_up(kafka: &KafkaArgs, prefix: &str) -> anyhow::Result<()> {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let topic = format!("{prefix}warm-up");
+    admin::ensure_topics_with(&kafka.client_config(), &[&topic], 1, 1, &Default::default()).await?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            kafka.producer_config("bench-warm-up").create()?;
+        p.send(BaseRecord::<(), _>::to(&topic).payload("x"))
+            .map_err(|(e, _)| e)?;
+        p.flush(Duration::from_secs(60))?;
+        let mut cfg = kafka.producer_config("bench-warm-up-txn");
+        cfg.set("transactional.id", format!("{prefix}warm-up"));
+        let tp: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = cfg.create()?;
+        tp.init_transactions(Duration::from_secs(60))?;
+        let c: BaseConsumer = kafka
+            .consumer_config(&format!("{prefix}warm-up"), "bench-warm-up")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(1))?;
+        c.commit(&tpl, CommitMode::Sync)?;
+        Ok(())
+    })?;
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let a: AdminClient<rdkafka::client::DefaultClientContext> = kafka.client_config().create()?;
+    a.delete_topics(&[&topic], &AdminOptions::new()).await?;
+    Ok(())
+}
+
+/// One paced run through both processors on fresh topics: 3 s to start, 10 s of warm-up, then
 /// `seconds` measured and 2 s more (the last measured triggers need the next event-time step).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn latency_run(
@@ -312,7 +454,14 @@ pub(crate) async fn latency_run(
     extra: &[(&str, String)],
     common_clock: bool,
 ) -> anyhow::Result<Latency> {
-    let (topics, t) = pipeline_topics(kafka, prefix, partitions).await?;
+    // Every record stamped by the broker when appended: each hop on one clock.
+    let (topics, t) = pipeline_topics_with(
+        kafka,
+        prefix,
+        partitions,
+        &[("message.timestamp.type", "LogAppendTime")],
+    )
+    .await?;
     let (wg, jg) = (format!("{prefix}window"), format!("{prefix}join"));
     let mut env: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.clone())).collect();
     env.push((env::UPSTREAM_GROUP_ID, wg.clone()));
@@ -333,21 +482,19 @@ pub(crate) async fn latency_run(
         &env,
     )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let from = sensorflow_runtime::now_ms() + 5_000;
+    // 10 s: the groups' first rebalance (the broker's 3 s initial rebalance delay) and the
+    // backlog it leaves took 5-10 s to clear; with 5 s the first quarter's p50 was seconds,
+    // the last quarter's a few hundred ms (2026-12-08, 1,000 and 5,000 SZ/s).
+    let from = sensorflow_runtime::now_ms() + 10_000;
     let window = (from, from + seconds as i64 * 1000);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (cfg, topic, fa, stop) = (
-            kafka.client_config(),
-            t.predictions.clone(),
-            t.fa.clone(),
-            stop.clone(),
-        );
-        std::thread::spawn(move || read_latency(cfg, topic, fa, partitions, window, stop))
+        let (cfg, topic, stop) = (kafka.client_config(), t.predictions.clone(), stop.clone());
+        std::thread::spawn(move || read_latency(cfg, topic, partitions, window, stop))
     };
     eprintln!(
         "latency {prefix}: {rate:.0} SZ readings/s for {} s…",
-        seconds + 7
+        seconds + 12
     );
     // The sensors send almost at once (linger 1 ms): their batching is not the pipeline's.
     let (_, in_window) = produce(
@@ -358,7 +505,7 @@ pub(crate) async fn latency_run(
             n: 0,
             clients,
             rate: Some(rate),
-            duration: Some(Duration::from_secs(seconds + 7)),
+            duration: Some(Duration::from_secs(seconds + 12)),
             window: Some(window),
             overrides: &[("linger.ms", "1")],
             common_clock,
@@ -375,9 +522,12 @@ pub(crate) async fn latency_run(
         .join()
         .map_err(|_| anyhow::anyhow!("the latency reader panicked"))??;
     drop((w, j));
+    eprintln!("latency {prefix}: reading the append times back…");
+    let appends = tokio::task::block_in_place(|| read_appends(kafka, &t, partitions))?;
     drop_topics(kafka, &t).await?;
     Ok(Latency {
         expected: 3 * in_window as u64,
+        hops: crate::hops::hops(&appends, window),
         ..measured
     })
 }
