@@ -90,6 +90,18 @@ pub(crate) fn tpl_offsets(tpl: &TopicPartitionList) -> Vec<(i32, i64)> {
         .collect()
 }
 
+/// The (topic, partition) → offset entries of a list, skipping entries without an absolute
+/// offset (`Invalid`, `End`, …).
+pub(crate) fn tpl_entries(tpl: &TopicPartitionList) -> Vec<(TopicPartition, i64)> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) fn tpl_pairs(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()

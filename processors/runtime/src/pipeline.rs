@@ -24,7 +24,7 @@
 //! are exact. Revoked partitions' records still in flight are dropped (not committed) and
 //! re-processed by the new owner.
 
-use crate::consumer::{LoopConsumer, TopicPartition, tpl_offsets, tpl_pairs};
+use crate::consumer::{LoopConsumer, TopicPartition, tpl_entries, tpl_offsets, tpl_pairs};
 use crate::driver::{Assignment, Driver, Hooks};
 use crate::emitter::{Emitter, LoopProducer, RetryPolicy};
 use crate::error::PipelineError;
@@ -215,7 +215,15 @@ impl<P: Processor> LoopState<'_, P> {
             return Ok(());
         }
         merge_offsets(&mut self.asked, tpl_entries(&tpl));
-        match self.consumer.commit(&tpl, CommitMode::Async) {
+        let result = self.consumer.commit(&tpl, CommitMode::Async);
+        self.committed(result)
+    }
+
+    /// The outcome of an offset commit (at-least-once): counted, or a refusal during a
+    /// rebalance logged and let go (the partitions moved: the new owner re-processes from the
+    /// last commit), or the error.
+    fn committed(&self, result: rdkafka::error::KafkaResult<()>) -> Result<(), PipelineError> {
+        match result {
             Ok(()) => {
                 self.metrics.commits.inc();
                 Ok(())
@@ -315,21 +323,8 @@ impl<P: Processor> LoopState<'_, P> {
         }
         merge_offsets(&mut self.asked, tpl_entries(&tpl));
         let consumer = self.consumer;
-        match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
-            Ok(()) => {
-                self.metrics.commits.inc();
-                Ok(())
-            }
-            Err(e) if is_rebalance_commit_error(&e) => {
-                // The partitions moved: the new owner re-processes from the last commit.
-                tracing::warn!(
-                    error = %e,
-                    "commit refused during a rebalance; records will be re-processed by the new owner"
-                );
-                Ok(())
-            }
-            Err(e) => Err(PipelineError::Commit(e)),
-        }
+        let result = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync));
+        self.committed(result)
     }
 
     /// Counts and logs a rebuild that starts from the same committed offset as this process's
@@ -427,17 +422,6 @@ impl<P: Processor> LoopState<'_, P> {
         }
         Ok(())
     }
-}
-
-/// The (partition, offset) entries of a commit list.
-fn tpl_entries(tpl: &TopicPartitionList) -> Vec<(TopicPartition, i64)> {
-    tpl.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Merges commit entries into `into`, keeping each partition's largest offset.

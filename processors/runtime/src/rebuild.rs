@@ -458,15 +458,7 @@ fn tpl_of(k: &Key) -> TopicPartitionList {
 /// Positions of the assigned partitions.
 fn positions(c: &BaseConsumer) -> FxHashMap<Key, i64> {
     c.position()
-        .map(|tpl| {
-            tpl.elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
-                    _ => None,
-                })
-                .collect()
-        })
+        .map(|tpl| crate::consumer::tpl_entries(&tpl).into_iter().collect())
         .unwrap_or_default()
 }
 
