@@ -200,26 +200,23 @@ pub async fn status(
         source,
     };
     let full = serde_json::to_value(status).unwrap_or_default();
-    let known = cached_outdated_schema(ctx);
-    if let Some(installed) = &known {
-        let mut st = full.clone();
-        schema::prune(&mut st, installed, ".status");
-        if Some(&st) == serde_json::to_value(&sp.status).ok().as_ref() {
-            return Ok(());
-        }
-        ctx.act(&format!("apply status SensorPipeline/{name}"))?;
-        match apply_status(&api, &name, &st).await {
-            Err(kube::Error::Api(e)) if schema::is_undeclared_field(e.code, &e.message) => {}
-            other => return other.map_err(kube_err),
-        }
-    } else {
-        ctx.act(&format!("apply status SensorPipeline/{name}"))?;
-        match apply_status(&api, &name, &full).await {
-            Err(kube::Error::Api(e)) if schema::is_undeclared_field(e.code, &e.message) => {}
-            other => {
-                return other.map_err(kube_err);
+    // Under a CRD found outdated, the status pruned to it (nothing to write when that equals
+    // the stored one); otherwise the full status.
+    let first = match cached_outdated_schema(ctx) {
+        Some(installed) => {
+            let mut st = full.clone();
+            schema::prune(&mut st, &installed, ".status");
+            if Some(&st) == serde_json::to_value(&sp.status).ok().as_ref() {
+                return Ok(());
             }
+            st
         }
+        None => full.clone(),
+    };
+    ctx.act(&format!("apply status SensorPipeline/{name}"))?;
+    match apply_status(&api, &name, &first).await {
+        Err(kube::Error::Api(e)) if schema::is_undeclared_field(e.code, &e.message) => {}
+        other => return other.map_err(kube_err),
     }
     // Refused for a field the installed CRD lacks: read its schema (again), prune, apply.
     let installed = installed_status_schema(&ctx.client)
